@@ -1,0 +1,336 @@
+"""The weight-sparse GPT of Gao et al. 2025, in one file.
+
+GPT-2 style decoder: RMSNorm (no mean subtraction, so zero stays meaningful), GELU MLP, biases
+on Linear layers, untied embedding and unembedding, many small heads (d_head 16), a dense
+bigram table on the logits, optional learned positions and attention sinks, and AbsTopK at the
+eight node sites of every layer. A dense baseline is the same class with `afrac=None` and no
+weight projection, so dense and sparse runs share every line of this file.
+
+Hook points (TransformerLens names; shapes for batch B, sequence T, H heads):
+
+    hook_embed                          [B, T, d_model]   token embedding
+    hook_pos_embed                      [B, T, d_model]   only with pos_emb=True
+    blocks.{i}.hook_resid_pre           [B, T, d_model]
+    blocks.{i}.ln1.hook_normalized      [B, T, d_model]   before AbsTopK
+    blocks.{i}.attn.hook_in             [B, T, d_model]   after AbsTopK   (node site)
+    blocks.{i}.attn.hook_q / _k / _v    [B, T, H·d_head]  after AbsTopK   (node sites)
+    blocks.{i}.attn.hook_pattern        [B, H, T, T]      softmax; rows sum < 1 with sinks
+    blocks.{i}.attn.hook_z              [B, T, H·d_head]  heads concatenated, no AbsTopK
+    blocks.{i}.hook_attn_out            [B, T, d_model]   after AbsTopK   (node site)
+    blocks.{i}.hook_resid_mid           [B, T, d_model]
+    blocks.{i}.ln2.hook_normalized      [B, T, d_model]   before AbsTopK
+    blocks.{i}.mlp.hook_in              [B, T, d_model]   after AbsTopK   (node site)
+    blocks.{i}.mlp.hook_pre             [B, T, d_mlp]     before GELU
+    blocks.{i}.mlp.hook_post            [B, T, d_mlp]     after GELU and AbsTopK (node site)
+    blocks.{i}.hook_mlp_out             [B, T, d_model]   after AbsTopK   (node site)
+    blocks.{i}.hook_resid_post          [B, T, d_model]
+    ln_final.hook_normalized            [B, T, d_model]
+
+q, k, v and z stay flat (channel c belongs to head c // d_head) because AbsTopK ranks all heads
+jointly and pruning nodes are these flat channels, as in the official code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sparse_tf.config import Config, check
+from sparse_tf.hooks import HookedModule, HookPoint
+from sparse_tf.sparsity import COLS, ROWS, AbsTopK, SparseWeight, abstopk_k
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GPTConfig(Config):
+    """Architecture of a (weight-sparse) GPT. Defaults follow the paper's models."""
+
+    vocab_size: int
+    """Tokens in the vocabulary (2048 in the paper)."""
+    n_ctx: int
+    """Longest sequence the model accepts (256 in the paper)."""
+    n_layer: int
+    """Transformer blocks."""
+    d_model: int
+    """Residual stream width; a multiple of d_head (heads = d_model / d_head)."""
+    d_head: int = 16
+    """Width of one attention head."""
+    d_mlp: int | None = None
+    """MLP hidden width; None means 4 · d_model (resolved on construction)."""
+    afrac: float | None = 0.25
+    """AbsTopK keeps int(afrac · width) entries per token at the 8 node sites; None or 0: off."""
+    bigram: bool = True
+    """Add a dense, learnable vocab × vocab bigram table (row = current token) to the logits."""
+    attn_sink: bool = False
+    """Give every head a learnable logit on an extra all-zero key/value slot."""
+    pos_emb: bool = False
+    """Add a learned absolute positional embedding (most paper models use none)."""
+    bias: bool = True
+    """Biases on the Linear layers of attention and MLP."""
+    init_std: float = 0.02
+    """Std of the normal init of weights; output projections use init_std / √(2 · n_layer)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.d_mlp is None:
+            object.__setattr__(self, "d_mlp", 4 * self.d_model)
+        if self.afrac == 0.0:
+            object.__setattr__(self, "afrac", None)  # one spelling of "off" in saved configs
+        for name in ("vocab_size", "n_ctx", "n_layer", "d_model", "d_head", "d_mlp"):
+            check(getattr(self, name) >= 1, self, name, "must be >= 1")
+        check(
+            self.d_model % self.d_head == 0,
+            self,
+            "d_model",
+            f"must be a multiple of d_head={self.d_head}",
+        )
+        check(self.init_std > 0, self, "init_std", "must be > 0")
+        if self.afrac is not None:
+            check(0.0 < self.afrac <= 1.0, self, "afrac", "must be in (0, 1], or None/0 for off")
+            narrowest = min(self.d_model, self.d_mlp)
+            check(
+                abstopk_k(self.afrac, narrowest) >= 1,
+                self,
+                "afrac",
+                f"keeps no entry of the narrowest AbsTopK site (width {narrowest})",
+            )
+
+    @property
+    def n_head(self) -> int:
+        return self.d_model // self.d_head
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a learned gain (eps: torch's default, as the official model)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.hook_normalized = HookPoint()  # [B, T, d]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.hook_normalized(F.rms_norm(x, (x.shape[-1],), self.weight))
+
+
+class Attention(nn.Module):
+    """Causal multi-head attention with fused qkv (order q, k, v) and AbsTopK on its inputs."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.n_head, self.d_head = cfg.n_head, cfg.d_head
+        d_attn = cfg.n_head * cfg.d_head
+        self.topk = AbsTopK(cfg.afrac)
+        self.hook_in = HookPoint()  # [B, T, d_model]
+        self.qkv = nn.Linear(cfg.d_model, 3 * d_attn, bias=cfg.bias)
+        self.hook_q = HookPoint()  # [B, T, d_attn]
+        self.hook_k = HookPoint()  # [B, T, d_attn]
+        self.hook_v = HookPoint()  # [B, T, d_attn]
+        self.sink_logit = nn.Parameter(torch.zeros(cfg.n_head)) if cfg.attn_sink else None
+        self.hook_pattern = HookPoint()  # [B, H, T, T]
+        self.hook_z = HookPoint()  # [B, T, d_attn]
+        self.out_proj = nn.Linear(d_attn, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        x = self.hook_in(self.topk(x))
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # each [B, T, d_attn]
+        # Top-k over all heads jointly (not per head), as in the official model.
+        q = self.hook_q(self.topk(q))
+        k = self.hook_k(self.topk(k))
+        v = self.hook_v(self.topk(v))
+        q, k, v = (t.view(B, T, self.n_head, self.d_head).transpose(1, 2) for t in (q, k, v))
+        z = self._fused_attention(q, k, v)  # [B, H, T, d_head]
+        if self.hook_pattern.active:
+            # Only computed when someone reads or edits it. Unless a hook edits the pattern,
+            # z still comes from the fused kernel, so hooked and plain runs are bit-identical.
+            pattern = self._pattern(q, k)
+            version = pattern._version
+            seen = self.hook_pattern(pattern)
+            if seen is not pattern or pattern._version != version:
+                z = seen @ v
+        z = self.hook_z(z.transpose(1, 2).reshape(B, T, self.n_head * self.d_head))
+        return self.out_proj(z)
+
+    def _fused_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if self.sink_logit is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        # The sink is key slot 0 with a zero key and a zero value; its logit is the learned
+        # per-head bias, added unscaled. It only enlarges each softmax denominator.
+        T = q.shape[-2]
+        k = F.pad(k, (0, 0, 1, 0))
+        v = F.pad(v, (0, 0, 1, 0))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self._sink_bias(T, q.dtype))
+
+    def _sink_bias(self, T: int, dtype: torch.dtype) -> Tensor:
+        """[1, H, T, T+1] additive mask: the sink logit in column 0, causal over real keys."""
+        device = self.sink_logit.device
+        causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+        real = torch.zeros(T, T, dtype=dtype, device=device).masked_fill(~causal, -math.inf)
+        sink = self.sink_logit.to(dtype).view(1, -1, 1, 1).expand(1, self.n_head, T, 1)
+        return torch.cat([sink, real.expand(1, self.n_head, T, T)], dim=-1)
+
+    def _pattern(self, q: Tensor, k: Tensor) -> Tensor:
+        """[B, H, T, T] attention probabilities over real keys (the sink's share left out)."""
+        T = q.shape[-2]
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)
+        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~causal, -math.inf)
+        if self.sink_logit is None:
+            return scores.softmax(dim=-1)
+        sink = self.sink_logit.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+        return torch.cat([sink, scores], dim=-1).softmax(dim=-1)[..., 1:]
+
+
+class MLP(nn.Module):
+    """GELU MLP with AbsTopK on its input and on its hidden neurons."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.topk = AbsTopK(cfg.afrac)
+        self.hook_in = HookPoint()  # [B, T, d_model]
+        self.in_proj = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
+        self.hook_pre = HookPoint()  # [B, T, d_mlp]
+        self.hook_post = HookPoint()  # [B, T, d_mlp]
+        self.out_proj = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.hook_in(self.topk(x))
+        h = self.hook_pre(self.in_proj(x))
+        h = self.hook_post(self.topk(F.gelu(h)))
+        return self.out_proj(h)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; AbsTopK on each sublayer's residual write."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.topk = AbsTopK(cfg.afrac)
+        self.hook_resid_pre = HookPoint()  # [B, T, d_model]
+        self.ln1 = RMSNorm(cfg.d_model)
+        self.attn = Attention(cfg)
+        self.hook_attn_out = HookPoint()  # [B, T, d_model]
+        self.hook_resid_mid = HookPoint()  # [B, T, d_model]
+        self.ln2 = RMSNorm(cfg.d_model)
+        self.mlp = MLP(cfg)
+        self.hook_mlp_out = HookPoint()  # [B, T, d_model]
+        self.hook_resid_post = HookPoint()  # [B, T, d_model]
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.hook_resid_pre(x)
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.topk(self.attn(self.ln1(x)))))
+        x = self.hook_resid_post(x + self.hook_mlp_out(self.topk(self.mlp(self.ln2(x)))))
+        return x
+
+
+class GPT(HookedModule):
+    """Decoder-only transformer; `forward(tokens [B, T]) -> logits [B, T, vocab]`.
+
+    Build one with `GPT(GPTConfig(vocab_size=..., n_ctx=..., n_layer=..., d_model=...))`;
+    initialisation draws from torch's global RNG (seed it with `torch.manual_seed`).
+    """
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.hook_embed = HookPoint()  # [B, T, d_model]
+        if cfg.pos_emb:
+            self.pos_embed = nn.Embedding(cfg.n_ctx, cfg.d_model)
+            self.hook_pos_embed = HookPoint()  # [B, T, d_model]
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_final = RMSNorm(cfg.d_model)
+        self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.bigram:
+            self.bigram = nn.Parameter(torch.empty(cfg.vocab_size, cfg.vocab_size))
+        self.reset_parameters()
+        self.setup_hooks()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Initialise as the official script: N(0, σ) weights, smaller output projections."""
+        std = self.cfg.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+        for block in self.blocks:
+            for proj in (block.attn.out_proj, block.mlp.out_proj):
+                nn.init.normal_(proj.weight, std=std / math.sqrt(2 * self.cfg.n_layer))
+            if block.attn.sink_logit is not None:
+                nn.init.zeros_(block.attn.sink_logit)
+        if self.cfg.bigram:
+            nn.init.uniform_(self.bigram, 0.0, 0.02)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Logits [B, T, vocab_size] for integer tokens [B, T] (T ≤ n_ctx)."""
+        if tokens.dim() != 2 or tokens.dtype not in (torch.int32, torch.int64):
+            raise ValueError(
+                f"GPT expects integer tokens of shape [batch, seq], got {tokens.dtype} "
+                f"{tuple(tokens.shape)}"
+            )
+        T = tokens.shape[1]
+        if T > self.cfg.n_ctx:
+            raise ValueError(f"sequence length {T} exceeds the model's n_ctx={self.cfg.n_ctx}")
+        x = self.hook_embed(self.embed(tokens))
+        if self.cfg.pos_emb:
+            x = x + self.hook_pos_embed(self.pos_embed(torch.arange(T, device=tokens.device)))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.unembed(self.ln_final(x))
+        if self.cfg.bigram:
+            logits = logits + self.bigram[tokens]
+        return logits
+
+    def sparse_weights(self) -> list[SparseWeight]:
+        """The L0-constrained matrices; biases, norms, sinks and the bigram table stay dense."""
+        names = {p: n for n, p in self.named_parameters()}
+
+        def sw(p: nn.Parameter, kind: str, neuron_dim: int | None) -> SparseWeight:
+            return SparseWeight(names[p], p, kind, neuron_dim)  # type: ignore[arg-type]
+
+        out = [sw(self.embed.weight, "embedding", None)]
+        if self.cfg.pos_emb:
+            out.append(sw(self.pos_embed.weight, "embedding", None))
+        for block in self.blocks:
+            out += [
+                sw(block.attn.qkv.weight, "block", ROWS),  # rows: q/k/v channels
+                sw(block.attn.out_proj.weight, "block", COLS),  # columns: attention channels
+                sw(block.mlp.in_proj.weight, "block", ROWS),  # rows: MLP neurons
+                sw(block.mlp.out_proj.weight, "block", COLS),  # columns: MLP neurons
+            ]
+        out.append(sw(self.unembed.weight, "embedding", None))
+        return out
+
+    def hook_aliases(self) -> dict[str, str]:
+        """Official circuit_sparsity names → ours (`{i}.attn.act_in`, ..., `final_resid`)."""
+        aliases = {}
+        for i in range(self.cfg.n_layer):
+            b = f"blocks.{i}"
+            aliases |= {
+                f"{i}.resid_in": f"{b}.hook_resid_pre",
+                f"{i}.attn.act_in": f"{b}.attn.hook_in",
+                f"{i}.attn.q": f"{b}.attn.hook_q",
+                f"{i}.attn.k": f"{b}.attn.hook_k",
+                f"{i}.attn.v": f"{b}.attn.hook_v",
+                f"{i}.attn.y": f"{b}.attn.hook_z",
+                f"{i}.attn.resid_delta": f"{b}.hook_attn_out",
+                f"{i}.resid_mid": f"{b}.hook_resid_mid",
+                f"{i}.mlp.act_in": f"{b}.mlp.hook_in",
+                f"{i}.mlp.post_act": f"{b}.mlp.hook_post",
+                f"{i}.mlp.resid_delta": f"{b}.hook_mlp_out",
+            }
+        aliases["final_resid"] = f"blocks.{self.cfg.n_layer - 1}.hook_resid_post"
+        return aliases
+
+
+def lm_loss(logits: Tensor, tokens: Tensor) -> Tensor:
+    """Mean next-token cross-entropy: logits at position t predict tokens[:, t + 1]."""
+    V = logits.shape[-1]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), tokens[:, 1:].reshape(-1))

@@ -1,0 +1,200 @@
+"""The sparse optimizer step of the paper's recipe, as one object the training loop calls.
+
+`SparseOptimizer.step()`, after `loss.backward()`, does in this order (DESIGN.md section 4):
+
+1. divide every gradient by the global gradient RMS (normalised to 1, not clipped);
+2. Adam (β 0.9/0.95, ε 0.1; moments stay dense so any weight can re-enter) at
+   LR = base · warmup/decay(step) · sharkfin(step);
+3. project every sparse matrix to its top-magnitude entries at the scheduled L0;
+4. decoupled weight decay *after* the projection, p ← p − wd · LR · p, on ≥2-D weights except
+   the bigram table (biases, norm gains and sink logits are never decayed).
+
+A dense baseline is the same object with `sparsity=None`: no projection, no sharkfin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sparse_tf.config import Config, check
+from sparse_tf.model import GPT
+from sparse_tf.sparsity import (
+    SparsityConfig,
+    l0_at_progress,
+    l0_schedule,
+    project_weights_,
+    sharkfin,
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimConfig(Config):
+    """Adam with the official script's settings."""
+
+    lr: float = 1.28e-2
+    """Peak learning rate (before the sharkfin factor)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 0.1
+    """Adam epsilon; 0.1 is the paper's (large on purpose)."""
+    weight_decay: float = 0.1
+    """Decoupled decay applied after the projection, to ≥2-D weights except the bigram table."""
+    warmup_frac: float = 0.01
+    """Fraction of steps of linear LR warmup."""
+    lr_decay: bool = True
+    """Decay the LR linearly to 0 at the end of training after warmup (else hold it)."""
+    grad_rms: float | None = 1.0
+    """Rescale the whole gradient to this global RMS every step; None leaves it alone."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.lr > 0, self, "lr", "must be > 0")
+        check(all(0.0 <= b < 1.0 for b in self.betas), self, "betas", "each must be in [0, 1)")
+        check(self.eps >= 0, self, "eps", "must be >= 0")
+        check(self.weight_decay >= 0, self, "weight_decay", "must be >= 0")
+        check(0.0 <= self.warmup_frac < 1.0, self, "warmup_frac", "must be in [0, 1)")
+        check(self.grad_rms is None or self.grad_rms > 0, self, "grad_rms", "must be > 0 or None")
+
+
+def lr_schedule(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """Warmup/decay factor in (0, 1] of step `step` (0-based), before sharkfin.
+
+    Linear warmup to 1 over the first int(warmup_frac · total) steps, then linear decay that
+    would reach 0 at step `total_steps` (the last step still moves the weights).
+    """
+    if not 0 <= step < total_steps:
+        raise ValueError(f"step={step} is outside [0, total_steps={total_steps})")
+    warmup = int(cfg.warmup_frac * total_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    if not cfg.lr_decay:
+        return 1.0
+    return (total_steps - step) / (total_steps - warmup)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepStats:
+    """What one optimizer step did, for logging.
+
+    `grad_rms` stays a 0-d device tensor so that logging decides when to synchronise.
+    """
+
+    step: int
+    """Index of the step just taken (0-based)."""
+    lr: float
+    """Learning rate the step used."""
+    l0: float
+    """Block-matrix L0 fraction the weights were projected to."""
+    nonzeros: dict[str, int]
+    """Sparse matrix name → entries kept (numel when dense)."""
+    grad_rms: Tensor
+    """Global gradient RMS before normalisation."""
+
+
+class SparseOptimizer:
+    """Gradient normalisation, Adam, L0 projection and decoupled decay, once per step.
+
+    Usage:
+        opt = SparseOptimizer(model, OptimConfig(), SparsityConfig(l0=1 / 64), total_steps)
+        for step in range(total_steps):
+            lm_loss(model(tokens), tokens).backward()
+            stats = opt.step()
+            opt.zero_grad()
+
+    If the schedule starts below L0 = 1 (no anneal), the weights are projected on construction
+    so that the first forward pass already runs the sparse model.
+    """
+
+    def __init__(
+        self,
+        model: GPT,
+        cfg: OptimConfig,
+        sparsity: SparsityConfig | None,
+        total_steps: int,
+    ) -> None:
+        if total_steps < 1:
+            raise ValueError(f"SparseOptimizer: total_steps={total_steps} must be >= 1")
+        self.model, self.cfg, self.sparsity, self.total_steps = model, cfg, sparsity, total_steps
+        self.step_count = 0
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        # The official rule: every ≥2-D weight decays, except the bigram table.
+        self._decayed = [p for n, p in named if p.dim() >= 2 and n != "bigram"]
+        fused = all(p.is_cuda for p in self.params)
+        self.adam = torch.optim.Adam(
+            self.params,
+            lr=cfg.lr,
+            betas=cfg.betas,
+            eps=cfg.eps,
+            weight_decay=0.0,
+            fused=fused or None,
+        )
+        if sparsity is not None and (l0 := l0_at_progress(0.0, sparsity)) < 1.0:
+            project_weights_(model, l0, sparsity)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of step `step`: base · warmup/decay · sharkfin."""
+        lr = self.cfg.lr * lr_schedule(step, self.total_steps, self.cfg)
+        if self.sparsity is not None:
+            lr *= sharkfin(step, self.total_steps, self.sparsity)
+        return lr
+
+    def l0_at(self, step: int) -> float:
+        """Block-matrix L0 that step `step` projects to (1.0 for a dense run)."""
+        if self.sparsity is None:
+            return 1.0
+        return l0_schedule(step, self.total_steps, self.sparsity)
+
+    @torch.no_grad()
+    def step(self) -> StepStats:
+        """Take one optimizer step with the gradients in `.grad`; see the module docstring."""
+        step = self.step_count
+        if step >= self.total_steps:
+            raise RuntimeError(f"all {self.total_steps} scheduled steps have been taken")
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            raise RuntimeError(
+                "SparseOptimizer.step() called with no gradients; call backward first"
+            )
+        n = sum(g.numel() for g in grads)
+        grad_rms = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) / n**0.5
+        if self.cfg.grad_rms is not None:
+            torch._foreach_mul_(grads, self.cfg.grad_rms / (grad_rms + 1e-5))
+
+        lr, l0 = self.lr_at(step), self.l0_at(step)
+        for group in self.adam.param_groups:
+            group["lr"] = lr
+        self.adam.step()
+
+        if self.sparsity is not None and l0 < 1.0:
+            nonzeros = project_weights_(self.model, l0, self.sparsity)
+        else:
+            nonzeros = {w.name: w.param.numel() for w in self.model.sparse_weights()}
+        if self.cfg.weight_decay > 0:
+            torch._foreach_mul_(self._decayed, 1.0 - self.cfg.weight_decay * lr)
+
+        self.step_count += 1
+        return StepStats(step=step, lr=lr, l0=l0, nonzeros=nonzeros, grad_rms=grad_rms)
+
+    def zero_grad(self) -> None:
+        self.adam.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Adam moments and the step counter; the schedules are functions of these."""
+        return {
+            "step": self.step_count,
+            "total_steps": self.total_steps,
+            "adam": self.adam.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["total_steps"] != self.total_steps:
+            raise ValueError(
+                f"optimizer state was saved for total_steps={state['total_steps']}, this run "
+                f"has {self.total_steps}: the LR and L0 schedules would differ"
+            )
+        self.adam.load_state_dict(state["adam"])
+        self.step_count = state["step"]

@@ -1,0 +1,285 @@
+"""Activation and weight sparsity: AbsTopK, the L0 weight projection, and their schedules.
+
+Semantics follow Gao et al. 2025 and the official training script (DESIGN.md sections 3-4):
+
+- **AbsTopK** keeps, per token, the k = int(frac · width) entries of largest |x| and zeros the
+  rest; gradients flow only through the kept entries.
+- **Projection**: after every optimizer step each weight matrix keeps exactly its top-k entries
+  by magnitude, k = round(L0 · numel). Before the global top-k, the j largest entries of every
+  neuron are protected (forced into the kept set), so no neuron is left with fewer than j
+  nonzeros. The axis is the neuron's: rows of qkv and MLP-in, columns of attention-out and
+  MLP-out. When protection alone needs more than k entries, protection wins and the matrix
+  keeps n_neurons · j entries. Embedding matrices use min(1, L0 · embed_mult) and no protection.
+- **Ties** are broken towards the lower (flattened, row-major) index everywhere, so the kept set
+  is a pure function of the values: kernels, sharded runs and resumes reproduce it exactly.
+- **Anneal**: L0 goes linearly from 1 (dense) to the target between `anneal_start` and
+  `anneal_end` (fractions of training). **Sharkfin** multiplies the LR by √(L0_target / L0_now).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from sparse_tf.config import Config, check
+
+# ---------------------------------------------------------------------------------------------
+# The shared selection rule
+# ---------------------------------------------------------------------------------------------
+
+
+def topk_mask(score: Tensor, k: int) -> Tensor:
+    """Boolean mask of the k largest entries along the last dim; ties go to the lower index.
+
+    This is the one selection rule of the library (AbsTopK, projection and protection all use
+    it). `torch.topk` alone is not enough: which of several equal values it returns is
+    unspecified and differs between devices, and exact ties are common (zeros in embedding
+    rows of unseen tokens, bf16 activations).
+
+    Args:
+        score: [..., n] values to rank (NaN-free).
+        k: entries to keep per row, clamped to [0, n].
+
+    Returns:
+        [..., n] bool, exactly min(max(k, 0), n) True entries per row.
+    """
+    n = score.shape[-1]
+    if k >= n:
+        return torch.ones_like(score, dtype=torch.bool)
+    if k <= 0:
+        return torch.zeros_like(score, dtype=torch.bool)
+    kth = score.topk(k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)  # [..., 1]
+    above = score > kth
+    tied = score == kth
+    room = k - above.sum(dim=-1, keepdim=True)  # [..., 1] ties to admit, lowest index first
+    return above | (tied & (tied.cumsum(dim=-1) <= room))
+
+
+# ---------------------------------------------------------------------------------------------
+# AbsTopK (activation sparsity)
+# ---------------------------------------------------------------------------------------------
+
+
+def abstopk_k(frac: float, width: int) -> int:
+    """Entries AbsTopK keeps in a row of `width` values: int(frac · width), as the official code."""
+    return int(frac * width)
+
+
+def abs_topk(x: Tensor, k: int) -> Tensor:
+    """Keep the k entries of largest |x| along the last dim (signed values), zero the rest.
+
+    The mask is computed without gradient, so the backward pass is grad · mask: exactly zero
+    outside the kept entries.
+
+    Args:
+        x: [..., width] activations.
+        k: entries kept per row, 1 ≤ k ≤ width.
+    """
+    width = x.shape[-1]
+    if not 1 <= k <= width:
+        raise ValueError(f"abs_topk: k={k} must be in [1, {width}] for rows of width {width}")
+    if k == width:
+        return x
+    with torch.no_grad():
+        keep = topk_mask(x.abs(), k)
+    return x.masked_fill(~keep, 0.0)
+
+
+class AbsTopK(nn.Module):
+    """AbsTopK as a module: k = int(frac · width) of the last dim; `frac=None` is the identity."""
+
+    def __init__(self, frac: float | None) -> None:
+        super().__init__()
+        if frac is not None and not 0.0 < frac <= 1.0:
+            raise ValueError(f"AbsTopK: frac={frac} must be in (0, 1] or None")
+        self.frac = frac
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.frac is None:
+            return x
+        width = x.shape[-1]
+        k = abstopk_k(self.frac, width)
+        if k < 1:
+            raise ValueError(f"AbsTopK: frac={self.frac} keeps no entry of a row of width {width}")
+        return abs_topk(x, k)
+
+    def extra_repr(self) -> str:
+        return f"frac={self.frac}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight projection
+# ---------------------------------------------------------------------------------------------
+
+ROWS = 0
+"""`neuron_dim` of matrices whose neurons are rows: nn.Linear weights [out, in] of qkv, MLP-in."""
+COLS = 1
+"""`neuron_dim` of matrices whose neurons are columns: attention-out and MLP-out projections."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseWeight:
+    """One L0-constrained weight matrix of a model, as the model declares it.
+
+    Attributes:
+        name: parameter name in `model.named_parameters()`.
+        param: the parameter, a 2-D tensor.
+        kind: "block" matrices go to the target L0; "embedding" ones (token and positional
+            embeddings, unembedding) to min(1, L0 · embed_mult).
+        neuron_dim: ROWS or COLS, the axis whose slices are neurons (protected), or None.
+    """
+
+    name: str
+    param: nn.Parameter
+    kind: Literal["block", "embedding"]
+    neuron_dim: int | None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SparsityConfig(Config):
+    """Weight sparsity of a training run (the paper's recipe by default)."""
+
+    l0: float
+    """Target fraction of nonzero entries in each block weight matrix (1/64 in the paper preset)."""
+    embed_mult: float = 4.0
+    """Embedding, positional embedding and unembedding matrices end at min(1, l0 · embed_mult)."""
+    min_per_neuron: int = 4
+    """Protection j: never leave a neuron with fewer than j nonzeros (0 disables)."""
+    anneal_start: float = 0.01
+    """Fraction of training at which L0 starts to fall from 1 (dense)."""
+    anneal_end: float = 0.5
+    """Fraction of training at which L0 reaches `l0`."""
+    sharkfin: bool = True
+    """Multiply the LR by √(l0 / L0_now) while annealing (≤ 1; 1 once L0 reaches the target)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(0.0 < self.l0 <= 1.0, self, "l0", "must be in (0, 1]")
+        check(self.embed_mult > 0.0, self, "embed_mult", "must be > 0")
+        check(self.min_per_neuron >= 0, self, "min_per_neuron", "must be >= 0")
+        check(0.0 <= self.anneal_start <= 1.0, self, "anneal_start", "must be in [0, 1]")
+        check(
+            self.anneal_start <= self.anneal_end <= 1.0,
+            self,
+            "anneal_end",
+            f"must be in [anneal_start={self.anneal_start}, 1]",
+        )
+
+
+def density(w: SparseWeight, l0: float, cfg: SparsityConfig) -> float:
+    """The nonzero fraction `w` is projected to when block matrices are at `l0`."""
+    return l0 if w.kind == "block" else min(1.0, l0 * cfg.embed_mult)
+
+
+def kept_count(w: SparseWeight, l0: float, cfg: SparsityConfig) -> int:
+    """Entries of `w` kept by `project_weights_` at `l0`: max(top-k budget, protected entries)."""
+    numel = w.param.numel()
+    k = max(1, round(density(w, l0, cfg) * numel))
+    if w.neuron_dim is None or cfg.min_per_neuron == 0:
+        return min(k, numel)
+    n_neurons = w.param.shape[w.neuron_dim]
+    per_neuron = numel // n_neurons
+    protected = n_neurons * min(cfg.min_per_neuron, per_neuron)
+    return min(max(k, protected), numel)
+
+
+def sparse_weights(model: nn.Module) -> list[SparseWeight]:
+    """The L0-constrained matrices of `model` (it must declare them via `sparse_weights()`)."""
+    declare = getattr(model, "sparse_weights", None)
+    if declare is None:
+        raise TypeError(
+            f"{type(model).__name__} does not declare its sparse matrices; "
+            "it needs a sparse_weights() -> list[SparseWeight] method (sparse_tf.GPT has one)"
+        )
+    return declare()
+
+
+def weight_mask(w: SparseWeight, l0: float, cfg: SparsityConfig) -> Tensor:
+    """Boolean mask of the entries of `w` that projection to `l0` keeps (same shape as w)."""
+    weight = w.param.detach()
+    score = weight.abs()
+    j = cfg.min_per_neuron
+    if w.neuron_dim is not None and j > 0:
+        # Protected entries outrank everything; among themselves the index rule still applies.
+        neurons_last = score if w.neuron_dim == ROWS else score.T  # [n_neurons, per_neuron]
+        protected = topk_mask(neurons_last, j)
+        if w.neuron_dim == COLS:
+            protected = protected.T
+        score = score.masked_fill(protected, math.inf)
+    keep = topk_mask(score.reshape(1, -1), kept_count(w, l0, cfg))
+    return keep.view_as(weight)
+
+
+@torch.no_grad()
+def project_weights_(model: nn.Module, l0: float, cfg: SparsityConfig) -> dict[str, int]:
+    """Project every sparse matrix of `model` in place to its top-magnitude entries at `l0`.
+
+    Biases, norm gains, attention sinks and the bigram table are not touched (they are not
+    declared sparse).
+
+    Args:
+        model: a model with `sparse_weights()`, e.g. `sparse_tf.GPT`.
+        l0: nonzero fraction of block matrices, in (0, 1]; 1 leaves everything dense.
+        cfg: embedding multiplier and per-neuron protection.
+
+    Returns:
+        Parameter name → entries kept (the nonzero count, unless a kept entry is exactly 0).
+        Computed on the host: no device synchronisation.
+    """
+    if not 0.0 < l0 <= 1.0:
+        raise ValueError(f"project_weights_: l0={l0} must be in (0, 1]")
+    counts = {}
+    for w in sparse_weights(model):
+        counts[w.name] = kept_count(w, l0, cfg)
+        if counts[w.name] < w.param.numel():
+            w.param.masked_fill_(~weight_mask(w, l0, cfg), 0.0)
+    return counts
+
+
+def count_nonzeros(model: nn.Module) -> dict[str, int]:
+    """Parameter name → nonzero entries of every sparse matrix (synchronises with the device)."""
+    return {w.name: int(torch.count_nonzero(w.param)) for w in sparse_weights(model)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules: pure functions of (step, total_steps)
+# ---------------------------------------------------------------------------------------------
+
+
+def _progress(step: int, total_steps: int) -> float:
+    """Fraction of training done once `step` (0-based) has been taken: (step + 1) / total."""
+    if total_steps < 1:
+        raise ValueError(f"total_steps={total_steps} must be >= 1")
+    if not 0 <= step < total_steps:
+        raise ValueError(f"step={step} is outside [0, total_steps={total_steps})")
+    return (step + 1) / total_steps
+
+
+def l0_at_progress(progress: float, cfg: SparsityConfig) -> float:
+    """Block-matrix L0 once a fraction `progress` ∈ [0, 1] of training is done."""
+    start, end = cfg.anneal_start, cfg.anneal_end
+    if progress >= end:
+        return cfg.l0
+    if progress <= start:
+        return 1.0
+    return 1.0 + (cfg.l0 - 1.0) * (progress - start) / (end - start)
+
+
+def l0_schedule(step: int, total_steps: int, cfg: SparsityConfig) -> float:
+    """Block-matrix L0 that step `step` (0-based) projects to.
+
+    1 until `anneal_start`, linear to `cfg.l0` at `anneal_end`, `cfg.l0` after; the last step
+    always ends at the target when anneal_end ≤ 1.
+    """
+    return l0_at_progress(_progress(step, total_steps), cfg)
+
+
+def sharkfin(step: int, total_steps: int, cfg: SparsityConfig) -> float:
+    """LR multiplier √(l0 / L0_now) of step `step`: ≤ 1, and exactly 1 once annealing ends."""
+    if not cfg.sharkfin:
+        return 1.0
+    return math.sqrt(cfg.l0 / l0_schedule(step, total_steps, cfg))

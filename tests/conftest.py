@@ -1,0 +1,34 @@
+"""Shared test setup: seeding, the Triton interpreter switch, and GPU-test skipping."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+# Triton reads TRITON_INTERPRET when a kernel is defined, so it must be set before any module
+# defining kernels is imported. Without a GPU, kernels can only run under the interpreter
+# (numpy-simulated, one program at a time: keep shapes small). `import torch` does not import
+# triton, so asking torch about CUDA first is safe.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    """Every test starts from the same RNG state, whatever ran before it."""
+    random.seed(0)
+    np.random.seed(0)  # noqa: NPY002 - seeds the legacy global RNG that libraries still use
+    torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)

@@ -1,0 +1,87 @@
+"""The `sparse-tf` console script."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from sparse_tf.cli import main
+
+PAPER = [
+    "--model.vocab-size",
+    "2048",
+    "--model.n-ctx",
+    "256",
+    "--model.n-layer",
+    "8",
+    "--model.d-model",
+    "1024",
+]
+
+
+def test_describe_reports_the_paper_preset_budget(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["describe", *PAPER, "--sparsity.l0", "0.015625"])
+    out = capsys.readouterr().out
+    assert "8 layers, d_model 1024, 64 heads x 16, d_mlp 4096" in out
+    assert "k = 256 of d_model, 256 of q/k/v, 1024 of d_mlp" in out
+    # Block matrices at 1/64, embeddings at 4/64; 8 x (3+1+4+4) M + 2 x 2 M entries.
+    assert "blocks.7.mlp.out_proj.weight" in out
+    assert "65,536" in out
+    assert "104,857,600" in out
+    assert "1,835,008" in out
+
+
+def test_describe_shows_protection_winning_on_small_models(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    main(
+        [
+            "describe",
+            "--model.vocab-size",
+            "512",
+            "--model.n-ctx",
+            "64",
+            "--model.n-layer",
+            "2",
+            "--model.d-model",
+            "64",
+            "--sparsity.l0",
+            "0.015625",
+        ]
+    )
+    line = next(
+        x for x in capsys.readouterr().out.splitlines() if x.startswith("blocks.0.attn.qkv")
+    )
+    assert line.split()[-3:] == ["768", "0.0625", "rows"]  # 192 rows x 4 > 12,288 / 64
+
+
+def test_bad_config_is_a_one_line_error() -> None:
+    with pytest.raises(
+        SystemExit,
+        match=r"sparse-tf: error: GPTConfig.d_model=100: must be a multiple of d_head=16",
+    ):
+        main(
+            [
+                "describe",
+                "--model.vocab-size",
+                "10",
+                "--model.n-ctx",
+                "8",
+                "--model.n-layer",
+                "1",
+                "--model.d-model",
+                "100",
+            ]
+        )
+
+
+def test_console_script_is_installed() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sparse_tf.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "describe" in result.stdout

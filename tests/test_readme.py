@@ -1,0 +1,34 @@
+"""The README stays true: its Python examples run and CI runs its test command."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def code_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.DOTALL)
+
+
+def quickstart_commands() -> list[str]:
+    section = README.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.DOTALL)
+    assert block, "the Quickstart has a bash block"
+    return [line.strip() for line in block.group(1).splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("index", range(len(code_blocks("python"))))
+def test_python_examples_run(index: int, capsys: pytest.CaptureFixture[str]) -> None:
+    exec(compile(code_blocks("python")[index], f"README.md python block {index}", "exec"), {})
+
+
+def test_ci_runs_the_quickstart_commands() -> None:
+    install, test = quickstart_commands()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert install in ci.splitlines()
+    assert test in ci.splitlines()
