@@ -1,0 +1,124 @@
+"""CUDA behaviour of the core: bf16 autocast, the fused attention paths, and device-independent
+kept sets (the tie rule must give the same selection on the GPU as on the CPU)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from sparse_tf import (
+    GPT,
+    OptimConfig,
+    SparseOptimizer,
+    SparsityConfig,
+    abs_topk,
+    lm_loss,
+    project_weights_,
+)
+from tests.helpers import tiny_config, tokens
+
+pytestmark = pytest.mark.gpu
+CUDA = torch.device("cuda")
+
+
+def tie_heavy(*shape: int) -> torch.Tensor:
+    """Random values with many exact ties and zeros (integers, half of them scaled)."""
+    x = torch.randint(-4, 5, shape).float()
+    return torch.where(torch.rand(shape) < 0.5, x, torch.randn(shape))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_abs_topk_kept_set_is_the_same_on_cpu_and_cuda(dtype: torch.dtype) -> None:
+    x = tie_heavy(512, 1024).to(dtype)
+    for k in (1, 16, 256, 700):
+        cpu = abs_topk(x, k) != 0
+        gpu = abs_topk(x.to(CUDA), k).cpu() != 0
+        assert torch.equal(cpu, gpu), k
+
+
+def test_projection_kept_set_is_the_same_on_cpu_and_cuda() -> None:
+    model = GPT(tiny_config(d_model=128, vocab_size=512, pos_emb=True))
+    with torch.no_grad():
+        for w in model.sparse_weights():
+            w.param.copy_(tie_heavy(*w.param.shape))
+    on_gpu = copy.deepcopy(model).to(CUDA)
+    cfg = SparsityConfig(l0=1 / 64)
+    for l0 in (0.5, 1 / 16, 1 / 64):
+        assert project_weights_(model, l0, cfg) == project_weights_(on_gpu, l0, cfg)
+        for (name, a), b in zip(model.named_parameters(), on_gpu.parameters(), strict=True):
+            assert torch.equal(a, b.cpu()), (l0, name)
+
+
+def test_bf16_autocast_training_step_with_every_option() -> None:
+    cfg = tiny_config(attn_sink=True, pos_emb=True, bigram=True)
+    model = GPT(cfg).to(CUDA)
+    opt = SparseOptimizer(model, OptimConfig(), SparsityConfig(l0=1 / 16), total_steps=4)
+    x = tokens(cfg, batch=8).to(CUDA)
+    for _ in range(4):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(x)
+            loss = lm_loss(logits, x)
+        # bf16 unembedding + the fp32 bigram table: fp32 logits, as in the official model.
+        assert logits.dtype == torch.float32
+        loss.backward()
+        for name, p in model.named_parameters():
+            assert p.grad is not None, name
+            assert torch.isfinite(p.grad).all(), name
+        assert model.blocks[0].attn.sink_logit.grad.abs().sum() > 0  # the sink mask trains
+        stats = opt.step()
+        opt.zero_grad()
+    assert stats.l0 == 1 / 16
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+
+
+def test_abstopk_sites_keep_exactly_k_under_autocast() -> None:
+    cfg = tiny_config()
+    model = GPT(cfg).to(CUDA)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        _, cache = model.run_with_cache(tokens(cfg).to(CUDA))
+    for name in ("blocks.0.attn.hook_q", "blocks.1.hook_mlp_out", "blocks.1.mlp.hook_post"):
+        width = cache[name].shape[-1]
+        assert ((cache[name] != 0).sum(-1) == width // 4).all(), name
+
+
+@pytest.mark.parametrize("attn_sink", [False, True])
+def test_explicit_pattern_path_matches_fused_attention_on_cuda(attn_sink: bool) -> None:
+    cfg = tiny_config(attn_sink=attn_sink)
+    model = GPT(cfg).to(CUDA)
+    if attn_sink:
+        with torch.no_grad():
+            for b in model.blocks:
+                b.attn.sink_logit.copy_(torch.randn(cfg.n_head))
+    x = tokens(cfg).to(CUDA)
+    fused = model(x)
+    explicit = model.run_with_hooks(
+        x, fwd_hooks=[(lambda n: n.endswith("hook_pattern"), lambda t, hook: t.clone())]
+    )
+    torch.testing.assert_close(explicit, fused, rtol=1e-4, atol=1e-4)
+    logits, _ = model.run_with_cache(x)
+    assert torch.equal(logits, fused)
+
+
+def test_cuda_optimizer_steps_track_the_cpu_reference() -> None:
+    """Fused CUDA Adam vs the CPU path, fp32: same weights to rounding, same kept sets."""
+    cfg = tiny_config(vocab_size=64, n_ctx=32)
+    cpu_model = GPT(cfg)
+    gpu_model = copy.deepcopy(cpu_model).to(CUDA)
+    scfg = SparsityConfig(l0=1 / 16, anneal_start=0.0, anneal_end=0.3)
+    x = tokens(cfg, batch=8)
+    opts = [SparseOptimizer(m, OptimConfig(), scfg, total_steps=10) for m in (cpu_model, gpu_model)]
+    for _ in range(10):
+        for model, opt, inp in zip((cpu_model, gpu_model), opts, (x, x.to(CUDA)), strict=True):
+            lm_loss(model(inp), inp).backward()
+            opt.step()
+            opt.zero_grad()
+    mismatched = total = 0
+    for (name, a), b in zip(cpu_model.named_parameters(), gpu_model.parameters(), strict=True):
+        b = b.detach().cpu()
+        torch.testing.assert_close(a.detach(), b, rtol=1e-3, atol=1e-4, msg=name)
+        mismatched += int(((a != 0) != (b != 0)).sum())
+        total += a.numel()
+    # A kept set can only differ where rounding reorders two magnitudes at the threshold.
+    assert mismatched <= 1e-3 * total, mismatched
