@@ -155,9 +155,7 @@ class HookedModule(nn.Module):
 
         with self.hooks([(hp.name, save) for hp in self._select(names_filter)]):
             out = self(*args, **kwargs)
-        order = {name: i for i, name in enumerate(self._hook_points)}
-        ordered = dict(sorted(acts.items(), key=lambda kv: order[kv[0]]))
-        return out, ActivationCache(ordered, self.hook_aliases())
+        return out, ActivationCache(acts, self.hook_aliases())  # filled in execution order
 
 
 def _adapt(fn: HookFn) -> Callable[[nn.Module, tuple[Any, ...], Tensor], Tensor | None]:

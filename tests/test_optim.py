@@ -13,6 +13,7 @@ from sparse_tf import (
     OptimConfig,
     SparseOptimizer,
     SparsityConfig,
+    StepStats,
     count_nonzeros,
     lm_loss,
     lr_schedule,
@@ -26,6 +27,15 @@ def backward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     loss = lm_loss(model(x), x)
     loss.backward()
     return loss
+
+
+def train(model: torch.nn.Module, opt: SparseOptimizer, x: torch.Tensor, steps: int) -> StepStats:
+    """`steps` full training steps on one batch; the stats of the last."""
+    for _ in range(steps):
+        backward(model, x)
+        stats = opt.step()
+        opt.zero_grad()
+    return stats
 
 
 def test_step_replays_the_recipe_in_order() -> None:
@@ -140,11 +150,7 @@ def test_lr_combines_warmup_decay_and_sharkfin() -> None:
 def test_dense_run_forces_no_zeros() -> None:
     model = tiny_model(afrac=None)
     opt = SparseOptimizer(model, OptimConfig(), None, 5)
-    x = tokens(model.cfg)
-    for _ in range(5):
-        backward(model, x)
-        stats = opt.step()
-        opt.zero_grad()
+    stats = train(model, opt, tokens(model.cfg), 5)
     assert stats.l0 == 1.0
     for w in model.sparse_weights():
         assert (w.param != 0).all(), w.name
@@ -170,19 +176,12 @@ def test_state_dict_resume_continues_bit_identically() -> None:
 
     torch.manual_seed(3)
     straight = tiny_model()
-    opt = SparseOptimizer(straight, OptimConfig(), scfg, total)
-    for _ in range(total):
-        backward(straight, x)
-        opt.step()
-        opt.zero_grad()
+    train(straight, SparseOptimizer(straight, OptimConfig(), scfg, total), x, total)
 
     torch.manual_seed(3)
     first = tiny_model()
     opt = SparseOptimizer(first, OptimConfig(), scfg, total)
-    for _ in range(split):
-        backward(first, x)
-        opt.step()
-        opt.zero_grad()
+    train(first, opt, x, split)
     model_state = copy.deepcopy(first.state_dict())
     opt_state = copy.deepcopy(opt.state_dict())
 
@@ -190,10 +189,7 @@ def test_state_dict_resume_continues_bit_identically() -> None:
     resumed.load_state_dict(model_state)
     opt = SparseOptimizer(resumed, OptimConfig(), scfg, total)
     opt.load_state_dict(opt_state)
-    for _ in range(total - split):
-        backward(resumed, x)
-        opt.step()
-        opt.zero_grad()
+    train(resumed, opt, x, total - split)
     for (name, a), b in zip(straight.named_parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b), name
 
