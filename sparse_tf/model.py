@@ -332,5 +332,7 @@ class GPT(HookedModule):
 
 def lm_loss(logits: Tensor, tokens: Tensor) -> Tensor:
     """Mean next-token cross-entropy: logits at position t predict tokens[:, t + 1]."""
-    V = logits.shape[-1]
-    return F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), tokens[:, 1:].reshape(-1))
+    # Shift the targets, not the logits: slicing [B, T, vocab] logits would copy them forward
+    # and allocate a zero gradient of their full size backward.
+    targets = F.pad(tokens[:, 1:], (0, 1), value=-100)  # [B, T]; the last position is ignored
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
