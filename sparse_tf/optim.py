@@ -123,6 +123,7 @@ class SparseOptimizer:
         self.params = [p for _, p in named]
         # The official rule: every ≥2-D weight decays, except the bigram table.
         self._decayed = [p for n, p in named if p.dim() >= 2 and n != "bigram"]
+        self._dense_counts = {w.name: w.param.numel() for w in model.sparse_weights()}
         fused = all(p.is_cuda for p in self.params)
         self.adam = torch.optim.Adam(
             self.params,
@@ -172,7 +173,7 @@ class SparseOptimizer:
         if self.sparsity is not None and l0 < 1.0:
             nonzeros = project_weights_(self.model, l0, self.sparsity)
         else:
-            nonzeros = {w.name: w.param.numel() for w in self.model.sparse_weights()}
+            nonzeros = dict(self._dense_counts)
         if self.cfg.weight_decay > 0:
             torch._foreach_mul_(self._decayed, 1.0 - self.cfg.weight_decay * lr)
 
