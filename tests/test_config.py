@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Literal
 
 import pytest
 
 from sparse_tf import ConfigError, GPTConfig, OptimConfig, SparsityConfig
+from sparse_tf.config import Config
 from tests.helpers import tiny_config
 
 
@@ -97,3 +99,18 @@ def test_configs_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.d_model = 128  # type: ignore[misc]
     assert dataclasses.replace(cfg, n_layer=3).n_layer == 3
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _EnumConfig(Config):
+    anneal: Literal["linear", "power"] = "linear"
+    maybe: int | None = None
+
+
+def test_enum_fields_reject_unlisted_values() -> None:
+    """The guard against a config enum being silently ignored ("exponential" vs "exp")."""
+    assert _EnumConfig.from_dict({"anneal": "power"}).anneal == "power"
+    with pytest.raises(ConfigError, match=r"anneal: expected one of \['linear', 'power'\]"):
+        _EnumConfig.from_dict({"anneal": "exponential"}, source="cfg.json")
+    with pytest.raises(ConfigError, match=r"maybe: expected int or null"):
+        _EnumConfig(maybe=1.5)  # type: ignore[arg-type]

@@ -88,6 +88,13 @@ def test_gradients_are_normalised_to_unit_rms() -> None:
     assert grads.pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)
     assert stats.grad_rms.item() == pytest.approx(raw.item(), rel=1e-5)
 
+    untouched = SparseOptimizer(model, OptimConfig(grad_rms=None), None, 5)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    stats = untouched.step()
+    assert all((p.grad == 3.0).all() for p in model.parameters())
+    assert stats.grad_rms.item() == pytest.approx(3.0)
+
 
 def test_decay_hits_only_matrices_and_follows_projection() -> None:
     """With zero gradients Adam moves nothing: only decay acts, on ≥2-D non-bigram weights."""
