@@ -7,12 +7,24 @@ The core API:
     model = GPT(GPTConfig(vocab_size=2048, n_ctx=256, n_layer=2, d_model=64))
     logits, cache = model.run_with_cache(tokens)          # cache["blocks.0.attn.hook_q"]
     opt = SparseOptimizer(model, OptimConfig(), SparsityConfig(l0=1 / 64), total_steps=1000)
+
+Training and trained models:
+
+    from sparse_tf import RunOptions, load_model, load_tokenizer, preset, train
+
+    result = train(preset("tiny-cpu"), RunOptions(out="runs/tiny-cpu"))
+    model, tok = load_model(result.final), load_tokenizer(result.final)
 """
 
+from sparse_tf._version import __version__
+from sparse_tf.checkpoint import CheckpointError, export_model, load_model
 from sparse_tf.config import ConfigError
+from sparse_tf.data import DataConfig, load_tokenizer
+from sparse_tf.errors import SparseTFError
 from sparse_tf.hooks import ActivationCache, HookPoint
 from sparse_tf.model import GPT, GPTConfig, lm_loss
 from sparse_tf.optim import OptimConfig, SparseOptimizer, StepStats, lr_schedule
+from sparse_tf.presets import preset
 from sparse_tf.sparsity import (
     AbsTopK,
     SparseWeight,
@@ -23,26 +35,38 @@ from sparse_tf.sparsity import (
     project_weights_,
     sharkfin,
 )
-
-__version__ = "0.1.0"
+from sparse_tf.training import RunOptions, TrainConfig, TrainingError, TrainResult, train
 
 __all__ = [
     "GPT",
     "AbsTopK",
     "ActivationCache",
+    "CheckpointError",
     "ConfigError",
+    "DataConfig",
     "GPTConfig",
     "HookPoint",
     "OptimConfig",
+    "RunOptions",
     "SparseOptimizer",
+    "SparseTFError",
     "SparseWeight",
     "SparsityConfig",
     "StepStats",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingError",
+    "__version__",
     "abs_topk",
     "count_nonzeros",
+    "export_model",
     "l0_schedule",
     "lm_loss",
+    "load_model",
+    "load_tokenizer",
     "lr_schedule",
+    "preset",
     "project_weights_",
     "sharkfin",
+    "train",
 ]

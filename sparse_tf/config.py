@@ -17,13 +17,11 @@ import types
 import typing
 from typing import Any, Literal, Self, Union, get_args, get_origin
 
+from sparse_tf.errors import SparseTFError
 
-class ConfigError(Exception):
-    """A config value or config file is invalid; the message names the field at fault.
 
-    Deliberately not a ValueError: CLI parsers (tyro) reformat ValueErrors raised while
-    building their arguments, and the `sparse-tf` entry point prints this one-line message as is.
-    """
+class ConfigError(SparseTFError):
+    """A config value or config file is invalid; the message names the field at fault."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -41,7 +39,8 @@ class Config:
             try:
                 coerced = _coerce(value, hints[f.name])
             except TypeError as e:
-                raise ConfigError(f"{type(self).__name__}.{f.name}: {e} (got {value!r})") from None
+                got = "" if isinstance(value, dict) else f" (got {value!r})"
+                raise ConfigError(f"{type(self).__name__}.{f.name}: {e}{got}") from None
             object.__setattr__(self, f.name, coerced)
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,6 +111,11 @@ def _coerce(value: Any, annotation: Any) -> Any:
         if not isinstance(value, (tuple, list)) or len(value) != len(args):
             raise TypeError(f"expected {_describe(annotation)}")
         return tuple(_coerce(v, a) for v, a in zip(value, args, strict=True))
+    if isinstance(annotation, type) and issubclass(annotation, Config) and isinstance(value, dict):
+        try:
+            return annotation.from_dict(value)
+        except ConfigError as e:
+            raise TypeError(str(e)) from None
     if annotation is type(None):
         if value is None:
             return None

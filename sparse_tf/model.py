@@ -285,7 +285,8 @@ class GPT(HookedModule):
             x = block(x)
         logits = self.unembed(self.ln_final(x))
         if self.cfg.bigram:
-            logits = logits + self.bigram[tokens]
+            # F.embedding, not self.bigram[tokens]: its backward is deterministic on CPU.
+            logits = logits + F.embedding(tokens, self.bigram)  # [B, T, vocab]
         return logits
 
     def sparse_weights(self) -> list[SparseWeight]:
@@ -335,4 +336,12 @@ def lm_loss(logits: Tensor, tokens: Tensor) -> Tensor:
     # Shift the targets, not the logits: slicing [B, T, vocab] logits would copy them forward
     # and allocate a zero gradient of their full size backward.
     targets = F.pad(tokens[:, 1:], (0, 1), value=-100)  # [B, T]; the last position is ignored
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+    return target_loss(logits, targets)
+
+
+def target_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+    """Cross-entropy of logits [B, T, vocab] against targets [B, T]; targets of -100 are
+    skipped. `reduction` is "mean" (over counted targets) or "sum"."""
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction=reduction
+    )

@@ -121,6 +121,7 @@ class SparseOptimizer:
         self.step_count = 0
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in named]
+        self.param_names = [n for n, _ in named]  # Adam's state index i is param_names[i]
         # The official rule: every ≥2-D weight decays, except the bigram table.
         self._decayed = [p for n, p in named if p.dim() >= 2 and n != "bigram"]
         self._dense_counts = {w.name: w.param.numel() for w in model.sparse_weights()}

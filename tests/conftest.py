@@ -17,6 +17,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tokenizers and token shards of the test corpora go to a per-session folder, never to
+    the user's cache; subprocesses inherit it through the environment."""
+    os.environ["SPARSE_TF_CACHE"] = str(tmp_path_factory.mktemp("sparse_tf_cache"))
+    os.environ["WANDB_SILENT"] = "true"
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     """Every test starts from the same RNG state, whatever ran before it."""

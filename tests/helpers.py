@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+import sysconfig
+from pathlib import Path
+
 import torch
 
-from sparse_tf import GPT, GPTConfig
+from sparse_tf import GPT, GPTConfig, SparsityConfig
+from sparse_tf.data import DataConfig
+from sparse_tf.training import RunOptions, TrainConfig
 
 
 def tiny_config(**overrides: object) -> GPTConfig:
@@ -20,3 +26,46 @@ def tiny_model(**overrides: object) -> GPT:
 
 def tokens(cfg: GPTConfig, batch: int = 3, seq: int | None = None) -> torch.Tensor:
     return torch.randint(0, cfg.vocab_size, (batch, seq or cfg.n_ctx))
+
+
+STDLIB_SAMPLE = ("json", "email", "html")
+"""Standard-library packages copied into test corpora: real Python, a few hundred KB."""
+
+
+def sample_corpus(folder: Path, packages: tuple[str, ...] = STDLIB_SAMPLE) -> Path:
+    """A small directory corpus of real Python files (copied from this interpreter's stdlib)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for package in packages:
+        for f in sorted((root / package).glob("*.py")):
+            dest = folder / package / f.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest)
+    return folder
+
+
+def tiny_train_config(source: Path | str, **overrides: object) -> TrainConfig:
+    """A run that takes about a second: 1 layer, d_model 32, ctx 32, BPE 320, 12 steps of 4."""
+    fields: dict[str, object] = {
+        "model": GPTConfig(vocab_size=320, n_ctx=32, n_layer=1, d_model=32),
+        "sparsity": SparsityConfig(l0=1 / 8),
+        "data": DataConfig(source=str(source), val_frac=0.1),
+        "max_steps": 12,
+        "batch_size": 4,
+    }
+    fields.update(overrides)
+    return TrainConfig(**fields)  # type: ignore[arg-type]
+
+
+def quiet_options(out: Path, **overrides: object) -> RunOptions:
+    """Run options for tests: no wandb, no progress output, frequent logs and checkpoints."""
+    fields: dict[str, object] = {
+        "out": str(out),
+        "wandb": "disabled",
+        "progress": "none",
+        "log_every": 1,
+        "eval_every": 4,
+        "ckpt_every": 4,
+        "keep_last": 10,
+    }
+    fields.update(overrides)
+    return RunOptions(**fields)  # type: ignore[arg-type]

@@ -60,7 +60,7 @@ def test_describe_shows_protection_winning_on_small_models(
 def test_bad_config_is_a_one_line_error() -> None:
     with pytest.raises(
         SystemExit,
-        match=r"sparse-tf: error: GPTConfig.d_model=100: must be a multiple of d_head=16",
+        match=r"sparse-tf describe: error: GPTConfig.d_model=100: must be a multiple of d_head=16",
     ):
         main(
             [
@@ -85,3 +85,9 @@ def test_console_script_is_installed() -> None:
         check=True,
     )
     assert "describe" in result.stdout
+    assert "train" in result.stdout
+
+
+def test_unknown_command_names_the_commands() -> None:
+    with pytest.raises(SystemExit, match=r"unknown command 'trian'; choose from \['train', "):
+        main(["trian"])

@@ -1,0 +1,347 @@
+"""Checkpoints, exports and loading: safetensors + JSON only, every folder written atomically.
+
+    OUT/step-N/     a resumable training state after N optimizer steps:
+        model.safetensors       parameters
+        optimizer.safetensors   Adam moments and step counts, by parameter name
+        rng.safetensors         torch CPU (and CUDA) generator states
+        state.json              step, data position, schedule values, run id
+        config.json             the model config and the full training config
+        tokenizer.json          the tokenizer the data was encoded with
+        manifest.json           size and sha256 of every file above (written last)
+    OUT/final/      the shareable model:
+        model.safetensors, model.sparse.safetensors (compressed), config.json, tokenizer.json
+
+`load_model(DIR)` and `load_tokenizer(DIR)` read either kind of folder. Nothing here unpickles:
+a checkpoint handed over by someone else is data, never code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+from torch import Tensor
+
+from sparse_tf._version import __version__
+from sparse_tf.config import ConfigError
+from sparse_tf.data.tokenizer import save_tokenizer
+from sparse_tf.errors import SparseTFError
+from sparse_tf.io import atomic_dir, read_json, remove_dir, write_json
+from sparse_tf.model import GPT, GPTConfig
+from sparse_tf.optim import SparseOptimizer
+
+MODEL_FILE = "model.safetensors"
+SPARSE_MODEL_FILE = "model.sparse.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+RNG_FILE = "rng.safetensors"
+STATE_FILE = "state.json"
+CONFIG_FILE = "config.json"
+MANIFEST_FILE = "manifest.json"
+FORMAT = "sparse_tf"
+_CSR_FORMAT = "sparse_tf.csr.v1"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointError(SparseTFError):
+    """A checkpoint or model folder is missing, corrupt, truncated or incompatible."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Training checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def step_dir(out: Path, step: int) -> Path:
+    return Path(out) / f"step-{step}"
+
+
+def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every `step-N` folder in `out`, oldest first."""
+    found = []
+    if Path(out).is_dir():
+        for p in Path(out).iterdir():
+            if (m := _STEP_DIR.match(p.name)) and p.is_dir():
+                found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def save_checkpoint(
+    out: Path,
+    *,
+    model: GPT,
+    optimizer: SparseOptimizer,
+    tokenizer: Tokenizer,
+    config: dict[str, Any],
+    state: dict[str, Any],
+    keep_last: int,
+) -> Path:
+    """Write `OUT/step-N` (N = optimizer steps taken) atomically; keep the newest `keep_last`.
+
+    Older checkpoints are deleted only after the new one is complete on disk, so a crash at
+    any moment leaves at least the previous complete checkpoint.
+    """
+    step = optimizer.step_count
+    path = step_dir(out, step)
+    with atomic_dir(path) as tmp:
+        save_file(_cpu(model.state_dict()), tmp / MODEL_FILE)
+        save_file(_optimizer_tensors(optimizer), tmp / OPTIMIZER_FILE)
+        save_file(_rng_tensors(), tmp / RNG_FILE)
+        write_json(tmp / STATE_FILE, {"step": step, **state})
+        _write_config(tmp, model.cfg, config)
+        save_tokenizer(tokenizer, tmp)
+        _write_manifest(tmp)
+    for _, old in list_checkpoints(out)[:-keep_last]:
+        remove_dir(old)
+    return path
+
+
+def load_checkpoint(path: Path, model: GPT, optimizer: SparseOptimizer) -> dict[str, Any]:
+    """Restore model, optimizer and RNG from `path` in place (after verifying every file's
+    checksum); returns the contents of state.json."""
+    path = Path(path)
+    verify(path)
+    state = _read_json(path / STATE_FILE)
+    _load_params(model, path / MODEL_FILE)
+    _load_optimizer(optimizer, _load_tensors(path / OPTIMIZER_FILE), path / OPTIMIZER_FILE)
+    if optimizer.step_count != state.get("step"):
+        raise CheckpointError(f"{path / STATE_FILE}: step disagrees with {OPTIMIZER_FILE}")
+    rng = _load_tensors(path / RNG_FILE)
+    torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available():
+        cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda.")]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+    return state
+
+
+def verify(path: Path) -> None:
+    """Raise CheckpointError naming the first file whose size or sha256 is not the manifest's."""
+    path = Path(path)
+    manifest = _read_json(path / MANIFEST_FILE)
+    try:
+        files = dict(manifest["files"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path / MANIFEST_FILE}: malformed manifest") from None
+    for name, expect in files.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing from the checkpoint")
+        if f.stat().st_size != expect["bytes"]:
+            raise CheckpointError(
+                f"{f}: {f.stat().st_size} bytes, expected {expect['bytes']} (truncated or "
+                "corrupt checkpoint)"
+            )
+        if _sha256(f) != expect["sha256"]:
+            raise CheckpointError(f"{f}: checksum mismatch (corrupt checkpoint)")
+
+
+def _write_manifest(folder: Path) -> None:
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    }
+    write_json(folder / MANIFEST_FILE, {"format": FORMAT, "files": files})
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _optimizer_tensors(opt: SparseOptimizer) -> dict[str, Tensor]:
+    """Adam state by parameter name: '{name}.exp_avg', '.exp_avg_sq', '.step'; and 'step'."""
+    out = {"step": torch.tensor(opt.step_count, dtype=torch.int64)}
+    names = opt.param_names
+    for index, st in opt.adam.state_dict()["state"].items():
+        for key, value in st.items():
+            out[f"{names[index]}.{key}"] = value.detach().cpu().contiguous()
+    return out
+
+
+def _load_optimizer(opt: SparseOptimizer, tensors: dict[str, Tensor], file: Path) -> None:
+    by_name = {n: i for i, n in enumerate(opt.param_names)}
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        if key == "step":
+            continue
+        name, _, field = key.rpartition(".")
+        if name not in by_name:
+            raise CheckpointError(f"{file}: state for unknown parameter {name!r}")
+        state.setdefault(by_name[name], {})[field] = value
+    full = opt.adam.state_dict()
+    full["state"] = state
+    try:
+        opt.adam.load_state_dict(full)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{file}: does not fit this model's optimizer ({e})") from None
+    opt.step_count = int(tensors["step"])
+
+
+def _rng_tensors() -> dict[str, Tensor]:
+    out = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"cuda.{i}"] = s
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Export and loading
+# ---------------------------------------------------------------------------------------------
+
+
+def export_model(
+    path: Path, model: GPT, tokenizer: Tokenizer, config: dict[str, Any] | None = None
+) -> dict[str, int]:
+    """Write a shareable model folder atomically: dense and compressed weights, config.json and
+    tokenizer.json. Returns the size in bytes of each weights file.
+
+    The compressed file stores every sparse matrix as CSR (int32 row pointers, int16 column
+    indices where they fit, values in the weight dtype); everything else is stored dense. Both
+    files load to bit-identical parameters.
+    """
+    with atomic_dir(Path(path)) as tmp:
+        save_file(_cpu(model.state_dict()), tmp / MODEL_FILE)
+        tensors, meta = compress_state(model)
+        save_file(tensors, tmp / SPARSE_MODEL_FILE, metadata=meta)
+        _write_config(tmp, model.cfg, config)
+        save_tokenizer(tokenizer, tmp)
+        return {f: (tmp / f).stat().st_size for f in (MODEL_FILE, SPARSE_MODEL_FILE)}
+
+
+def compress_state(model: GPT) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The model's parameters with every sparse matrix in CSR form, and the safetensors
+    metadata that describes the layout."""
+    state = _cpu(model.state_dict())
+    tensors: dict[str, Tensor] = {}
+    shapes = {}
+    for w in model.sparse_weights():
+        dense = state.pop(w.name)  # [rows, cols]
+        rows, cols = dense.shape
+        nz = dense != 0
+        crow = torch.zeros(rows + 1, dtype=torch.int64)
+        torch.cumsum(nz.sum(1), 0, out=crow[1:])
+        col_dtype = torch.int16 if cols <= torch.iinfo(torch.int16).max + 1 else torch.int32
+        tensors[f"{w.name}::crow"] = crow.to(torch.int32 if crow[-1] < 2**31 else torch.int64)
+        tensors[f"{w.name}::col"] = nz.nonzero()[:, 1].to(col_dtype)  # row-major order
+        tensors[f"{w.name}::val"] = dense[nz].contiguous()
+        shapes[w.name] = [rows, cols]
+    tensors.update(state)
+    return tensors, {"format": _CSR_FORMAT, "shapes": json.dumps(shapes)}
+
+
+def decompress_state(
+    tensors: dict[str, Tensor], meta: dict[str, str], file: Path
+) -> dict[str, Tensor]:
+    """Inverse of `compress_state`: a dense state dict."""
+    if meta.get("format") != _CSR_FORMAT:
+        raise CheckpointError(
+            f"{file}: not a sparse_tf compressed model (format {meta.get('format')!r})"
+        )
+    try:
+        shapes = json.loads(meta["shapes"])
+        state = {k: v for k, v in tensors.items() if "::" not in k}
+        for name, (rows, cols) in shapes.items():
+            crow = tensors[f"{name}::crow"].long()
+            col = tensors[f"{name}::col"].long() % cols  # int16 indices ≥ 2^15 come back negative
+            val = tensors[f"{name}::val"]
+            row = torch.repeat_interleave(torch.arange(rows), crow.diff())
+            dense = torch.zeros(rows, cols, dtype=val.dtype)
+            dense[row, col] = val
+            state[name] = dense
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{file}: corrupt compressed model ({e})") from None
+    return state
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
+    """Load a model folder written by training (`OUT/final`, `OUT/step-N`) or `export_model`.
+
+    Reads config.json and model.safetensors, or model.sparse.safetensors when that is the only
+    weights file. The model is returned in eval mode on `device`.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a model folder")
+    if (path / MANIFEST_FILE).is_file():
+        verify(path)
+    config = _read_json(path / CONFIG_FILE)
+    if not isinstance(config, dict) or config.get("format") != FORMAT or "model" not in config:
+        raise CheckpointError(f"{path / CONFIG_FILE}: not a sparse_tf model config")
+    try:
+        cfg = GPTConfig.from_dict(config["model"], source=str(path / CONFIG_FILE))
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    with torch.device(device):
+        model = GPT(cfg)
+    if (path / MODEL_FILE).is_file():
+        _load_params(model, path / MODEL_FILE)
+    elif (path / SPARSE_MODEL_FILE).is_file():
+        file = path / SPARSE_MODEL_FILE
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt") as f:
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{file}: unreadable ({e})") from None
+        _load_params(model, file, decompress_state(_load_tensors(file), meta, file))
+    else:
+        raise CheckpointError(f"{path}: holds neither {MODEL_FILE} nor {SPARSE_MODEL_FILE}")
+    return model.eval()
+
+
+def _write_config(folder: Path, model_cfg: GPTConfig, config: dict[str, Any] | None) -> None:
+    write_json(
+        folder / CONFIG_FILE,
+        {"format": FORMAT, "version": __version__, "model": model_cfg.to_dict(), "train": config},
+    )
+
+
+def _load_params(model: GPT, file: Path, tensors: dict[str, Tensor] | None = None) -> None:
+    tensors = _load_tensors(file) if tensors is None else tensors
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{file}: parameters do not match the config (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
+    for name, t in tensors.items():
+        if t.shape != own[name].shape:
+            raise CheckpointError(
+                f"{file}: {name} has shape {list(t.shape)}, "
+                f"the config needs {list(own[name].shape)}"
+            )
+    model.load_state_dict(tensors)
+
+
+def _load_tensors(file: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(file))
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: file not found") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{file}: unreadable safetensors file ({e})") from None
+
+
+def _read_json(file: Path) -> Any:
+    try:
+        return read_json(file)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def _cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}

@@ -1,0 +1,212 @@
+"""Packed token streams: a corpus split tokenised once into memory-mapped shards, cut into
+training windows, and visited in a seeded order that a single integer resumes.
+
+Packing: every document's tokens followed by `<|endoftext|>`, concatenated in corpus order, no
+document dropped or truncated. A window is n_ctx + 1 consecutive tokens (inputs = the first
+n_ctx, targets = the last n_ctx) and consecutive windows overlap by one token, so every
+next-token pair of the stream is trained on exactly once per epoch; the last, shorter window is
+padded (inputs with `<|endoftext|>`, targets with -100, which the loss ignores).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from torch import Tensor
+
+from sparse_tf.data.corpus import Corpus, Split
+from sparse_tf.data.tokenizer import eot_id, tokenizer_digest
+from sparse_tf.errors import SparseTFError
+from sparse_tf.io import atomic_dir, read_json, write_json
+
+IGNORE = -100
+"""Target value the loss skips (padding of the last window)."""
+SHARD_TOKENS = 1 << 26
+"""Tokens per shard file (128 MiB as uint16)."""
+_ENCODE_BATCH = 256
+
+
+class TokenDataError(SparseTFError):
+    """A token shard is missing, corrupt or holds ids the model cannot embed."""
+
+
+@dataclass(frozen=True)
+class TokenShards:
+    """One split's token stream, memory-mapped from .npy shards, addressed as one array."""
+
+    files: tuple[Path, ...]
+    arrays: tuple[np.ndarray, ...]
+    starts: np.ndarray  # [n_shards + 1] int64: global offset of each shard, then the total
+
+    @classmethod
+    def open(cls, files: Iterable[Path], expected: Iterable[int]) -> TokenShards:
+        files, arrays = tuple(files), []
+        for f, n in zip(files, expected, strict=True):
+            try:
+                a = np.load(f, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise TokenDataError(f"{f}: unreadable token shard ({e})") from None
+            if a.ndim != 1 or a.shape[0] != n:
+                raise TokenDataError(
+                    f"{f}: holds {a.shape} tokens, its metadata says {n} (corrupt cache; delete "
+                    "the folder to rebuild it)"
+                )
+            arrays.append(a)
+        starts = np.zeros(len(arrays) + 1, dtype=np.int64)
+        np.cumsum([len(a) for a in arrays], out=starts[1:])
+        return cls(files, tuple(arrays), starts)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def slice(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of the stream as int64, across shard boundaries."""
+        stop = min(stop, len(self))
+        parts = []
+        shard = int(np.searchsorted(self.starts, start, side="right")) - 1
+        while start < stop:
+            a, base = self.arrays[shard], int(self.starts[shard])
+            take = min(stop, base + len(a)) - start
+            parts.append(a[start - base : start - base + take])
+            start += take
+            shard += 1
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Raise naming the shard and the id if any token id is ≥ vocab_size."""
+        for f, a in zip(self.files, self.arrays, strict=True):
+            if len(a) and (top := int(a.max())) >= vocab_size:
+                raise TokenDataError(
+                    f"{f}: token id {top} >= the model's vocab_size {vocab_size}; the model is "
+                    "too small for this tokenizer (raise --model.vocab-size)"
+                )
+
+
+def pack_corpus(
+    corpus: Corpus, tok: Tokenizer, cache: Path, shard_tokens: int = SHARD_TOKENS
+) -> dict[Split, TokenShards]:
+    """Tokenise both splits of `corpus` into shards under `cache` (reused when present)."""
+    tok_digest = tokenizer_digest(tok)
+    key = hashlib.sha256(f"{corpus.digest}\0{tok_digest}\0{shard_tokens}".encode()).hexdigest()
+    folder = cache / "tokens" / key[:32]
+    if not (folder / "meta.json").is_file():
+        with atomic_dir(folder) as tmp:
+            meta = {"corpus": corpus.digest, "tokenizer": tok_digest, "splits": {}}
+            for split in ("train", "val"):
+                meta["splits"][split] = _write_shards(
+                    corpus.documents(split), tok, tmp, split, shard_tokens
+                )
+            write_json(tmp / "meta.json", meta)
+    try:
+        meta = read_json(folder / "meta.json")
+        return {
+            split: TokenShards.open(
+                (folder / s["file"] for s in meta["splits"][split]),
+                (s["tokens"] for s in meta["splits"][split]),
+            )
+            for split in ("train", "val")
+        }
+    except (KeyError, TypeError, ValueError) as e:
+        raise TokenDataError(f"{folder}: corrupt token cache ({e}); delete it to rebuild") from None
+
+
+def _write_shards(
+    texts: Iterable[str], tok: Tokenizer, folder: Path, split: str, shard_tokens: int
+) -> list[dict[str, int | str]]:
+    """Encode `texts` in batches, each followed by <|endoftext|>; write full shards as they
+    fill and the remainder last. Returns [{"file", "tokens"}] (one empty shard if no text)."""
+    dtype = np.uint16 if tok.get_vocab_size() <= 1 << 16 else np.uint32
+    eot = np.array([eot_id(tok)], dtype)
+    shards: list[dict[str, int | str]] = []
+    pending: list[np.ndarray] = []
+    n_pending = 0
+
+    def write(data: np.ndarray) -> None:
+        name = f"{split}-{len(shards):05d}.npy"
+        np.save(folder / name, data)
+        shards.append({"file": name, "tokens": len(data)})
+
+    def encode(batch: list[str]) -> None:
+        nonlocal pending, n_pending
+        for enc in tok.encode_batch(batch, add_special_tokens=False):
+            pending += [np.asarray(enc.ids, dtype), eot]
+            n_pending += len(enc.ids) + 1
+        if n_pending >= shard_tokens:
+            data = np.concatenate(pending)
+            while len(data) >= shard_tokens:
+                write(data[:shard_tokens])
+                data = data[shard_tokens:]
+            pending, n_pending = [data], len(data)
+
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == _ENCODE_BATCH:
+            encode(batch)
+            batch = []
+    encode(batch)
+    if n_pending or not shards:
+        write(np.concatenate(pending) if pending else np.zeros(0, dtype))
+    return shards
+
+
+class Windows:
+    """A token stream cut into n_ctx-token training windows (see the module docstring)."""
+
+    def __init__(self, tokens: TokenShards, n_ctx: int, pad_id: int) -> None:
+        self.tokens, self.n_ctx, self.pad_id = tokens, n_ctx, pad_id
+        self.n_windows = max(0, math.ceil((len(tokens) - 1) / n_ctx))
+
+    def __len__(self) -> int:
+        return self.n_windows
+
+    def get(self, indices: np.ndarray) -> tuple[Tensor, Tensor]:
+        """(inputs, targets), both int64 [len(indices), n_ctx], for the given window indices."""
+        T = self.n_ctx
+        inputs = np.full((len(indices), T), self.pad_id, dtype=np.int64)
+        targets = np.full((len(indices), T), IGNORE, dtype=np.int64)
+        for row, i in enumerate(indices):
+            chunk = self.tokens.slice(int(i) * T, int(i) * T + T + 1)  # ≤ T + 1 tokens
+            inputs[row, : len(chunk) - 1] = chunk[:-1]
+            targets[row, : len(chunk) - 1] = chunk[1:]
+        return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+
+class EpochSampler:
+    """Window indices in a fresh seeded permutation every epoch, addressed by a global sample
+    position: samples [p, p + n) are the same whatever happened before, so a run resumes
+    exactly from the position alone, and ranks can read disjoint slices of one global batch."""
+
+    def __init__(self, n_windows: int, seed: int) -> None:
+        if n_windows < 1:
+            raise ValueError("EpochSampler needs at least one window")
+        self.n_windows, self.seed = n_windows, seed
+        self._epoch, self._perm = -1, np.zeros(0, np.int64)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._epoch, self._perm = epoch, rng.permutation(self.n_windows)
+        return self._perm
+
+    def indices(self, position: int, count: int) -> np.ndarray:
+        """Window indices of global samples position, position + 1, ..., position + count - 1."""
+        out = np.empty(count, dtype=np.int64)
+        for j in range(count):
+            epoch, offset = divmod(position + j, self.n_windows)
+            out[j] = self.permutation(epoch)[offset]
+        return out
+
+
+def eval_indices(n_windows: int, limit: int | None) -> np.ndarray:
+    """Fixed validation windows: all of them, or `limit` spread evenly over the stream."""
+    if limit is None or limit >= n_windows:
+        return np.arange(n_windows, dtype=np.int64)
+    return np.unique(np.linspace(0, n_windows - 1, limit).round().astype(np.int64))

