@@ -202,22 +202,29 @@ def _rng_tensors() -> dict[str, Tensor]:
 
 
 def export_model(
-    path: Path, model: GPT, tokenizer: Tokenizer, config: dict[str, Any] | None = None
+    path: Path,
+    model: GPT,
+    tokenizer: Tokenizer,
+    config: dict[str, Any] | None = None,
+    *,
+    compressed: bool = True,
 ) -> dict[str, int]:
-    """Write a shareable model folder atomically: dense and compressed weights, config.json and
-    tokenizer.json. Returns the size in bytes of each weights file.
+    """Write a shareable model folder atomically: dense (and compressed) weights, config.json
+    and tokenizer.json. Returns the size in bytes of each weights file written.
 
     The compressed file stores every sparse matrix as CSR (int32 row pointers, int16 column
     indices where they fit, values in the weight dtype); everything else is stored dense. Both
-    files load to bit-identical parameters.
+    files load to bit-identical parameters. Dense models gain nothing from it: pass
+    `compressed=False`.
     """
     with atomic_dir(Path(path)) as tmp:
         save_file(_cpu(model.state_dict()), tmp / MODEL_FILE)
-        tensors, meta = compress_state(model)
-        save_file(tensors, tmp / SPARSE_MODEL_FILE, metadata=meta)
+        if compressed:
+            tensors, meta = compress_state(model)
+            save_file(tensors, tmp / SPARSE_MODEL_FILE, metadata=meta)
         _write_config(tmp, model.cfg, config)
         save_tokenizer(tokenizer, tmp)
-        return {f: (tmp / f).stat().st_size for f in (MODEL_FILE, SPARSE_MODEL_FILE)}
+        return {f.name: f.stat().st_size for f in sorted(tmp.glob("*.safetensors"))}
 
 
 def compress_state(model: GPT) -> tuple[dict[str, Tensor], dict[str, str]]:

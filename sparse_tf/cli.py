@@ -139,6 +139,10 @@ def main(argv: list[str] | None = None) -> None:
         COMMANDS[name][0](rest)
     except SparseTFError as e:
         sys.exit(f"sparse-tf {name}: error: {e}")
+    except KeyboardInterrupt:
+        # Training handles Ctrl-C itself (checkpoint, then exit); this is any other moment.
+        print(f"sparse-tf {name}: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -107,6 +108,23 @@ def remove_dir(path: Path) -> None:
     trash = path.with_name(f".{path.name}.trash-{os.getpid()}")
     os.replace(path, trash)
     shutil.rmtree(trash)
+
+
+_LEFTOVER = re.compile(r"^\..+(\.tmp|\.old-\d+|\.trash-\d+)$")
+
+
+def remove_leftovers(folder: Path) -> list[str]:
+    """Delete what an interrupted `atomic_*` write or `remove_dir` left in `folder` (hidden
+    temporary names only; the real files are never touched). Returns the names removed."""
+    removed = []
+    for p in Path(folder).iterdir():
+        if _LEFTOVER.match(p.name):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p.name)
+    return sorted(removed)
 
 
 def _umask() -> int:

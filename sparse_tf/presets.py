@@ -18,7 +18,7 @@ DEFAULT_PRESET = "tiny-cpu"
 _SPARSE: dict[str, tuple[str, TrainConfig]] = {
     "tiny-cpu": (
         "2 layers, d_model 128, ctx 128, L0 1/16, 32 x 128 tokens per step on the Python "
-        "standard library: trains and exports in about 6 minutes on 2 CPU cores",
+        "standard library: trains and exports in about 7 minutes on 2 CPU cores",
         TrainConfig(
             model=GPTConfig(vocab_size=2048, n_ctx=128, n_layer=2, d_model=128),
             sparsity=SparsityConfig(l0=1 / 16),

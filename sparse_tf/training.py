@@ -34,6 +34,8 @@ from torch import Tensor
 
 from sparse_tf._version import __version__
 from sparse_tf.checkpoint import (
+    MODEL_FILE,
+    SPARSE_MODEL_FILE,
     export_model,
     list_checkpoints,
     load_checkpoint,
@@ -44,7 +46,7 @@ from sparse_tf.data.pipeline import Data, DataConfig, prepare_data
 from sparse_tf.data.tokenizer import load_tokenizer
 from sparse_tf.data.tokens import EpochSampler, Windows, eval_indices
 from sparse_tf.errors import SparseTFError
-from sparse_tf.io import read_json, remove_dir, write_json
+from sparse_tf.io import read_json, remove_dir, remove_leftovers, write_json
 from sparse_tf.log import ProgressMode, RunLogger, WandbMode, truncate_metrics
 from sparse_tf.model import GPT, GPTConfig, target_loss
 from sparse_tf.optim import OptimConfig, SparseOptimizer
@@ -181,6 +183,12 @@ class _Run:
         if ckpt is not None:
             state = load_checkpoint(ckpt, model, opt)
         start = opt.step_count
+        if start >= cfg.max_steps and (self.out / SUMMARY_FILE).is_file():
+            final = self.out / FINAL_DIR
+            print(f"{self.out}: already complete; the model is in {final}", file=sys.stderr)
+            return TrainResult(
+                out=self.out, final=final, summary=read_json(self.out / SUMMARY_FILE)
+            )
         if run_info is None:
             run_info = self._new_run_info(data)
         else:
@@ -225,6 +233,7 @@ class _Run:
                 raise TrainingError(
                     f"--resume: the config differs from the run in {out}: {'; '.join(diff)}"
                 )
+            remove_leftovers(out)  # temporaries of a write the previous process did not finish
             checkpoints = list_checkpoints(out)
             return run_info, checkpoints[-1][1] if checkpoints else None
         if out.exists() and not out.is_dir():
@@ -322,6 +331,9 @@ class _Run:
                         "perf/step_ms": 1000 * (now - t_window) / n,
                         "perf/tokens": done * tokens_per_step,
                     }
+                    if self.device.type == "cuda":
+                        peak = torch.cuda.max_memory_allocated(self.device)
+                        metrics["perf/gpu_mem_gib"] = peak / 2**30
                     if data.val is not None and opts.eval_every and done % opts.eval_every == 0:
                         metrics["val/loss"] = self.evaluate(model, data.val, opts.eval_windows)
                     logger.log(done, metrics)
@@ -409,7 +421,7 @@ class _Run:
         if data.val is not None:
             val_loss = self.evaluate(model, data.val, None)
             logger.log(cfg.max_steps, {"val/loss_full": val_loss}, echo=False)
-        sizes = export_model(final, model, data.tokenizer, cfg.to_dict())
+        sizes = export_model(final, model, data.tokenizer, cfg.to_dict(), compressed=not cfg.dense)
         nonzeros = count_nonzeros(model)
         targets = {
             w.name: w.param.numel() if cfg.dense else kept_count(w, cfg.sparsity.l0, cfg.sparsity)
@@ -428,17 +440,16 @@ class _Run:
                 (datetime.datetime.now(datetime.UTC) - started).total_seconds(), 1
             ),
             "export_bytes": sizes,
-            "compression": round(sizes["model.sparse.safetensors"] / sizes["model.safetensors"], 4),
+            "compression": round(sizes[SPARSE_MODEL_FILE] / sizes[MODEL_FILE], 4)
+            if SPARSE_MODEL_FILE in sizes
+            else None,
             "nonzeros": nonzeros,
             "target_nonzeros": targets,
         }
         write_json(self.out / SUMMARY_FILE, summary)
-        mb = {k: f"{v / 2**20:.2f} MiB" for k, v in sizes.items()}
-        logger.message(
-            f"done: val loss {val_loss if val_loss is None else round(val_loss, 4)}; exported "
-            f"{final} ({mb['model.safetensors']} dense, {mb['model.sparse.safetensors']} "
-            "compressed)"
-        )
+        files = ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in sizes.items())
+        val = "-" if val_loss is None else f"{val_loss:.4f}"
+        logger.message(f"done: val loss {val}; exported {final} ({files})")
         return TrainResult(out=self.out, final=final, summary=summary)
 
 

@@ -22,7 +22,7 @@ from sparse_tf.checkpoint import (
 )
 from sparse_tf.data import train_bpe
 from sparse_tf.data.tokenizer import load_tokenizer
-from sparse_tf.io import atomic_dir, atomic_write_text
+from sparse_tf.io import atomic_dir, atomic_write_text, remove_leftovers
 from tests.helpers import tiny_config, tokens
 
 SPARSITY = SparsityConfig(l0=1 / 8, anneal_end=0.2)
@@ -202,6 +202,11 @@ def test_atomic_dir_leaves_the_old_folder_on_failure(tmp_path: Path) -> None:
         crash_while_writing()
     assert (target / "a.txt").read_text() == "good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+    (tmp_path / ".final.abc123.tmp").mkdir()  # what SIGKILL during a write leaves
+    (tmp_path / ".final.old-4242").mkdir()
+    (tmp_path / ".notes").write_text("a user's hidden file")
+    assert remove_leftovers(tmp_path) == [".final.abc123.tmp", ".final.old-4242"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes", "final"]
     atomic_write_text(target / "a.txt", "new")
     assert (target / "a.txt").read_text() == "new"
     assert sorted(p.name for p in target.iterdir()) == ["a.txt"]

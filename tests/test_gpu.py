@@ -1,9 +1,11 @@
-"""CUDA behaviour of the core: bf16 autocast, the fused attention paths, and device-independent
-kept sets (the tie rule must give the same selection on the GPU as on the CPU)."""
+"""CUDA behaviour: bf16 autocast, the fused attention paths, device-independent kept sets (the
+tie rule must give the same selection on the GPU as on the CPU), and training end to end."""
 
 from __future__ import annotations
 
 import copy
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,9 +17,13 @@ from sparse_tf import (
     SparsityConfig,
     abs_topk,
     lm_loss,
+    load_model,
     project_weights_,
+    train,
 )
-from tests.helpers import tiny_config, tokens
+from sparse_tf.log import read_metrics
+from sparse_tf.sparsity import kept_count
+from tests.helpers import quiet_options, sample_corpus, tiny_config, tiny_train_config, tokens
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
@@ -122,3 +128,29 @@ def test_cuda_optimizer_steps_track_the_cpu_reference() -> None:
         total += a.numel()
     # A kept set can only differ where rounding reorders two magnitudes at the threshold.
     assert mismatched <= 1e-3 * total, mismatched
+
+
+@pytest.mark.gpu
+def test_training_on_cuda_checkpoints_resumes_and_loads_on_cpu(tmp_path: Path) -> None:
+    corpus = sample_corpus(tmp_path / "corpus")
+    cfg = tiny_train_config(corpus)
+    full = tmp_path / "full"
+    train(cfg, quiet_options(full, device="cuda"))
+    records = read_metrics(full)
+    assert all(r["perf/gpu_mem_gib"] > 0 for r in records if "perf/step_ms" in r)
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(full / "run.json", resumed / "run.json")
+    shutil.copytree(full / "step-4", resumed / "step-4")
+    train(cfg, quiet_options(resumed, device="cuda", resume=True))
+    a = [r["train/loss"] for r in read_metrics(full) if "train/loss" in r]
+    b = [r["train/loss"] for r in read_metrics(resumed) if "train/loss" in r]
+    assert len(a) == 12
+    assert len(b) == 8  # steps 5-12, after the step-4 checkpoint
+    assert b == pytest.approx(a[4:], rel=1e-3)  # GPU kernels need not be bit-reproducible
+
+    model = load_model(full / "final")  # trained on the GPU, loaded on the CPU
+    assert next(model.parameters()).device.type == "cpu"
+    for w in model.sparse_weights():
+        assert int(torch.count_nonzero(w.param)) == kept_count(w, cfg.sparsity.l0, cfg.sparsity)
