@@ -51,18 +51,22 @@ def _steps(model: GPT, opt: SparseOptimizer, x: torch.Tensor, n: int) -> list[fl
     return losses
 
 
-def test_checkpoint_restores_training_exactly(tmp_path: Path, tokenizer: object) -> None:
-    model, opt, x = _setup()
-    _steps(model, opt, x, 3)
-    save_checkpoint(
-        tmp_path,
+def _save(out: Path, model: GPT, opt: SparseOptimizer, tokenizer: object, keep_last: int) -> Path:
+    return save_checkpoint(
+        out,
         model=model,
         optimizer=opt,
         tokenizer=tokenizer,  # type: ignore[arg-type]
         config={"note": "test"},
         state={"data_position": 12},
-        keep_last=2,
+        keep_last=keep_last,
     )
+
+
+def test_checkpoint_restores_training_exactly(tmp_path: Path, tokenizer: object) -> None:
+    model, opt, x = _setup()
+    _steps(model, opt, x, 3)
+    _save(tmp_path, model, opt, tokenizer, keep_last=2)
     expected = _steps(model, opt, x, 4)
 
     fresh, fresh_opt, _ = _setup()
@@ -81,15 +85,7 @@ def test_keep_last_deletes_only_older_complete_checkpoints(
     model, opt, x = _setup()
     for _ in range(4):
         _steps(model, opt, x, 1)
-        save_checkpoint(
-            tmp_path,
-            model=model,
-            optimizer=opt,
-            tokenizer=tokenizer,  # type: ignore[arg-type]
-            config=None,  # type: ignore[arg-type]
-            state={},
-            keep_last=2,
-        )
+        _save(tmp_path, model, opt, tokenizer, keep_last=2)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [3, 4]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-3", "step-4"]  # no temp left
 
@@ -100,15 +96,7 @@ def test_damaged_checkpoint_is_refused_naming_the_file(
 ) -> None:
     model, opt, x = _setup()
     _steps(model, opt, x, 1)
-    path = save_checkpoint(
-        tmp_path,
-        model=model,
-        optimizer=opt,
-        tokenizer=tokenizer,  # type: ignore[arg-type]
-        config={},
-        state={},
-        keep_last=1,
-    )
+    path = _save(tmp_path, model, opt, tokenizer, keep_last=1)
     f = path / "optimizer.safetensors"
     data = bytearray(f.read_bytes())
     if damage == "truncate":
