@@ -9,19 +9,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import sys
 from collections.abc import Callable
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import torch
 import tyro
 
 from sparse_tf.errors import SparseTFError
+from sparse_tf.io import read_json
 from sparse_tf.model import GPT, GPTConfig
 from sparse_tf.presets import DEFAULT_PRESET, PRESETS, preset
 from sparse_tf.sparsity import COLS, ROWS, SparsityConfig, abstopk_k, kept_count
-from sparse_tf.training import RunOptions, TrainConfig, train
+from sparse_tf.training import RUN_FILE, RunOptions, TrainConfig, TrainingError, train
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -29,40 +33,60 @@ class TrainArgs:
     """Train a weight-sparse GPT (or its dense twin) and export it to OUT/final."""
 
     preset: str = DEFAULT_PRESET
-    """Starting config; every other flag overrides it. See the list above."""
+    """Starting config of a new run; every other flag overrides it. See the list above. With
+    --resume the run's own saved config is the starting point instead."""
     config: Annotated[TrainConfig, tyro.conf.arg(name="")]
     run: Annotated[RunOptions, tyro.conf.arg(name="")]
 
 
 def train_command(argv: list[str]) -> None:
-    name = _preset_name(argv)
-    base = preset(name)
+    name = _flag_value(argv, "--preset")
+    resume = "--resume" in argv
+    if resume and name is not None:
+        raise UsageError("--preset starts new runs; --resume continues with the run's own config")
+    name = name or DEFAULT_PRESET
+    if name not in PRESETS:
+        preset(name)  # raises, naming the choices
+    out = _flag_value(argv, "--out") or f"runs/{name}"
+    base = _saved_config(Path(out)) if resume else None
     presets = "\n".join(f"  {n:<18} {desc}" for n, (desc, _) in PRESETS.items())
-    args = tyro.cli(
+    args = _tyro_cli(
         TrainArgs,
         prog="sparse-tf train",
         description=f"Train a weight-sparse GPT and export it to OUT/final.\n\npresets:\n{presets}",
         args=argv,
-        default=TrainArgs(preset=name, config=base, run=RunOptions(out=f"runs/{name}")),
+        default=TrainArgs(preset=name, config=base or preset(name), run=RunOptions(out=out)),
     )
     config = args.config
-    if not any(a.split("=", 1)[0] == "--model.d-mlp" for a in argv):
-        # GPTConfig resolves d_mlp = 4 · d_model when built, so the preset's default is a
-        # number; re-derive it so that `--model.d-model 256` alone gets d_mlp 1024.
+    if _flag_value(argv, "--model.d-model") and not _flag_value(argv, "--model.d-mlp"):
+        # GPTConfig resolves d_mlp = 4 · d_model when built, so the default is a number;
+        # re-derive it so that `--model.d-model 256` alone gets d_mlp 1024.
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, d_mlp=None))
     train(config, args.run)
 
 
-def _preset_name(argv: list[str]) -> str:
-    """The value of --preset (the defaults of every other flag depend on it)."""
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The value given to `flag` (as `flag VALUE` or `flag=VALUE`), before tyro parses: the
+    defaults of the other flags depend on --preset, --out and --resume."""
     for i, arg in enumerate(argv):
-        if arg == "--preset":
-            if i + 1 >= len(argv):
-                raise SparseTFError("--preset needs a value; choose from " + str(sorted(PRESETS)))
+        if arg == flag:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise UsageError(f"{flag} needs a value")
             return argv[i + 1]
-        if arg.startswith("--preset="):
+        if arg.startswith(f"{flag}="):
             return arg.split("=", 1)[1]
-    return DEFAULT_PRESET
+    return None
+
+
+def _saved_config(out: Path) -> TrainConfig | None:
+    """The config a run in `out` was started with (None when there is none: train() says so)."""
+    file = out / RUN_FILE
+    if not file.is_file():
+        return None
+    try:
+        return TrainConfig.from_dict(read_json(file)["config"], source=str(file))
+    except (ValueError, KeyError, TypeError) as e:
+        raise TrainingError(f"--resume: {file} is unreadable ({e})") from None
 
 
 def describe(model: GPTConfig, sparsity: SparsityConfig = SparsityConfig(l0=1 / 64)) -> None:  # noqa: B008
@@ -74,7 +98,59 @@ def describe(model: GPTConfig, sparsity: SparsityConfig = SparsityConfig(l0=1 / 
 
 
 def describe_command(argv: list[str]) -> None:
-    tyro.cli(describe, prog="sparse-tf describe", args=argv)
+    _tyro_cli(describe, prog="sparse-tf describe", args=argv)
+
+
+class UsageError(SparseTFError):
+    """A flag the command line parser rejected (exit status 2, as argparse)."""
+
+
+def _tyro_cli(target: Any, **kwargs: Any) -> Any:
+    """`tyro.cli`, with its boxed error message condensed to our one-line format."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            result = tyro.cli(target, **kwargs)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise UsageError(_condense(captured.getvalue(), kwargs["prog"])) from None
+        sys.stderr.write(captured.getvalue())
+        raise
+    sys.stderr.write(captured.getvalue())  # warnings, if any
+    return result
+
+
+def _condense(box: str, prog: str) -> str:
+    """A tyro error box on one line: its message, the flags it lists, and its suggestions
+    (title, borders, help text and the help hint dropped). Handles rich's Unicode boxes and
+    its plain-text fallback (dashed rules) alike."""
+    sections: list[list[str]] = [[]]
+    for raw in box.splitlines()[1:]:  # the first line is the title (in the top border)
+        text = raw.strip().strip("│|╭╰╮╯+").strip()
+        if text and set(text) <= {"─", "-", "═", "+"}:
+            sections.append([])
+        elif text:
+            sections[-1].append(text)
+    sections = [section for section in sections if section]
+
+    def flags(lines: list[str]) -> str:
+        return ", ".join(line.split()[0] for line in lines if line.startswith("--"))
+
+    if not sections:
+        return f"invalid arguments (see {prog} --help)"
+    first = sections[0]
+    head = []
+    for line in first:
+        if line.startswith("--"):
+            break
+        head.append(line)
+    message = " ".join(head)
+    if listed := flags(first[len(head) :]):
+        message += f" {listed}"
+    for section in sections[1:]:
+        if section[0].startswith("Perhaps you meant") and (hint := flags(section)):
+            message += f"; perhaps you meant {hint}"
+    return f"{message} (see {prog} --help)"
 
 
 def format_description(cfg: GPTConfig, sparsity: SparsityConfig) -> str:
@@ -132,13 +208,17 @@ def main(argv: list[str] | None = None) -> None:
         return
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        sys.exit(
-            f"{usage}\nsparse-tf: error: unknown command {name!r}; choose from {list(COMMANDS)}"
+        print(usage, file=sys.stderr)
+        print(
+            f"sparse-tf: error: unknown command {name!r}; choose from {list(COMMANDS)}",
+            file=sys.stderr,
         )
+        sys.exit(2)
     try:
         COMMANDS[name][0](rest)
     except SparseTFError as e:
-        sys.exit(f"sparse-tf {name}: error: {e}")
+        print(f"sparse-tf {name}: error: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, UsageError) else 1)
     except KeyboardInterrupt:
         # Training handles Ctrl-C itself (checkpoint, then exit); this is any other moment.
         print(f"sparse-tf {name}: interrupted", file=sys.stderr)

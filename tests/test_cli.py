@@ -57,24 +57,14 @@ def test_describe_shows_protection_winning_on_small_models(
     assert line.split()[-3:] == ["768", "0.0625", "rows"]  # 192 rows x 4 > 12,288 / 64
 
 
-def test_bad_config_is_a_one_line_error() -> None:
-    with pytest.raises(
-        SystemExit,
-        match=r"sparse-tf describe: error: GPTConfig.d_model=100: must be a multiple of d_head=16",
-    ):
-        main(
-            [
-                "describe",
-                "--model.vocab-size",
-                "10",
-                "--model.n-ctx",
-                "8",
-                "--model.n-layer",
-                "1",
-                "--model.d-model",
-                "100",
-            ]
-        )
+def test_bad_config_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["describe", "--model.vocab-size", "10", "--model.n-ctx", "8", "--model.n-layer", "1"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--model.d-model", "100"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "sparse-tf describe: error: GPTConfig.d_model=100: must be a multiple of d_head=16"
+    ]
 
 
 def test_console_script_is_installed() -> None:
@@ -88,6 +78,37 @@ def test_console_script_is_installed() -> None:
     assert "train" in result.stdout
 
 
-def test_unknown_command_names_the_commands() -> None:
-    with pytest.raises(SystemExit, match=r"unknown command 'trian'; choose from \['train', "):
+def test_unknown_command_names_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
         main(["trian"])
+    assert exit_info.value.code == 2
+    assert "unknown command 'trian'; choose from ['train', " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["describe", "--model.vocab-size", "10"],
+            "sparse-tf describe: error: Missing from sparse-tf describe: --model.n-ctx, "
+            "--model.n-layer, --model.d-model (see sparse-tf describe --help)",
+        ),
+        (
+            ["train", "--wandb", "maybe"],
+            "sparse-tf train: error: invalid choice 'maybe' for argument '--wandb'. Expected one "
+            "of ('offline', 'online', 'disabled'). (see sparse-tf train --help)",
+        ),
+        (
+            ["train", "--model.d-model", "abc"],
+            "sparse-tf train: error: Error parsing --model.d-model: invalid literal for int() "
+            "with base 10: 'abc' (see sparse-tf train --help)",
+        ),
+    ],
+)
+def test_flag_errors_are_one_line_with_status_2(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [expected]

@@ -112,13 +112,20 @@ def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _run_flags(out: Path) -> list[str]:
+    """Run options only: all a resume needs (the config comes from the run)."""
+    return [
+        "train", "--out", str(out), "--wandb", "disabled", "--log-every", "1",
+        "--eval-every", "0", "--ckpt-every", "5", "--keep-last", "3", "--device", "cpu",
+    ]  # fmt: skip
+
+
 def _tiny_flags(corpus: Path, out: Path, steps: int) -> list[str]:
     return [
-        "train", "--out", str(out), "--max-steps", str(steps), "--batch-size", "4",
+        *_run_flags(out), "--max-steps", str(steps), "--batch-size", "4",
         "--model.vocab-size", "320", "--model.n-ctx", "32", "--model.n-layer", "1",
         "--model.d-model", "32", "--sparsity.l0", "0.125", "--data.source", str(corpus),
-        "--data.val-frac", "0.1", "--wandb", "disabled", "--log-every", "1",
-        "--eval-every", "0", "--ckpt-every", "5", "--keep-last", "3", "--device", "cpu",
+        "--data.val-frac", "0.1",
     ]  # fmt: skip
 
 
@@ -148,7 +155,7 @@ def test_sigkill_at_a_random_moment_then_resume_loses_nothing(corpus: Path, tmp_
     for _, path in survivors:
         verify(path)  # every checkpoint on disk is complete (a half-written one stays hidden)
 
-    resumed = _cli(*_tiny_flags(corpus, out, steps), "--resume")
+    resumed = _cli(*_run_flags(out), "--resume")  # the config comes from the run itself
     assert resumed.returncode == 0, resumed.stderr
     assert losses(out) == losses(reference)
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # leftovers removed
@@ -314,13 +321,23 @@ def test_cli_train_end_to_end_and_errors(corpus: Path, tmp_path: Path) -> None:
         f"sparse-tf train: error: --out {out} holds another run; pass --resume to continue it "
         "or --overwrite to replace it"
     ]
+    mixed = _cli("train", "--out", str(out), "--resume", "--preset", "tiny-cpu")
+    assert mixed.returncode == 2
+    assert "--preset starts new runs; --resume continues with the run's own config" in mixed.stderr
+    changed = _cli(*_run_flags(out), "--resume", "--max-steps", "9")
+    assert changed.returncode == 1
+    assert "--resume: the config differs from the run in" in changed.stderr
+    assert "max_steps 6 -> 9" in changed.stderr
     bad = _cli("train", "--preset", "gpt5")
     assert bad.returncode == 1
     assert "unknown preset" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
     flag = _cli("train", "--max-stepz", "3")
     assert flag.returncode == 2
-    assert "--max-stepz" in flag.stderr
+    assert flag.stderr.strip().splitlines() == [
+        "sparse-tf train: error: Unrecognized options: --max-stepz, 3; perhaps you meant "
+        "--max-steps (see sparse-tf train --help)"
+    ]
 
 
 def test_python_train_py_is_the_same_command() -> None:
