@@ -25,39 +25,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from sparse_tf import kernels
 from sparse_tf.config import Config, check
-
-# ---------------------------------------------------------------------------------------------
-# The shared selection rule
-# ---------------------------------------------------------------------------------------------
-
-
-def topk_mask(score: Tensor, k: int) -> Tensor:
-    """Boolean mask of the k largest entries along the last dim; ties go to the lower index.
-
-    This is the one selection rule of the library (AbsTopK, projection and protection all use
-    it). `torch.topk` alone is not enough: which of several equal values it returns is
-    unspecified and differs between devices, and exact ties are common (zeros in embedding
-    rows of unseen tokens, bf16 activations).
-
-    Args:
-        score: [..., n] values to rank (NaN-free).
-        k: entries to keep per row, clamped to [0, n].
-
-    Returns:
-        [..., n] bool, exactly min(max(k, 0), n) True entries per row.
-    """
-    n = score.shape[-1]
-    if k >= n:
-        return torch.ones_like(score, dtype=torch.bool)
-    if k <= 0:
-        return torch.zeros_like(score, dtype=torch.bool)
-    kth = score.topk(k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)  # [..., 1]
-    above = score > kth
-    tied = score == kth
-    room = k - above.sum(dim=-1, keepdim=True)  # [..., 1] ties to admit, lowest index first
-    return above | (tied & (tied.cumsum(dim=-1) <= room))
-
+from sparse_tf.kernels.reference import topk_mask  # the one selection rule (ties: lower index)
 
 # ---------------------------------------------------------------------------------------------
 # AbsTopK (activation sparsity)
@@ -72,8 +42,9 @@ def abstopk_k(frac: float, width: int) -> int:
 def abs_topk(x: Tensor, k: int) -> Tensor:
     """Keep the k entries of largest |x| along the last dim (signed values), zero the rest.
 
-    The mask is computed without gradient, so the backward pass is grad · mask: exactly zero
-    outside the kept entries.
+    The backward pass is grad · mask: exactly zero outside the kept entries. On CUDA this runs
+    the Triton kernel, elsewhere the pure-torch reference (`sparse_tf.kernels`); both select the
+    same entries.
 
     Args:
         x: [..., width] activations.
@@ -84,9 +55,7 @@ def abs_topk(x: Tensor, k: int) -> Tensor:
         raise ValueError(f"abs_topk: k={k} must be in [1, {width}] for rows of width {width}")
     if k == width:
         return x
-    with torch.no_grad():
-        keep = topk_mask(x.abs(), k)
-    return x.masked_fill(~keep, 0.0)
+    return kernels.abs_topk(x, k)
 
 
 class AbsTopK(nn.Module):

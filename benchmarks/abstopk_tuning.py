@@ -1,0 +1,161 @@
+"""Tuning the AbsTopK forward kernel: counting strategies x warps per row, on the GPU.
+
+    python benchmarks/abstopk_tuning.py
+
+Each strategy finds the same exact threshold (checked against the reference) and differs only
+in how a pass counts candidates:
+  packed3   two bits per pass, three `key >= c` counts packed into one int64 sum (the kernel's);
+  sum3      two bits per pass, three separate int32 sums;
+  digits    two bits per pass, a 4-bin histogram of the next two bits among keys that share the
+            threshold's prefix, packed 16 bits per bin into one int64 sum;
+  bits1     one bit per pass, one int32 sum;
+  hist      radix select, 8 bits per pass: a 256-bin histogram of the next digit among keys
+            sharing the threshold's prefix, then a suffix scan over the bins.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+import triton
+import triton.language as tl
+
+from sparse_tf.kernels import reference
+
+
+@triton.jit
+def _fwd(x_ptr, y_ptr, n_cols, k, stride, BLOCK: tl.constexpr, LOW_BIT: tl.constexpr,
+         MODE: tl.constexpr, HBINS: tl.constexpr = 512):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    in_row = offs < n_cols
+    x = tl.load(x_ptr + row * stride + offs, mask=in_row, other=0.0).to(tl.float32)
+    key = tl.abs(x).to(tl.int32, bitcast=True)
+    key = tl.where(in_row, key, -1)
+    t = tl.zeros((), dtype=tl.int32)
+    if MODE == 4:
+        # Radix select, 8 bits per pass: a histogram of the next digit among keys that share
+        # the threshold's prefix (others go to an overflow bin), then the largest digit whose
+        # suffix count still reaches k.
+        n_above = tl.zeros((), dtype=tl.int32)
+        for p in tl.static_range((31 - LOW_BIT + 7) // 8):
+            # Digit = bits [lo, lo + 8) below the prefix of bits > hi. The last pass of fp32
+            # overlaps the previous one by a bit, which is the same for every matching key.
+            hi = 30 - 8 * p
+            lo = hi - 7 if hi >= 7 else 0
+            match = ((key >> (hi + 1)) == (t >> (hi + 1))) & in_row
+            digit = tl.where(match, (key >> lo) & 255, 256)
+            h = tl.histogram(digit, HBINS)  # [512]; bins 256.. are the overflow
+            bins = tl.arange(0, HBINS)
+            h = tl.where(bins < 256, h, 0)
+            suffix = tl.cumsum(h, axis=0, reverse=True)
+            b = tl.max(tl.where((suffix >= k - n_above) & (bins < 256), bins, -1), axis=0)
+            n_above += tl.sum(tl.where(bins > b, h, 0), axis=0)
+            t = t | (b << lo)
+    elif MODE == 3:
+        for p in tl.static_range(31 - LOW_BIT):
+            c1 = t | (1 << (30 - p))
+            n1 = tl.sum((key >= c1).to(tl.int32), axis=0)
+            t = tl.where(n1 >= k, c1, t)
+    else:
+        for p in tl.static_range((31 - LOW_BIT) // 2):
+            shift = 29 - 2 * p
+            c1 = t | (1 << shift)
+            c2 = t | (2 << shift)
+            c3 = t | (3 << shift)
+            if MODE == 0:
+                packed = (
+                    (key >= c1).to(tl.int64)
+                    + ((key >= c2).to(tl.int64) << 20)
+                    + ((key >= c3).to(tl.int64) << 40)
+                )
+                total = tl.sum(packed, axis=0)
+                n1 = (total & 0xFFFFF).to(tl.int32)
+                n2 = ((total >> 20) & 0xFFFFF).to(tl.int32)
+                n3 = (total >> 40).to(tl.int32)
+            elif MODE == 1:
+                n1 = tl.sum((key >= c1).to(tl.int32), axis=0)
+                n2 = tl.sum((key >= c2).to(tl.int32), axis=0)
+                n3 = tl.sum((key >= c3).to(tl.int32), axis=0)
+            else:
+                # keys above the prefix count for every candidate; prefix matches by digit.
+                top = shift + 2
+                prefix_eq = (key >> top) == (t >> top)
+                above = (key >> top) > (t >> top)
+                digit = (key >> shift) & 3
+                onehot = tl.where(prefix_eq, tl.full((BLOCK,), 1, tl.int64) << (16 * digit), 0)
+                onehot += tl.where(above, tl.full((BLOCK,), 1, tl.int64) << 48, 0)
+                total = tl.sum(onehot, axis=0)
+                h1 = ((total >> 16) & 0xFFFF).to(tl.int32)
+                h2 = ((total >> 32) & 0xFFFF).to(tl.int32)
+                h3 = ((total >> 48) & 0xFFFF).to(tl.int32)  # digit 3 and above-prefix share
+                n3 = h3
+                n2 = h3 + h2
+                n1 = n2 + h1
+            t = tl.where(n3 >= k, c3, tl.where(n2 >= k, c2, tl.where(n1 >= k, c1, t)))
+        if (31 - LOW_BIT) % 2 == 1:
+            c1 = t | (1 << LOW_BIT)
+            n1 = tl.sum((key >= c1).to(tl.int32), axis=0)
+            t = tl.where(n1 >= k, c1, t)
+    above = key > t
+    tied = key == t
+    room = k - tl.sum(above.to(tl.int32), axis=0)
+    rank = tl.cumsum(tied.to(tl.int32), axis=0)
+    keep = above | (tied & (rank <= room))
+    tl.store(y_ptr + row * stride + offs, tl.where(keep, x, 0.0).to(y_ptr.dtype.element_ty),
+             mask=in_row)  # fmt: skip
+
+
+MODES = {"packed3": 0, "sum3": 1, "hist": 4}
+
+
+def run(x: torch.Tensor, k: int, mode: int, warps: int) -> torch.Tensor:
+    y = torch.empty_like(x)
+    low = {torch.float32: 0, torch.bfloat16: 16}[x.dtype]
+    _fwd[(x.shape[0],)](x, y, x.shape[1], k, x.stride(0), BLOCK=triton.next_power_of_2(x.shape[1]),
+                        LOW_BIT=low, MODE=mode, num_warps=warps)  # fmt: skip
+    return y
+
+
+def bench(fn, iters: int = 15) -> float:
+    for _ in range(3):
+        fn()
+    out = []
+    for _ in range(iters):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        out.append(s.elapsed_time(e))
+    return statistics.median(out)
+
+
+def main() -> None:
+    print(f"device: {torch.cuda.get_device_name()}", flush=True)
+    print("| tokens x width | dtype | copy ms | best | " + " | ".join(MODES) + " |")
+    for rows, width in [(65536, 1024), (65536, 4096)]:
+        for dtype in (torch.bfloat16,):
+            x = torch.randn(rows, width, device="cuda", dtype=dtype)
+            k = width // 4
+            expected = reference.abs_topk_forward(x, k)
+            copy = bench(lambda x=x: x.clone())
+            cells, best = [], (1e9, "")
+            for name, mode in MODES.items():
+                per_warps = []
+                for warps in (1, 2, 4, 8):
+                    if warps * 32 > width:
+                        continue
+                    assert torch.equal(run(x, k, mode, warps), expected), (name, warps)
+                    ms = bench(lambda x=x, k=k, m=mode, w=warps: run(x, k, m, w))
+                    per_warps.append((ms, warps))
+                    best = min(best, (ms, f"{name}/w{warps}"))
+                ms, warps = min(per_warps)
+                cells.append(f"{ms:.3f} (w{warps})")
+            print(f"| {rows} x {width} | {str(dtype)[6:]} | {copy:.3f} | {best[1]} {best[0]:.3f} | "
+                  + " | ".join(cells) + " |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

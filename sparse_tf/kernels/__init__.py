@@ -1,0 +1,95 @@
+"""Kernels: Triton on CUDA, pure torch elsewhere, one autograd Function per op.
+
+    from sparse_tf.kernels import abs_topk
+    y = abs_topk(x, k)            # dispatches by device, dtype and width
+
+The backend is chosen per call: `triton` on CUDA tensors the kernels support, `reference`
+(sparse_tf.kernels.reference) otherwise. The environment variable SPARSE_TF_KERNELS forces one:
+`reference` everywhere, or `triton` (an error where the kernel cannot run; on a CPU it needs
+TRITON_INTERPRET=1, which the test suite sets). Both backends give identical kept sets.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.autograd.function import FunctionCtx
+
+from sparse_tf.errors import SparseTFError
+from sparse_tf.kernels import reference
+
+Backend = Literal["triton", "reference"]
+_ENV = "SPARSE_TF_KERNELS"
+
+
+class KernelError(SparseTFError):
+    """A kernel backend was forced where it cannot run."""
+
+
+def backend_setting() -> Literal["auto", "triton", "reference"]:
+    value = os.environ.get(_ENV, "auto")
+    if value not in ("auto", "triton", "reference"):
+        raise KernelError(f"{_ENV}={value!r}: expected auto, triton or reference")
+    return value  # type: ignore[return-value]
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def abs_topk_backend(x: Tensor) -> Backend:
+    """Which backend `abs_topk(x, k)` uses."""
+    from sparse_tf.kernels import abstopk as kernel  # imports triton: only when needed
+
+    setting = backend_setting()
+    if setting == "reference":
+        return "reference"
+    supported = (
+        (x.is_cuda or _interpreting())
+        and x.dtype in kernel.SUPPORTED_DTYPES
+        and x.shape[-1] <= kernel.MAX_WIDTH
+    )
+    if setting == "triton" and not supported:
+        raise KernelError(
+            f"{_ENV}=triton: the AbsTopK kernel cannot run on a {x.dtype} tensor of width "
+            f"{x.shape[-1]} on {x.device} (needs CUDA or TRITON_INTERPRET=1, "
+            f"fp32/bf16/fp16, width <= {kernel.MAX_WIDTH})"
+        )
+    return "triton" if supported and (x.is_cuda or setting == "triton") else "reference"
+
+
+class _AbsTopK(torch.autograd.Function):
+    """y = AbsTopK(x); backward recovers the kept set from y (nothing else is saved)."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, k: int, backend: str) -> Tensor:  # type: ignore[override]
+        if backend == "triton":
+            from sparse_tf.kernels.abstopk import abs_topk_fwd
+
+            y = abs_topk_fwd(x, k)
+        else:
+            y = reference.abs_topk_forward(x, k)
+        ctx.save_for_backward(y)
+        ctx.k, ctx.backend = k, backend
+        return y
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad_y: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        (y,) = ctx.saved_tensors
+        if ctx.backend == "triton":
+            from sparse_tf.kernels.abstopk import abs_topk_bwd
+
+            return abs_topk_bwd(y, grad_y, ctx.k), None, None
+        return reference.abs_topk_backward(y, grad_y, ctx.k), None, None
+
+
+def abs_topk(x: Tensor, k: int) -> Tensor:
+    """Keep the k entries of largest |x| in each row of the last dim (ties: lower index), zero
+    the rest; the gradient flows only through the kept entries. 1 <= k < width."""
+    return _AbsTopK.apply(x, k, abs_topk_backend(x))
+
+
+__all__ = ["KernelError", "abs_topk", "abs_topk_backend", "backend_setting", "reference"]

@@ -1,0 +1,144 @@
+"""AbsTopK on the GPU: keep the k largest |x| of every row, one read of the row.
+
+Forward: each program owns one row (≤ MAX_WIDTH values, held in registers) and finds the k-th
+largest magnitude exactly by a bitwise search over its IEEE-754 bit pattern: for non-negative
+floats the bit pattern, read as an integer, orders like the value. Two bits are decided per
+pass from three counts packed into one int64 reduction, so a row costs 16 reductions in fp32
+and 8 in bf16/fp16 (whose low 16 bits, after the exact upcast, are zero). Entries above the
+threshold are kept, then the tied entries in index order until k are kept: the library's rule.
+
+Backward: grad · mask, with the mask recovered from the saved output alone (see
+`reference.abs_topk_kept`), so AbsTopK stores nothing beyond the output that the next layer
+saves anyway.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+MAX_WIDTH = 16384
+"""Widest row a program holds in registers; wider rows use the reference path."""
+_LOW_BIT = {torch.float32: 0, torch.bfloat16: 16, torch.float16: 13}
+"""Lowest bit of |x|'s fp32 bit pattern that can be set after the exact upcast of each dtype
+(bf16 keeps 8 significant bits of fp32's 24, fp16 11)."""
+SUPPORTED_DTYPES = tuple(_LOW_BIT)
+
+
+@triton.jit
+def _abstopk_fwd_kernel(
+    x_ptr,
+    y_ptr,
+    n_cols,
+    k,
+    stride_x,
+    stride_y,
+    BLOCK: tl.constexpr,
+    LOW_BIT: tl.constexpr,  # lowest bit of the magnitude's bit pattern that can be set
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    in_row = offs < n_cols
+    # Upcast right after the load: exact for bf16/fp16, and the interpreter needs it.
+    x = tl.load(x_ptr + row * stride_x + offs, mask=in_row, other=0.0).to(tl.float32)
+    key = tl.abs(x).to(tl.int32, bitcast=True)  # orders like |x|
+    key = tl.where(in_row, key, -1)  # padding is below every real key
+    # Bitwise search for t = the k-th largest key, two bits per pass. Invariant: at least k keys
+    # are >= t. The three candidate counts share one reduction: each count is < 2^15.
+    t = tl.zeros((), dtype=tl.int32)
+    for p in tl.static_range((31 - LOW_BIT) // 2):
+        shift = 29 - 2 * p
+        c1 = t | (1 << shift)
+        c2 = t | (2 << shift)
+        c3 = t | (3 << shift)
+        packed = (
+            (key >= c1).to(tl.int64)
+            + ((key >= c2).to(tl.int64) << 20)
+            + ((key >= c3).to(tl.int64) << 40)
+        )
+        total = tl.sum(packed, axis=0)
+        n1 = (total & 0xFFFFF).to(tl.int32)
+        n2 = ((total >> 20) & 0xFFFFF).to(tl.int32)
+        n3 = (total >> 40).to(tl.int32)
+        t = tl.where(n3 >= k, c3, tl.where(n2 >= k, c2, tl.where(n1 >= k, c1, t)))
+    if (31 - LOW_BIT) % 2 == 1:  # one bit left (bit LOW_BIT)
+        c1 = t | (1 << LOW_BIT)
+        n1 = tl.sum((key >= c1).to(tl.int32), axis=0)
+        t = tl.where(n1 >= k, c1, t)
+    above = key > t
+    tied = key == t
+    room = k - tl.sum(above.to(tl.int32), axis=0)
+    rank = tl.cumsum(tied.to(tl.int32), axis=0)  # 1-based rank among the ties, by index
+    keep = above | (tied & (rank <= room))
+    y = tl.where(keep, x, 0.0)
+    tl.store(y_ptr + row * stride_y + offs, y.to(y_ptr.dtype.element_ty), mask=in_row)
+
+
+@triton.jit
+def _abstopk_bwd_kernel(
+    y_ptr,
+    gy_ptr,
+    gx_ptr,
+    n_cols,
+    k,
+    stride_y,
+    stride_gy,
+    stride_gx,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    in_row = offs < n_cols
+    y = tl.load(y_ptr + row * stride_y + offs, mask=in_row, other=0.0).to(tl.float32)
+    gy = tl.load(gy_ptr + row * stride_gy + offs, mask=in_row, other=0.0).to(tl.float32)
+    nonzero = y != 0.0
+    zero = (y == 0.0) & in_row
+    room = k - tl.sum(nonzero.to(tl.int32), axis=0)
+    rank = tl.cumsum(zero.to(tl.int32), axis=0)
+    keep = nonzero | (zero & (rank <= room))
+    gx = tl.where(keep, gy, 0.0)
+    tl.store(gx_ptr + row * stride_gx + offs, gx.to(gx_ptr.dtype.element_ty), mask=in_row)
+
+
+def _launch_config(width: int) -> tuple[int, int]:
+    """(BLOCK, num_warps) for rows of `width`: the whole row in one program's registers."""
+    block = triton.next_power_of_2(width)
+    num_warps = max(1, min(16, block // 512))
+    return block, num_warps
+
+
+def _rows(t: Tensor) -> Tensor:
+    """t as [rows, width] with unit stride along the width (a view when possible)."""
+    t2 = t.reshape(-1, t.shape[-1])
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+def abs_topk_fwd(x: Tensor, k: int) -> Tensor:
+    """AbsTopK forward kernel: y with the shape and dtype of x."""
+    width = x.shape[-1]
+    x2 = _rows(x)
+    y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    if x2.shape[0]:
+        block, num_warps = _launch_config(width)
+        low_bit = _LOW_BIT[x.dtype]
+        _abstopk_fwd_kernel[(x2.shape[0],)](
+            x2, y, width, k, x2.stride(0), y.stride(0),
+            BLOCK=block, LOW_BIT=low_bit, num_warps=num_warps,
+        )  # fmt: skip
+    return y.view(x.shape)
+
+
+def abs_topk_bwd(y: Tensor, grad_y: Tensor, k: int) -> Tensor:
+    """AbsTopK backward kernel: grad_y on the kept entries of y's rows, 0 elsewhere."""
+    width = y.shape[-1]
+    y2, gy2 = _rows(y), _rows(grad_y)
+    gx = torch.empty(y2.shape, dtype=grad_y.dtype, device=y.device)
+    if y2.shape[0]:
+        block, num_warps = _launch_config(width)
+        _abstopk_bwd_kernel[(y2.shape[0],)](
+            y2, gy2, gx, width, k, y2.stride(0), gy2.stride(0), gx.stride(0),
+            BLOCK=block, num_warps=num_warps,
+        )  # fmt: skip
+    return gx.view(grad_y.shape)

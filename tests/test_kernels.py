@@ -1,0 +1,126 @@
+"""Kernels against their pure-torch references: identical outputs, kept sets and gradients.
+
+Without a GPU the Triton kernels run under the interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1) on small shapes; on a GPU the same tests run on CUDA, and the `gpu` tests
+add realistic shapes in bf16.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sparse_tf import kernels
+from sparse_tf.kernels import KernelError, abs_topk_backend, reference
+from sparse_tf.kernels.abstopk import MAX_WIDTH, abs_topk_fwd
+from tests.helpers import tiny_model, tokens
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def hard_rows(rows: int, width: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Rows with what breaks top-k selections: runs of zeros, exact ties (small integers, both
+    signs), an all-zero row, and ordinary values."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, width, generator=g)
+    kind = torch.randint(0, 4, (rows,), generator=g)
+    ties = torch.randint(-3, 4, (rows, width), generator=g).float()
+    x = torch.where((kind == 1)[:, None], ties, x)
+    x = torch.where((kind == 2)[:, None] & (torch.rand(rows, width, generator=g) < 0.7), 0.0, x)
+    x = torch.where((kind == 3)[:, None], 0.0, x)  # empty row
+    return x.to(dtype)
+
+
+def check_abs_topk(x: torch.Tensor, k: int) -> None:
+    x = x.to(DEVICE)
+    y = abs_topk_fwd(x, k)
+    expected = reference.abs_topk_forward(x, k)
+    assert torch.equal(y, expected)
+    grad = torch.randn(x.shape, device=DEVICE).to(x.dtype)
+    from sparse_tf.kernels.abstopk import abs_topk_bwd
+
+    assert torch.equal(abs_topk_bwd(y, grad, k), reference.abs_topk_backward(expected, grad, k))
+    # The backward's kept set, recovered from y, is the forward's.
+    assert torch.equal(reference.abs_topk_kept(expected, k), reference.topk_mask(x.abs(), k))
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.integers(0, 5),
+    width=st.integers(1, 300),
+    k_frac=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_abs_topk_kernel_matches_reference(
+    dtype: torch.dtype, rows: int, width: int, k_frac: float, seed: int
+) -> None:
+    k = max(1, min(width, round(k_frac * width)))
+    check_abs_topk(hard_rows(rows, width, dtype, seed), k)
+
+
+@pytest.mark.interpreter
+def test_abs_topk_kernel_on_batched_non_contiguous_input() -> None:
+    x = hard_rows(24, 96, torch.float32, 1).view(2, 3, 4, 96).transpose(1, 2)  # [2, 4, 3, 96]
+    check_abs_topk(x, 24)
+    assert abs_topk_fwd(x.to(DEVICE), 24).shape == x.shape
+
+
+@pytest.mark.interpreter
+def test_abs_topk_autograd_through_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPARSE_TF_KERNELS", "triton")
+    x = hard_rows(6, 64, torch.float32, 2).to(DEVICE).requires_grad_()
+    assert abs_topk_backend(x) == "triton"
+    w = torch.randn(64, device=DEVICE)
+    (kernels.abs_topk(x, 16) * w).sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    monkeypatch.setenv("SPARSE_TF_KERNELS", "reference")
+    (kernels.abs_topk(x_ref, 16) * w).sum().backward()
+    assert torch.equal(x.grad, x_ref.grad)
+
+
+@pytest.mark.interpreter
+def test_model_forward_is_identical_on_both_backends(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_model().to(DEVICE)
+    x = tokens(model.cfg, batch=1, seq=6).to(DEVICE)
+    monkeypatch.setenv("SPARSE_TF_KERNELS", "reference")
+    expected = model(x)
+    monkeypatch.setenv("SPARSE_TF_KERNELS", "triton")
+    assert torch.equal(model(x), expected)
+
+
+def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.randn(2, 8)
+    monkeypatch.delenv("SPARSE_TF_KERNELS", raising=False)
+    assert abs_topk_backend(x) == "reference"  # CPU tensors use the reference by default
+    monkeypatch.setenv("SPARSE_TF_KERNELS", "reference")
+    assert abs_topk_backend(x.to(DEVICE)) == "reference"
+    monkeypatch.setenv("SPARSE_TF_KERNELS", "triton")
+    with pytest.raises(KernelError, match=r"cannot run on a torch\.int64 tensor"):
+        abs_topk_backend(torch.zeros(2, 8, dtype=torch.int64))
+    with pytest.raises(KernelError, match=f"width <= {MAX_WIDTH}"):
+        abs_topk_backend(torch.zeros(1, MAX_WIDTH + 1))
+    monkeypatch.setenv("SPARSE_TF_KERNELS", "fast")
+    with pytest.raises(KernelError, match="expected auto, triton or reference"):
+        abs_topk_backend(x)
+
+
+def test_kept_set_recovered_from_the_output() -> None:
+    x = torch.tensor([[0.0, 3.0, 0.0, -1.0, 0.0], [2.0, -2.0, 2.0, 0.0, 1.0]])
+    y = reference.abs_topk_forward(x, 3)
+    # Row 0 has 2 nonzeros: both kept, plus the first zero. Row 1: the three 2s (ties by index).
+    assert reference.abs_topk_kept(y, 3).tolist() == [
+        [True, True, False, True, False],
+        [True, True, True, False, False],
+    ]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(("rows", "width"), [(65536, 1024), (16384, 4096), (4096, 8192)])
+def test_abs_topk_kernel_at_model_shapes(dtype: torch.dtype, rows: int, width: int) -> None:
+    check_abs_topk(hard_rows(rows, width, dtype, 3), width // 4)
