@@ -174,8 +174,8 @@ def weight_mask(w: SparseWeight, l0: float, cfg: SparsityConfig) -> Tensor:
     j = cfg.min_per_neuron
     if w.neuron_dim is not None and j > 0:
         # Protected entries outrank everything; among themselves the index rule still applies.
-        neurons_last = score if w.neuron_dim == ROWS else score.T  # [n_neurons, per_neuron]
-        protected = topk_mask(neurons_last, j)
+        neurons_last = weight if w.neuron_dim == ROWS else weight.T  # [n_neurons, per_neuron]
+        protected = kernels.abs_topk_mask(neurons_last, j)  # the AbsTopK kernel on CUDA
         if w.neuron_dim == COLS:
             protected = protected.T
         score = score.masked_fill(protected, math.inf)

@@ -43,8 +43,12 @@ def check_abs_topk(x: torch.Tensor, k: int) -> None:
     from sparse_tf.kernels.abstopk import abs_topk_bwd
 
     assert torch.equal(abs_topk_bwd(y, grad, k), reference.abs_topk_backward(expected, grad, k))
-    # The backward's kept set, recovered from y, is the forward's.
-    assert torch.equal(reference.abs_topk_kept(expected, k), reference.topk_mask(x.abs(), k))
+    # The backward's kept set, recovered from y, is the forward's; the mask kernel agrees.
+    kept = reference.topk_mask(x.abs(), k)
+    assert torch.equal(reference.abs_topk_kept(expected, k), kept)
+    from sparse_tf.kernels.abstopk import abs_topk_mask
+
+    assert torch.equal(abs_topk_mask(x, k), kept)
 
 
 @pytest.mark.interpreter
@@ -124,3 +128,38 @@ def test_kept_set_recovered_from_the_output() -> None:
 @pytest.mark.parametrize(("rows", "width"), [(65536, 1024), (16384, 4096), (4096, 8192)])
 def test_abs_topk_kernel_at_model_shapes(dtype: torch.dtype, rows: int, width: int) -> None:
     check_abs_topk(hard_rows(rows, width, dtype, 3), width // 4)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.integers(0, 5), width=st.integers(1, 200), k=st.integers(0, 210))
+def test_abs_topk_mask_kernel_matches_reference(
+    dtype: torch.dtype, rows: int, width: int, k: int
+) -> None:
+    x = hard_rows(rows, width, dtype, seed=rows * 1000 + width).to(DEVICE)
+    from sparse_tf.kernels.abstopk import abs_topk_mask as kernel_mask
+
+    expected = reference.topk_mask(x.abs(), k)
+    if 0 < k < width:
+        assert torch.equal(kernel_mask(x, k), expected)
+    assert torch.equal(kernels.abs_topk_mask(x, k), expected)
+
+
+@pytest.mark.interpreter
+def test_projection_is_identical_on_both_backends(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sparse_tf import SparsityConfig, project_weights_
+
+    model = tiny_model(d_model=32, vocab_size=64).to(DEVICE)
+    with torch.no_grad():  # ties inside neurons: the protection must break them by index
+        model.blocks[0].mlp.out_proj.weight[:, :8] = 0.5
+    cfg = SparsityConfig(l0=1 / 16)
+    results = {}
+    for backend in ("reference", "triton"):
+        monkeypatch.setenv("SPARSE_TF_KERNELS", backend)
+        copy = tiny_model(d_model=32, vocab_size=64).to(DEVICE)
+        copy.load_state_dict(model.state_dict())
+        project_weights_(copy, 1 / 16, cfg)
+        results[backend] = copy.state_dict()
+    for name, value in results["reference"].items():
+        assert torch.equal(results["triton"][name], value), name

@@ -41,7 +41,7 @@ def _interpreting() -> bool:
 
 
 def abs_topk_backend(x: Tensor) -> Backend:
-    """Which backend `abs_topk(x, k)` uses."""
+    """Which backend `abs_topk(x, k)` and `abs_topk_mask(x, k)` use."""
     from sparse_tf.kernels import abstopk as kernel  # imports triton: only when needed
 
     setting = backend_setting()
@@ -86,10 +86,30 @@ class _AbsTopK(torch.autograd.Function):
         return reference.abs_topk_backward(y, grad_y, ctx.k), None, None
 
 
+def abs_topk_mask(x: Tensor, k: int) -> Tensor:
+    """Bool mask [..., n] of the k largest |x| in each row of the last dim (ties: lower index);
+    no gradient. 0 <= k <= n."""
+    n = x.shape[-1]
+    if k <= 0 or k >= n:
+        return reference.topk_mask(x, k)  # all or nothing
+    if abs_topk_backend(x) == "triton":
+        from sparse_tf.kernels.abstopk import abs_topk_mask as kernel
+
+        return kernel(x.detach(), k)
+    return reference.topk_mask(x.detach().abs(), k)
+
+
 def abs_topk(x: Tensor, k: int) -> Tensor:
     """Keep the k entries of largest |x| in each row of the last dim (ties: lower index), zero
     the rest; the gradient flows only through the kept entries. 1 <= k < width."""
     return _AbsTopK.apply(x, k, abs_topk_backend(x))
 
 
-__all__ = ["KernelError", "abs_topk", "abs_topk_backend", "backend_setting", "reference"]
+__all__ = [
+    "KernelError",
+    "abs_topk",
+    "abs_topk_backend",
+    "abs_topk_mask",
+    "backend_setting",
+    "reference",
+]

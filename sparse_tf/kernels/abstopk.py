@@ -37,6 +37,7 @@ def _abstopk_fwd_kernel(
     stride_y,
     BLOCK: tl.constexpr,
     LOW_BIT: tl.constexpr,  # lowest bit of the magnitude's bit pattern that can be set
+    STORE_MASK: tl.constexpr,  # store the kept set (uint8) instead of the kept values
 ):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
@@ -72,8 +73,11 @@ def _abstopk_fwd_kernel(
     room = k - tl.sum(above.to(tl.int32), axis=0)
     rank = tl.cumsum(tied.to(tl.int32), axis=0)  # 1-based rank among the ties, by index
     keep = above | (tied & (rank <= room))
-    y = tl.where(keep, x, 0.0)
-    tl.store(y_ptr + row * stride_y + offs, y.to(y_ptr.dtype.element_ty), mask=in_row)
+    if STORE_MASK:
+        tl.store(y_ptr + row * stride_y + offs, keep.to(tl.uint8), mask=in_row)
+    else:
+        y = tl.where(keep, x, 0.0)
+        tl.store(y_ptr + row * stride_y + offs, y.to(y_ptr.dtype.element_ty), mask=in_row)
 
 
 @triton.jit
@@ -117,17 +121,26 @@ def _rows(t: Tensor) -> Tensor:
 
 def abs_topk_fwd(x: Tensor, k: int) -> Tensor:
     """AbsTopK forward kernel: y with the shape and dtype of x."""
+    return _select(x, k, mask=False)
+
+
+def abs_topk_mask(x: Tensor, k: int) -> Tensor:
+    """Bool mask of the k largest |x| of each row (ties: lower index); the same selection as
+    the forward kernel, e.g. for the per-neuron protection of the weight projection."""
+    return _select(x, k, mask=True).view(torch.bool)
+
+
+def _select(x: Tensor, k: int, mask: bool) -> Tensor:
     width = x.shape[-1]
     x2 = _rows(x)
-    y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    out = torch.empty(x2.shape, dtype=torch.uint8 if mask else x.dtype, device=x.device)
     if x2.shape[0]:
         block, num_warps = _launch_config(width)
-        low_bit = _LOW_BIT[x.dtype]
         _abstopk_fwd_kernel[(x2.shape[0],)](
-            x2, y, width, k, x2.stride(0), y.stride(0),
-            BLOCK=block, LOW_BIT=low_bit, num_warps=num_warps,
+            x2, out, width, k, x2.stride(0), out.stride(0),
+            BLOCK=block, LOW_BIT=_LOW_BIT[x.dtype], STORE_MASK=mask, num_warps=num_warps,
         )  # fmt: skip
-    return y.view(x.shape)
+    return out.view(x.shape)
 
 
 def abs_topk_bwd(y: Tensor, grad_y: Tensor, k: int) -> Tensor:

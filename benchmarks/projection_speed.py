@@ -1,0 +1,90 @@
+"""The per-step L0 projection at a preset's shape: its cost against one training step.
+
+    python benchmarks/projection_speed.py --preset paper-d1024      # on a CUDA machine
+
+Times (CUDA events, median of --iters) `project_weights_` over all sparse matrices of the model
+at the preset's target L0, and its parts for one matrix of each shape: the per-neuron
+protection (top-j of every row/column: the AbsTopK mask kernel on CUDA, and the pure-torch
+reference for comparison) and the global `torch.topk`; the rest of `weight_mask` is the tie
+rule and the masking.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+from collections.abc import Callable
+
+import torch
+
+from sparse_tf import GPT, kernels
+from sparse_tf.presets import preset
+from sparse_tf.sparsity import COLS, ROWS, kept_count, project_weights_, topk_mask, weight_mask
+
+
+def bench(fn: Callable[[], object], iters: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(iters):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e))
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="paper-d1024")
+    parser.add_argument("--iters", type=int, default=10)
+    args = parser.parse_args()
+    cfg = preset(args.preset)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = GPT(cfg.model)
+    sp, l0 = cfg.sparsity, cfg.sparsity.l0
+    state = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def project() -> None:
+        for n, p in model.named_parameters():
+            p.data.copy_(state[n])  # dense weights again, as after an Adam step
+        project_weights_(model, l0, sp)
+
+    def restore() -> None:
+        for n, p in model.named_parameters():
+            p.data.copy_(state[n])
+
+    weights = model.sparse_weights()
+    total = bench(project, args.iters) - bench(restore, args.iters)
+    print(f"{args.preset} on {torch.cuda.get_device_name()}: {len(weights)} matrices, L0 {l0:g}")
+    print(f"project_weights_ (all matrices): {total:.2f} ms per step")
+    print("| matrix | shape | kept | weight_mask | protection | (reference) | topk | of total |")
+    print("|---|---|---|---|---|---|---|---|")
+    seen = set()
+    for w in weights:
+        shape = tuple(w.param.shape)
+        if (shape, w.neuron_dim) in seen:
+            continue
+        seen.add((shape, w.neuron_dim))
+        k = kept_count(w, l0, sp)
+        score = w.param.detach().abs()
+        neurons = w.param.detach() if w.neuron_dim != COLS else w.param.detach().T
+        mask_ms = bench(lambda w=w: weight_mask(w, l0, sp), args.iters)
+        prot_ms, prot_ref_ms = math.nan, math.nan
+        if w.neuron_dim in (ROWS, COLS):
+            j = sp.min_per_neuron
+            prot_ms = bench(lambda n=neurons, j=j: kernels.abs_topk_mask(n, j), args.iters)
+            prot_ref_ms = bench(lambda n=neurons, j=j: topk_mask(n, j), args.iters)
+        topk_ms = bench(lambda s=score, k=k: s.reshape(-1).topk(k, sorted=False), args.iters)
+        print(
+            f"| {w.name} | {shape} | {k:,} | {mask_ms:.3f} | {prot_ms:.3f} | {prot_ref_ms:.3f} | "
+            f"{topk_ms:.3f} | {mask_ms / total:.0%} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
