@@ -16,10 +16,9 @@ The table gives ms, the speed-up over `topk`, and the fraction of the copy floor
 from __future__ import annotations
 
 import argparse
-import statistics
-from collections.abc import Callable
 
 import torch
+from timing import cuda_ms  # benchmarks/timing.py
 
 from sparse_tf.kernels import reference
 from sparse_tf.kernels.abstopk import abs_topk_bwd, abs_topk_fwd
@@ -28,22 +27,6 @@ from sparse_tf.kernels.abstopk import abs_topk_bwd, abs_topk_fwd
 def topk_scatter(x: torch.Tensor, k: int) -> torch.Tensor:
     idx = x.abs().topk(k, dim=-1, sorted=False).indices
     return torch.zeros_like(x).scatter_(-1, idx, x.gather(-1, idx))
-
-
-def time_all(fns: dict[str, Callable[[], object]], iters: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():  # warm-up (and compile)
-        for _ in range(3):
-            fn()
-    for _ in range(iters):
-        for name, fn in fns.items():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times[name].append(start.elapsed_time(end))
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -69,7 +52,7 @@ def main() -> None:
                 "bwd ref": lambda y=y, g=grad, k=k: reference.abs_topk_backward(y, g, k),
                 "bwd kernel": lambda y=y, g=grad, k=k: abs_topk_bwd(y, g, k),
             }
-            ms = time_all(fns, args.iters)
+            ms = cuda_ms(fns, args.iters)
             for name, t in ms.items():
                 floor = ms["copy"] if not name.startswith("bwd") else ms["copy"] * 1.5
                 print(

@@ -15,11 +15,10 @@ in how a pass counts candidates:
 
 from __future__ import annotations
 
-import statistics
-
 import torch
 import triton
 import triton.language as tl
+from timing import cuda_ms_one  # benchmarks/timing.py
 
 from sparse_tf.kernels import reference
 
@@ -118,20 +117,6 @@ def run(x: torch.Tensor, k: int, mode: int, warps: int) -> torch.Tensor:
     return y
 
 
-def bench(fn, iters: int = 15) -> float:
-    for _ in range(3):
-        fn()
-    out = []
-    for _ in range(iters):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        out.append(s.elapsed_time(e))
-    return statistics.median(out)
-
-
 def main() -> None:
     print(f"device: {torch.cuda.get_device_name()}", flush=True)
     print("| tokens x width | dtype | copy ms | best | " + " | ".join(MODES) + " |")
@@ -140,7 +125,7 @@ def main() -> None:
             x = torch.randn(rows, width, device="cuda", dtype=dtype)
             k = width // 4
             expected = reference.abs_topk_forward(x, k)
-            copy = bench(lambda x=x: x.clone())
+            copy = cuda_ms_one(lambda x=x: x.clone(), 15)
             cells, best = [], (1e9, "")
             for name, mode in MODES.items():
                 per_warps = []
@@ -148,7 +133,7 @@ def main() -> None:
                     if warps * 32 > width:
                         continue
                     assert torch.equal(run(x, k, mode, warps), expected), (name, warps)
-                    ms = bench(lambda x=x, k=k, m=mode, w=warps: run(x, k, m, w))
+                    ms = cuda_ms_one(lambda x=x, k=k, m=mode, w=warps: run(x, k, m, w), 15)
                     per_warps.append((ms, warps))
                     best = min(best, (ms, f"{name}/w{warps}"))
                 ms, warps = min(per_warps)

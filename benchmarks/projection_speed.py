@@ -13,28 +13,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-from collections.abc import Callable
 
 import torch
+from timing import cuda_ms_one  # benchmarks/timing.py
 
 from sparse_tf import GPT, kernels
 from sparse_tf.presets import preset
 from sparse_tf.sparsity import COLS, ROWS, kept_count, project_weights_, topk_mask, weight_mask
-
-
-def bench(fn: Callable[[], object], iters: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(iters):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -59,7 +44,7 @@ def main() -> None:
             p.data.copy_(state[n])
 
     weights = model.sparse_weights()
-    total = bench(project, args.iters) - bench(restore, args.iters)
+    total = cuda_ms_one(project, args.iters) - cuda_ms_one(restore, args.iters)
     print(f"{args.preset} on {torch.cuda.get_device_name()}: {len(weights)} matrices, L0 {l0:g}")
     print(f"project_weights_ (all matrices): {total:.2f} ms per step")
     print("| matrix | shape | kept | weight_mask | protection | (reference) | topk | of total |")
@@ -73,13 +58,13 @@ def main() -> None:
         k = kept_count(w, l0, sp)
         score = w.param.detach().abs()
         neurons = w.param.detach() if w.neuron_dim != COLS else w.param.detach().T
-        mask_ms = bench(lambda w=w: weight_mask(w, l0, sp), args.iters)
+        mask_ms = cuda_ms_one(lambda w=w: weight_mask(w, l0, sp), args.iters)
         prot_ms, prot_ref_ms = math.nan, math.nan
         if w.neuron_dim in (ROWS, COLS):
             j = sp.min_per_neuron
-            prot_ms = bench(lambda n=neurons, j=j: kernels.abs_topk_mask(n, j), args.iters)
-            prot_ref_ms = bench(lambda n=neurons, j=j: topk_mask(n, j), args.iters)
-        topk_ms = bench(lambda s=score, k=k: s.reshape(-1).topk(k, sorted=False), args.iters)
+            prot_ms = cuda_ms_one(lambda n=neurons, j=j: kernels.abs_topk_mask(n, j), args.iters)
+            prot_ref_ms = cuda_ms_one(lambda n=neurons, j=j: topk_mask(n, j), args.iters)
+        topk_ms = cuda_ms_one(lambda s=score, k=k: s.reshape(-1).topk(k, sorted=False), args.iters)
         print(
             f"| {w.name} | {shape} | {k:,} | {mask_ms:.3f} | {prot_ms:.3f} | {prot_ref_ms:.3f} | "
             f"{topk_ms:.3f} | {mask_ms / total:.0%} |"
