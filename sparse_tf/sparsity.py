@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from sparse_tf import kernels
 from sparse_tf.config import Config, check
-from sparse_tf.kernels.reference import topk_mask  # the one selection rule (ties: lower index)
+from sparse_tf.kernels.reference import topk_mask  # noqa: F401 - the selection rule, re-exported
 
 # ---------------------------------------------------------------------------------------------
 # AbsTopK (activation sparsity)
@@ -167,20 +167,23 @@ def sparse_weights(model: nn.Module) -> list[SparseWeight]:
     return declare()
 
 
+def protected_mask(w: SparseWeight, cfg: SparsityConfig) -> Tensor | None:
+    """The entries of `w` that protection forces into the kept set: the min_per_neuron largest
+    |w| of every neuron (ties: lower index); None when `w` is unprotected."""
+    j = cfg.min_per_neuron
+    if w.neuron_dim is None or j == 0:
+        return None
+    weight = w.param.detach()
+    neurons_last = weight if w.neuron_dim == ROWS else weight.T  # [n_neurons, per_neuron]
+    protected = kernels.abs_topk_mask(neurons_last, j)  # the AbsTopK kernel on CUDA
+    return protected if w.neuron_dim == ROWS else protected.T
+
+
 def weight_mask(w: SparseWeight, l0: float, cfg: SparsityConfig) -> Tensor:
     """Boolean mask of the entries of `w` that projection to `l0` keeps (same shape as w)."""
-    weight = w.param.detach()
-    score = weight.abs()
-    j = cfg.min_per_neuron
-    if w.neuron_dim is not None and j > 0:
-        # Protected entries outrank everything; among themselves the index rule still applies.
-        neurons_last = weight if w.neuron_dim == ROWS else weight.T  # [n_neurons, per_neuron]
-        protected = kernels.abs_topk_mask(neurons_last, j)  # the AbsTopK kernel on CUDA
-        if w.neuron_dim == COLS:
-            protected = protected.T
-        score = score.masked_fill(protected, math.inf)
-    keep = topk_mask(score.reshape(1, -1), kept_count(w, l0, cfg))
-    return keep.view_as(weight)
+    return kernels.projection_masks([w.param], [protected_mask(w, cfg)], [kept_count(w, l0, cfg)])[
+        0
+    ]
 
 
 @torch.no_grad()
@@ -188,7 +191,8 @@ def project_weights_(model: nn.Module, l0: float, cfg: SparsityConfig) -> dict[s
     """Project every sparse matrix of `model` in place to its top-magnitude entries at `l0`.
 
     Biases, norm gains, attention sinks and the bigram table are not touched (they are not
-    declared sparse).
+    declared sparse). On CUDA all matrices are selected together by the radix-select kernel
+    (`sparse_tf.kernels.select`), elsewhere one `torch.topk` each; the kept sets are identical.
 
     Args:
         model: a model with `sparse_weights()`, e.g. `sparse_tf.GPT`.
@@ -201,11 +205,15 @@ def project_weights_(model: nn.Module, l0: float, cfg: SparsityConfig) -> dict[s
     """
     if not 0.0 < l0 <= 1.0:
         raise ValueError(f"project_weights_: l0={l0} must be in (0, 1]")
-    counts = {}
-    for w in sparse_weights(model):
-        counts[w.name] = kept_count(w, l0, cfg)
-        if counts[w.name] < w.param.numel():
-            w.param.masked_fill_(~weight_mask(w, l0, cfg), 0.0)
+    counts = {w.name: kept_count(w, l0, cfg) for w in sparse_weights(model)}
+    todo = [w for w in sparse_weights(model) if counts[w.name] < w.param.numel()]
+    masks = kernels.projection_masks(
+        [w.param for w in todo],
+        [protected_mask(w, cfg) for w in todo],
+        [counts[w.name] for w in todo],
+    )
+    for w, keep in zip(todo, masks, strict=True):
+        w.param.masked_fill_(~keep, 0.0)
     return counts
 
 

@@ -163,3 +163,45 @@ def test_projection_is_identical_on_both_backends(monkeypatch: pytest.MonkeyPatc
         results[backend] = copy.state_dict()
     for name, value in results["reference"].items():
         assert torch.equal(results["triton"][name], value), name
+
+
+@pytest.mark.interpreter
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shapes=st.lists(st.tuples(st.integers(1, 40), st.integers(1, 40)), min_size=1, max_size=4),
+    k_fracs=st.lists(st.floats(0.0, 1.0), min_size=4, max_size=4),
+    seed=st.integers(0, 2**16),
+)
+def test_projection_select_kernel_matches_reference(
+    shapes: list[tuple[int, int]], k_fracs: list[float], seed: int
+) -> None:
+    from sparse_tf.kernels.select import topk_masks
+
+    g = torch.Generator().manual_seed(seed)
+    weights, protected, ks = [], [], []
+    for i, (rows, cols) in enumerate(shapes):
+        w = hard_rows(rows, cols, torch.float32, seed + i)  # ties, zeros, empty rows
+        p = torch.rand(rows, cols, generator=g) < 0.1 if i % 2 else None
+        weights.append(w.to(DEVICE))
+        protected.append(p.to(DEVICE) if p is not None else None)
+        ks.append(max(1, min(w.numel(), round(k_fracs[i] * w.numel()))))
+    # Small chunks: matrices span several programs, and ties straddle chunk boundaries.
+    masks = topk_masks(weights, protected, ks, chunk=64)
+    for w, p, k, mask in zip(weights, protected, ks, masks, strict=True):
+        score = w.abs() if p is None else w.abs().masked_fill(p, torch.inf)
+        assert torch.equal(mask, reference.topk_mask(score.reshape(1, -1), k).view_as(w))
+
+
+@pytest.mark.gpu
+def test_projection_select_kernel_at_paper_shapes() -> None:
+    from sparse_tf.kernels.select import topk_masks
+
+    shapes = [(2048, 1024), (3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096)]
+    weights = [hard_rows(r, c, torch.float32, i).to(DEVICE) for i, (r, c) in enumerate(shapes)]
+    protected = [None, *(torch.rand(r, c, device=DEVICE) < 0.004 for r, c in shapes[1:])]
+    ks = [w.numel() // 64 for w in weights]
+    for w, p, k, mask in zip(
+        weights, protected, ks, topk_masks(weights, protected, ks), strict=True
+    ):
+        score = w.abs() if p is None else w.abs().masked_fill(p, torch.inf)
+        assert torch.equal(mask, reference.topk_mask(score.reshape(1, -1), k).view_as(w))

@@ -61,6 +61,38 @@ def abs_topk_backend(x: Tensor) -> Backend:
     return "triton" if supported and (x.is_cuda or setting == "triton") else "reference"
 
 
+def projection_backend(t: Tensor) -> Backend:
+    """Which backend `projection_masks` uses for matrices on t's device."""
+    setting = backend_setting()
+    if setting == "reference":
+        return "reference"
+    supported = t.is_cuda or _interpreting()
+    if setting == "triton" and not supported:
+        raise KernelError(
+            f"{_ENV}=triton: the projection kernel cannot run on {t.device} (needs CUDA or "
+            "TRITON_INTERPRET=1)"
+        )
+    return "triton" if supported and (t.is_cuda or setting == "triton") else "reference"
+
+
+def projection_masks(
+    weights: list[Tensor], protected: list[Tensor | None], ks: list[int]
+) -> list[Tensor]:
+    """For each matrix, the bool mask of its k largest |w| after its protected entries (which
+    outrank everything); ties go to the lower flat index. 1 <= k <= numel."""
+    if weights and projection_backend(weights[0]) == "triton":
+        from sparse_tf.kernels.select import topk_masks
+
+        return topk_masks(weights, protected, ks)
+    masks = []
+    for w, p, k in zip(weights, protected, ks, strict=True):
+        score = w.detach().abs()
+        if p is not None:
+            score = score.masked_fill(p, torch.inf)
+        masks.append(reference.topk_mask(score.reshape(1, -1), k).view_as(w))
+    return masks
+
+
 class _AbsTopK(torch.autograd.Function):
     """y = AbsTopK(x); backward recovers the kept set from y (nothing else is saved)."""
 
@@ -111,5 +143,7 @@ __all__ = [
     "abs_topk_backend",
     "abs_topk_mask",
     "backend_setting",
+    "projection_backend",
+    "projection_masks",
     "reference",
 ]
