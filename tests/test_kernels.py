@@ -150,14 +150,15 @@ def test_abs_topk_mask_kernel_matches_reference(
 def test_projection_is_identical_on_both_backends(monkeypatch: pytest.MonkeyPatch) -> None:
     from sparse_tf import SparsityConfig, project_weights_
 
-    model = tiny_model(d_model=32, vocab_size=64).to(DEVICE)
+    small = {"d_model": 16, "vocab_size": 32, "n_layer": 1}
+    model = tiny_model(**small).to(DEVICE)
     with torch.no_grad():  # ties inside neurons: the protection must break them by index
         model.blocks[0].mlp.out_proj.weight[:, :8] = 0.5
     cfg = SparsityConfig(l0=1 / 16)
     results = {}
     for backend in ("reference", "triton"):
         monkeypatch.setenv("SPARSE_TF_KERNELS", backend)
-        copy = tiny_model(d_model=32, vocab_size=64).to(DEVICE)
+        copy = tiny_model(**small).to(DEVICE)
         copy.load_state_dict(model.state_dict())
         project_weights_(copy, 1 / 16, cfg)
         results[backend] = copy.state_dict()
