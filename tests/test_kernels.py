@@ -68,6 +68,13 @@ def test_abs_topk_kernel_matches_reference(
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("k", [1, 2, 4, 8, 9])  # both sides of SMALL_K
+def test_abs_topk_kernel_small_k(k: int) -> None:
+    for dtype in DTYPES:
+        check_abs_topk(hard_rows(8, 40, dtype, k), k)
+
+
+@pytest.mark.interpreter
 def test_abs_topk_kernel_on_batched_non_contiguous_input() -> None:
     x = hard_rows(24, 96, torch.float32, 1).view(2, 3, 4, 96).transpose(1, 2)  # [2, 4, 3, 96]
     check_abs_topk(x, 24)

@@ -4,8 +4,10 @@ Forward: each program owns one row (≤ MAX_WIDTH values, held in registers) and
 largest magnitude exactly by a bitwise search over its IEEE-754 bit pattern: for non-negative
 floats the bit pattern, read as an integer, orders like the value. Two bits are decided per
 pass from three counts packed into one int64 reduction, so a row costs 16 reductions in fp32
-and 8 in bf16/fp16 (whose low 16 bits, after the exact upcast, are zero). Entries above the
+and 8 in bf16 (whose low 16 bits, after the exact upcast, are zero). Entries above the
 threshold are kept, then the tied entries in index order until k are kept: the library's rule.
+For k <= SMALL_K (the projection's per-neuron protection, k = 4) the maxima are picked one by
+one instead, lowest index first among equals.
 
 Backward: grad · mask, with the mask recovered from the saved output alone (see
 `reference.abs_topk_kept`), so AbsTopK stores nothing beyond the output that the next layer
@@ -21,6 +23,9 @@ from torch import Tensor
 
 MAX_WIDTH = 16384
 """Widest row a program holds in registers; wider rows use the reference path."""
+SMALL_K = 8
+"""Up to this k, the forward picks maxima one by one (2 reductions each) instead of the bitwise
+threshold search (8-16 passes): the per-neuron protection of the projection has k = 4."""
 _LOW_BIT = {torch.float32: 0, torch.bfloat16: 16, torch.float16: 13}
 """Lowest bit of |x|'s fp32 bit pattern that can be set after the exact upcast of each dtype
 (bf16 keeps 8 significant bits of fp32's 24, fp16 11)."""
@@ -38,6 +43,7 @@ def _abstopk_fwd_kernel(
     BLOCK: tl.constexpr,
     LOW_BIT: tl.constexpr,  # lowest bit of the magnitude's bit pattern that can be set
     STORE_MASK: tl.constexpr,  # store the kept set (uint8) instead of the kept values
+    SMALL_K: tl.constexpr,  # k is small: pick the maxima one by one instead of searching
 ):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
@@ -46,6 +52,28 @@ def _abstopk_fwd_kernel(
     x = tl.load(x_ptr + row * stride_x + offs, mask=in_row, other=0.0).to(tl.float32)
     key = tl.abs(x).to(tl.int32, bitcast=True)  # orders like |x|
     key = tl.where(in_row, key, -1)  # padding is below every real key
+    if SMALL_K:
+        # k rounds of (largest key, its lowest index): 2 reductions each, the tie rule built in.
+        keep = offs < 0
+        live = key
+        for _ in range(k):
+            top = tl.max(live, axis=0)
+            first = tl.min(tl.where(live == top, offs, BLOCK), axis=0)
+            keep = keep | (offs == first)
+            live = tl.where(offs == first, -2, live)
+    else:
+        keep = _threshold_keep(key, k, LOW_BIT)
+    if STORE_MASK:
+        tl.store(y_ptr + row * stride_y + offs, keep.to(tl.uint8), mask=in_row)
+    else:
+        y = tl.where(keep, x, 0.0)
+        tl.store(y_ptr + row * stride_y + offs, y.to(y_ptr.dtype.element_ty), mask=in_row)
+
+
+@triton.jit
+def _threshold_keep(key, k, LOW_BIT: tl.constexpr):
+    """The kept set of a row of keys: the exact k-th largest key by bitwise search, then ties
+    in index order."""
     # Bitwise search for t = the k-th largest key, two bits per pass. Invariant: at least k keys
     # are >= t. The three candidate counts share one reduction: each count is < 2^15.
     t = tl.zeros((), dtype=tl.int32)
@@ -72,12 +100,7 @@ def _abstopk_fwd_kernel(
     tied = key == t
     room = k - tl.sum(above.to(tl.int32), axis=0)
     rank = tl.cumsum(tied.to(tl.int32), axis=0)  # 1-based rank among the ties, by index
-    keep = above | (tied & (rank <= room))
-    if STORE_MASK:
-        tl.store(y_ptr + row * stride_y + offs, keep.to(tl.uint8), mask=in_row)
-    else:
-        y = tl.where(keep, x, 0.0)
-        tl.store(y_ptr + row * stride_y + offs, y.to(y_ptr.dtype.element_ty), mask=in_row)
+    return above | (tied & (rank <= room))
 
 
 @triton.jit
@@ -138,7 +161,8 @@ def _select(x: Tensor, k: int, mask: bool) -> Tensor:
         block, num_warps = _launch_config(width)
         _abstopk_fwd_kernel[(x2.shape[0],)](
             x2, out, width, k, x2.stride(0), out.stride(0),
-            BLOCK=block, LOW_BIT=_LOW_BIT[x.dtype], STORE_MASK=mask, num_warps=num_warps,
+            BLOCK=block, LOW_BIT=_LOW_BIT[x.dtype], STORE_MASK=mask, SMALL_K=k <= SMALL_K,
+            num_warps=num_warps,
         )  # fmt: skip
     return out.view(x.shape)
 
