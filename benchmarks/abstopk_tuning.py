@@ -4,11 +4,9 @@
 
 Each strategy finds the same exact threshold (checked against the reference) and differs only
 in how a pass counts candidates:
-  packed3   two bits per pass, three `key >= c` counts packed into one int64 sum (the kernel's);
+  packed3   two bits per pass, three `key >= c` counts packed into one int64 sum (the shipped
+            kernel's own search, `_threshold_keep`);
   sum3      two bits per pass, three separate int32 sums;
-  digits    two bits per pass, a 4-bin histogram of the next two bits among keys that share the
-            threshold's prefix, packed 16 bits per bin into one int64 sum;
-  bits1     one bit per pass, one int32 sum;
   hist      radix select, 8 bits per pass: a 256-bin histogram of the next digit among keys
             sharing the threshold's prefix, then a suffix scan over the bins.
 """
@@ -21,6 +19,7 @@ import triton.language as tl
 from timing import cuda_ms_one  # benchmarks/timing.py
 
 from sparse_tf.kernels import reference
+from sparse_tf.kernels.abstopk import _threshold_keep
 
 
 @triton.jit
@@ -32,81 +31,51 @@ def _fwd(x_ptr, y_ptr, n_cols, k, stride, BLOCK: tl.constexpr, LOW_BIT: tl.const
     x = tl.load(x_ptr + row * stride + offs, mask=in_row, other=0.0).to(tl.float32)
     key = tl.abs(x).to(tl.int32, bitcast=True)
     key = tl.where(in_row, key, -1)
-    t = tl.zeros((), dtype=tl.int32)
-    if MODE == 4:
-        # Radix select, 8 bits per pass: a histogram of the next digit among keys that share
-        # the threshold's prefix (others go to an overflow bin), then the largest digit whose
-        # suffix count still reaches k.
-        n_above = tl.zeros((), dtype=tl.int32)
-        for p in tl.static_range((31 - LOW_BIT + 7) // 8):
-            # Digit = bits [lo, lo + 8) below the prefix of bits > hi. The last pass of fp32
-            # overlaps the previous one by a bit, which is the same for every matching key.
-            hi = 30 - 8 * p
-            lo = hi - 7 if hi >= 7 else 0
-            match = ((key >> (hi + 1)) == (t >> (hi + 1))) & in_row
-            digit = tl.where(match, (key >> lo) & 255, 256)
-            h = tl.histogram(digit, HBINS)  # [512]; bins 256.. are the overflow
-            bins = tl.arange(0, HBINS)
-            h = tl.where(bins < 256, h, 0)
-            suffix = tl.cumsum(h, axis=0, reverse=True)
-            b = tl.max(tl.where((suffix >= k - n_above) & (bins < 256), bins, -1), axis=0)
-            n_above += tl.sum(tl.where(bins > b, h, 0), axis=0)
-            t = t | (b << lo)
-    elif MODE == 3:
-        for p in tl.static_range(31 - LOW_BIT):
-            c1 = t | (1 << (30 - p))
-            n1 = tl.sum((key >= c1).to(tl.int32), axis=0)
-            t = tl.where(n1 >= k, c1, t)
+    if MODE == 0:  # packed3: the shipped search
+        keep = _threshold_keep(key, k, LOW_BIT)
     else:
-        for p in tl.static_range((31 - LOW_BIT) // 2):
-            shift = 29 - 2 * p
-            c1 = t | (1 << shift)
-            c2 = t | (2 << shift)
-            c3 = t | (3 << shift)
-            if MODE == 0:
-                packed = (
-                    (key >= c1).to(tl.int64)
-                    + ((key >= c2).to(tl.int64) << 20)
-                    + ((key >= c3).to(tl.int64) << 40)
-                )
-                total = tl.sum(packed, axis=0)
-                n1 = (total & 0xFFFFF).to(tl.int32)
-                n2 = ((total >> 20) & 0xFFFFF).to(tl.int32)
-                n3 = (total >> 40).to(tl.int32)
-            elif MODE == 1:
+        t = tl.zeros((), dtype=tl.int32)
+        if MODE == 1:  # sum3: the shipped search with three separate int32 sums
+            for p in tl.static_range((31 - LOW_BIT) // 2):
+                shift = 29 - 2 * p
+                c1 = t | (1 << shift)
+                c2 = t | (2 << shift)
+                c3 = t | (3 << shift)
                 n1 = tl.sum((key >= c1).to(tl.int32), axis=0)
                 n2 = tl.sum((key >= c2).to(tl.int32), axis=0)
                 n3 = tl.sum((key >= c3).to(tl.int32), axis=0)
-            else:
-                # keys above the prefix count for every candidate; prefix matches by digit.
-                top = shift + 2
-                prefix_eq = (key >> top) == (t >> top)
-                above = (key >> top) > (t >> top)
-                digit = (key >> shift) & 3
-                onehot = tl.where(prefix_eq, tl.full((BLOCK,), 1, tl.int64) << (16 * digit), 0)
-                onehot += tl.where(above, tl.full((BLOCK,), 1, tl.int64) << 48, 0)
-                total = tl.sum(onehot, axis=0)
-                h1 = ((total >> 16) & 0xFFFF).to(tl.int32)
-                h2 = ((total >> 32) & 0xFFFF).to(tl.int32)
-                h3 = ((total >> 48) & 0xFFFF).to(tl.int32)  # digit 3 and above-prefix share
-                n3 = h3
-                n2 = h3 + h2
-                n1 = n2 + h1
-            t = tl.where(n3 >= k, c3, tl.where(n2 >= k, c2, tl.where(n1 >= k, c1, t)))
-        if (31 - LOW_BIT) % 2 == 1:
-            c1 = t | (1 << LOW_BIT)
-            n1 = tl.sum((key >= c1).to(tl.int32), axis=0)
-            t = tl.where(n1 >= k, c1, t)
-    above = key > t
-    tied = key == t
-    room = k - tl.sum(above.to(tl.int32), axis=0)
-    rank = tl.cumsum(tied.to(tl.int32), axis=0)
-    keep = above | (tied & (rank <= room))
-    tl.store(y_ptr + row * stride + offs, tl.where(keep, x, 0.0).to(y_ptr.dtype.element_ty),
-             mask=in_row)  # fmt: skip
+                t = tl.where(n3 >= k, c3, tl.where(n2 >= k, c2, tl.where(n1 >= k, c1, t)))
+            if (31 - LOW_BIT) % 2 == 1:
+                c1 = t | (1 << LOW_BIT)
+                n1 = tl.sum((key >= c1).to(tl.int32), axis=0)
+                t = tl.where(n1 >= k, c1, t)
+        else:  # hist: radix select, 8 bits per pass
+            # A histogram of the next digit among keys that share the threshold's prefix
+            # (others go to an overflow bin), then the largest digit whose suffix count still
+            # reaches k. The last pass of fp32 overlaps the previous one by a bit, which is the
+            # same for every matching key.
+            n_above = tl.zeros((), dtype=tl.int32)
+            for p in tl.static_range((31 - LOW_BIT + 7) // 8):
+                hi = 30 - 8 * p
+                lo = hi - 7 if hi >= 7 else 0
+                match = ((key >> (hi + 1)) == (t >> (hi + 1))) & in_row
+                digit = tl.where(match, (key >> lo) & 255, 256)
+                h = tl.histogram(digit, HBINS)  # [512]; bins 256.. are the overflow
+                bins = tl.arange(0, HBINS)
+                h = tl.where(bins < 256, h, 0)
+                suffix = tl.cumsum(h, axis=0, reverse=True)
+                b = tl.max(tl.where((suffix >= k - n_above) & (bins < 256), bins, -1), axis=0)
+                n_above += tl.sum(tl.where(bins > b, h, 0), axis=0)
+                t = t | (b << lo)
+        above = key > t
+        tied = key == t
+        room = k - tl.sum(above.to(tl.int32), axis=0)
+        keep = above | (tied & (tl.cumsum(tied.to(tl.int32), axis=0) <= room))
+    y = tl.where(keep, x, 0.0).to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + row * stride + offs, y, mask=in_row)
 
 
-MODES = {"packed3": 0, "sum3": 1, "hist": 4}
+MODES = {"packed3": 0, "sum3": 1, "hist": 2}
 
 
 def run(x: torch.Tensor, k: int, mode: int, warps: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch import Tensor
@@ -297,8 +297,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
     elif (path / SPARSE_MODEL_FILE).is_file():
         file = path / SPARSE_MODEL_FILE
         try:
-            from safetensors import safe_open
-
             with safe_open(str(file), framework="pt") as f:
                 meta = f.metadata() or {}
         except (SafetensorError, OSError) as e:

@@ -205,8 +205,9 @@ def project_weights_(model: nn.Module, l0: float, cfg: SparsityConfig) -> dict[s
     """
     if not 0.0 < l0 <= 1.0:
         raise ValueError(f"project_weights_: l0={l0} must be in (0, 1]")
-    counts = {w.name: kept_count(w, l0, cfg) for w in sparse_weights(model)}
-    todo = [w for w in sparse_weights(model) if counts[w.name] < w.param.numel()]
+    weights = sparse_weights(model)
+    counts = {w.name: kept_count(w, l0, cfg) for w in weights}
+    todo = [w for w in weights if counts[w.name] < w.param.numel()]
     masks = kernels.projection_masks(
         [w.param for w in todo],
         [protected_mask(w, cfg) for w in todo],

@@ -47,7 +47,7 @@ from sparse_tf.data.tokenizer import load_tokenizer
 from sparse_tf.data.tokens import EpochSampler, Windows, eval_indices
 from sparse_tf.errors import SparseTFError
 from sparse_tf.io import read_json, remove_dir, remove_leftovers, write_json
-from sparse_tf.log import ProgressMode, RunLogger, WandbMode, truncate_metrics
+from sparse_tf.log import ProgressMode, RunLogger, WandbMode, read_metrics, truncate_metrics
 from sparse_tf.model import GPT, GPTConfig, target_loss
 from sparse_tf.optim import OptimConfig, SparseOptimizer
 from sparse_tf.sparsity import SparsityConfig, count_nonzeros, kept_count
@@ -455,8 +455,6 @@ class _Run:
 
 def read_metrics_summary(out: Path) -> dict[str, float]:
     """The last training loss and the mean tokens/s over the run's log records."""
-    from sparse_tf.log import read_metrics
-
     records = [r for r in read_metrics(out) if "train/loss" in r]
     if not records:
         return {}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -198,3 +200,16 @@ def test_atomic_dir_leaves_the_old_folder_on_failure(tmp_path: Path) -> None:
     atomic_write_text(target / "a.txt", "new")
     assert (target / "a.txt").read_text() == "new"
     assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path: Path) -> None:
+    # mkstemp/mkdtemp create 0600/0700 entries; shared artifacts must follow the umask instead.
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        with atomic_dir(tmp_path / "final") as tmp:
+            (tmp / "b.txt").write_text("x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "final").stat().st_mode) == 0o755

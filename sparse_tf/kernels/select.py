@@ -29,18 +29,28 @@ CHUNK = 4096
 
 
 @triton.jit
+def _load_chunk(
+    c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, CHUNK: tl.constexpr
+):  # fmt: skip
+    """Chunk c's flat offsets, their validity, its keys (-1 past its matrix's end: below every
+    real key), its matrix and that matrix's threshold so far."""
+    end = tl.load(chunk_end_ptr + c)
+    seg = tl.load(chunk_seg_ptr + c)
+    offs = tl.load(chunk_start_ptr + c) + tl.arange(0, CHUNK)
+    valid = offs < end
+    key = tl.load(keys_ptr + offs, mask=valid, other=-1)
+    return offs, valid, key, seg, tl.load(state_ptr + 2 * seg)
+
+
+@triton.jit
 def _digit_histogram_kernel(
     keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, hist_ptr,
     HI: tl.constexpr, LO: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
     c = tl.program_id(0)
-    start = tl.load(chunk_start_ptr + c)
-    end = tl.load(chunk_end_ptr + c)
-    seg = tl.load(chunk_seg_ptr + c)
-    offs = start + tl.arange(0, CHUNK)
-    valid = offs < end
-    key = tl.load(keys_ptr + offs, mask=valid, other=0)
-    t = tl.load(state_ptr + 2 * seg)
+    _, valid, key, seg, t = _load_chunk(
+        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, CHUNK
+    )
     # Keys whose bits above HI equal the threshold's are still undecided; count their digit.
     match = valid & ((key >> (HI + 1)) == (t >> (HI + 1)))
     digit = tl.where(match, (key >> LO) & 255, 256)
@@ -71,12 +81,9 @@ def _count_ties_kernel(
     CHUNK: tl.constexpr,
 ):  # fmt: skip
     c = tl.program_id(0)
-    start = tl.load(chunk_start_ptr + c)
-    end = tl.load(chunk_end_ptr + c)
-    seg = tl.load(chunk_seg_ptr + c)
-    offs = start + tl.arange(0, CHUNK)
-    key = tl.load(keys_ptr + offs, mask=offs < end, other=-1)
-    t = tl.load(state_ptr + 2 * seg)
+    _, _, key, _, t = _load_chunk(
+        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, CHUNK
+    )
     tl.store(ties_ptr + c, tl.sum((key == t).to(tl.int32), axis=0))
 
 
@@ -86,13 +93,9 @@ def _keep_kernel(
     tie_prefix_ptr, CHUNK: tl.constexpr,
 ):  # fmt: skip
     c = tl.program_id(0)
-    start = tl.load(chunk_start_ptr + c)
-    end = tl.load(chunk_end_ptr + c)
-    seg = tl.load(chunk_seg_ptr + c)
-    offs = start + tl.arange(0, CHUNK)
-    valid = offs < end
-    key = tl.load(keys_ptr + offs, mask=valid, other=-1)
-    t = tl.load(state_ptr + 2 * seg)
+    offs, valid, key, seg, t = _load_chunk(
+        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, CHUNK
+    )
     room = tl.load(k_ptr + seg) - tl.load(state_ptr + 2 * seg + 1)  # ties to keep
     tied = key == t
     rank = tl.load(tie_prefix_ptr + c) + tl.cumsum(tied.to(tl.int32), axis=0)  # 1-based
