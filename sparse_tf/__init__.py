@@ -14,6 +14,11 @@ Training and trained models:
 
     result = train(preset("tiny-cpu"), RunOptions(out="runs/tiny-cpu"))
     model, tok = load_model(result.final), load_tokenizer(result.final)
+
+The 20 hand-built tasks of the paper, and scoring a model folder on them:
+
+    from sparse_tf.tasks import TASKS, evaluate_task      # TASKS["single_double_quote"].pairs(...)
+    from sparse_tf.evaluation import evaluate_model       # what `sparse-tf eval` prints
 """
 
 from sparse_tf._version import __version__

@@ -3,6 +3,7 @@
     sparse-tf train [--preset tiny-cpu] [--out DIR] [--max-steps N] [--seed N] [--resume]
                     [--overwrite] [--wandb offline|online|disabled] [--device auto|cpu|cuda]
                     [--model.d-model 256 --sparsity.l0 0.03125 --optim.lr 0.01 ...]
+    sparse-tf eval --model runs/tiny-cpu/final [--task NAME|all] [--n 100] [--json FILE]
     sparse-tf describe --model.vocab-size 2048 --model.n-ctx 256 --model.n-layer 8 \\
         --model.d-model 1024 --sparsity.l0 0.015625
 """
@@ -15,13 +16,13 @@ import io
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 import tyro
 
 from sparse_tf.errors import SparseTFError
-from sparse_tf.io import read_json
+from sparse_tf.io import read_json, write_json
 from sparse_tf.model import GPT, GPTConfig
 from sparse_tf.presets import DEFAULT_PRESET, PRESETS, preset
 from sparse_tf.sparsity import COLS, ROWS, SparsityConfig, abstopk_k, kept_count
@@ -87,6 +88,52 @@ def _saved_config(out: Path) -> TrainConfig | None:
         return TrainConfig.from_dict(read_json(file)["config"], source=str(file))
     except (ValueError, KeyError, TypeError) as e:
         raise TrainingError(f"--resume: {file} is unreadable ({e})") from None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalArgs:
+    """Score a trained model on the hand-built tasks (loss, accuracy, logit margin per task)
+    and on its training corpus's validation split."""
+
+    model: str
+    """Model folder: a run's final/ or step-N/, or an export."""
+    task: str = "all"
+    """A task name (see sparse_tf.tasks.TASKS) or 'all'."""
+    n: int = 100
+    """Contrast pairs per task (each gives two prompts)."""
+    split: Literal["train", "val", "test"] = "test"
+    """Which task split to draw the pairs from."""
+    seed: int = 0
+    """Seed of the pair generators."""
+    json: str | None = None
+    """Also write the report to this JSON file."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    val_windows: int = 256
+    """Validation windows for the model's val loss (0 skips it)."""
+    batch_size: int = 32
+    """Pairs per forward pass."""
+
+
+def eval_command(argv: list[str]) -> None:
+    from sparse_tf.evaluation import evaluate_model  # loads the task catalog only when used
+
+    args = _tyro_cli(EvalArgs, prog="sparse-tf eval", args=argv)
+    if args.n < 1:
+        raise UsageError(f"--n {args.n}: must be at least 1")
+    report = evaluate_model(
+        args.model,
+        args.task,
+        n=args.n,
+        seed=args.seed,
+        split=args.split,
+        device=args.device,
+        val_windows=args.val_windows,
+        pairs_per_batch=args.batch_size,
+    )
+    print(report.table())
+    if args.json:
+        write_json(Path(args.json), report.to_dict())
 
 
 def describe(model: GPTConfig, sparsity: SparsityConfig = SparsityConfig(l0=1 / 64)) -> None:  # noqa: B008
@@ -193,6 +240,7 @@ def format_description(cfg: GPTConfig, sparsity: SparsityConfig) -> str:
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "train": (train_command, "train a weight-sparse GPT (presets, resume, export)"),
+    "eval": (eval_command, "score a trained model on the 20 hand-built tasks and its val split"),
     "describe": (describe_command, "print a model's shape and per-matrix L0 budget"),
 }
 

@@ -379,21 +379,13 @@ class _Run:
             total += loss.detach()
         return total
 
-    @torch.no_grad()
     def evaluate(self, model: GPT, windows: Windows, limit: int | None) -> float:
         """Mean next-token loss over `limit` evenly spread windows (all when None)."""
         model.eval()
-        indices = eval_indices(len(windows), limit)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        count = 0
-        for i in range(0, len(indices), self.cfg.micro):
-            x, y = windows.get(indices[i : i + self.cfg.micro])
-            with self._autocast():
-                logits = model(x.to(self.device))
-            loss_sum += target_loss(logits, y.to(self.device), reduction="sum").double()
-            count += int((y != -100).sum())
-        model.train()
-        return float(loss_sum) / count
+        try:
+            return validation_loss(model, windows, limit, self.cfg.micro, amp=self.amp)
+        finally:
+            model.train()
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.amp:
@@ -453,6 +445,25 @@ class _Run:
         return TrainResult(out=self.out, final=final, summary=summary)
 
 
+@torch.no_grad()
+def validation_loss(
+    model: GPT, windows: Windows, limit: int | None, batch_size: int, amp: bool = False
+) -> float:
+    """Mean next-token loss of `model` (on its own device) over `limit` evenly spread windows
+    (all when None), `batch_size` windows at a time; bf16 autocast when `amp`."""
+    device = next(model.parameters()).device
+    indices = eval_indices(len(windows), limit)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    for i in range(0, len(indices), batch_size):
+        x, y = windows.get(indices[i : i + batch_size])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x.to(device))
+        loss_sum += target_loss(logits, y.to(device), reduction="sum").double()
+        count += int((y != -100).sum())
+    return float(loss_sum) / count
+
+
 def read_metrics_summary(out: Path) -> dict[str, float]:
     """The last training loss and the mean tokens/s over the run's log records."""
     records = [r for r in read_metrics(out) if "train/loss" in r]
@@ -496,21 +507,22 @@ def _stop_signals() -> Iterator[_StopFlag]:
             signal.signal(s, h)
 
 
-def resolve_device(spec: str) -> torch.device:
-    """'auto' → CUDA when available, else CPU; anything else must exist on this machine."""
+def resolve_device(spec: str, flag: str = "RunOptions.device") -> torch.device:
+    """'auto' → CUDA when available, else CPU; anything else must exist on this machine.
+    Errors name `flag`."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise ConfigError(f"RunOptions.device={spec!r}: not a device (cpu, cuda, cuda:N)") from None
+        raise ConfigError(f"{flag}={spec!r}: not a device (cpu, cuda, cuda:N)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"RunOptions.device={spec!r}: CUDA is not available here")
+            raise ConfigError(f"{flag}={spec!r}: CUDA is not available here")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"RunOptions.device={spec!r}: no such GPU")
+            raise ConfigError(f"{flag}={spec!r}: no such GPU")
     elif device.type != "cpu":
-        raise ConfigError(f"RunOptions.device={spec!r}: only cpu and cuda are supported")
+        raise ConfigError(f"{flag}={spec!r}: only cpu and cuda are supported")
     return device
 
 

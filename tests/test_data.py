@@ -187,6 +187,39 @@ def test_bpe_rejects_a_vocab_too_small_for_bytes() -> None:
         train_bpe(CODE, 200)
 
 
+def test_pre_tokenizer_keeps_pythons_small_decisions_whole() -> None:
+    """The paper tokenizer's split: one leading non-letter stays with a word, a punctuation
+    run keeps its newlines, an indentation gives its last space to the next word."""
+    tok = train_bpe(CODE, 300)
+    pieces = [p for p, _ in tok.pre_tokenizer.pre_tokenize_str('def f(a=None):\n    s.add("x")\n')]
+    assert pieces == ["def", "Ġf", "(a", "=None", "):Ċ", "ĠĠĠ", "Ġs", ".add", '("', "x", '")Ċ']
+
+
+def test_reserved_strings_become_single_tokens_at_the_same_vocab_size() -> None:
+    reserved = ['")\n', " enumerate", "=None", "]]\n", " " * 11, " frobnicate"]
+    plain, tok = train_bpe(CODE, 320), train_bpe(CODE, 320, reserved)
+    assert tok.get_vocab_size() == plain.get_vocab_size() == 320
+    for text in reserved:
+        assert len(tok.encode(text).ids) == 1, text
+        assert len(tok.encode(f"x = y{text}").ids) >= 3  # still a token in context
+    assert tok.to_str() == train_bpe(CODE, 320, reserved).to_str()
+    assert tok.decode(tok.encode(CODE[0]).ids) == CODE[0]
+    # The trainer's first merges stay; every new merge builds a reserved string from the left.
+    merges = [tuple(m) for m in json.loads(tok.to_str())["model"]["merges"]]
+    learned = [tuple(m) for m in json.loads(plain.to_str())["model"]["merges"]]
+    assert merges[:20] == learned[:20]
+    words = [tok.pre_tokenizer.pre_tokenize_str(text)[0][0] for text in reserved]
+    for merge in set(merges) - set(learned):
+        assert any(w.startswith("".join(merge)) for w in words), merge
+
+
+def test_reserving_needs_one_pre_token_and_room_in_the_vocabulary() -> None:
+    with pytest.raises(TokenizerError, match=r"cannot reserve 'x = 1' as one token: the pre-"):
+        train_bpe(CODE, 300, ["x = 1"])
+    with pytest.raises(TokenizerError, match=r"vocab_size=260 is too small to reserve 3 strings"):
+        train_bpe(CODE, 260, [" enumerate", " frobnicate", " quux"])
+
+
 def test_corpus_tokenizer_is_cached_by_digest(corpus_dir: Path, tmp_path: Path) -> None:
     corpus = open_corpus(str(corpus_dir), 0.1)
     first = corpus_bpe(corpus, 400, tmp_path)
@@ -287,7 +320,7 @@ def test_prepare_data_refuses_a_tokenizer_larger_than_the_model(corpus_dir: Path
 
 
 def test_prepare_data_summary(corpus_dir: Path) -> None:
-    data = prepare_data(DataConfig(source=str(corpus_dir), val_frac=0.1), 400, 32)
+    data = prepare_data(DataConfig(source=str(corpus_dir), val_frac=0.1), 512, 32)
     summary = data.summary()
     assert summary["train_tokens"] == len(data.train.tokens) > 0
     assert summary["val_tokens"] > 0

@@ -125,7 +125,7 @@ def _tiny_flags(corpus: Path, out: Path, steps: int) -> list[str]:
         *_run_flags(out), "--max-steps", str(steps), "--batch-size", "4",
         "--model.vocab-size", "320", "--model.n-ctx", "32", "--model.n-layer", "1",
         "--model.d-model", "32", "--sparsity.l0", "0.125", "--data.source", str(corpus),
-        "--data.val-frac", "0.1",
+        "--data.val-frac", "0.1", "--data.no-task-tokens",
     ]  # fmt: skip
 
 

