@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -267,6 +268,10 @@ def main(argv: list[str] | None = None) -> None:
     except SparseTFError as e:
         print(f"sparse-tf {name}: error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, UsageError) else 1)
+    except BrokenPipeError:
+        # The reader went away (`sparse-tf eval ... | head`): stop quietly, as shell tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except KeyboardInterrupt:
         # Training handles Ctrl-C itself (checkpoint, then exit); this is any other moment.
         print(f"sparse-tf {name}: interrupted", file=sys.stderr)

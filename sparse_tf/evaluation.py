@@ -150,4 +150,5 @@ def _val_loss(
         return None, "the training run held out no validation split"
     used = min(windows, len(data.val))
     loss = validation_loss(model, data.val, windows, batch_size=16, amp=amp)
-    return loss, f"{used} windows of {cfg.data.source}, {cfg.model.n_ctx} tokens each"
+    where = f"{cfg.data.source} (corpus digest {data.corpus.digest[:12]})"
+    return loss, f"{used} windows of {where}, {cfg.model.n_ctx} tokens each"

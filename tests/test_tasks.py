@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, pre_tokenizers
 from torch import Tensor, nn
 
 from sparse_tf.checkpoint import CONFIG_FILE
@@ -206,17 +206,9 @@ def test_gpt2s_tokenizer_expresses_17_tasks_and_names_the_others() -> None:
 
 
 def _old_recipe_tokenizer(corpus: Path, vocab_size: int = 600) -> Tokenizer:
-    """The BPE of sparse_tf 0.1.0 exports: GPT-2's pre-tokenizer, no reserved strings."""
-    tok = Tokenizer(models.BPE())
+    """Like the BPE of sparse_tf 0.1.0 exports: GPT-2's pre-tokenizer, no reserved strings."""
+    tok = train_bpe(open_corpus(str(corpus), 0.1).documents("train"), vocab_size)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOT],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(open_corpus(str(corpus), 0.1).documents("train"), trainer=trainer)
     return tok
 
 

@@ -46,11 +46,6 @@ class Example:
     rest: str = ""
     """How the line continues after `target`; only used to tokenise the target in context."""
 
-    @property
-    def text(self) -> str:
-        """The full line as the program would have it."""
-        return self.context + self.target + self.rest
-
 
 @dataclass(frozen=True)
 class Pair:
