@@ -3,16 +3,17 @@
     python benchmarks/projection_speed.py --preset paper-d1024      # on a CUDA machine
 
 Times (CUDA events, median of --iters) `project_weights_` over all sparse matrices of the model
-at the preset's target L0, and its parts for one matrix of each shape: the per-neuron
-protection (top-j of every row/column: the AbsTopK mask kernel on CUDA, and the pure-torch
-reference for comparison) and the global `torch.topk`; the rest of `weight_mask` is the tie
-rule and the masking.
+at the preset's target L0, replayed as one CUDA graph and launched op by op, and its parts for
+one matrix of each shape: the per-neuron protection (top-j of every row/column: the AbsTopK
+mask kernel on CUDA, and the pure-torch reference for comparison) and the global `torch.topk`;
+the rest of `weight_mask` is the tie rule and the masking.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 
 import torch
 from timing import cuda_ms_one  # benchmarks/timing.py
@@ -26,6 +27,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="paper-d1024")
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument(
+        "--profile", action="store_true", help="also print the GPU kernels of one projection"
+    )
     args = parser.parse_args()
     cfg = preset(args.preset)
     torch.manual_seed(0)
@@ -44,9 +48,29 @@ def main() -> None:
             p.data.copy_(state[n])
 
     weights = model.sparse_weights()
-    total = cuda_ms_one(project, args.iters) - cuda_ms_one(restore, args.iters)
+    totals = {}
+    for mode, flag in (("CUDA graph", "1"), ("eager launches", "0")):
+        os.environ["SPARSE_TF_CUDA_GRAPHS"] = flag
+        totals[mode] = cuda_ms_one(project, args.iters) - cuda_ms_one(restore, args.iters)
+    os.environ["SPARSE_TF_CUDA_GRAPHS"] = "1"
+    total = totals["CUDA graph"]
     print(f"{args.preset} on {torch.cuda.get_device_name()}: {len(weights)} matrices, L0 {l0:g}")
-    print(f"project_weights_ (all matrices): {total:.2f} ms per step")
+    for mode, ms in totals.items():
+        print(f"project_weights_ (all matrices, {mode}): {ms:.2f} ms per step")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        os.environ["SPARSE_TF_CUDA_GRAPHS"] = "0"  # one row per launch
+        restore()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            project()
+            torch.cuda.synchronize()
+        os.environ["SPARSE_TF_CUDA_GRAPHS"] = "1"
+        print(
+            prof.key_averages().table(
+                sort_by="cuda_time_total", row_limit=20, max_name_column_width=60
+            )
+        )
     print("| matrix | shape | kept | weight_mask | protection | (reference) | topk | of total |")
     print("|---|---|---|---|---|---|---|---|")
     seen = set()

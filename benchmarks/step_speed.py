@@ -6,13 +6,15 @@
 
 A step is forward + backward + SparseOptimizer.step (grad RMS, Adam, projection, decay).
 The sparse run sits at its target L0 (no anneal) so every step projects; AbsTopK is on at the
-8 sites. Steps of the two variants alternate so that machine noise hits both alike; the table
-gives medians and the sparse/dense ratio.
+8 sites. On CUDA a third variant, `eager`, is the sparse step with its projection launched op
+by op instead of replayed as one CUDA graph (SPARSE_TF_CUDA_GRAPHS=0). Steps of the variants
+alternate so that machine noise hits all alike; the table gives medians and the ratio to dense.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -37,13 +39,17 @@ def main() -> None:
 
     device = torch.device(args.device)
     tokens = torch.randint(0, args.vocab_size, (args.batch, args.n_ctx), device=device)
-    variants = {
-        "sparse": (0.25, SparsityConfig(l0=args.l0, anneal_start=0.0, anneal_end=0.0)),
-        "dense": (None, None),
+    sparsity = SparsityConfig(l0=args.l0, anneal_start=0.0, anneal_end=0.0)
+    variants = {  # name: (afrac, sparsity, projection as a CUDA graph)
+        "sparse": (0.25, sparsity, True),
+        "eager": (0.25, sparsity, False),  # the same, its projection launched op by op
+        "dense": (None, None, True),
     }
+    if device.type != "cuda":
+        del variants["eager"]  # CUDA graphs are a GPU matter
     runs = {}
     total = args.warmup + args.steps
-    for name, (afrac, sparsity) in variants.items():
+    for name, (afrac, sparsity, _) in variants.items():
         torch.manual_seed(0)
         cfg = GPTConfig(
             vocab_size=args.vocab_size,
@@ -53,10 +59,13 @@ def main() -> None:
             afrac=afrac,
         )
         model = GPT(cfg).to(device)
-        runs[name] = (model, SparseOptimizer(model, OptimConfig(), sparsity, total), [])
+        graph = variants[name][2]
+        os.environ["SPARSE_TF_CUDA_GRAPHS"] = "1" if graph else "0"  # also for the first projection
+        runs[name] = (model, SparseOptimizer(model, OptimConfig(), sparsity, total), [], graph)
 
     for i in range(total):
-        for model, opt, times in runs.values():
+        for model, opt, times, graph in runs.values():
+            os.environ["SPARSE_TF_CUDA_GRAPHS"] = "1" if graph else "0"
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
@@ -78,7 +87,7 @@ def main() -> None:
         f"batch {args.batch} x {args.n_ctx}, L0 {args.l0:g}, bf16 {args.bf16}"
     )
     print(f"{'variant':<8} {'ms/step':>9} {'tokens/s':>10} {'vs dense':>9}")
-    for name, (_, _, times) in runs.items():
+    for name, (_, _, times, _) in runs.items():
         ms = statistics.median(times) * 1e3
         print(f"{name:<8} {ms:>9.1f} {n_tokens / ms * 1e3:>10,.0f} {dense_ms / ms:>8.2f}x")
 

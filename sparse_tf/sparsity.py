@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -208,13 +209,20 @@ def project_weights_(model: nn.Module, l0: float, cfg: SparsityConfig) -> dict[s
     weights = sparse_weights(model)
     counts = {w.name: kept_count(w, l0, cfg) for w in weights}
     todo = [w for w in weights if counts[w.name] < w.param.numel()]
-    masks = kernels.projection_masks(
-        [w.param for w in todo],
-        [protected_mask(w, cfg) for w in todo],
-        [counts[w.name] for w in todo],
-    )
-    for w, keep in zip(todo, masks, strict=True):
-        w.param.masked_fill_(~keep, 0.0)
+    if not todo:
+        return counts
+    params = [w.param for w in todo]
+
+    def apply(ks: Sequence[int] | Tensor) -> None:
+        kernels.project_(params, [protected_mask(w, cfg) for w in todo], ks)
+
+    ks = [counts[w.name] for w in todo]
+    if params[0].is_cuda and kernels.projection_backend(params[0]) == "triton":
+        # A few hundred small launches: captured once as a CUDA graph, replayed every step.
+        static = (cfg.min_per_neuron, tuple(w.neuron_dim for w in todo))
+        kernels.graphs.graphed("projection", apply, ks, params, static)
+    else:
+        apply(ks)
     return counts
 
 

@@ -183,21 +183,28 @@ def test_projection_is_identical_on_both_backends(monkeypatch: pytest.MonkeyPatc
 def test_projection_select_kernel_matches_reference(
     shapes: list[tuple[int, int]], k_fracs: list[float], seed: int
 ) -> None:
-    from sparse_tf.kernels.select import topk_masks
+    from sparse_tf.kernels.select import project_, topk_masks
 
     g = torch.Generator().manual_seed(seed)
     weights, protected, ks = [], [], []
     for i, (rows, cols) in enumerate(shapes):
         w = hard_rows(rows, cols, torch.float32, seed + i)  # ties, zeros, empty rows
-        p = torch.rand(rows, cols, generator=g) < 0.1 if i % 2 else None
+        p = None
+        if i % 2:  # protection masks, some of them transposed views (column neurons)
+            p = torch.rand(rows, cols, generator=g) < 0.1
+            p = p.T.contiguous().T if i % 4 == 3 else p
         weights.append(w.to(DEVICE))
         protected.append(p.to(DEVICE) if p is not None else None)
         ks.append(max(1, min(w.numel(), round(k_fracs[i] * w.numel()))))
     # Small chunks: matrices span several programs, and ties straddle chunk boundaries.
     masks = topk_masks(weights, protected, ks, chunk=64)
-    for w, p, k, mask in zip(weights, protected, ks, masks, strict=True):
+    projected = [w.clone() for w in weights]
+    project_(projected, protected, ks, chunk=64)
+    for w, p, k, mask, after in zip(weights, protected, ks, masks, projected, strict=True):
         score = w.abs() if p is None else w.abs().masked_fill(p, torch.inf)
-        assert torch.equal(mask, reference.topk_mask(score.reshape(1, -1), k).view_as(w))
+        expected = reference.topk_mask(score.reshape(1, -1), k).view_as(w)
+        assert torch.equal(mask, expected)
+        assert torch.equal(after, w.masked_fill(~expected, 0.0))
 
 
 @pytest.mark.gpu
@@ -213,3 +220,44 @@ def test_projection_select_kernel_at_paper_shapes() -> None:
     ):
         score = w.abs() if p is None else w.abs().masked_fill(p, torch.inf)
         assert torch.equal(mask, reference.topk_mask(score.reshape(1, -1), k).view_as(w))
+
+
+@pytest.mark.gpu
+def test_graphed_projection_equals_eager_and_reference_through_an_anneal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CUDA-graph replay of the projection (K changing every step, as during the L0 anneal;
+    a second model forcing a recapture) keeps exactly the reference's entries."""
+    from sparse_tf import GPT, GPTConfig, SparsityConfig, project_weights_
+    from sparse_tf.kernels import graphs
+
+    cfg = GPTConfig(vocab_size=2048, n_ctx=64, n_layer=2, d_model=256)
+    sparsity = SparsityConfig(l0=1 / 64)
+    for seed in (0, 1):  # a second model: new tensors (recapture) or reused addresses
+        torch.manual_seed(seed)
+        start = GPT(cfg).state_dict()
+        results = {}
+        for mode, env in (
+            ("graph", ("auto", "1")),
+            ("eager", ("auto", "0")),
+            ("ref", ("reference", "1")),
+        ):
+            monkeypatch.setenv("SPARSE_TF_KERNELS", env[0])
+            monkeypatch.setenv("SPARSE_TF_CUDA_GRAPHS", env[1])
+            model = GPT(cfg).to(DEVICE)
+            model.load_state_dict(start)
+            torch.manual_seed(100 + seed)  # the same "Adam steps" in every mode
+            states = []
+            for l0 in (0.5, 0.25, 0.1, 1 / 64, 1 / 64):
+                with torch.no_grad():  # an "Adam step": perturb, so every projection has work
+                    for p in model.parameters():
+                        p.add_(torch.randn_like(p) * 1e-3 * (p != 0))
+                project_weights_(model, l0, sparsity)
+                states.append({n: (p != 0).cpu() for n, p in model.named_parameters()})
+            results[mode] = states
+        assert "projection" in graphs._GRAPHS
+        for step, ref in enumerate(results["ref"]):
+            for name, mask in ref.items():
+                assert torch.equal(results["graph"][step][name], mask), (seed, step, name)
+                assert torch.equal(results["eager"][step][name], mask), (seed, step, name)
+    graphs.clear()

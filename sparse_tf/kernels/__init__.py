@@ -12,6 +12,7 @@ TRITON_INTERPRET=1, which the test suite sets). Both backends give identical kep
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -19,7 +20,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
 from sparse_tf.errors import SparseTFError
-from sparse_tf.kernels import reference
+from sparse_tf.kernels import graphs, reference
 
 Backend = Literal["triton", "reference"]
 _ENV = "SPARSE_TF_KERNELS"
@@ -76,14 +77,17 @@ def projection_backend(t: Tensor) -> Backend:
 
 
 def projection_masks(
-    weights: list[Tensor], protected: list[Tensor | None], ks: list[int]
+    weights: list[Tensor], protected: list[Tensor | None], ks: Sequence[int] | Tensor
 ) -> list[Tensor]:
     """For each matrix, the bool mask of its k largest |w| after its protected entries (which
-    outrank everything); ties go to the lower flat index. 1 <= k <= numel."""
+    outrank everything); ties go to the lower flat index. 1 <= k <= numel. `ks` may be an int32
+    tensor on the weights' device (what a CUDA graph of the projection reads)."""
     if weights and projection_backend(weights[0]) == "triton":
         from sparse_tf.kernels.select import topk_masks
 
         return topk_masks(weights, protected, ks)
+    if isinstance(ks, Tensor):
+        ks = ks.tolist()
     masks = []
     for w, p, k in zip(weights, protected, ks, strict=True):
         score = w.detach().abs()
@@ -91,6 +95,19 @@ def projection_masks(
             score = score.masked_fill(p, torch.inf)
         masks.append(reference.topk_mask(score.reshape(1, -1), k).view_as(w))
     return masks
+
+
+def project_(
+    weights: list[Tensor], protected: list[Tensor | None], ks: Sequence[int] | Tensor
+) -> None:
+    """Zero, in place, every entry of each matrix outside its `projection_masks` kept set."""
+    if weights and projection_backend(weights[0]) == "triton":
+        from sparse_tf.kernels.select import project_ as select_project_
+
+        select_project_(weights, protected, ks)
+        return
+    for w, keep in zip(weights, projection_masks(weights, protected, ks), strict=True):
+        w.masked_fill_(~keep, 0.0)
 
 
 class _AbsTopK(torch.autograd.Function):
@@ -143,6 +160,8 @@ __all__ = [
     "abs_topk_backend",
     "abs_topk_mask",
     "backend_setting",
+    "graphs",
+    "project_",
     "projection_backend",
     "projection_masks",
     "reference",

@@ -1,20 +1,24 @@
 """Weight projection on the GPU: the exact top-K of many matrices at once, by radix select.
 
 Every matrix's magnitudes become int32 keys (the fp32 bit pattern of |w|, which orders like
-|w|; protected entries get the key of +inf) in one flat buffer. Four passes, one per 8-bit digit
-from the top, each count that digit among the keys still tied with the threshold found so far
-(a histogram per chunk of the buffer, added atomically into one histogram per matrix), and a
-tiny kernel per matrix picks the digit where the count from the top reaches K. After the four
-passes the threshold is exactly the K-th largest key. Then the ties at the threshold are ranked
-in index order across chunks (per-chunk counts, an exclusive scan) so that exactly K entries are
-kept: the library's rule, the same kept set as `reference.topk_mask`.
+|w|; protected entries get the key of +inf) in one flat buffer, one fused launch per matrix.
+Four passes, one per 8-bit digit from the top, each count that digit among the keys still tied
+with the threshold found so far (a histogram per chunk of the buffer, added atomically into one
+histogram per matrix; in the last two passes so few keys are still tied that they are added one
+by one), and a tiny kernel per matrix picks the digit where the count from the top reaches K.
+After the four passes the threshold is exactly the K-th largest key. Then the ties at the
+threshold are ranked in index order across chunks (per-chunk counts, an exclusive scan) so that
+exactly K entries are kept: the library's rule, the same kept set as `reference.topk_mask`.
+`topk_masks` writes the kept sets as masks; `project_` zeroes the dropped entries in place.
 
-All matrices share each launch: 4 x 2 + 2 launches plus the key and apply copies, instead of a
-`torch.topk` and a whole-matrix scan per matrix.
+Every launch is shared by all matrices except the key building and the in-place zeroing (one
+per matrix); nothing waits for the host, so the whole projection can be replayed as one CUDA
+graph (`sparse_tf.kernels.graphs`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,10 +26,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-INF_KEY = 0x7F800000
+INF_KEY = tl.constexpr(0x7F800000)
 """Key of +inf: protected entries outrank every finite magnitude."""
 CHUNK = 4096
 """Keys per program; chunks never straddle two matrices."""
+_KEY_BLOCK = 2048
 
 
 @triton.jit
@@ -43,9 +48,27 @@ def _load_chunk(
 
 
 @triton.jit
+def _keys_kernel(
+    w_ptr, p_ptr, keys_ptr, n, cols, p_stride_r, p_stride_c,
+    HAS_P: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """One matrix's keys into its slice of the flat buffer: the fp32 bit pattern of |w|, or
+    the key of +inf where the protection mask (any strides: a transposed view works) is set."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < n
+    w = tl.load(w_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+    key = tl.abs(w).to(tl.int32, bitcast=True)
+    if HAS_P:
+        protect = tl.load(p_ptr + (offs // cols) * p_stride_r + (offs % cols) * p_stride_c,
+                          mask=valid, other=0)  # fmt: skip
+        key = tl.where(protect != 0, INF_KEY, key)
+    tl.store(keys_ptr + offs, key, mask=valid)
+
+
+@triton.jit
 def _digit_histogram_kernel(
     keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, hist_ptr,
-    HI: tl.constexpr, LO: tl.constexpr, CHUNK: tl.constexpr,
+    HI: tl.constexpr, LO: tl.constexpr, CHUNK: tl.constexpr, FEW: tl.constexpr,
 ):  # fmt: skip
     c = tl.program_id(0)
     _, valid, key, seg, t = _load_chunk(
@@ -53,10 +76,19 @@ def _digit_histogram_kernel(
     )
     # Keys whose bits above HI equal the threshold's are still undecided; count their digit.
     match = valid & ((key >> (HI + 1)) == (t >> (HI + 1)))
-    digit = tl.where(match, (key >> LO) & 255, 256)
-    h = tl.histogram(digit, 512)  # bins 256.. collect the keys that do not match
+    digit = (key >> LO) & 255
     bins = tl.arange(0, 512)
-    tl.atomic_add(hist_ptr + 256 * seg + bins, h, mask=bins < 256)
+    if FEW:
+        # Late passes: few keys are still tied with the threshold's prefix, so add them one
+        # by one; a chunk where many are (long runs of equal keys) takes the histogram.
+        if tl.sum(match.to(tl.int32), axis=0) <= 32:
+            tl.atomic_add(hist_ptr + 256 * seg + digit, 1, mask=match)
+        else:
+            h = tl.histogram(tl.where(match, digit, 256), 512)
+            tl.atomic_add(hist_ptr + 256 * seg + bins, h, mask=bins < 256)
+    else:
+        h = tl.histogram(tl.where(match, digit, 256), 512)  # bins 256.. collect the others
+        tl.atomic_add(hist_ptr + 256 * seg + bins, h, mask=bins < 256)
 
 
 @triton.jit
@@ -88,6 +120,19 @@ def _count_ties_kernel(
 
 
 @triton.jit
+def _kept(c, key, seg, t, k_ptr, state_ptr, tie_prefix_ptr):
+    """Chunk c's kept entries: keys above the threshold t, and the ties at t whose rank in
+    index order (across the matrix's chunks) is within the room K leaves for them."""
+    keep = key > t
+    tied = key == t
+    if tl.sum(tied.to(tl.int32), axis=0) > 0:  # rare: skip the scan in chunks without ties
+        room = tl.load(k_ptr + seg) - tl.load(state_ptr + 2 * seg + 1)
+        rank = tl.load(tie_prefix_ptr + c) + tl.cumsum(tied.to(tl.int32), axis=0)  # 1-based
+        keep = keep | (tied & (rank <= room))
+    return keep
+
+
+@triton.jit
 def _keep_kernel(
     keys_ptr, keep_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, k_ptr,
     tie_prefix_ptr, CHUNK: tl.constexpr,
@@ -96,11 +141,23 @@ def _keep_kernel(
     offs, valid, key, seg, t = _load_chunk(
         c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, CHUNK
     )
-    room = tl.load(k_ptr + seg) - tl.load(state_ptr + 2 * seg + 1)  # ties to keep
-    tied = key == t
-    rank = tl.load(tie_prefix_ptr + c) + tl.cumsum(tied.to(tl.int32), axis=0)  # 1-based
-    keep = (key > t) | (tied & (rank <= room))
+    keep = _kept(c, key, seg, t, k_ptr, state_ptr, tie_prefix_ptr)
     tl.store(keep_ptr + offs, keep.to(tl.uint8), mask=valid)
+
+
+@triton.jit
+def _zero_dropped_kernel(
+    w_ptr, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, k_ptr,
+    tie_prefix_ptr, first_chunk, base, CHUNK: tl.constexpr,
+):  # fmt: skip
+    """`_keep_kernel` for one matrix, applied: zero its entries outside the kept set."""
+    c = first_chunk + tl.program_id(0)
+    offs, valid, key, seg, t = _load_chunk(
+        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, CHUNK
+    )
+    keep = _kept(c, key, seg, t, k_ptr, state_ptr, tie_prefix_ptr)
+    zero = tl.zeros((CHUNK,), dtype=w_ptr.dtype.element_ty)
+    tl.store(w_ptr + (offs - base), zero, mask=valid & ~keep)
 
 
 @dataclass(frozen=True)
@@ -112,6 +169,7 @@ class _Layout:
     chunk_end: Tensor  # [n_chunks] int64 (end of the chunk's matrix)
     chunk_seg: Tensor  # [n_chunks] int32
     seg_first_chunk: Tensor  # [n_segs] int64
+    chunks: tuple[tuple[int, int], ...]  # per matrix: (first chunk, number of chunks)
 
 
 _LAYOUTS: dict[tuple[tuple[int, ...], str, int], _Layout] = {}
@@ -139,40 +197,97 @@ def _layout(numels: tuple[int, ...], device: torch.device, chunk: int) -> _Layou
             chunk_end=tensor(ends, torch.int64),
             chunk_seg=tensor(segs, torch.int32),
             seg_first_chunk=tensor(firsts, torch.int64),
+            chunks=tuple(
+                (f, e - f) for f, e in zip(firsts, [*firsts[1:], len(starts)], strict=True)
+            ),
         )
     return _LAYOUTS[cache_key]
 
 
-def topk_masks(
-    weights: list[Tensor], protected: list[Tensor | None], ks: list[int], chunk: int = CHUNK
-) -> list[Tensor]:
-    """For each matrix, the bool mask of its `k` largest |w| (protected entries first; ties: the
-    lower flat index), all matrices in shared launches. 1 <= k <= numel."""
-    if not weights:
-        return []
+@dataclass(frozen=True)
+class _Selection:
+    """Each matrix's exact threshold, and what `_keep_kernel` / `_zero_dropped_kernel` need."""
+
+    layout: _Layout
+    keys: Tensor  # [total] int32
+    state: Tensor  # [n_segs, 2] int32: threshold key, count of keys above it
+    k: Tensor  # [n_segs] int32
+    tie_prefix: Tensor  # [n_chunks] int32: ties at the threshold in earlier chunks of the matrix
+
+
+def _select(
+    weights: Sequence[Tensor],
+    protected: Sequence[Tensor | None],
+    ks: Sequence[int] | Tensor,
+    chunk: int,
+) -> _Selection:
     device = weights[0].device
     layout = _layout(tuple(w.numel() for w in weights), device, chunk)
     keys = torch.empty(layout.offsets[-1], dtype=torch.int32, device=device)
     for i, (w, p) in enumerate(zip(weights, protected, strict=True)):
-        key = w.detach().float().abs().reshape(-1).view(torch.int32)
-        if p is not None:
-            key = key.masked_fill(p.reshape(-1), INF_KEY)
-        keys[layout.offsets[i] : layout.offsets[i + 1]].copy_(key)
+        if not w.is_contiguous():
+            raise ValueError("projection: weights must be contiguous")
+        n, cols = w.numel(), w.shape[-1]
+        _keys_kernel[(triton.cdiv(n, _KEY_BLOCK),)](
+            w, w if p is None else p.view(torch.uint8), keys[layout.offsets[i] :], n, cols,
+            0 if p is None else p.stride(0), 0 if p is None else p.stride(1),
+            HAS_P=p is not None, BLOCK=_KEY_BLOCK,
+        )  # fmt: skip
     n_segs, n_chunks = len(weights), layout.chunk_start.numel()
-    k = torch.tensor(ks, dtype=torch.int32, device=device)
+    k = ks if isinstance(ks, Tensor) else torch.tensor(ks, dtype=torch.int32, device=device)
     state = torch.zeros(n_segs, 2, dtype=torch.int32, device=device)  # threshold, count above
     hist = torch.zeros(n_segs, 256, dtype=torch.int32, device=device)
     table = (layout.chunk_start, layout.chunk_end, layout.chunk_seg)
     for hi, lo in ((30, 23), (22, 15), (14, 7), (6, 0)):  # the last digit overlaps by one bit
-        _digit_histogram_kernel[(n_chunks,)](keys, *table, state, hist, HI=hi, LO=lo, CHUNK=chunk)
+        # After two digits (16 bits) few keys still share the threshold's prefix.
+        _digit_histogram_kernel[(n_chunks,)](
+            keys, *table, state, hist, HI=hi, LO=lo, CHUNK=chunk, FEW=hi < 16
+        )
         _pick_digit_kernel[(n_segs,)](hist, state, k, LO=lo)
     ties = torch.empty(n_chunks, dtype=torch.int32, device=device)
     _count_ties_kernel[(n_chunks,)](keys, *table, state, ties, CHUNK=chunk)
     before = torch.cumsum(ties, 0, dtype=torch.int64) - ties  # ties in earlier chunks
     prefix = (before - before[layout.seg_first_chunk][layout.chunk_seg.long()]).to(torch.int32)
-    keep = torch.empty(layout.offsets[-1], dtype=torch.uint8, device=device)
-    _keep_kernel[(n_chunks,)](keys, keep, *table, state, k, prefix, CHUNK=chunk)
+    return _Selection(layout, keys, state, k, prefix)
+
+
+def topk_masks(
+    weights: Sequence[Tensor],
+    protected: Sequence[Tensor | None],
+    ks: Sequence[int] | Tensor,
+    chunk: int = CHUNK,
+) -> list[Tensor]:
+    """For each matrix, the bool mask of its `k` largest |w| (protected entries first; ties: the
+    lower flat index), all matrices in shared launches. 1 <= k <= numel. `ks` may already be an
+    int32 tensor on the device; then nothing here waits for the host (CUDA-graph capturable)."""
+    if not weights:
+        return []
+    sel = _select(weights, protected, ks, chunk)
+    layout = sel.layout
+    keep = torch.empty(layout.offsets[-1], dtype=torch.uint8, device=weights[0].device)
+    table = (layout.chunk_start, layout.chunk_end, layout.chunk_seg)
+    _keep_kernel[(layout.chunk_start.numel(),)](
+        sel.keys, keep, *table, sel.state, sel.k, sel.tie_prefix, CHUNK=chunk
+    )
     keep = keep.view(torch.bool)
     return [
         keep[layout.offsets[i] : layout.offsets[i + 1]].view(w.shape) for i, w in enumerate(weights)
     ]
+
+
+def project_(
+    weights: Sequence[Tensor],
+    protected: Sequence[Tensor | None],
+    ks: Sequence[int] | Tensor,
+    chunk: int = CHUNK,
+) -> None:
+    """Zero, in place, every entry of each matrix outside the set `topk_masks` would keep."""
+    if not weights:
+        return
+    sel = _select(weights, protected, ks, chunk)
+    layout = sel.layout
+    table = (layout.chunk_start, layout.chunk_end, layout.chunk_seg)
+    for w, (first, count), base in zip(weights, layout.chunks, layout.offsets, strict=False):
+        _zero_dropped_kernel[(count,)](
+            w, sel.keys, *table, sel.state, sel.k, sel.tie_prefix, first, base, CHUNK=chunk
+        )

@@ -1,0 +1,94 @@
+"""Replay a fixed sequence of GPU launches as one CUDA graph.
+
+The per-step weight projection of a paper-size model is a few hundred small launches (keys,
+per-neuron protection, radix select and masking for every matrix). Their GPU work is short;
+issuing them one by one from Python is not. `graphed` captures such a sequence once and replays
+it with a single launch every step. The integer arguments that change between steps (each
+matrix's K during the L0 anneal) live in a device tensor that the captured kernels read, updated
+by one asynchronous copy when they change.
+
+SPARSE_TF_CUDA_GRAPHS=0 runs the sequence eagerly instead (for debugging and for comparison).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+_ENV = "SPARSE_TF_CUDA_GRAPHS"
+
+
+def enabled() -> bool:
+    return os.environ.get(_ENV, "1") not in ("", "0")
+
+
+@dataclass
+class _Graph:
+    key: Hashable
+    graph: torch.cuda.CUDAGraph
+    ints: Tensor  # [n] int32 on the device: what the captured launches read
+    last: list[int]  # its current contents
+
+
+_GRAPHS: dict[str, _Graph] = {}
+
+
+def graphed(
+    name: str,
+    fn: Callable[[Tensor], object],
+    ints: Sequence[int],
+    tensors: Sequence[Tensor],
+    static: Hashable = None,
+) -> None:
+    """Run `fn(k)`, where `k` is an int32 CUDA tensor holding `ints`, as a CUDA graph.
+
+    `fn` must only launch GPU work: no host synchronisation, no reading results on the host,
+    no new tensors that outlive it. It works in place on `tensors` (CUDA tensors on one
+    device), and may depend on nothing else but `ints` and `static`. The first call (and any
+    call where the tensors' addresses, shapes or dtypes, the number of ints or `static`
+    differ from the last capture under `name`) runs `fn` once eagerly, captures it, and
+    replays it, so `fn` must be idempotent; later calls only replay. Runs `fn` eagerly when
+    graphs are disabled (SPARSE_TF_CUDA_GRAPHS=0).
+    """
+    device = tensors[0].device
+    if not enabled():
+        with torch.no_grad():
+            fn(torch.tensor(list(ints), dtype=torch.int32, device=device))
+        return
+    key = (tuple((t.data_ptr(), tuple(t.shape), t.dtype) for t in tensors), len(ints), static)
+    g = _GRAPHS.get(name)
+    if g is None or g.key != key:
+        _GRAPHS.pop(name, None)  # free the previous capture's memory before making a new one
+        g = _GRAPHS[name] = _capture(key, fn, list(ints), device)
+    elif list(ints) != g.last:
+        # From pinned memory, asynchronous: the host does not wait for the GPU. The caching
+        # host allocator keeps the source alive until the copy has run.
+        source = torch.tensor(list(ints), dtype=torch.int32).pin_memory()
+        g.ints.copy_(source, non_blocking=True)
+        g.last = list(ints)
+    g.graph.replay()
+
+
+def _capture(
+    key: Hashable, fn: Callable[[Tensor], object], ints: list[int], device: torch.device
+) -> _Graph:
+    k = torch.tensor(ints, dtype=torch.int32, device=device)
+    # Warm up on a side stream (compiles kernels, fills caches), as capture requires.
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side), torch.no_grad():
+        fn(k)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        fn(k)
+    return _Graph(key, graph, k, ints)
+
+
+def clear() -> None:
+    """Drop every captured graph (and the memory its launches hold)."""
+    _GRAPHS.clear()
