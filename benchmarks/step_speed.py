@@ -1,14 +1,24 @@
-"""Training-step speed: the sparse recipe vs its dense twin, same shape, interleaved.
+"""Training-step speed: the sparse recipe vs its dense twin and a naive path, same shape.
 
     python benchmarks/step_speed.py                       # CPU, the tiny shape
     python benchmarks/step_speed.py --device cuda --d-model 1024 --n-layer 8 --n-ctx 256 \
-        --batch 64 --bf16                                 # paper shape on a GPU
+        --batch 64 --bf16 --l0 0.015625 0.0009765625 --compile    # paper shape on a GPU
 
-A step is forward + backward + SparseOptimizer.step (grad RMS, Adam, projection, decay).
-The sparse run sits at its target L0 (no anneal) so every step projects; AbsTopK is on at the
-8 sites. On CUDA a third variant, `eager`, is the sparse step with its projection launched op
-by op instead of replayed as one CUDA graph (SPARSE_TF_CUDA_GRAPHS=0). Steps of the variants
-alternate so that machine noise hits all alike; the table gives medians and the ratio to dense.
+A step is forward + backward + SparseOptimizer.step (grad RMS, Adam, projection, decay). Sparse
+runs sit at their target L0 (no anneal) so every step projects; AbsTopK is on at the 8 sites.
+Variants, for each --l0:
+
+  sparse_tf   this library as it runs by default (Triton kernels on CUDA, the projection
+              replayed as one CUDA graph);
+  eager-proj  the same with the projection launched op by op (SPARSE_TF_CUDA_GRAPHS=0; CUDA
+              only, first L0 only);
+  naive       masked dense weights with `torch.topk` for AbsTopK and the projection
+              (SPARSE_TF_KERNELS=reference): what a straightforward implementation does;
+
+and `dense`, the same model with dense weights and no AbsTopK. With --compile every variant
+also runs with `torch.compile(model)` (forward and backward; the optimizer stays eager). Steps
+of all variants alternate so that machine noise hits all alike; the table gives medians and the
+ratio to dense (eager).
 """
 
 from __future__ import annotations
@@ -17,10 +27,34 @@ import argparse
 import os
 import statistics
 import time
+from dataclasses import dataclass, field
 
 import torch
 
 from sparse_tf import GPT, GPTConfig, OptimConfig, SparseOptimizer, SparsityConfig, lm_loss
+
+
+@dataclass
+class Variant:
+    name: str
+    l0: float | None  # None: dense
+    env: dict[str, str]  # SPARSE_TF_* settings while this variant runs
+    compiled: bool
+    times: list[float] = field(default_factory=list)
+    failed: str | None = None  # why torch.compile could not run it
+
+
+def variants(l0s: list[float], cuda: bool, compile_too: bool) -> list[Variant]:
+    default = {"SPARSE_TF_KERNELS": "auto", "SPARSE_TF_CUDA_GRAPHS": "1"}
+    out = [Variant("dense", None, default, False)]
+    for i, l0 in enumerate(l0s):
+        out.append(Variant("sparse_tf", l0, default, False))
+        if cuda and i == 0:
+            out.append(Variant("eager-proj", l0, {**default, "SPARSE_TF_CUDA_GRAPHS": "0"}, False))
+        out.append(Variant("naive", l0, {**default, "SPARSE_TF_KERNELS": "reference"}, False))
+    if compile_too:
+        out += [Variant(v.name, v.l0, v.env, True) for v in out if v.name != "eager-proj"]
+    return out
 
 
 def main() -> None:
@@ -31,65 +65,83 @@ def main() -> None:
     parser.add_argument("--n-layer", type=int, default=2)
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--l0", type=float, default=1 / 64)
+    parser.add_argument("--l0", type=float, nargs="+", default=[1 / 64])
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile each variant")
     args = parser.parse_args()
 
     device = torch.device(args.device)
     tokens = torch.randint(0, args.vocab_size, (args.batch, args.n_ctx), device=device)
-    sparsity = SparsityConfig(l0=args.l0, anneal_start=0.0, anneal_end=0.0)
-    variants = {  # name: (afrac, sparsity, projection as a CUDA graph)
-        "sparse": (0.25, sparsity, True),
-        "eager": (0.25, sparsity, False),  # the same, its projection launched op by op
-        "dense": (None, None, True),
-    }
-    if device.type != "cuda":
-        del variants["eager"]  # CUDA graphs are a GPU matter
-    runs = {}
+    runs = variants(args.l0, device.type == "cuda", args.compile)
     total = args.warmup + args.steps
-    for name, (afrac, sparsity, _) in variants.items():
+    models = []
+    for v in runs:
+        os.environ.update(v.env)  # also for the projection on construction
         torch.manual_seed(0)
         cfg = GPTConfig(
             vocab_size=args.vocab_size,
             n_ctx=args.n_ctx,
             n_layer=args.n_layer,
             d_model=args.d_model,
-            afrac=afrac,
+            afrac=None if v.l0 is None else 0.25,
         )
         model = GPT(cfg).to(device)
-        graph = variants[name][2]
-        os.environ["SPARSE_TF_CUDA_GRAPHS"] = "1" if graph else "0"  # also for the first projection
-        runs[name] = (model, SparseOptimizer(model, OptimConfig(), sparsity, total), [], graph)
+        sparsity = (
+            None if v.l0 is None else SparsityConfig(l0=v.l0, anneal_start=0.0, anneal_end=0.0)
+        )
+        opt = SparseOptimizer(model, OptimConfig(), sparsity, total)
+        forward = torch.compile(model) if v.compiled else model
+        models.append((forward, opt))
 
     for i in range(total):
-        for model, opt, times, graph in runs.values():
-            os.environ["SPARSE_TF_CUDA_GRAPHS"] = "1" if graph else "0"
+        for v, (forward, opt) in zip(runs, models, strict=True):
+            if v.failed:
+                continue
+            os.environ.update(v.env)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-                loss = lm_loss(model(tokens), tokens)
-            loss.backward()
+            try:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                    loss = lm_loss(forward(tokens), tokens)
+                loss.backward()
+            except Exception as e:  # a compiler failure is a result to report, not a crash
+                if not v.compiled:
+                    raise
+                v.failed = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+                opt.zero_grad()
+                continue
             opt.step()
             opt.zero_grad()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if i >= args.warmup:
-                times.append(time.perf_counter() - start)
+                v.times.append(time.perf_counter() - start)
 
     n_tokens = args.batch * args.n_ctx
-    dense_ms = statistics.median(runs["dense"][2]) * 1e3
-    print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}")
+    dense_ms = statistics.median(runs[0].times) * 1e3
+    name = (
+        torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    )
+    print(f"{name}, torch {torch.__version__}")
     print(
         f"shape: {args.n_layer} layers, d_model {args.d_model}, vocab {args.vocab_size}, "
-        f"batch {args.batch} x {args.n_ctx}, L0 {args.l0:g}, bf16 {args.bf16}"
+        f"batch {args.batch} x {args.n_ctx}, bf16 {args.bf16}"
     )
-    print(f"{'variant':<8} {'ms/step':>9} {'tokens/s':>10} {'vs dense':>9}")
-    for name, (_, _, times, _) in runs.items():
-        ms = statistics.median(times) * 1e3
-        print(f"{name:<8} {ms:>9.1f} {n_tokens / ms * 1e3:>10,.0f} {dense_ms / ms:>8.2f}x")
+    print("| variant | L0 | compiled | ms/step | tokens/s | vs dense |")
+    print("|---|---|---|---|---|---|")
+    for v in runs:
+        l0 = "dense" if v.l0 is None else f"1/{round(1 / v.l0)}"
+        if v.failed:
+            print(f"| {v.name} | {l0} | yes | failed: {v.failed} | | |")
+            continue
+        ms = statistics.median(v.times) * 1e3
+        print(
+            f"| {v.name} | {l0} | {'yes' if v.compiled else 'no'} | {ms:.1f} | "
+            f"{n_tokens / ms * 1e3:,.0f} | {dense_ms / ms:.2f}x |"
+        )
 
 
 if __name__ == "__main__":
