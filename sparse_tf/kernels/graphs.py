@@ -13,6 +13,7 @@ SPARSE_TF_CUDA_GRAPHS=0 runs the sequence eagerly instead (for debugging and for
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
@@ -34,7 +35,10 @@ class _Graph:
     last: list[int]  # its current contents
 
 
-_GRAPHS: dict[str, _Graph] = {}
+_GRAPHS: OrderedDict[Hashable, _Graph] = OrderedDict()
+MAX_GRAPHS = 4
+"""Captures kept at once (least recently used dropped first): one per model being trained, so
+that several models in one process (a sparse and a dense run, bridges) do not recapture."""
 
 
 def graphed(
@@ -49,27 +53,30 @@ def graphed(
     `fn` must only launch GPU work: no host synchronisation, no reading results on the host,
     no new tensors that outlive it. It works in place on `tensors` (CUDA tensors on one
     device), and may depend on nothing else but `ints` and `static`. The first call (and any
-    call where the tensors' addresses, shapes or dtypes, the number of ints or `static`
-    differ from the last capture under `name`) runs `fn` once eagerly, captures it, and
-    replays it, so `fn` must be idempotent; later calls only replay. Runs `fn` eagerly when
-    graphs are disabled (SPARSE_TF_CUDA_GRAPHS=0).
+    call where `name`, the tensors' addresses, shapes or dtypes, the number of ints or
+    `static` differ from every kept capture) runs `fn` once eagerly, captures it, and
+    replays it, so `fn` must be idempotent; later calls with the same key only replay (the
+    last `MAX_GRAPHS` keys are kept). Runs `fn` eagerly when graphs are disabled
+    (SPARSE_TF_CUDA_GRAPHS=0).
     """
     device = tensors[0].device
     if not enabled():
         with torch.no_grad():
             fn(torch.tensor(list(ints), dtype=torch.int32, device=device))
         return
-    key = (tuple((t.data_ptr(), tuple(t.shape), t.dtype) for t in tensors), len(ints), static)
-    g = _GRAPHS.get(name)
-    if g is None or g.key != key:
-        _GRAPHS.pop(name, None)  # free the previous capture's memory before making a new one
-        g = _GRAPHS[name] = _capture(key, fn, list(ints), device)
+    key = (name, tuple((t.data_ptr(), tuple(t.shape), t.dtype) for t in tensors), len(ints), static)
+    g = _GRAPHS.get(key)
+    if g is None:
+        while len(_GRAPHS) >= MAX_GRAPHS:
+            _GRAPHS.popitem(last=False)  # free the oldest capture's memory first
+        g = _GRAPHS[key] = _capture(key, fn, list(ints), device)
     elif list(ints) != g.last:
         # From pinned memory, asynchronous: the host does not wait for the GPU. The caching
         # host allocator keeps the source alive until the copy has run.
         source = torch.tensor(list(ints), dtype=torch.int32).pin_memory()
         g.ints.copy_(source, non_blocking=True)
         g.last = list(ints)
+    _GRAPHS.move_to_end(key)
     g.graph.replay()
 
 
