@@ -366,3 +366,15 @@ def test_exports_of_the_earlier_tokenizer_recipe_still_load_and_evaluate(
     assert report.invalid["with_as"].startswith("task 'with_as': candidate")
     assert len(report.scores) + len(report.invalid) == 20
     assert "(invalid)" in report.table()
+
+
+@pytest.mark.gpu
+def test_task_scores_on_cuda_match_the_cpu(small_tokenizer: Tokenizer) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=512, n_ctx=128, n_layer=2, d_model=64)).eval()
+    task = TASKS["single_double_quote"]
+    cpu = evaluate_task(model, small_tokenizer, task, n=32)
+    gpu = evaluate_task(model.cuda(), small_tokenizer, task, n=32)
+    assert gpu.loss == pytest.approx(cpu.loss, abs=1e-4)
+    assert gpu.margin == pytest.approx(cpu.margin, abs=1e-3)
+    assert gpu.accuracy == pytest.approx(cpu.accuracy, abs=1 / 64)  # a near-tie may flip
