@@ -4,9 +4,12 @@
 
 Each strategy finds the same exact threshold (checked against the reference) and differs only
 in how a pass counts candidates:
-  packed3   two bits per pass, three `key >= c` counts packed into one int64 sum (the shipped
-            kernel's own search, `_threshold_keep`);
+  shipped   one bit per pass, one `key >= c` count (int32) per element: the kernel's own
+            search, `_threshold_keep`;
+  packed3   two bits per pass, three `key >= c` counts packed into one int64 sum (the search
+            shipped before 2026-11-21);
   sum3      two bits per pass, three separate int32 sums;
+  pair32    two bits per pass, two int32 sums (n1 + n2 << 16 packed, n3 alone);
   hist      radix select, 8 bits per pass: a 256-bin histogram of the next digit among keys
             sharing the threshold's prefix, then a suffix scan over the bins.
 """
@@ -31,7 +34,7 @@ def _fwd(x_ptr, y_ptr, n_cols, k, stride, BLOCK: tl.constexpr, LOW_BIT: tl.const
     x = tl.load(x_ptr + row * stride + offs, mask=in_row, other=0.0).to(tl.float32)
     key = tl.abs(x).to(tl.int32, bitcast=True)
     key = tl.where(in_row, key, -1)
-    if MODE == 0:  # packed3: the shipped search
+    if MODE == 0:  # shipped: one bit per pass (the kernel's own search)
         keep = _threshold_keep(key, k, LOW_BIT)
     else:
         t = tl.zeros((), dtype=tl.int32)
@@ -44,6 +47,40 @@ def _fwd(x_ptr, y_ptr, n_cols, k, stride, BLOCK: tl.constexpr, LOW_BIT: tl.const
                 n1 = tl.sum((key >= c1).to(tl.int32), axis=0)
                 n2 = tl.sum((key >= c2).to(tl.int32), axis=0)
                 n3 = tl.sum((key >= c3).to(tl.int32), axis=0)
+                t = tl.where(n3 >= k, c3, tl.where(n2 >= k, c2, tl.where(n1 >= k, c1, t)))
+            if (31 - LOW_BIT) % 2 == 1:
+                c1 = t | (1 << LOW_BIT)
+                n1 = tl.sum((key >= c1).to(tl.int32), axis=0)
+                t = tl.where(n1 >= k, c1, t)
+        elif MODE == 3:  # packed3: two bits per pass, three counts packed in one int64 sum
+            for p in tl.static_range((31 - LOW_BIT) // 2):
+                shift = 29 - 2 * p
+                c1 = t | (1 << shift)
+                c2 = t | (2 << shift)
+                c3 = t | (3 << shift)
+                packed = (
+                    (key >= c1).to(tl.int64)
+                    + ((key >= c2).to(tl.int64) << 20)
+                    + ((key >= c3).to(tl.int64) << 40)
+                )
+                total = tl.sum(packed, axis=0)
+                n1 = (total & 0xFFFFF).to(tl.int32)
+                n2 = ((total >> 20) & 0xFFFFF).to(tl.int32)
+                n3 = (total >> 40).to(tl.int32)
+                t = tl.where(n3 >= k, c3, tl.where(n2 >= k, c2, tl.where(n1 >= k, c1, t)))
+            if (31 - LOW_BIT) % 2 == 1:
+                c1 = t | (1 << LOW_BIT)
+                n1 = tl.sum((key >= c1).to(tl.int32), axis=0)
+                t = tl.where(n1 >= k, c1, t)
+        elif MODE == 4:  # pair32: two bits per pass, n1 and n2 packed in one int32, n3 alone
+            for p in tl.static_range((31 - LOW_BIT) // 2):
+                shift = 29 - 2 * p
+                c1 = t | (1 << shift)
+                c2 = t | (2 << shift)
+                c3 = t | (3 << shift)
+                n12 = tl.sum((key >= c1).to(tl.int32) + ((key >= c2).to(tl.int32) << 16), axis=0)
+                n3 = tl.sum((key >= c3).to(tl.int32), axis=0)
+                n1, n2 = n12 & 0xFFFF, n12 >> 16
                 t = tl.where(n3 >= k, c3, tl.where(n2 >= k, c2, tl.where(n1 >= k, c1, t)))
             if (31 - LOW_BIT) % 2 == 1:
                 c1 = t | (1 << LOW_BIT)
@@ -75,7 +112,7 @@ def _fwd(x_ptr, y_ptr, n_cols, k, stride, BLOCK: tl.constexpr, LOW_BIT: tl.const
     tl.store(y_ptr + row * stride + offs, y, mask=in_row)
 
 
-MODES = {"packed3": 0, "sum3": 1, "hist": 2}
+MODES = {"shipped": 0, "packed3": 3, "sum3": 1, "pair32": 4, "hist": 2}
 
 
 def run(x: torch.Tensor, k: int, mode: int, warps: int) -> torch.Tensor:
@@ -90,7 +127,7 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name()}", flush=True)
     print("| tokens x width | dtype | copy ms | best | " + " | ".join(MODES) + " |")
     for rows, width in [(65536, 1024), (65536, 4096)]:
-        for dtype in (torch.bfloat16,):
+        for dtype in (torch.bfloat16, torch.float32):
             x = torch.randn(rows, width, device="cuda", dtype=dtype)
             k = width // 4
             expected = reference.abs_topk_forward(x, k)

@@ -70,12 +70,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     parser.add_argument("--compile", action="store_true", help="also torch.compile each variant")
+    parser.add_argument(
+        "--profile", action="store_true", help="print the GPU kernels of one sparse_tf step"
+    )
     args = parser.parse_args()
 
     device = torch.device(args.device)
     tokens = torch.randint(0, args.vocab_size, (args.batch, args.n_ctx), device=device)
     runs = variants(args.l0, device.type == "cuda", args.compile)
-    total = args.warmup + args.steps
+    total = args.warmup + args.steps + 1  # + 1: the profiled step
     models = []
     for v in runs:
         os.environ.update(v.env)  # also for the projection on construction
@@ -95,7 +98,7 @@ def main() -> None:
         forward = torch.compile(model) if v.compiled else model
         models.append((forward, opt))
 
-    for i in range(total):
+    for i in range(args.warmup + args.steps):
         for v, (forward, opt) in zip(runs, models, strict=True):
             if v.failed:
                 continue
@@ -119,6 +122,24 @@ def main() -> None:
                 torch.cuda.synchronize()
             if i >= args.warmup:
                 v.times.append(time.perf_counter() - start)
+
+    if args.profile and device.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        v, (forward, opt) = next((v, m) for v, m in zip(runs, models, strict=True) if v.l0)
+        os.environ.update(v.env)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                loss = lm_loss(forward(tokens), tokens)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            torch.cuda.synchronize()
+        print(f"one {v.name} step at L0 1/{round(1 / v.l0)}:")
+        table = prof.key_averages().table(
+            sort_by="cuda_time_total", row_limit=18, max_name_column_width=70
+        )
+        print(table)
 
     n_tokens = args.batch * args.n_ctx
     dense_ms = statistics.median(runs[0].times) * 1e3

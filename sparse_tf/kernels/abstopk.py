@@ -2,9 +2,10 @@
 
 Forward: each program owns one row (≤ MAX_WIDTH values, held in registers) and finds the k-th
 largest magnitude exactly by a bitwise search over its IEEE-754 bit pattern: for non-negative
-floats the bit pattern, read as an integer, orders like the value. Two bits are decided per
-pass from three counts packed into one int64 reduction, so a row costs 16 reductions in fp32
-and 8 in bf16 (whose low 16 bits, after the exact upcast, are zero). Entries above the
+floats the bit pattern, read as an integer, orders like the value. One bit is decided per pass
+by one count, so a row costs 15 reductions in bf16 (whose low 16 bits, after the exact upcast,
+are zero), 18 in fp16 and 31 in fp32; the kernel is ALU-bound (Nsight Compute: ALU pipe at
+91%, DRAM at 10%), so the cheapest pass per element wins over fewer, wider passes. Entries above the
 threshold are kept, then the tied entries in index order until k are kept: the library's rule.
 For k <= SMALL_K (the projection's per-neuron protection, k = 4) the maxima are picked one by
 one instead, lowest index first among equals.
@@ -74,28 +75,15 @@ def _abstopk_fwd_kernel(
 def _threshold_keep(key, k, LOW_BIT: tl.constexpr):
     """The kept set of a row of keys: the exact k-th largest key by bitwise search, then ties
     in index order."""
-    # Bitwise search for t = the k-th largest key, two bits per pass. Invariant: at least k keys
-    # are >= t. The three candidate counts share one reduction: each count is < 2^15.
+    # Bitwise search for t = the k-th largest key, one bit per pass from bit 30 (bit 31 is the
+    # sign, 0 in |x|). Invariant: at least k keys are >= t. One compare and one int32 sum per
+    # element and pass: the kernel is ALU-bound, and wider passes (2 bits from 3 packed counts)
+    # cost more per element than they save in passes (benchmarks/abstopk_tuning.py).
     t = tl.zeros((), dtype=tl.int32)
-    for p in tl.static_range((31 - LOW_BIT) // 2):
-        shift = 29 - 2 * p
-        c1 = t | (1 << shift)
-        c2 = t | (2 << shift)
-        c3 = t | (3 << shift)
-        packed = (
-            (key >= c1).to(tl.int64)
-            + ((key >= c2).to(tl.int64) << 20)
-            + ((key >= c3).to(tl.int64) << 40)
-        )
-        total = tl.sum(packed, axis=0)
-        n1 = (total & 0xFFFFF).to(tl.int32)
-        n2 = ((total >> 20) & 0xFFFFF).to(tl.int32)
-        n3 = (total >> 40).to(tl.int32)
-        t = tl.where(n3 >= k, c3, tl.where(n2 >= k, c2, tl.where(n1 >= k, c1, t)))
-    if (31 - LOW_BIT) % 2 == 1:  # one bit left (bit LOW_BIT)
-        c1 = t | (1 << LOW_BIT)
-        n1 = tl.sum((key >= c1).to(tl.int32), axis=0)
-        t = tl.where(n1 >= k, c1, t)
+    for b in tl.static_range(31 - LOW_BIT):
+        c = t | (1 << (30 - b))
+        n = tl.sum((key >= c).to(tl.int32), axis=0)
+        t = tl.where(n >= k, c, t)
     above = key > t
     tied = key == t
     room = k - tl.sum(above.to(tl.int32), axis=0)
@@ -129,10 +117,11 @@ def _abstopk_bwd_kernel(
     tl.store(gx_ptr + row * stride_gx + offs, gx.to(gx_ptr.dtype.element_ty), mask=in_row)
 
 
-def _launch_config(width: int) -> tuple[int, int]:
-    """(BLOCK, num_warps) for rows of `width`: the whole row in one program's registers."""
+def _launch_config(width: int, per_thread: int) -> tuple[int, int]:
+    """(BLOCK, num_warps) for rows of `width`, the whole row in one program's registers with
+    about `per_thread` values per thread."""
     block = triton.next_power_of_2(width)
-    num_warps = max(1, min(16, block // 512))
+    num_warps = max(1, min(16, block // (32 * per_thread)))
     return block, num_warps
 
 
@@ -158,7 +147,7 @@ def _select(x: Tensor, k: int, mask: bool) -> Tensor:
     x2 = _rows(x)
     out = torch.empty(x2.shape, dtype=torch.uint8 if mask else x.dtype, device=x.device)
     if x2.shape[0]:
-        block, num_warps = _launch_config(width)
+        block, num_warps = _launch_config(width, 32)
         _abstopk_fwd_kernel[(x2.shape[0],)](
             x2, out, width, k, x2.stride(0), out.stride(0),
             BLOCK=block, LOW_BIT=_LOW_BIT[x.dtype], STORE_MASK=mask, SMALL_K=k <= SMALL_K,
@@ -173,7 +162,7 @@ def abs_topk_bwd(y: Tensor, grad_y: Tensor, k: int) -> Tensor:
     y2, gy2 = _rows(y), _rows(grad_y)
     gx = torch.empty(y2.shape, dtype=grad_y.dtype, device=y.device)
     if y2.shape[0]:
-        block, num_warps = _launch_config(width)
+        block, num_warps = _launch_config(width, 16)
         _abstopk_bwd_kernel[(y2.shape[0],)](
             y2, gy2, gx, width, k, y2.stride(0), gy2.stride(0), gx.stride(0),
             BLOCK=block, num_warps=num_warps,
