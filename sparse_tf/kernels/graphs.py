@@ -50,9 +50,10 @@ def graphed(
 ) -> None:
     """Run `fn(k)`, where `k` is an int32 CUDA tensor holding `ints`, as a CUDA graph.
 
-    `fn` must only launch GPU work: no host synchronisation, no reading results on the host,
-    no new tensors that outlive it. It works in place on `tensors` (CUDA tensors on one
-    device), and may depend on nothing else but `ints` and `static`. The first call (and any
+    `fn` must only launch GPU work: no host synchronisation, no reading results on the host;
+    tensors it keeps beyond a call (caches) must already exist after its first, eager call.
+    It works in place on `tensors` (CUDA tensors on one device), and may depend on nothing
+    else but `ints` and `static`. The first call (and any
     call where `name`, the tensors' addresses, shapes or dtypes, the number of ints or
     `static` differ from every kept capture) runs `fn` once eagerly, captures it, and
     replays it, so `fn` must be idempotent; later calls with the same key only replay (the
