@@ -4,6 +4,7 @@
                     [--overwrite] [--wandb offline|online|disabled] [--device auto|cpu|cuda]
                     [--model.d-model 256 --sparsity.l0 0.03125 --optim.lr 0.01 ...]
     sparse-tf eval --model runs/tiny-cpu/final [--task NAME|all] [--n 100] [--json FILE]
+    sparse-tf tasks [--task NAME] [--show 2] [--out DIR --n 1000 --split test]
     sparse-tf describe --model.vocab-size 2048 --model.n-ctx 256 --model.n-layer 8 \\
         --model.d-model 1024 --sparsity.l0 0.015625
 """
@@ -137,6 +138,47 @@ def eval_command(argv: list[str]) -> None:
         write_json(Path(args.json), report.to_dict())
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TasksArgs:
+    """List the 20 hand-built tasks, print example pairs, or write pairs to JSON-lines files."""
+
+    task: str = "all"
+    """A task name or 'all'."""
+    show: int = 0
+    """Print this many pairs of each selected task (the prompt, then ⟦target⟧ and the rest)."""
+    out: str | None = None
+    """Write --n pairs of each selected task to OUT/NAME.jsonl."""
+    n: int = 100
+    """Pairs per task for --out."""
+    split: Literal["train", "val", "test"] = "test"
+    """Which split to draw the pairs from."""
+    seed: int = 0
+    """Seed of the pair generators."""
+
+
+def tasks_command(argv: list[str]) -> None:
+    from sparse_tf.tasks import TASKS, get_task, save_pairs  # the catalog only when used
+
+    args = _tyro_cli(TasksArgs, prog="sparse-tf tasks", args=argv)
+    selected = list(TASKS.values()) if args.task == "all" else [get_task(args.task)]
+    if not args.show and args.out is None:
+        print("\n".join(f"{t.name:<28} {t.summary}" for t in selected))
+    for task in selected:
+        for i, pair in enumerate(task.pairs(args.show, args.seed, args.split)):
+            print(f"== {task.name} #{i} ({args.split} split, seed {args.seed}): {task.summary}")
+            for label, ex, alt in (("a", pair.a, pair.b), ("b", pair.b, pair.a)):
+                print(f"-- {label}: candidates {ex.target!r} (correct) vs {alt.target!r}")
+                print(f"{ex.context}\u27e6{ex.target}\u27e7{ex.rest}".rstrip("\n"))
+    if args.out is not None:
+        if args.n < 1:
+            raise UsageError(f"--n {args.n}: must be at least 1")
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for task in selected:
+            save_pairs(out / f"{task.name}.jsonl", task.pairs(args.n, args.seed, args.split))
+        print(f"wrote {args.n} {args.split} pairs of {len(selected)} task(s) to {out}")
+
+
 def describe(model: GPTConfig, sparsity: SparsityConfig = SparsityConfig(l0=1 / 64)) -> None:  # noqa: B008
     """Print a model's shape, parameter counts and the L0 budget of every sparse matrix.
 
@@ -242,6 +284,7 @@ def format_description(cfg: GPTConfig, sparsity: SparsityConfig) -> str:
 COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "train": (train_command, "train a weight-sparse GPT (presets, resume, export)"),
     "eval": (eval_command, "score a trained model on the 20 hand-built tasks and its val split"),
+    "tasks": (tasks_command, "list the hand-built tasks, show example pairs, export them"),
     "describe": (describe_command, "print a model's shape and per-matrix L0 budget"),
 }
 

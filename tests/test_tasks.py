@@ -30,6 +30,7 @@ from sparse_tf.tasks import (
     encode_pairs,
     evaluate_task,
     get_task,
+    load_pairs,
     task_tokens,
 )
 from sparse_tf.training import train
@@ -378,3 +379,28 @@ def test_task_scores_on_cuda_match_the_cpu(small_tokenizer: Tokenizer) -> None:
     assert gpu.loss == pytest.approx(cpu.loss, abs=1e-4)
     assert gpu.margin == pytest.approx(cpu.margin, abs=1e-3)
     assert gpu.accuracy == pytest.approx(cpu.accuracy, abs=1 / 64)  # a near-tie may flip
+
+
+def test_tasks_command_lists_shows_and_exports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["tasks"])
+    listing = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listing] == PAPER_TASKS
+    main(["tasks", "--task", "for_while", "--show", "1", "--seed", "2"])
+    shown = capsys.readouterr().out
+    pair = TASKS["for_while"].pairs(1, seed=2, split="test")[0]
+    assert f"{pair.a.context}\u27e6 in\u27e7" in shown
+    assert "-- b: candidates ':' (correct) vs ' in'" in shown
+    main(["tasks", "--out", str(tmp_path), "--n", "7", "--split", "val", "--seed", "4"])
+    assert "wrote 7 val pairs of 20 task(s)" in capsys.readouterr().out
+    for name, task in TASKS.items():
+        saved = load_pairs(tmp_path / f"{name}.jsonl")
+        assert saved == task.pairs(7, seed=4, split="val")
+    (tmp_path / "bad.jsonl").write_text('{"task": "x"}\n')
+    with pytest.raises(TaskError, match=r"bad\.jsonl:1: not a task pair"):
+        load_pairs(tmp_path / "bad.jsonl")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tasks", "--task", "quotes"])
+    assert exit_info.value.code == 1
+    assert "unknown task 'quotes'" in capsys.readouterr().err

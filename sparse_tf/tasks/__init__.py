@@ -10,7 +10,16 @@
 reserves so that every candidate is a single token.
 """
 
-from sparse_tf.tasks.base import SPLITS, Example, Pair, Split, Task, TaskError
+from sparse_tf.tasks.base import (
+    SPLITS,
+    Example,
+    Pair,
+    Split,
+    Task,
+    TaskError,
+    load_pairs,
+    save_pairs,
+)
 from sparse_tf.tasks.catalog import TASKS
 from sparse_tf.tasks.encoding import (
     EncodedPairs,
@@ -62,7 +71,9 @@ __all__ = [
     "encode_pairs",
     "evaluate_task",
     "get_task",
+    "load_pairs",
     "mean_scores",
+    "save_pairs",
     "score",
     "task_tokens",
     "truncated",

@@ -18,12 +18,15 @@ seed, so train, val and test never share a prompt whatever seeds are used to dra
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 from sparse_tf.errors import SparseTFError
+from sparse_tf.io import atomic_write_text
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -54,6 +57,13 @@ class Pair:
     task: str
     a: Example
     b: Example
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "split": self.split, "a": asdict(self.a), "b": asdict(self.b)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Pair:
+        return cls(data["task"], Example(**data["a"]), Example(**data["b"]))
 
     @property
     def key(self) -> str:
@@ -120,3 +130,24 @@ class Task:
                 f"task {self.name!r}: found only {len(out)} distinct {split} pairs of {n} asked"
             )
         return out
+
+
+def save_pairs(path: str | Path, pairs: list[Pair]) -> None:
+    """Write pairs as JSON lines (`{"task", "split", "a": {...}, "b": {...}}`), atomically."""
+    atomic_write_text(Path(path), "".join(json.dumps(p.to_dict()) + "\n" for p in pairs))
+
+
+def load_pairs(path: str | Path) -> list[Pair]:
+    """Read pairs written by `save_pairs`; a malformed line is an error naming file and line."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise TaskError(f"{path}: cannot read ({e.strerror or e})") from None
+    pairs = []
+    for number, line in enumerate(lines, 1):
+        try:
+            pairs.append(Pair.from_dict(json.loads(line)))
+        except (ValueError, KeyError, TypeError) as e:
+            raise TaskError(f"{path}:{number}: not a task pair ({e})") from None
+    return pairs
