@@ -76,13 +76,16 @@ def _threshold_keep(key, k, LOW_BIT: tl.constexpr):
     """The kept set of a row of keys: the exact k-th largest key by bitwise search, then ties
     in index order."""
     # Bitwise search for t = the k-th largest key, one bit per pass from bit 30 (bit 31 is the
-    # sign, 0 in |x|). Invariant: at least k keys are >= t. One compare and one int32 sum per
-    # element and pass: the kernel is ALU-bound, and wider passes (2 bits from 3 packed counts)
-    # cost more per element than they save in passes (benchmarks/abstopk_tuning.py).
+    # sign, 0 in |x|). Invariant: at least k keys are >= t. The kernel is ALU-bound, so a pass
+    # is as cheap per element as possible: key >= c is the sign bit of (c - 1) - key (keys are
+    # in [-1, 2^31), no overflow), a subtract and a shift-add into the count. Wider passes
+    # (2 bits from 3 packed counts) cost more per element than they save in passes
+    # (benchmarks/abstopk_tuning.py).
     t = tl.zeros((), dtype=tl.int32)
     for b in tl.static_range(31 - LOW_BIT):
         c = t | (1 << (30 - b))
-        n = tl.sum((key >= c).to(tl.int32), axis=0)
+        ge = ((c - 1) - key).to(tl.uint32, bitcast=True) >> 31  # 1 where key >= c
+        n = tl.sum(ge.to(tl.int32), axis=0)
         t = tl.where(n >= k, c, t)
     above = key > t
     tied = key == t
