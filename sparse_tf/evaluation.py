@@ -14,7 +14,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from sparse_tf.checkpoint import CONFIG_FILE, load_model
+from sparse_tf.checkpoint import CONFIG_FILE, CheckpointError, load_model
 from sparse_tf.data import load_tokenizer, prepare_data
 from sparse_tf.errors import SparseTFError
 from sparse_tf.io import read_json
@@ -112,9 +112,9 @@ def evaluate_model(
     dev = resolve_device(device, flag="--device")
     model, tok = load_model(path, dev), load_tokenizer(path)
     if tok.get_vocab_size() > model.cfg.vocab_size:
-        raise SparseTFError(
-            f"{path}: the tokenizer has {tok.get_vocab_size()} tokens, the model "
-            f"{model.cfg.vocab_size}"
+        raise CheckpointError(
+            f"{path}: its tokenizer has {tok.get_vocab_size()} tokens but the model only "
+            f"{model.cfg.vocab_size} embeddings"
         )
     scores, invalid = [], {}
     for task in selected:

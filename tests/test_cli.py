@@ -112,3 +112,19 @@ def test_flag_errors_are_one_line_with_status_2(
         main(argv)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [expected]
+
+
+def test_a_closed_pipe_ends_the_output_quietly() -> None:
+    """`sparse-tf tasks --show 20 | head -1`: no traceback when the reader goes away."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sparse_tf.cli", "tasks", "--show", "20"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # the output is far larger than a pipe buffer
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert err == ""

@@ -261,3 +261,46 @@ def test_graphed_projection_equals_eager_and_reference_through_an_anneal(
                 assert torch.equal(results["graph"][step][name], mask), (seed, step, name)
                 assert torch.equal(results["eager"][step][name], mask), (seed, step, name)
     graphs.clear()
+
+
+def test_graph_cache_keeps_one_capture_per_tensor_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The capture cache's policy (CPU: the capture itself is replaced by a stand-in; the gpu
+    test above runs real captures). Alternating models replay their own capture; beyond
+    MAX_GRAPHS sets of tensors the least recently used capture goes."""
+    from sparse_tf.kernels import graphs
+
+    captures: list[object] = []
+    replays: list[int] = []
+
+    class Replayed:
+        def replay(self) -> None:
+            replays.append(1)
+
+    def capture(key: object, fn: object, ints: list[int], device: torch.device) -> object:
+        captures.append(key)
+        return graphs._Graph(key, Replayed(), torch.tensor(ints, dtype=torch.int32), ints)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(graphs, "_capture", capture)
+    monkeypatch.setenv("SPARSE_TF_CUDA_GRAPHS", "1")
+    graphs.clear()
+    models = [[torch.zeros(3), torch.zeros(2, 2)] for _ in range(graphs.MAX_GRAPHS + 1)]
+
+    def step(model: list[torch.Tensor], static: object = None) -> None:
+        graphs.graphed("projection", lambda k: None, [1, 2], model, static)
+
+    for _ in range(3):
+        step(models[0])
+        step(models[1])
+    assert len(captures) == 2
+    assert len(replays) == 6
+    for model in models:  # 3 new tensor sets: the cache is full, models[0] is the oldest
+        step(model)
+    assert len(captures) == 5
+    assert len(graphs._GRAPHS) == graphs.MAX_GRAPHS
+    step(models[1])  # still kept
+    assert len(captures) == 5
+    step(models[0])  # evicted: captured again
+    assert len(captures) == 6
+    step(models[0], static=(4, (0, 1)))  # other protection settings: another capture
+    assert len(captures) == 7
+    graphs.clear()

@@ -14,7 +14,7 @@ import torch
 from tokenizers import Tokenizer, pre_tokenizers
 from torch import Tensor, nn
 
-from sparse_tf.checkpoint import CONFIG_FILE
+from sparse_tf.checkpoint import CONFIG_FILE, CheckpointError
 from sparse_tf.cli import main
 from sparse_tf.data import load_tokenizer, train_bpe
 from sparse_tf.data.corpus import STDLIB, open_corpus
@@ -367,6 +367,10 @@ def test_exports_of_the_earlier_tokenizer_recipe_still_load_and_evaluate(
     assert report.invalid["with_as"].startswith("task 'with_as': candidate")
     assert len(report.scores) + len(report.invalid) == 20
     assert "(invalid)" in report.table()
+    # A tokenizer larger than the model's vocabulary is refused, naming the folder.
+    (old / TOKENIZER_FILE).write_text(_old_recipe_tokenizer(corpus, 600).to_str())
+    with pytest.raises(CheckpointError, match=r"old: its tokenizer has 600 tokens but the model"):
+        evaluate_model(old, n=4, val_windows=0)
 
 
 @pytest.mark.gpu
