@@ -19,6 +19,10 @@ The 20 hand-built tasks of the paper, and scoring a model folder on them:
 
     from sparse_tf.tasks import TASKS, evaluate_task      # TASKS["single_double_quote"].pairs(...)
     from sparse_tf.evaluation import evaluate_model       # what `sparse-tf eval` prints
+
+A task's minimal circuit (learned node masks, mean ablation, edges, circuit.html):
+
+    from sparse_tf.pruning import prune_model             # what `sparse-tf prune` does
 """
 
 from sparse_tf._version import __version__

@@ -17,7 +17,6 @@ a checkpoint handed over by someone else is data, never code.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -33,7 +32,7 @@ from sparse_tf._version import __version__
 from sparse_tf.config import ConfigError
 from sparse_tf.data.tokenizer import save_tokenizer
 from sparse_tf.errors import SparseTFError
-from sparse_tf.io import atomic_dir, read_json, remove_dir, write_json
+from sparse_tf.io import atomic_dir, file_sha256, read_json, remove_dir, write_json
 from sparse_tf.model import GPT, GPTConfig
 from sparse_tf.optim import SparseOptimizer
 
@@ -138,25 +137,17 @@ def verify(path: Path) -> None:
                 f"{f}: {f.stat().st_size} bytes, expected {expect['bytes']} (truncated or "
                 "corrupt checkpoint)"
             )
-        if _sha256(f) != expect["sha256"]:
+        if file_sha256(f) != expect["sha256"]:
             raise CheckpointError(f"{f}: checksum mismatch (corrupt checkpoint)")
 
 
 def _write_manifest(folder: Path) -> None:
     files = {
-        p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
         for p in sorted(folder.iterdir())
         if p.is_file()
     }
     write_json(folder / MANIFEST_FILE, {"format": FORMAT, "files": files})
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _optimizer_tensors(opt: SparseOptimizer) -> dict[str, Tensor]:

@@ -5,6 +5,8 @@
                     [--model.d-model 256 --sparsity.l0 0.03125 --optim.lr 0.01 ...]
     sparse-tf eval --model runs/tiny-cpu/final [--task NAME|all] [--n 100] [--json FILE]
     sparse-tf tasks [--task NAME] [--show 2] [--out DIR --n 1000 --split test]
+    sparse-tf prune --model runs/tiny-cpu/final --task single_double_quote --out DIR
+                    [--target-loss 0.15] [--budget 4] [--steps 500] [--means FILE]
     sparse-tf describe --model.vocab-size 2048 --model.n-ctx 256 --model.n-layer 8 \\
         --model.d-model 1024 --sparsity.l0 0.015625
 """
@@ -27,6 +29,7 @@ from sparse_tf.errors import SparseTFError
 from sparse_tf.io import read_json, write_json
 from sparse_tf.model import GPT, GPTConfig
 from sparse_tf.presets import DEFAULT_PRESET, PRESETS, preset
+from sparse_tf.pruning.search import PruneConfig
 from sparse_tf.sparsity import COLS, ROWS, SparsityConfig, abstopk_k, kept_count
 from sparse_tf.training import RUN_FILE, RunOptions, TrainConfig, TrainingError, train
 
@@ -179,6 +182,46 @@ def tasks_command(argv: list[str]) -> None:
         print(f"wrote {args.n} {args.split} pairs of {len(selected)} task(s) to {out}")
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PruneArgs:
+    """Find the smallest circuit of a trained model for a task (learned node masks, mean
+    ablation) and write circuit.json, circuit.html, means.safetensors and scores.safetensors."""
+
+    model: str
+    """Model folder: a run's final/ or step-N/, or an export."""
+    task: str
+    """A task name (see `sparse-tf tasks`)."""
+    out: str
+    """Output folder (written when complete; an earlier result is replaced with --overwrite)."""
+    config: Annotated[PruneConfig, tyro.conf.arg(name="")] = PruneConfig()  # noqa: RUF009
+    means: str | None = None
+    """Ablation means (means.safetensors of an earlier run) instead of computing them."""
+    mean_windows: int = 256
+    """Training windows the ablation means are taken over."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    overwrite: bool = False
+    """Replace an earlier pruning result in --out."""
+
+
+def prune_command(argv: list[str]) -> None:
+    from sparse_tf.pruning.run import prune_model  # torch-heavy search code only when used
+
+    args = _tyro_cli(PruneArgs, prog="sparse-tf prune", args=argv)
+    if args.mean_windows < 1:
+        raise UsageError(f"--mean-windows {args.mean_windows}: must be at least 1")
+    prune_model(
+        args.model,
+        args.task,
+        args.out,
+        args.config,
+        device=args.device,
+        means_file=args.means,
+        mean_windows=args.mean_windows,
+        overwrite=args.overwrite,
+    )
+
+
 def describe(model: GPTConfig, sparsity: SparsityConfig = SparsityConfig(l0=1 / 64)) -> None:  # noqa: B008
     """Print a model's shape, parameter counts and the L0 budget of every sparse matrix.
 
@@ -285,6 +328,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "train": (train_command, "train a weight-sparse GPT (presets, resume, export)"),
     "eval": (eval_command, "score a trained model on the 20 hand-built tasks and its val split"),
     "tasks": (tasks_command, "list the hand-built tasks, show example pairs, export them"),
+    "prune": (prune_command, "find a task's minimal circuit; write circuit.json and circuit.html"),
     "describe": (describe_command, "print a model's shape and per-matrix L0 budget"),
 }
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from tokenizers import Tokenizer
 
 from sparse_tf.checkpoint import CONFIG_FILE, CheckpointError, load_model
-from sparse_tf.data import load_tokenizer, prepare_data
+from sparse_tf.data import Data, load_tokenizer, prepare_data
 from sparse_tf.errors import SparseTFError
 from sparse_tf.io import read_json
 from sparse_tf.model import GPT
@@ -110,12 +111,7 @@ def evaluate_model(
     names = list(TASKS) if tasks == "all" else [tasks] if isinstance(tasks, str) else list(tasks)
     selected = [get_task(name) for name in names]
     dev = resolve_device(device, flag="--device")
-    model, tok = load_model(path, dev), load_tokenizer(path)
-    if tok.get_vocab_size() > model.cfg.vocab_size:
-        raise CheckpointError(
-            f"{path}: its tokenizer has {tok.get_vocab_size()} tokens but the model only "
-            f"{model.cfg.vocab_size} embeddings"
-        )
+    model, tok = load_model_and_tokenizer(path, dev)
     scores, invalid = [], {}
     for task in selected:
         try:
@@ -132,18 +128,38 @@ def evaluate_model(
     return EvalReport(str(path), split, seed, n, val_loss, note, scores, invalid)
 
 
+def load_model_and_tokenizer(path: str | Path, device: torch.device) -> tuple[GPT, Tokenizer]:
+    """A model folder's model (in eval mode, on `device`) and its tokenizer, checked to fit."""
+    model, tok = load_model(path, device), load_tokenizer(path)
+    if tok.get_vocab_size() > model.cfg.vocab_size:
+        raise CheckpointError(
+            f"{path}: its tokenizer has {tok.get_vocab_size()} tokens but the model only "
+            f"{model.cfg.vocab_size} embeddings"
+        )
+    return model, tok
+
+
+def training_data(path: str | Path, tok: Tokenizer) -> tuple[TrainConfig, Data]:
+    """The corpus a model folder was trained on, rebuilt from its config.json (tokenised with
+    its own tokenizer; cached). Raises a `SparseTFError` saying why when that is impossible."""
+    file = Path(path) / CONFIG_FILE
+    train_cfg = read_json(file).get("train")
+    if train_cfg is None:
+        raise CheckpointError(f"{file} has no training config to find the corpus")
+    cfg = TrainConfig.from_dict(train_cfg, source=str(file))
+    return cfg, prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.n_ctx, tokenizer=tok)
+
+
 def _val_loss(
     path: Path, model: GPT, tok: Tokenizer, windows: int, amp: bool
 ) -> tuple[float | None, str]:
     """The model's loss on its training corpus's validation split, rebuilt from config.json."""
     if windows <= 0:
         return None, "skipped"
-    train_cfg = read_json(path / CONFIG_FILE).get("train")
-    if train_cfg is None:
-        return None, f"{path / CONFIG_FILE} has no training config to find the corpus"
-    cfg = TrainConfig.from_dict(train_cfg, source=str(path / CONFIG_FILE))
     try:
-        data = prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.n_ctx, tokenizer=tok)
+        cfg, data = training_data(path, tok)
+    except CheckpointError as e:
+        return None, str(e)
     except SparseTFError as e:
         return None, f"corpus unavailable: {e}"
     if data.val is None:

@@ -8,6 +8,7 @@ where a good one stood.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -125,6 +126,15 @@ def remove_leftovers(folder: Path) -> list[str]:
                 p.unlink()
             removed.append(p.name)
     return sorted(removed)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 16 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _umask() -> int:

@@ -268,8 +268,13 @@ class GPT(HookedModule):
         if self.cfg.bigram:
             nn.init.uniform_(self.bigram, 0.0, 0.02)
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """Logits [B, T, vocab_size] for integer tokens [B, T] (T ≤ n_ctx)."""
+    def forward(self, tokens: Tensor, positions: Tensor | None = None) -> Tensor:
+        """Logits [B, T, vocab_size] for integer tokens [B, T] (T ≤ n_ctx).
+
+        With `positions` [B] (one position per row), only the logits there: [B, vocab_size].
+        Everything before the final norm runs as usual (hooks see every position); the
+        unembedding, the costliest matmul of a small model, runs on B rows instead of B·T.
+        """
         if tokens.dim() != 2 or tokens.dtype not in (torch.int32, torch.int64):
             raise ValueError(
                 f"GPT expects integer tokens of shape [batch, seq], got {tokens.dtype} "
@@ -283,10 +288,13 @@ class GPT(HookedModule):
             x = x + self.hook_pos_embed(self.pos_embed(torch.arange(T, device=tokens.device)))
         for block in self.blocks:
             x = block(x)
+        if positions is not None:
+            rows = torch.arange(len(tokens), device=tokens.device)
+            x, tokens = x[rows, positions], tokens[rows, positions]  # [B, d_model], [B]
         logits = self.unembed(self.ln_final(x))
         if self.cfg.bigram:
             # F.embedding, not self.bigram[tokens]: its backward is deterministic on CPU.
-            logits = logits + F.embedding(tokens, self.bigram)  # [B, T, vocab]
+            logits = logits + F.embedding(tokens, self.bigram)  # [B, (T,) vocab]
         return logits
 
     def sparse_weights(self) -> list[SparseWeight]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,24 @@ def _cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     the user's cache; subprocesses inherit it through the environment."""
     os.environ["SPARSE_TF_CACHE"] = str(tmp_path_factory.mktemp("sparse_tf_cache"))
     os.environ["WANDB_SILENT"] = "true"
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few stdlib packages as a directory corpus (tests may shadow it with their own)."""
+    from tests.helpers import sample_corpus  # sparse_tf only after TRITON_INTERPRET is set
+
+    return sample_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def trained(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny trained model (a few seconds) whose tokenizer expresses every task."""
+    from sparse_tf.training import train
+    from tests.helpers import quiet_options, task_train_config
+
+    out = tmp_path_factory.mktemp("runs") / "tasks"
+    return train(task_train_config(corpus), quiet_options(out)).final
 
 
 @pytest.fixture(autouse=True)

@@ -33,8 +33,6 @@ from sparse_tf.tasks import (
     load_pairs,
     task_tokens,
 )
-from sparse_tf.training import train
-from tests.helpers import quiet_options, sample_corpus, task_train_config
 
 PAPER_TASKS = [
     "single_double_quote", "final_kwarg", "set_or_string", "set_or_string_fixedvarname",
@@ -52,21 +50,9 @@ def default_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sample_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(scope="module")
 def small_tokenizer(corpus: Path) -> Tokenizer:
     """BPE 512 on a few stdlib packages, task tokens reserved."""
     return train_bpe(open_corpus(str(corpus), 0.1).documents("train"), 512, task_tokens())
-
-
-@pytest.fixture(scope="module")
-def trained(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny trained model whose tokenizer expresses every task."""
-    out = tmp_path_factory.mktemp("runs") / "tasks"
-    return train(task_train_config(corpus), quiet_options(out)).final
 
 
 def test_the_registry_holds_the_papers_20_tasks_in_order() -> None:

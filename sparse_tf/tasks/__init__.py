@@ -35,6 +35,7 @@ from sparse_tf.tasks.metrics import (
     candidate_logits,
     contrast_loss,
     evaluate_task,
+    last_logits,
     mean_scores,
     score,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "encode_pairs",
     "evaluate_task",
     "get_task",
+    "last_logits",
     "load_pairs",
     "mean_scores",
     "save_pairs",

@@ -19,23 +19,36 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from sparse_tf.data.tokenizer import eot_id
+from sparse_tf.model import GPT
 from sparse_tf.tasks.base import Split, Task
 from sparse_tf.tasks.encoding import TaskBatch, batches, encode_pairs, truncated
 
 CHANCE_LOSS = math.log(2)
 
+Model = Callable[[Tensor], Tensor]
+"""Anything that maps tokens [M, T] to next-token logits [M, T, vocab], e.g. a `GPT`."""
+
 
 def candidate_logits(logits: Tensor, batch: TaskBatch) -> Tensor:
     """[M, 2]: the target's and the alternative's logit at each prompt's last position, from a
-    model's logits [M, T, vocab]."""
-    last = logits[torch.arange(len(batch.lengths), device=logits.device), batch.lengths - 1]
+    model's logits [M, T, vocab], or from logits already taken there [M, vocab]."""
+    if logits.dim() == 3:
+        logits = logits[torch.arange(len(batch.lengths), device=logits.device), batch.lengths - 1]
     return torch.stack(
         (
-            last.gather(1, batch.targets[:, None]).squeeze(1),
-            last.gather(1, batch.alternatives[:, None]).squeeze(1),
+            logits.gather(1, batch.targets[:, None]).squeeze(1),
+            logits.gather(1, batch.alternatives[:, None]).squeeze(1),
         ),
         dim=1,
     ).float()
+
+
+def last_logits(model: Model, batch: TaskBatch) -> Tensor:
+    """The model's logits at each prompt's last position: [M, vocab] from a `GPT` (which
+    computes only those), [M, T, vocab] from any other model (`candidate_logits` takes both)."""
+    if isinstance(model, GPT):
+        return model(batch.tokens, positions=batch.lengths - 1)
+    return model(batch.tokens)
 
 
 def contrast_loss(pair_logits: Tensor) -> Tensor:
@@ -79,10 +92,6 @@ def score(task: str, pair_logits: Tensor, n_truncated: int = 0) -> TaskScore:
     )
 
 
-Model = Callable[[Tensor], Tensor]
-"""Anything that maps tokens [M, T] to next-token logits [M, T, vocab], e.g. a `GPT`."""
-
-
 @torch.no_grad()
 def evaluate_task(
     model: Model,
@@ -104,7 +113,7 @@ def evaluate_task(
         device = params[0].device if params else torch.device("cpu")
     encoded = encode_pairs(task.pairs(n, seed, split), tok)
     rows = [
-        candidate_logits(model(b.tokens), b)
+        candidate_logits(last_logits(model, b), b)
         for b in (b.to(device) for b in batches(encoded, pairs_per_batch, n_ctx, eot_id(tok)))
     ]
     return score(task.name, torch.cat(rows).cpu(), truncated(encoded, n_ctx))

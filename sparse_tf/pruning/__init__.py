@@ -1,0 +1,60 @@
+"""Circuit pruning: the smallest set of nodes that still does a task, under mean ablation.
+
+    from sparse_tf.pruning import PruneConfig, prune_model
+    result = prune_model("runs/tiny-cpu/final", "single_double_quote", out="circuits/quote")
+    print(result.circuit.summary())
+
+The pieces: `nodes` (which channels are nodes), `means` (ablation statistics), `masks` (τ
+scores, hard gates, mean ablation through hooks), `search` (mask training, bisection, logit
+calibration, the hyperparameter search), `edges` (edge counting), `circuit` (circuit.json),
+`viewer` (circuit.html) and `run` (a model folder in, an output folder out).
+"""
+
+from sparse_tf.pruning.circuit import Circuit, CircuitError, load_circuit
+from sparse_tf.pruning.edges import EdgeCount, count_edges, edge_blocks
+from sparse_tf.pruning.masks import (
+    NodeMasks,
+    gate_nodes,
+    heaviside,
+    keep_gates,
+    mean_ablation,
+    top_k_gates,
+)
+from sparse_tf.pruning.means import MeansError, ablation_means, load_means, save_means
+from sparse_tf.pruning.nodes import NodeSite, node_sites
+from sparse_tf.pruning.run import PruneError, prune_model
+from sparse_tf.pruning.search import (
+    PruneConfig,
+    PruneResult,
+    fit_logit_scale,
+    prune,
+    smallest_k,
+)
+
+__all__ = [
+    "Circuit",
+    "CircuitError",
+    "EdgeCount",
+    "MeansError",
+    "NodeMasks",
+    "NodeSite",
+    "PruneConfig",
+    "PruneError",
+    "PruneResult",
+    "ablation_means",
+    "count_edges",
+    "edge_blocks",
+    "fit_logit_scale",
+    "gate_nodes",
+    "heaviside",
+    "keep_gates",
+    "load_circuit",
+    "load_means",
+    "mean_ablation",
+    "node_sites",
+    "prune",
+    "prune_model",
+    "save_means",
+    "smallest_k",
+    "top_k_gates",
+]

@@ -1,0 +1,117 @@
+"""A pruned circuit: its nodes, its edges and the evidence that it does the task.
+
+`circuit.json` (written by `sparse-tf prune`) is `Circuit.to_dict()`:
+
+    task, target_loss, reached_target   (on the val split, where the size is chosen)
+    nodes            {hook name: [channel indices]}   the circuit; every other node is ablated
+    n_nodes, n_total_nodes, n_edges, edges_by_type, edges_by_layer
+    logit_scale      the calibration fitted on the val split
+    sufficiency      test-split scores of the circuit alone (calibrated; `loss_uncalibrated`,
+                     `meets_target`)
+    necessity        test-split scores of the full model with the circuit's nodes ablated
+    full_model       test-split scores of the unpruned model
+    all_ablated      test-split scores with every node ablated (the means alone)
+    loss_vs_k        [[k, val loss], ...]  the chosen run's top-k circuits, k ascending
+    trials           the hyperparameter search: one entry per mask-training run
+    config, model, run
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparse_tf.errors import SparseTFError
+from sparse_tf.io import read_json, write_json
+
+CIRCUIT_FILE = "circuit.json"
+MEANS_FILE = "means.safetensors"
+SCORES_FILE = "scores.safetensors"
+HTML_FILE = "circuit.html"
+
+
+class CircuitError(SparseTFError):
+    """A circuit file that is missing, malformed or does not fit the model."""
+
+
+@dataclass(frozen=True)
+class Circuit:
+    task: str
+    target_loss: float
+    reached_target: bool
+    nodes: dict[str, list[int]]
+    n_nodes: int
+    n_total_nodes: int
+    n_edges: int
+    edges_by_type: dict[str, int]
+    edges_by_layer: dict[str, dict[str, int]]
+    logit_scale: float
+    sufficiency: dict[str, Any]
+    necessity: dict[str, Any]
+    full_model: dict[str, Any]
+    all_ablated: dict[str, Any]
+    loss_vs_k: list[list[float]]
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    model: str = ""
+    run: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "circuit") -> Circuit:
+        if not isinstance(data, dict):
+            raise CircuitError(f"{source}: not a circuit (a JSON object is expected)")
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {f.name for f in dataclasses.fields(cls) if _required(f)}
+        if missing := sorted(required - set(data)):
+            raise CircuitError(f"{source}: missing field(s) {missing}")
+        if unknown := sorted(set(data) - names):
+            raise CircuitError(f"{source}: unknown field(s) {unknown}")
+        nodes = data["nodes"]
+        if not isinstance(nodes, dict) or not all(
+            isinstance(v, list) and all(isinstance(i, int) for i in v) for v in nodes.values()
+        ):
+            raise CircuitError(f"{source}: 'nodes' must map hook names to lists of integers")
+        return cls(**data)
+
+    def save(self, folder: Path) -> None:
+        write_json(Path(folder) / CIRCUIT_FILE, self.to_dict())
+
+    def summary(self) -> str:
+        """A few lines: size, edges by type, sufficiency and necessity."""
+        suff, nec, full = self.sufficiency, self.necessity, self.full_model
+        types = ", ".join(f"{k} {v}" for k, v in self.edges_by_type.items() if v)
+        met = "meets" if suff.get("meets_target", suff["loss"] <= self.target_loss) else "MISSES"
+        val = "" if self.reached_target else "; the val split missed it too, at every size"
+        return "\n".join(
+            [
+                f"circuit for {self.task}: {self.n_nodes} of {self.n_total_nodes} nodes, "
+                f"{self.n_edges} edges ({types or 'none'})",
+                f"sufficiency (test): loss {suff['loss']:.4f} ({met} target {self.target_loss}; "
+                f"logit scale {self.logit_scale:.3f}, uncalibrated "
+                f"{suff['loss_uncalibrated']:.4f}{val}), accuracy {suff['accuracy']:.3f}",
+                f"necessity (test): circuit ablated -> loss {nec['loss']:.4f}, "
+                f"accuracy {nec['accuracy']:.3f} (chance 0.693 / 0.5)",
+                f"full model (test): loss {full['loss']:.4f}, accuracy {full['accuracy']:.3f}; "
+                f"all nodes ablated: loss {self.all_ablated['loss']:.4f}",
+            ]
+        )
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def load_circuit(path: str | Path) -> Circuit:
+    """Read `circuit.json` from a `sparse-tf prune` output folder (or the file itself)."""
+    path = Path(path)
+    file = path / CIRCUIT_FILE if path.is_dir() else path
+    try:
+        data = read_json(file)
+    except ValueError as e:
+        raise CircuitError(str(e)) from None
+    return Circuit.from_dict(data, source=str(file))

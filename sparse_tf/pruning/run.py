@@ -1,0 +1,153 @@
+"""Prune a trained model folder and write the result folder (what `sparse-tf prune` does).
+
+    OUT/circuit.json       the circuit, its edges, sufficiency, necessity, loss vs k, the run
+    OUT/circuit.html       the viewer (open it in a browser; no server needed)
+    OUT/means.safetensors  the ablation means per hook name (reuse them with --means)
+    OUT/scores.safetensors τ of every node in the kept pruning run (the ranking k cuts)
+
+The folder is written under a temporary name and renamed when complete. Ablation means are
+computed once per (model weights, corpus, windows) and cached beside the tokenised corpus.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import save
+from torch import Tensor
+
+from sparse_tf.checkpoint import MODEL_FILE, SPARSE_MODEL_FILE
+from sparse_tf.errors import SparseTFError
+from sparse_tf.evaluation import load_model_and_tokenizer, training_data
+from sparse_tf.io import (
+    atomic_dir,
+    atomic_write_bytes,
+    atomic_write_text,
+    cache_dir,
+    file_sha256,
+)
+from sparse_tf.model import GPT
+from sparse_tf.pruning.circuit import (
+    CIRCUIT_FILE,
+    HTML_FILE,
+    MEANS_FILE,
+    SCORES_FILE,
+)
+from sparse_tf.pruning.means import ablation_means, load_means, save_means
+from sparse_tf.pruning.nodes import node_sites
+from sparse_tf.pruning.search import PruneConfig, PruneResult, prune
+from sparse_tf.pruning.viewer import render_html, viewer_data
+from sparse_tf.tasks import get_task
+from sparse_tf.training import device_info, git_revision, package_versions, resolve_device
+
+Log = Callable[[str], None]
+
+
+class PruneError(SparseTFError):
+    """The pruning output folder or its inputs are unusable."""
+
+
+def prune_model(
+    model_path: str | Path,
+    task: str,
+    out: str | Path,
+    cfg: PruneConfig = PruneConfig(),  # noqa: B008 - frozen
+    *,
+    device: str = "auto",
+    means_file: str | Path | None = None,
+    mean_windows: int = 256,
+    overwrite: bool = False,
+    log: Log = print,
+) -> PruneResult:
+    """Prune the model folder `model_path` for `task` and write `out` (see the module doc).
+
+    Args:
+        means_file: ablation means to use (a means.safetensors of an earlier run); default:
+            computed over `mean_windows` windows of the model's own training corpus.
+        overwrite: replace an earlier pruning result in `out`.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    _check_out(out, overwrite)
+    the_task = get_task(task)
+    dev = resolve_device(device, flag="--device")
+    amp = dev.type == "cuda"
+    model, tok = load_model_and_tokenizer(model_path, dev)
+    sites = node_sites(model.cfg, final_resid=True)  # means for every site, whatever is masked
+    if means_file is not None:
+        means, means_source = load_means(means_file, sites, dev), str(means_file)
+    else:
+        means, means_source = _cached_means(Path(model_path), model, tok, mean_windows, amp, log)
+    result = prune(model, tok, the_task, means, cfg, amp=amp, log=log)
+    pruned_sites = node_sites(model.cfg, cfg.final_resid)
+    circuit = dataclasses.replace(
+        result.circuit,
+        model=str(model_path),
+        run={
+            "means": means_source,
+            "seconds": round(time.perf_counter() - start, 1),
+            "versions": package_versions(),
+            "git": git_revision(),
+            "device": device_info(dev),
+        },
+    )
+    view = viewer_data(model, tok, the_task, circuit, pruned_sites, means, amp=amp)
+    with atomic_dir(out) as tmp:
+        circuit.save(tmp)
+        save_means(tmp / MEANS_FILE, means, {"source": means_source})
+        atomic_write_bytes(tmp / SCORES_FILE, save(_cpu(result.scores)))
+        atomic_write_text(tmp / HTML_FILE, render_html(view))
+    log(circuit.summary())
+    log(f"wrote {out / CIRCUIT_FILE} and {out / HTML_FILE} ({time.perf_counter() - start:.0f} s)")
+    return PruneResult(circuit, result.scores)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse to write over anything but an earlier pruning result, and over that only with
+    `overwrite` (checked before the work, so no run is wasted)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise PruneError(f"--out {out}: exists and is not a folder")
+    if not any(out.iterdir()):
+        return
+    if not (out / CIRCUIT_FILE).is_file():
+        raise PruneError(f"--out {out}: a non-empty folder that holds no pruning result")
+    if not overwrite:
+        raise PruneError(f"--out {out}: holds a pruning result; pass --overwrite to replace it")
+
+
+def _cached_means(
+    path: Path, model: GPT, tok: object, n_windows: int, amp: bool, log: Log
+) -> tuple[dict[str, Tensor], str]:
+    """Means over the model's training corpus, from the cache when this model and corpus
+    have been seen with the same number of windows."""
+    try:
+        _, data = training_data(path, tok)  # type: ignore[arg-type]
+    except SparseTFError as e:
+        raise PruneError(f"cannot compute ablation means ({e}); pass --means FILE") from None
+    sites = node_sites(model.cfg, final_resid=True)
+    weights = path / MODEL_FILE if (path / MODEL_FILE).is_file() else path / SPARSE_MODEL_FILE
+    key = hashlib.sha256()
+    key.update(file_sha256(weights).encode())
+    key.update(f"{data.corpus.digest}/{len(data.train)}/{n_windows}/{model.cfg.n_ctx}".encode())
+    file = cache_dir() / "means" / f"{key.hexdigest()[:24]}.safetensors"
+    source = f"{n_windows} windows of the training split of {data.corpus.source}"
+    if file.is_file():
+        log(f"ablation means: cached ({file.name})")
+        return load_means(file, sites, next(model.parameters()).device), source
+    t = time.perf_counter()
+    means = ablation_means(model, data.train, sites, n_windows=n_windows, amp=amp)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    save_means(file, means, {"source": source})
+    log(f"ablation means: {source} ({time.perf_counter() - t:.1f} s)")
+    return means, source
+
+
+def _cpu(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}

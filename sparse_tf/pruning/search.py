@@ -1,0 +1,513 @@
+"""Learned node pruning: the smallest circuit that still does a task (Gao et al. 2025, 2.2, A.5).
+
+One pruning run (a *trial*):
+
+1. Train node masks (`NodeMasks`) on task pairs of the train split: minimise the task loss of
+   the mean-ablated model plus `k_coef` · (number of active nodes) with AdamW (weight decay
+   1e-3, β2 = 1 − 0.05), the learning rate decayed linearly to zero, no warmup, τ clamped to
+   [−1, 1] after every step.
+2. Rank nodes by τ and bisect on k, the number of top-ranked nodes kept, for the smallest
+   circuit whose task loss on the val split reaches the target (0.15). The loss at every k is
+   measured after a 16-step LBFGS fit of a logit scale (a shift does nothing under a softmax).
+   The trained mask's own size only seeds the search: the range doubles upwards from it until
+   the target is met, then bisection finds the smallest k below.
+
+`prune` runs `budget` trials: the first at the paper's search centre (Table 2), each next one at
+a random perturbation of the best so far (k_coef, lr, steps), and keeps the circuit with the
+fewest edges. Then it validates that circuit on the test split: sufficiency (only the circuit,
+the rest mean-ablated), necessity (the full model with the circuit mean-ablated) and the
+loss-vs-k curve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from torch import Tensor
+
+from sparse_tf.config import Config, check
+from sparse_tf.data.tokenizer import eot_id
+from sparse_tf.model import GPT
+from sparse_tf.pruning.circuit import Circuit
+from sparse_tf.pruning.edges import count_edges
+from sparse_tf.pruning.masks import (
+    NodeMasks,
+    gate_nodes,
+    keep_gates,
+    mean_ablation,
+    top_k_gates,
+)
+from sparse_tf.pruning.nodes import NodeSite, node_sites
+from sparse_tf.tasks import Task, TaskScore, candidate_logits, contrast_loss, encode_pairs, score
+from sparse_tf.tasks.encoding import TaskBatch, batches
+from sparse_tf.tasks.metrics import last_logits
+
+Log = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PruneConfig(Config):
+    """How to prune. The defaults are the paper's (Table 2 search centres, target 0.15)."""
+
+    target_loss: float = 0.15
+    """Task loss (binary cross-entropy per prompt, chance 0.693) the circuit must reach."""
+    budget: int = 1
+    """Mask-training runs of the hyperparameter search; the smallest circuit is kept."""
+    steps: int = 500
+    """Optimizer steps of the first run (later runs vary it)."""
+    batch_pairs: int = 64
+    """Task pairs per step (each gives two prompts)."""
+    lr: float = 3e-3
+    """Peak learning rate of τ (decays linearly to zero)."""
+    k_coef: float = 1e-4
+    """Penalty per active node."""
+    weight_decay: float = 1e-3
+    """AdamW weight decay of τ (pulls scores towards the on/off boundary)."""
+    inv_beta2: float = 0.05
+    """1 − β2 of AdamW (β1 is 0.9)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm of τ to this (0: off)."""
+    init_bias: float = 0.1
+    """Mean of the initial τ (> 0: every node starts on)."""
+    init_noise: float = 0.01
+    """Std of the initial τ."""
+    temperature: float = 1.0
+    """Temperature of the sigmoid surrogate gradient."""
+    margin_se: float = 1.0
+    """The bisection accepts a size when the val loss plus this many standard errors (over
+    prompts) reaches the target. The size is chosen where the val loss just crosses the target,
+    so with 0 (the paper's exact criterion) the held-out test loss misses it about half the
+    time; one standard error makes a circuit that meets it on val likely to meet it on test."""
+    calibrate: bool = True
+    """Fit a logit scale (16 LBFGS steps) before measuring a circuit's loss."""
+    final_resid: bool = False
+    """Also mask the channels of the final residual stream (what the unembedding reads)."""
+    n_train: int = 1024
+    """Pairs of the train split the masks are trained on."""
+    n_val: int = 256
+    """Pairs of the val split the bisection and the search select on."""
+    n_test: int = 256
+    """Pairs of the test split the circuit is validated on."""
+    curve_points: int = 16
+    """Circuit sizes (log-spaced) of the loss-vs-k curve, besides the bisection's own."""
+    seed: int = 0
+    """Seeds the pairs, the τ initialisation, the batch order and the search."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(0 < self.target_loss, self, "target_loss", "must be > 0")
+        for name in ("budget", "steps", "batch_pairs", "n_train", "n_val", "n_test"):
+            check(getattr(self, name) >= 1, self, name, "must be >= 1")
+        for name in ("lr", "temperature"):
+            check(getattr(self, name) > 0, self, name, "must be > 0")
+        check(self.k_coef >= 0, self, "k_coef", "must be >= 0")
+        check(0 < self.inv_beta2 < 1, self, "inv_beta2", "must be in (0, 1)")
+        check(self.margin_se >= 0, self, "margin_se", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """The hyperparameters the search varies."""
+
+    k_coef: float
+    lr: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One mask-training run and the circuit bisected from it."""
+
+    hyper: Hyper
+    trained_k: int
+    """Nodes with τ > 0 when training ended."""
+    k: int
+    """Nodes of the bisected circuit (the smallest meeting the target, else the best tried)."""
+    reached: bool
+    """Whether the circuit meets the target loss on the val split."""
+    val_loss: float
+    """The circuit's (calibrated) task loss on the val split."""
+    n_edges: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def rank(self) -> tuple[bool, int, int, float]:
+        """Sort key, best first: meets the target, then fewest edges, nodes, lowest loss."""
+        return (not self.reached, self.n_edges, self.k, self.val_loss)
+
+
+class Pool:
+    """Every prompt of one split, right-padded once; `batch(rows)` trims to the longest row."""
+
+    def __init__(self, model: GPT, tok: Tokenizer, task: Task, n: int, seed: int, split: str):
+        encoded = encode_pairs(task.pairs(n, seed, split), tok)  # type: ignore[arg-type]
+        device = next(model.parameters()).device
+        self.all = next(batches(encoded, n, model.cfg.n_ctx, eot_id(tok))).to(device)
+        self.n_pairs = n
+
+    def batch(self, rows: Tensor) -> TaskBatch:
+        rows = rows.to(self.all.tokens.device)
+        lengths = self.all.lengths[rows]
+        return TaskBatch(
+            self.all.tokens[rows, : int(lengths.max())],
+            lengths,
+            self.all.targets[rows],
+            self.all.alternatives[rows],
+        )
+
+    def chunks(self, rows_per_chunk: int) -> Iterator[TaskBatch]:
+        n = len(self.all.lengths)
+        for start in range(0, n, rows_per_chunk):
+            yield self.batch(torch.arange(start, min(n, start + rows_per_chunk)))
+
+
+class Pruner:
+    """A frozen model, its node sites and ablation means, and the task's three pools."""
+
+    def __init__(
+        self,
+        model: GPT,
+        tok: Tokenizer,
+        task: Task,
+        sites: Sequence[NodeSite],
+        means: Mapping[str, Tensor],
+        cfg: PruneConfig,
+        *,
+        amp: bool = False,
+        log: Log | None = None,
+    ) -> None:
+        self.model, self.task, self.sites, self.means = model, task, list(sites), means
+        self.cfg, self.amp, self.log = cfg, amp, log or (lambda _: None)
+        self.train = Pool(model, tok, task, cfg.n_train, cfg.seed, "train")
+        self.val = Pool(model, tok, task, cfg.n_val, cfg.seed, "val")
+        self.test = Pool(model, tok, task, cfg.n_test, cfg.seed, "test")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def n_nodes(self) -> int:
+        return sum(s.width for s in self.sites)
+
+    # -- measuring a circuit -------------------------------------------------------------
+
+    @torch.no_grad()
+    def pair_logits(self, pool: Pool, gates: Mapping[str, Tensor] | None) -> Tensor:
+        """[2n, 2] candidate logits of every prompt of `pool` (rows a0, b0, a1, ...), with the
+        nodes whose gate is 0 mean-ablated (`gates` None: the full model)."""
+        out = []
+        for batch in pool.chunks(256):
+            with self._autocast(), self._ablated(gates):
+                out.append(candidate_logits(last_logits(self.model, batch), batch))
+        return torch.cat(out).cpu()
+
+    def circuit_loss(
+        self, pool: Pool, gates: Mapping[str, Tensor] | None
+    ) -> tuple[float, float, float]:
+        """(task loss after calibration, its standard error over prompts, logit scale) of a
+        circuit on `pool`."""
+        logits = self.pair_logits(pool, gates)
+        scale = fit_logit_scale(logits) if self.cfg.calibrate else 1.0
+        per_prompt = -torch.log_softmax(logits.double() * scale, dim=-1)[:, 0]  # [2n]
+        se = float(per_prompt.std() / math.sqrt(len(per_prompt))) if len(per_prompt) > 1 else 0.0
+        return float(per_prompt.mean()), se, scale
+
+    def scores(self, pool: Pool, gates: Mapping[str, Tensor] | None, scale: float) -> TaskScore:
+        """Loss, accuracy and margins of a circuit on `pool`, its logits times `scale`."""
+        return score(self.task.name, self.pair_logits(pool, gates) * scale)
+
+    # -- mask training -------------------------------------------------------------------
+
+    def train_masks(self, hyper: Hyper, seed: int) -> NodeMasks:
+        cfg = self.cfg
+        gen = torch.Generator().manual_seed(seed)
+        masks = NodeMasks(
+            self.sites,
+            init_bias=cfg.init_bias,
+            init_noise=cfg.init_noise,
+            temperature=cfg.temperature,
+            device=self.device,
+            generator=gen,
+        )
+        opt = torch.optim.AdamW(
+            masks.parameters(),
+            lr=hyper.lr,
+            betas=(0.9, 1.0 - cfg.inv_beta2),
+            weight_decay=cfg.weight_decay,
+        )
+        order = _pair_order(self.train.n_pairs, cfg.batch_pairs, seed)
+        report = max(1, hyper.steps // 5)
+        with _frozen(self.model):
+            self._optimise(masks, opt, order, hyper, report)
+        return masks
+
+    def _optimise(
+        self,
+        masks: NodeMasks,
+        opt: torch.optim.Optimizer,
+        order: Iterator[Tensor],
+        hyper: Hyper,
+        report: int,
+    ) -> None:
+        cfg = self.cfg
+        for step in range(hyper.steps):
+            for group in opt.param_groups:  # linear decay to zero, no warmup
+                group["lr"] = hyper.lr * (1.0 - step / hyper.steps)
+            pairs = next(order)
+            rows = torch.stack((2 * pairs, 2 * pairs + 1), dim=1).flatten()  # a and b of each
+            batch = self.train.batch(rows)
+            gates = masks.gates()
+            with self._autocast(), mean_ablation(self.model, gates, self.means):
+                logits = last_logits(self.model, batch)
+            task_loss = contrast_loss(candidate_logits(logits, batch))
+            active = sum(g.sum() for g in gates.values())
+            loss = task_loss + hyper.k_coef * active
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(masks.parameters(), cfg.grad_clip)
+            opt.step()
+            masks.clamp_()
+            if (step + 1) % report == 0 or step + 1 == hyper.steps:
+                self.log(
+                    f"  step {step + 1}/{hyper.steps}: task loss {task_loss.item():.4f}, "
+                    f"active nodes {int(active)}"
+                )
+
+    # -- one trial -----------------------------------------------------------------------
+
+    def trial(self, hyper: Hyper, seed: int) -> tuple[Trial, NodeMasks, dict[int, float]]:
+        """Train masks with `hyper`, then bisect the circuit; also returns every (k, val loss)
+        the bisection measured."""
+        start = time.perf_counter()
+        masks = self.train_masks(hyper, seed)
+        ranking = masks.ranking()
+        losses: dict[int, float] = {}
+        criterion: dict[int, float] = {}
+
+        def bound_at(k: int) -> float:
+            """The val loss of the top-k circuit plus `margin_se` standard errors."""
+            if k not in criterion:
+                gates = top_k_gates(self.sites, ranking, k, self.device)
+                losses[k], se, _ = self.circuit_loss(self.val, gates)
+                criterion[k] = losses[k] + self.cfg.margin_se * se
+            return criterion[k]
+
+        trained_k = masks.n_active()
+        k = smallest_k(bound_at, self.n_nodes, self.cfg.target_loss, start=max(1, trained_k))
+        reached = k is not None
+        if k is None:  # the target is out of reach: keep the best size measured
+            k = min(losses, key=lambda j: (losses[j], j))
+        nodes = gate_nodes(top_k_gates(self.sites, ranking, k))
+        edges = count_edges(self.model, self.sites, nodes).total
+        t = Trial(hyper, trained_k, k, reached, losses[k], edges, time.perf_counter() - start)
+        return t, masks, losses
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def _ablated(self, gates: Mapping[str, Tensor] | None) -> contextlib.AbstractContextManager:
+        if gates is None:
+            return contextlib.nullcontext()
+        return mean_ablation(self.model, gates, self.means)
+
+
+@contextlib.contextmanager
+def _frozen(model: GPT) -> Iterator[None]:
+    """The model's parameters need no gradient while masks train (activations still carry
+    one to τ); their flags are restored afterwards."""
+    flags = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+
+
+def _pair_order(n_pairs: int, batch_pairs: int, seed: int) -> Iterator[Tensor]:
+    """Batches of pair indices: a fresh seeded permutation every epoch, no pair twice in one
+    batch (a batch larger than the pool takes the whole pool)."""
+    rng = np.random.default_rng(seed)
+    size = min(batch_pairs, n_pairs)
+    buffer: list[int] = []
+    while True:
+        while len(buffer) < size:
+            buffer.extend(rng.permutation(n_pairs).tolist())
+        yield torch.tensor(buffer[:size])
+        buffer = buffer[size:]
+
+
+def smallest_k(
+    loss_at: Callable[[int], float], n: int, target: float, start: int = 1
+) -> int | None:
+    """The smallest k in [0, n] with `loss_at(k) <= target`, assuming the loss falls as k
+    grows; None when even `loss_at(n)` misses the target.
+
+    The search starts at `start` (the trained mask's size): it doubles k until the target is
+    met, then bisects between the last miss and the first hit, so its cost is logarithmic in
+    the distance from `start`, not in n.
+    """
+    if loss_at(0) <= target:
+        return 0
+    lo, hi = 0, max(1, min(start, n))  # loss_at(lo) misses the target
+    while loss_at(hi) > target:
+        if hi == n:
+            return None
+        lo, hi = hi, min(2 * hi, n)
+    while hi - lo > 1:  # loss_at(lo) misses, loss_at(hi) meets
+        mid = (lo + hi) // 2
+        if loss_at(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def fit_logit_scale(pair_logits: Tensor, steps: int = 16) -> float:
+    """The positive scale s minimising the task loss of s · logits (16 LBFGS steps on log s).
+
+    A shift of all logits cancels in the two-candidate softmax, so only the scale matters. A
+    circuit that ranks the candidates well but with too small (or too large) a margin is
+    calibrated; a scale cannot flip its decisions (s > 0). Returns 1.0 if the fit does not
+    beat s = 1.
+    """
+    logits = pair_logits.detach().double().cpu()
+    log_s = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_s], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = contrast_loss(logits * log_s.exp())
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    s = float(log_s.detach().exp())
+    with torch.no_grad():
+        fitted, plain = contrast_loss(logits * s), contrast_loss(logits)
+    return s if math.isfinite(s) and fitted < plain else 1.0
+
+
+def perturb(hyper: Hyper, rng: np.random.Generator) -> Hyper:
+    """A random neighbour of `hyper`: k_coef × e^N(0,1), lr × e^N(0,0.5), steps × 2^U(−1,1)."""
+    return Hyper(
+        k_coef=hyper.k_coef * math.exp(rng.normal(0.0, 1.0)),
+        lr=hyper.lr * math.exp(rng.normal(0.0, 0.5)),
+        steps=max(10, round(hyper.steps * 2.0 ** rng.uniform(-1.0, 1.0))),
+    )
+
+
+def log_spaced(n: int, points: int) -> list[int]:
+    """About `points` distinct integers from 0 to n, evenly spaced on a log scale."""
+    if n <= 0:
+        return [0]
+    grid = np.unique(np.round(np.geomspace(1, n, max(2, points))).astype(int))
+    return [0, *grid.tolist()]
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    circuit: Circuit
+    scores: dict[str, Tensor]
+    """τ of every node in the kept run (hook name → [width]), the ranking the circuit is cut
+    from."""
+
+
+def prune(
+    model: GPT,
+    tok: Tokenizer,
+    task: Task,
+    means: Mapping[str, Tensor],
+    cfg: PruneConfig = PruneConfig(),
+    *,
+    amp: bool = False,
+    log: Log | None = None,
+) -> PruneResult:
+    """Find the smallest circuit of `model` for `task` (see the module docstring).
+
+    Args:
+        model: the model, on the device to prune on; its parameters are not changed.
+        tok: its tokenizer (raises `TaskTokenError` if it cannot express the task).
+        means: ablation means for every node site (`ablation_means`), on the model's device.
+        amp: bf16 autocast for the forward passes (GPU).
+        log: called with progress lines.
+    """
+    log = log or (lambda _: None)
+    sites = node_sites(model.cfg, cfg.final_resid)
+    pruner = Pruner(model, tok, task, sites, means, cfg, amp=amp, log=log)
+    rng = np.random.default_rng(cfg.seed)
+    trials: list[Trial] = []
+    best: tuple[Trial, NodeMasks, dict[int, float]] | None = None
+    for t in range(cfg.budget):
+        hyper = (
+            Hyper(cfg.k_coef, cfg.lr, cfg.steps) if best is None else perturb(best[0].hyper, rng)
+        )
+        log(
+            f"run {t + 1}/{cfg.budget}: k_coef {hyper.k_coef:.2e}, lr {hyper.lr:.2e}, "
+            f"{hyper.steps} steps"
+        )
+        found = pruner.trial(hyper, seed=cfg.seed + t)
+        trial = found[0]
+        trials.append(trial)
+        met = "" if trial.reached else f" (target {cfg.target_loss} missed)"
+        log(
+            f"  trained mask keeps {trial.trained_k} nodes; circuit: {trial.k} nodes, "
+            f"{trial.n_edges} edges, val loss {trial.val_loss:.4f}{met} [{trial.seconds:.1f} s]"
+        )
+        if best is None or trial.rank < best[0].rank:
+            best = found
+    assert best is not None
+    trial, masks, losses = best
+
+    # The loss-vs-k curve of the kept run: the bisection's sizes and a log-spaced grid.
+    ranking, device = masks.ranking(), pruner.device
+    for k in log_spaced(pruner.n_nodes, cfg.curve_points):
+        if k not in losses:
+            gates = top_k_gates(sites, ranking, k, device)
+            losses[k] = pruner.circuit_loss(pruner.val, gates)[0]
+
+    gates = top_k_gates(sites, ranking, trial.k, device)
+    nodes = gate_nodes(gates)
+    scale = pruner.circuit_loss(pruner.val, gates)[2]
+    sufficiency = pruner.scores(pruner.test, gates, scale).to_dict()
+    sufficiency["loss_uncalibrated"] = pruner.scores(pruner.test, gates, 1.0).loss
+    sufficiency["meets_target"] = sufficiency["loss"] <= cfg.target_loss
+    edges = count_edges(model, sites, nodes)
+    circuit = Circuit(
+        task=task.name,
+        target_loss=cfg.target_loss,
+        reached_target=trial.reached,
+        nodes=nodes,
+        n_nodes=trial.k,
+        n_total_nodes=pruner.n_nodes,
+        n_edges=edges.total,
+        edges_by_type=edges.by_type,
+        edges_by_layer=edges.by_layer,
+        logit_scale=scale,
+        sufficiency=sufficiency,
+        necessity=pruner.scores(
+            pruner.test, keep_gates(sites, nodes, device, invert=True), 1.0
+        ).to_dict(),
+        full_model=pruner.scores(pruner.test, None, 1.0).to_dict(),
+        all_ablated=pruner.scores(pruner.test, keep_gates(sites, {}, device), 1.0).to_dict(),
+        loss_vs_k=[[k, losses[k]] for k in sorted(losses)],
+        trials=[t.to_dict() for t in trials],
+        config=cfg.to_dict(),
+    )
+    return PruneResult(circuit, masks.scores())

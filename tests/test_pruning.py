@@ -1,0 +1,634 @@
+"""Circuit pruning: gates, mean ablation, bisection, edge counting, a planted circuit, the CLI
+and the viewer (rendered in headless Chromium)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from sparse_tf import GPT, GPTConfig, load_model
+from sparse_tf.cli import main
+from sparse_tf.pruning import (
+    Circuit,
+    CircuitError,
+    MeansError,
+    NodeMasks,
+    PruneConfig,
+    count_edges,
+    fit_logit_scale,
+    heaviside,
+    keep_gates,
+    load_circuit,
+    load_means,
+    mean_ablation,
+    node_sites,
+    prune,
+    smallest_k,
+    top_k_gates,
+)
+from sparse_tf.pruning.circuit import CIRCUIT_FILE, HTML_FILE, MEANS_FILE, SCORES_FILE
+from sparse_tf.pruning.edges import EDGE_TYPES
+from sparse_tf.pruning.search import Pool, Pruner
+from sparse_tf.pruning.viewer import ViewData, render_html
+from sparse_tf.tasks import CHANCE_LOSS, Example, Pair, Task, contrast_loss
+from tests.helpers import tiny_config, tiny_model, tokens
+
+# -- gates and mean ablation -------------------------------------------------------------
+
+
+def test_heaviside_is_binary_forward_and_a_sigmoid_derivative_backward() -> None:
+    tau = torch.tensor([-1.0, -0.3, 0.0, 1e-6, 0.4, 1.0], requires_grad=True)
+    for temp in (1.0, 0.25):
+        tau.grad = None
+        gate = heaviside(tau, temp)
+        assert gate.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]  # exactly binary; 0 is off
+        upstream = torch.arange(1.0, 7.0)
+        (gate * upstream).sum().backward()
+        s = torch.sigmoid(tau.detach() / temp)
+        torch.testing.assert_close(tau.grad, upstream * s * (1 - s) / temp)
+
+
+def test_masks_start_on_stay_in_range_and_rank_deterministically() -> None:
+    sites = node_sites(tiny_config())
+    masks = NodeMasks(sites, generator=torch.Generator().manual_seed(0))
+    assert masks.n_active() == masks.n_nodes == sum(s.width for s in sites)
+    with torch.no_grad():
+        for t in masks.taus:
+            t.mul_(40)  # far outside [-1, 1]
+            t[::3] = -5.0
+    masks.clamp_()
+    flat = torch.cat([t.detach() for t in masks.taus])
+    assert flat.min() >= -1
+    assert flat.max() <= 1
+    ranking = masks.ranking()
+    assert torch.equal(ranking, masks.ranking())
+    ordered = flat[ranking]
+    assert (ordered[:-1] >= ordered[1:]).all()
+    ties = ranking[ordered == -1.0]  # clamped ties keep site and channel order
+    assert torch.equal(ties, ties.sort().values)
+
+
+def _means(model: GPT, sites: list, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {s.name: torch.randn(s.width, generator=g) for s in sites}
+
+
+def test_all_kept_reproduces_the_model_exactly() -> None:
+    model = tiny_model()
+    x = tokens(model.cfg)
+    sites = node_sites(model.cfg, final_resid=True)
+    means = _means(model, sites)
+    full = {s.name: range(s.width) for s in sites}
+    with torch.no_grad():
+        base = model(x)
+        with mean_ablation(model, keep_gates(sites, full), means):
+            kept = model(x)
+        masks = NodeMasks(sites)  # τ ≈ 0.1 > 0: every gate on, through the surrogate path
+        with mean_ablation(model, masks.gates(), means):
+            soft = model(x)
+    assert torch.equal(base, kept)
+    assert torch.equal(base, soft)
+
+
+def test_all_pruned_replaces_every_site_by_its_means() -> None:
+    model = tiny_model()
+    sites = node_sites(model.cfg, final_resid=True)
+    means = _means(model, sites)
+    x = tokens(model.cfg)
+    with torch.no_grad(), mean_ablation(model, keep_gates(sites, {}), means):
+        logits, cache = model.run_with_cache(x, names_filter=[s.name for s in sites])
+    for s in sites:
+        assert torch.equal(cache[s.name], means[s.name].expand_as(cache[s.name]))
+    # With the final residual at its means, only the bigram table still sees the tokens.
+    with torch.no_grad():
+        expected = model.unembed(model.ln_final(means[sites[-1].name]))  # [vocab]
+        torch.testing.assert_close(logits - model.bigram[x], expected.expand_as(logits))
+
+
+def test_partial_gates_ablate_exactly_the_listed_channels() -> None:
+    model = tiny_model()
+    sites = node_sites(model.cfg)
+    means = _means(model, sites)
+    keep = {"blocks.1.mlp.hook_post": [0, 5, 200], "blocks.0.attn.hook_q": [3]}
+    with torch.no_grad(), mean_ablation(model, keep_gates(sites, keep), means):
+        _, cache = model.run_with_cache(tokens(model.cfg), names_filter=list(keep))
+    with torch.no_grad():
+        # The same run, ablating by hand: the kept channels hold their own values.
+        post = cache["blocks.1.mlp.hook_post"]
+        ablated = torch.ones(post.shape[-1], dtype=torch.bool)
+        ablated[[0, 5, 200]] = False
+        assert torch.equal(
+            post[..., ablated],
+            means["blocks.1.mlp.hook_post"][ablated].expand(*post.shape[:-1], -1),
+        )
+    with torch.no_grad(), mean_ablation(model, keep_gates(sites, keep, invert=True), means):
+        _, inverse = model.run_with_cache(tokens(model.cfg), names_filter=list(keep))
+    q = inverse["blocks.0.attn.hook_q"]
+    assert torch.equal(q[..., 3], means["blocks.0.attn.hook_q"][3].expand(*q.shape[:-1]))
+
+
+def test_gradients_reach_tau_through_the_ablation() -> None:
+    model = tiny_model()
+    sites = node_sites(model.cfg)
+    masks = NodeMasks(sites)
+    with mean_ablation(model, masks.gates(), _means(model, sites)):
+        model(tokens(model.cfg)).square().mean().backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in masks.taus)
+
+
+# -- bisection and calibration -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("start", [1, 7, 40, 64, 1000])
+@pytest.mark.parametrize("threshold", [0, 1, 2, 17, 63, 64])
+def test_bisection_returns_the_smallest_k(start: int, threshold: int) -> None:
+    calls: list[int] = []
+
+    def loss_at(k: int) -> float:
+        calls.append(k)
+        return 0.1 if k >= threshold else 0.5 + 1 / (k + 1)
+
+    assert smallest_k(loss_at, 64, 0.15, start=start) == threshold
+    assert len(calls) <= 2 * math.ceil(math.log2(64)) + 3
+
+
+def test_bisection_says_when_the_target_is_out_of_reach() -> None:
+    assert smallest_k(lambda k: 0.3, 50, 0.15, start=10) is None
+
+
+def test_logit_scale_fit_improves_a_timid_circuit_and_never_flips() -> None:
+    margins = torch.tensor([0.5, 0.4, 0.6, -0.1, 0.3, 0.2])
+    logits = torch.stack([margins, torch.zeros(6)], dim=1)
+    s = fit_logit_scale(logits)
+    assert s > 1
+    assert contrast_loss(logits * s) < contrast_loss(logits)
+    wrong = torch.stack([-margins, torch.zeros(6)], dim=1)  # mostly wrong: shrink, never flip
+    s_wrong = fit_logit_scale(wrong)
+    assert 0 < s_wrong < 1
+    assert contrast_loss(wrong * s_wrong) <= CHANCE_LOSS + 1e-4
+
+
+# -- edges -----------------------------------------------------------------------------------
+
+
+def _edges_by_definition(model: GPT, nodes: dict[str, list[int]]) -> dict[str, int]:
+    """An independent oracle: walk every pair of kept nodes and look the weight up."""
+    cfg = model.cfg
+    d_attn = cfg.n_head * cfg.d_head
+    counts = dict.fromkeys(EDGE_TYPES, 0)
+
+    def kept(name: str) -> list[int]:
+        return nodes.get(name, [])
+
+    for i, blk in enumerate(model.blocks):
+        b = f"blocks.{i}"
+        w = blk.attn.qkv.weight
+        for j, kind in enumerate("qkv"):
+            for c in kept(f"{b}.attn.hook_{kind}"):
+                for r in kept(f"{b}.attn.hook_in"):
+                    counts[f"attn.{kind}"] += bool(w[j * d_attn + c, r] != 0)
+        for o in kept(f"{b}.hook_attn_out"):
+            for c in kept(f"{b}.attn.hook_v"):
+                counts["attn.out"] += bool(blk.attn.out_proj.weight[o, c] != 0)
+        for n in kept(f"{b}.mlp.hook_post"):
+            for r in kept(f"{b}.mlp.hook_in"):
+                counts["mlp.in"] += bool(blk.mlp.in_proj.weight[n, r] != 0)
+        for o in kept(f"{b}.hook_mlp_out"):
+            for n in kept(f"{b}.mlp.hook_post"):
+                counts["mlp.out"] += bool(blk.mlp.out_proj.weight[o, n] != 0)
+    # Residual: a write at sublayer p reaches every read at a later sublayer, channel by channel.
+    writes = [
+        (2 * i + m, f"blocks.{i}.{h}")
+        for i in range(cfg.n_layer)
+        for m, h in ((0, "hook_attn_out"), (1, "hook_mlp_out"))
+    ]
+    reads = [
+        (2 * i + m, f"blocks.{i}.{h}", norm)
+        for i, blk in enumerate(model.blocks)
+        for m, h, norm in ((0, "attn.hook_in", blk.ln1), (1, "mlp.hook_in", blk.ln2))
+    ]
+    for p_r, r_name, norm in reads:
+        for p_w, w_name in writes:
+            if p_w < p_r:
+                both = set(kept(r_name)) & set(kept(w_name))
+                counts["resid"] += sum(bool(norm.weight[c] != 0) for c in both)
+    return counts
+
+
+def test_edge_counts_on_a_hand_built_model() -> None:
+    torch.manual_seed(3)
+    cfg = tiny_config(d_model=32, d_head=8, d_mlp=48, n_layer=2)
+    model = GPT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():  # a sparse model: most weights exactly zero
+            if p.dim() == 2:
+                p.mul_((torch.rand_like(p) < 0.2).float())
+        model.blocks[1].ln1.weight[4] = 0.0  # a zero gain cuts residual channel 4 into L1 attn
+    rng = random.Random(0)
+    sites = node_sites(cfg)
+    nodes = {
+        s.name: sorted(rng.sample(range(s.width), rng.randint(0, s.width // 2))) for s in sites
+    }
+    nodes["blocks.0.hook_attn_out"] = [4, 5]
+    nodes["blocks.1.attn.hook_in"] = [4, 5]
+    counted = count_edges(model, sites, nodes)
+    assert counted.by_type == _edges_by_definition(model, nodes)
+    assert counted.total == sum(counted.by_type.values())
+    assert {k: sum(layer[k] for layer in counted.by_layer.values()) for k in EDGE_TYPES} == (
+        counted.by_type
+    )
+
+
+def test_edge_counts_of_tiny_known_circuits() -> None:
+    # The paper's example: one neuron reading one channel and writing one channel is 3 nodes
+    # and 2 edges.
+    cfg = tiny_config(n_layer=1)
+    model = GPT(cfg)  # dense: every weight nonzero
+    sites = node_sites(cfg)
+    mlp = {"blocks.0.mlp.hook_in": [3], "blocks.0.mlp.hook_post": [7], "blocks.0.hook_mlp_out": [9]}
+    assert count_edges(model, sites, mlp).by_type == {
+        **dict.fromkeys(EDGE_TYPES, 0),
+        "mlp.in": 1,
+        "mlp.out": 1,
+    }
+    # A dense model's circuit is complete between consecutive kept sets.
+    attn = {
+        "blocks.0.attn.hook_in": [0, 1, 2],
+        "blocks.0.attn.hook_q": [5, 6],
+        "blocks.0.attn.hook_v": [1],
+        "blocks.0.hook_attn_out": [0, 3, 8, 9],
+        "blocks.0.mlp.hook_in": [0, 3, 4],
+    }
+    got = count_edges(model, sites, attn)
+    assert got.by_type["attn.q"] == 6
+    assert got.by_type["attn.k"] == 0
+    assert got.by_type["attn.v"] == 3
+    assert got.by_type["attn.out"] == 4
+    assert got.by_type["resid"] == 2  # channels 0 and 3: written by attention, read by the MLP
+    assert got.by_layer["0"]["resid"] == 2
+    final = node_sites(cfg, final_resid=True)
+    with_final = {**attn, "blocks.0.hook_resid_post": [3, 9, 10]}
+    assert count_edges(model, final, with_final).by_layer["final"]["resid"] == 2  # 3 and 9
+
+
+# -- a planted circuit ------------------------------------------------------------------------
+
+FILLER = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "omega",
+    "kappa",
+    "sigma",
+    "theta",
+    "zeta",
+    "iota",
+    "rho",
+    "tau",
+]
+
+
+def _planted_task() -> Task:
+    def make(rng: random.Random) -> Pair:
+        head = " ".join(rng.choice(FILLER) for _ in range(3)) + "\nx = "
+        return Pair("planted", Example(head + "A ", "yes", ""), Example(head + "B ", "no", ""))
+
+    return Task(
+        name="planted",
+        summary="x = A -> yes, x = B -> no",
+        make=make,
+        rule=lambda c: "yes" if c.rstrip().endswith("A") else "no",
+        tokens=frozenset({"yes", "no"}),
+        differ="A|B",
+    )
+
+
+def _word_tokenizer() -> Tokenizer:
+    words = ["<|endoftext|>", "[UNK]", "x", "=", "A", "B", "yes", "no", *FILLER]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tok
+
+
+def _planted_model(tok: Tokenizer) -> GPT:
+    """1 layer, d_model 16, no AbsTopK. Token A writes +1 to residual channel 3, B −1. MLP
+    neuron 5 = GELU(2·ch3) writes +ch7, neuron 9 = GELU(−2·ch3) writes −ch7; the unembedding
+    reads only channel 7: +0.5 for "yes", −0.5 for "no" (a margin of about 4: a model so
+    sure that its loss is 1e-17 gives the masks no gradient, and the penalty wins). Attention
+    has zero weights; every token also carries noise in channels 10–15, which nothing reads.
+    The task's circuit is therefore mlp.act_in 3 -> post_act 5, 9 -> resid_delta 7: 4 nodes,
+    4 edges."""
+    cfg = GPTConfig(
+        vocab_size=tok.get_vocab_size(),
+        n_ctx=16,
+        n_layer=1,
+        d_model=16,
+        d_head=8,
+        d_mlp=16,
+        afrac=None,
+        bigram=False,
+    )
+    model = GPT(cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            norm_gains = (model.blocks[0].ln1.weight, model.blocks[0].ln2.weight)
+            if p.dim() == 2 or all(p is not g for g in norm_gains):
+                p.zero_()
+        model.ln_final.weight.fill_(1.0)
+        model.embed.weight[:, 10:] = 0.1 * torch.randn(cfg.vocab_size, 6, generator=g)
+        model.embed.weight[tok.token_to_id("A"), 3] = 1.0
+        model.embed.weight[tok.token_to_id("B"), 3] = -1.0
+        mlp = model.blocks[0].mlp
+        mlp.in_proj.weight[5, 3], mlp.in_proj.weight[9, 3] = 2.0, -2.0
+        mlp.out_proj.weight[7, 5], mlp.out_proj.weight[7, 9] = 1.0, -1.0
+        model.unembed.weight[tok.token_to_id("yes"), 7] = 0.5
+        model.unembed.weight[tok.token_to_id("no"), 7] = -0.5
+    return model.eval()
+
+
+def test_a_planted_circuit_is_recovered() -> None:
+    tok = _word_tokenizer()
+    model = _planted_model(tok)
+    sites = node_sites(model.cfg)
+    means = {s.name: torch.zeros(s.width) for s in sites}
+    cfg = PruneConfig(steps=150, batch_pairs=16, n_train=64, n_val=32, n_test=32)
+    result = prune(model, tok, _planted_task(), means, cfg)
+    c = result.circuit
+    planted = {
+        "blocks.0.mlp.hook_in": [3],
+        "blocks.0.mlp.hook_post": [5, 9],
+        "blocks.0.hook_mlp_out": [7],
+    }
+    assert c.nodes == planted
+    assert c.n_nodes == 4
+    assert c.reached_target
+    assert c.n_edges == 4
+    assert c.edges_by_type == {**dict.fromkeys(EDGE_TYPES, 0), "mlp.in": 2, "mlp.out": 2}
+    assert c.sufficiency["loss"] < 0.15
+    assert c.sufficiency["accuracy"] == 1.0
+    assert c.necessity["loss"] == pytest.approx(CHANCE_LOSS, abs=1e-3)  # nothing else carries it
+    assert c.full_model["accuracy"] == 1.0
+    # The curve is in ascending k, contains the chosen size, and hits chance at k = 0.
+    ks = [k for k, _ in c.loss_vs_k]
+    assert ks == sorted(ks)
+    assert c.n_nodes in ks
+    assert ks[0] == 0
+    assert c.loss_vs_k[0][1] == pytest.approx(CHANCE_LOSS, abs=1e-3)
+    # The scores rank the planted nodes first.
+    assert set(result.scores) == {s.name for s in sites}
+    ranked = top_k_gates(
+        sites,
+        torch.cat([result.scores[s.name] for s in sites])
+        .sort(descending=True, stable=True)
+        .indices,
+        4,
+    )
+    assert {n: torch.nonzero(g).flatten().tolist() for n, g in ranked.items() if g.any()} == planted
+
+
+def test_pruning_is_reproducible_and_leaves_the_model_unchanged() -> None:
+    tok = _word_tokenizer()
+    model = _planted_model(tok)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    sites = node_sites(model.cfg)
+    means = {s.name: torch.zeros(s.width) for s in sites}
+    cfg = PruneConfig(steps=30, batch_pairs=8, n_train=32, n_val=16, n_test=16, budget=2)
+    a, b = (prune(model, tok, _planted_task(), means, cfg).circuit.to_dict() for _ in range(2))
+    for trial in (*a["trials"], *b["trials"]):
+        assert trial.pop("seconds") >= 0  # wall time is the one thing that may differ
+    assert a == b
+    assert len(a["trials"]) == 2
+    assert a["trials"][0]["hyper"]["k_coef"] == cfg.k_coef
+    assert a["trials"][1]["hyper"] != a["trials"][0]["hyper"]  # the search moved
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [p.requires_grad for p in model.parameters()] == flags
+
+
+def test_pool_batches_trim_padding_and_keep_pairs_together() -> None:
+    tok = _word_tokenizer()
+    model = _planted_model(tok)
+    pool = Pool(model, tok, _planted_task(), 8, 0, "train")
+    batch = pool.batch(torch.tensor([2, 3]))
+    assert batch.tokens.shape[1] == int(batch.lengths.max())
+    assert tok.decode([int(batch.targets[0])]) == "yes"
+    assert tok.decode([int(batch.targets[1])]) == "no"
+    pruner = Pruner(
+        model,
+        tok,
+        _planted_task(),
+        node_sites(model.cfg),
+        {s.name: torch.zeros(s.width) for s in node_sites(model.cfg)},
+        PruneConfig(n_train=8, n_val=8, n_test=8),
+    )
+    assert pruner.pair_logits(pruner.val, None).shape == (16, 2)
+
+
+# -- the command, its files, and the viewer ----------------------------------------------------
+
+
+SHORT_PRUNE = [
+    "--task", "single_double_quote", "--steps", "12", "--batch-pairs", "8", "--n-train", "32",
+    "--n-val", "16", "--n-test", "16", "--curve-points", "6",
+]  # fmt: skip
+"""A pruning run of a second or two on the tiny trained model."""
+
+
+@pytest.fixture(scope="module")
+def pruned(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("prune") / "quote"
+    main(
+        ["prune", "--model", str(trained), "--out", str(out), "--mean-windows", "16", *SHORT_PRUNE]
+    )
+    return out
+
+
+def test_prune_command_writes_the_result_folder(pruned: Path, trained: Path) -> None:
+    assert sorted(p.name for p in pruned.iterdir()) == sorted(
+        [CIRCUIT_FILE, HTML_FILE, MEANS_FILE, SCORES_FILE]
+    )
+    data = json.loads((pruned / CIRCUIT_FILE).read_text())
+    for key in (
+        "task",
+        "target_loss",
+        "nodes",
+        "n_nodes",
+        "n_edges",
+        "edges_by_type",
+        "sufficiency",
+        "necessity",
+        "loss_vs_k",
+    ):
+        assert key in data
+    c = load_circuit(pruned)
+    assert c.task == "single_double_quote"
+    assert c.target_loss == 0.15
+    assert c.n_nodes == sum(len(v) for v in c.nodes.values())
+    model = load_model(trained)
+    sites = node_sites(model.cfg)
+    assert c.n_edges == count_edges(model, sites, c.nodes).total
+    assert c.run["versions"]["torch"]
+    assert "git" in c.run
+    assert c.config["steps"] == 12
+    means = load_means(pruned / MEANS_FILE, node_sites(model.cfg, final_resid=True))
+    assert set(means) == {s.name for s in node_sites(model.cfg, final_resid=True)}
+    scores = load_file(str(pruned / SCORES_FILE))
+    assert {k: v.shape[0] for k, v in scores.items()} == {s.name: s.width for s in sites}
+
+
+def test_prune_refuses_to_overwrite_and_reuses_means(
+    pruned: Path, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["prune", "--model", str(trained), *SHORT_PRUNE]
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--out", str(pruned)])
+    assert e.value.code == 1
+    assert "pass --overwrite" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(other)])
+    assert "holds no pruning result" in capsys.readouterr().err
+    assert (other / "notes.txt").read_text() == "mine"
+    # The same means from the file give the same circuit as the first run.
+    again = tmp_path / "again"
+    main([*args, "--out", str(again), "--means", str(pruned / MEANS_FILE)])
+    first, second = load_circuit(pruned), load_circuit(again)
+    assert first.nodes == second.nodes
+    assert first.loss_vs_k == second.loss_vs_k
+
+
+def test_prune_errors_are_one_line(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad_means = tmp_path / "means.safetensors"
+    bad_means.write_bytes(b"not a safetensors file")
+    cases = [
+        (["--task", "no_such_task"], "no_such_task"),
+        (["--task", "single_double_quote", "--means", str(bad_means)], "unreadable"),
+        (["--task", "single_double_quote", "--steps", "0"], "steps"),
+    ]
+    for extra, needle in cases:
+        with pytest.raises(SystemExit):
+            main(["prune", "--model", str(trained), "--out", str(tmp_path / "o"), *extra])
+        err = capsys.readouterr().err.strip()
+        assert needle in err, err
+        assert len(err.splitlines()) == 1, err
+        assert not (tmp_path / "o").exists()
+
+
+def test_circuit_files_are_validated(tmp_path: Path) -> None:
+    (tmp_path / CIRCUIT_FILE).write_text(json.dumps({"task": "x"}))
+    with pytest.raises(CircuitError, match="missing field"):
+        load_circuit(tmp_path)
+    save_file({"x": torch.zeros(3)}, str(tmp_path / "m.safetensors"))
+    with pytest.raises(MeansError, match="no means for hook"):
+        load_means(tmp_path / "m.safetensors", node_sites(tiny_config()))
+
+
+def _browser():
+    """Headless Chromium through chromedriver (Debian's chromium and chromium-driver). CI sets
+    SPARSE_TF_REQUIRE_BROWSER=1 so that a missing browser fails instead of skipping."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        if os.environ.get("SPARSE_TF_REQUIRE_BROWSER") == "1":
+            pytest.fail("chromium and chromedriver are required (SPARSE_TF_REQUIRE_BROWSER=1)")
+        pytest.skip("needs chromium and chromedriver (Debian packages chromium, chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+@pytest.mark.slow
+def test_viewer_renders_the_circuit_in_chromium(pruned: Path, tmp_path: Path) -> None:
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    circuit = load_circuit(pruned)
+    browser = _browser()
+    try:
+        browser.get((pruned / HTML_FILE).resolve().as_uri())
+        nodes = browser.find_elements(By.CSS_SELECTOR, "circle.node")
+        edges = browser.find_elements(By.CSS_SELECTOR, "path.edge")
+        assert len(nodes) == circuit.n_nodes > 0
+        assert len(edges) == circuit.n_edges
+        body = browser.find_element(By.TAG_NAME, "body")
+        assert body.get_attribute("data-nodes-drawn") == str(circuit.n_nodes)
+        assert f"{circuit.n_nodes} nodes, {circuit.n_edges} edges" in browser.title + (
+            browser.find_element(By.ID, "title").text
+        )
+        assert browser.find_elements(By.CSS_SELECTOR, "#curve polyline.curve")
+        browser.execute_script(
+            "arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", nodes[0]
+        )
+        panel = browser.find_element(By.ID, "panel")
+        name = browser.find_element(By.ID, "nodename").text
+        assert "channel" in name
+        assert len(panel.find_elements(By.CSS_SELECTOR, ".prompt")) == 6  # 3 pairs, both classes
+        assert panel.find_elements(By.CSS_SELECTOR, "span.tok")
+        assert "class a" in panel.text
+        assert "class b" in panel.text
+        assert browser.find_elements(By.CSS_SELECTOR, "circle.node.sel")
+        png = browser.get_screenshot_as_png()
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        browser.quit()
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    colours = image.getcolors(maxcolors=1 << 20)
+    assert colours is not None
+    assert len(colours) > 50
+    dark = sum(n for n, rgb in colours if max(rgb) < 80)  # node circles and text
+    assert dark > 500
+
+
+def test_viewer_escapes_the_embedded_data() -> None:
+    circuit = Circuit(
+        task="</script><b>x",
+        target_loss=0.15,
+        reached_target=True,
+        nodes={},
+        n_nodes=0,
+        n_total_nodes=1,
+        n_edges=0,
+        edges_by_type={},
+        edges_by_layer={},
+        logit_scale=1.0,
+        sufficiency={},
+        necessity={},
+        full_model={},
+        all_ablated={},
+        loss_vs_k=[],
+    )
+    view = ViewData(circuit.to_dict(), [], [], 0, [], {}, {}, [], {"a": "x", "b": "y"})
+    page = render_html(view)
+    assert page.count("</script>") == 2  # the two real ones; the data's is escaped
+    assert "<title>circuit: &lt;/script&gt;&lt;b&gt;x</title>" in page
