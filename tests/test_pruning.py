@@ -137,6 +137,17 @@ def test_partial_gates_ablate_exactly_the_listed_channels() -> None:
     assert torch.equal(q[..., 3], means["blocks.0.attn.hook_q"][3].expand(*q.shape[:-1]))
 
 
+def test_ablating_a_site_without_means_is_a_clear_error() -> None:
+    model = tiny_model()
+    sites = node_sites(model.cfg, final_resid=True)
+    means = _means(model, sites[:-1])
+    with (
+        pytest.raises(MeansError, match="no ablation means for hook"),
+        mean_ablation(model, keep_gates(sites, {}), means),
+    ):
+        pass
+
+
 def test_gradients_reach_tau_through_the_ablation() -> None:
     model = tiny_model()
     sites = node_sites(model.cfg)

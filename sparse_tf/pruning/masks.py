@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from sparse_tf.model import GPT
+from sparse_tf.pruning.means import MeansError
 from sparse_tf.pruning.nodes import NodeSite
 
 Gates = Mapping[str, Tensor]
@@ -155,7 +156,7 @@ def mean_ablation(model: GPT, gates: Gates, means: Mapping[str, Tensor]) -> Iter
     x or exactly μ, and it stays differentiable in g (for mask training)."""
     missing = [name for name in gates if name not in means]
     if missing:
-        raise KeyError(f"no ablation means for hook(s) {missing[:3]}")
+        raise MeansError(f"no ablation means for hook(s) {missing[:3]}")
 
     def ablate(x: Tensor, hook: nn.Module) -> Tensor:
         g, mu = gates[hook.name], means[hook.name]  # type: ignore[index]

@@ -47,7 +47,15 @@ from sparse_tf.pruning.masks import (
     top_k_gates,
 )
 from sparse_tf.pruning.nodes import NodeSite, node_sites
-from sparse_tf.tasks import Task, TaskScore, candidate_logits, contrast_loss, encode_pairs, score
+from sparse_tf.tasks import (
+    Split,
+    Task,
+    TaskScore,
+    candidate_logits,
+    contrast_loss,
+    encode_pairs,
+    score,
+)
 from sparse_tf.tasks.encoding import TaskBatch, batches
 from sparse_tf.tasks.metrics import last_logits
 
@@ -151,8 +159,8 @@ class Trial:
 class Pool:
     """Every prompt of one split, right-padded once; `batch(rows)` trims to the longest row."""
 
-    def __init__(self, model: GPT, tok: Tokenizer, task: Task, n: int, seed: int, split: str):
-        encoded = encode_pairs(task.pairs(n, seed, split), tok)  # type: ignore[arg-type]
+    def __init__(self, model: GPT, tok: Tokenizer, task: Task, n: int, seed: int, split: Split):
+        encoded = encode_pairs(task.pairs(n, seed, split), tok)
         device = next(model.parameters()).device
         self.all = next(batches(encoded, n, model.cfg.n_ctx, eot_id(tok))).to(device)
         self.n_pairs = n
