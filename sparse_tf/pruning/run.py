@@ -96,7 +96,7 @@ def prune_model(
             "device": device_info(dev),
         },
     )
-    view = viewer_data(model, tok, the_task, circuit, pruned_sites, means, amp=amp)
+    view = viewer_data(model, tok, the_task, circuit, pruned_sites, means, seed=cfg.seed, amp=amp)
     with atomic_dir(out) as tmp:
         circuit.save(tmp)
         save_means(tmp / MEANS_FILE, means, {"source": means_source})
@@ -135,9 +135,12 @@ def _cached_means(
     weights = path / MODEL_FILE if (path / MODEL_FILE).is_file() else path / SPARSE_MODEL_FILE
     key = hashlib.sha256()
     key.update(file_sha256(weights).encode())
+    # bf16 autocast on GPUs gives slightly different means than fp32 on CPUs: keyed apart.
+    precision = "bf16" if amp else "fp32"
     key.update(f"{data.corpus.digest}/{len(data.train)}/{n_windows}/{model.cfg.n_ctx}".encode())
+    key.update(precision.encode())
     file = cache_dir() / "means" / f"{key.hexdigest()[:24]}.safetensors"
-    source = f"{n_windows} windows of the training split of {data.corpus.source}"
+    source = f"{n_windows} windows of the training split of {data.corpus.source} ({precision})"
     if file.is_file():
         log(f"ablation means: cached ({file.name})")
         return load_means(file, sites, next(model.parameters()).device), source
