@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from safetensors.torch import save
+from tokenizers import Tokenizer
 from torch import Tensor
 
 from sparse_tf.checkpoint import MODEL_FILE, SPARSE_MODEL_FILE
@@ -100,7 +100,7 @@ def prune_model(
     with atomic_dir(out) as tmp:
         circuit.save(tmp)
         save_means(tmp / MEANS_FILE, means, {"source": means_source})
-        atomic_write_bytes(tmp / SCORES_FILE, save(_cpu(result.scores)))
+        atomic_write_bytes(tmp / SCORES_FILE, save(result.scores))  # float32, on the CPU
         atomic_write_text(tmp / HTML_FILE, render_html(view))
     log(circuit.summary())
     log(f"wrote {out / CIRCUIT_FILE} and {out / HTML_FILE} ({time.perf_counter() - start:.0f} s)")
@@ -123,12 +123,12 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _cached_means(
-    path: Path, model: GPT, tok: object, n_windows: int, amp: bool, log: Log
+    path: Path, model: GPT, tok: Tokenizer, n_windows: int, amp: bool, log: Log
 ) -> tuple[dict[str, Tensor], str]:
     """Means over the model's training corpus, from the cache when this model and corpus
     have been seen with the same number of windows."""
     try:
-        _, data = training_data(path, tok)  # type: ignore[arg-type]
+        _, data = training_data(path, tok)
     except SparseTFError as e:
         raise PruneError(f"cannot compute ablation means ({e}); pass --means FILE") from None
     sites = node_sites(model.cfg, final_resid=True)
@@ -150,7 +150,3 @@ def _cached_means(
     save_means(file, means, {"source": source})
     log(f"ablation means: {source} ({time.perf_counter() - t:.1f} s)")
     return means, source
-
-
-def _cpu(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}

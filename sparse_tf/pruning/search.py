@@ -162,14 +162,17 @@ class Pool:
     def __init__(self, model: GPT, tok: Tokenizer, task: Task, n: int, seed: int, split: Split):
         encoded = encode_pairs(task.pairs(n, seed, split), tok)
         device = next(model.parameters()).device
-        self.all = next(batches(encoded, n, model.cfg.n_ctx, eot_id(tok))).to(device)
+        batch = next(batches(encoded, n, model.cfg.n_ctx, eot_id(tok)))
+        self.host_lengths = batch.lengths  # [2n] on the CPU: trimming needs no device sync
+        self.all = batch.to(device)
         self.n_pairs = n
 
     def batch(self, rows: Tensor) -> TaskBatch:
+        width = int(self.host_lengths[rows].max())
         rows = rows.to(self.all.tokens.device)
         lengths = self.all.lengths[rows]
         return TaskBatch(
-            self.all.tokens[rows, : int(lengths.max())],
+            self.all.tokens[rows, :width],
             lengths,
             self.all.targets[rows],
             self.all.alternatives[rows],

@@ -82,8 +82,9 @@ def viewer_data(
     index = {s.name: i for i, s in enumerate(sites)}
     edges = []
     for b in edge_blocks(model, sites, circuit.nodes):
-        for d, s in torch.nonzero(b.weights).tolist():
-            w = float(b.weights[d, s])
+        nz = torch.nonzero(b.weights)  # [n_edges, 2]: (dst position, src position)
+        values = b.weights[nz[:, 0], nz[:, 1]].tolist()
+        for (d, s), w in zip(nz.tolist(), values, strict=True):
             edges.append([index[b.src], s, index[b.dst], d, round(w, 5), b.type])
     left_out = max(0, len(edges) - MAX_EDGES)
     if left_out:
