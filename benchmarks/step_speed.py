@@ -9,7 +9,9 @@ runs sit at their target L0 (no anneal) so every step projects; AbsTopK is on at
 Variants, for each --l0:
 
   sparse_tf   this library as it runs by default (Triton kernels on CUDA, the projection
-              replayed as one CUDA graph);
+              replayed as one CUDA graph, the sparse matmul where the measured crossovers
+              say it beats cuBLAS);
+  no-spmm     the same with every matmul on cuBLAS (masked dense weights; CUDA only);
   eager-proj  the same with the projection launched op by op (SPARSE_TF_CUDA_GRAPHS=0; CUDA
               only, first L0 only);
   naive       masked dense weights with `torch.topk` for AbsTopK and the projection
@@ -31,7 +33,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sparse_tf import GPT, GPTConfig, OptimConfig, SparseOptimizer, SparsityConfig, lm_loss
+from sparse_tf import GPT, GPTConfig, OptimConfig, SparseOptimizer, SparsityConfig, kernels, lm_loss
+
+plan = kernels.spmm_plan
+
+
+def no_spmm(*args: object) -> kernels.SpmmPlan:
+    return kernels.DENSE
 
 
 @dataclass
@@ -40,6 +48,7 @@ class Variant:
     l0: float | None  # None: dense
     env: dict[str, str]  # SPARSE_TF_* settings while this variant runs
     compiled: bool
+    spmm: bool = True  # False: every matmul on cuBLAS
     times: list[float] = field(default_factory=list)
     failed: str | None = None  # why torch.compile could not run it
 
@@ -49,11 +58,17 @@ def variants(l0s: list[float], cuda: bool, compile_too: bool) -> list[Variant]:
     out = [Variant("dense", None, default, False)]
     for i, l0 in enumerate(l0s):
         out.append(Variant("sparse_tf", l0, default, False))
+        if cuda:
+            out.append(Variant("no-spmm", l0, default, False, spmm=False))
         if cuda and i == 0:
             out.append(Variant("eager-proj", l0, {**default, "SPARSE_TF_CUDA_GRAPHS": "0"}, False))
         out.append(Variant("naive", l0, {**default, "SPARSE_TF_KERNELS": "reference"}, False))
     if compile_too:
-        out += [Variant(v.name, v.l0, v.env, True) for v in out if v.name != "eager-proj"]
+        out += [
+            Variant(v.name, v.l0, v.env, True, v.spmm)
+            for v in out
+            if v.name not in ("eager-proj", "no-spmm")
+        ]
     return out
 
 
@@ -103,6 +118,7 @@ def main() -> None:
             if v.failed:
                 continue
             os.environ.update(v.env)
+            kernels.spmm_plan = plan if v.spmm else no_spmm
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()

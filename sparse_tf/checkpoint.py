@@ -35,6 +35,7 @@ from sparse_tf.errors import SparseTFError
 from sparse_tf.io import atomic_dir, file_sha256, read_json, remove_dir, write_json
 from sparse_tf.model import GPT, GPTConfig
 from sparse_tf.optim import SparseOptimizer
+from sparse_tf.sparsity import count_nonzeros, mark_sparse
 
 MODEL_FILE = "model.safetensors"
 SPARSE_MODEL_FILE = "model.sparse.safetensors"
@@ -295,6 +296,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
         _load_params(model, file, decompress_state(_load_tensors(file), meta, file))
     else:
         raise CheckpointError(f"{path}: holds neither {MODEL_FILE} nor {SPARSE_MODEL_FILE}")
+    mark_sparse(model, count_nonzeros(model))  # lets the layers use the sparse matmul
     return model.eval()
 
 

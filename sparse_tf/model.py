@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from sparse_tf.config import Config, check
 from sparse_tf.hooks import HookedModule, HookPoint
+from sparse_tf.linear import SparseLinear
 from sparse_tf.sparsity import COLS, ROWS, AbsTopK, SparseWeight, abstopk_k
 
 
@@ -124,14 +125,14 @@ class Attention(nn.Module):
         d_attn = cfg.n_head * cfg.d_head
         self.topk = AbsTopK(cfg.afrac)
         self.hook_in = HookPoint()  # [B, T, d_model]
-        self.qkv = nn.Linear(cfg.d_model, 3 * d_attn, bias=cfg.bias)
+        self.qkv = SparseLinear(cfg.d_model, 3 * d_attn, bias=cfg.bias)
         self.hook_q = HookPoint()  # [B, T, d_attn]
         self.hook_k = HookPoint()  # [B, T, d_attn]
         self.hook_v = HookPoint()  # [B, T, d_attn]
         self.sink_logit = nn.Parameter(torch.zeros(cfg.n_head)) if cfg.attn_sink else None
         self.hook_pattern = HookPoint()  # [B, H, T, T]
         self.hook_z = HookPoint()  # [B, T, d_attn]
-        self.out_proj = nn.Linear(d_attn, cfg.d_model, bias=cfg.bias)
+        self.out_proj = SparseLinear(d_attn, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
@@ -191,10 +192,10 @@ class MLP(nn.Module):
         super().__init__()
         self.topk = AbsTopK(cfg.afrac)
         self.hook_in = HookPoint()  # [B, T, d_model]
-        self.in_proj = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
+        self.in_proj = SparseLinear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
         self.hook_pre = HookPoint()  # [B, T, d_mlp]
         self.hook_post = HookPoint()  # [B, T, d_mlp]
-        self.out_proj = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
+        self.out_proj = SparseLinear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.hook_in(self.topk(x))
@@ -301,20 +302,22 @@ class GPT(HookedModule):
         """The L0-constrained matrices; biases, norms, sinks and the bigram table stay dense."""
         names = {p: n for n, p in self.named_parameters()}
 
-        def sw(p: nn.Parameter, kind: str, neuron_dim: int | None) -> SparseWeight:
-            return SparseWeight(names[p], p, kind, neuron_dim)  # type: ignore[arg-type]
+        def sw(layer: nn.Module, kind: str, neuron_dim: int | None) -> SparseWeight:
+            p = layer.weight
+            linear = layer if isinstance(layer, SparseLinear) else None
+            return SparseWeight(names[p], p, kind, neuron_dim, linear)  # type: ignore[arg-type]
 
-        out = [sw(self.embed.weight, "embedding", None)]
+        out = [sw(self.embed, "embedding", None)]
         if self.cfg.pos_emb:
-            out.append(sw(self.pos_embed.weight, "embedding", None))
+            out.append(sw(self.pos_embed, "embedding", None))
         for block in self.blocks:
             out += [
-                sw(block.attn.qkv.weight, "block", ROWS),  # rows: q/k/v channels
-                sw(block.attn.out_proj.weight, "block", COLS),  # columns: attention channels
-                sw(block.mlp.in_proj.weight, "block", ROWS),  # rows: MLP neurons
-                sw(block.mlp.out_proj.weight, "block", COLS),  # columns: MLP neurons
+                sw(block.attn.qkv, "block", ROWS),  # rows: q/k/v channels
+                sw(block.attn.out_proj, "block", COLS),  # columns: attention channels
+                sw(block.mlp.in_proj, "block", ROWS),  # rows: MLP neurons
+                sw(block.mlp.out_proj, "block", COLS),  # columns: MLP neurons
             ]
-        out.append(sw(self.unembed.weight, "embedding", None))
+        out.append(sw(self.unembed, "embedding", None))
         return out
 
     def hook_aliases(self) -> dict[str, str]:

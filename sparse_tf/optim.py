@@ -26,6 +26,7 @@ from sparse_tf.sparsity import (
     SparsityConfig,
     l0_at_progress,
     l0_schedule,
+    mark_sparse,
     project_weights_,
     sharkfin,
 )
@@ -177,6 +178,8 @@ class SparseOptimizer:
             nonzeros = dict(self._dense_counts)
         if self.cfg.weight_decay > 0:
             torch._foreach_mul_(self._decayed, 1.0 - self.cfg.weight_decay * lr)
+            if self.sparsity is not None and l0 < 1.0:
+                mark_sparse(self.model, nonzeros)  # scaled in place, zeros kept
 
         self.step_count += 1
         return StepStats(step=step, lr=lr, l0=l0, nonzeros=nonzeros, grad_rms=grad_rms)

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from sparse_tf import kernels
 from sparse_tf.config import Config, check
 from sparse_tf.kernels.reference import topk_mask  # noqa: F401 - the selection rule, re-exported
+from sparse_tf.linear import SparseLinear
 
 # ---------------------------------------------------------------------------------------------
 # AbsTopK (activation sparsity)
@@ -101,12 +102,15 @@ class SparseWeight:
         kind: "block" matrices go to the target L0; "embedding" ones (token and positional
             embeddings, unembedding) to min(1, L0 · embed_mult).
         neuron_dim: ROWS or COLS, the axis whose slices are neurons (protected), or None.
+        layer: the SparseLinear owning `param`, told its kept count after every projection so
+            that it can use the sparse matmul; None for other layers.
     """
 
     name: str
     param: nn.Parameter
     kind: Literal["block", "embedding"]
     neuron_dim: int | None
+    layer: SparseLinear | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -223,7 +227,22 @@ def project_weights_(model: nn.Module, l0: float, cfg: SparsityConfig) -> dict[s
         kernels.graphs.graphed("projection", apply, ks, params, static)
     else:
         apply(ks)
+    for p in params:
+        # Kernel writes and graph replays leave the in-place version counter alone; bump it so
+        # that everything keyed on it (the sparse-matmul formats) sees the new weights.
+        torch.autograd.graph.increment_version(p)
+    mark_sparse(model, counts)
     return counts
+
+
+def mark_sparse(model: nn.Module, kept: dict[str, int]) -> None:
+    """Tell the layers of `model`'s sparse matrices how many nonzeros each holds now (name →
+    count, as `project_weights_` returns), enabling their sparse matmul until the weights are
+    next modified. `project_weights_` calls it; call it again after scaling the weights in
+    place (weight decay keeps the zeros), or with `count_nonzeros` after loading weights."""
+    for w in sparse_weights(model):
+        if w.layer is not None and w.name in kept:
+            w.layer.mark_sparse(kept[w.name])
 
 
 def count_nonzeros(model: nn.Module) -> dict[str, int]:

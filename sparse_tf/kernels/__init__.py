@@ -1,7 +1,8 @@
 """Kernels: Triton on CUDA, pure torch elsewhere, one autograd Function per op.
 
-    from sparse_tf.kernels import abs_topk
+    from sparse_tf.kernels import abs_topk, sparse_linear
     y = abs_topk(x, k)            # dispatches by device, dtype and width
+    y = sparse_linear(x, weight, bias, kept, formats)   # sparse kernel or cuBLAS, per shape
 
 The backend is chosen per call: `triton` on CUDA tensors the kernels support, `reference`
 (sparse_tf.kernels.reference) otherwise. The environment variable SPARSE_TF_KERNELS forces one:
@@ -13,14 +14,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
 from sparse_tf.errors import SparseTFError
-from sparse_tf.kernels import graphs, reference
+from sparse_tf.kernels import crossovers, graphs, reference
+from sparse_tf.kernels.crossovers import DENSE, SPARSE, SpmmPlan
+
+if TYPE_CHECKING:
+    from sparse_tf.kernels.spmm import CSR
 
 Backend = Literal["triton", "reference"]
 _ENV = "SPARSE_TF_KERNELS"
@@ -154,8 +159,159 @@ def abs_topk(x: Tensor, k: int) -> Tensor:
     return _AbsTopK.apply(x, k, abs_topk_backend(x))
 
 
+def spmm_plan(x: Tensor, weight: Tensor, kept: int | None) -> SpmmPlan:
+    """Which products of `F.linear(x, weight)` run on the sparse kernel, for a weight with at
+    most `kept` nonzeros (None: not known to be sparse, so cuBLAS).
+
+    `auto`: on CUDA, the measured crossovers (`kernels.crossovers`) decide per shape, density
+    and token count; elsewhere the dense product. `reference`: always the dense product (on the
+    masked weight: the same numbers up to summation order). `triton`: the sparse kernel for
+    forward and dX whenever `kept` is known (the interpreter on a CPU)."""
+    setting = backend_setting()
+    if kept is None or setting == "reference":
+        return DENSE
+    supported = x.is_cuda or _interpreting()
+    if setting == "triton":
+        if not supported:
+            raise KernelError(
+                f"{_ENV}=triton: the sparse matmul cannot run on {x.device} "
+                "(needs CUDA or TRITON_INTERPRET=1)"
+            )
+        return SPARSE
+    if not x.is_cuda:
+        return DENSE
+    d_out, d_in = weight.shape
+    return crossovers.plan(x.numel() // d_in, d_in, d_out, kept / weight.numel())
+
+
+class WeightFormats:
+    """The sparse formats of one weight matrix (CSR of W for the forward, of Wᵀ for dX), built
+    on first use and rebuilt whenever the weight changes (its in-place version counter moves,
+    as every optimizer step does) or the compute dtype does.
+
+    On CUDA each build (a handful of small launches) is captured once as a CUDA graph and
+    replayed after every weight change: issued one by one from Python, the builds of a paper
+    model's 32 matrices cost more host time per step than the GPU work of the whole step can
+    hide. A graph is recaptured when the weight moves, the dtype changes or `kept` outgrows
+    the capacity it was captured with (the L0 anneal only lowers it)."""
+
+    def __init__(self) -> None:
+        self._version: tuple[int, int, torch.dtype] | None = None
+        self._fresh: set[bool] = set()  # which formats match the weight's current version
+        self._csr: dict[bool, CSR] = {}
+        self._graphs: dict[bool, tuple[torch.cuda.CUDAGraph, int, int, torch.dtype]] = {}
+
+    def get(self, weight: Tensor, kept: int, dtype: torch.dtype, transpose: bool) -> CSR:
+        from sparse_tf.kernels import spmm
+
+        version = (weight._version, weight.data_ptr(), dtype)
+        if version != self._version:
+            self._version, self._fresh = version, set()
+        if transpose in self._fresh:
+            return self._csr[transpose]
+
+        def build() -> CSR:
+            return spmm.csr_of(weight, kept, dtype, transpose=transpose)
+
+        if weight.is_cuda and graphs.enabled():
+            g = self._graphs.get(transpose)
+            if g is None or g[1] != weight.data_ptr() or g[2] < kept or g[3] != dtype:
+                graph, self._csr[transpose] = graphs.capture(build, weight.device)
+                self._graphs[transpose] = (graph, weight.data_ptr(), kept, dtype)
+            self._graphs[transpose][0].replay()
+        else:
+            self._csr[transpose] = build()
+        self._fresh.add(transpose)
+        return self._csr[transpose]
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype F.linear computes in: the autocast dtype when autocast is on for x's device."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+class _SparseLinear(torch.autograd.Function):
+    """y = x·Wᵀ + b with forward and/or dX on the sparse kernel; dW stays dense (every weight
+    gets its gradient, so pruned weights can re-enter: the paper's semantics)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx,
+        x: Tensor,  # [T, d_in]
+        weight: Tensor,  # [d_out, d_in], at most `kept` nonzeros
+        bias: Tensor | None,
+        kept: int,
+        formats: WeightFormats,
+        plan: SpmmPlan,
+        dtype: torch.dtype,
+    ) -> Tensor:
+        from sparse_tf.kernels import spmm
+
+        b = None if bias is None else bias.to(dtype)
+        if plan.forward:
+            xt = spmm.feature_major(x, dtype)  # [d_in, T], also what dW reads
+            y = spmm.spmm_t(xt, formats.get(weight, kept, dtype, transpose=False), b)
+            ctx.save_for_backward(xt, None if plan.dx else weight)
+        else:
+            x = x.to(dtype)
+            y = torch.nn.functional.linear(x, weight.to(dtype), b)
+            ctx.save_for_backward(x, None if plan.dx else weight)
+        ctx.dx_csr = (
+            formats.get(weight, kept, dtype, transpose=True)
+            if plan.dx and ctx.needs_input_grad[0]
+            else None
+        )
+        ctx.plan, ctx.dtype, ctx.x_dtype = plan, dtype, x.dtype
+        ctx.w_dtype = weight.dtype
+        ctx.b_dtype = None if bias is None else bias.dtype
+        return y  # [T, d_out]
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad_y: Tensor):  # type: ignore[override]
+        from sparse_tf.kernels import spmm
+
+        saved, weight = ctx.saved_tensors  # saved: xt [d_in, T] or x [T, d_in]
+        dy = grad_y.to(ctx.dtype)  # [T, d_out]
+        dyt = spmm.feature_major(dy, ctx.dtype) if ctx.plan.dx else None  # [d_out, T]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = spmm.spmm_t(dyt, ctx.dx_csr) if ctx.plan.dx else dy @ weight.to(ctx.dtype)
+            grad_x = grad_x.to(ctx.x_dtype)
+        if ctx.needs_input_grad[1]:
+            x_tokens_last = saved if ctx.plan.forward else saved.t()  # [d_in, T]
+            dy_tokens_last = dyt if dyt is not None else dy.t()  # [d_out, T]
+            grad_w = (dy_tokens_last @ x_tokens_last.t()).to(ctx.w_dtype)  # dense [d_out, d_in]
+        if ctx.b_dtype is not None and ctx.needs_input_grad[2]:
+            grad_b = dy.sum(dim=0, dtype=torch.float32).to(ctx.b_dtype)
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+@torch.compiler.disable  # formats are cached per weight version: eager only
+def sparse_linear(
+    x: Tensor, weight: Tensor, bias: Tensor | None, kept: int | None, formats: WeightFormats
+) -> Tensor:
+    """`F.linear(x, weight, bias)` for a weight with at most `kept` nonzeros, its forward and
+    dX products on the sparse kernel where `spmm_plan` says so; `formats` caches the weight's
+    sparse formats between calls (one per layer). Same result as F.linear up to summation
+    order, under autocast too."""
+    plan = spmm_plan(x, weight, kept)
+    if not plan.any or x.numel() == 0:
+        return torch.nn.functional.linear(x, weight, bias)
+    assert kept is not None
+    dtype = _compute_dtype(x)
+    x2 = x.reshape(-1, x.shape[-1])
+    y = _SparseLinear.apply(x2, weight, bias, kept, formats, plan, dtype)
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
 __all__ = [
+    "DENSE",
+    "SPARSE",
     "KernelError",
+    "SpmmPlan",
+    "WeightFormats",
     "abs_topk",
     "abs_topk_backend",
     "abs_topk_mask",
@@ -165,4 +321,6 @@ __all__ = [
     "projection_backend",
     "projection_masks",
     "reference",
+    "sparse_linear",
+    "spmm_plan",
 ]

@@ -16,11 +16,13 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
 _ENV = "SPARSE_TF_CUDA_GRAPHS"
+T = TypeVar("T")
 
 
 def enabled() -> bool:
@@ -85,16 +87,29 @@ def _capture(
     key: Hashable, fn: Callable[[Tensor], object], ints: list[int], device: torch.device
 ) -> _Graph:
     k = torch.tensor(ints, dtype=torch.int32, device=device)
+    graph, _ = capture(lambda: fn(k), device)
+    return _Graph(key, graph, k, ints)
+
+
+_POOLS: dict[torch.device, tuple[int, int]] = {}
+
+
+def capture(fn: Callable[[], T], device: torch.device) -> tuple[torch.cuda.CUDAGraph, T]:
+    """Capture `fn()` (GPU work only, see `graphed`) as a CUDA graph after one eager warm-up
+    run; returns the graph and what `fn` returned while being captured: tensors that every
+    replay refills in place. All captures on a device share one memory pool, which is safe
+    because their replays never overlap (one stream) and captured outputs stay referenced."""
     # Warm up on a side stream (compiles kernels, fills caches), as capture requires.
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side), torch.no_grad():
-        fn(k)
+        fn()
     torch.cuda.current_stream(device).wait_stream(side)
+    pool = _POOLS.setdefault(device, torch.cuda.graph_pool_handle())
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.no_grad():
-        fn(k)
-    return _Graph(key, graph, k, ints)
+    with torch.cuda.graph(graph, pool=pool), torch.no_grad():
+        out = fn()
+    return graph, out
 
 
 def clear() -> None:

@@ -59,3 +59,20 @@ def abs_topk_kept(y: Tensor, k: int) -> Tensor:
 def abs_topk_backward(y: Tensor, grad_y: Tensor, k: int) -> Tensor:
     """Gradient of AbsTopK: grad_y on the kept entries, 0 elsewhere."""
     return grad_y.masked_fill(~abs_topk_kept(y, k), 0.0)
+
+
+def csr(m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(row pointers int32 [rows + 1], column indices int32, values) of m's nonzeros, row by
+    row, columns ascending: what `kernels.spmm.csr_of` builds on the device."""
+    rows, cols = m.nonzero(as_tuple=True)
+    counts = torch.bincount(rows, minlength=m.shape[0])
+    ptr = torch.zeros(m.shape[0] + 1, dtype=torch.int32, device=m.device)
+    ptr[1:] = counts.cumsum(0)
+    return ptr, cols.to(torch.int32), m[rows, cols]
+
+
+def spmm_t(a: Tensor, m: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Out [T, rows] = aᵀ·mᵀ (+ bias) for a feature-major a [cols, T]: the product
+    `kernels.spmm.spmm_t` computes from m's CSR, here on the dense m, in fp32."""
+    out = a.float().t() @ m.float().t()
+    return out if bias is None else out + bias.float()

@@ -1,0 +1,195 @@
+"""Sparse matmul vs cuBLAS vs torch.sparse (cuSPARSE CSR) on the model's shapes, and the crossovers.
+
+    python benchmarks/spmm_speed.py                          # paper-d1024 shapes, 4k and 16k tokens
+    python benchmarks/spmm_speed.py --write sparse_tf/kernels/spmm_crossovers.json
+
+For every token count, layer shape (qkv, attention-out, MLP-in, MLP-out of a d_model / d_mlp
+model) and density, in bf16: the forward Y = X·Wᵀ and dX = dY·W by cuBLAS on the masked dense
+weight; by our default kernel (`sparse_tf.kernels.spmm`: "total" includes the transposing copy
+of the activation it gathers from, "kernel" is the product alone) and the CUDA-core `rows`
+kernel; by cuSPARSE (`torch.sparse.mm` on a CSR weight); the transposing copy alone; and the
+rebuild of both formats of the weight (once per optimizer step), timed as the layer runs it:
+one CUDA graph replay. Masks are uniformly random at the exact density (no per-neuron
+protection). All variants of a row alternate in one loop (CUDA events, medians).
+
+The crossover of a shape is the largest density at which "total" beat cuBLAS by --margin (5%),
+there and at every lower density measured; `--write` stores them for the dispatcher
+(`sparse_tf.kernels.crossovers`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import cuda_ms
+
+from sparse_tf.kernels import graphs, spmm
+
+
+def random_sparse(d_out: int, d_in: int, density: float) -> tuple[torch.Tensor, int]:
+    """[d_out, d_in] fp32 normal weights with exactly round(density · numel) nonzeros."""
+    numel = d_out * d_in
+    kept = max(1, round(density * numel))
+    w = torch.zeros(numel, device="cuda")
+    idx = torch.randperm(numel, device="cuda")[:kept]
+    w[idx] = torch.randn(kept, device="cuda")
+    return w.view(d_out, d_in), kept
+
+
+def measure(tokens: int, d_in: int, d_out: int, density: float, iters: int) -> dict[str, float]:
+    w, kept = random_sparse(d_out, d_in, density)
+    wb = w.bfloat16()
+    x = torch.randn(tokens, d_in, device="cuda", dtype=torch.bfloat16)
+    dy = torch.randn(tokens, d_out, device="cuda", dtype=torch.bfloat16)
+    xt, dyt = spmm.feature_major(x, torch.bfloat16), spmm.feature_major(dy, torch.bfloat16)
+    fwd = spmm.csr_of(w, kept, torch.bfloat16)
+    bwd = spmm.csr_of(w, kept, torch.bfloat16, transpose=True)
+    w_csr, wt_csr = wb.to_sparse_csr(), wb.t().contiguous().to_sparse_csr()
+
+    # Correctness first: a benchmark of a wrong kernel measures nothing.
+    ref_y, ref_dx = F.linear(x.float(), w), dy.float() @ w
+    for name, got, ref in (
+        ("fwd", spmm.spmm_t(xt, fwd), ref_y),
+        ("dx", spmm.spmm_t(dyt, bwd), ref_dx),
+    ):
+        err = ((got.float() - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+        if err > 1e-2:
+            raise SystemExit(f"{name} {tokens}x{d_in}->{d_out} at {density}: rel. error {err:.2e}")
+
+    # Both formats, as a layer rebuilds them after each optimizer step: one CUDA graph replay.
+    build, _ = graphs.capture(
+        lambda: (
+            spmm.csr_of(w, kept, torch.bfloat16),
+            spmm.csr_of(w, kept, torch.bfloat16, transpose=True),
+        ),
+        w.device,
+    )
+    for kernel in spmm.KERNELS:
+        got = spmm.spmm_t(xt, fwd, kernel=kernel).float()
+        if ((got - ref_y).norm() / ref_y.norm()).item() > 1e-2:
+            raise SystemExit(f"kernel {kernel} disagrees at {tokens}x{d_in}->{d_out}, {density}")
+    fns = {
+        "cublas_fwd": lambda: F.linear(x, wb),
+        "sparse_fwd": lambda: spmm.spmm_t(spmm.feature_major(x, torch.bfloat16), fwd),
+        "sparse_fwd_kernel": lambda: spmm.spmm_t(xt, fwd),
+        "rows_fwd_kernel": lambda: spmm.spmm_t(xt, fwd, kernel="rows"),
+        "cusparse_fwd": lambda: torch.sparse.mm(w_csr, xt),
+        "transpose_x": lambda: spmm.feature_major(x, torch.bfloat16),
+        "cublas_dx": lambda: dy @ wb,
+        "sparse_dx": lambda: spmm.spmm_t(spmm.feature_major(dy, torch.bfloat16), bwd),
+        "sparse_dx_kernel": lambda: spmm.spmm_t(dyt, bwd),
+        "cusparse_dx": lambda: torch.sparse.mm(wt_csr, dyt),
+        "build": build.replay,
+    }
+    return cuda_ms(fns, iters)
+
+
+def vs(t: dict[str, float], name: str, base: str) -> str:
+    return f"{t[name]:.3f} ({t[base] / t[name]:.2f}x)"
+
+
+def crossover(densities: list[float], speedups: list[float], margin: float) -> float | None:
+    """Largest density whose speedup, and that of every lower density, is >= margin."""
+    best = None
+    for d, s in sorted(zip(densities, speedups, strict=True)):
+        if s < margin:
+            break
+        best = d
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384])
+    parser.add_argument("--d-model", type=int, default=1024)
+    parser.add_argument("--d-mlp", type=int, default=4096)
+    parser.add_argument(
+        "--densities", type=float, nargs="+", default=[1 / 2**i for i in range(4, 11)]
+    )
+    parser.add_argument("--iters", type=int, default=15)
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=1.05,
+        help="speedup a crossover needs: below it the gain is within run-to-run noise and "
+        "not worth the extra launches",
+    )
+    parser.add_argument("--write", type=Path, help="store the crossovers (JSON) for dispatch")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    d, m = args.d_model, args.d_mlp
+    shapes = {"qkv": (d, 3 * d), "attn-out": (d, d), "mlp-in": (d, m), "mlp-out": (m, d)}
+    device = torch.cuda.get_device_name()
+    print(f"# {device}, torch {torch.__version__}, bf16; ms (speedup vs cuBLAS)")
+    rows = []
+    for tokens in args.tokens:
+        print(
+            "\n| tokens | layer | in->out | density | cuBLAS fwd | ours fwd total | kernel | "
+            "rows kernel | cuSPARSE fwd | transpose X | cuBLAS dX | ours dX total | kernel | "
+            "cuSPARSE dX | format build |"
+        )
+        print("|" + "---|" * 15)
+        for layer, (d_in, d_out) in shapes.items():
+            speed_f, speed_dx = [], []
+            for density in args.densities:
+                t = measure(tokens, d_in, d_out, density, args.iters)
+                sf, sx = t["cublas_fwd"] / t["sparse_fwd"], t["cublas_dx"] / t["sparse_dx"]
+                speed_f.append(sf)
+                speed_dx.append(sx)
+                print(
+                    f"| {tokens} | {layer} | {d_in}->{d_out} | 1/{round(1 / density)} | "
+                    f"{t['cublas_fwd']:.3f} | {t['sparse_fwd']:.3f} ({sf:.2f}x) | "
+                    f"{vs(t, 'sparse_fwd_kernel', 'cublas_fwd')} | "
+                    f"{vs(t, 'rows_fwd_kernel', 'cublas_fwd')} | "
+                    f"{vs(t, 'cusparse_fwd', 'cublas_fwd')} | {t['transpose_x']:.3f} | "
+                    f"{t['cublas_dx']:.3f} | {t['sparse_dx']:.3f} ({sx:.2f}x) | "
+                    f"{vs(t, 'sparse_dx_kernel', 'cublas_dx')} | "
+                    f"{vs(t, 'cusparse_dx', 'cublas_dx')} | "
+                    f"{t['build']:.3f} |",
+                    flush=True,
+                )
+            rows.append(
+                {
+                    "tokens": tokens,
+                    "layer": layer,
+                    "in": d_in,
+                    "out": d_out,
+                    "forward": crossover(args.densities, speed_f, args.margin),
+                    "dx": crossover(args.densities, speed_dx, args.margin),
+                    "speedups": {  # density -> [forward, dX], transposes included
+                        str(d): [round(f, 3), round(x, 3)]
+                        for d, f, x in zip(args.densities, speed_f, speed_dx, strict=True)
+                    },
+                }
+            )
+    print("\n| tokens | layer | forward crossover | dX crossover |\n|---|---|---|---|")
+    for r in rows:
+        show = lambda v: "never" if v is None else f"1/{round(1 / v)}"  # noqa: E731
+        print(f"| {r['tokens']} | {r['layer']} | {show(r['forward'])} | {show(r['dx'])} |")
+    if args.write:
+        data = {
+            "measured": {
+                "device": device,
+                "date": datetime.date.today().isoformat(),
+                "torch": torch.__version__,
+                "command": "python benchmarks/spmm_speed.py " + " ".join(sys.argv[1:]),
+            },
+            "shapes": rows,
+        }
+        tmp = args.write.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, args.write)
+        print(f"wrote {args.write}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""The sparse matmul against dense products: formats, forward, dX, dW, dispatch, the layer.
+
+Without a GPU the kernels run under the Triton interpreter (fp32, small shapes); the `gpu` tests
+run the paper's shapes in bf16 under autocast against cuBLAS.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sparse_tf import GPT, GPTConfig, OptimConfig, SparseOptimizer, SparsityConfig, lm_loss
+from sparse_tf.kernels import (
+    DENSE,
+    SPARSE,
+    KernelError,
+    SpmmPlan,
+    WeightFormats,
+    crossovers,
+    reference,
+    sparse_linear,
+    spmm_plan,
+)
+from sparse_tf.kernels.spmm import KERNELS, csr_of, feature_major, spmm_t
+from sparse_tf.linear import SparseLinear
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sparse_matrix(rows: int, cols: int, density: float, seed: int) -> torch.Tensor:
+    """Random weights at about `density`, with an empty row and an empty column when possible."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g) * (torch.rand(rows, cols, generator=g) < density)
+    if rows > 1:
+        w[rows // 2] = 0.0
+    if cols > 1:
+        w[:, cols // 3] = 0.0
+    return w.to(DEVICE)
+
+
+@pytest.mark.interpreter
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.integers(1, 90),
+    cols=st.integers(1, 300),
+    tokens=st.integers(1, 70),
+    density=st.sampled_from([0.0, 0.01, 0.1, 0.5, 1.0]),
+    transpose=st.booleans(),
+    bias=st.booleans(),
+    kernel=st.sampled_from(KERNELS),
+    seed=st.integers(0, 2**16),
+)
+def test_format_and_product_match_the_reference(
+    rows: int,
+    cols: int,
+    tokens: int,
+    density: float,
+    transpose: bool,
+    bias: bool,
+    kernel: str,
+    seed: int,
+) -> None:
+    w = sparse_matrix(rows, cols, density, seed)
+    m = w.t() if transpose else w
+    got = csr_of(w, max(1, int((w != 0).sum())), torch.float32, transpose=transpose)
+    ptr, idx, vals = reference.csr(m)
+    nnz = int(ptr[-1])
+    assert torch.equal(got.ptr, ptr)
+    assert torch.equal(got.cols[:nnz], idx)
+    assert torch.equal(got.vals[:nnz], vals)
+    a = torch.randn(m.shape[1], tokens, device=DEVICE)
+    b = torch.randn(m.shape[0], device=DEVICE) if bias else None
+    torch.testing.assert_close(
+        spmm_t(a, got, b, kernel), reference.spmm_t(a, m, b), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_capacity_may_exceed_the_nonzeros(kernel: str) -> None:
+    # The projection's kept count bounds the nonzeros; kept weights that are exactly 0 leave
+    # unused slots at the end, which nothing reads.
+    w = sparse_matrix(20, 30, 0.1, 0)
+    a = torch.randn(30, 9, device=DEVICE)
+    got = spmm_t(a, csr_of(w, int((w != 0).sum()) + 50, torch.float32), kernel=kernel)
+    torch.testing.assert_close(got, reference.spmm_t(a, w), rtol=1e-5, atol=1e-5)
+
+
+def test_spmm_rejects_a_token_major_activation() -> None:
+    w = sparse_matrix(4, 6, 0.5, 0)
+    with pytest.raises(ValueError, match=r"contiguous \[6, T\]"):
+        spmm_t(torch.zeros(5, 6, device=DEVICE), csr_of(w, 24, torch.float32))
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("plan", [SPARSE, SpmmPlan(True, False), SpmmPlan(False, True)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_sparse_linear_autograd_matches_f_linear(
+    plan: SpmmPlan, bias: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sparse_tf.kernels.spmm_plan", lambda x, w, kept: plan)
+    w = sparse_matrix(48, 40, 0.1, 1).requires_grad_()
+    b = torch.randn(48, device=DEVICE).requires_grad_() if bias else None
+    x = torch.randn(3, 7, 40, device=DEVICE, requires_grad=True)
+    y = sparse_linear(x, w, b, int((w != 0).sum()), WeightFormats())
+    gy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, w] + ([b] if bias else []), gy)
+    ref_y = F.linear(x, w, b)
+    ref = torch.autograd.grad(ref_y, [x, w] + ([b] if bias else []), gy)
+    torch.testing.assert_close(y, ref_y, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, ref, strict=True):  # dW is dense: every weight gets its gradient
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.interpreter
+def test_formats_follow_the_weight(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPARSE_TF_KERNELS", "triton")
+    layer = SparseLinear(40, 24, bias=False).to(DEVICE)
+    x = torch.randn(5, 40, device=DEVICE)
+    with torch.no_grad():
+        layer.weight.mul_(torch.rand_like(layer.weight) < 0.2)
+    layer.mark_sparse(int((layer.weight != 0).sum()))
+    assert layer.marked_kept is not None
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # scaled in place: a new version, so the formats are rebuilt
+        layer.weight.mul_(3.0)
+    layer.mark_sparse(layer.kept)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # densified behind the layer's back: it must not trust `kept`
+        layer.weight.add_(1.0)
+    assert layer.marked_kept is None
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.interpreter
+def test_training_steps_match_the_dense_products(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three steps of a sparse model with every product on the sparse kernel track the same
+    model on dense products (the optimizer marks the layers after each projection)."""
+    cfg = GPTConfig(vocab_size=64, n_ctx=16, n_layer=1, d_model=32, d_head=8)
+    sparsity = SparsityConfig(l0=1 / 8, anneal_start=0.0, anneal_end=0.0)
+    tok = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    losses = {}
+    for backend in ("triton", "reference"):
+        monkeypatch.setenv("SPARSE_TF_KERNELS", backend)
+        torch.manual_seed(0)
+        model = GPT(cfg).to(DEVICE)
+        opt = SparseOptimizer(model, OptimConfig(), sparsity, 3)
+        losses[backend] = []
+        for _ in range(3):
+            loss = lm_loss(model(tok), tok)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses[backend].append(loss.item())
+        marked = [m.marked_kept for m in model.modules() if isinstance(m, SparseLinear)]
+        assert all(k is not None for k in marked)
+    assert losses["triton"] == pytest.approx(losses["reference"], rel=1e-4)
+
+
+def test_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, w = torch.zeros(4096, 64), torch.zeros(128, 64)
+    monkeypatch.delenv("SPARSE_TF_KERNELS", raising=False)
+    assert spmm_plan(x, w, 10) == DENSE  # CPU tensors: dense products by default
+    assert spmm_plan(x, w, None) == DENSE
+    monkeypatch.setenv("SPARSE_TF_KERNELS", "reference")
+    assert spmm_plan(x.to(DEVICE), w, 10) == DENSE
+    monkeypatch.setenv("SPARSE_TF_KERNELS", "triton")
+    assert spmm_plan(x.to(DEVICE), w, None) == DENSE  # not known to be sparse
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    if not torch.cuda.is_available():
+        with pytest.raises(KernelError, match="sparse matmul cannot run on cpu"):
+            spmm_plan(x, w, 10)
+
+
+def test_crossover_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = (
+        crossovers.Crossover(4096, 1024, 4096, forward=1 / 128, dx=1 / 64),
+        crossovers.Crossover(16384, 1024, 4096, forward=1 / 256, dx=None),
+        crossovers.Crossover(16384, 4096, 1024, forward=None, dx=1 / 512),
+    )
+    monkeypatch.setattr(crossovers, "table", lambda: (rows, {}))
+    assert crossovers.plan(16384, 1024, 4096, 1 / 256) == SpmmPlan(True, False)
+    assert crossovers.plan(16384, 1024, 4096, 1 / 128) == DENSE
+    assert crossovers.plan(4096, 1024, 4096, 1 / 100) == SpmmPlan(False, True)
+    assert crossovers.plan(4096, 1024, 4096, 1 / 1000) == SPARSE
+    assert crossovers.plan(20000, 4096, 1024, 1 / 1024) == SpmmPlan(False, True)  # nearest
+    assert crossovers.plan(20000, 4000, 1100, 1 / 1024) == SpmmPlan(False, True)
+    assert crossovers.plan(1024, 1024, 4096, 1 / 1024) == DENSE  # fewer tokens than measured
+
+
+def test_shipped_crossovers_were_measured() -> None:
+    rows, measured = crossovers.table()
+    assert rows
+    assert measured["device"]
+    assert measured["command"].startswith("python benchmarks/")
+    for r in rows:
+        for d in (r.forward, r.dx):
+            assert d is None or 0 < d <= 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("d_in", "d_out"), [(1024, 4096), (4096, 1024), (1024, 3072)])
+@pytest.mark.parametrize("density", [1 / 64, 1 / 256, 1 / 1024])
+def test_sparse_linear_bf16_at_paper_shapes(
+    d_in: int, d_out: int, density: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sparse_tf.kernels.spmm_plan", lambda x, w, kept: SPARSE)
+    torch.manual_seed(0)
+    w = torch.randn(d_out, d_in, device="cuda") * (torch.rand(d_out, d_in, device="cuda") < density)
+    w.requires_grad_()
+    b = torch.randn(d_out, device="cuda", requires_grad=True)
+    x = torch.randn(16, 1024, d_in, device="cuda", requires_grad=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = sparse_linear(x, w, b, int((w != 0).sum()), WeightFormats())
+        ref_y = F.linear(x, w, b)
+    assert y.dtype == ref_y.dtype == torch.bfloat16
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, w, b], gy)
+    ref = torch.autograd.grad(ref_y, [x, w, b], gy)
+    for g, r in zip((y, *got), (ref_y, *ref), strict=True):
+        err = ((g.float() - r.float()).norm() / r.float().norm()).item()
+        assert err < 1e-2, err
+
+
+@pytest.mark.gpu
+def test_format_kernel_at_paper_shapes() -> None:
+    torch.manual_seed(0)
+    w = torch.randn(4096, 1024, device="cuda") * (torch.rand(4096, 1024, device="cuda") < 1 / 64)
+    for transpose in (False, True):
+        m = w.t() if transpose else w
+        got = csr_of(w, int((w != 0).sum()), torch.bfloat16, transpose=transpose)
+        ptr, idx, vals = reference.csr(m)
+        assert torch.equal(got.ptr, ptr)
+        assert torch.equal(got.cols, idx)
+        assert torch.equal(got.vals, vals.bfloat16())
+    x = torch.randn(300, 1024, device="cuda")
+    assert torch.equal(feature_major(x, torch.bfloat16), x.t().bfloat16())
+
+
+def test_crossover_file_is_json() -> None:
+    from importlib import resources
+
+    json.loads(resources.files("sparse_tf.kernels").joinpath(crossovers.FILE).read_text())
+
+
+@pytest.mark.gpu
+def test_graphed_format_builds_follow_the_weight_through_an_anneal() -> None:
+    """The CUDA-graph builds refill their buffers after every change of the weight, including
+    a lower kept count (same capture) and a higher one (recaptured)."""
+    torch.manual_seed(0)
+    w = torch.randn(512, 256, device="cuda")
+    formats = WeightFormats()
+    for density in (1 / 8, 1 / 16, 1 / 64, 1 / 4):
+        with torch.no_grad():
+            w.copy_(torch.randn_like(w) * (torch.rand_like(w) < density))
+        kept = int((w != 0).sum())
+        for transpose in (False, True):
+            got = formats.get(w, kept, torch.bfloat16, transpose)
+            ptr, idx, vals = reference.csr(w.t() if transpose else w)
+            assert torch.equal(got.ptr, ptr)
+            assert torch.equal(got.cols[:kept], idx)
+            assert torch.equal(got.vals[:kept], vals.bfloat16())
+
+
+@pytest.mark.gpu
+def test_bf16_training_on_the_sparse_kernels_tracks_cublas(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = GPTConfig(vocab_size=512, n_ctx=128, n_layer=2, d_model=256)
+    sparsity = SparsityConfig(l0=1 / 64, anneal_start=0.0, anneal_end=0.0)
+    tok = torch.randint(0, 512, (16, 128), device="cuda")
+    losses = {}
+    for backend in ("triton", "auto"):
+        monkeypatch.setenv("SPARSE_TF_KERNELS", backend)  # auto: cuBLAS at this size
+        torch.manual_seed(0)
+        model = GPT(cfg).cuda()
+        opt = SparseOptimizer(model, OptimConfig(), sparsity, 5)
+        losses[backend] = []
+        for _ in range(5):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = lm_loss(model(tok), tok)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses[backend].append(loss.item())
+    assert losses["triton"] == pytest.approx(losses["auto"], rel=2e-2)
