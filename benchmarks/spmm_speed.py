@@ -176,19 +176,29 @@ def main() -> None:
         show = lambda v: "never" if v is None else f"1/{round(1 / v)}"  # noqa: E731
         print(f"| {r['tokens']} | {r['layer']} | {show(r['forward'])} | {show(r['dx'])} |")
     if args.write:
-        data = {
-            "measured": {
-                "device": device,
-                "date": datetime.date.today().isoformat(),
-                "torch": torch.__version__,
-                "command": "python benchmarks/spmm_speed.py " + " ".join(sys.argv[1:]),
-            },
-            "shapes": rows,
+        write_crossovers(args.write, rows, device)
+
+
+def write_crossovers(path: Path, rows: list[dict], device: str) -> None:
+    """Merge the measured shapes into the crossover file (a shape measured again replaces its
+    old row; other shapes stay), atomically."""
+    data = json.loads(path.read_text()) if path.is_file() else {"measured": [], "shapes": []}
+    new = {(r["tokens"], r["in"], r["out"]) for r in rows}
+    data["shapes"] = [r for r in data["shapes"] if (r["tokens"], r["in"], r["out"]) not in new]
+    data["shapes"] += rows
+    data["measured"].append(
+        {
+            "device": device,
+            "date": datetime.date.today().isoformat(),
+            "torch": torch.__version__,
+            "command": "python benchmarks/spmm_speed.py " + " ".join(sys.argv[1:]),
+            "shapes": sorted(new),
         }
-        tmp = args.write.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        os.replace(tmp, args.write)
-        print(f"wrote {args.write}")
+    )
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ count.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -39,6 +40,9 @@ class SparseLinear(nn.Linear):
         return self.kept if self._stamp == self.weight._version else None
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.kept is None:  # dense layers stay traceable by torch.compile
+        # Under torch.compile the products stay on cuBLAS, inside the compiled graph: the
+        # sparse path keys its formats on the weight's version counter, which would make the
+        # compiler recompile after every optimizer step.
+        if self.kept is None or torch.compiler.is_compiling():
             return F.linear(x, self.weight, self.bias)
         return kernels.sparse_linear(x, self.weight, self.bias, self.marked_kept, self._formats)

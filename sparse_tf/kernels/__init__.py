@@ -288,7 +288,6 @@ class _SparseLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
-@torch.compiler.disable  # formats are cached per weight version: eager only
 def sparse_linear(
     x: Tensor, weight: Tensor, bias: Tensor | None, kept: int | None, formats: WeightFormats
 ) -> Tensor:
@@ -300,9 +299,20 @@ def sparse_linear(
     if not plan.any or x.numel() == 0:
         return torch.nn.functional.linear(x, weight, bias)
     assert kept is not None
-    dtype = _compute_dtype(x)
+    return _sparse_linear(x, weight, bias, kept, formats, plan)
+
+
+@torch.compiler.disable  # formats are cached per weight version: eager only
+def _sparse_linear(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    kept: int,
+    formats: WeightFormats,
+    plan: SpmmPlan,
+) -> Tensor:
     x2 = x.reshape(-1, x.shape[-1])
-    y = _SparseLinear.apply(x2, weight, bias, kept, formats, plan, dtype)
+    y = _SparseLinear.apply(x2, weight, bias, kept, formats, plan, _compute_dtype(x))
     return y.view(*x.shape[:-1], weight.shape[0])
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -49,8 +49,9 @@ class Crossover:
 
 
 @cache
-def table() -> tuple[tuple[Crossover, ...], dict[str, Any]]:
-    """The measured crossovers and how they were measured (device, date, command)."""
+def table() -> tuple[tuple[Crossover, ...], list[dict[str, Any]]]:
+    """The measured crossovers and how they were measured (per run: device, date, command,
+    shapes)."""
     data = json.loads(resources.files(__package__).joinpath(FILE).read_text())
     rows = tuple(
         Crossover(r["tokens"], r["in"], r["out"], r["forward"], r["dx"]) for r in data["shapes"]
@@ -58,6 +59,7 @@ def table() -> tuple[tuple[Crossover, ...], dict[str, Any]]:
     return rows, data["measured"]
 
 
+@lru_cache(maxsize=4096)  # called for every linear layer of every forward pass
 def plan(tokens: int, d_in: int, d_out: int, density: float) -> SpmmPlan:
     """The dispatch for a layer [d_in -> d_out] at `density` on `tokens` rows of input."""
     rows, _ = table()

@@ -38,7 +38,7 @@ class _Graph:
 
 
 _GRAPHS: OrderedDict[Hashable, _Graph] = OrderedDict()
-MAX_GRAPHS = 4
+MAX_GRAPHS = 8
 """Captures kept at once (least recently used dropped first): one per model being trained, so
 that several models in one process (a sparse and a dense run, bridges) do not recapture."""
 
