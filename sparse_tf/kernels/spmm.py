@@ -46,29 +46,38 @@ class CSR:
 
 
 @triton.jit
-def _csr_build_kernel(
-    m_ptr,
-    stride_r,
-    stride_c,
-    n_rows,
-    n_cols,
-    start_ptr,  # [n_rows, n_chunks] int32: where each (row, chunk)'s nonzeros go
-    n_chunks,
-    cols_ptr,
-    vals_ptr,
-    BR: tl.constexpr,
-    BC: tl.constexpr,
-):
-    """Compact the nonzeros of one [BR rows, BC columns] block of M to their slots."""
+def _block_nonzeros(m_ptr, stride_r, stride_c, n_rows, n_cols, BR: tl.constexpr, BC: tl.constexpr):
+    """This program's [BR rows, BC columns] block of M: (values, nonzero mask, rows, cols)."""
     rows = tl.program_id(0) * BR + tl.arange(0, BR)  # [BR]
-    chunk = tl.program_id(1)
-    cols = chunk * BC + tl.arange(0, BC)  # [BC]
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)  # [BC]
     inside = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
     offs = rows[:, None].to(tl.int64) * stride_r + cols[None, :].to(tl.int64) * stride_c
     w = tl.load(m_ptr + offs, mask=inside, other=0.0)  # [BR, BC]
-    nz = (w != 0) & inside
-    start = tl.load(start_ptr + rows * n_chunks + chunk, mask=rows < n_rows, other=0)  # [BR]
-    dest = start[:, None] + tl.cumsum(nz.to(tl.int32), axis=1) - 1
+    return w, (w != 0) & inside, rows, cols
+
+
+@triton.jit
+def _csr_count_kernel(
+    m_ptr, stride_r, stride_c, n_rows, n_cols, counts_ptr, n_chunks,
+    BR: tl.constexpr, BC: tl.constexpr,
+):  # fmt: skip
+    """counts[row, chunk] = the nonzeros of the row within the chunk of BC columns."""
+    _, nz, rows, _ = _block_nonzeros(m_ptr, stride_r, stride_c, n_rows, n_cols, BR, BC)
+    count = tl.sum(nz.to(tl.int32), axis=1)  # [BR]
+    tl.store(counts_ptr + rows * n_chunks + tl.program_id(1), count, mask=rows < n_rows)
+
+
+@triton.jit
+def _csr_build_kernel(
+    m_ptr, stride_r, stride_c, n_rows, n_cols, ends_ptr, n_chunks, cols_ptr, vals_ptr,
+    BR: tl.constexpr, BC: tl.constexpr,
+):  # fmt: skip
+    """Place the nonzeros of one block at their slots: the block's row-chunk ends (running
+    sums of the counts) minus what the row has in this chunk, plus the rank within it."""
+    w, nz, rows, cols = _block_nonzeros(m_ptr, stride_r, stride_c, n_rows, n_cols, BR, BC)
+    end = tl.load(ends_ptr + rows * n_chunks + tl.program_id(1), mask=rows < n_rows, other=0)
+    rank = tl.cumsum(nz.to(tl.int32), axis=1)  # [BR, BC], 1-based among the row's nonzeros
+    dest = end[:, None] - tl.sum(nz.to(tl.int32), axis=1)[:, None] + rank - 1
     tl.store(cols_ptr + dest, cols[None, :] + tl.zeros([BR, BC], dtype=tl.int32), mask=nz)
     tl.store(vals_ptr + dest, w.to(vals_ptr.dtype.element_ty), mask=nz)
 
@@ -77,27 +86,26 @@ def csr_of(w: Tensor, capacity: int, dtype: torch.dtype, transpose: bool = False
     """The CSR of w [n, m] (or of wᵀ), values cast to `dtype`; `capacity` >= the nonzeros of w
     (the caller's guarantee: the projection's kept count). No host synchronisation.
 
-    Rows are cut into chunks of BC columns so that every block of the matrix is its own
-    program: each (row, chunk) count comes from one reduction, their running sums give each
-    block its first slot, and the kernel places the block's nonzeros in column order."""
+    The matrix is cut into blocks of BR rows x BC columns, one program each, so that any
+    shape keeps the GPU busy: one pass counts each (row, chunk)'s nonzeros, a running sum
+    over the flattened counts gives every block its slots (and the row pointers), and a
+    second pass places the block's nonzeros in column order. Three launches, W read twice."""
     m = w.detach().t() if transpose else w.detach()
     n_rows, n_cols = m.shape
     # Coalesced loads either way: along BC for W's rows, along BR for Wᵀ's rows (W's columns).
     br, bc = (64, 64) if _INTERPRET else ((64, 64) if transpose else (8, 512))
     n_chunks = triton.cdiv(max(n_cols, 1), bc)
-    nonzero = torch.nn.functional.pad(m != 0, (0, n_chunks * bc - n_cols))  # [n_rows, chunks·bc]
-    counts = nonzero.view(n_rows, n_chunks, bc).sum(dim=2, dtype=torch.int32)  # [rows, chunks]
-    ends = counts.view(-1).cumsum(0, dtype=torch.int32).view(n_rows, n_chunks)
     ptr = torch.zeros(n_rows + 1, dtype=torch.int32, device=w.device)
-    ptr[1:] = ends[:, -1]
     cols = torch.empty(capacity, dtype=torch.int32, device=w.device)
     vals = torch.empty(capacity, dtype=dtype, device=w.device)
     if n_rows and n_cols:
-        starts = ends - counts  # [rows, chunks], row-major: each row's chunks in order
-        _csr_build_kernel[(triton.cdiv(n_rows, br), n_chunks)](
-            m, m.stride(0), m.stride(1), n_rows, n_cols, starts, n_chunks, cols, vals,
-            BR=br, BC=bc,
-        )  # fmt: skip
+        grid = (triton.cdiv(n_rows, br), n_chunks)
+        counts = torch.empty(n_rows, n_chunks, dtype=torch.int32, device=w.device)
+        args = (m, m.stride(0), m.stride(1), n_rows, n_cols)
+        _csr_count_kernel[grid](*args, counts, n_chunks, BR=br, BC=bc)
+        ends = counts.view(-1).cumsum(0, dtype=torch.int32).view(n_rows, n_chunks)
+        ptr[1:] = ends[:, -1]
+        _csr_build_kernel[grid](*args, ends, n_chunks, cols, vals, BR=br, BC=bc)
     return CSR(ptr, cols, vals, n_rows, n_cols)
 
 
