@@ -5,12 +5,12 @@
 
 For every token count, layer shape (qkv, attention-out, MLP-in, MLP-out of a d_model / d_mlp
 model) and density, in bf16: the forward Y = X·Wᵀ and dX = dY·W by cuBLAS on the masked dense
-weight; by our default kernel (`sparse_tf.kernels.spmm`: "total" includes the transposing copy
-of the activation it gathers from, "kernel" is the product alone) and the CUDA-core `rows`
-kernel; by cuSPARSE (`torch.sparse.mm` on a CSR weight); the transposing copy alone; and the
-rebuild of both formats of the weight (once per optimizer step), timed as the layer runs it:
-one CUDA graph replay. Masks are uniformly random at the exact density (no per-neuron
-protection). All variants of a row alternate in one loop (CUDA events, medians).
+weight; by our kernel (`sparse_tf.kernels.spmm`: "total" includes the transposing copy of the
+activation it gathers from, "kernel" is the product alone); by cuSPARSE (`torch.sparse.mm` on
+a CSR weight); the transposing copy alone; and the rebuild of both formats of the weight (once
+per optimizer step), timed as the layer runs it: one CUDA graph replay. Masks are uniformly
+random at the exact density (no per-neuron protection). All variants of a row alternate in one
+loop (CUDA events, medians).
 
 The crossover of a shape is the largest density at which "total" beat cuBLAS by --margin (5%),
 there and at every lower density measured; `--write` stores them for the dispatcher
@@ -73,15 +73,10 @@ def measure(tokens: int, d_in: int, d_out: int, density: float, iters: int) -> d
         ),
         w.device,
     )
-    for kernel in spmm.KERNELS:
-        got = spmm.spmm_t(xt, fwd, kernel=kernel).float()
-        if ((got - ref_y).norm() / ref_y.norm()).item() > 1e-2:
-            raise SystemExit(f"kernel {kernel} disagrees at {tokens}x{d_in}->{d_out}, {density}")
     fns = {
         "cublas_fwd": lambda: F.linear(x, wb),
         "sparse_fwd": lambda: spmm.spmm_t(spmm.feature_major(x, torch.bfloat16), fwd),
         "sparse_fwd_kernel": lambda: spmm.spmm_t(xt, fwd),
-        "rows_fwd_kernel": lambda: spmm.spmm_t(xt, fwd, kernel="rows"),
         "cusparse_fwd": lambda: torch.sparse.mm(w_csr, xt),
         "transpose_x": lambda: spmm.feature_major(x, torch.bfloat16),
         "cublas_dx": lambda: dy @ wb,
@@ -134,10 +129,10 @@ def main() -> None:
     for tokens in args.tokens:
         print(
             "\n| tokens | layer | in->out | density | cuBLAS fwd | ours fwd total | kernel | "
-            "rows kernel | cuSPARSE fwd | transpose X | cuBLAS dX | ours dX total | kernel | "
+            "cuSPARSE fwd | transpose X | cuBLAS dX | ours dX total | kernel | "
             "cuSPARSE dX | format build |"
         )
-        print("|" + "---|" * 15)
+        print("|" + "---|" * 14)
         for layer, (d_in, d_out) in shapes.items():
             speed_f, speed_dx = [], []
             for density in args.densities:
@@ -149,7 +144,6 @@ def main() -> None:
                     f"| {tokens} | {layer} | {d_in}->{d_out} | 1/{round(1 / density)} | "
                     f"{t['cublas_fwd']:.3f} | {t['sparse_fwd']:.3f} ({sf:.2f}x) | "
                     f"{vs(t, 'sparse_fwd_kernel', 'cublas_fwd')} | "
-                    f"{vs(t, 'rows_fwd_kernel', 'cublas_fwd')} | "
                     f"{vs(t, 'cusparse_fwd', 'cublas_fwd')} | {t['transpose_x']:.3f} | "
                     f"{t['cublas_dx']:.3f} | {t['sparse_dx']:.3f} ({sx:.2f}x) | "
                     f"{vs(t, 'sparse_dx_kernel', 'cublas_dx')} | "

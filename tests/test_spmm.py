@@ -26,7 +26,7 @@ from sparse_tf.kernels import (
     sparse_linear,
     spmm_plan,
 )
-from sparse_tf.kernels.spmm import KERNELS, csr_of, feature_major, spmm_t
+from sparse_tf.kernels.spmm import csr_of, feature_major, spmm_t
 from sparse_tf.linear import SparseLinear
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -52,7 +52,6 @@ def sparse_matrix(rows: int, cols: int, density: float, seed: int) -> torch.Tens
     density=st.sampled_from([0.0, 0.01, 0.1, 0.5, 1.0]),
     transpose=st.booleans(),
     bias=st.booleans(),
-    kernel=st.sampled_from(KERNELS),
     seed=st.integers(0, 2**16),
 )
 def test_format_and_product_match_the_reference(
@@ -62,7 +61,6 @@ def test_format_and_product_match_the_reference(
     density: float,
     transpose: bool,
     bias: bool,
-    kernel: str,
     seed: int,
 ) -> None:
     w = sparse_matrix(rows, cols, density, seed)
@@ -75,19 +73,16 @@ def test_format_and_product_match_the_reference(
     assert torch.equal(got.vals[:nnz], vals)
     a = torch.randn(m.shape[1], tokens, device=DEVICE)
     b = torch.randn(m.shape[0], device=DEVICE) if bias else None
-    torch.testing.assert_close(
-        spmm_t(a, got, b, kernel), reference.spmm_t(a, m, b), rtol=1e-5, atol=1e-5
-    )
+    torch.testing.assert_close(spmm_t(a, got, b), reference.spmm_t(a, m, b), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_capacity_may_exceed_the_nonzeros(kernel: str) -> None:
+def test_capacity_may_exceed_the_nonzeros() -> None:
     # The projection's kept count bounds the nonzeros; kept weights that are exactly 0 leave
     # unused slots at the end, which nothing reads.
     w = sparse_matrix(20, 30, 0.1, 0)
     a = torch.randn(30, 9, device=DEVICE)
-    got = spmm_t(a, csr_of(w, int((w != 0).sum()) + 50, torch.float32), kernel=kernel)
+    got = spmm_t(a, csr_of(w, int((w != 0).sum()) + 50, torch.float32))
     torch.testing.assert_close(got, reference.spmm_t(a, w), rtol=1e-5, atol=1e-5)
 
 

@@ -7,18 +7,21 @@ M = W [out, in] for the forward and M = Wᵀ [in, out] for dX (read straight fro
 strides, no transposed copy).
 
 Product (`spmm_t`): Out [T, rows] = Aᵀ·Mᵀ for a feature-major activation A [cols, T], i.e.
-Out[t, r] = Σ_j M[r, c_j] · A[c_j, t]. Each program owns BO rows of M and BT tokens: for the
-j-th nonzero of each of its rows it gathers one activation row A[c_j, t0:t0+BT], contiguous in
-memory, and accumulates w · row into a [BO, BT] fp32 tile on the CUDA cores: the work is the true
-nonzero count (plus the padding up to the longest row of the tile), with no tensor cores. Why
+Out[t, r] = Σ_j M[r, c_j] · A[c_j, t]. Each program owns BO consecutive rows of M and BT tokens.
+Its rows' nonzeros are one contiguous run of the format, walked BJ at a time whatever the row
+lengths (no padding to the longest row): gather the BJ activation rows A[c_j, t0:t0+BT], each
+contiguous in memory, and add them to their output rows with one tensor-core product by a
+[BO, BJ] matrix that holds each nonzero's weight in its row (a one-hot scatter). Why
 feature-major: with token-major X [T, K] every gathered element would be its own 2-byte access
 (one 32-byte memory sector each); a row of Xᵀ is BT contiguous values. The grid runs the row
 tiles fastest, so the programs that share a token block (and its activation rows) run together
 and read them from L2.
 
-Why CUDA cores and not tensor cores: at the densities where a sparse product can beat cuBLAS
-(below ~1/128) a row has a handful of nonzeros, and the kernel is bound by gathering activations
-and writing the dense output, not by arithmetic (../shared/DESIGN.md section 5).
+The kernel is bound by gathering activations and writing the dense output, not by arithmetic:
+the one-hot product does BO times the useful multiply-adds, which tensor cores absorb at the
+densities where a sparse product can beat cuBLAS at all (below ~1/256). A CUDA-core variant
+(one nonzero of every row per step, padded to the tile's longest row) measured 5-15% slower
+at those densities (benchmarks/RESULTS.md) and was dropped.
 """
 
 from __future__ import annotations
@@ -110,64 +113,6 @@ def csr_of(w: Tensor, capacity: int, dtype: torch.dtype, transpose: bool = False
 
 
 def _configs() -> list[triton.Config]:
-    if _INTERPRET:  # one config: the interpreter cannot autotune
-        return [triton.Config({"BO": 32, "BT": 64}, num_warps=4)]
-    return [
-        triton.Config({"BO": bo, "BT": bt}, num_warps=w)
-        for bo, bt, w in [
-            (32, 64, 4), (64, 64, 4), (32, 128, 4), (64, 128, 4), (64, 128, 8), (128, 64, 8),
-            (16, 128, 4), (16, 256, 4),
-        ]
-    ]  # fmt: skip
-
-
-@triton.autotune(configs=_configs(), key=["n_rows", "T", "AVG_NNZ"])
-@triton.jit
-def _spmm_kernel(
-    a_ptr,  # [n_cols, T] feature-major activations
-    T,
-    ptr_ptr,
-    cols_ptr,
-    vals_ptr,
-    bias_ptr,
-    out_ptr,  # [T, n_rows], row stride stride_out
-    n_rows,
-    stride_out,
-    AVG_NNZ,  # log2 bucket of the mean row length: autotuning key only
-    HAS_BIAS: tl.constexpr,
-    BO: tl.constexpr,
-    BT: tl.constexpr,
-):
-    pid_o = tl.program_id(0)  # fastest: row tiles sharing one token block run together
-    pid_t = tl.program_id(1)
-    rows = pid_o * BO + tl.arange(0, BO)  # [BO]
-    in_rows = rows < n_rows
-    start = tl.load(ptr_ptr + rows, mask=in_rows, other=0)
-    length = tl.load(ptr_ptr + rows + 1, mask=in_rows, other=0) - start  # 0 outside
-    toks = pid_t * BT + tl.arange(0, BT)  # [BT]
-    in_toks = toks < T
-    acc = tl.zeros([BO, BT], dtype=tl.float32)
-    for j in range(0, tl.max(length, axis=0)):
-        live = j < length  # [BO]
-        col = tl.load(cols_ptr + start + j, mask=live, other=0)
-        w = tl.load(vals_ptr + start + j, mask=live, other=0.0).to(tl.float32)
-        a = tl.load(
-            a_ptr + col[:, None].to(tl.int64) * T + toks[None, :],
-            mask=live[:, None] & in_toks[None, :],
-            other=0.0,
-        ).to(tl.float32)  # [BO, BT]
-        acc += w[:, None] * a
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + rows, mask=in_rows, other=0.0).to(tl.float32)[:, None]
-    # Stored as [BT, BO], the output's contiguous axis last, so that the stores coalesce (the
-    # gathers above coalesce along tokens; Triton moves the tile between the two layouts).
-    out = out_ptr + toks[:, None].to(tl.int64) * stride_out + rows[None, :]
-    tl.store(
-        out, tl.trans(acc).to(out_ptr.dtype.element_ty), mask=in_toks[:, None] & in_rows[None, :]
-    )
-
-
-def _onehot_configs() -> list[triton.Config]:
     if _INTERPRET:
         return [triton.Config({"BO": 16, "BJ": 16, "BT": 64}, num_warps=4)]
     return [
@@ -179,9 +124,9 @@ def _onehot_configs() -> list[triton.Config]:
     ]  # fmt: skip
 
 
-@triton.autotune(configs=_onehot_configs(), key=["n_rows", "T", "AVG_NNZ"])
+@triton.autotune(configs=_configs(), key=["n_rows", "T", "AVG_NNZ"])
 @triton.jit
-def _spmm_onehot_kernel(
+def _spmm_kernel(
     a_ptr,  # [n_cols, T] feature-major activations
     T,
     ptr_ptr,
@@ -242,18 +187,11 @@ def _spmm_onehot_kernel(
     )
 
 
-KERNELS = ("onehot", "rows")
-"""`onehot`: tensor-core scatter over each tile's contiguous nonzeros (the default);
-`rows`: CUDA-core FMA, one nonzero of every row of the tile per step (padded to the longest)."""
-
-
-def spmm_t(a: Tensor, m: CSR, bias: Tensor | None = None, kernel: str = "onehot") -> Tensor:
+def spmm_t(a: Tensor, m: CSR, bias: Tensor | None = None) -> Tensor:
     """Out [T, n_rows] = aᵀ·Mᵀ (+ bias) for a feature-major a [n_cols, T] (contiguous), in a's
     dtype, accumulated in fp32."""
     if a.shape[0] != m.n_cols or not a.is_contiguous():
         raise ValueError(f"spmm_t: a must be a contiguous [{m.n_cols}, T], got {tuple(a.shape)}")
-    if kernel not in KERNELS:
-        raise ValueError(f"spmm_t: kernel {kernel!r} is not one of {KERNELS}")
     T = a.shape[1]
     out = torch.empty(T, m.n_rows, dtype=a.dtype, device=a.device)
     if T == 0 or m.n_rows == 0:
@@ -262,11 +200,8 @@ def spmm_t(a: Tensor, m: CSR, bias: Tensor | None = None, kernel: str = "onehot"
     grid = lambda meta: (triton.cdiv(m.n_rows, meta["BO"]), triton.cdiv(T, meta["BT"]))  # noqa: E731
     args = (a, T, m.ptr, m.cols, m.vals, bias if bias is not None else m.vals, out,
             m.n_rows, out.stride(0), mean.bit_length())  # fmt: skip
-    if kernel == "rows":
-        _spmm_kernel[grid](*args, HAS_BIAS=bias is not None)
-    else:
-        fp32 = _INTERPRET or a.dtype == torch.float32
-        _spmm_onehot_kernel[grid](*args, HAS_BIAS=bias is not None, DOT_FP32=fp32)
+    fp32 = _INTERPRET or a.dtype == torch.float32
+    _spmm_kernel[grid](*args, HAS_BIAS=bias is not None, DOT_FP32=fp32)
     return out
 
 
