@@ -213,10 +213,11 @@ def test_shipped_crossovers_were_measured() -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize(("d_in", "d_out"), [(1024, 4096), (4096, 1024), (1024, 3072)])
 @pytest.mark.parametrize("density", [1 / 64, 1 / 256, 1 / 1024])
+@pytest.mark.parametrize("plan", [SPARSE, SpmmPlan(True, False), SpmmPlan(False, True)])
 def test_sparse_linear_bf16_at_paper_shapes(
-    d_in: int, d_out: int, density: float, monkeypatch: pytest.MonkeyPatch
+    d_in: int, d_out: int, density: float, plan: SpmmPlan, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("sparse_tf.kernels.spmm_plan", lambda x, w, kept: SPARSE)
+    monkeypatch.setattr("sparse_tf.kernels.spmm_plan", lambda x, w, kept: plan)
     torch.manual_seed(0)
     w = torch.randn(d_out, d_in, device="cuda") * (torch.rand(d_out, d_in, device="cuda") < density)
     w.requires_grad_()
@@ -230,6 +231,7 @@ def test_sparse_linear_bf16_at_paper_shapes(
     got = torch.autograd.grad(y, [x, w, b], gy)
     ref = torch.autograd.grad(ref_y, [x, w, b], gy)
     for g, r in zip((y, *got), (ref_y, *ref), strict=True):
+        assert g.dtype == r.dtype
         err = ((g.float() - r.float()).norm() / r.float().norm()).item()
         assert err < 1e-2, err
 

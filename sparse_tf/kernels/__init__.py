@@ -249,6 +249,7 @@ class _SparseLinear(torch.autograd.Function):
     ) -> Tensor:
         from sparse_tf.kernels import spmm
 
+        ctx.x_dtype = x.dtype  # the gradient's dtype, whatever the product computes in
         b = None if bias is None else bias.to(dtype)
         if plan.forward:
             xt = spmm.feature_major(x, dtype)  # [d_in, T], also what dW reads
@@ -263,7 +264,7 @@ class _SparseLinear(torch.autograd.Function):
             if plan.dx and ctx.needs_input_grad[0]
             else None
         )
-        ctx.plan, ctx.dtype, ctx.x_dtype = plan, dtype, x.dtype
+        ctx.plan, ctx.dtype = plan, dtype
         ctx.w_dtype = weight.dtype
         ctx.b_dtype = None if bias is None else bias.dtype
         return y  # [T, d_out]
