@@ -28,6 +28,7 @@ import tyro
 from sparse_tf.errors import SparseTFError
 from sparse_tf.io import read_json, write_json
 from sparse_tf.model import GPT, GPTConfig
+from sparse_tf.parallel import launch
 from sparse_tf.presets import DEFAULT_PRESET, PRESETS, preset
 from sparse_tf.pruning.search import PruneConfig
 from sparse_tf.sparsity import COLS, ROWS, SparsityConfig, abstopk_k, kept_count
@@ -68,7 +69,23 @@ def train_command(argv: list[str]) -> None:
         # GPTConfig resolves d_mlp = 4 · d_model when built, so the default is a number;
         # re-derive it so that `--model.d-model 256` alone gets d_mlp 1024.
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, d_mlp=None))
-    train(config, args.run)
+    world = launch.world_from_env()
+    if not world.distributed:
+        train(config, args.run)
+        return
+    # Under torchrun: rank 0 reports errors (every rank has the same one); all ranks leave the
+    # process group together and exit without interpreter teardown (gloo can abort there).
+    code = 0
+    try:
+        train(config, args.run)
+        launch.end(world)
+    except SparseTFError as e:
+        if world.main:
+            print(f"sparse-tf train: error: {e}", file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _flag_value(argv: list[str], flag: str) -> str | None:

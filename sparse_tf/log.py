@@ -169,3 +169,19 @@ def format_duration(seconds: float) -> str:
     h, rest = divmod(s, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class SilentLogger:
+    """The logger of ranks other than 0 in a multi-process run: rank 0 logs for the run."""
+
+    def log(self, step: int, metrics: dict[str, float], *, echo: bool = True) -> None:
+        pass
+
+    def advance(self, step: int) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -24,13 +24,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
 from sparse_tf._version import __version__
 from sparse_tf.checkpoint import (
@@ -47,14 +48,25 @@ from sparse_tf.data.tokenizer import load_tokenizer
 from sparse_tf.data.tokens import EpochSampler, Windows, eval_indices
 from sparse_tf.errors import SparseTFError
 from sparse_tf.io import read_json, remove_dir, remove_leftovers, write_json
-from sparse_tf.log import ProgressMode, RunLogger, WandbMode, read_metrics, truncate_metrics
+from sparse_tf.log import (
+    ProgressMode,
+    RunLogger,
+    SilentLogger,
+    WandbMode,
+    read_metrics,
+    truncate_metrics,
+)
 from sparse_tf.model import GPT, GPTConfig, target_loss
 from sparse_tf.optim import OptimConfig, SparseOptimizer
+from sparse_tf.parallel import launch
 from sparse_tf.sparsity import SparsityConfig, count_nonzeros, kept_count
 
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
 FINAL_DIR = "final"
+
+
+T = TypeVar("T")
 
 
 class TrainingError(SparseTFError):
@@ -163,16 +175,67 @@ class _Run:
     def __init__(self, cfg: TrainConfig, opts: RunOptions) -> None:
         self.cfg, self.opts = cfg, opts
         self.out = Path(opts.out)
+        self.world = launch.world_from_env()
         self.device = resolve_device(opts.device)
+        if self.world.distributed:
+            self._check_world()
+            if self.device.type == "cuda":  # one GPU per process, by local rank
+                self.device = torch.device("cuda", self.world.local_rank)
+                torch.cuda.set_device(self.device)
         self.amp = self.device.type == "cuda"  # bf16 autocast on GPU, fp32 on CPU
+
+    def _check_world(self) -> None:
+        """The global batch (batch_size sequences per optimizer step) is the same at any number
+        of ranks: each rank takes batch_size / world of it, in micro-batches."""
+        cfg, world = self.cfg, self.world.size
+        if cfg.batch_size % world:
+            raise ConfigError(
+                f"TrainConfig.batch_size={cfg.batch_size} must be divisible by the {world} ranks"
+            )
+        per_rank = cfg.batch_size // world
+        if per_rank % min(cfg.micro, per_rank):
+            raise ConfigError(
+                f"TrainConfig.micro_batch_size={cfg.micro} must divide the {per_rank} sequences "
+                f"each of the {world} ranks takes per step"
+            )
+
+    def _on_main(self, fn: Callable[[], T]) -> T | None:
+        """Run `fn` on rank 0 only; its SparseTFError fails every rank with the same message."""
+        result, message = None, None
+        if self.world.main:
+            try:
+                result = fn()
+            except SparseTFError as e:
+                message = str(e)
+                if not self.world.distributed:
+                    raise
+        message = launch.share_error(self.world, message, self._comm_device)
+        if message is not None:
+            raise TrainingError(message)
+        return result
+
+    @property
+    def _comm_device(self) -> torch.device:
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
 
     # -- setup ---------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        cfg, opts = self.cfg, self.opts
-        run_info, ckpt = self._claim_out_dir()
-        tokenizer = load_tokenizer(ckpt) if ckpt is not None else None
-        data = prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.n_ctx, tokenizer=tokenizer)
+        cfg, opts, world = self.cfg, self.opts, self.world
+        launch.start(world, self.device)
+        self._on_main(self._claim_out_dir)  # rank 0 checks and prepares --out for everyone
+        run_info, ckpt = self._claimed()
+
+        def load_data() -> Data:
+            tokenizer = load_tokenizer(ckpt) if ckpt is not None else None
+            return prepare_data(
+                cfg.data, cfg.model.vocab_size, cfg.model.n_ctx, tokenizer=tokenizer
+            )
+
+        # Rank 0 builds the tokenizer and token shards into the cache; the others then read them.
+        data = self._on_main(load_data)
+        if data is None:  # the other ranks, once rank 0 has filled the cache
+            data = load_data()
         if run_info is not None:
             _check_same_corpus(run_info, data, self.out)
         torch.manual_seed(cfg.seed)
@@ -185,7 +248,8 @@ class _Run:
         start = opt.step_count
         if start >= cfg.max_steps and (self.out / SUMMARY_FILE).is_file():
             final = self.out / FINAL_DIR
-            print(f"{self.out}: already complete; the model is in {final}", file=sys.stderr)
+            if world.main:
+                print(f"{self.out}: already complete; the model is in {final}", file=sys.stderr)
             return TrainResult(
                 out=self.out, final=final, summary=read_json(self.out / SUMMARY_FILE)
             )
@@ -195,30 +259,53 @@ class _Run:
             run_info["resumes"].append(
                 {"step": start, "time": _now(), "device": device_info(self.device)}
             )
-        write_json(self.out / RUN_FILE, run_info)
-        truncate_metrics(self.out, start)
-        logger = RunLogger(
-            self.out,
-            total_steps=cfg.max_steps,
-            start_step=start,
-            wandb=opts.wandb,
-            run_id=run_info["id"],
-            config=cfg.to_dict(),
-            project=opts.wandb_project,
-            progress=opts.progress,
-        )
+        if world.main:
+            write_json(self.out / RUN_FILE, run_info)
+            truncate_metrics(self.out, start)
+        launch.barrier(world)
+        self.net = model
+        if world.distributed:
+            # Gradients are averaged over ranks in buckets during the backward pass; the
+            # parameters (and so the projection's kept sets) stay identical on every rank.
+            self.net = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        logger: RunLogger | SilentLogger = SilentLogger()
+        if world.main:
+            logger = RunLogger(
+                self.out,
+                total_steps=cfg.max_steps,
+                start_step=start,
+                wandb=opts.wandb,
+                run_id=run_info["id"],
+                config=cfg.to_dict(),
+                project=opts.wandb_project,
+                progress=opts.progress,
+            )
         try:
             if ckpt is None:
                 logger.message(self._banner(model, data))
             else:
                 logger.message(f"resuming {self.out} from {ckpt.name} ({start}/{cfg.max_steps})")
             self._loop(model, opt, data, logger, state["data_position"], run_info)
-            return self._finish(model, opt, data, logger)
+            if not world.main:  # rank 0 evaluates and exports; the others wait for it below
+                launch.barrier(world)
+                return TrainResult(out=self.out, final=self.out / FINAL_DIR, summary={})
+            result = self._finish(model, opt, data, logger)  # type: ignore[arg-type]
+            launch.barrier(world)
+            return result
         finally:
             logger.close()
 
-    def _claim_out_dir(self) -> tuple[dict[str, Any] | None, Path | None]:
-        """Check --out against --resume/--overwrite; return (run.json, checkpoint to load)."""
+    def _claimed(self) -> tuple[dict[str, Any] | None, Path | None]:
+        """After `_claim_out_dir`: (run.json, checkpoint to load), both None for a new run."""
+        if not self.opts.resume:
+            return None, None
+        checkpoints = list_checkpoints(self.out)
+        return read_json(self.out / RUN_FILE), checkpoints[-1][1] if checkpoints else None
+
+    def _claim_out_dir(self) -> None:
+        """Check --out against --resume/--overwrite; clean up or create it."""
         out, opts = self.out, self.opts
         holds_run = (out / RUN_FILE).is_file()
         if opts.resume:
@@ -234,8 +321,7 @@ class _Run:
                     f"--resume: the config differs from the run in {out}: {'; '.join(diff)}"
                 )
             remove_leftovers(out)  # temporaries of a write the previous process did not finish
-            checkpoints = list_checkpoints(out)
-            return run_info, checkpoints[-1][1] if checkpoints else None
+            return
         if out.exists() and not out.is_dir():
             raise TrainingError(f"--out {out}: exists and is not a folder")
         if holds_run:
@@ -251,7 +337,6 @@ class _Run:
                 "or empty folder"
             )
         out.mkdir(parents=True, exist_ok=True)
-        return None, None
 
     def _new_run_info(self, data: Data) -> dict[str, Any]:
         return {
@@ -291,7 +376,7 @@ class _Run:
         model: GPT,
         opt: SparseOptimizer,
         data: Data,
-        logger: RunLogger,
+        logger: RunLogger | SilentLogger,
         position: int,
         run_info: dict[str, Any],
     ) -> None:
@@ -306,7 +391,7 @@ class _Run:
             while opt.step_count < cfg.max_steps:
                 step = opt.step_count  # 0-based index of the step being taken
                 indices = sampler.indices(position, cfg.batch_size)
-                loss = self._forward_backward(model, data.train, indices)
+                loss = self._forward_backward(data.train, indices)
                 position += cfg.batch_size
                 stats = opt.step()
                 opt.zero_grad()
@@ -317,10 +402,14 @@ class _Run:
                 done = opt.step_count
                 logger.advance(done)
                 is_last = done == cfg.max_steps
-                if done % opts.log_every == 0 or is_last or stop.requested:
+                # Every rank stops after the same step (one rank may get the signal alone).
+                stopping = launch.any_rank(self.world, bool(stop.requested), self._comm_device)
+                if done % opts.log_every == 0 or is_last or stopping:
                     self._check_finite(first_bad)
                     now = time.perf_counter()
                     n = done - window_start
+                    if self.world.distributed:
+                        torch.distributed.all_reduce(loss_sum)  # each rank's share of the mean
                     metrics = {
                         "train/loss": float(loss_sum) / n,
                         "train/lr": stats.lr,
@@ -334,48 +423,73 @@ class _Run:
                     if self.device.type == "cuda":
                         peak = torch.cuda.max_memory_allocated(self.device)
                         metrics["perf/gpu_mem_gib"] = peak / 2**30
-                    if data.val is not None and opts.eval_every and done % opts.eval_every == 0:
+                    if (
+                        self.world.main
+                        and data.val is not None
+                        and opts.eval_every
+                        and done % opts.eval_every == 0
+                    ):
                         metrics["val/loss"] = self.evaluate(model, data.val, opts.eval_windows)
                     logger.log(done, metrics)
                     loss_sum.zero_()
                     window_start, t_window = done, time.perf_counter()
-                if done % opts.ckpt_every == 0 or is_last or stop.requested:
+                if done % opts.ckpt_every == 0 or is_last or stopping:
                     self._check_finite(first_bad)
-                    path = save_checkpoint(
-                        self.out,
-                        model=model,
-                        optimizer=opt,
-                        tokenizer=data.tokenizer,
-                        config=cfg.to_dict(),
-                        state={
-                            "data_position": position,
-                            "lr": stats.lr,
-                            "l0": stats.l0,
-                            "run_id": run_info["id"],
-                        },
-                        keep_last=opts.keep_last,
-                    )
+                    path = self.out / f"step-{done}"
+                    if self.world.main:
+                        path = save_checkpoint(
+                            self.out,
+                            model=model,
+                            optimizer=opt,
+                            tokenizer=data.tokenizer,
+                            config=cfg.to_dict(),
+                            state={
+                                "data_position": position,
+                                "lr": stats.lr,
+                                "l0": stats.l0,
+                                "run_id": run_info["id"],
+                            },
+                            keep_last=opts.keep_last,
+                        )
                     if window_start == done:  # don't charge checkpoint time to the next window
                         t_window = time.perf_counter()
-                    if stop.requested:
+                    if stopping:
+                        launch.barrier(self.world)  # the checkpoint is complete before any exit
                         raise TrainingError(
-                            f"stopped by {stop.requested} after step {done}; checkpoint {path} "
-                            "is complete: continue with --resume"
+                            f"stopped by {stop.requested or 'a signal to another rank'} after "
+                            f"step {done}; checkpoint {path} is complete: continue with --resume"
                         )
 
-    def _forward_backward(self, model: GPT, windows: Windows, indices: np.ndarray) -> Tensor:
-        """Accumulate the gradient of the batch's mean token loss; returns that loss."""
-        inputs, targets = windows.get(indices)  # [B, T] each
+    def _forward_backward(self, windows: Windows, indices: np.ndarray) -> Tensor:
+        """Accumulate the gradient of the global batch's mean token loss; returns this rank's
+        share of that loss (the shares of all ranks sum to it).
+
+        Each rank takes its consecutive slice of the batch's windows (disjoint, none skipped);
+        the mean is over the targets of the whole batch, counted on every rank from the same
+        windows, so the result does not depend on the number of ranks."""
+        inputs, targets = windows.get(indices)  # [B, T] each, the global batch
         n_targets = int((targets != -100).sum())
+        world = self.world
+        per_rank = len(indices) // world.size
+        mine = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
+        inputs, targets = inputs[mine], targets[mine]
         total = torch.zeros((), device=self.device)
-        micro = self.cfg.micro
-        for i in range(0, len(indices), micro):
+        micro = min(self.cfg.micro, per_rank)
+        starts = range(0, per_rank, micro)
+        for i in starts:
             x = inputs[i : i + micro].to(self.device, non_blocking=True)
             y = targets[i : i + micro].to(self.device, non_blocking=True)
-            with self._autocast():
-                logits = model(x)
-            loss = target_loss(logits, y, reduction="sum") / n_targets
-            loss.backward()
+            last = i == starts[-1]
+            # DDP averages gradients over ranks when the last micro-batch's backward runs.
+            sync = contextlib.nullcontext()
+            if world.distributed and not last:
+                sync = self.net.no_sync()  # type: ignore[operator]
+            with sync:
+                with self._autocast():
+                    logits = self.net(x)
+                loss = target_loss(logits, y, reduction="sum") / n_targets
+                # x world: DDP's average over ranks then gives the sum of the ranks' shares.
+                (loss * world.size if world.distributed else loss).backward()
             total += loss.detach()
         return total
 

@@ -3,7 +3,11 @@ process keeps."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +77,7 @@ def _worker(rank: int, world: int, init: str, seed: int, out: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sharded_projection_keeps_the_single_process_set(
@@ -88,3 +93,93 @@ def test_sharded_projection_keeps_the_single_process_set(
         assert got.shape == tuple(expected.shape)
         assert np.array_equal(got, expected.numpy()), f"matrix {i}"
         assert got.sum() == matrices(seed)[i][2]
+
+
+def torchrun(corpus: Path, out: Path, nproc: int, *extra: str) -> subprocess.CompletedProcess:
+    """`sparse-tf train` of `tiny_train_config(corpus, max_steps=6)` under torchrun (gloo)."""
+    flags = [
+        "--model.vocab-size", "320", "--model.n-ctx", "32", "--model.n-layer", "1",
+        "--model.d-model", "32", "--sparsity.l0", "0.125", "--data.source", str(corpus),
+        "--data.val-frac", "0.1", "--data.no-task-tokens", "--max-steps", "6",
+        "--batch-size", "4", "--out", str(out), "--wandb", "disabled", "--progress", "none",
+        "--log-every", "1", "--eval-every", "0", "--ckpt-every", "3", "--keep-last", "5",
+    ]  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+         str(nproc), "-m", "sparse_tf.cli", "train", *flags, *extra],
+        capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run / "final" / "model.safetensors")
+
+
+def assert_same_model(a: Path, b: Path) -> None:
+    wa, wb = final_weights(a), final_weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:  # fp32 gradients summed in another order: a little slack
+        torch.testing.assert_close(wb[name], wa[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def losses(run: Path) -> list[float]:
+    records = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    return [r["train/loss"] for r in records if "train/loss" in r]
+
+
+def rewind_to_step_3(run: Path, copy: Path) -> None:
+    """A copy of a finished 6-step run as it was after its step-3 checkpoint."""
+    shutil.copytree(run, copy)
+    for name in ("step-6", "final"):
+        shutil.rmtree(copy / name)
+    (copy / "summary.json").unlink()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_ddp_matches_one_process(corpus: Path, tmp_path: Path) -> None:
+    """Two ranks (each half of the global batch, DDP averaging) train the same model as one
+    process, log the same losses, and reject a batch they cannot split evenly."""
+    from sparse_tf.training import train
+    from tests.helpers import quiet_options, tiny_train_config
+
+    single = tmp_path / "single"
+    train(tiny_train_config(corpus, max_steps=6), quiet_options(single, ckpt_every=3, eval_every=0))
+    run = torchrun(corpus, tmp_path / "ddp", 2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ddp = tmp_path / "ddp"
+    # The flags describe the same config as tiny_train_config: checked, not assumed.
+    config = json.loads((ddp / "run.json").read_text())["config"]
+    assert config == json.loads((single / "run.json").read_text())["config"]
+    assert_same_model(single, ddp)
+    assert losses(ddp) == pytest.approx(losses(single), rel=1e-5)  # rank 0 logs the global mean
+
+    bad = torchrun(corpus, tmp_path / "odd", 2, "--batch-size", "3")
+    assert bad.returncode != 0
+    assert "batch_size=3 must be divisible by the 2 ranks" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_checkpoints_resume_at_another_number_of_ranks(corpus: Path, tmp_path: Path) -> None:
+    """A 2-rank checkpoint resumes in one process, a 1-process checkpoint on 2 ranks; both end
+    where the uninterrupted runs end (the data position is global: no sample is repeated or
+    skipped)."""
+    from sparse_tf.training import train
+    from tests.helpers import quiet_options, tiny_train_config
+
+    cfg = tiny_train_config(corpus, max_steps=6)
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    train(cfg, quiet_options(single, ckpt_every=3, eval_every=0))
+    assert torchrun(corpus, ddp, 2).returncode == 0
+
+    rewind_to_step_3(ddp, tmp_path / "ddp-then-1")
+    train(cfg, quiet_options(tmp_path / "ddp-then-1", ckpt_every=3, eval_every=0, resume=True))
+    assert_same_model(ddp, tmp_path / "ddp-then-1")
+
+    rewind_to_step_3(single, tmp_path / "1-then-ddp")
+    run = torchrun(corpus, tmp_path / "1-then-ddp", 2, "--resume")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_model(single, tmp_path / "1-then-ddp")
