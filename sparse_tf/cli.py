@@ -73,15 +73,26 @@ def train_command(argv: list[str]) -> None:
     if not world.distributed:
         train(config, args.run)
         return
-    # Under torchrun: rank 0 reports errors (every rank has the same one); all ranks leave the
-    # process group together and exit without interpreter teardown (gloo can abort there).
+    # Under torchrun: every rank reports its own error (torchrun may stop rank 0 before it
+    # prints when another rank fails first); all ranks leave the process group together and
+    # exit without interpreter teardown (gloo can abort there).
     code = 0
+    who = "" if world.main else f" (rank {world.rank})"
     try:
         train(config, args.run)
         launch.end(world)
     except SparseTFError as e:
-        if world.main:
-            print(f"sparse-tf train: error: {e}", file=sys.stderr)
+        print(f"sparse-tf train{who}: error: {e}", file=sys.stderr)
+        code = 1
+    except RuntimeError as e:
+        if not launch.lost_peer(e):
+            raise
+        # Another rank died (torchrun then stops this one too): one line, not a traceback.
+        first = str(e).strip().splitlines()[0][:200]
+        print(
+            f"sparse-tf train: error: rank {world.rank} lost another rank ({first})",
+            file=sys.stderr,
+        )
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()

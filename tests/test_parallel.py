@@ -95,15 +95,20 @@ def test_sharded_projection_keeps_the_single_process_set(
         assert got.sum() == matrices(seed)[i][2]
 
 
+TINY_FLAGS = [
+    "--model.vocab-size", "320", "--model.n-ctx", "32", "--model.n-layer", "1",
+    "--model.d-model", "32", "--sparsity.l0", "0.125", "--data.val-frac", "0.1",
+    "--data.no-task-tokens", "--batch-size", "4", "--wandb", "disabled", "--progress", "none",
+    "--eval-every", "0", "--keep-last", "5",
+]  # fmt: skip
+"""`tiny_train_config` as `sparse-tf train` flags (with --data.source and --max-steps)."""
+
+
 def torchrun(corpus: Path, out: Path, nproc: int, *extra: str) -> subprocess.CompletedProcess:
-    """`sparse-tf train` of `tiny_train_config(corpus, max_steps=6)` under torchrun (gloo)."""
-    flags = [
-        "--model.vocab-size", "320", "--model.n-ctx", "32", "--model.n-layer", "1",
-        "--model.d-model", "32", "--sparsity.l0", "0.125", "--data.source", str(corpus),
-        "--data.val-frac", "0.1", "--data.no-task-tokens", "--max-steps", "6",
-        "--batch-size", "4", "--out", str(out), "--wandb", "disabled", "--progress", "none",
-        "--log-every", "1", "--eval-every", "0", "--ckpt-every", "3", "--keep-last", "5",
-    ]  # fmt: skip
+    """`sparse-tf train` of `tiny_train_config(corpus, max_steps=6)` under torchrun (gloo);
+    `extra` flags come last and win."""
+    flags = [*TINY_FLAGS, "--data.source", str(corpus), "--out", str(out), "--max-steps", "6",
+             "--log-every", "1", "--ckpt-every", "3"]  # fmt: skip
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
          str(nproc), "-m", "sparse_tf.cli", "train", *flags, *extra],
@@ -183,3 +188,57 @@ def test_checkpoints_resume_at_another_number_of_ranks(corpus: Path, tmp_path: P
     run = torchrun(corpus, tmp_path / "1-then-ddp", 2, "--resume")
     assert run.returncode == 0, run.stderr[-3000:]
     assert_same_model(single, tmp_path / "1-then-ddp")
+
+
+def _rank_pid(rank: int, parent: int) -> int | None:
+    """The pid of the torchrun worker with LOCAL_RANK=`rank` below `parent` (Linux /proc)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        ppid = int(status.split("PPid:")[1].split()[0])
+        if f"LOCAL_RANK={rank}".encode() in env and ppid == parent:
+            return int(pid)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker through /proc")
+def test_a_dead_rank_ends_the_run_and_its_checkpoint_resumes(corpus: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from sparse_tf.checkpoint import list_checkpoints, verify
+
+    out = tmp_path / "run"
+    extra = ["--max-steps", "300", "--ckpt-every", "10", "--log-every", "10"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "sparse_tf.cli", "train", *TINY_FLAGS, "--data.source", str(corpus),
+         "--out", str(out), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(out.glob("step-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    victim = _rank_pid(1, proc.pid)
+    assert victim is not None, "no rank-1 worker found"
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert time.monotonic() - killed < 30  # bounded: torchrun ends the group
+    assert "sparse-tf train: error: lost another rank" in stderr or "SIGKILL" in stderr
+    checkpoints = list_checkpoints(out)
+    assert checkpoints
+    for _, path in checkpoints:
+        verify(path)  # every checkpoint left behind is complete
+    resumed = torchrun(corpus, out, 2, *extra, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (out / "final" / "model.safetensors").is_file()

@@ -98,6 +98,15 @@ def share_error(world: World, message: str | None, device: torch.device) -> str 
     return bytes(buf.cpu().tolist()).decode()
 
 
+def lost_peer(error: BaseException) -> bool:
+    """Whether `error` is a collective that failed because another rank went away (a closed
+    connection, a timeout), as opposed to a bug."""
+    if isinstance(error, dist.DistError):
+        return True
+    text = str(error)
+    return any(s in text for s in ("Connection reset", "Connection closed", "Timed out", "NCCL"))
+
+
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()
