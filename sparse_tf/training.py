@@ -402,9 +402,13 @@ class _Run:
                 done = opt.step_count
                 logger.advance(done)
                 is_last = done == cfg.max_steps
-                # Every rank stops after the same step (one rank may get the signal alone).
-                stopping = launch.any_rank(self.world, bool(stop.requested), self._comm_device)
-                if done % opts.log_every == 0 or is_last or stopping:
+                at_log = done % opts.log_every == 0 or is_last
+                stopping = bool(stop.requested)
+                if self.world.distributed:
+                    # Every rank stops after the same step (one rank may get the signal alone).
+                    # Agreeing reads a flag on the host, so only at log steps, which sync anyway.
+                    stopping = at_log and launch.any_rank(self.world, stopping, self._comm_device)
+                if at_log or stopping:
                     self._check_finite(first_bad)
                     now = time.perf_counter()
                     n = done - window_start

@@ -59,6 +59,16 @@ def tiny_train_config(source: Path | str, **overrides: object) -> TrainConfig:
     return TrainConfig(**fields)  # type: ignore[arg-type]
 
 
+def tiny_train_flags(source: Path | str, steps: int) -> list[str]:
+    """`tiny_train_config(source, max_steps=steps)` as `sparse-tf train` flags."""
+    return [
+        "--max-steps", str(steps), "--batch-size", "4", "--model.vocab-size", "320",
+        "--model.n-ctx", "32", "--model.n-layer", "1", "--model.d-model", "32",
+        "--sparsity.l0", "0.125", "--data.source", str(source), "--data.val-frac", "0.1",
+        "--data.no-task-tokens",
+    ]  # fmt: skip
+
+
 def quiet_options(out: Path, **overrides: object) -> RunOptions:
     """Run options for tests: no wandb, no progress output, frequent logs and checkpoints."""
     fields: dict[str, object] = {

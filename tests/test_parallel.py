@@ -19,6 +19,7 @@ import torch.multiprocessing as mp
 from sparse_tf import kernels
 from sparse_tf.kernels import reference
 from sparse_tf.sparsity import COLS, ROWS
+from tests.helpers import tiny_train_flags
 
 MIN_PER_NEURON = 4
 
@@ -95,24 +96,29 @@ def test_sharded_projection_keeps_the_single_process_set(
         assert got.sum() == matrices(seed)[i][2]
 
 
-TINY_FLAGS = [
-    "--model.vocab-size", "320", "--model.n-ctx", "32", "--model.n-layer", "1",
-    "--model.d-model", "32", "--sparsity.l0", "0.125", "--data.val-frac", "0.1",
-    "--data.no-task-tokens", "--batch-size", "4", "--wandb", "disabled", "--progress", "none",
-    "--eval-every", "0", "--keep-last", "5",
-]  # fmt: skip
-"""`tiny_train_config` as `sparse-tf train` flags (with --data.source and --max-steps)."""
-
-
 def torchrun(corpus: Path, out: Path, nproc: int, *extra: str) -> subprocess.CompletedProcess:
     """`sparse-tf train` of `tiny_train_config(corpus, max_steps=6)` under torchrun (gloo);
     `extra` flags come last and win."""
-    flags = [*TINY_FLAGS, "--data.source", str(corpus), "--out", str(out), "--max-steps", "6",
-             "--log-every", "1", "--ckpt-every", "3"]  # fmt: skip
+    flags = [*tiny_train_flags(corpus, 6), "--out", str(out), "--log-every", "1",
+             "--ckpt-every", "3"]  # fmt: skip
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-         str(nproc), "-m", "sparse_tf.cli", "train", *flags, *extra],
-        capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        torchrun_command(nproc, *flags, *extra), capture_output=True, text=True, timeout=240,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+
+
+def torchrun_command(nproc: int, *flags: str) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+        str(nproc), "-m", "sparse_tf.cli", "train", "--wandb", "disabled", "--progress", "none",
+        "--eval-every", "0", "--keep-last", "5", *flags,
+    ]  # fmt: skip
+
+
+def start_torchrun(nproc: int, *flags: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        torchrun_command(nproc, *flags), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
 
 
@@ -216,14 +222,8 @@ def test_a_dead_rank_ends_the_run_and_its_checkpoint_resumes(corpus: Path, tmp_p
     from sparse_tf.checkpoint import list_checkpoints, verify
 
     out = tmp_path / "run"
-    extra = ["--max-steps", "300", "--ckpt-every", "10", "--log-every", "10"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "sparse_tf.cli", "train", *TINY_FLAGS, "--data.source", str(corpus),
-         "--out", str(out), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    extra = ["--ckpt-every", "10", "--log-every", "10"]
+    proc = start_torchrun(2, *tiny_train_flags(corpus, 300), "--out", str(out), *extra)
     deadline = time.monotonic() + 120
     while not list(out.glob("step-*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -239,6 +239,37 @@ def test_a_dead_rank_ends_the_run_and_its_checkpoint_resumes(corpus: Path, tmp_p
     assert checkpoints
     for _, path in checkpoints:
         verify(path)  # every checkpoint left behind is complete
-    resumed = torchrun(corpus, out, 2, *extra, "--resume")
+    resumed = torchrun(corpus, out, 2, "--max-steps", "300", *extra, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (out / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker through /proc")
+def test_a_signal_to_one_rank_stops_all_after_the_same_step(corpus: Path, tmp_path: Path) -> None:
+    """SIGTERM reaches rank 1 only: both ranks agree at the next log step, rank 0 writes that
+    step's checkpoint, and the run exits saying how to resume (no rank is left waiting)."""
+    import signal
+    import time
+
+    from sparse_tf.checkpoint import list_checkpoints, verify
+
+    out = tmp_path / "run"
+    flags = [*tiny_train_flags(corpus, 100_000), "--out", str(out), "--log-every", "5"]
+    proc = start_torchrun(2, *flags, "--ckpt-every", "100000")
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").stat().st_size:
+        assert proc.poll() is None, "training ended early"
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+    victim = _rank_pid(1, proc.pid)
+    assert victim is not None, "no rank-1 worker found"
+    os.kill(victim, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "stopped by a signal to another rank" in stderr  # rank 0 did not get the signal
+    assert "continue with --resume" in stderr
+    [(step, path)] = list_checkpoints(out)
+    assert step % 5 == 0  # written at the agreed log step, not by the cadence
+    verify(path)

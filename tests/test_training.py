@@ -24,14 +24,9 @@ from sparse_tf.log import read_metrics
 from sparse_tf.presets import PRESETS, dense_twin, preset
 from sparse_tf.sparsity import kept_count
 from sparse_tf.training import TrainingError, config_diff, train
-from tests.helpers import quiet_options, sample_corpus, tiny_train_config
+from tests.helpers import quiet_options, tiny_train_config, tiny_train_flags
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sample_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +116,7 @@ def _run_flags(out: Path) -> list[str]:
 
 
 def _tiny_flags(corpus: Path, out: Path, steps: int) -> list[str]:
-    return [
-        *_run_flags(out), "--max-steps", str(steps), "--batch-size", "4",
-        "--model.vocab-size", "320", "--model.n-ctx", "32", "--model.n-layer", "1",
-        "--model.d-model", "32", "--sparsity.l0", "0.125", "--data.source", str(corpus),
-        "--data.val-frac", "0.1", "--data.no-task-tokens",
-    ]  # fmt: skip
+    return [*_run_flags(out), *tiny_train_flags(corpus, steps)]
 
 
 @pytest.mark.slow
