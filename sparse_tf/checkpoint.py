@@ -7,34 +7,66 @@
         state.json              step, data position, schedule values, run id
         config.json             the model config and the full training config
         tokenizer.json          the tokenizer the data was encoded with
-        manifest.json           size and sha256 of every file above (written last)
+        manifest.json           size and sha256 of every file (written last)
     OUT/final/      the shareable model:
         model.safetensors, model.sparse.safetensors (compressed), config.json, tokenizer.json
 
-`load_model(DIR)` and `load_tokenizer(DIR)` read either kind of folder. Nothing here unpickles:
-a checkpoint handed over by someone else is data, never code.
+A run whose model is sharded (FSDP, `sparse_tf.parallel.fsdp`) writes its step-N folders with
+`torch.distributed.checkpoint` (DCP) instead of the model and optimizer files: `shards/` holds
+one safetensors file per rank, written in parallel, with that rank's rows of every parameter
+('model.{name}') and Adam state ('optimizer.{name}.exp_avg', ...) and their offsets in the
+file's metadata; the other files are as above, from rank 0. Either kind of checkpoint resumes
+at any number of ranks, sharded or not (DCP reshards on load), and loads with `load_model`.
+With several machines, OUT must be on a file system they all see.
+
+`load_model(DIR)` and `load_tokenizer(DIR)` read any of these folders. Nothing here unpickles:
+a checkpoint handed over by someone else is data, never code. (DCP's default format pickles
+its metadata; its safetensors format, used here, does not.)
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch import Tensor
+from torch.distributed.checkpoint import (
+    CheckpointException,
+    HuggingFaceStorageReader,
+    HuggingFaceStorageWriter,
+)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_state_dict,
+)
 
 from sparse_tf._version import __version__
 from sparse_tf.config import ConfigError
 from sparse_tf.data.tokenizer import save_tokenizer
 from sparse_tf.errors import SparseTFError
-from sparse_tf.io import atomic_dir, file_sha256, read_json, remove_dir, write_json
+from sparse_tf.io import (
+    atomic_dir,
+    file_sha256,
+    publish_dir,
+    read_json,
+    remove_dir,
+    write_json,
+)
 from sparse_tf.model import GPT, GPTConfig
 from sparse_tf.optim import SparseOptimizer
+from sparse_tf.parallel.fsdp import is_sharded
 from sparse_tf.sparsity import count_nonzeros, mark_sparse
 
 MODEL_FILE = "model.safetensors"
@@ -44,6 +76,8 @@ RNG_FILE = "rng.safetensors"
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
+SHARDS_DIR = "shards"
+_MODEL_KEY, _OPTIMIZER_KEY = "model.", "optimizer."  # name prefixes inside SHARDS_DIR
 FORMAT = "sparse_tf"
 _CSR_FORMAT = "sparse_tf.csr.v1"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -85,33 +119,112 @@ def save_checkpoint(
     """Write `OUT/step-N` (N = optimizer steps taken) atomically; keep the newest `keep_last`.
 
     Older checkpoints are deleted only after the new one is complete on disk, so a crash at
-    any moment leaves at least the previous complete checkpoint.
+    any moment leaves at least the previous complete checkpoint. A replicated model is saved
+    by one process (rank 0); an FSDP-sharded one by all ranks together (collective).
     """
     step = optimizer.step_count
     path = step_dir(out, step)
-    with atomic_dir(path) as tmp:
-        save_file(_cpu(model.state_dict()), tmp / MODEL_FILE)
-        save_file(_optimizer_tensors(optimizer), tmp / OPTIMIZER_FILE)
+
+    def write_rest(tmp: Path) -> None:  # everything but the model and optimizer tensors
         save_file(_rng_tensors(), tmp / RNG_FILE)
         write_json(tmp / STATE_FILE, {"step": step, **state})
         _write_config(tmp, model.cfg, config)
         save_tokenizer(tokenizer, tmp)
         _write_manifest(tmp)
-    for _, old in list_checkpoints(out)[:-keep_last]:
-        remove_dir(old)
+
+    if is_sharded(model):
+        _save_sharded(path, model, optimizer, write_rest)
+        main = dist.get_rank() == 0
+    else:
+        with atomic_dir(path) as tmp:
+            save_file(_cpu(model.state_dict()), tmp / MODEL_FILE)
+            save_file(_optimizer_tensors(optimizer), tmp / OPTIMIZER_FILE)
+            write_rest(tmp)
+        main = True
+    if main:
+        for _, old in list_checkpoints(out)[:-keep_last]:
+            remove_dir(old)
+    if is_sharded(model):
+        dist.barrier()  # the checkpoint is complete before any rank goes on
     return path
+
+
+def _save_sharded(
+    path: Path, model: GPT, optimizer: SparseOptimizer, write_rest: Callable[[Path], None]
+) -> None:
+    """An FSDP-sharded model's checkpoint: every rank writes its shards into one temporary
+    folder (an agreed name: the leftover of a crash is removed on resume); rank 0 then adds
+    the other files (`write_rest`) and renames the folder into place."""
+    tmp = path.with_name(f".{path.name}.sharded.tmp")
+    main = dist.get_rank() == 0
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    _, _, tensors = _flat_state(model, optimizer)
+    writer = HuggingFaceStorageWriter(str(tmp / SHARDS_DIR), save_distributed=True)
+    dcp.save(tensors, storage_writer=writer)  # returns once every rank's file is written
+    if main:
+        write_rest(tmp)
+        publish_dir(tmp, path)
+
+
+def _flat_state(
+    model: GPT, optimizer: SparseOptimizer
+) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Tensor]]:
+    """The model's and Adam's state dicts by parameter name (torch's `get_state_dict`: shards
+    of an FSDP model, whole tensors otherwise) and one flat dict of all their tensors, named
+    as in SHARDS_DIR; the flat dict shares the tensors, so loading into it fills the others."""
+    model_state, optim_state = get_state_dict(model, optimizer.adam)
+    flat = {_MODEL_KEY + name: t for name, t in model_state.items()}
+    for name, fields in optim_state["state"].items():
+        flat |= {f"{_OPTIMIZER_KEY}{name}.{field}": t for field, t in fields.items()}
+    return model_state, optim_state, flat
+
+
+def _dcp_load(tensors: dict[str, Tensor], folder: Path, collective: bool) -> None:
+    """Fill `tensors` in place from the DCP safetensors folder (resharding as needed); every
+    rank together when `collective` (sharded targets), else this process alone."""
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: missing from the checkpoint")
+    try:
+        with warnings.catch_warnings():  # torch warns when it loads without a process group
+            warnings.filterwarnings("ignore", message=".*load in a single process")
+            dcp.load(
+                tensors,
+                storage_reader=HuggingFaceStorageReader(str(folder)),
+                no_dist=not collective,
+            )
+    except (CheckpointException, RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{folder}: does not fit this model ({first})") from None
 
 
 def load_checkpoint(path: Path, model: GPT, optimizer: SparseOptimizer) -> dict[str, Any]:
     """Restore model, optimizer and RNG from `path` in place (after verifying every file's
-    checksum); returns the contents of state.json."""
+    checksum); returns the contents of state.json.
+
+    Any checkpoint loads into any model of the same config, sharded or not: a sharded
+    checkpoint is resharded to this run's ranks; a replicated one is split by each rank."""
     path = Path(path)
     verify(path)
     state = _read_json(path / STATE_FILE)
-    _load_params(model, path / MODEL_FILE)
-    _load_optimizer(optimizer, _load_tensors(path / OPTIMIZER_FILE), path / OPTIMIZER_FILE)
+    if (path / SHARDS_DIR).is_dir():
+        model_state, optim_state, tensors = _flat_state(model, optimizer)
+        _dcp_load(tensors, path / SHARDS_DIR, collective=is_sharded(model))
+        set_state_dict(
+            model, optimizer.adam, model_state_dict=model_state, optim_state_dict=optim_state
+        )
+        if not isinstance(state.get("step"), int) or state["step"] < 0:
+            raise CheckpointError(f"{path / STATE_FILE}: no valid step")
+        optimizer.step_count = state["step"]
+    elif is_sharded(model):
+        _load_replicated_into_sharded(path, model, optimizer)
+    else:
+        _load_params(model, path / MODEL_FILE)
+        _load_optimizer(optimizer, _load_tensors(path / OPTIMIZER_FILE), path / OPTIMIZER_FILE)
     if optimizer.step_count != state.get("step"):
-        raise CheckpointError(f"{path / STATE_FILE}: step disagrees with {OPTIMIZER_FILE}")
+        raise CheckpointError(f"{path / STATE_FILE}: step disagrees with the optimizer state")
     rng = _load_tensors(path / RNG_FILE)
     torch.set_rng_state(rng["torch"])
     if torch.cuda.is_available():
@@ -144,8 +257,8 @@ def verify(path: Path) -> None:
 
 def _write_manifest(folder: Path) -> None:
     files = {
-        p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
-        for p in sorted(folder.iterdir())
+        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+        for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
     write_json(folder / MANIFEST_FILE, {"format": FORMAT, "files": files})
@@ -161,16 +274,52 @@ def _optimizer_tensors(opt: SparseOptimizer) -> dict[str, Tensor]:
     return out
 
 
-def _load_optimizer(opt: SparseOptimizer, tensors: dict[str, Tensor], file: Path) -> None:
-    by_name = {n: i for i, n in enumerate(opt.param_names)}
-    state: dict[int, dict[str, Tensor]] = {}
+def _optimizer_state_by_name(
+    opt: SparseOptimizer, tensors: dict[str, Tensor], file: Path
+) -> dict[str, dict[str, Tensor]]:
+    """optimizer.safetensors' tensors as parameter name → {'exp_avg': ..., ...}."""
+    state: dict[str, dict[str, Tensor]] = {}
     for key, value in tensors.items():
         if key == "step":
             continue
         name, _, field = key.rpartition(".")
-        if name not in by_name:
+        if name not in opt.param_names:
             raise CheckpointError(f"{file}: state for unknown parameter {name!r}")
-        state.setdefault(by_name[name], {})[field] = value
+        state.setdefault(name, {})[field] = value
+    return state
+
+
+def _load_replicated_into_sharded(path: Path, model: GPT, opt: SparseOptimizer) -> None:
+    """A checkpoint of a replicated run (whole tensors) into an FSDP model: every rank reads
+    the files and keeps its rows (torch's `set_state_dict` with full state dicts)."""
+    model_file, optim_file = path / MODEL_FILE, path / OPTIMIZER_FILE
+    params = _load_tensors(model_file)
+    _check_params(params, model.state_dict(), model_file)
+    tensors = _load_tensors(optim_file)
+    _, optim_state = get_state_dict(model, opt.adam)  # for its param_groups (names, settings)
+    full = {
+        "state": _optimizer_state_by_name(opt, tensors, optim_file),
+        "param_groups": optim_state["param_groups"],
+    }
+    try:
+        set_state_dict(
+            model,
+            opt.adam,
+            model_state_dict=params,
+            optim_state_dict=full,
+            options=StateDictOptions(full_state_dict=True),
+        )
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{optim_file}: does not fit this model's optimizer ({e})") from None
+    opt.step_count = int(tensors["step"])
+
+
+def _load_optimizer(opt: SparseOptimizer, tensors: dict[str, Tensor], file: Path) -> None:
+    by_name = {n: i for i, n in enumerate(opt.param_names)}
+    state = {
+        by_name[name]: fields
+        for name, fields in _optimizer_state_by_name(opt, tensors, file).items()
+    }
     full = opt.adam.state_dict()
     full["state"] = state
     try:
@@ -286,6 +435,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
         model = GPT(cfg)
     if (path / MODEL_FILE).is_file():
         _load_params(model, path / MODEL_FILE)
+    elif (path / SHARDS_DIR).is_dir():  # a checkpoint of a sharded (FSDP) run
+        state = model.state_dict()
+        _dcp_load({_MODEL_KEY + k: v for k, v in state.items()}, path / SHARDS_DIR, False)
     elif (path / SPARSE_MODEL_FILE).is_file():
         file = path / SPARSE_MODEL_FILE
         try:
@@ -295,7 +447,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
             raise CheckpointError(f"{file}: unreadable ({e})") from None
         _load_params(model, file, decompress_state(_load_tensors(file), meta, file))
     else:
-        raise CheckpointError(f"{path}: holds neither {MODEL_FILE} nor {SPARSE_MODEL_FILE}")
+        raise CheckpointError(
+            f"{path}: holds none of {MODEL_FILE}, {SPARSE_MODEL_FILE}, {SHARDS_DIR}/"
+        )
     mark_sparse(model, count_nonzeros(model))  # lets the layers use the sparse matmul
     return model.eval()
 
@@ -309,7 +463,12 @@ def _write_config(folder: Path, model_cfg: GPTConfig, config: dict[str, Any] | N
 
 def _load_params(model: GPT, file: Path, tensors: dict[str, Tensor] | None = None) -> None:
     tensors = _load_tensors(file) if tensors is None else tensors
-    own = model.state_dict()
+    _check_params(tensors, model.state_dict(), file)
+    model.load_state_dict(tensors)
+
+
+def _check_params(tensors: dict[str, Tensor], own: dict[str, Tensor], file: Path) -> None:
+    """The names and (global) shapes of `tensors` are those of the state dict `own`."""
     missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     if missing or unexpected:
         raise CheckpointError(
@@ -322,7 +481,6 @@ def _load_params(model: GPT, file: Path, tensors: dict[str, Tensor] | None = Non
                 f"{file}: {name} has shape {list(t.shape)}, "
                 f"the config needs {list(own[name].shape)}"
             )
-    model.load_state_dict(tensors)
 
 
 def _load_tensors(file: Path) -> dict[str, Tensor]:

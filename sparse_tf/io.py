@@ -83,22 +83,33 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
-        for child in tmp.rglob("*"):
-            if child.is_file():
-                with open(child, "rb") as f:
-                    os.fsync(f.fileno())
-        fsync_dir(tmp)
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old)
+        publish_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def publish_dir(tmp: Path, path: Path) -> None:
+    """Make the complete directory `tmp` (a hidden sibling of `path` whose name ends in .tmp)
+    durable and rename it to `path`, replacing any old `path` only once the new one is in
+    place. `atomic_dir` ends with this; writers that several processes fill use it directly."""
+    for child in tmp.rglob("*"):
+        if child.is_file():
+            # Some writers (safetensors) create files 0600; artifacts are meant to be shared.
+            os.chmod(child, 0o666 & ~_umask())
+            with open(child, "rb") as f:
+                os.fsync(f.fileno())
+        elif child.is_dir():
+            fsync_dir(child)
+    fsync_dir(tmp)
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def remove_dir(path: Path) -> None:

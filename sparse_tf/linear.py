@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from sparse_tf import kernels
 
@@ -32,6 +33,8 @@ class SparseLinear(nn.Linear):
         """The weight has at most `kept` nonzeros now (None: unknown, use dense products)."""
         if kept is not None and kept >= self.weight.numel():
             kept = None  # dense: nothing to gain
+        if isinstance(self.weight, DTensor):
+            kept = None  # FSDP shard: the forward sees a weight all-gathered anew each time
         self.kept, self._stamp = kept, self.weight._version
 
     @property

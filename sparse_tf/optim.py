@@ -9,7 +9,9 @@
 4. decoupled weight decay *after* the projection, p ← p − wd · LR · p, on ≥2-D weights except
    the bigram table (biases, norm gains and sink logits are never decayed).
 
-A dense baseline is the same object with `sparsity=None`: no projection, no sharkfin.
+A dense baseline is the same object with `sparsity=None`: no projection, no sharkfin. On an
+FSDP-sharded model (`sparse_tf.parallel.fsdp`) every step works on this rank's shards; the
+gradient RMS and the projection are exact over all ranks.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import dataclasses
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from sparse_tf.config import Config, check
 from sparse_tf.model import GPT
+from sparse_tf.parallel.fsdp import is_sharded, local, row_shard_group
 from sparse_tf.sparsity import (
     SparsityConfig,
     l0_at_progress,
@@ -126,6 +130,8 @@ class SparseOptimizer:
         # The official rule: every ≥2-D weight decays, except the bigram table.
         self._decayed = [p for n, p in named if p.dim() >= 2 and n != "bigram"]
         self._dense_counts = {w.name: w.param.numel() for w in model.sparse_weights()}
+        # FSDP: the parameters are row shards (DTensors); the gradient norm sums over ranks.
+        self._shard_group = row_shard_group(self.params) if is_sharded(model) else None
         fused = all(p.is_cuda for p in self.params)
         self.adam = torch.optim.Adam(
             self.params,
@@ -162,10 +168,16 @@ class SparseOptimizer:
             raise RuntimeError(
                 "SparseOptimizer.step() called with no gradients; call backward first"
             )
-        n = sum(g.numel() for g in grads)
-        grad_rms = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) / n**0.5
+        n = sum(g.numel() for g in grads)  # global sizes, also of FSDP shards
+        shards = [local(g) for g in grads]  # this rank's part (all of it unless sharded)
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(shards)))
+        if self._shard_group is not None:  # the norm over all ranks' shards
+            sum_sq = norm.square()
+            dist.all_reduce(sum_sq, group=self._shard_group)
+            norm = sum_sq.sqrt()
+        grad_rms = norm / n**0.5
         if self.cfg.grad_rms is not None:
-            torch._foreach_mul_(grads, self.cfg.grad_rms / (grad_rms + 1e-5))
+            torch._foreach_mul_(shards, self.cfg.grad_rms / (grad_rms + 1e-5))
 
         lr, l0 = self.lr_at(step), self.l0_at(step)
         for group in self.adam.param_groups:
@@ -177,7 +189,7 @@ class SparseOptimizer:
         else:
             nonzeros = dict(self._dense_counts)
         if self.cfg.weight_decay > 0:
-            torch._foreach_mul_(self._decayed, 1.0 - self.cfg.weight_decay * lr)
+            torch._foreach_mul_([local(p) for p in self._decayed], 1.0 - self.cfg.weight_decay * lr)
             if self.sparsity is not None and l0 < 1.0:
                 mark_sparse(self.model, nonzeros)  # scaled in place, zeros kept
 

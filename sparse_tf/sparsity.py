@@ -25,11 +25,13 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from sparse_tf import kernels
 from sparse_tf.config import Config, check
 from sparse_tf.kernels.reference import topk_mask  # noqa: F401 - the selection rule, re-exported
 from sparse_tf.linear import SparseLinear
+from sparse_tf.parallel.projection import project_sharded_
 
 # ---------------------------------------------------------------------------------------------
 # AbsTopK (activation sparsity)
@@ -197,7 +199,8 @@ def project_weights_(model: nn.Module, l0: float, cfg: SparsityConfig) -> dict[s
 
     Biases, norm gains, attention sinks and the bigram table are not touched (they are not
     declared sparse). On CUDA all matrices are selected together by the radix-select kernel
-    (`sparse_tf.kernels.select`), elsewhere one `torch.topk` each; the kept sets are identical.
+    (`sparse_tf.kernels.select`), elsewhere one `torch.topk` each; FSDP-sharded matrices by
+    `sparse_tf.parallel.project_sharded_` (collective); the kept sets are identical.
 
     Args:
         model: a model with `sparse_weights()`, e.g. `sparse_tf.GPT`.
@@ -221,6 +224,9 @@ def project_weights_(model: nn.Module, l0: float, cfg: SparsityConfig) -> dict[s
         kernels.project_(params, [protected_mask(w, cfg) for w in todo], ks)
 
     ks = [counts[w.name] for w in todo]
+    if isinstance(params[0], DTensor):  # FSDP: each rank holds rows of every matrix
+        project_sharded_(params, [w.neuron_dim for w in todo], ks, cfg.min_per_neuron)
+        return counts  # the layers see freshly gathered weights: nothing to mark
     if params[0].is_cuda and kernels.projection_backend(params[0]) == "triton":
         # A few hundred small launches: captured once as a CUDA graph, replayed every step.
         static = (cfg.min_per_neuron, tuple(w.neuron_dim for w in todo))

@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -59,6 +59,7 @@ from sparse_tf.log import (
 from sparse_tf.model import GPT, GPTConfig, target_loss
 from sparse_tf.optim import OptimConfig, SparseOptimizer
 from sparse_tf.parallel import launch
+from sparse_tf.parallel.fsdp import gathered_model, shard_model
 from sparse_tf.sparsity import SparsityConfig, count_nonzeros, kept_count
 
 RUN_FILE = "run.json"
@@ -67,6 +68,7 @@ FINAL_DIR = "final"
 
 
 T = TypeVar("T")
+DistMode = Literal["ddp", "fsdp"]
 
 
 class TrainingError(SparseTFError):
@@ -140,6 +142,10 @@ class RunOptions(Config):
     """Checkpoints to keep; older ones are deleted once a newer one is complete."""
     progress: ProgressMode = "auto"
     """'bar', 'lines', 'none', or 'auto' (a bar on a terminal, lines otherwise)."""
+    dist: DistMode = "ddp"
+    """With several ranks (torchrun): 'ddp' keeps a whole model on every rank and averages
+    gradients; 'fsdp' shards parameters, gradients and Adam state over the ranks (FSDP2) for
+    models too large to replicate. Same global batch and result either way."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -183,6 +189,7 @@ class _Run:
                 self.device = torch.device("cuda", self.world.local_rank)
                 torch.cuda.set_device(self.device)
         self.amp = self.device.type == "cuda"  # bf16 autocast on GPU, fp32 on CPU
+        self.sharded = self.world.distributed and opts.dist == "fsdp"
 
     def _check_world(self) -> None:
         """The global batch (batch_size sequences per optimizer step) is the same at any number
@@ -240,7 +247,9 @@ class _Run:
             _check_same_corpus(run_info, data, self.out)
         torch.manual_seed(cfg.seed)
         with torch.device(self.device):
-            model = GPT(cfg.model)
+            model = GPT(cfg.model)  # the same on every rank: same seed, same device type
+        if self.sharded:
+            shard_model(model, self.device)  # each rank keeps its rows of every tensor
         opt = SparseOptimizer(model, cfg.optim, None if cfg.dense else cfg.sparsity, cfg.max_steps)
         state: dict[str, Any] = {"data_position": 0}
         if ckpt is not None:
@@ -264,7 +273,7 @@ class _Run:
             truncate_metrics(self.out, start)
         launch.barrier(world)
         self.net = model
-        if world.distributed:
+        if world.distributed and not self.sharded:
             # Gradients are averaged over ranks in buckets during the backward pass; the
             # parameters (and so the projection's kept sets) stay identical on every rank.
             self.net = DistributedDataParallel(
@@ -288,11 +297,8 @@ class _Run:
             else:
                 logger.message(f"resuming {self.out} from {ckpt.name} ({start}/{cfg.max_steps})")
             self._loop(model, opt, data, logger, state["data_position"], run_info)
-            if not world.main:  # rank 0 evaluates and exports; the others wait for it below
-                launch.barrier(world)
-                return TrainResult(out=self.out, final=self.out / FINAL_DIR, summary={})
-            result = self._finish(model, opt, data, logger)  # type: ignore[arg-type]
-            launch.barrier(world)
+            result = self._finish(model, data, logger)
+            launch.barrier(world)  # rank 0's export is complete before any rank returns
             return result
         finally:
             logger.close()
@@ -362,12 +368,18 @@ class _Run:
         return (
             f"sparse_tf {__version__}: {cfg.model.n_layer} layers, d_model {cfg.model.d_model}, "
             f"{n_params / 1e6:.2f}M parameters, {kind}, {cfg.max_steps} steps x "
-            f"{cfg.batch_size} x {cfg.model.n_ctx} tokens on {self.device}\n"
+            f"{cfg.batch_size} x {cfg.model.n_ctx} tokens on {self._where()}\n"
             f"data: {corpus['source']} ({corpus['documents']} documents, digest "
             f"{corpus['digest'][:12]}): {summary['train_tokens']:,} train / "
             f"{summary['val_tokens']:,} val tokens; tokenizer "
             f"{summary['tokenizer']['vocab_size']} tokens\nrun: {self.out}"
         )
+
+    def _where(self) -> str:
+        if not self.world.distributed:
+            return str(self.device)
+        kind = "GPUs" if self.device.type == "cuda" else "CPU processes"
+        return f"{self.world.size} {kind} ({self.opts.dist.upper()})"
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -427,12 +439,7 @@ class _Run:
                     if self.device.type == "cuda":
                         peak = torch.cuda.max_memory_allocated(self.device)
                         metrics["perf/gpu_mem_gib"] = peak / 2**30
-                    if (
-                        self.world.main
-                        and data.val is not None
-                        and opts.eval_every
-                        and done % opts.eval_every == 0
-                    ):
+                    if data.val is not None and opts.eval_every and done % opts.eval_every == 0:
                         metrics["val/loss"] = self.evaluate(model, data.val, opts.eval_windows)
                     logger.log(done, metrics)
                     loss_sum.zero_()
@@ -440,7 +447,7 @@ class _Run:
                 if done % opts.ckpt_every == 0 or is_last or stopping:
                     self._check_finite(first_bad)
                     path = self.out / f"step-{done}"
-                    if self.world.main:
+                    if self.world.main or self.sharded:  # shards: every rank writes its own
                         path = save_checkpoint(
                             self.out,
                             model=model,
@@ -484,24 +491,28 @@ class _Run:
             x = inputs[i : i + micro].to(self.device, non_blocking=True)
             y = targets[i : i + micro].to(self.device, non_blocking=True)
             last = i == starts[-1]
-            # DDP averages gradients over ranks when the last micro-batch's backward runs.
+            # DDP averages gradients over ranks when the last micro-batch's backward runs;
+            # FSDP reduce-scatters every micro-batch's into the shards (memory stays sharded).
             sync = contextlib.nullcontext()
-            if world.distributed and not last:
+            if world.distributed and not self.sharded and not last:
                 sync = self.net.no_sync()  # type: ignore[operator]
             with sync:
                 with self._autocast():
                     logits = self.net(x)
                 loss = target_loss(logits, y, reduction="sum") / n_targets
-                # x world: DDP's average over ranks then gives the sum of the ranks' shares.
+                # x world: DDP's (FSDP's) average over ranks gives the sum of the ranks' shares.
                 (loss * world.size if world.distributed else loss).backward()
             total += loss.detach()
         return total
 
     def evaluate(self, model: GPT, windows: Windows, limit: int | None) -> float:
-        """Mean next-token loss over `limit` evenly spread windows (all when None)."""
+        """Mean next-token loss over `limit` evenly spread windows (all when None); with
+        several ranks each evaluates its share (every rank must call this)."""
         model.eval()
         try:
-            return validation_loss(model, windows, limit, self.cfg.micro, amp=self.amp)
+            return validation_loss(
+                model, windows, limit, self.cfg.micro, amp=self.amp, world=self.world
+            )
         finally:
             model.train()
 
@@ -522,14 +533,19 @@ class _Run:
 
     # -- the end ---------------------------------------------------------------------------------
 
-    def _finish(
-        self, model: GPT, opt: SparseOptimizer, data: Data, logger: RunLogger
-    ) -> TrainResult:
+    def _finish(self, model: GPT, data: Data, logger: RunLogger | SilentLogger) -> TrainResult:
+        """Every rank: the full validation loss (shared out) and, when sharded, the gathering
+        of the weights; rank 0 then exports OUT/final and writes the summary."""
         cfg = self.cfg
         final = self.out / FINAL_DIR
         val_loss = None
         if data.val is not None:
             val_loss = self.evaluate(model, data.val, None)
+        if self.sharded:
+            model = gathered_model(model)  # type: ignore[assignment]  # None off rank 0
+        if not self.world.main:
+            return TrainResult(out=self.out, final=final, summary={})
+        if val_loss is not None:
             logger.log(cfg.max_steps, {"val/loss_full": val_loss}, echo=False)
         sizes = export_model(final, model, data.tokenizer, cfg.to_dict(), compressed=not cfg.dense)
         nonzeros = count_nonzeros(model)
@@ -565,21 +581,45 @@ class _Run:
 
 @torch.no_grad()
 def validation_loss(
-    model: GPT, windows: Windows, limit: int | None, batch_size: int, amp: bool = False
+    model: GPT,
+    windows: Windows,
+    limit: int | None,
+    batch_size: int,
+    amp: bool = False,
+    world: launch.World = launch.World(),  # noqa: B008 - frozen
 ) -> float:
     """Mean next-token loss of `model` (on its own device) over `limit` evenly spread windows
-    (all when None), `batch_size` windows at a time; bf16 autocast when `amp`."""
+    (all when None), `batch_size` windows at a time; bf16 autocast when `amp`.
+
+    With several ranks (`world`; every rank calls this) each takes a consecutive share of the
+    windows and the sums are all-reduced. The shares are padded to equal length with windows
+    that are not counted, so that every rank runs as many forward passes (an FSDP forward is
+    collective)."""
     device = next(model.parameters()).device
     indices = eval_indices(len(windows), limit)
+    n_real = len(indices)
+    if world.distributed:
+        per_rank = -(-len(indices) // world.size)
+        start = min(world.rank * per_rank, len(indices))
+        indices = indices[start : start + per_rank]
+        n_real = len(indices)  # the padding (a repeat of the first window) comes after these
+        indices = np.concatenate([indices, np.zeros(per_rank - n_real, dtype=indices.dtype)])
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
+    count = torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, len(indices), batch_size):
         x, y = windows.get(indices[i : i + batch_size])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x.to(device))
-        loss_sum += target_loss(logits, y.to(device), reduction="sum").double()
-        count += int((y != -100).sum())
-    return float(loss_sum) / count
+        real = max(0, min(batch_size, n_real - i))  # rows that are not padding
+        if real:
+            y = y[:real].to(device)
+            loss_sum += target_loss(logits[:real], y, reduction="sum").double()
+            count += (y != -100).sum()
+    if world.distributed:
+        sums = torch.stack([loss_sum, count])
+        torch.distributed.all_reduce(sums)
+        loss_sum, count = sums[0], sums[1]
+    return float(loss_sum) / float(count)
 
 
 def read_metrics_summary(out: Path) -> dict[str, float]:

@@ -1,5 +1,6 @@
-"""Multi-process pieces on CPU ranks (gloo): the sharded projection keeps exactly what one
-process keeps."""
+"""Multi-process training on CPU ranks (gloo, torchrun): the sharded projection keeps exactly
+what one process keeps; DDP and FSDP2 runs train the same model as one process; checkpoints
+resume at any number of ranks in either mode; a dead rank ends the run."""
 
 from __future__ import annotations
 
@@ -62,15 +63,24 @@ def split_rows(n: int, world: int, rank: int) -> slice:
     return slice(min(rank * per, n), min((rank + 1) * per, n))
 
 
-def _worker(rank: int, world: int, init: str, seed: int, out: str) -> None:
+def _worker(rank: int, world: int, init: str, seed: int, out: str, kernel: bool) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     from sparse_tf.parallel import sharded_projection_masks
+    from sparse_tf.parallel.projection import sharded_protection
 
     mats = matrices(seed)
-    shards = [w[split_rows(w.shape[0], world, rank)] for w, _, _ in mats]
-    masks = sharded_projection_masks(
-        shards, [d for _, d, _ in mats], [k for _, _, k in mats], MIN_PER_NEURON
-    )
+    parts = [split_rows(w.shape[0], world, rank) for w, _, _ in mats]
+    shards = [w[part].contiguous() for (w, _, _), part in zip(mats, parts, strict=True)]
+    dims, ks = [d for _, d, _ in mats], [k for _, _, k in mats]
+    if kernel:  # the radix-select kernels (interpreted), histograms summed over the ranks
+        from sparse_tf.kernels import select
+
+        row0 = [part.start for part in parts]
+        protected = sharded_protection(shards, dims, MIN_PER_NEURON, row0)
+        # Chunks of 64 keys: several per matrix, so ties are ranked across chunks and ranks.
+        masks = select.topk_masks(shards, protected, ks, chunk=64, group=dist.group.WORLD)
+    else:
+        masks = sharded_projection_masks(shards, dims, ks, MIN_PER_NEURON)
     np.savez(Path(out) / f"rank{rank}.npz", *[m.numpy() for m in masks])
     dist.barrier()
     dist.destroy_process_group()
@@ -79,15 +89,16 @@ def _worker(rank: int, world: int, init: str, seed: int, out: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.parametrize("world", [2, 3])
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize(("world", "seed", "kernel"), [(2, 0, False), (3, 1, False), (3, 0, True)])
 def test_sharded_projection_keeps_the_single_process_set(
-    world: int, seed: int, tmp_path: Path
+    world: int, seed: int, kernel: bool, tmp_path: Path
 ) -> None:
+    """Torch implementation and the Triton kernels (interpreted here) with collectives."""
     init = f"file://{tmp_path / 'store'}"
     mp.start_processes(
-        _worker, args=(world, init, seed, str(tmp_path)), nprocs=world, start_method="spawn"
-    )
+        _worker, args=(world, init, seed, str(tmp_path), kernel), nprocs=world,
+        start_method="spawn",
+    )  # fmt: skip
     parts = [np.load(tmp_path / f"rank{r}.npz") for r in range(world)]
     for i, expected in enumerate(single_process(seed)):
         got = np.concatenate([p[f"arr_{i}"] for p in parts], axis=0)
@@ -196,6 +207,95 @@ def test_checkpoints_resume_at_another_number_of_ranks(corpus: Path, tmp_path: P
     assert_same_model(single, tmp_path / "1-then-ddp")
 
 
+def kept_sets(run: Path) -> dict[str, torch.Tensor]:
+    return {name: w != 0 for name, w in final_weights(run).items()}
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_fsdp_matches_one_process(corpus: Path, tmp_path: Path) -> None:
+    """FSDP2 on 3 ranks (every tensor sharded by uneven row blocks, projection on the shards,
+    validation split over the ranks with padding, sharded checkpoints) trains the same model
+    as one process: the same weights within the DDP test's tolerance, the same kept sets
+    exactly, the same training and validation losses."""
+    from sparse_tf.checkpoint import SHARDS_DIR, verify
+    from sparse_tf.training import train
+    from tests.helpers import quiet_options, tiny_train_config
+
+    single, fsdp = tmp_path / "single", tmp_path / "fsdp"
+    train(
+        tiny_train_config(corpus, max_steps=6, batch_size=6),
+        quiet_options(single, ckpt_every=3, eval_every=2, eval_windows=10),
+    )
+    # 10 validation windows on 3 ranks: 4, 4 and 2 real ones (+ 2 uncounted) each.
+    flags = ("--batch-size", "6", "--dist", "fsdp", "--eval-every", "2", "--eval-windows", "10")
+    run = torchrun(corpus, fsdp, 3, *flags)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "on 3 CPU processes (FSDP)" in run.stderr + run.stdout
+    assert_same_model(single, fsdp)
+    assert kept_sets(fsdp).keys() == kept_sets(single).keys()
+    for name, kept in kept_sets(fsdp).items():
+        assert torch.equal(kept, kept_sets(single)[name]), name
+    assert losses(fsdp) == pytest.approx(losses(single), rel=1e-5)
+    val = [json.loads(line).get("val/loss") for line in (fsdp / "metrics.jsonl").open()]
+    expected = [json.loads(line).get("val/loss") for line in (single / "metrics.jsonl").open()]
+    assert [v for v in val if v] == pytest.approx([v for v in expected if v], rel=1e-5)
+    summary = json.loads((fsdp / "summary.json").read_text())
+    assert summary["val_loss"] == pytest.approx(
+        json.loads((single / "summary.json").read_text())["val_loss"], rel=1e-5
+    )
+    # A sharded checkpoint: one safetensors file per rank, all in the manifest.
+    shards = sorted((fsdp / "step-6" / SHARDS_DIR).glob("*.safetensors"))
+    assert len(shards) == 3
+    manifest = json.loads((fsdp / "step-6" / "manifest.json").read_text())["files"]
+    assert {f"{SHARDS_DIR}/{f.name}" for f in shards} <= set(manifest)
+    verify(fsdp / "step-6")
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sharded_checkpoints_resume_anywhere(corpus: Path, tmp_path: Path) -> None:
+    """A 2-rank FSDP checkpoint resumes in one process, on 3 FSDP ranks (uneven shards) and on
+    2 DDP ranks; a one-process checkpoint resumes under FSDP; every resumed run ends at the
+    uninterrupted one's model. load_model reads a sharded checkpoint; a truncated shard file
+    is named."""
+    from sparse_tf.checkpoint import SHARDS_DIR, CheckpointError, load_model
+    from sparse_tf.training import train
+    from tests.helpers import quiet_options, tiny_train_config
+
+    cfg = tiny_train_config(corpus, max_steps=6, batch_size=6)  # 6 splits over 2 and 3 ranks
+    single, fsdp = tmp_path / "single", tmp_path / "fsdp"
+    train(cfg, quiet_options(single, ckpt_every=3, eval_every=0))
+    batch = ("--batch-size", "6")
+    assert torchrun(corpus, fsdp, 2, *batch, "--dist", "fsdp").returncode == 0
+
+    for name, nproc, flags in [
+        ("fsdp-then-1", 1, ()),
+        ("fsdp-then-3", 3, ("--dist", "fsdp")),
+        ("fsdp-then-ddp", 2, ("--dist", "ddp")),
+    ]:
+        rewind_to_step_3(fsdp, tmp_path / name)
+        run = torchrun(corpus, tmp_path / name, nproc, *batch, *flags, "--resume")
+        assert run.returncode == 0, f"{name}: {run.stderr[-3000:]}"
+        assert_same_model(single, tmp_path / name)
+
+    rewind_to_step_3(single, tmp_path / "1-then-fsdp")
+    run = torchrun(corpus, tmp_path / "1-then-fsdp", 2, *batch, "--dist", "fsdp", "--resume")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_model(single, tmp_path / "1-then-fsdp")
+
+    from safetensors.torch import load_file
+
+    model = load_model(fsdp / "step-3")
+    expected = load_file(single / "step-3" / "model.safetensors")
+    for name, p in model.state_dict().items():
+        torch.testing.assert_close(p, expected[name], rtol=1e-4, atol=1e-5, msg=name)
+    shard = next((fsdp / "step-3" / SHARDS_DIR).glob("*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match=shard.name):
+        load_model(fsdp / "step-3")
+
+
 def _rank_pid(rank: int, parent: int) -> int | None:
     """The pid of the torchrun worker with LOCAL_RANK=`rank` below `parent` (Linux /proc)."""
     for pid in os.listdir("/proc"):
@@ -215,14 +315,17 @@ def _rank_pid(rank: int, parent: int) -> int | None:
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker through /proc")
-def test_a_dead_rank_ends_the_run_and_its_checkpoint_resumes(corpus: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("dist", ["ddp", "fsdp"])
+def test_a_dead_rank_ends_the_run_and_its_checkpoint_resumes(
+    dist: str, corpus: Path, tmp_path: Path
+) -> None:
     import signal
     import time
 
     from sparse_tf.checkpoint import list_checkpoints, verify
 
     out = tmp_path / "run"
-    extra = ["--ckpt-every", "10", "--log-every", "10"]
+    extra = ["--ckpt-every", "10", "--log-every", "10", "--dist", dist]
     proc = start_torchrun(2, *tiny_train_flags(corpus, 300), "--out", str(out), *extra)
     deadline = time.monotonic() + 120
     while not list(out.glob("step-*")) and proc.poll() is None and time.monotonic() < deadline:

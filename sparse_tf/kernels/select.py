@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -220,6 +221,7 @@ def _select(
     protected: Sequence[Tensor | None],
     ks: Sequence[int] | Tensor,
     chunk: int,
+    group: dist.ProcessGroup | None = None,
 ) -> _Selection:
     device = weights[0].device
     layout = _layout(tuple(w.numel() for w in weights), device, chunk)
@@ -228,6 +230,8 @@ def _select(
         if not w.is_contiguous():
             raise ValueError("projection: weights must be contiguous")
         n, cols = w.numel(), w.shape[-1]
+        if n == 0:  # an empty shard
+            continue
         _keys_kernel[(triton.cdiv(n, _KEY_BLOCK),)](
             w, w if p is None else p.view(torch.uint8), keys[layout.offsets[i] :], n, cols,
             0 if p is None else p.stride(0), 0 if p is None else p.stride(1),
@@ -240,15 +244,28 @@ def _select(
     table = (layout.chunk_start, layout.chunk_end, layout.chunk_seg)
     for hi, lo in ((30, 23), (22, 15), (14, 7), (6, 0)):  # the last digit overlaps by one bit
         # After two digits (16 bits) few keys still share the threshold's prefix.
-        _digit_histogram_kernel[(n_chunks,)](
-            keys, *table, state, hist, HI=hi, LO=lo, CHUNK=chunk, FEW=hi < 16
-        )
+        if n_chunks:
+            _digit_histogram_kernel[(n_chunks,)](
+                keys, *table, state, hist, HI=hi, LO=lo, CHUNK=chunk, FEW=hi < 16
+            )
+        if group is not None:  # row shards: the digit counts of the whole matrices
+            dist.all_reduce(hist, group=group)
         _pick_digit_kernel[(n_segs,)](hist, state, k, LO=lo)
     ties = torch.empty(n_chunks, dtype=torch.int32, device=device)
-    _count_ties_kernel[(n_chunks,)](keys, *table, state, ties, CHUNK=chunk)
+    if n_chunks:
+        _count_ties_kernel[(n_chunks,)](keys, *table, state, ties, CHUNK=chunk)
     before = torch.cumsum(ties, 0, dtype=torch.int64) - ties  # ties in earlier chunks
-    prefix = (before - before[layout.seg_first_chunk][layout.chunk_seg.long()]).to(torch.int32)
-    return _Selection(layout, keys, state, k, prefix)
+    seg = layout.chunk_seg.long()
+    first = layout.seg_first_chunk.clamp(max=max(n_chunks - 1, 0))  # empty shards: unused
+    prefix = before - before[first][seg] if n_chunks else before
+    if group is not None:  # ties in the rows of lower ranks come first (global flat order)
+        per_seg = torch.zeros(n_segs, dtype=torch.int64, device=device)
+        per_seg.index_add_(0, seg, ties.long())
+        every = [torch.empty_like(per_seg) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(every, per_seg, group=group)
+        if rank := dist.get_rank(group):
+            prefix = prefix + torch.stack(every[:rank]).sum(0)[seg]
+    return _Selection(layout, keys, state, k, prefix.to(torch.int32))
 
 
 def topk_masks(
@@ -256,13 +273,15 @@ def topk_masks(
     protected: Sequence[Tensor | None],
     ks: Sequence[int] | Tensor,
     chunk: int = CHUNK,
+    group: dist.ProcessGroup | None = None,
 ) -> list[Tensor]:
     """For each matrix, the bool mask of its `k` largest |w| (protected entries first; ties: the
     lower flat index), all matrices in shared launches. 1 <= k <= numel. `ks` may already be an
-    int32 tensor on the device; then nothing here waits for the host (CUDA-graph capturable)."""
+    int32 tensor on the device; then nothing here waits for the host (CUDA-graph capturable).
+    `group`: the weights are row shards, as in `project_`."""
     if not weights:
         return []
-    sel = _select(weights, protected, ks, chunk)
+    sel = _select(weights, protected, ks, chunk, group)
     layout = sel.layout
     keep = torch.empty(layout.offsets[-1], dtype=torch.uint8, device=weights[0].device)
     table = (layout.chunk_start, layout.chunk_end, layout.chunk_seg)
@@ -280,14 +299,22 @@ def project_(
     protected: Sequence[Tensor | None],
     ks: Sequence[int] | Tensor,
     chunk: int = CHUNK,
+    group: dist.ProcessGroup | None = None,
 ) -> None:
-    """Zero, in place, every entry of each matrix outside the set `topk_masks` would keep."""
+    """Zero, in place, every entry of each matrix outside the set `topk_masks` would keep.
+
+    With `group`, each of `weights` is this rank's block of consecutive rows of a matrix split
+    over the group's ranks in rank order, `protected` its part of the protection mask and `ks`
+    the whole matrices' kept counts: the kept set is the whole matrix's (an all-reduce of the
+    histograms per digit pass and an all-gather of the tie counts; every rank calls this)."""
     if not weights:
         return
-    sel = _select(weights, protected, ks, chunk)
+    sel = _select(weights, protected, ks, chunk, group)
     layout = sel.layout
     table = (layout.chunk_start, layout.chunk_end, layout.chunk_seg)
     for w, (first, count), base in zip(weights, layout.chunks, layout.offsets, strict=False):
+        if count == 0:  # an empty shard
+            continue
         _zero_dropped_kernel[(count,)](
             w, sel.keys, *table, sel.state, sel.k, sel.tie_prefix, first, base, CHUNK=chunk
         )

@@ -1,6 +1,6 @@
-"""Multi-process training support: the exact sharded projection (more to come: launch, DDP,
-FSDP2, distributed checkpoints)."""
+"""Multi-process training: torchrun's world and clean exits (`launch`), FSDP2 sharding
+(`fsdp`), and the exact L0 projection of sharded matrices (`projection`)."""
 
-from sparse_tf.parallel.projection import sharded_projection_masks
+from sparse_tf.parallel.projection import project_sharded_, sharded_projection_masks
 
-__all__ = ["sharded_projection_masks"]
+__all__ = ["project_sharded_", "sharded_projection_masks"]

@@ -20,8 +20,9 @@ collectives batched across all matrices:
    ranks until the matrix holds exactly K.
 
 Seven collectives in all, whatever the number of matrices (row offsets, protection, four
-histogram passes, ties). Everything is integer arithmetic on exact keys, so the kept sets equal
-the single-process ones bit for bit (tests/test_parallel.py checks this on 2 and 3 CPU ranks).
+histogram passes, ties); six under FSDP, whose row offsets follow from the shapes. Everything
+is integer arithmetic on exact keys, so the kept sets equal the single-process ones bit for bit
+(tests/test_parallel.py checks this on 2 and 3 CPU ranks, and through FSDP training).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from sparse_tf import kernels
 from sparse_tf.kernels import reference
+from sparse_tf.parallel.fsdp import local, row_offset, row_shard_group
 
 _PROTECTED = 1 << 31  # above every fp32 bit pattern of a finite |w|
 _DIGIT_BITS = 8
@@ -89,12 +92,45 @@ def _protect_columns(
     return out
 
 
+def sharded_protection(
+    shards: Sequence[Tensor],
+    neuron_dims: Sequence[int | None],
+    j: int,
+    row0: Sequence[int],
+    group: dist.ProcessGroup | None = None,
+) -> list[Tensor | None]:
+    """Per row shard, the mask of its entries that protection keeps (the j largest |w| of
+    their neuron over all ranks, ties to the lower index), None for unprotected matrices.
+    Row neurons are whole on each rank; column neurons take one all_gather for all."""
+    protected: list[Tensor | None] = [None] * len(shards)
+    if j == 0:
+        return protected
+    by_column = [i for i, d in enumerate(neuron_dims) if d == 1]
+    column_masks = _protect_columns(
+        [shards[i] for i in by_column], j, [row0[i] for i in by_column], group
+    )
+    for i, mask in zip(by_column, column_masks, strict=True):
+        protected[i] = mask
+    for i, (w, d) in enumerate(zip(shards, neuron_dims, strict=True)):
+        if d == 0:
+            protected[i] = _row_protection(w, j)
+    return protected
+
+
+def _row_protection(w: Tensor, j: int) -> Tensor:
+    """The j largest |w| of each row (ties: lower column): the AbsTopK kernel on CUDA."""
+    if w.shape[0] == 0:
+        return torch.zeros_like(w, dtype=torch.bool)
+    return kernels.abs_topk_mask(w.detach(), min(j, w.shape[1]))
+
+
 def sharded_projection_masks(
     shards: Sequence[Tensor],
     neuron_dims: Sequence[int | None],
     ks: Sequence[int],
     min_per_neuron: int,
     group: dist.ProcessGroup | None = None,
+    row0: Sequence[int] | None = None,
 ) -> list[Tensor]:
     """Kept-set masks of this rank's row shards of several matrices.
 
@@ -106,6 +142,8 @@ def sharded_projection_masks(
         ks: per matrix, the global kept count (`sparsity.kept_count`), 1 <= k <= numel.
         min_per_neuron: the protection j.
         group: the process group (default: the world).
+        row0: per matrix, the global index of this rank's first row, when the caller knows
+            it (FSDP's layout); None gathers the ranks' row counts (one more collective).
 
     Returns:
         Per matrix, a bool mask of this rank's shard: the entries the single-process
@@ -114,23 +152,13 @@ def sharded_projection_masks(
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     device = shards[0].device
     n = len(shards)
-    # Where each rank's rows start: one gather of every matrix's local row count.
-    counts = torch.tensor([s.shape[0] for s in shards], dtype=torch.int64, device=device)
-    gathered = [torch.empty_like(counts) for _ in range(world)]
-    dist.all_gather(gathered, counts, group=group)
-    row0 = torch.stack(gathered)[:rank].sum(dim=0).tolist() if rank else [0] * n
+    if row0 is None:  # where each rank's rows start: one gather of the local row counts
+        counts = torch.tensor([s.shape[0] for s in shards], dtype=torch.int64, device=device)
+        gathered = [torch.empty_like(counts) for _ in range(world)]
+        dist.all_gather(gathered, counts, group=group)
+        row0 = torch.stack(gathered)[:rank].sum(dim=0).tolist() if rank else [0] * n
 
-    j = min_per_neuron
-    by_column = [i for i, d in enumerate(neuron_dims) if d == 1 and j > 0]
-    column_masks = _protect_columns(
-        [shards[i] for i in by_column], j, [row0[i] for i in by_column], group
-    )
-    protected: list[Tensor | None] = [None] * n
-    for i, mask in zip(by_column, column_masks, strict=True):
-        protected[i] = mask
-    for i, (w, d) in enumerate(zip(shards, neuron_dims, strict=True)):
-        if d == 0 and j > 0:  # row neurons are whole on every rank
-            protected[i] = reference.topk_mask(w.detach().abs(), min(j, w.shape[1]))
+    protected = sharded_protection(shards, neuron_dims, min_per_neuron, row0, group)
     keys = [_keys(w, p).view(-1) for w, p in zip(shards, protected, strict=True)]
 
     # Radix select of the K-th largest key of every matrix, 8 bits per pass from the top.
@@ -164,3 +192,25 @@ def sharded_projection_masks(
         keep = (key > threshold[i]) | (tied & (tied.cumsum(0) <= room[i]))
         masks.append(keep.view(w.shape))
     return masks
+
+
+@torch.no_grad()
+def project_sharded_(
+    params: Sequence[Tensor], neuron_dims: Sequence[int | None], ks: Sequence[int], j: int
+) -> None:
+    """Project FSDP-sharded matrices (DTensors, rows split over the ranks) in place to their
+    kept sets: entries outside them become 0 on every rank's shard. Collective: every rank
+    calls it with the same matrices; the result equals the single-process projection."""
+    group = row_shard_group(list(params))
+    shards = [local(p) for p in params]
+    row0 = [row_offset(p) for p in params]  # type: ignore[arg-type]
+    if kernels.projection_backend(shards[0]) == "triton":
+        # The radix-select kernels, with the digit histograms and tie counts summed over ranks.
+        from sparse_tf.kernels import select
+
+        protected = sharded_protection(shards, neuron_dims, j, row0, group)
+        select.project_(shards, protected, ks, group=group)
+        return
+    masks = sharded_projection_masks(shards, neuron_dims, ks, j, group, row0)
+    for shard, keep in zip(shards, masks, strict=True):
+        shard.masked_fill_(~keep, 0.0)
