@@ -357,7 +357,13 @@ def export_model(
     indices where they fit, values in the weight dtype); everything else is stored dense. Both
     files load to bit-identical parameters. Dense models gain nothing from it: pass
     `compressed=False`.
+
+    A model of another architecture (`DenseGPT2`) exports itself (`model.export`): a Hugging
+    Face folder.
     """
+    if not isinstance(model, GPT):
+        model.export(Path(path), tokenizer, config)
+        return {f.name: f.stat().st_size for f in sorted(Path(path).glob("*.safetensors"))}
     with atomic_dir(Path(path)) as tmp:
         save_file(_cpu(model.state_dict()), tmp / MODEL_FILE)
         if compressed:
@@ -431,6 +437,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
         cfg = GPTConfig.from_dict(config["model"], source=str(path / CONFIG_FILE))
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
+    if cfg.arch != "sparse_tf":
+        raise CheckpointError(
+            f"{path}: holds a {cfg.arch} model; a run's final/ folder of it is a Hugging Face "
+            "folder (sparse_tf.bridges.load_gpt2)"
+        )
     with torch.device(device):
         model = GPT(cfg)
     if (path / MODEL_FILE).is_file():

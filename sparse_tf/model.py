@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +74,11 @@ class GPTConfig(Config):
     """Biases on the Linear layers of attention and MLP."""
     init_std: float = 0.02
     """Std of the normal init of weights; output projections use init_std / √(2 · n_layer)."""
+    arch: Literal["sparse_tf", "hf_gpt2"] = "sparse_tf"
+    """'sparse_tf': the GPT of this file. 'hf_gpt2': a dense Hugging Face GPT2LMHeadModel of
+    the same size (LayerNorm, learned positions; the dense side of bridges, trained dense:
+    `sparse_tf.bridges.dense`); it needs afrac=None, bigram=False, attn_sink=False and
+    pos_emb=True."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,6 +95,11 @@ class GPTConfig(Config):
             f"must be a multiple of d_head={self.d_head}",
         )
         check(self.init_std > 0, self, "init_std", "must be > 0")
+        if self.arch == "hf_gpt2":  # GPT-2 has none of these; refuse rather than ignore them
+            for name, value in (("afrac", None), ("bigram", False), ("attn_sink", False)):
+                check(getattr(self, name) == value, self, name, f"must be {value} for hf_gpt2")
+            check(self.pos_emb, self, "pos_emb", "must be True for hf_gpt2 (learned positions)")
+            check(self.bias, self, "bias", "must be True for hf_gpt2")
         if self.afrac is not None:
             check(0.0 < self.afrac <= 1.0, self, "afrac", "must be in (0, 1], or None/0 for off")
             narrowest = min(self.d_model, self.d_mlp)
@@ -221,10 +232,15 @@ class Block(nn.Module):
         self.hook_resid_post = HookPoint()  # [B, T, d_model]
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self.topk(self.attn(self.ln1(x)))))
-        x = self.hook_resid_post(x + self.hook_mlp_out(self.topk(self.mlp(self.ln2(x)))))
-        return x
+        return self.mlp_half(self.attn_half(self.hook_resid_pre(x)))
+
+    def attn_half(self, x: Tensor) -> Tensor:
+        """resid_pre [B, T, d_model] -> resid_mid: the attention sublayer and its write."""
+        return self.hook_resid_mid(x + self.hook_attn_out(self.topk(self.attn(self.ln1(x)))))
+
+    def mlp_half(self, x: Tensor) -> Tensor:
+        """resid_mid [B, T, d_model] -> resid_post: the MLP sublayer and its write."""
+        return self.hook_resid_post(x + self.hook_mlp_out(self.topk(self.mlp(self.ln2(x)))))
 
 
 class GPT(HookedModule):
@@ -281,17 +297,27 @@ class GPT(HookedModule):
                 f"GPT expects integer tokens of shape [batch, seq], got {tokens.dtype} "
                 f"{tuple(tokens.shape)}"
             )
+        x = self.embed_tokens(tokens)
+        for block in self.blocks:
+            x = block(x)
+        if positions is not None:
+            rows = torch.arange(len(tokens), device=tokens.device)
+            x, tokens = x[rows, positions], tokens[rows, positions]  # [B, d_model], [B]
+        return self.logits_from_residual(x, tokens)
+
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        """The residual stream entering block 0: [B, T, d_model] for tokens [B, T]."""
         T = tokens.shape[1]
         if T > self.cfg.n_ctx:
             raise ValueError(f"sequence length {T} exceeds the model's n_ctx={self.cfg.n_ctx}")
         x = self.hook_embed(self.embed(tokens))
         if self.cfg.pos_emb:
             x = x + self.hook_pos_embed(self.pos_embed(torch.arange(T, device=tokens.device)))
-        for block in self.blocks:
-            x = block(x)
-        if positions is not None:
-            rows = torch.arange(len(tokens), device=tokens.device)
-            x, tokens = x[rows, positions], tokens[rows, positions]  # [B, d_model], [B]
+        return x
+
+    def logits_from_residual(self, x: Tensor, tokens: Tensor) -> Tensor:
+        """Logits [..., vocab] from the final residual stream x [..., d_model]; `tokens` [...]
+        (the current tokens) index the bigram table."""
         logits = self.unembed(self.ln_final(x))
         if self.cfg.bigram:
             # F.embedding, not self.bigram[tokens]: its backward is deterministic on CPU.
@@ -340,6 +366,16 @@ class GPT(HookedModule):
             }
         aliases["final_resid"] = f"blocks.{self.cfg.n_layer - 1}.hook_resid_post"
         return aliases
+
+
+def build_model(cfg: GPTConfig, eot_id: int = 0) -> nn.Module:
+    """The model a config describes: `GPT(cfg)`, or a `DenseGPT2` for arch="hf_gpt2" (whose
+    end-of-text id is `eot_id`). Initialisation draws from torch's global RNG."""
+    if cfg.arch == "hf_gpt2":
+        from sparse_tf.bridges.dense import DenseGPT2  # imports transformers: only when asked
+
+        return DenseGPT2(cfg, eot_id)
+    return GPT(cfg)
 
 
 def lm_loss(logits: Tensor, tokens: Tensor) -> Tensor:

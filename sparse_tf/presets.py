@@ -2,6 +2,8 @@
 
 Every weight-sparse preset has a dense twin, `dense-NAME`: the same model, data, optimizer and
 steps with AbsTopK off and no weight projection (L0 = 1) — the paper's dense baseline.
+`gpt2-*` presets train a dense Hugging Face GPT-2 on the same data and tokenizer (the dense side
+of bridges, `sparse_tf.bridges`).
 """
 
 from __future__ import annotations
@@ -49,12 +51,35 @@ def dense_twin(cfg: TrainConfig) -> TrainConfig:
     )
 
 
+_HF_GPT2: dict[str, tuple[str, TrainConfig]] = {
+    "gpt2-tiny-cpu": (
+        "a dense Hugging Face GPT-2 (2 layers, d_model 128, ctx 128) on tiny-cpu's data and "
+        "tokenizer, saved with save_pretrained: the dense model to bridge tiny-cpu models to",
+        TrainConfig(
+            model=GPTConfig(
+                vocab_size=2048,
+                n_ctx=128,
+                n_layer=2,
+                d_model=128,
+                afrac=None,
+                bigram=False,
+                pos_emb=True,
+                arch="hf_gpt2",
+            ),
+            sparsity=SparsityConfig(l0=1.0),
+            max_steps=1000,
+            batch_size=32,
+        ),
+    ),
+}
+
 PRESETS: dict[str, tuple[str, TrainConfig]] = {
     **_SPARSE,
     **{
         f"dense-{name}": (f"dense twin of {name}: AbsTopK off, L0 1", dense_twin(cfg))
         for name, (_, cfg) in _SPARSE.items()
     },
+    **_HF_GPT2,
 }
 
 

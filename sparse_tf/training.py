@@ -44,7 +44,7 @@ from sparse_tf.checkpoint import (
 )
 from sparse_tf.config import Config, ConfigError, check
 from sparse_tf.data.pipeline import Data, DataConfig, prepare_data
-from sparse_tf.data.tokenizer import load_tokenizer
+from sparse_tf.data.tokenizer import eot_id, load_tokenizer
 from sparse_tf.data.tokens import EpochSampler, Windows, eval_indices
 from sparse_tf.errors import SparseTFError
 from sparse_tf.io import read_json, remove_dir, remove_leftovers, write_json
@@ -56,7 +56,7 @@ from sparse_tf.log import (
     read_metrics,
     truncate_metrics,
 )
-from sparse_tf.model import GPT, GPTConfig, target_loss
+from sparse_tf.model import GPT, GPTConfig, build_model, target_loss
 from sparse_tf.optim import OptimConfig, SparseOptimizer
 from sparse_tf.parallel import launch
 from sparse_tf.parallel.fsdp import gathered_model, shard_model
@@ -96,6 +96,8 @@ class TrainConfig(Config):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.max_steps >= 1, self, "max_steps", "must be >= 1")
+        if self.model.arch == "hf_gpt2":
+            check(self.dense, self, "sparsity", "l0 must be 1: an hf_gpt2 model trains dense")
         check(self.batch_size >= 1, self, "batch_size", "must be >= 1")
         micro = self.micro
         check(
@@ -195,6 +197,8 @@ class _Run:
         """The global batch (batch_size sequences per optimizer step) is the same at any number
         of ranks: each rank takes batch_size / world of it, in micro-batches."""
         cfg, world = self.cfg, self.world.size
+        if self.opts.dist == "fsdp" and cfg.model.arch != "sparse_tf":
+            raise ConfigError(f"--dist fsdp: shards sparse_tf GPTs only, not {cfg.model.arch}")
         if cfg.batch_size % world:
             raise ConfigError(
                 f"TrainConfig.batch_size={cfg.batch_size} must be divisible by the {world} ranks"
@@ -246,8 +250,8 @@ class _Run:
         if run_info is not None:
             _check_same_corpus(run_info, data, self.out)
         torch.manual_seed(cfg.seed)
-        with torch.device(self.device):
-            model = GPT(cfg.model)  # the same on every rank: same seed, same device type
+        with torch.device(self.device):  # the same on every rank: same seed, same device type
+            model = build_model(cfg.model, eot_id(data.tokenizer))
         if self.sharded:
             shard_model(model, self.device)  # each rank keeps its rows of every tensor
         opt = SparseOptimizer(model, cfg.optim, None if cfg.dense else cfg.sparsity, cfg.max_steps)

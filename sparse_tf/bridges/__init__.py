@@ -1,0 +1,48 @@
+"""Bridges between a weight-sparse model and a dense Hugging Face GPT-2 (paper section 2.3).
+
+    from sparse_tf.bridges import GPT2Sites, SparseSites, Bridges, BridgeConfig, bridge_losses
+
+`sites` reads and resumes both models at their 2L + 1 residual-stream sites; `bridge` holds
+the per-site encoders/decoders and the training losses (normalised MSE both ways, hybrid KL
+dense→sparse and sparse→dense); `dense` builds, trains (through `sparse-tf train --preset
+gpt2-tiny-cpu`), saves and loads the dense GPT-2 and checks that both use one tokenizer.
+"""
+
+from sparse_tf.bridges.bridge import (
+    BridgeConfig,
+    BridgeLosses,
+    Bridges,
+    bridge_losses,
+    kl_from,
+    nmse,
+    site_map,
+)
+from sparse_tf.bridges.dense import (
+    BridgeError,
+    DenseGPT2,
+    check_same_tokenizer,
+    dense_tokenizer,
+    gpt2_config,
+    load_gpt2,
+)
+from sparse_tf.bridges.sites import GPT2Sites, ResidualSites, SparseSites, site_name
+
+__all__ = [
+    "BridgeConfig",
+    "BridgeError",
+    "BridgeLosses",
+    "Bridges",
+    "DenseGPT2",
+    "GPT2Sites",
+    "ResidualSites",
+    "SparseSites",
+    "bridge_losses",
+    "check_same_tokenizer",
+    "dense_tokenizer",
+    "gpt2_config",
+    "kl_from",
+    "load_gpt2",
+    "nmse",
+    "site_map",
+    "site_name",
+]

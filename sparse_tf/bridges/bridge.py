@@ -1,0 +1,171 @@
+"""Encoders and decoders between a dense model's residual stream and a sparse model's.
+
+One pair per sparse-model site (`sites.py`): the encoder maps the dense residual at the paired
+dense site into the sparse model's residual (Linear + AbsTopK), the decoder maps the sparse
+residual back (Linear). When the depths differ, sparse site j is paired with dense site
+j · L_dense / L_sparse rounded half up: the embeddings with the embeddings, the final residual
+with the final residual, the sites in between spread evenly.
+
+The losses (paper section 2.3) of one batch, for a frozen dense model and a trained sparse one:
+
+- normalised MSE (fraction of variance unexplained) of every encoder (target: the sparse
+  residual, detached: the encoders learn to imitate the sparse model, not the reverse) and
+  decoder (target: the dense residual);
+- hybrid KL d→s at site j: the dense model up to its paired site, encode, the sparse model from
+  j to the logits; KL(dense output ‖ hybrid output);
+- hybrid KL s→d at site j: the sparse model up to j, decode, the (frozen) dense model from its
+  paired site on; KL(dense output ‖ hybrid output). Gradients flow through the dense model
+  into the decoder and the sparse model, which is how the sparse model is pulled to be
+  interchangeable with the dense one.
+
+Each kind is averaged over the sites, so its coefficient does not grow with depth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sparse_tf.bridges.sites import ResidualSites
+from sparse_tf.config import Config, check
+from sparse_tf.sparsity import AbsTopK
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BridgeConfig(Config):
+    """The bridges' shape and the weights of the training losses."""
+
+    encoder_afrac: float | None = 0.25
+    """AbsTopK on each encoder's output: int(frac · d_sparse) entries kept; None: off."""
+    ce: float = 1.0
+    """The sparse model's own next-token loss."""
+    nmse: float = 1.0
+    """Normalised MSE of the encoders and decoders (their mean over the sites, summed)."""
+    kl_d2s: float = 1.0
+    """Hybrid KL dense → sparse (mean over the sites)."""
+    kl_s2d: float = 1.0
+    """Hybrid KL sparse → dense (mean over the sites)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.encoder_afrac is not None:
+            check(0.0 < self.encoder_afrac <= 1.0, self, "encoder_afrac", "must be in (0, 1]")
+        for name in ("ce", "nmse", "kl_d2s", "kl_s2d"):
+            check(getattr(self, name) >= 0.0, self, name, "must be >= 0")
+
+
+def site_map(sparse_layers: int, dense_layers: int) -> list[int]:
+    """Dense site paired with each sparse site 0 .. 2·sparse_layers (see module docstring)."""
+    n_sparse, n_dense = 2 * sparse_layers, 2 * dense_layers
+    # j · n_dense / n_sparse rounded half up, in integers.
+    return [(2 * j * n_dense + n_sparse) // (2 * n_sparse) for j in range(n_sparse + 1)]
+
+
+class Bridges(nn.Module):
+    """Per sparse site j: `encoders[j]` dense→sparse, `decoders[j]` sparse→dense."""
+
+    def __init__(
+        self, d_dense: int, d_sparse: int, dense_sites: list[int], encoder_afrac: float | None
+    ) -> None:
+        super().__init__()
+        self.d_dense, self.d_sparse = d_dense, d_sparse
+        self.dense_sites = list(dense_sites)
+        n = len(dense_sites)
+        self.encoders = nn.ModuleList(nn.Linear(d_dense, d_sparse) for _ in range(n))
+        self.decoders = nn.ModuleList(nn.Linear(d_sparse, d_dense) for _ in range(n))
+        self.topk = AbsTopK(encoder_afrac)
+
+    @classmethod
+    def between(cls, dense: ResidualSites, sparse: ResidualSites, cfg: BridgeConfig) -> Bridges:
+        return cls(
+            dense.d_model,
+            sparse.d_model,
+            site_map(sparse.n_layer, dense.n_layer),
+            cfg.encoder_afrac,
+        )
+
+    def encode(self, site: int, h_dense: Tensor) -> Tensor:
+        """Dense residual [..., d_dense] (at `dense_sites[site]`) -> sparse site `site`."""
+        return self.topk(self.encoders[site](h_dense))
+
+    def decode(self, site: int, h_sparse: Tensor) -> Tensor:
+        """Sparse residual [..., d_sparse] at `site` -> the dense residual at its pair."""
+        return self.decoders[site](h_sparse)
+
+
+def nmse(pred: Tensor, target: Tensor) -> Tensor:
+    """Fraction of the target's variance (around its mean over tokens) left unexplained:
+    Σ (pred − target)² / Σ (target − mean)², over every token and feature; the denominator is
+    a constant (no gradient)."""
+    target = target.float()
+    centred = target - target.flatten(0, -2).mean(0)
+    return (pred.float() - target).square().sum() / centred.square().sum().detach().clamp_min(1e-12)
+
+
+def kl_from(reference_logits: Tensor, logits: Tensor) -> Tensor:
+    """KL(p_reference ‖ p) per token, averaged over tokens; logits [..., vocab]."""
+    ref = F.log_softmax(reference_logits.float().flatten(0, -2), dim=-1)
+    log_p = F.log_softmax(logits.float().flatten(0, -2), dim=-1)
+    return F.kl_div(log_p, ref, log_target=True, reduction="batchmean")
+
+
+@dataclasses.dataclass(frozen=True)
+class BridgeLosses:
+    """One batch's losses: 0-d tensors (per site: [n_sites]) that backpropagate."""
+
+    ce: Tensor
+    nmse_enc: Tensor  # [n_sites]
+    nmse_dec: Tensor  # [n_sites]
+    kl_d2s: Tensor  # [n_sites]
+    kl_s2d: Tensor  # [n_sites]
+
+    def total(self, cfg: BridgeConfig) -> Tensor:
+        return (
+            cfg.ce * self.ce
+            + cfg.nmse * (self.nmse_enc.mean() + self.nmse_dec.mean())
+            + cfg.kl_d2s * self.kl_d2s.mean()
+            + cfg.kl_s2d * self.kl_s2d.mean()
+        )
+
+
+def bridge_losses(
+    dense: ResidualSites,
+    sparse: ResidualSites,
+    bridges: Bridges,
+    tokens: Tensor,
+    targets: Tensor,
+    cfg: BridgeConfig,
+) -> BridgeLosses:
+    """The losses of one batch (tokens and next-token targets [B, T], -100 = no target).
+
+    The dense model runs without gradient except where the s→d hybrids pass through it."""
+    with torch.no_grad():
+        dense_sites = dense.sites(tokens)
+        dense_logits = dense.run_from(dense.n_sites - 1, dense_sites[-1], tokens)
+    sparse_sites = sparse.sites(tokens)
+    sparse_logits = sparse.run_from(sparse.n_sites - 1, sparse_sites[-1], tokens)
+    ce = F.cross_entropy(
+        sparse_logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100
+    )
+    enc, dec, d2s, s2d = [], [], [], []
+    for j, h_sparse in enumerate(sparse_sites):
+        m = bridges.dense_sites[j]
+        encoded = bridges.encode(j, dense_sites[m])
+        decoded = bridges.decode(j, h_sparse)
+        enc.append(nmse(encoded, h_sparse.detach()))
+        dec.append(nmse(decoded, dense_sites[m]))
+        if cfg.kl_d2s:
+            d2s.append(kl_from(dense_logits, sparse.run_from(j, encoded, tokens)))
+        if cfg.kl_s2d:
+            s2d.append(kl_from(dense_logits, dense.run_from(m, decoded, tokens)))
+    zeros = torch.zeros(len(sparse_sites), device=tokens.device)
+    return BridgeLosses(
+        ce=ce,
+        nmse_enc=torch.stack(enc),
+        nmse_dec=torch.stack(dec),
+        kl_d2s=torch.stack(d2s) if d2s else zeros,
+        kl_s2d=torch.stack(s2d) if s2d else zeros,
+    )

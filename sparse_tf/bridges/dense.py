@@ -1,0 +1,154 @@
+"""The dense side of a bridge: a Hugging Face `GPT2LMHeadModel`.
+
+No weights can be downloaded here, so the dense model is trained locally by the ordinary
+trainer: a `GPTConfig` with `arch="hf_gpt2"` builds a `DenseGPT2` (a `GPT2LMHeadModel` behind
+the trainer's model interface), e.g. `sparse-tf train --preset gpt2-tiny-cpu`, and its
+`OUT/final` is a Hugging Face folder (`save_pretrained`: config.json + model.safetensors) plus
+the run's tokenizer.json and sparse_tf.json (the training config). A real GPT-2 folder (e.g.
+`gpt2` saved with `save_pretrained`, with its vocab.json + merges.txt or tokenizer.json) loads
+the same way with `load_gpt2`; a sparse model bridged to it must use GPT-2's BPE
+(`--data.tokenizer gpt2 --model.vocab-size 50257`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from torch import Tensor, nn
+
+from sparse_tf.data.tokenizer import EOT, TOKENIZER_FILE, save_tokenizer
+from sparse_tf.errors import SparseTFError
+from sparse_tf.io import atomic_dir, write_json
+from sparse_tf.model import GPTConfig
+
+TRAIN_CONFIG_FILE = "sparse_tf.json"
+
+
+class BridgeError(SparseTFError):
+    """A dense model or its tokenizer cannot be bridged; the message names the file."""
+
+
+def gpt2_config(cfg: GPTConfig, eot_id: int) -> Any:
+    """The `transformers.GPT2Config` of an `arch="hf_gpt2"` GPTConfig: same depth, width,
+    heads, context and vocabulary; untied embeddings and no dropout (as our models); SDPA."""
+    from transformers import GPT2Config
+
+    config = GPT2Config(
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.n_ctx,
+        n_embd=cfg.d_model,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_inner=cfg.d_mlp,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        initializer_range=cfg.init_std,
+        tie_word_embeddings=False,
+        bos_token_id=eot_id,
+        eos_token_id=eot_id,
+    )
+    config._attn_implementation = "sdpa"
+    return config
+
+
+class DenseGPT2(nn.Module):
+    """A `GPT2LMHeadModel` with the interface the trainer uses: `forward(tokens[, positions])
+    -> logits`, `cfg`, no sparse matrices, and `export` to a Hugging Face folder."""
+
+    def __init__(self, cfg: GPTConfig, eot_id: int = 0) -> None:
+        from transformers import GPT2LMHeadModel
+
+        super().__init__()
+        self.cfg = cfg
+        self.hf = GPT2LMHeadModel(gpt2_config(cfg, eot_id))
+
+    def forward(self, tokens: Tensor, positions: Tensor | None = None) -> Tensor:
+        logits = self.hf(input_ids=tokens).logits  # [B, T, vocab]
+        if positions is not None:
+            logits = logits[torch.arange(len(tokens), device=tokens.device), positions]
+        return logits
+
+    def sparse_weights(self) -> list[Any]:
+        return []  # dense: nothing is projected
+
+    def export(self, path: Path, tokenizer: Tokenizer, config: dict[str, Any] | None) -> None:
+        """`save_pretrained` folder + tokenizer.json + sparse_tf.json, written atomically."""
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one small file: no "Writing model shards" bar
+        with atomic_dir(Path(path)) as tmp:
+            self.hf.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)
+            write_json(tmp / TRAIN_CONFIG_FILE, {"format": "sparse_tf.hf_gpt2", "train": config})
+
+
+def load_gpt2(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """A `GPT2LMHeadModel` from a `save_pretrained` folder: SDPA attention (what
+    `GPT2Sites` runs), eval mode, every parameter frozen."""
+    from transformers import GPT2LMHeadModel
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise BridgeError(f"--dense {path}: not a Hugging Face model folder (no config.json)")
+    try:
+        model = GPT2LMHeadModel.from_pretrained(path, attn_implementation="sdpa")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BridgeError(f"--dense {path}: cannot load a GPT2LMHeadModel ({first})") from None
+    model = model.to(device).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def dense_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer of a dense model folder: our tokenizer.json, else GPT-2's vocab.json +
+    merges.txt (a Hugging Face GPT-2 folder)."""
+    path = Path(path)
+    if (path / TOKENIZER_FILE).is_file():
+        try:
+            return Tokenizer.from_file(str(path / TOKENIZER_FILE))
+        except Exception as e:
+            raise BridgeError(f"{path / TOKENIZER_FILE}: not a valid tokenizer ({e})") from None
+    vocab, merges = path / "vocab.json", path / "merges.txt"
+    if not (vocab.is_file() and merges.is_file()):
+        raise BridgeError(
+            f"--dense {path}: no tokenizer (needs {TOKENIZER_FILE}, or vocab.json + merges.txt)"
+        )
+    try:
+        tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+    except Exception as e:
+        raise BridgeError(f"{path}: cannot read vocab.json + merges.txt ({e})") from None
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    if tok.token_to_id(EOT) is not None:
+        tok.add_special_tokens([EOT])
+    return tok
+
+
+def check_same_tokenizer(dense: Tokenizer, sparse: Tokenizer, dense_path: Path) -> None:
+    """A BridgeError unless both tokenizers give every string the same ids (same vocabulary,
+    merges and pre-tokenisation; checked on the vocabulary and a probe text)."""
+    probe = 'def f(x):\n    return [x, "y", 3.0]  # ünï\n\n'
+    if dense.get_vocab() != sparse.get_vocab():
+        n_dense, n_sparse = dense.get_vocab_size(), sparse.get_vocab_size()
+        raise BridgeError(
+            f"--dense {dense_path}: its tokenizer differs from the sparse model's "
+            f"({n_dense} vs {n_sparse} tokens, or other token ids); bridge models trained "
+            "with the same tokenizer"
+        )
+    if dense.encode(probe).ids != sparse.encode(probe).ids:
+        raise BridgeError(
+            f"--dense {dense_path}: its tokenizer splits text differently from the sparse "
+            "model's (same vocabulary, other merges or pre-tokenisation)"
+        )
+
+
+def read_train_config(path: Path) -> dict[str, Any] | None:
+    """The sparse_tf training config stored beside a dense model trained here, if any."""
+    file = Path(path) / TRAIN_CONFIG_FILE
+    return json.loads(file.read_text())["train"] if file.is_file() else None

@@ -1,0 +1,265 @@
+"""Bridges: residual sites of both models, the per-site encoders/decoders, the losses, and the
+dense Hugging Face GPT-2 trained and loaded here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from sparse_tf import GPT, ConfigError
+from sparse_tf.bridges import (
+    BridgeConfig,
+    BridgeError,
+    Bridges,
+    DenseGPT2,
+    GPT2Sites,
+    SparseSites,
+    bridge_losses,
+    check_same_tokenizer,
+    dense_tokenizer,
+    load_gpt2,
+    site_map,
+    site_name,
+)
+from sparse_tf.data.tokenizer import train_bpe
+from sparse_tf.hooks import HookPoint
+from sparse_tf.model import GPTConfig
+from tests.helpers import tiny_config, tokens
+
+GPT2_SIZE = {"afrac": None, "bigram": False, "pos_emb": True, "arch": "hf_gpt2"}
+
+
+def dense_gpt2(n_layer: int = 2, d_model: int = 32) -> nn.Module:
+    """A randomly initialised GPT2LMHeadModel (SDPA) of the tiny vocabulary and context."""
+    cfg = tiny_config(n_layer=n_layer, d_model=d_model, **GPT2_SIZE)
+    return DenseGPT2(cfg).hf.eval()
+
+
+def touched(p: torch.Tensor) -> bool:
+    """Whether a backward pass gave `p` a nonzero gradient."""
+    return p.grad is not None and bool(p.grad.abs().max() > 0)
+
+
+def targets_of(t: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.pad(t[:, 1:], (0, 1), value=-100)
+
+
+@pytest.mark.parametrize("kind", ["sparse", "gpt2"])
+def test_every_site_resumes_to_the_models_own_output(kind: str) -> None:
+    if kind == "sparse":
+        model = GPT(tiny_config(n_layer=3)).eval()
+        sites, cfg = SparseSites(model), model.cfg
+        reference = model
+    else:
+        model = dense_gpt2(n_layer=3)
+        sites, cfg = GPT2Sites(model), tiny_config()
+
+        def reference(t: torch.Tensor) -> torch.Tensor:
+            return model(input_ids=t).logits
+
+    t = tokens(cfg)
+    expected = reference(t)
+    residuals = sites.sites(t)
+    assert sites.n_sites == len(residuals) == 2 * 3 + 1
+    for s, x in enumerate(residuals):
+        assert x.shape == (*t.shape, sites.d_model)
+        torch.testing.assert_close(sites.run_from(s, x, t), expected, rtol=0, atol=1e-5)
+    # A site really is that place in the model: changing it changes only what comes after.
+    changed = sites.run_from(2, residuals[2] + 1.0, t)
+    assert not torch.allclose(changed, expected)
+
+
+def test_sparse_sites_are_the_hooked_residual_stream() -> None:
+    model = GPT(tiny_config(n_layer=2)).eval()
+    t = tokens(model.cfg)
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(x: torch.Tensor, hook: HookPoint) -> None:
+        seen[hook.name] = x
+
+    with model.hooks([(lambda name: "resid" in name, record)]):
+        residuals = SparseSites(model).sites(t)
+    _, cache = model.run_with_cache(t)
+    names = ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid", "blocks.1.hook_resid_pre",
+             "blocks.1.hook_resid_mid", "blocks.1.hook_resid_post"]  # fmt: skip
+    assert sorted(seen) == sorted([*names, "blocks.0.hook_resid_post"])  # hooks fire
+    expected = [cache[name] for name in names]
+    for got, want in zip(residuals, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    names = [site_name(s, 2) for s in range(5)]
+    assert names == ["L0.attn_in", "L0.mlp_in", "L1.attn_in", "L1.mlp_in", "final"]
+    with pytest.raises(ValueError, match="site 5 is not in"):
+        site_name(5, 2)
+
+
+def test_gpt2_sites_refuse_eager_attention() -> None:
+    model = dense_gpt2()
+    model.config._attn_implementation = "eager"  # eager + no mask would attend to the future
+    with pytest.raises(ValueError, match="sdpa"):
+        GPT2Sites(model)
+
+
+def test_site_map_pairs_ends_and_spreads_the_middle() -> None:
+    assert site_map(2, 2) == [0, 1, 2, 3, 4]
+    assert site_map(2, 4) == [0, 2, 4, 6, 8]
+    assert site_map(4, 2) == [0, 1, 1, 2, 2, 3, 3, 4, 4]  # j / 2, halves rounded up
+    assert site_map(3, 1) == [0, 0, 1, 1, 1, 2, 2]
+
+
+def test_identical_models_with_identity_bridges_have_zero_hybrid_losses() -> None:
+    """Dense and sparse are the same model and every bridge is the identity: each hybrid is
+    the model itself, so both KLs and both NMSEs vanish; a perturbed bridge breaks that."""
+    model = GPT(tiny_config(n_layer=2)).eval()
+    sites = SparseSites(model)
+    cfg = BridgeConfig(encoder_afrac=None)
+    bridges = Bridges.between(sites, sites, cfg)
+    with torch.no_grad():
+        for linear in [*bridges.encoders, *bridges.decoders]:
+            linear.weight.copy_(torch.eye(sites.d_model))
+            linear.bias.zero_()
+    t = tokens(model.cfg, batch=4)
+    losses = bridge_losses(sites, sites, bridges, t, targets_of(t), cfg)
+    for name in ("nmse_enc", "nmse_dec", "kl_d2s", "kl_s2d"):
+        values = getattr(losses, name)
+        assert values.shape == (5,)
+        assert values.abs().max() < 1e-6, name
+    with torch.no_grad():
+        bridges.decoders[1].weight.mul_(1.5)
+    losses = bridge_losses(sites, sites, bridges, t, targets_of(t), cfg)
+    assert losses.kl_s2d[1] > 1e-4
+    assert losses.nmse_dec[1] > 1e-2
+    assert losses.kl_s2d[[0, 2, 3, 4]].abs().max() < 1e-6  # only the perturbed site moves
+
+
+def test_hybrids_use_the_right_sites_and_gradients_reach_the_right_modules() -> None:
+    """A dense GPT-2 of another width and depth: the d→s hybrid at site j trains encoder j and
+    the sparse model's later layers only; the dense model gets no gradient."""
+    dense_model = dense_gpt2(n_layer=4, d_model=48)
+    dense, sparse_model = GPT2Sites(dense_model), GPT(tiny_config(n_layer=2))
+    sparse = SparseSites(sparse_model)
+    cfg = BridgeConfig(ce=0.0, nmse=0.0, kl_s2d=0.0)
+    bridges = Bridges.between(dense, sparse, cfg)
+    assert bridges.dense_sites == [0, 2, 4, 6, 8]
+    assert bridges.encoders[0].weight.shape == (64, 48)
+    t = tokens(sparse_model.cfg, batch=2)
+    losses = bridge_losses(dense, sparse, bridges, t, targets_of(t), cfg)
+    losses.kl_d2s[2].backward()  # site 2 = L1.attn_in: encoder 2, then block 1 and the readout
+    assert touched(bridges.encoders[2].weight)
+    assert not any(touched(bridges.encoders[j].weight) for j in (0, 1, 3, 4))
+    assert not any(touched(d.weight) for d in bridges.decoders)
+    assert touched(sparse_model.blocks[1].mlp.in_proj.weight)
+    assert not touched(sparse_model.blocks[0].mlp.in_proj.weight)
+    assert not any(touched(p) for p in dense_model.parameters())
+
+
+def test_losses_fall_when_sparse_model_and_bridges_train() -> None:
+    """Against a dense model that has learnt the batch (so its outputs are worth matching),
+    every loss falls as the sparse model and the bridges train."""
+    torch.manual_seed(0)
+    dense_model = dense_gpt2(n_layer=2, d_model=32)
+    t = tokens(tiny_config(), batch=8)
+    teach = torch.optim.Adam(dense_model.parameters(), lr=1e-2)
+    for _ in range(30):
+        logits = dense_model(input_ids=t).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), targets_of(t).flatten(), ignore_index=-100
+        )
+        teach.zero_grad()
+        loss.backward()
+        teach.step()
+    dense_model.requires_grad_(False)
+    dense = GPT2Sites(dense_model)
+    sparse_model = GPT(tiny_config(n_layer=2))
+    sparse = SparseSites(sparse_model)
+    cfg = BridgeConfig()
+    bridges = Bridges.between(dense, sparse, cfg)
+    params = [*sparse_model.parameters(), *bridges.parameters()]
+    opt = torch.optim.Adam(params, lr=3e-3)
+    first = last = None
+    for _ in range(40):
+        losses = bridge_losses(dense, sparse, bridges, t, targets_of(t), cfg)
+        total = losses.total(cfg)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        first = first if first is not None else losses
+        last = losses
+    assert last.total(cfg) < 0.5 * first.total(cfg)
+    for name in ("nmse_enc", "nmse_dec", "kl_d2s", "kl_s2d"):
+        assert getattr(last, name).mean() < getattr(first, name).mean(), name
+
+
+def test_tokenizer_mismatch_is_refused(tmp_path: Path) -> None:
+    texts = ["def f(x):\n    return x\n", "class A:\n    pass\n"] * 20
+    a = train_bpe(texts, 300)
+    b = train_bpe([*texts, "while True:\n    break\n"] * 3, 300)
+    check_same_tokenizer(a, train_bpe(texts, 300), tmp_path)  # deterministic: same tokenizer
+    with pytest.raises(BridgeError, match=f"--dense {tmp_path}: its tokenizer differs"):
+        check_same_tokenizer(a, b, tmp_path)
+    with pytest.raises(BridgeError, match="no tokenizer"):
+        dense_tokenizer(tmp_path)
+
+
+def test_hf_gpt2_configs_refuse_what_gpt2_lacks() -> None:
+    with pytest.raises(ConfigError, match=r"afrac.*must be None for hf_gpt2"):
+        GPTConfig(vocab_size=96, n_ctx=24, n_layer=1, d_model=32, arch="hf_gpt2", bigram=False)
+    from sparse_tf import SparsityConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match="l0 must be 1"):
+        TrainConfig(
+            model=tiny_config(**GPT2_SIZE), sparsity=SparsityConfig(l0=0.5), max_steps=1,
+            batch_size=1,
+        )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_dense_gpt2_trains_and_saves_as_a_hugging_face_folder(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """`sparse-tf train` with an hf_gpt2 model: the export is a save_pretrained folder that
+    `load_gpt2` reads back (same outputs), with the run's tokenizer; a checkpoint resumes."""
+    from tests.helpers import tiny_train_flags
+
+    out = tmp_path / "gpt2"
+    flags = [
+        *tiny_train_flags(corpus, 6), "--sparsity.l0", "1", "--model.arch", "hf_gpt2",
+        "--model.afrac", "0", "--model.no-bigram", "--model.pos-emb", "--out", str(out),
+        "--wandb", "disabled", "--progress", "none", "--ckpt-every", "3", "--eval-every", "0",
+    ]  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "sparse_tf.cli", "train", *flags], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    final = out / "final"
+    assert json.loads((final / "config.json").read_text())["model_type"] == "gpt2"
+    model = load_gpt2(final)
+    assert not any(p.requires_grad for p in model.parameters())
+    tok = dense_tokenizer(final)
+    check_same_tokenizer(tok, dense_tokenizer(out / "step-6"), final)
+    t = torch.tensor([tok.encode("def main():\n    return 0\n").ids])
+    sites = GPT2Sites(model)
+    residuals = sites.sites(t)
+    torch.testing.assert_close(
+        sites.run_from(0, residuals[0], t), model(input_ids=t).logits, rtol=0, atol=1e-5
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["val_loss"] is not None
+    assert summary["nonzeros"] == {}
+    # The checkpoints are ordinary ones: a resumed run ends at the same weights.
+    (out / "summary.json").unlink()
+    for name in ("step-6", "final"):
+        subprocess.run(["rm", "-r", str(out / name)], check=True)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "sparse_tf.cli", "train", *flags, "--resume"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = load_gpt2(final)
+    for (name, p), q in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
+        torch.testing.assert_close(q, p, rtol=0, atol=0, msg=name)
