@@ -147,9 +147,7 @@ def bridge_losses(
         dense_logits = dense.run_from(dense.n_sites - 1, dense_sites[-1], tokens)
     sparse_sites = sparse.sites(tokens)
     sparse_logits = sparse.run_from(sparse.n_sites - 1, sparse_sites[-1], tokens)
-    ce = F.cross_entropy(
-        sparse_logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100
-    )
+    ce = F.cross_entropy(sparse_logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
     enc, dec, d2s, s2d = [], [], [], []
     for j, h_sparse in enumerate(sparse_sites):
         m = bridges.dense_sites[j]
