@@ -358,20 +358,32 @@ def export_model(
     files load to bit-identical parameters. Dense models gain nothing from it: pass
     `compressed=False`.
 
-    A model of another architecture (`DenseGPT2`) exports itself (`model.export`): a Hugging
-    Face folder.
+    Other models export themselves (`model.export`, same arguments, returns the sizes): a
+    `DenseGPT2` as a Hugging Face folder, a `BridgedModel` as its sparse model plus bridges.
     """
     if not isinstance(model, GPT):
-        model.export(Path(path), tokenizer, config)
-        return {f.name: f.stat().st_size for f in sorted(Path(path).glob("*.safetensors"))}
+        return model.export(Path(path), tokenizer, config)
     with atomic_dir(Path(path)) as tmp:
-        save_file(_cpu(model.state_dict()), tmp / MODEL_FILE)
-        if compressed:
-            tensors, meta = compress_state(model)
-            save_file(tensors, tmp / SPARSE_MODEL_FILE, metadata=meta)
-        _write_config(tmp, model.cfg, config)
-        save_tokenizer(tokenizer, tmp)
-        return {f.name: f.stat().st_size for f in sorted(tmp.glob("*.safetensors"))}
+        return write_model_files(tmp, model, tokenizer, config, compressed=compressed)
+
+
+def write_model_files(
+    folder: Path,
+    model: GPT,
+    tokenizer: Tokenizer,
+    config: dict[str, Any] | None,
+    *,
+    compressed: bool,
+) -> dict[str, int]:
+    """`export_model`'s files, into an existing (temporary) folder; returns the sizes of the
+    weights files. For exports that add files of their own (bridges)."""
+    save_file(_cpu(model.state_dict()), folder / MODEL_FILE)
+    if compressed:
+        tensors, meta = compress_state(model)
+        save_file(tensors, folder / SPARSE_MODEL_FILE, metadata=meta)
+    _write_config(folder, model.cfg, config)
+    save_tokenizer(tokenizer, folder)
+    return {f.name: f.stat().st_size for f in sorted(folder.glob("*.safetensors"))}
 
 
 def compress_state(model: GPT) -> tuple[dict[str, Tensor], dict[str, str]]:

@@ -3,6 +3,9 @@
     sparse-tf train [--preset tiny-cpu] [--out DIR] [--max-steps N] [--seed N] [--resume]
                     [--overwrite] [--wandb offline|online|disabled] [--device auto|cpu|cuda]
                     [--model.d-model 256 --sparsity.l0 0.03125 --optim.lr 0.01 ...]
+    sparse-tf bridge --dense DIR [--preset tiny-cpu] [--out DIR] [any train flag]
+    sparse-tf perturb --model runs/tiny-cpu-bridged/final [--task single_double_quote]
+                      [--site L1.attn_in] [--channels auto|3,17] [--mode flip|zero|scale|...]
     sparse-tf eval --model runs/tiny-cpu/final [--task NAME|all] [--n 100] [--json FILE]
     sparse-tf tasks [--task NAME] [--show 2] [--out DIR --n 1000 --split test]
     sparse-tf prune --model runs/tiny-cpu/final --task single_double_quote --out DIR
@@ -99,6 +102,30 @@ def train_command(argv: list[str]) -> None:
     os._exit(code)
 
 
+def bridge_command(argv: list[str]) -> None:
+    """`sparse-tf train` with bridges to the dense GPT-2 of `--dense DIR` (`--bridge.dense`);
+    new runs go to runs/PRESET-bridged unless --out says otherwise."""
+    dense = _flag_value(argv, "--dense")
+    if dense is None and "--resume" not in argv:
+        raise UsageError(
+            "--dense DIR is required: the dense GPT-2 folder to bridge to (one trained here: "
+            "sparse-tf train --preset gpt2-tiny-cpu --out DIR)"
+        )
+    rest, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == "--dense":
+            skip = True
+        elif not arg.startswith("--dense="):
+            rest.append(argv[i])
+    if dense is not None:
+        rest += ["--bridge.dense", dense]
+    if _flag_value(argv, "--out") is None and "--resume" not in argv:
+        rest += ["--out", f"runs/{_flag_value(argv, '--preset') or DEFAULT_PRESET}-bridged"]
+    train_command(rest)
+
+
 def _flag_value(argv: list[str], flag: str) -> str | None:
     """The value given to `flag` (as `flag VALUE` or `flag=VALUE`), before tyro parses: the
     defaults of the other flags depend on --preset, --out and --resume."""
@@ -167,6 +194,64 @@ def eval_command(argv: list[str]) -> None:
     print(report.table())
     if args.json:
         write_json(Path(args.json), report.to_dict())
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PerturbArgs:
+    """Edit a bridged sparse model's residual at a site, decode the edit into the dense
+    GPT-2 through the bridge, and compare both models' task logit differences."""
+
+    model: str
+    """A `sparse-tf bridge` run's final/ folder (the sparse model and its bridges)."""
+    dense: str | None = None
+    """The dense GPT-2 folder; default: the one the bridges were trained against."""
+    task: str = "single_double_quote"
+    site: str = "L1.attn_in"
+    """Sparse-model site: L{i}.attn_in, L{i}.mlp_in or final."""
+    channels: str = "auto"
+    """Comma-separated residual channels, or 'auto': the --k channels that separate the
+    task's two classes most at the site (on train-split pairs)."""
+    k: int = 4
+    mode: Literal["zero", "scale", "set", "add", "flip"] = "flip"
+    value: float = 0.0
+    """Of 'scale', 'set' and 'add'."""
+    positions: Literal["last", "all"] = "last"
+    n: int = 64
+    """Contrast pairs (test split)."""
+    seed: int = 0
+    device: str = "auto"
+    json: str | None = None
+    """Also write the result to this JSON file."""
+
+
+def perturb_command(argv: list[str]) -> None:
+    from sparse_tf.bridges import Edit, class_channels, load_bridged, load_gpt2, perturb
+    from sparse_tf.bridges.model import BRIDGES_META
+    from sparse_tf.data import load_tokenizer
+    from sparse_tf.training import resolve_device
+
+    args = _tyro_cli(PerturbArgs, prog="sparse-tf perturb", args=argv)
+    device = resolve_device(args.device, "--device")
+    sparse, bridges = load_bridged(args.model, device)
+    dense_dir = args.dense or read_json(Path(args.model) / BRIDGES_META).get("dense")
+    if dense_dir is None:
+        raise UsageError("--dense DIR: the bridges do not record their dense model")
+    dense = load_gpt2(dense_dir, device)
+    tok = load_tokenizer(args.model)
+    try:
+        if args.channels == "auto":
+            channels = class_channels(sparse, tok, args.task, args.site, k=args.k, seed=args.seed)
+        elif all(c.strip().isdigit() for c in args.channels.split(",")):
+            channels = [int(c) for c in args.channels.split(",")]
+        else:
+            raise UsageError(f"--channels {args.channels!r}: 'auto' or integers joined by commas")
+        edit = Edit(args.site, channels, args.mode, args.value, args.positions)
+        result = perturb(sparse, bridges, dense, tok, args.task, edit, args.n, seed=args.seed)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    print(result.table())
+    if args.json:
+        write_json(Path(args.json), dataclasses.asdict(result))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -354,6 +439,8 @@ def format_description(cfg: GPTConfig, sparsity: SparsityConfig) -> str:
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "train": (train_command, "train a weight-sparse GPT (presets, resume, export)"),
+    "bridge": (bridge_command, "train a sparse GPT with bridges to a dense HF GPT-2 (--dense)"),
+    "perturb": (perturb_command, "edit a bridged sparse model's site; effect on the dense model"),
     "eval": (eval_command, "score a trained model on the 20 hand-built tasks and its val split"),
     "tasks": (tasks_command, "list the hand-built tasks, show example pairs, export them"),
     "prune": (prune_command, "find a task's minimal circuit; write circuit.json and circuit.html"),

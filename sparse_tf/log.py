@@ -146,6 +146,10 @@ class RunLogger:
         for key, label, fmt in (
             ("train/loss", "loss", ".3f"),
             ("val/loss", "val", ".3f"),
+            ("bridge/nmse_enc", "nmse enc", ".3f"),
+            ("bridge/nmse_dec", "nmse dec", ".3f"),
+            ("bridge/kl_d2s", "kl d>s", ".3f"),
+            ("bridge/kl_s2d", "kl s>d", ".3f"),
             ("sparsity/l0", "L0", ".4f"),
             ("train/lr", "lr", ".2e"),
             ("perf/tokens_per_s", "tok/s", ",.0f"),

@@ -2,7 +2,9 @@
 
 `SparseOptimizer.step()`, after `loss.backward()`, does in this order (DESIGN.md section 4):
 
-1. divide every gradient by the global gradient RMS (normalised to 1, not clipped);
+1. divide every gradient by the global gradient RMS (normalised to 1, not clipped); a model
+   may name groups normalised separately (`grad_rms_groups()`: a bridged model's GPT and
+   bridges);
 2. Adam (β 0.9/0.95, ε 0.1; moments stay dense so any weight can re-enter) at
    LR = base · warmup/decay(step) · sharkfin(step);
 3. project every sparse matrix to its top-magnitude entries at the scheduled L0;
@@ -128,8 +130,18 @@ class SparseOptimizer:
         self.params = [p for _, p in named]
         self.param_names = [n for n, _ in named]  # Adam's state index i is param_names[i]
         # The official rule: every ≥2-D weight decays, except the bigram table.
-        self._decayed = [p for n, p in named if p.dim() >= 2 and n != "bigram"]
+        # (`bigram` at any depth: a bridged model holds the GPT as `sparse`.)
+        self._decayed = [p for n, p in named if p.dim() >= 2 and n.rsplit(".", 1)[-1] != "bigram"]
         self._dense_counts = {w.name: w.param.numel() for w in model.sparse_weights()}
+        # Parameters whose gradient RMS is normalised together: the whole model, unless it
+        # names groups (a bridged model: the sparse GPT and the bridges, whose gradients can
+        # differ in scale by orders of magnitude, each normalised on its own).
+        prefixes = model.grad_rms_groups() if hasattr(model, "grad_rms_groups") else [""]
+        self._rms_groups = [
+            [p for name, p in named if name.startswith(prefix)] for prefix in prefixes
+        ]
+        if sum(map(len, self._rms_groups)) != len(named):
+            raise ValueError(f"grad_rms_groups {prefixes} do not cover each parameter once")
         # FSDP: the parameters are row shards (DTensors); the gradient norm sums over ranks.
         self._shard_group = row_shard_group(self.params) if is_sharded(model) else None
         fused = all(p.is_cuda for p in self.params)
@@ -176,8 +188,19 @@ class SparseOptimizer:
             dist.all_reduce(sum_sq, group=self._shard_group)
             norm = sum_sq.sqrt()
         grad_rms = norm / n**0.5
-        if self.cfg.grad_rms is not None:
+        if self.cfg.grad_rms is not None and len(self._rms_groups) == 1:
             torch._foreach_mul_(shards, self.cfg.grad_rms / (grad_rms + 1e-5))
+        elif self.cfg.grad_rms is not None:  # each group to the target RMS on its own
+            for members in self._rms_groups:
+                group = [local(p.grad) for p in members if p.grad is not None]
+                if not group:
+                    continue
+                sum_sq = torch.stack(torch._foreach_norm(group)).square().sum()
+                if self._shard_group is not None:
+                    dist.all_reduce(sum_sq, group=self._shard_group)
+                size = sum(p.grad.numel() for p in members if p.grad is not None)
+                rms = sum_sq.sqrt() / size**0.5
+                torch._foreach_mul_(group, self.cfg.grad_rms / (rms + 1e-5))
 
         lr, l0 = self.lr_at(step), self.l0_at(step)
         for group in self.adam.param_groups:

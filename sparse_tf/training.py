@@ -34,6 +34,10 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from sparse_tf._version import __version__
+from sparse_tf.bridges.bridge import LOSS_KINDS, BridgeConfig
+from sparse_tf.bridges.dense import check_same_tokenizer, dense_tokenizer, load_gpt2
+from sparse_tf.bridges.model import BridgedModel
+from sparse_tf.bridges.sites import site_name
 from sparse_tf.checkpoint import (
     MODEL_FILE,
     SPARSE_MODEL_FILE,
@@ -92,10 +96,15 @@ class TrainConfig(Config):
     """Sequences per forward/backward pass (gradient accumulation); None: the whole batch."""
     seed: int = 0
     """Seeds the initialisation and the data order."""
+    bridge: BridgeConfig = BridgeConfig()  # noqa: RUF009 - frozen
+    """With `bridge.dense` set, train bridges to that dense GPT-2 alongside (`sparse-tf
+    bridge`); the loss adds their terms to the model's own."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.max_steps >= 1, self, "max_steps", "must be >= 1")
+        if self.bridge.dense is not None:
+            check(self.model.arch == "sparse_tf", self, "bridge", "bridges a sparse_tf GPT only")
         if self.model.arch == "hf_gpt2":
             check(self.dense, self, "sparsity", "l0 must be 1: an hf_gpt2 model trains dense")
         check(self.batch_size >= 1, self, "batch_size", "must be >= 1")
@@ -197,8 +206,11 @@ class _Run:
         """The global batch (batch_size sequences per optimizer step) is the same at any number
         of ranks: each rank takes batch_size / world of it, in micro-batches."""
         cfg, world = self.cfg, self.world.size
-        if self.opts.dist == "fsdp" and cfg.model.arch != "sparse_tf":
-            raise ConfigError(f"--dist fsdp: shards sparse_tf GPTs only, not {cfg.model.arch}")
+        if self.opts.dist == "fsdp" and (cfg.model.arch != "sparse_tf" or cfg.bridge.dense):
+            raise ConfigError(
+                "--dist fsdp: shards plain sparse_tf GPTs only (not hf_gpt2, not bridges); "
+                "use --dist ddp"
+            )
         if cfg.batch_size % world:
             raise ConfigError(
                 f"TrainConfig.batch_size={cfg.batch_size} must be divisible by the {world} ranks"
@@ -254,6 +266,11 @@ class _Run:
             model = build_model(cfg.model, eot_id(data.tokenizer))
         if self.sharded:
             shard_model(model, self.device)  # each rank keeps its rows of every tensor
+        if cfg.bridge.dense is not None:
+            model = self._bridged(model, data)
+            if ckpt is None:  # a new run: bridges start at their targets' means
+                first = EpochSampler(len(data.train), cfg.seed).indices(0, cfg.micro)
+                model.init_biases(data.train.get(first)[0].to(self.device))
         opt = SparseOptimizer(model, cfg.optim, None if cfg.dense else cfg.sparsity, cfg.max_steps)
         state: dict[str, Any] = {"data_position": 0}
         if ckpt is not None:
@@ -283,6 +300,11 @@ class _Run:
             self.net = DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        self.bridged = cfg.bridge.dense is not None
+        # Per-site bridge losses summed over the steps of a log window: [4, sites].
+        self.bridge_sum = torch.zeros(
+            len(LOSS_KINDS), 2 * cfg.model.n_layer + 1, device=self.device
+        )
         logger: RunLogger | SilentLogger = SilentLogger()
         if world.main:
             logger = RunLogger(
@@ -306,6 +328,20 @@ class _Run:
             return result
         finally:
             logger.close()
+
+    def _bridged(self, model: GPT, data: Data) -> BridgedModel:
+        """`model` with bridges to the dense GPT-2 of `bridge.dense`, which must read the same
+        tokens (tokenizer, vocabulary size, context)."""
+        path = Path(self.cfg.bridge.dense)  # type: ignore[arg-type]
+        dense = load_gpt2(path, self.device)
+        check_same_tokenizer(dense_tokenizer(path), data.tokenizer, path)
+        vocab, n_ctx = dense.config.vocab_size, dense.config.n_positions
+        if vocab != self.cfg.model.vocab_size or n_ctx < self.cfg.model.n_ctx:
+            raise TrainingError(
+                f"--dense {path}: vocabulary {vocab} and context {n_ctx}; the sparse model needs "
+                f"vocabulary {self.cfg.model.vocab_size} and context >= {self.cfg.model.n_ctx}"
+            )
+        return BridgedModel(model, dense, self.cfg.bridge).to(self.device)
 
     def _claimed(self) -> tuple[dict[str, Any] | None, Path | None]:
         """After `_claim_out_dir`: (run.json, checkpoint to load), both None for a new run."""
@@ -377,6 +413,11 @@ class _Run:
             f"{corpus['digest'][:12]}): {summary['train_tokens']:,} train / "
             f"{summary['val_tokens']:,} val tokens; tokenizer "
             f"{summary['tokenizer']['vocab_size']} tokens\nrun: {self.out}"
+        ) + (
+            f"\nbridged to the dense GPT-2 in {cfg.bridge.dense} at "
+            f"{2 * cfg.model.n_layer + 1} sites"
+            if cfg.bridge.dense is not None
+            else ""
         )
 
     def _where(self) -> str:
@@ -430,6 +471,8 @@ class _Run:
                     n = done - window_start
                     if self.world.distributed:
                         torch.distributed.all_reduce(loss_sum)  # each rank's share of the mean
+                        if self.bridged:
+                            torch.distributed.all_reduce(self.bridge_sum)
                     metrics = {
                         "train/loss": float(loss_sum) / n,
                         "train/lr": stats.lr,
@@ -440,6 +483,8 @@ class _Run:
                         "perf/step_ms": 1000 * (now - t_window) / n,
                         "perf/tokens": done * tokens_per_step,
                     }
+                    if self.bridged:
+                        metrics |= self._bridge_metrics(n)
                     if self.device.type == "cuda":
                         peak = torch.cuda.max_memory_allocated(self.device)
                         metrics["perf/gpu_mem_gib"] = peak / 2**30
@@ -475,6 +520,17 @@ class _Run:
                             f"step {done}; checkpoint {path} is complete: continue with --resume"
                         )
 
+    def _bridge_metrics(self, steps: int) -> dict[str, float]:
+        """Mean bridge losses of the log window: per kind, and per kind and site."""
+        means = (self.bridge_sum / steps).tolist()  # [kind][site]
+        self.bridge_sum.zero_()
+        out = {}
+        for kind, values in zip(LOSS_KINDS, means, strict=True):
+            out[f"bridge/{kind}"] = sum(values) / len(values)
+            for site, value in enumerate(values):
+                out[f"bridge/{kind}/{site_name(site, self.cfg.model.n_layer)}"] = value
+        return out
+
     def _forward_backward(self, windows: Windows, indices: np.ndarray) -> Tensor:
         """Accumulate the gradient of the global batch's mean token loss; returns this rank's
         share of that loss (the shares of all ranks sum to it).
@@ -493,7 +549,9 @@ class _Run:
         starts = range(0, per_rank, micro)
         for i in starts:
             x = inputs[i : i + micro].to(self.device, non_blocking=True)
-            y = targets[i : i + micro].to(self.device, non_blocking=True)
+            y = targets[i : i + micro]
+            ce_scale = int((y != -100).sum()) / n_targets  # its share of the batch's targets
+            y = y.to(self.device, non_blocking=True)
             last = i == starts[-1]
             # DDP averages gradients over ranks when the last micro-batch's backward runs;
             # FSDP reduce-scatters every micro-batch's into the shards (memory stays sharded).
@@ -502,10 +560,17 @@ class _Run:
                 sync = self.net.no_sync()  # type: ignore[operator]
             with sync:
                 with self._autocast():
-                    logits = self.net(x)
-                loss = target_loss(logits, y, reduction="sum") / n_targets
+                    if self.bridged:  # the model's CE plus the bridges' terms
+                        parts = self.net(x, targets=y)
+                        share = len(x) / len(indices)  # of the batch's windows
+                        objective = parts.total(self.cfg.bridge, ce_scale=ce_scale, scale=share)
+                        self.bridge_sum += share * parts.per_site()
+                        loss = parts.ce * ce_scale
+                    else:
+                        loss = target_loss(self.net(x), y, reduction="sum") / n_targets
+                        objective = loss
                 # x world: DDP's (FSDP's) average over ranks gives the sum of the ranks' shares.
-                (loss * world.size if world.distributed else loss).backward()
+                (objective * world.size if world.distributed else objective).backward()
             total += loss.detach()
         return total
 

@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from sparse_tf import GPT, ConfigError
+from sparse_tf import GPT, ConfigError, OptimConfig, SparseOptimizer
 from sparse_tf.bridges import (
     BridgeConfig,
+    BridgedModel,
     BridgeError,
     Bridges,
     DenseGPT2,
@@ -145,6 +146,9 @@ def test_hybrids_use_the_right_sites_and_gradients_reach_the_right_modules() -> 
     sparse = SparseSites(sparse_model)
     cfg = BridgeConfig(ce=0.0, nmse=0.0, kl_s2d=0.0)
     bridges = Bridges.between(dense, sparse, cfg)
+    with torch.no_grad():  # off the zero init, so that every path carries a gradient
+        for p in bridges.parameters():
+            p.normal_(std=0.1)
     assert bridges.dense_sites == [0, 2, 4, 6, 8]
     assert bridges.encoders[0].weight.shape == (64, 48)
     t = tokens(sparse_model.cfg, batch=2)
@@ -174,20 +178,17 @@ def test_losses_fall_when_sparse_model_and_bridges_train() -> None:
         loss.backward()
         teach.step()
     dense_model.requires_grad_(False)
-    dense = GPT2Sites(dense_model)
-    sparse_model = GPT(tiny_config(n_layer=2))
-    sparse = SparseSites(sparse_model)
-    cfg = BridgeConfig()
-    bridges = Bridges.between(dense, sparse, cfg)
-    params = [*sparse_model.parameters(), *bridges.parameters()]
-    opt = torch.optim.Adam(params, lr=3e-3)
+    cfg = BridgeConfig(dense="unused")
+    bridged = BridgedModel(GPT(tiny_config(n_layer=2)), dense_model, cfg)
+    bridged.init_biases(t)
+    # The trainer's optimizer: the model's and the bridges' gradients normalised apart.
+    opt = SparseOptimizer(bridged, OptimConfig(lr=3e-3), None, total_steps=40)
     first = last = None
     for _ in range(40):
-        losses = bridge_losses(dense, sparse, bridges, t, targets_of(t), cfg)
-        total = losses.total(cfg)
-        opt.zero_grad()
-        total.backward()
+        losses = bridged(t, targets=targets_of(t))
+        losses.total(cfg).backward()
         opt.step()
+        opt.zero_grad()
         first = first if first is not None else losses
         last = losses
     assert last.total(cfg) < 0.5 * first.total(cfg)
@@ -263,3 +264,140 @@ def test_a_dense_gpt2_trains_and_saves_as_a_hugging_face_folder(
     again = load_gpt2(final)
     for (name, p), q in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
         torch.testing.assert_close(q, p, rtol=0, atol=0, msg=name)
+
+
+def test_perturbation_reaches_the_dense_model_only_through_the_decoder(trained: Path) -> None:
+    """A neutral edit (scale 1) changes nothing; a real edit changes the sparse model, and
+    the dense model exactly when the site's decoder maps it somewhere."""
+    from sparse_tf import load_model, load_tokenizer
+    from sparse_tf.bridges import Edit, class_channels, perturb
+
+    sparse_model, tok = load_model(trained), load_tokenizer(trained)
+    cfg = sparse_model.cfg
+    dense_model = DenseGPT2(
+        GPTConfig(
+            vocab_size=cfg.vocab_size,
+            n_ctx=cfg.n_ctx,
+            n_layer=2,
+            d_model=48,
+            **GPT2_SIZE,  # type: ignore[arg-type]
+        )
+    ).hf.eval()
+    sparse, dense = SparseSites(sparse_model), GPT2Sites(dense_model)
+    bridges = Bridges.between(dense, sparse, BridgeConfig())  # zero init: decoders map to 0
+    channels = class_channels(sparse_model, tok, "single_double_quote", "final", k=3, n_pairs=8)
+    assert len(channels) == 3
+    assert channels == sorted(set(channels))
+    assert all(0 <= c < cfg.d_model for c in channels)
+
+    def run(mode: str, value: float = 0.0) -> object:
+        edit = Edit(site="final", channels=channels, mode=mode, value=value)  # type: ignore[arg-type]
+        return perturb(sparse_model, bridges, dense_model, tok, "single_double_quote", edit, 8)
+
+    same = run("scale", 1.0)
+    assert same.sparse.margin_after == same.sparse.margin_before  # the same tensors
+    assert same.dense.margin_after == same.dense.margin_before
+    # (The tiny model's margins are small: changes are asserted well above float noise.)
+    big = run("add", 50.0)
+    assert big.sparse.margin_after != pytest.approx(big.sparse.margin_before, abs=1e-5)
+    assert big.dense.margin_after == big.dense.margin_before  # decoder is 0: nothing reaches it
+    assert big.site == "final"
+    assert big.dense_site == "final"
+    with torch.no_grad():
+        bridges.decoders[-1].weight.normal_()
+    moved = run("add", 50.0)
+    assert moved.dense.margin_after != pytest.approx(moved.dense.margin_before, abs=1e-5)
+    assert moved.prompts == 16
+    assert "flip" in run("flip").table()
+
+
+@pytest.fixture(scope="module")
+def dense_run(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dense GPT-2 trained for 6 steps on the tiny config's data (its final/ folder)."""
+    from tests.helpers import tiny_train_flags
+
+    out = tmp_path_factory.mktemp("gpt2") / "run"
+    flags = [*tiny_train_flags(corpus, 6), *_GPT2_FLAGS, "--out", str(out), *_QUIET]
+    run = subprocess.run([sys.executable, "-m", "sparse_tf.cli", "train", *flags],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out / "final"
+
+
+_GPT2_FLAGS = ["--sparsity.l0", "1", "--model.arch", "hf_gpt2", "--model.afrac", "0",
+               "--model.no-bigram", "--model.pos-emb"]  # fmt: skip
+_QUIET = ["--wandb", "disabled", "--progress", "none", "--ckpt-every", "3", "--eval-every", "0",
+          "--log-every", "1"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_bridge_command_trains_logs_exports_and_resumes(
+    corpus: Path, dense_run: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from sparse_tf.bridges import load_bridged
+    from tests.helpers import tiny_train_flags
+
+    out = tmp_path / "bridged"
+    flags = [*tiny_train_flags(corpus, 6), "--model.n-layer", "2", "--out", str(out), *_QUIET]
+    command = [sys.executable, "-m", "sparse_tf.cli", "bridge", "--dense", str(dense_run)]
+    run = subprocess.run([*command, *flags], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "bridged to the dense GPT-2" in run.stderr + run.stdout
+    records = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    logged = [r for r in records if "bridge/kl_d2s" in r]
+    assert len(logged) == 6
+    sites = ["L0.attn_in", "L0.mlp_in", "L1.attn_in", "L1.mlp_in", "final"]
+    for kind in ("nmse_enc", "nmse_dec", "kl_d2s", "kl_s2d"):
+        assert all(f"bridge/{kind}/{s}" in logged[-1] for s in sites)
+    # The dense GPT-2 has 1 layer, the sparse model 2: sites pair up with the dense ones.
+    model, bridges = load_bridged(out / "final")
+    assert bridges.dense_sites == [0, 1, 1, 2, 2]
+    assert model.cfg.n_layer == 2
+    config = json.loads((out / "run.json").read_text())["config"]
+    assert config["bridge"]["dense"] == str(dense_run)
+
+    # Resumed from step 3, the run ends with the same model and bridges (CPU: bit for bit).
+    for name in ("step-6", "final"):
+        subprocess.run(["rm", "-r", str(out / name)], check=True)
+    (out / "summary.json").unlink()
+    again = subprocess.run([*command, *flags, "--resume"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    _, bridges2 = load_bridged(out / "final")
+    for name, p in bridges.state_dict().items():
+        torch.testing.assert_close(bridges2.state_dict()[name], p, rtol=0, atol=0, msg=name)
+    weights = load_file(out / "final" / "model.safetensors")
+    for name, p in model.state_dict().items():
+        torch.testing.assert_close(weights[name], p, rtol=0, atol=0, msg=name)
+
+    perturbed = subprocess.run(
+        [sys.executable, "-m", "sparse_tf.cli", "perturb", "--model", str(out / "final"),
+         "--site", "L1.mlp_in", "--n", "4", "--device", "cpu"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    # The tiny tokenizer has no task tokens: a clear error, not a traceback.
+    assert perturbed.returncode != 0
+    assert "sparse-tf perturb: error:" in perturbed.stderr
+    assert "Traceback" not in perturbed.stderr
+
+
+@pytest.mark.slow
+def test_bridge_refuses_a_dense_model_with_another_tokenizer(
+    corpus: Path, dense_run: Path, tmp_path: Path
+) -> None:
+    from tests.helpers import tiny_train_flags
+
+    flags = [*tiny_train_flags(corpus, 2), "--model.vocab-size", "384", "--out",
+             str(tmp_path / "x"), *_QUIET]  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "sparse_tf.cli", "bridge", "--dense", str(dense_run), *flags],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert f"--dense {dense_run}: its tokenizer differs from the sparse model's" in run.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "sparse_tf.cli", "bridge", *flags], capture_output=True, text=True
+    )
+    assert missing.returncode == 2
+    assert "--dense DIR is required" in missing.stderr

@@ -5,7 +5,10 @@
 `sites` reads and resumes both models at their 2L + 1 residual-stream sites; `bridge` holds
 the per-site encoders/decoders and the training losses (normalised MSE both ways, hybrid KL
 dense→sparse and sparse→dense); `dense` builds, trains (through `sparse-tf train --preset
-gpt2-tiny-cpu`), saves and loads the dense GPT-2 and checks that both use one tokenizer.
+gpt2-tiny-cpu`), saves and loads the dense GPT-2 and checks that both use one tokenizer;
+`model` is what `sparse-tf bridge` trains and exports (`load_bridged` reads it back);
+`perturb` edits the sparse residual at a site and measures the decoded edit's effect on the
+dense model's task logit difference (`sparse-tf perturb`).
 """
 
 from sparse_tf.bridges.bridge import (
@@ -25,24 +28,32 @@ from sparse_tf.bridges.dense import (
     gpt2_config,
     load_gpt2,
 )
+from sparse_tf.bridges.model import BridgedModel, load_bridged
+from sparse_tf.bridges.perturb import Edit, PerturbationResult, class_channels, perturb
 from sparse_tf.bridges.sites import GPT2Sites, ResidualSites, SparseSites, site_name
 
 __all__ = [
     "BridgeConfig",
     "BridgeError",
     "BridgeLosses",
+    "BridgedModel",
     "Bridges",
     "DenseGPT2",
+    "Edit",
     "GPT2Sites",
+    "PerturbationResult",
     "ResidualSites",
     "SparseSites",
     "bridge_losses",
     "check_same_tokenizer",
+    "class_channels",
     "dense_tokenizer",
     "gpt2_config",
     "kl_from",
+    "load_bridged",
     "load_gpt2",
     "nmse",
+    "perturb",
     "site_map",
     "site_name",
 ]

@@ -36,8 +36,11 @@ from sparse_tf.sparsity import AbsTopK
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BridgeConfig(Config):
-    """The bridges' shape and the weights of the training losses."""
+    """The dense model to bridge to, the bridges' shape and the weights of the losses."""
 
+    dense: str | None = None
+    """Folder of the dense Hugging Face GPT-2 (`save_pretrained`, with its tokenizer); None:
+    no bridges (plain training)."""
     encoder_afrac: float | None = 0.25
     """AbsTopK on each encoder's output: int(frac · d_sparse) entries kept; None: off."""
     ce: float = 1.0
@@ -77,6 +80,16 @@ class Bridges(nn.Module):
         self.encoders = nn.ModuleList(nn.Linear(d_dense, d_sparse) for _ in range(n))
         self.decoders = nn.ModuleList(nn.Linear(d_sparse, d_dense) for _ in range(n))
         self.topk = AbsTopK(encoder_afrac)
+        # Zero init (as LoRA's B): every bridge starts out predicting 0, so each NMSE starts
+        # near 1 whatever the two residual streams' scales, and each hybrid starts as the
+        # model resumed from an empty residual stream.
+        for linear in [*self.encoders, *self.decoders]:
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+    def __len__(self) -> int:
+        """Sites bridged: one per sparse-model site."""
+        return len(self.dense_sites)
 
     @classmethod
     def between(cls, dense: ResidualSites, sparse: ResidualSites, cfg: BridgeConfig) -> Bridges:
@@ -112,6 +125,10 @@ def kl_from(reference_logits: Tensor, logits: Tensor) -> Tensor:
     return F.kl_div(log_p, ref, log_target=True, reduction="batchmean")
 
 
+LOSS_KINDS = ("nmse_enc", "nmse_dec", "kl_d2s", "kl_s2d")
+"""The per-site losses, in the order of `BridgeLosses.per_site()`."""
+
+
 @dataclasses.dataclass(frozen=True)
 class BridgeLosses:
     """One batch's losses: 0-d tensors (per site: [n_sites]) that backpropagate."""
@@ -122,13 +139,19 @@ class BridgeLosses:
     kl_d2s: Tensor  # [n_sites]
     kl_s2d: Tensor  # [n_sites]
 
-    def total(self, cfg: BridgeConfig) -> Tensor:
-        return (
-            cfg.ce * self.ce
-            + cfg.nmse * (self.nmse_enc.mean() + self.nmse_dec.mean())
+    def total(self, cfg: BridgeConfig, *, ce_scale: float = 1.0, scale: float = 1.0) -> Tensor:
+        """The weighted objective; a micro-batch's share of a batch's objective scales its CE
+        by `ce_scale` (its share of the batch's targets) and the rest by `scale`."""
+        bridges = (
+            cfg.nmse * (self.nmse_enc.mean() + self.nmse_dec.mean())
             + cfg.kl_d2s * self.kl_d2s.mean()
             + cfg.kl_s2d * self.kl_s2d.mean()
         )
+        return cfg.ce * ce_scale * self.ce + scale * bridges
+
+    def per_site(self) -> Tensor:
+        """[4, n_sites]: nmse_enc, nmse_dec, kl_d2s, kl_s2d (detached), for logging."""
+        return torch.stack([self.nmse_enc, self.nmse_dec, self.kl_d2s, self.kl_s2d]).detach()
 
 
 def bridge_losses(

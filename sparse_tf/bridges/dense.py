@@ -76,8 +76,11 @@ class DenseGPT2(nn.Module):
     def sparse_weights(self) -> list[Any]:
         return []  # dense: nothing is projected
 
-    def export(self, path: Path, tokenizer: Tokenizer, config: dict[str, Any] | None) -> None:
-        """`save_pretrained` folder + tokenizer.json + sparse_tf.json, written atomically."""
+    def export(
+        self, path: Path, tokenizer: Tokenizer, config: dict[str, Any] | None
+    ) -> dict[str, int]:
+        """`save_pretrained` folder + tokenizer.json + sparse_tf.json, written atomically;
+        returns the sizes of the weights files."""
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one small file: no "Writing model shards" bar
@@ -85,13 +88,16 @@ class DenseGPT2(nn.Module):
             self.hf.save_pretrained(tmp)
             save_tokenizer(tokenizer, tmp)
             write_json(tmp / TRAIN_CONFIG_FILE, {"format": "sparse_tf.hf_gpt2", "train": config})
+            return {f.name: f.stat().st_size for f in sorted(tmp.glob("*.safetensors"))}
 
 
 def load_gpt2(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """A `GPT2LMHeadModel` from a `save_pretrained` folder: SDPA attention (what
     `GPT2Sites` runs), eval mode, every parameter frozen."""
     from transformers import GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar for a small local folder
     path = Path(path)
     if not (path / "config.json").is_file():
         raise BridgeError(f"--dense {path}: not a Hugging Face model folder (no config.json)")
