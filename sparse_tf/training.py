@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from sparse_tf._version import __version__
 from sparse_tf.bridges.bridge import LOSS_KINDS, BridgeConfig
 from sparse_tf.bridges.dense import check_same_tokenizer, dense_tokenizer, load_gpt2
-from sparse_tf.bridges.model import BridgedModel
+from sparse_tf.bridges.model import BridgedModel, bridge_validation
 from sparse_tf.bridges.sites import site_name
 from sparse_tf.checkpoint import (
     MODEL_FILE,
@@ -269,8 +269,14 @@ class _Run:
         if cfg.bridge.dense is not None:
             model = self._bridged(model, data)
             if ckpt is None:  # a new run: bridges start at their targets' means
-                first = EpochSampler(len(data.train), cfg.seed).indices(0, cfg.micro)
-                model.init_biases(data.train.get(first)[0].to(self.device))
+                first = EpochSampler(len(data.train), cfg.seed).indices(0, cfg.batch_size)
+                windows = data.train.get(first)[0]  # the first batch, whole on every rank
+                with self._autocast():
+                    moments = sum(
+                        model.target_moments(windows[i : i + cfg.micro].to(self.device))
+                        for i in range(0, len(windows), cfg.micro)
+                    )
+                model.init_biases(moments)
         opt = SparseOptimizer(model, cfg.optim, None if cfg.dense else cfg.sparsity, cfg.max_steps)
         state: dict[str, Any] = {"data_position": 0}
         if ckpt is not None:
@@ -547,6 +553,7 @@ class _Run:
         total = torch.zeros((), device=self.device)
         micro = min(self.cfg.micro, per_rank)
         starts = range(0, per_rank, micro)
+        spreads = self._bridge_spreads(inputs, starts, micro) if self.bridged else None
         for i in starts:
             x = inputs[i : i + micro].to(self.device, non_blocking=True)
             y = targets[i : i + micro]
@@ -561,7 +568,7 @@ class _Run:
             with sync:
                 with self._autocast():
                     if self.bridged:  # the model's CE plus the bridges' terms
-                        parts = self.net(x, targets=y)
+                        parts = self.net(x, targets=y, spreads=spreads)
                         share = len(x) / len(indices)  # of the batch's windows
                         objective = parts.total(self.cfg.bridge, ce_scale=ce_scale, scale=share)
                         self.bridge_sum += share * parts.per_site()
@@ -573,6 +580,21 @@ class _Run:
                 (objective * world.size if world.distributed else objective).backward()
             total += loss.detach()
         return total
+
+    def _bridge_spreads(self, inputs: Tensor, starts: range, micro: int) -> Tensor:
+        """The NMSE denominators of the whole global batch (a forward pass of both models
+        without gradient over this rank's windows, summed over ranks), so that every
+        micro-batch's NMSE is its exact share of the batch's: the result does not depend on
+        the micro-batch size or the number of ranks."""
+        model = self.net.module if isinstance(self.net, DistributedDataParallel) else self.net
+        moments = None
+        with self._autocast():
+            for i in starts:
+                m = model.target_moments(inputs[i : i + micro].to(self.device))
+                moments = m if moments is None else moments + m
+        if self.world.distributed:
+            torch.distributed.all_reduce(moments)
+        return model.target_spreads(moments)
 
     def evaluate(self, model: GPT, windows: Windows, limit: int | None) -> float:
         """Mean next-token loss over `limit` evenly spread windows (all when None); with
@@ -641,6 +663,12 @@ class _Run:
             "nonzeros": nonzeros,
             "target_nonzeros": targets,
         }
+        if self.bridged and data.val is not None:  # the bridges on held-out windows
+            model.eval()
+            with self._autocast():
+                table = bridge_validation(model, data.val, self.opts.eval_windows, cfg.micro)
+            summary["bridge_val"] = table.to_dict()
+            logger.message(table.format())
         write_json(self.out / SUMMARY_FILE, summary)
         files = ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in sizes.items())
         val = "-" if val_loss is None else f"{val_loss:.4f}"

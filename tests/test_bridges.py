@@ -180,7 +180,7 @@ def test_losses_fall_when_sparse_model_and_bridges_train() -> None:
     dense_model.requires_grad_(False)
     cfg = BridgeConfig(dense="unused")
     bridged = BridgedModel(GPT(tiny_config(n_layer=2)), dense_model, cfg)
-    bridged.init_biases(t)
+    bridged.init_biases(bridged.target_moments(t))
     # The trainer's optimizer: the model's and the bridges' gradients normalised apart.
     opt = SparseOptimizer(bridged, OptimConfig(lr=3e-3), None, total_steps=40)
     first = last = None
@@ -401,3 +401,39 @@ def test_bridge_refuses_a_dense_model_with_another_tokenizer(
     )
     assert missing.returncode == 2
     assert "--dense DIR is required" in missing.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_bridged_training_does_not_depend_on_micro_batches_or_ranks(
+    corpus: Path, dense_run: Path, tmp_path: Path
+) -> None:
+    """The NMSE denominators are the whole batch's and the bridges start from the whole first
+    batch's means: one process, micro-batches of 1, and 2 DDP ranks train the same model."""
+    import os
+
+    from safetensors.torch import load_file
+
+    from tests.helpers import tiny_train_flags
+
+    flags = [*tiny_train_flags(corpus, 4), "--model.n-layer", "2", *_QUIET,
+             "--dense", str(dense_run)]  # fmt: skip
+    cli = ["-m", "sparse_tf.cli", "bridge", *flags]
+    runs = {
+        "one": [sys.executable, *cli],
+        "micro1": [sys.executable, *cli, "--micro-batch-size", "1"],
+        "ddp": [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2", *cli],
+    }  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name, command in runs.items():
+        done = subprocess.run(
+            [*command, "--out", str(tmp_path / name)], capture_output=True, text=True, env=env
+        )
+        assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
+    for file in ("model.safetensors", "bridges.safetensors"):
+        expected = load_file(tmp_path / "one" / "final" / file)
+        for name in ("micro1", "ddp"):
+            got = load_file(tmp_path / name / "final" / file)
+            for key, value in expected.items():
+                torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-6, msg=key)

@@ -42,7 +42,7 @@ class BridgeConfig(Config):
     """Folder of the dense Hugging Face GPT-2 (`save_pretrained`, with its tokenizer); None:
     no bridges (plain training)."""
     encoder_afrac: float | None = 0.25
-    """AbsTopK on each encoder's output: int(frac · d_sparse) entries kept; None: off."""
+    """AbsTopK on each encoder's output: int(frac · d_sparse) entries kept; None or 0: off."""
     ce: float = 1.0
     """The sparse model's own next-token loss."""
     nmse: float = 1.0
@@ -54,6 +54,8 @@ class BridgeConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.encoder_afrac == 0.0:
+            object.__setattr__(self, "encoder_afrac", None)  # one spelling of "off"
         if self.encoder_afrac is not None:
             check(0.0 < self.encoder_afrac <= 1.0, self, "encoder_afrac", "must be in (0, 1]")
         for name in ("ce", "nmse", "kl_d2s", "kl_s2d"):
@@ -101,21 +103,74 @@ class Bridges(nn.Module):
         )
 
     def encode(self, site: int, h_dense: Tensor) -> Tensor:
-        """Dense residual [..., d_dense] (at `dense_sites[site]`) -> sparse site `site`."""
-        return self.topk(self.encoders[site](h_dense))
+        """Dense residual [..., d_dense] (at `dense_sites[site]`) -> sparse site `site`.
+        fp32 like the residual streams it enters (under autocast the Linear gives bf16)."""
+        return self.topk(self.encoders[site](h_dense)).float()
 
     def decode(self, site: int, h_sparse: Tensor) -> Tensor:
-        """Sparse residual [..., d_sparse] at `site` -> the dense residual at its pair."""
-        return self.decoders[site](h_sparse)
+        """Sparse residual [..., d_sparse] at `site` -> the dense residual at its pair (fp32)."""
+        return self.decoders[site](h_sparse).float()
 
 
-def nmse(pred: Tensor, target: Tensor) -> Tensor:
-    """Fraction of the target's variance (around its mean over tokens) left unexplained:
-    Σ (pred − target)² / Σ (target − mean)², over every token and feature; the denominator is
-    a constant (no gradient)."""
+def nmse(pred: Tensor, target: Tensor, spread: Tensor | None = None) -> Tensor:
+    """Fraction of the target's variance left unexplained: the mean over tokens of
+    Σ_features (pred − target)², divided by the target's spread, the mean over tokens of
+    Σ_features (target − its mean)². By default the spread is this batch's; pass the spread of
+    a larger batch (`target_spreads`) to make the result a share of that batch's fraction, so
+    that micro-batches and ranks add up to exactly the whole batch's value. The spread is a
+    constant (no gradient)."""
     target = target.float()
-    centred = target - target.flatten(0, -2).mean(0)
-    return (pred.float() - target).square().sum() / centred.square().sum().detach().clamp_min(1e-12)
+    error = (pred.float() - target).square().sum(-1).mean()
+    if spread is None:
+        flat = target.flatten(0, -2)  # [tokens, features]
+        spread = (flat - flat.mean(0)).square().sum(-1).mean()
+    return error / spread.detach().clamp_min(1e-12)
+
+
+def target_moments(
+    dense: ResidualSites, sparse: ResidualSites, bridges: Bridges, tokens: Tensor
+) -> Tensor:
+    """Sums over the tokens of one batch from which `target_spreads` computes the NMSE
+    denominators of a larger batch: flat float64 [sites · (d_sparse + 1 + d_dense + 1) + 1]:
+    per site Σ x and Σ |x|² of the encoder's target (the sparse residual) and of the
+    decoder's (the dense residual at the paired site), then the token count. Sums of several
+    batches (and ranks: an all-reduce) add up."""
+    with torch.no_grad():
+        h_dense, h_sparse = dense.sites(tokens), sparse.sites(tokens)
+        parts = []
+        for j, m in enumerate(bridges.dense_sites):
+            for x in (h_sparse[j], h_dense[m]):
+                flat = x.double().flatten(0, -2)  # [tokens, d]
+                parts += [flat.sum(0), flat.square().sum()[None]]
+        parts.append(torch.tensor([tokens.numel()], dtype=torch.float64, device=tokens.device))
+        return torch.cat(parts)
+
+
+def _site_moments(moments: Tensor, bridges: Bridges) -> list[tuple[Tensor, Tensor]]:
+    """Per site and kind (encoder target, then decoder target): (Σ x [d], Σ |x|²)."""
+    out, at = [], 0
+    for _ in range(len(bridges)):
+        for d in (bridges.d_sparse, bridges.d_dense):
+            out.append((moments[at : at + d], moments[at + d]))
+            at += d + 1
+    return out
+
+
+def target_means(moments: Tensor, bridges: Bridges) -> list[Tensor]:
+    """Per site, the mean encoder target [d_sparse] and decoder target [d_dense], in that
+    order (2 · sites tensors), from summed `target_moments`."""
+    n = moments[-1]
+    return [(total / n).float() for total, _ in _site_moments(moments, bridges)]
+
+
+def target_spreads(moments: Tensor, bridges: Bridges) -> Tensor:
+    """[2, sites] (encoder targets, decoder targets): the mean over tokens of |x − mean|² of
+    each site's target, from summed `target_moments`."""
+    n = moments[-1]
+    spread = [
+        sumsq / n - (total / n).square().sum() for total, sumsq in _site_moments(moments, bridges)
+    ]
+    return torch.stack(spread).view(len(bridges), 2).t().float()
 
 
 def kl_from(reference_logits: Tensor, logits: Tensor) -> Tensor:
@@ -161,10 +216,13 @@ def bridge_losses(
     tokens: Tensor,
     targets: Tensor,
     cfg: BridgeConfig,
+    spreads: Tensor | None = None,
 ) -> BridgeLosses:
     """The losses of one batch (tokens and next-token targets [B, T], -100 = no target).
 
-    The dense model runs without gradient except where the s→d hybrids pass through it."""
+    The dense model runs without gradient except where the s→d hybrids pass through it.
+    `spreads` [2, sites]: the NMSE denominators of the whole batch this one is part of
+    (`target_spreads`); by default this batch's own."""
     with torch.no_grad():
         dense_sites = dense.sites(tokens)
         dense_logits = dense.run_from(dense.n_sites - 1, dense_sites[-1], tokens)
@@ -176,8 +234,8 @@ def bridge_losses(
         m = bridges.dense_sites[j]
         encoded = bridges.encode(j, dense_sites[m])
         decoded = bridges.decode(j, h_sparse)
-        enc.append(nmse(encoded, h_sparse.detach()))
-        dec.append(nmse(decoded, dense_sites[m]))
+        enc.append(nmse(encoded, h_sparse.detach(), None if spreads is None else spreads[0, j]))
+        dec.append(nmse(decoded, dense_sites[m], None if spreads is None else spreads[1, j]))
         if cfg.kl_d2s:
             d2s.append(kl_from(dense_logits, sparse.run_from(j, encoded, tokens)))
         if cfg.kl_s2d:

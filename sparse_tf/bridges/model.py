@@ -26,10 +26,20 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from sparse_tf.bridges.bridge import BridgeConfig, BridgeLosses, Bridges, bridge_losses
+from sparse_tf.bridges.bridge import (
+    LOSS_KINDS,
+    BridgeConfig,
+    BridgeLosses,
+    Bridges,
+    bridge_losses,
+    target_means,
+    target_moments,
+    target_spreads,
+)
 from sparse_tf.bridges.dense import BridgeError
 from sparse_tf.bridges.sites import GPT2Sites, SparseSites, site_name
 from sparse_tf.checkpoint import load_model, write_model_files
+from sparse_tf.data.tokens import Windows, eval_indices
 from sparse_tf.io import atomic_dir, read_json, write_json
 from sparse_tf.model import GPT
 from sparse_tf.sparsity import SparseWeight
@@ -58,26 +68,44 @@ class BridgedModel(nn.Module):
         return self._dense[0]
 
     def forward(
-        self, tokens: Tensor, positions: Tensor | None = None, *, targets: Tensor | None = None
+        self,
+        tokens: Tensor,
+        positions: Tensor | None = None,
+        *,
+        targets: Tensor | None = None,
+        spreads: Tensor | None = None,
     ) -> Tensor | BridgeLosses:
-        """The sparse model's logits, or with `targets` [B, T] the batch's bridge losses."""
+        """The sparse model's logits, or with `targets` [B, T] the batch's bridge losses
+        (NMSE denominators `spreads` of the whole batch: see `target_moments`)."""
         if targets is None:
             return self.sparse(tokens, positions)
         return bridge_losses(
-            self.dense_sites, self.sparse_sites, self.bridges, tokens, targets, self.bridge_cfg
+            self.dense_sites,
+            self.sparse_sites,
+            self.bridges,
+            tokens,
+            targets,
+            self.bridge_cfg,
+            spreads,
         )
 
+    def target_moments(self, tokens: Tensor) -> Tensor:
+        """`bridge.target_moments` of this batch (no gradient)."""
+        return target_moments(self.dense_sites, self.sparse_sites, self.bridges, tokens)
+
+    def target_spreads(self, moments: Tensor) -> Tensor:
+        return target_spreads(moments, self.bridges)
+
     @torch.no_grad()
-    def init_biases(self, tokens: Tensor) -> None:
-        """Start every bridge at its target's mean over `tokens` [B, T] (bias = mean residual
-        of the site it predicts, weights 0): NMSE then starts at 1 instead of 1 + |mean|²/var,
-        which is in the hundreds for GPT-2's residual stream with its large constant offsets
-        and would take Adam thousands of steps to walk off."""
-        dense = self.dense_sites.sites(tokens)
-        sparse = self.sparse_sites.sites(tokens)
-        for j, m in enumerate(self.bridges.dense_sites):
-            self.bridges.encoders[j].bias.copy_(sparse[j].float().mean((0, 1)))
-            self.bridges.decoders[j].bias.copy_(dense[m].float().mean((0, 1)))
+    def init_biases(self, moments: Tensor) -> None:
+        """Start every bridge at its target's mean (bias = the mean residual of the site it
+        predicts, weights 0) over the tokens of summed `target_moments`: NMSE then starts at
+        1 instead of 1 + |mean|²/variance, which is in the hundreds for GPT-2's residual
+        stream with its large constant offsets and would take Adam thousands of steps."""
+        means = target_means(moments, self.bridges)
+        for j in range(len(self.bridges)):
+            self.bridges.encoders[j].bias.copy_(means[2 * j])
+            self.bridges.decoders[j].bias.copy_(means[2 * j + 1])
 
     def grad_rms_groups(self) -> list[str]:
         """Parameter-name prefixes whose gradients `SparseOptimizer` normalises separately:
@@ -133,3 +161,47 @@ def load_bridged(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     if bridges.d_sparse != model.cfg.d_model or len(bridges) != 2 * model.cfg.n_layer + 1:
         raise BridgeError(f"{meta_file}: the bridges do not fit the model in {path}")
     return model, bridges.to(device).eval()
+
+
+@dataclasses.dataclass(frozen=True)
+class BridgeTable:
+    """Mean per-site bridge losses over some windows: values[kind][site]."""
+
+    sites: list[str]
+    values: dict[str, list[float]]
+    windows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"windows": self.windows, "sites": self.sites, **self.values}
+
+    def format(self) -> str:
+        kinds = list(self.values)
+        lines = [
+            f"bridges on {self.windows} validation windows (NMSE: fraction of variance "
+            "unexplained; KL: nats per token to the dense model's output)",
+            f"{'site':<12}" + "".join(f"{k:>10}" for k in kinds),
+        ]
+        for i, site in enumerate(self.sites):
+            lines.append(f"{site:<12}" + "".join(f"{self.values[k][i]:>10.4f}" for k in kinds))
+        return "\n".join(lines)
+
+
+@torch.no_grad()
+def bridge_validation(
+    model: BridgedModel, windows: Windows, limit: int | None, batch_size: int
+) -> BridgeTable:
+    """Per-site bridge losses averaged over `limit` evenly spread windows (all when None),
+    in the caller's autocast; `model` in eval mode."""
+    device = next(model.parameters()).device
+    indices = eval_indices(len(windows), limit)
+    total = torch.zeros(len(LOSS_KINDS), len(model.bridges), device=device)
+    for i in range(0, len(indices), batch_size):
+        x, y = windows.get(indices[i : i + batch_size])
+        parts = model(x.to(device), targets=y.to(device))
+        total += parts.per_site() * len(x)
+    means = (total / len(indices)).tolist()
+    return BridgeTable(
+        sites=model.site_names,
+        values=dict(zip(LOSS_KINDS, means, strict=True)),
+        windows=len(indices),
+    )

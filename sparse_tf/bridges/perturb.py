@@ -102,14 +102,16 @@ def site_index(site: int | str, n_layer: int) -> int:
 
 
 def _task_batches(
-    tok: Tokenizer, task: str, n_pairs: int, split: Split, seed: int, n_ctx: int
+    tok: Tokenizer, task: str, n_pairs: int, split: Split, seed: int, model: GPT
 ) -> list[TaskBatch]:
+    """The task's prompts in batches, on `model`'s device."""
     encoded = encode_pairs(get_task(task).pairs(n_pairs, seed=seed, split=split), tok)
-    return list(batches(encoded, 16, n_ctx))
+    device = next(model.parameters()).device
+    return [b.to(device) for b in batches(encoded, 16, model.cfg.n_ctx)]
 
 
 def _last(batch: TaskBatch) -> tuple[Tensor, Tensor]:
-    return torch.arange(len(batch.lengths)), batch.lengths - 1
+    return torch.arange(len(batch.lengths), device=batch.lengths.device), batch.lengths - 1
 
 
 @torch.no_grad()
@@ -138,7 +140,7 @@ def class_channels(
     task's two members, relative to their spread: the task's contrast lives there."""
     sites = SparseSites(sparse_model)
     j = site_index(site, sites.n_layer)
-    data = _task_batches(tokenizer, task, n_pairs, split, seed, sparse_model.cfg.n_ctx)
+    data = _task_batches(tokenizer, task, n_pairs, split, seed, sparse_model)
     values = torch.cat([sites.sites(b.tokens)[j][_last(b)] for b in data]).float()  # [M, d]
     means = _class_means(sites, j, data)
     score = (means[0] - means[1]).abs() / values.std(0).clamp_min(1e-6)
@@ -190,7 +192,7 @@ def perturb(
     m = bridges.dense_sites[j]
     if not edit.channels or max(edit.channels) >= sparse.d_model or min(edit.channels) < 0:
         raise ValueError(f"channels {edit.channels}: need indices in [0, {sparse.d_model})")
-    data = _task_batches(tokenizer, task, n_pairs, split, seed, sparse_model.cfg.n_ctx)
+    data = _task_batches(tokenizer, task, n_pairs, split, seed, sparse_model)
     means = _class_means(sparse, j, data) if edit.mode == "flip" else None
     pair_logits: dict[str, list[Tensor]] = {k: [] for k in ("db", "da", "sb", "sa")}
     for batch in data:
