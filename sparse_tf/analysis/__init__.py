@@ -1,0 +1,52 @@
+"""Analyses of learned structure: `linalg` (subspaces, CCA, Procrustes, PCA, the null
+baselines), `interventions` (keep/remove/flip/scale a subspace, as a hook) and `ace`
+(algorithmic cores by balanced truncation, their dynamics and cross-model comparison).
+Rotations between models and factored subspaces are to come."""
+
+from sparse_tf.analysis.ace import (
+    Core,
+    CoreComparison,
+    Dynamics,
+    compare_cores,
+    extract_core,
+    fit_linear_dynamics,
+)
+from sparse_tf.analysis.interventions import SubspaceEdit, apply_edit, subspace_hook
+from sparse_tf.analysis.linalg import (
+    cca,
+    dims_at_variance,
+    explained_variance,
+    haar_orthogonal,
+    nearest_signed_permutation,
+    orthonormalize,
+    principal_angles,
+    procrustes,
+    projector,
+    projector_overlap,
+    random_overlap_baseline,
+    weighted_pca,
+)
+
+__all__ = [
+    "Core",
+    "CoreComparison",
+    "Dynamics",
+    "SubspaceEdit",
+    "apply_edit",
+    "cca",
+    "compare_cores",
+    "dims_at_variance",
+    "explained_variance",
+    "extract_core",
+    "fit_linear_dynamics",
+    "haar_orthogonal",
+    "nearest_signed_permutation",
+    "orthonormalize",
+    "principal_angles",
+    "procrustes",
+    "projector",
+    "projector_overlap",
+    "random_overlap_baseline",
+    "subspace_hook",
+    "weighted_pca",
+]
