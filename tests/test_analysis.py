@@ -234,3 +234,45 @@ def test_cores_of_rotated_models_match_by_cca_not_by_overlap(rng: np.random.Gene
     same = compare_cores(core_a, acts, core_a, acts)
     assert same.overlap == pytest.approx(1.0)
     np.testing.assert_allclose(same.angles, 0.0, atol=1e-5)
+
+
+def _latent_pair(
+    rng: np.random.Generator, transform: np.ndarray, n: int = 6000, d: int = 16
+) -> tuple[np.ndarray, ...]:
+    """Model A's activations (anisotropic, off-centre) and B = A·transform + another centre
+    + a little noise; split into fit and test halves."""
+    a = rng.standard_normal((n, d)) * np.linspace(0.5, 3.0, d) + rng.standard_normal(d)
+    b = a @ transform + rng.standard_normal(d) + 0.01 * rng.standard_normal((n, d))
+    return a[: n // 2], b[: n // 2], a[n // 2 :], b[n // 2 :]
+
+
+def test_rotation_analysis_separates_rotated_twins_from_unrelated_models(
+    rng: np.random.Generator,
+) -> None:
+    from sparse_tf.analysis.rotation import compare_by_rotation
+
+    d = 16
+    haar = haar_orthogonal(d, rng)
+    twin = compare_by_rotation(*_latent_pair(rng, haar, d=d), rng)
+    assert twin.ev_rotated > 0.999
+    assert twin.ev_linear > 0.999
+    assert twin.ev_raw < 0.5  # unrotated, the twin looks like another model
+    assert twin.ev_shuffled < 0.05  # the mispaired null explains nothing
+    np.testing.assert_allclose(twin.rotation, haar, atol=1e-3)
+    assert abs(twin.distance_to_identity - twin.haar_distance_to_identity) < 3.0
+    assert twin.distance_to_signed_permutation > 0.6 * twin.haar_distance_to_signed_permutation
+
+    perm = np.eye(d)[rng.permutation(d)] * rng.choice([-1.0, 1.0], d)
+    relabelled = compare_by_rotation(*_latent_pair(rng, perm, d=d), rng)
+    assert relabelled.ev_rotated > 0.999
+    assert relabelled.distance_to_signed_permutation < 0.01  # a privileged basis, relabelled
+    assert relabelled.haar_distance_to_signed_permutation > 3.0
+
+    # Unrelated activations pass the Haar checks too (the paper's weak evidence), but the
+    # held-out EV shows nothing is shared.
+    n = 6000
+    a, b = rng.standard_normal((n, d)), rng.standard_normal((n, d))
+    unrelated = compare_by_rotation(a[:3000], b[:3000], a[3000:], b[3000:], rng)
+    assert unrelated.ev_rotated < 0.0
+    assert abs(unrelated.distance_to_identity - unrelated.haar_distance_to_identity) < 3.0
+    assert unrelated.ks_pvalue > 0.01

@@ -1,7 +1,8 @@
 """Analyses of learned structure: `linalg` (subspaces, CCA, Procrustes, PCA, the null
 baselines), `interventions` (keep/remove/flip/scale a subspace, as a hook) and `ace`
-(algorithmic cores by balanced truncation, their dynamics and cross-model comparison).
-Rotations between models and factored subspaces are to come."""
+(algorithmic cores by balanced truncation, their dynamics and cross-model comparison) and
+`rotation` (Procrustes between two models with held-out EV, the shuffled-pairing null, Haar
+statistics and the distance to a signed permutation). Factored subspaces are to come."""
 
 from sparse_tf.analysis.ace import (
     Core,
@@ -26,16 +27,20 @@ from sparse_tf.analysis.linalg import (
     random_overlap_baseline,
     weighted_pca,
 )
+from sparse_tf.analysis.rotation import RotationReport, compare_by_rotation, eigen_angles
 
 __all__ = [
     "Core",
     "CoreComparison",
     "Dynamics",
+    "RotationReport",
     "SubspaceEdit",
     "apply_edit",
     "cca",
+    "compare_by_rotation",
     "compare_cores",
     "dims_at_variance",
+    "eigen_angles",
     "explained_variance",
     "extract_core",
     "fit_linear_dynamics",
