@@ -276,3 +276,88 @@ def test_rotation_analysis_separates_rotated_twins_from_unrelated_models(
     assert unrelated.ev_rotated < 0.0
     assert abs(unrelated.distance_to_identity - unrelated.haar_distance_to_identity) < 3.0
     assert unrelated.ks_pvalue > 0.01
+
+
+def test_synthetic_processes_have_their_known_structure(rng: np.random.Generator) -> None:
+    from sparse_tf.data.processes import factored_process, markov_chain, tom_quantum
+
+    chain = markov_chain()
+    eig = sorted(np.linalg.eigvals(chain.transitions.sum(0)), key=lambda v: (abs(v), v.imag))
+    np.testing.assert_allclose(eig, [0.5, 0.75 - 0.25j, 0.75 + 0.25j, 1.0], atol=1e-12)
+    process = factored_process()
+    assert process.vocab == 432
+    tokens, beliefs = process.sample(300, 8, rng)
+    assert tokens.shape == (300, 8)
+    assert 0 <= tokens.min() <= tokens.max() < 432
+    np.testing.assert_array_equal(process.compose(process.decompose(tokens)), tokens)
+    for f, b in zip(process.factors, beliefs, strict=True):
+        p = f.probabilities(b.reshape(-1, 3))
+        np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-9)  # beliefs stay normalised
+    np.testing.assert_allclose(beliefs[3][..., 0], 1.0, atol=1e-9)  # tom_quantum: first coord 1
+    assert tom_quantum().transitions.min() < 0  # a GHMM, not an HMM
+    varied, vb = process.vary_one(2, 50, 8, rng)
+    parts = process.decompose(varied)
+    for i in (0, 1, 3, 4):
+        assert (parts[:, :, i] == parts[0, :, i]).all()  # frozen: one stream for all rows
+        np.testing.assert_allclose(vb[i], vb[i][:1].repeat(50, 0))
+    assert len(np.unique(parts[:, :, 2], axis=0)) > 1
+
+
+def test_factored_and_joint_baselines_of_the_five_factor_process(
+    rng: np.random.Generator,
+) -> None:
+    """The paper's numbers from the generator itself: factored beliefs need 10 dimensions
+    (9 at 95%), the joint belief 242 (about 138 at 95%)."""
+    from sparse_tf.analysis.factored import belief_geometry
+    from sparse_tf.data.processes import factored_process
+
+    _, beliefs = factored_process().sample(4000, 8, rng)
+    g = belief_geometry(beliefs)
+    assert g.factored_rank == 10
+    assert g.factored_dims == 9
+    assert g.joint_rank == 242
+    assert 125 <= g.joint_dims <= 150
+
+
+def test_vary_one_finds_orthogonal_factor_subspaces_only_when_factored(
+    rng: np.random.Generator,
+) -> None:
+    from sparse_tf.analysis.factored import belief_regression, vary_one
+    from sparse_tf.data.processes import factored_process
+
+    process, d = factored_process(), 64
+    embed_f = orthonormalize(rng.standard_normal((d, 15))).T  # [15, d]: factored, orthogonal
+    embed_j = rng.standard_normal((243, d)) / np.sqrt(243)  # joint: a generic map of Π beliefs
+
+    def factored(beliefs: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(beliefs, axis=-1) @ embed_f
+
+    def joint(beliefs: list[np.ndarray]) -> np.ndarray:
+        out = beliefs[0]
+        for b in beliefs[1:]:
+            out = np.einsum("...i,...j->...ij", out, b).reshape(*out.shape[:-1], -1)
+        return out @ embed_j
+
+    _, beliefs = process.sample(2000, 8, rng)
+    acts = factored(beliefs).reshape(-1, d) + 1e-3 * rng.standard_normal((16000, d))
+    r2 = belief_regression(acts, beliefs)
+    assert min(r2) > 0.99
+    results = {}
+    for name, embed in (("factored", factored), ("joint", joint)):
+        per_factor = []
+        for f in range(5):
+            _, vb = process.vary_one(f, 200, 8, rng)
+            a = embed(vb)  # [200, 8, d]
+            per_factor.append((a - a.mean(0)).reshape(-1, d))  # per-position batch mean off
+        results[name] = vary_one(per_factor, k_max=4)
+    fac, jnt = results["factored"], results["joint"]
+    assert fac.dims == [2, 2, 2, 2, 2]  # each factor's belief moves in its own plane
+    assert fac.union_dims <= 10
+    off_diagonal = ~np.eye(5, dtype=bool)
+    assert fac.overlaps[off_diagonal][:, :2].max() < 1e-6  # orthogonal factor subspaces
+    # A joint code: each factor's slice spans many more dimensions (its tangent directions
+    # change with the frozen factors), and the slices overlap like random subspaces.
+    assert sum(jnt.dims) >= 4 * sum(fac.dims)
+    assert jnt.union_dims > 2 * fac.union_dims
+    assert jnt.overlaps[off_diagonal][:, 1].mean() > 0.3 * jnt.baseline[1]
+    np.testing.assert_allclose(fac.baseline, np.arange(1, 5) / d)

@@ -2,7 +2,9 @@
 baselines), `interventions` (keep/remove/flip/scale a subspace, as a hook) and `ace`
 (algorithmic cores by balanced truncation, their dynamics and cross-model comparison) and
 `rotation` (Procrustes between two models with held-out EV, the shuffled-pairing null, Haar
-statistics and the distance to a signed permutation). Factored subspaces are to come."""
+statistics and the distance to a signed permutation) and `factored` (factored vs joint belief
+baselines, belief regression, vary-one subspaces). Synthetic processes with exact beliefs are
+in `sparse_tf.data.processes`."""
 
 from sparse_tf.analysis.ace import (
     Core,
@@ -11,6 +13,13 @@ from sparse_tf.analysis.ace import (
     compare_cores,
     extract_core,
     fit_linear_dynamics,
+)
+from sparse_tf.analysis.factored import (
+    BeliefGeometry,
+    VaryOne,
+    belief_geometry,
+    belief_regression,
+    vary_one,
 )
 from sparse_tf.analysis.interventions import SubspaceEdit, apply_edit, subspace_hook
 from sparse_tf.analysis.linalg import (
@@ -30,12 +39,16 @@ from sparse_tf.analysis.linalg import (
 from sparse_tf.analysis.rotation import RotationReport, compare_by_rotation, eigen_angles
 
 __all__ = [
+    "BeliefGeometry",
     "Core",
     "CoreComparison",
     "Dynamics",
     "RotationReport",
     "SubspaceEdit",
+    "VaryOne",
     "apply_edit",
+    "belief_geometry",
+    "belief_regression",
     "cca",
     "compare_by_rotation",
     "compare_cores",
@@ -53,5 +66,6 @@ __all__ = [
     "projector_overlap",
     "random_overlap_baseline",
     "subspace_hook",
+    "vary_one",
     "weighted_pca",
 ]
