@@ -3,6 +3,9 @@ behave as nulls."""
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -361,3 +364,37 @@ def test_vary_one_finds_orthogonal_factor_subspaces_only_when_factored(
     assert jnt.union_dims > 2 * fac.union_dims
     assert jnt.overlaps[off_diagonal][:, 1].mean() > 0.3 * jnt.baseline[1]
     np.testing.assert_allclose(fac.baseline, np.arange(1, 5) / d)
+
+
+def test_synthetic_processes_are_corpora_with_their_own_symbols(tmp_path: Path) -> None:
+    from sparse_tf.data import DataConfig
+    from sparse_tf.data.corpus import CorpusError, open_corpus
+    from sparse_tf.data.pipeline import prepare_data
+
+    corpus = open_corpus("process:markov4", 0.1)
+    assert corpus.digest == open_corpus("process:markov4", 0.1).digest  # a pure function
+    assert len(corpus.keys) == 6000
+    docs = [d.split() for d in corpus.documents("train")]
+    pairs = np.array([(int(a[1]), int(b[1])) for d in docs for a, b in itertools.pairwise(d)])
+    stay = (pairs[:, 0] == pairs[:, 1]).mean()
+    step = (pairs[:, 1] == (pairs[:, 0] + 1) % 4).mean()
+    assert stay == pytest.approx(0.75, abs=0.01)
+    assert stay + step == 1.0  # the chain never does anything else
+
+    data = prepare_data(DataConfig(source="process:modadd53"), 64, 8, cache=tmp_path)
+    assert data.tokenizer.get_vocab_size() == 54  # <|endoftext|> + 53 numbers
+    ids = data.tokenizer.encode("n7 n50 n4").ids
+    assert ids == [8, 51, 5]
+    for doc in open_corpus("process:modadd53", 0.0).documents("train"):
+        a, b, c = (int(s[1:]) for s in doc.split())
+        assert c == (a + b) % 53
+
+    valid = [d.split() for d in list(open_corpus("process:dyck3", 0.0).documents("train"))[::2]]
+    for doc in valid[:200]:
+        depth = np.cumsum([1 if s in "([{" else -1 for s in doc])
+        assert depth.min() >= 0
+        assert depth.max() <= 8
+    with pytest.raises(CorpusError, match="unknown process"):
+        open_corpus("process:lorenz", 0.1)
+    with pytest.raises(CorpusError, match="unknown process"):
+        open_corpus("process:factored-eps2", 0.1)

@@ -102,6 +102,10 @@ def open_corpus(
         return _file_corpus(source, root, files, val_frac, info)
     if source.startswith(HF_PREFIX):
         return _hf_corpus(source, val_frac, text_field, hf_split)
+    if source.startswith("process:"):
+        from sparse_tf.data.synthetic import synthetic_corpus  # it builds on this module
+
+        return synthetic_corpus(source, val_frac)
     if any(c in source for c in "*?["):
         files = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
         if not files:
@@ -120,7 +124,7 @@ def open_corpus(
         )
     raise CorpusError(
         f"data.source={source!r}: no such file or directory (expected {STDLIB!r}, a directory, "
-        f"a glob, a file, or {HF_PREFIX}NAME for a datasets dataset)"
+        f"a glob, a file, {HF_PREFIX}NAME for a datasets dataset, or process:NAME)"
     )
 
 

@@ -15,6 +15,7 @@ from tokenizers import Tokenizer
 
 from sparse_tf.config import Config, check
 from sparse_tf.data.corpus import STDLIB, Corpus, open_corpus
+from sparse_tf.data.synthetic import symbol_tokenizer
 from sparse_tf.data.tokenizer import corpus_bpe, eot_id, gpt2_bpe, tokenizer_digest
 from sparse_tf.data.tokens import TokenDataError, TokenShards, Windows, pack_corpus
 from sparse_tf.io import cache_dir
@@ -26,7 +27,8 @@ class DataConfig(Config):
 
     source: str = STDLIB
     """'python-stdlib' (this interpreter's standard library, offline), a directory, a glob,
-    a file, or 'hf:NAME' for a `datasets` dataset (hub name or local path)."""
+    a file, 'hf:NAME' for a `datasets` dataset (hub name or local path), or 'process:NAME'
+    for a synthetic process with its own symbol tokenizer (`sparse_tf.data.synthetic`)."""
     val_frac: float = 0.02
     """Fraction of documents held out for validation, chosen by a hash of each document's key."""
     tokenizer: Literal["bpe", "gpt2"] = "bpe"
@@ -91,7 +93,9 @@ def prepare_data(
     cache = cache or cache_dir()
     corpus = open_corpus(cfg.source, cfg.val_frac, text_field=cfg.text_field, hf_split=cfg.hf_split)
     if tokenizer is None:
-        if cfg.tokenizer == "gpt2":
+        if corpus.info.get("kind") == "process":  # symbols of a synthetic process
+            tokenizer = symbol_tokenizer(corpus.info["symbols"])
+        elif cfg.tokenizer == "gpt2":
             tokenizer = gpt2_bpe(cfg.gpt2_files)
         else:
             # Imported here: the tasks build on this package's tokenizer module.
