@@ -201,6 +201,7 @@ class _Run:
                 torch.cuda.set_device(self.device)
         self.amp = self.device.type == "cuda"  # bf16 autocast on GPU, fp32 on CPU
         self.sharded = self.world.distributed and opts.dist == "fsdp"
+        self.bridged = cfg.bridge.dense is not None
 
     def _check_world(self) -> None:
         """The global batch (batch_size sequences per optimizer step) is the same at any number
@@ -266,17 +267,13 @@ class _Run:
             model = build_model(cfg.model, eot_id(data.tokenizer))
         if self.sharded:
             shard_model(model, self.device)  # each rank keeps its rows of every tensor
-        if cfg.bridge.dense is not None:
+        if self.bridged:
             model = self._bridged(model, data)
             if ckpt is None:  # a new run: bridges start at their targets' means
                 first = EpochSampler(len(data.train), cfg.seed).indices(0, cfg.batch_size)
                 windows = data.train.get(first)[0]  # the first batch, whole on every rank
                 with self._autocast():
-                    moments = sum(
-                        model.target_moments(windows[i : i + cfg.micro].to(self.device))
-                        for i in range(0, len(windows), cfg.micro)
-                    )
-                model.init_biases(moments)
+                    model.init_biases(model.target_moments(windows, cfg.micro))
         opt = SparseOptimizer(model, cfg.optim, None if cfg.dense else cfg.sparsity, cfg.max_steps)
         state: dict[str, Any] = {"data_position": 0}
         if ckpt is not None:
@@ -306,7 +303,6 @@ class _Run:
             self.net = DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self.bridged = cfg.bridge.dense is not None
         # Per-site bridge losses summed over the steps of a log window: [4, sites].
         self.bridge_sum = torch.zeros(
             len(LOSS_KINDS), 2 * cfg.model.n_layer + 1, device=self.device
@@ -553,7 +549,7 @@ class _Run:
         total = torch.zeros((), device=self.device)
         micro = min(self.cfg.micro, per_rank)
         starts = range(0, per_rank, micro)
-        spreads = self._bridge_spreads(inputs, starts, micro) if self.bridged else None
+        spreads = self._bridge_spreads(inputs, micro) if self.bridged else None
         for i in starts:
             x = inputs[i : i + micro].to(self.device, non_blocking=True)
             y = targets[i : i + micro]
@@ -581,17 +577,14 @@ class _Run:
             total += loss.detach()
         return total
 
-    def _bridge_spreads(self, inputs: Tensor, starts: range, micro: int) -> Tensor:
+    def _bridge_spreads(self, inputs: Tensor, micro: int) -> Tensor:
         """The NMSE denominators of the whole global batch (a forward pass of both models
         without gradient over this rank's windows, summed over ranks), so that every
         micro-batch's NMSE is its exact share of the batch's: the result does not depend on
         the micro-batch size or the number of ranks."""
         model = self.net.module if isinstance(self.net, DistributedDataParallel) else self.net
-        moments = None
         with self._autocast():
-            for i in starts:
-                m = model.target_moments(inputs[i : i + micro].to(self.device))
-                moments = m if moments is None else moments + m
+            moments = model.target_moments(inputs, micro)
         if self.world.distributed:
             torch.distributed.all_reduce(moments)
         return model.target_spreads(moments)

@@ -453,3 +453,31 @@ def test_a_hugging_face_gpt2_folder_tokenizer_matches_gpt2_bpe(tmp_path: Path) -
     check_same_tokenizer(dense_tokenizer(tmp_path), ours, tmp_path)
     with pytest.raises(BridgeError, match="differs"):
         check_same_tokenizer(dense_tokenizer(tmp_path), train_bpe(["x = 1\n"] * 50, 300), tmp_path)
+
+
+def test_the_optimizer_normalises_the_model_and_the_bridges_apart() -> None:
+    """The bridges' early NMSE gradients are orders of magnitude larger than the model's; with
+    one global RMS they would shrink the model's step to nothing. Each group gets RMS 1."""
+    dense_model = dense_gpt2()
+    bridged = BridgedModel(GPT(tiny_config(n_layer=2)), dense_model, BridgeConfig(dense="unused"))
+    t = tokens(tiny_config(), batch=4)
+    opt = SparseOptimizer(bridged, OptimConfig(), None, total_steps=2)
+    bridged(t, targets=targets_of(t)).total(BridgeConfig()).backward()
+    opt.step()  # the gradients are left normalised in .grad
+    for module in (bridged.sparse, bridged.bridges):
+        grads = torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
+        assert grads.square().mean().sqrt() == pytest.approx(1.0, rel=1e-3)
+
+    class Uncovered(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(2, 2), nn.Linear(2, 2)
+
+        def grad_rms_groups(self) -> list[str]:
+            return ["a."]
+
+        def sparse_weights(self) -> list[object]:
+            return []
+
+    with pytest.raises(ValueError, match="do not cover each parameter once"):
+        SparseOptimizer(Uncovered(), OptimConfig(), None, total_steps=1)  # type: ignore[arg-type]

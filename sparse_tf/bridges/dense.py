@@ -12,7 +12,6 @@ the same way with `load_gpt2`; a sparse model bridged to it must use GPT-2's BPE
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -152,9 +151,3 @@ def check_same_tokenizer(dense: Tokenizer, sparse: Tokenizer, dense_path: Path) 
             f"--dense {dense_path}: its tokenizer splits text differently from the sparse "
             "model's (same vocabulary, other merges or pre-tokenisation)"
         )
-
-
-def read_train_config(path: Path) -> dict[str, Any] | None:
-    """The sparse_tf training config stored beside a dense model trained here, if any."""
-    file = Path(path) / TRAIN_CONFIG_FILE
-    return json.loads(file.read_text())["train"] if file.is_file() else None

@@ -89,9 +89,18 @@ class BridgedModel(nn.Module):
             spreads,
         )
 
-    def target_moments(self, tokens: Tensor) -> Tensor:
-        """`bridge.target_moments` of this batch (no gradient)."""
-        return target_moments(self.dense_sites, self.sparse_sites, self.bridges, tokens)
+    def target_moments(self, tokens: Tensor, chunk: int | None = None) -> Tensor:
+        """`bridge.target_moments` of the windows `tokens` [B, T] (on any device), `chunk`
+        windows at a time (default: all at once); no gradient."""
+        device = next(self.parameters()).device
+        step = chunk or len(tokens)
+        parts = (
+            target_moments(
+                self.dense_sites, self.sparse_sites, self.bridges, tokens[i : i + step].to(device)
+            )
+            for i in range(0, len(tokens), step)
+        )
+        return torch.stack(list(parts)).sum(0)
 
     def target_spreads(self, moments: Tensor) -> Tensor:
         return target_spreads(moments, self.bridges)

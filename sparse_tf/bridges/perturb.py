@@ -115,14 +115,15 @@ def _last(batch: TaskBatch) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def _class_means(sparse: SparseSites, site: int, data: list[TaskBatch]) -> Tensor:
-    """[2, d]: mean residual at the last position of members a (even rows) and b (odd)."""
-    rows = [[], []]
-    for batch in data:
-        h = sparse.sites(batch.tokens)[site][_last(batch)]  # [M, d]
-        rows[0].append(h[0::2])
-        rows[1].append(h[1::2])
-    return torch.stack([torch.cat(r).float().mean(0) for r in rows])
+def _last_residuals(sparse: SparseSites, site: int, data: list[TaskBatch]) -> Tensor:
+    """[M, d]: the residual at `site` at each prompt's last position (rows alternate the
+    pairs' members a, b)."""
+    return torch.cat([sparse.sites(b.tokens)[site][_last(b)] for b in data]).float()
+
+
+def _class_means(values: Tensor) -> Tensor:
+    """[2, d]: the mean of members a (even rows) and of members b (odd rows)."""
+    return torch.stack([values[0::2].mean(0), values[1::2].mean(0)])
 
 
 @torch.no_grad()
@@ -141,8 +142,8 @@ def class_channels(
     sites = SparseSites(sparse_model)
     j = site_index(site, sites.n_layer)
     data = _task_batches(tokenizer, task, n_pairs, split, seed, sparse_model)
-    values = torch.cat([sites.sites(b.tokens)[j][_last(b)] for b in data]).float()  # [M, d]
-    means = _class_means(sites, j, data)
+    values = _last_residuals(sites, j, data)  # [M, d]
+    means = _class_means(values)
     score = (means[0] - means[1]).abs() / values.std(0).clamp_min(1e-6)
     return score.topk(k).indices.sort().values.tolist()
 
@@ -193,7 +194,7 @@ def perturb(
     if not edit.channels or max(edit.channels) >= sparse.d_model or min(edit.channels) < 0:
         raise ValueError(f"channels {edit.channels}: need indices in [0, {sparse.d_model})")
     data = _task_batches(tokenizer, task, n_pairs, split, seed, sparse_model)
-    means = _class_means(sparse, j, data) if edit.mode == "flip" else None
+    means = _class_means(_last_residuals(sparse, j, data)) if edit.mode == "flip" else None
     pair_logits: dict[str, list[Tensor]] = {k: [] for k in ("db", "da", "sb", "sa")}
     for batch in data:
         t = batch.tokens

@@ -17,6 +17,7 @@ have negative entries (`tom_quantum`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -45,23 +46,22 @@ class GHMM:
     def states(self) -> int:
         return self.transitions.shape[1]
 
-    @property
+    @functools.cached_property
+    def stationary(self) -> Array:
+        """η₀, the belief before any token: the left eigenvector of T̄ for eigenvalue 1,
+        summing to 1."""
+        values, vectors = np.linalg.eig(self.transitions.sum(0).T)
+        eta = np.real(vectors[:, np.argmin(np.abs(values - 1))])
+        if abs(eta.sum()) < 1e-12:
+            raise ValueError(f"{self.name}: the stationary belief cannot be normalised to sum 1")
+        return eta / eta.sum()
+
+    @functools.cached_property
     def right(self) -> Array:
         """r: T̄ r = r (unit eigenvalue), scaled so that η₀ · r = 1."""
         values, vectors = np.linalg.eig(self.transitions.sum(0))
         r = np.real(vectors[:, np.argmin(np.abs(values - 1))])
-        return r / (self.stationary_unscaled @ r)
-
-    @property
-    def stationary_unscaled(self) -> Array:
-        values, vectors = np.linalg.eig(self.transitions.sum(0).T)
-        eta = np.real(vectors[:, np.argmin(np.abs(values - 1))])
-        return eta / eta.sum() if abs(eta.sum()) > 1e-12 else eta / np.abs(eta).max()
-
-    @property
-    def stationary(self) -> Array:
-        """η₀, the belief before any token."""
-        return self.stationary_unscaled
+        return r / (self.stationary @ r)
 
     def probabilities(self, beliefs: Array) -> Array:
         """p(x | η) for beliefs [n, S]: [n, V]."""
