@@ -10,6 +10,8 @@
     sparse-tf tasks [--task NAME] [--show 2] [--out DIR --n 1000 --split test]
     sparse-tf prune --model runs/tiny-cpu/final --task single_double_quote --out DIR
                     [--target-loss 0.15] [--budget 4] [--steps 500] [--means FILE]
+    sparse-tf analyze {ace,rotation,factored} [--out DIR] [--seeds 2] [--kinds dense sparse]
+                      [--steps N] [--models DIR DIR ...] [--device auto]
     sparse-tf describe --model.vocab-size 2048 --model.n-ctx 256 --model.n-layer 8 \\
         --model.d-model 1024 --sparsity.l0 0.015625
 """
@@ -335,6 +337,154 @@ def prune_command(argv: list[str]) -> None:
     )
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AnalyzeArgs:
+    """Options every analysis shares."""
+
+    out: str | None = None
+    """Folder of the trained models (OUT/models/KIND-seedN) and of report.txt / report.json;
+    default runs/analyze-NAME."""
+    models: tuple[str, ...] = ()
+    """Analyse these model folders instead of training the analysis's own models."""
+    kinds: tuple[Literal["dense", "sparse"], ...] = ("dense", "sparse")
+    """Which models to train: 'dense' (the paper's) and/or 'sparse' (weight-sparse, AbsTopK)."""
+    seeds: int = 2
+    """Models of each kind (seeds 0, 1, ...); a finished model of the same config is reused."""
+    steps: int | None = None
+    """Training steps (default: the analysis preset's)."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    overwrite: bool = False
+    """Retrain models whose folder holds a run of another config."""
+    seed: int = 999
+    """Seed of the analysis's own data (the models' training data is fixed)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AceArgs(AnalyzeArgs):
+    """ACE (algorithmic cores) on 1-layer models of the 4-state Markov chain: core rank,
+    keep/remove accuracy, fitted dynamics vs the chain's eigenvalues, two seeds compared."""
+
+    threshold: float = 0.999
+    """Energy threshold of the core rank (the paper's for this experiment)."""
+    sequences: int = 3000
+    """Fresh chain sequences of 32 states to analyse."""
+    jacobian_samples: int = 128
+    """Activations the readout's Jacobian Gram is averaged over."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RotationArgs(AnalyzeArgs):
+    """Procrustes rotation between independently trained Dyck-3 models (dense pairs and
+    weight-sparse pairs) at every residual site: held-out EV, nulls, Haar tests, distance to
+    a signed permutation, SAE transfer."""
+
+    fit_windows: int = 256
+    """Windows of 64 tokens the rotation and the SAE are fitted on."""
+    test_windows: int = 128
+    """Held-out windows everything is scored on."""
+    sae_steps: int = 3000
+    sae_expansion: int = 8
+    sae_l1: float = 1e-2
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FactoredArgs(AnalyzeArgs):
+    """Factored vs joint belief geometry of models trained on the 5-factor process: dims at
+    variance thresholds vs 10 / ~138, belief regression, vary-one subspaces and overlaps."""
+
+    seeds: int = 1
+    noise: float = 0.0
+    """Train and analyse on the process with noise ε (process:factored-epsX)."""
+    sequences: int = 2000
+    """Fresh sequences of 8 tokens for the dimensions and the regression."""
+    frozen: int = 10
+    """Vary-one: frozen draws per factor."""
+    batch: int = 200
+    """Vary-one: sequences per frozen draw."""
+    untrained: bool = True
+    """Also analyse each model's initialisation (same config and seed, no training)."""
+
+
+ANALYSES: dict[str, tuple[type[AnalyzeArgs], str, str]] = {
+    "ace": (AceArgs, "ace-markov", "algorithmic cores of 1-layer Markov-chain models"),
+    "rotation": (RotationArgs, "rotation-dyck", "rotation between Dyck-3 models, dense vs sparse"),
+    "factored": (FactoredArgs, "factored-process", "factored belief geometry, 5-factor process"),
+}
+
+
+def analyze_command(argv: list[str]) -> None:
+    from sparse_tf.analysis.studies import common  # numpy/scipy analyses only when used
+
+    usage = "usage: sparse-tf analyze {" + ",".join(ANALYSES) + "} [--help] ..."
+    if not argv or argv[0] in ("-h", "--help"):
+        lines = [usage, "", "analyses:"]
+        lines += [f"  {name:<10} {desc}" for name, (_, _, desc) in ANALYSES.items()]
+        print("\n".join(lines))
+        return
+    name = argv[0]
+    if name not in ANALYSES:
+        raise UsageError(f"unknown analysis {name!r}; choose from {list(ANALYSES)}")
+    cls, preset_name, _ = ANALYSES[name]
+    args = _tyro_cli(cls, prog=f"sparse-tf analyze {name}", args=argv[1:])
+    if args.seeds < 1 or (args.steps is not None and args.steps < 1):
+        raise UsageError(f"--seeds {args.seeds} and --steps {args.steps}: must be >= 1")
+    if (isinstance(args, RotationArgs) and len(args.models) == 1) or (
+        not args.models and name == "rotation" and args.seeds < 2
+    ):
+        raise UsageError("the rotation analysis compares models: give --seeds >= 2 or 2+ --models")
+    noise = getattr(args, "noise", 0.0)
+    if not 0.0 <= noise <= 1.0:
+        raise UsageError(f"--noise {noise}: must be in [0, 1]")
+    suffix = f"-eps{noise:g}" if noise else ""
+    out = Path(args.out or f"runs/analyze-{name}{suffix}")
+    if args.models:
+        models = common.given_models(args.models, args.device)
+    else:
+        models = common.study_models(
+            preset_name,
+            args.kinds,
+            args.seeds,
+            out,
+            steps=args.steps,
+            device=args.device,
+            overwrite=args.overwrite,
+            data_source=f"process:factored-eps{noise:g}" if noise else None,
+        )
+    try:
+        report = _run_analysis(args, models)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    text = report.table()
+    print(text)
+    record = {
+        "options": dataclasses.asdict(args),
+        "models": [{"label": m.label, "kind": m.kind, "path": str(m.path)} for m in models],
+        "report": common.jsonable(report.to_dict()),
+    }
+    common.write_report(out, name, text, record)
+    print(f"\nwrote {out / 'report.txt'} and {out / 'report.json'}")
+
+
+def _run_analysis(args: AnalyzeArgs, models: list[Any]) -> Any:
+    if isinstance(args, AceArgs):
+        from sparse_tf.analysis.studies.ace_markov import run_ace
+
+        return run_ace(models, args.sequences, args.threshold, args.jacobian_samples, args.seed)
+    if isinstance(args, RotationArgs):
+        from sparse_tf.analysis.sae import SAEConfig
+        from sparse_tf.analysis.studies.rotation_dyck import run_rotation
+
+        sae = SAEConfig(expansion=args.sae_expansion, l1=args.sae_l1, steps=args.sae_steps)
+        return run_rotation(models, args.fit_windows, args.test_windows, sae, args.seed)
+    assert isinstance(args, FactoredArgs)
+    from sparse_tf.analysis.studies.factored import run_factored
+
+    return run_factored(
+        models, args.noise, args.sequences, args.frozen, args.batch, args.seed, args.untrained
+    )
+
+
 def describe(model: GPTConfig, sparsity: SparsityConfig = SparsityConfig(l0=1 / 64)) -> None:  # noqa: B008
     """Print a model's shape, parameter counts and the L0 budget of every sparse matrix.
 
@@ -444,6 +594,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "eval": (eval_command, "score a trained model on the 20 hand-built tasks and its val split"),
     "tasks": (tasks_command, "list the hand-built tasks, show example pairs, export them"),
     "prune": (prune_command, "find a task's minimal circuit; write circuit.json and circuit.html"),
+    "analyze": (analyze_command, "ACE cores, rotation between models, factored subspaces"),
     "describe": (describe_command, "print a model's shape and per-matrix L0 budget"),
 }
 

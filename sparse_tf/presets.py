@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from sparse_tf.config import ConfigError
+from sparse_tf.data.pipeline import DataConfig
 from sparse_tf.model import GPTConfig
 from sparse_tf.sparsity import SparsityConfig
 from sparse_tf.training import TrainConfig
@@ -37,6 +38,55 @@ _SPARSE: dict[str, tuple[str, TrainConfig]] = {
             max_steps=244_140,  # 32e9 tokens / (512 x 256), the official script's budget
             batch_size=512,
             micro_batch_size=64,
+        ),
+    ),
+    # The small models of the three analyses (`sparse-tf analyze`), on synthetic processes:
+    # the papers' shapes (learned positions, no bigram table, which would let a Markov model
+    # skip the residual stream altogether), weight-sparse; their dense twins are the papers'.
+    "ace-markov": (
+        "1 layer, d_model 64 (4 heads), ctx 33, learned positions, no bigram, L0 1/4, on the "
+        "4-state Markov chain (process:markov4): the ACE analysis's model; ~10 s on a CPU",
+        TrainConfig(
+            model=GPTConfig(
+                vocab_size=5, n_ctx=33, n_layer=1, d_model=64, bigram=False, pos_emb=True
+            ),
+            sparsity=SparsityConfig(l0=1 / 4),
+            data=DataConfig(source="process:markov4"),
+            max_steps=600,
+            batch_size=64,
+        ),
+    ),
+    "rotation-dyck": (
+        "2 layers, d_model 64 (4 heads), ctx 64, learned positions, no bigram, L0 1/4, on "
+        "Dyck-3 bracket strings (process:dyck3): the rotation analysis's model; minutes on a GPU",
+        TrainConfig(
+            model=GPTConfig(
+                vocab_size=7, n_ctx=64, n_layer=2, d_model=64, bigram=False, pos_emb=True
+            ),
+            sparsity=SparsityConfig(l0=1 / 4),
+            data=DataConfig(source="process:dyck3"),
+            max_steps=4000,
+            batch_size=64,
+        ),
+    ),
+    "factored-process": (
+        "4 layers, d_model 120 (3 heads x 40), ctx 9, learned positions, no bigram, L0 1/4, "
+        "on the 5-factor process (process:factored, 432 tokens): the factored analysis's model; "
+        "minutes on a GPU",
+        TrainConfig(
+            model=GPTConfig(
+                vocab_size=433,
+                n_ctx=9,
+                n_layer=4,
+                d_model=120,
+                d_head=40,
+                bigram=False,
+                pos_emb=True,
+            ),
+            sparsity=SparsityConfig(l0=1 / 4),
+            data=DataConfig(source="process:factored"),
+            max_steps=10_000,
+            batch_size=2048,
         ),
     ),
 }

@@ -18,9 +18,12 @@ readout, or readout but no variance, has weight 0: both are needed.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
+import torch
 from numpy.typing import ArrayLike
+from torch import Tensor
 
 from sparse_tf.analysis.linalg import (
     Array,
@@ -104,6 +107,16 @@ def extract_core(
         chosen = None
     basis = orthonormalize(l_c @ u[:, :rank])
     return Core(basis=basis, mean=mean, weights=weights, threshold=chosen)
+
+
+def jacobian_observability(tail: Callable[[Tensor], Tensor], acts: Tensor) -> Array:
+    """O = mean over samples of JᵀJ, J = ∂tail(h)/∂h [k, d] at each row h of acts [S, d]:
+    the observability Gramian of a nonlinear readout (e.g. a final norm then the unembedding).
+    `tail` maps one activation [d] to the outputs of interest [k]."""
+    if acts.dim() != 2:
+        raise ValueError(f"acts: expected [S, d], got shape {tuple(acts.shape)}")
+    jac = torch.func.vmap(torch.func.jacrev(tail))(acts.detach()).detach().double()  # [S, k, d]
+    return (torch.einsum("ski,skj->ij", jac, jac) / len(acts)).cpu().numpy()
 
 
 @dataclasses.dataclass(frozen=True)

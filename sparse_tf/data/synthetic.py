@@ -6,7 +6,7 @@ windows it like any corpus. The documents are a pure function of the name (fixed
 corpus digest, the splits and every resumed run agree.
 
     process:markov4      the 4-state circulant chain (stay 0.75), 6,000 sequences of 32 states
-    process:factored     3 x Mess3 + 2 x tom_quantum, 432 composite tokens, 50,000 x 8
+    process:factored     3 x Mess3 + 2 x tom_quantum, 432 composite tokens, 1,000,000 x 8
     process:factored-eps0.1   the same with noise ε = 0.1 (any ε in [0, 1])
     process:modadd53     every (a, b) of Z_53 as "a b c" with c = (a + b) mod 53
     process:dyck3        bracket strings of 3 families, half valid Dyck (depth ≤ 8), half
@@ -20,35 +20,34 @@ import re
 from collections.abc import Callable, Iterator
 
 import numpy as np
+from numpy.typing import NDArray
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from sparse_tf.data.corpus import Corpus, CorpusError, _assign_splits
-from sparse_tf.data.processes import factored_process, markov_chain
+from sparse_tf.data.processes import FactoredProcess, factored_process, markov_chain
 from sparse_tf.data.tokenizer import EOT
 
 PROCESS_PREFIX = "process:"
+MARKOV_LENGTH = 32
+FACTORED_DOCS, FACTORED_LENGTH = 1_000_000, 8
 DYCK_SYMBOLS = ["(", ")", "[", "]", "{", "}"]
 
 
+def markov_sequences(n: int, length: int, rng: np.random.Generator) -> NDArray[np.int64]:
+    """n state sequences [n, length] of the 4-state circulant chain, the first state uniform."""
+    tokens, _ = FactoredProcess((markov_chain(),)).sample(n, length, rng)
+    return tokens
+
+
 def _markov4() -> tuple[list[str], list[list[int]]]:
-    chain = markov_chain()
-    rng = np.random.default_rng(0)
-    n, length = 6000, 32
-    beliefs = np.zeros((n, 4))
-    beliefs[np.arange(n), rng.integers(0, 4, n)] = 1.0  # x_0 uniform, then the chain
-    tokens = [beliefs.argmax(1)]
-    for _ in range(length - 1):
-        p = chain.probabilities(beliefs)
-        x = (rng.random((n, 1)) > np.cumsum(p, 1)).sum(1).clip(max=3)
-        beliefs = chain.update(beliefs, x)
-        tokens.append(x)
-    return [f"s{i}" for i in range(4)], np.stack(tokens, 1).tolist()
+    tokens = markov_sequences(6000, MARKOV_LENGTH, np.random.default_rng(0))
+    return [f"s{i}" for i in range(4)], tokens.tolist()
 
 
 def _factored(noise: float) -> Callable[[], tuple[list[str], list[list[int]]]]:
     def make() -> tuple[list[str], list[list[int]]]:
         process = factored_process(noise)
-        tokens, _ = process.sample(50_000, 8, np.random.default_rng(0))
+        tokens, _ = process.sample(FACTORED_DOCS, FACTORED_LENGTH, np.random.default_rng(0))
         return [f"t{i}" for i in range(process.vocab)], tokens.tolist()
 
     return make
@@ -59,10 +58,12 @@ def _modadd(p: int) -> tuple[list[str], list[list[int]]]:
     return [f"n{i}" for i in range(p)], docs
 
 
-def _dyck3() -> tuple[list[str], list[list[int]]]:
-    rng = np.random.default_rng(0)
+def dyck_sequences(n: int, rng: np.random.Generator) -> list[list[int]]:
+    """n bracket strings (symbols 0-5: `( ) [ ] { }`) of lengths 2-62: even-numbered ones are
+    valid Dyck-3 prefixes (open with 0.55 when depth < 8, forced at depth 0, close forced at
+    8; family uniform), odd-numbered ones uniform random strings."""
     docs = []
-    for i in range(20_000):
+    for i in range(n):
         length = int(rng.integers(2, 63))
         if i % 2:  # uniform random bracket string
             docs.append(rng.integers(0, 6, length).tolist())
@@ -79,7 +80,11 @@ def _dyck3() -> tuple[list[str], list[list[int]]]:
             else:
                 seq.append(2 * stack.pop() + 1)
         docs.append(seq)
-    return DYCK_SYMBOLS, docs
+    return docs
+
+
+def _dyck3() -> tuple[list[str], list[list[int]]]:
+    return DYCK_SYMBOLS, dyck_sequences(20_000, np.random.default_rng(0))
 
 
 def _builder(name: str) -> Callable[[], tuple[list[str], list[list[int]]]]:
