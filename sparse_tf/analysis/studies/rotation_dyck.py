@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sparse_tf.analysis.rotation import compare_by_rotation
+from sparse_tf.analysis.rotation import RotationReport, compare_by_rotation
 from sparse_tf.analysis.sae import SAEConfig, sae_explained_variance, train_sae
 from sparse_tf.analysis.studies.common import (
     Row,
@@ -33,7 +33,7 @@ from sparse_tf.analysis.studies.common import (
 )
 from sparse_tf.data.synthetic import DYCK_SYMBOLS, dyck_sequences
 from sparse_tf.data.tokenizer import EOT
-from sparse_tf.model import target_loss
+from sparse_tf.model import GPT, target_loss
 
 # The paper's toy numbers (arXiv 2605.24577, Dyck-3, cohort B: 5 independent seeds; the
 # analyses reference, §B.4). Its models are supervised on three per-position labels; ours
@@ -53,22 +53,30 @@ class RotationSite:
 
     kind: str
     anchor: str
+    """B, the model the others are rotated onto."""
     other: str
+    """A."""
     site: str
-    d: int
-    ev_raw: float
-    ev_rotated: float
-    ev_linear: float
-    ev_shuffled: float
-    distance_to_identity: float
-    haar_distance_to_identity: float
-    ks_statistic: float
-    ks_pvalue: float
-    distance_to_signed_permutation: float
-    haar_distance_to_signed_permutation: float
+    rotation: RotationReport
     sae_self: float
     sae_raw: float
     sae_rotated: float
+    """EV of B's SAE on B's held-out activations, on A's, and on A's rotated into B's frame."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A flat record: the pair, the rotation's statistics (not R itself), the SAE's EVs."""
+        stats = {f.name: getattr(self.rotation, f.name) for f in dataclasses.fields(RotationReport)}
+        del stats["rotation"]
+        return {
+            "kind": self.kind,
+            "anchor": self.anchor,
+            "other": self.other,
+            "site": self.site,
+            **stats,
+            "sae_self": self.sae_self,
+            "sae_raw": self.sae_raw,
+            "sae_rotated": self.sae_rotated,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,25 +102,26 @@ class RotationStudy:
                 f"{'SAE self':>8} {'raw':>7} {'rotated':>7}",
             ]
             for r in rs:
+                q = r.rotation
                 lines.append(
-                    f"{r.site:<26} {r.other:<14} {r.ev_raw:>7.3f} {r.ev_rotated:>7.3f} "
-                    f"{r.ev_linear:>7.3f} {r.ev_shuffled:>7.3f} {r.distance_to_identity:>6.2f} "
-                    f"{r.ks_pvalue:>6.3f} {r.distance_to_signed_permutation:>6.2f} "
-                    f"{r.haar_distance_to_signed_permutation:>6.2f} {r.sae_self:>8.3f} "
+                    f"{r.site:<26} {r.other:<14} {q.ev_raw:>7.3f} {q.ev_rotated:>7.3f} "
+                    f"{q.ev_linear:>7.3f} {q.ev_shuffled:>7.3f} {q.distance_to_identity:>6.2f} "
+                    f"{q.ks_pvalue:>6.3f} {q.distance_to_signed_permutation:>6.2f} "
+                    f"{q.haar_distance_to_signed_permutation:>6.2f} {r.sae_self:>8.3f} "
                     f"{r.sae_raw:>7.2f} {r.sae_rotated:>7.3f}"
                 )
-            d = rs[0].d
-            perm = [r.distance_to_signed_permutation / r.haar_distance_to_signed_permutation
-                    for r in rs]  # fmt: skip
+            qs = [r.rotation for r in rs]
+            perm = [q.distance_to_signed_permutation / q.haar_distance_to_signed_permutation
+                    for q in qs]  # fmt: skip
             rows = [
-                Row("EV raw (held out)", fmt_range([r.ev_raw for r in rs])),
-                Row("EV rotated / best linear map", f"{fmt_range([r.ev_rotated for r in rs])} / "
-                    f"{fmt_range([r.ev_linear for r in rs])}"),
-                Row("EV of the shuffled-pairing null", fmt_range([r.ev_shuffled for r in rs]),
+                Row("EV raw (held out)", fmt_range([q.ev_raw for q in qs])),
+                Row("EV rotated / best linear map", f"{fmt_range([q.ev_rotated for q in qs])} / "
+                    f"{fmt_range([q.ev_linear for q in qs])}"),
+                Row("EV of the shuffled-pairing null", fmt_range([q.ev_shuffled for q in qs]),
                     "≤ 0"),
-                Row(f"‖R − I‖_F (√(2d) = {np.sqrt(2 * d):.2f})",
-                    fmt_range([r.distance_to_identity for r in rs], 2), PAPER["dist_identity"]),
-                Row("KS p, eigen-angles vs Haar", fmt_range([r.ks_pvalue for r in rs]),
+                Row(f"‖R − I‖_F (√(2d) = {np.sqrt(2 * qs[0].d):.2f})",
+                    fmt_range([q.distance_to_identity for q in qs], 2), PAPER["dist_identity"]),
+                Row("KS p, eigen-angles vs Haar", fmt_range([q.ks_pvalue for q in qs]),
                     PAPER["ks"]),
                 Row("‖R − P‖ / its Haar value", fmt_range(perm), PAPER["perm"]),
                 Row("SAE EV self", fmt_range([r.sae_self for r in rs])),
@@ -124,7 +133,13 @@ class RotationStudy:
         return "\n\n".join(blocks)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {
+            "sites": [s.to_dict() for s in self.sites],
+            "losses": self.losses,
+            "fit_windows": self.fit_windows,
+            "test_windows": self.test_windows,
+            "sae": self.sae,
+        }
 
 
 def dyck_windows(ids: list[int], eot: int, windows: int, n_ctx: int, seed: int) -> torch.Tensor:
@@ -137,6 +152,12 @@ def dyck_windows(ids: list[int], eot: int, windows: int, n_ctx: int, seed: int) 
         for doc in dyck_sequences(256, rng):
             stream += [*table[doc].tolist(), eot]
     return torch.tensor(stream[: windows * n_ctx]).view(windows, n_ctx)
+
+
+def _rows(model: GPT, tokens: torch.Tensor, site: str) -> np.ndarray:
+    """Activations at `site` for windows [N, T], one row per position: [N·T, d] float64."""
+    x = site_activations(model, tokens, site)
+    return x.reshape(-1, x.shape[-1]).double().numpy()
 
 
 def _loss(model: torch.nn.Module, tokens: torch.Tensor) -> float:
@@ -177,16 +198,11 @@ def run_rotation(
             losses[m.label] = _loss(m.model, test)
             data[m.label] = (fit, test)
         for site in residual_sites(anchor.model):
-
-            def acts(m: StudyModel, split: int, site: str = site) -> np.ndarray:
-                x = site_activations(m.model, data[m.label][split], site)  # noqa: B023 - used at once
-                return x.reshape(-1, x.shape[-1]).double().numpy()
-
-            b_fit, b_test = acts(anchor, 0), acts(anchor, 1)
+            b_fit, b_test = (_rows(anchor.model, t, site) for t in data[anchor.label])
             device = str(next(anchor.model.parameters()).device)
             encoder = train_sae(b_fit, sae, device)
             for other in ms[1:]:
-                a_fit, a_test = acts(other, 0), acts(other, 1)
+                a_fit, a_test = (_rows(other.model, t, site) for t in data[other.label])
                 rep = compare_by_rotation(a_fit, b_fit, a_test, b_test, rng)
                 rotated = (a_test - a_fit.mean(0)) @ rep.rotation + b_fit.mean(0)
                 sites.append(
@@ -195,17 +211,7 @@ def run_rotation(
                         anchor=anchor.label,
                         other=other.label,
                         site=site,
-                        d=rep.d,
-                        ev_raw=rep.ev_raw,
-                        ev_rotated=rep.ev_rotated,
-                        ev_linear=rep.ev_linear,
-                        ev_shuffled=rep.ev_shuffled,
-                        distance_to_identity=rep.distance_to_identity,
-                        haar_distance_to_identity=rep.haar_distance_to_identity,
-                        ks_statistic=rep.ks_statistic,
-                        ks_pvalue=rep.ks_pvalue,
-                        distance_to_signed_permutation=rep.distance_to_signed_permutation,
-                        haar_distance_to_signed_permutation=rep.haar_distance_to_signed_permutation,
+                        rotation=rep,
                         sae_self=sae_explained_variance(encoder, b_test),
                         sae_raw=sae_explained_variance(encoder, a_test),
                         sae_rotated=sae_explained_variance(encoder, rotated),
