@@ -427,12 +427,20 @@ def analyze_command(argv: list[str]) -> None:
         raise UsageError(f"unknown analysis {name!r}; choose from {list(ANALYSES)}")
     cls, preset_name, _ = ANALYSES[name]
     args = _tyro_cli(cls, prog=f"sparse-tf analyze {name}", args=argv[1:])
-    if args.seeds < 1 or (args.steps is not None and args.steps < 1):
-        raise UsageError(f"--seeds {args.seeds} and --steps {args.steps}: must be >= 1")
+    for field in dataclasses.fields(args):  # counts (seeds, steps, sequences, ...) are >= 1
+        value = getattr(args, field.name)
+        if type(value) is int and field.name != "seed" and value < 1:
+            raise UsageError(f"--{field.name.replace('_', '-')} {value}: must be >= 1")
     if (isinstance(args, RotationArgs) and len(args.models) == 1) or (
         not args.models and name == "rotation" and args.seeds < 2
     ):
         raise UsageError("the rotation analysis compares models: give --seeds >= 2 or 2+ --models")
+    if not args.models and not args.kinds:
+        raise UsageError("--kinds: name dense and/or sparse (or give --models)")
+    if isinstance(args, AceArgs) and not 0.0 < args.threshold <= 1.0:
+        raise UsageError(f"--threshold {args.threshold}: must be in (0, 1]")
+    if isinstance(args, RotationArgs) and args.sae_l1 < 0:
+        raise UsageError(f"--sae-l1 {args.sae_l1}: must be >= 0")
     noise = getattr(args, "noise", 0.0)
     if not 0.0 <= noise <= 1.0:
         raise UsageError(f"--noise {noise}: must be in [0, 1]")

@@ -175,7 +175,9 @@ def test_analyze_refuses_bad_requests(capsys: pytest.CaptureFixture[str]) -> Non
         (["analyze", "acee"], "unknown analysis 'acee'"),
         (["analyze", "rotation", "--seeds", "1"], "give --seeds >= 2"),
         (["analyze", "factored", "--noise", "1.5"], "--noise 1.5: must be in [0, 1]"),
-        (["analyze", "ace", "--seeds", "0"], "must be >= 1"),
+        (["analyze", "ace", "--seeds", "0"], "--seeds 0: must be >= 1"),
+        (["analyze", "rotation", "--sae-steps", "0"], "--sae-steps 0: must be >= 1"),
+        (["analyze", "ace", "--threshold", "1.5"], "--threshold 1.5: must be in (0, 1]"),
     ):
         with pytest.raises(SystemExit) as e:
             main(argv)

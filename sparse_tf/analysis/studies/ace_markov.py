@@ -173,7 +173,7 @@ def analyse_model(
     def tail(x: torch.Tensor) -> torch.Tensor:  # [d] -> [4]: the four states' logits
         return model.unembed(model.ln_final(x))[readout]
 
-    sample = torch.as_tensor(h[rng.choice(len(h), jacobian_samples, replace=False)])
+    sample = torch.as_tensor(h[rng.choice(len(h), min(jacobian_samples, len(h)), replace=False)])
     with torch.enable_grad():
         obs = jacobian_observability(tail, sample.float().to(device))
     core = extract_core(h, observability=obs, threshold=threshold)
