@@ -185,3 +185,25 @@ def test_analyze_refuses_bad_requests(capsys: pytest.CaptureFixture[str]) -> Non
         assert message in capsys.readouterr().err
     main(["analyze", "--help"])
     assert "rotation" in capsys.readouterr().out
+
+
+def test_studies_refuse_models_they_cannot_compare(tmp_path: Path) -> None:
+    from sparse_tf.analysis.studies.common import StudyError
+    from sparse_tf.analysis.studies.rotation_dyck import run_rotation
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=7, n_ctx=16, n_layer=1, d_model=32)
+    deeper = GPTConfig(vocab_size=7, n_ctx=16, n_layer=2, d_model=32)
+    pair = [StudyModel(n, "given", tmp_path, GPT(c)) for n, c in (("a", cfg), ("b", deeper))]
+    with pytest.raises(StudyError, match=r"one depth and residual width.*\(1, 32\), \(2, 32\)"):
+        run_rotation(pair)
+    with pytest.raises(StudyError, match="at least two models of one kind"):
+        run_rotation(pair[:1])
+    # The untrained baseline's seed comes from the run; a run.json without one is an error.
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "run.json").write_text('{"config": {}}')
+    symbol_tokenizer([f"t{i}" for i in range(432)]).save(str(run / "final" / "tokenizer.json"))
+    model = StudyModel("m", "given", run / "final", GPT(cfg))
+    with pytest.raises(StudyError, match=r"run\.json: no config\.seed"):
+        run_factored([model], sequences=10, frozen=1, batch=2)

@@ -19,6 +19,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from sparse_tf.analysis.ace import (
+    Core,
     compare_cores,
     extract_core,
     fit_linear_dynamics,
@@ -152,16 +153,17 @@ def _r2_oracle() -> float:
 
 def analyse_model(
     sm: StudyModel,
-    tokens: torch.Tensor,
+    states: np.ndarray,
     threshold: float,
     jacobian_samples: int,
     rng: np.random.Generator,
-) -> tuple[AceModel, np.ndarray, Any]:
-    """ACE on one model over state sequences `tokens` [N, L] (model ids). Returns the result,
-    the site activations [N·(L−1), d] the core was taken from, and the core."""
+) -> tuple[AceModel, np.ndarray, Core]:
+    """ACE on one model over chain sequences `states` [N, L] (state numbers). Returns the
+    result, the site activations [N·(L−1), d] the core was taken from, and the core."""
     model = sm.model
     site = final_site(model)
     ids = sm.token_ids(STATES)
+    tokens = torch.tensor(ids)[torch.from_numpy(states)]  # [N, L] model ids
     # The last position of a training window predicts the end-of-text token; the chain's
     # predictions are positions 0 .. L−2.
     inputs, targets = tokens, tokens[:, 1:]
@@ -230,10 +232,7 @@ def run_ace(
     states = markov_sequences(sequences, MARKOV_LENGTH, rng)
     results, acts, cores = [], {}, {}
     for sm in models:
-        ids = torch.tensor(sm.token_ids(STATES))
-        result, h, core = analyse_model(
-            sm, ids[torch.from_numpy(states)], threshold, jacobian_samples, rng
-        )
+        result, h, core = analyse_model(sm, states, threshold, jacobian_samples, rng)
         results.append(result)
         acts[sm.label], cores[sm.label] = h, core
     pairs = []

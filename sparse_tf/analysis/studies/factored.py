@@ -22,6 +22,7 @@ from sparse_tf.analysis.factored import belief_geometry, belief_regression, vary
 from sparse_tf.analysis.linalg import dims_at_variance, weighted_pca
 from sparse_tf.analysis.studies.common import (
     Row,
+    StudyError,
     StudyModel,
     final_site,
     fmt,
@@ -31,7 +32,9 @@ from sparse_tf.analysis.studies.common import (
 )
 from sparse_tf.data.processes import FactoredProcess, factored_process
 from sparse_tf.data.synthetic import FACTORED_LENGTH
+from sparse_tf.io import read_json
 from sparse_tf.model import GPT, target_loss
+from sparse_tf.training import RUN_FILE
 
 # Read off the published figures (arXiv 2602.02385, authors' reproducibility commit; the
 # analyses reference, §C.5): approximate.
@@ -131,9 +134,9 @@ def _analyse(
     trained: bool,
     model: GPT,
     ids: torch.Tensor,
-    process: FactoredProcess,
     tokens: np.ndarray,
     beliefs: list[np.ndarray],
+    optimal: float,
     vary: list[list[np.ndarray]],
 ) -> FactoredModel:
     site = final_site(model)
@@ -156,7 +159,7 @@ def _analyse(
         kind=kind,
         trained=trained,
         loss=float(target_loss(out[:, :-1], inputs[:, 1:])),
-        optimal_loss=optimal_loss(process, tokens, beliefs),
+        optimal_loss=optimal,
         dims={f"{t:g}": dims_at_variance(ratios, t) for t in THRESHOLDS},
         regression_r2=belief_regression(h, [b.reshape(-1, b.shape[-1]) for b in beliefs]),
         vary_dims=vo.dims,
@@ -187,6 +190,7 @@ def run_factored(
         for f in range(len(process.factors))
     ]
     geometry = belief_geometry(beliefs)
+    optimal = optimal_loss(process, tokens, beliefs)
     results = []
     for sm in models:
         ids = torch.tensor(sm.token_ids([f"t{i}" for i in range(process.vocab)]))
@@ -197,7 +201,7 @@ def run_factored(
                 todo.append((sm.label, False, GPT(sm.model.cfg).eval()))
         for label, trained, model in todo:
             results.append(
-                _analyse(label, sm.kind, trained, model, ids, process, tokens, beliefs, vary)
+                _analyse(label, sm.kind, trained, model, ids, tokens, beliefs, optimal, vary)
             )
     return FactoredStudy(
         models=results,
@@ -211,12 +215,12 @@ def run_factored(
 
 
 def _seed_of(sm: StudyModel) -> int:
-    """The training seed of a study model (its run.json), else 0."""
-    from sparse_tf.io import read_json
-    from sparse_tf.training import RUN_FILE
-
+    """The training seed of a study model, from its run's run.json; 0 for a model folder
+    outside a run (an export): its "untrained" baseline is then seed 0's initialisation."""
     run = sm.path.parent / RUN_FILE
+    if not run.is_file():
+        return 0
     try:
         return int(read_json(run)["config"]["seed"])
-    except (ValueError, KeyError, TypeError):
-        return 0
+    except (KeyError, TypeError, ValueError) as e:
+        raise StudyError(f"{run}: no config.seed ({e})") from None

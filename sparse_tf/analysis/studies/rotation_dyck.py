@@ -160,8 +160,8 @@ def _rows(model: GPT, tokens: torch.Tensor, site: str) -> np.ndarray:
     return x.reshape(-1, x.shape[-1]).double().numpy()
 
 
-def _loss(model: torch.nn.Module, tokens: torch.Tensor) -> float:
-    out = logits(model, tokens)  # type: ignore[arg-type]
+def _loss(model: GPT, tokens: torch.Tensor) -> float:
+    out = logits(model, tokens)
     return float(target_loss(out[:, :-1], tokens[:, 1:]))
 
 
@@ -179,9 +179,12 @@ def run_rotation(
         by_kind.setdefault(m.kind, []).append(m)
     if not any(len(ms) >= 2 for ms in by_kind.values()):
         raise StudyError("the rotation analysis needs at least two models of one kind")
-    widths = {m.model.cfg.d_model for m in models}
-    if len(widths) != 1:
-        raise StudyError(f"models of one residual width are needed, got {sorted(widths)}")
+    shapes = {(m.model.cfg.n_layer, m.model.cfg.d_model) for m in models}
+    if len(shapes) != 1:
+        raise StudyError(
+            f"models of one depth and residual width are needed, got (layers, d_model) "
+            f"{sorted(shapes)}"
+        )
     rng = np.random.default_rng(seed)
     sites, losses = [], {}
     for kind, ms in by_kind.items():
@@ -201,6 +204,7 @@ def run_rotation(
             b_fit, b_test = (_rows(anchor.model, t, site) for t in data[anchor.label])
             device = str(next(anchor.model.parameters()).device)
             encoder = train_sae(b_fit, sae, device)
+            sae_self = sae_explained_variance(encoder, b_test)
             for other in ms[1:]:
                 a_fit, a_test = (_rows(other.model, t, site) for t in data[other.label])
                 rep = compare_by_rotation(a_fit, b_fit, a_test, b_test, rng)
@@ -212,7 +216,7 @@ def run_rotation(
                         other=other.label,
                         site=site,
                         rotation=rep,
-                        sae_self=sae_explained_variance(encoder, b_test),
+                        sae_self=sae_self,
                         sae_raw=sae_explained_variance(encoder, a_test),
                         sae_rotated=sae_explained_variance(encoder, rotated),
                     )
