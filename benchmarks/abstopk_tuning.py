@@ -4,8 +4,8 @@
 
 Each strategy finds the same exact threshold (checked against the reference) and differs only
 in how a pass counts candidates:
-  shipped   one bit per pass, one `key >= c` count (int32) per element: the kernel's own
-            search, `_threshold_keep`;
+  shipped   one bit per pass, one `key >= c` count (int32) per element: the kernel's
+            `bits` search (`_keep_of` without GUIDED);
   packed3   two bits per pass, three `key >= c` counts packed into one int64 sum (the search
             shipped before 2026-11-21);
   sum3      two bits per pass, three separate int32 sums;
@@ -22,10 +22,9 @@ import argparse
 import torch
 import triton
 import triton.language as tl
-from timing import cuda_ms_one  # benchmarks/timing.py
 
-from sparse_tf.kernels import reference
-from sparse_tf.kernels.abstopk import _threshold_keep
+from sparse_tf.kernels.abstopk import _keep_of, reference_forward
+from sparse_tf.kernels.timing import median_ms_one
 
 
 @triton.jit
@@ -38,7 +37,7 @@ def _fwd(x_ptr, y_ptr, n_cols, k, stride, BLOCK: tl.constexpr, LOW_BIT: tl.const
     key = tl.abs(x).to(tl.int32, bitcast=True)
     key = tl.where(in_row, key, -1)
     if MODE == 0:  # shipped: one bit per pass (the kernel's own search)
-        keep = _threshold_keep(key, k, LOW_BIT)
+        keep = _keep_of(key >> LOW_BIT, 0.0, n_cols, k, 0.0, LOW_BIT, False, 4)
     else:
         t = tl.zeros((), dtype=tl.int32)
         if MODE == 1:  # sum3: the shipped search with three separate int32 sums
@@ -145,8 +144,8 @@ def main() -> None:
         for dtype in dtypes:
             x = torch.randn(rows, width, device="cuda", dtype=dtype)
             k = width // 4
-            expected = reference.abs_topk_forward(x, k)
-            copy = cuda_ms_one(lambda x=x: x.clone(), 15)
+            expected = reference_forward(x, k)
+            copy = median_ms_one(lambda x=x: x.clone(), 15)
             cells, best = [], (1e9, "")
             for name, mode in modes.items():
                 per_warps = []
@@ -154,7 +153,7 @@ def main() -> None:
                     if warps * 32 > width:
                         continue
                     assert torch.equal(run(x, k, mode, warps), expected), (name, warps)
-                    ms = cuda_ms_one(lambda x=x, k=k, m=mode, w=warps: run(x, k, m, w), 15)
+                    ms = median_ms_one(lambda x=x, k=k, m=mode, w=warps: run(x, k, m, w), 15)
                     per_warps.append((ms, warps))
                     best = min(best, (ms, f"{name}/w{warps}"))
                 ms, warps = min(per_warps)

@@ -3,9 +3,12 @@
     python benchmarks/projection_speed.py --preset paper-d1024      # on a CUDA machine
 
 Times (CUDA events, median of --iters) `project_weights_` over all sparse matrices of the model
-at the preset's target L0, replayed as one CUDA graph and launched op by op, and its parts for
-one matrix of each shape: the per-neuron protection (top-j of every row/column: the AbsTopK
-mask kernel on CUDA, and the pure-torch reference for comparison) and the global `torch.topk`;
+at the preset's target L0, as training calls it: the weights alternate between two dense states
+1% apart (as after successive Adam steps), so every call has work and its threshold moves.
+Variants: replayed as one CUDA graph with the warm start (the default), the same with the warm
+state forgotten before every call (the cold radix select), and launched op by op. Then the
+parts, for one matrix of each shape: the per-neuron protection (top-j of every row/column: the
+AbsTopK mask kernel, and the pure-torch reference for comparison) and the global `torch.topk`;
 the rest of `weight_mask` is the tie rule and the masking.
 """
 
@@ -16,9 +19,10 @@ import math
 import os
 
 import torch
-from timing import cuda_ms_one  # benchmarks/timing.py
 
 from sparse_tf import GPT, kernels
+from sparse_tf.kernels import projection
+from sparse_tf.kernels.timing import median_ms_one
 from sparse_tf.presets import preset
 from sparse_tf.sparsity import COLS, ROWS, kept_count, project_weights_, topk_mask, weight_mask
 
@@ -36,32 +40,54 @@ def main() -> None:
     with torch.device("cuda"):
         model = GPT(cfg.model)
     sp, l0 = cfg.sparsity, cfg.sparsity.l0
-    state = {n: p.detach().clone() for n, p in model.named_parameters()}
-
-    def project() -> None:
-        for n, p in model.named_parameters():
-            p.data.copy_(state[n])  # dense weights again, as after an Adam step
-        project_weights_(model, l0, sp)
+    states = [{n: p.detach().clone() for n, p in model.named_parameters()}]
+    states.append({n: p * (1 + 0.01 * torch.randn_like(p)) for n, p in states[0].items()})
+    turn = [0]
 
     def restore() -> None:
+        turn[0] ^= 1
         for n, p in model.named_parameters():
-            p.data.copy_(state[n])
+            p.data.copy_(states[turn[0]][n])  # dense weights again, as after an Adam step
+
+    def project() -> None:
+        restore()
+        project_weights_(model, l0, sp)
+
+    def project_cold() -> None:
+        for layout in projection._LAYOUTS.values():
+            layout.warm[:, 0] = -1  # no previous threshold: the full radix select
+        project()
 
     weights = model.sparse_weights()
     totals = {}
-    for mode, flag in (("CUDA graph", "1"), ("eager launches", "0")):
+    for mode, flag, fn in (
+        ("CUDA graph, warm start", "1", project),
+        ("CUDA graph, cold", "1", project_cold),
+        ("eager launches, warm start", "0", project),
+    ):
         os.environ["SPARSE_TF_CUDA_GRAPHS"] = flag
-        totals[mode] = cuda_ms_one(project, args.iters) - cuda_ms_one(restore, args.iters)
+        totals[mode] = median_ms_one(fn, args.iters) - median_ms_one(restore, args.iters)
     os.environ["SPARSE_TF_CUDA_GRAPHS"] = "1"
-    total = totals["CUDA graph"]
+    total = totals["CUDA graph, warm start"]
     print(f"{args.preset} on {torch.cuda.get_device_name()}: {len(weights)} matrices, L0 {l0:g}")
     for mode, ms in totals.items():
         print(f"project_weights_ (all matrices, {mode}): {ms:.2f} ms per step")
+    restore()
+    todo = [w for w in weights if kept_count(w, l0, sp) < w.param.numel()]
+    params = [w.param for w in todo]
+    protections = [
+        projection.Protect(w.neuron_dim, sp.min_per_neuron) if w.neuron_dim is not None else None
+        for w in todo
+    ]
+    ks = [kept_count(w, l0, sp) for w in todo]
+    projection._select(params, protections, ks, projection.CHUNK)
+    restore()
+    hits = int(projection._select(params, protections, ks, projection.CHUNK).mode.sum())
+    print(f"warm start: the threshold was inside the window for {hits} of {len(todo)} matrices")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
         os.environ["SPARSE_TF_CUDA_GRAPHS"] = "0"  # one row per launch
-        restore()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             project()
             torch.cuda.synchronize()
@@ -82,13 +108,15 @@ def main() -> None:
         k = kept_count(w, l0, sp)
         score = w.param.detach().abs()
         neurons = w.param.detach() if w.neuron_dim != COLS else w.param.detach().T
-        mask_ms = cuda_ms_one(lambda w=w: weight_mask(w, l0, sp), args.iters)
+        mask_ms = median_ms_one(lambda w=w: weight_mask(w, l0, sp), args.iters)
         prot_ms, prot_ref_ms = math.nan, math.nan
         if w.neuron_dim in (ROWS, COLS):
             j = sp.min_per_neuron
-            prot_ms = cuda_ms_one(lambda n=neurons, j=j: kernels.abs_topk_mask(n, j), args.iters)
-            prot_ref_ms = cuda_ms_one(lambda n=neurons, j=j: topk_mask(n, j), args.iters)
-        topk_ms = cuda_ms_one(lambda s=score, k=k: s.reshape(-1).topk(k, sorted=False), args.iters)
+            prot_ms = median_ms_one(lambda n=neurons, j=j: kernels.abs_topk_mask(n, j), args.iters)
+            prot_ref_ms = median_ms_one(lambda n=neurons, j=j: topk_mask(n, j), args.iters)
+        topk_ms = median_ms_one(
+            lambda s=score, k=k: s.reshape(-1).topk(k, sorted=False), args.iters
+        )
         print(
             f"| {w.name} | {shape} | {k:,} | {mask_ms:.3f} | {prot_ms:.3f} | {prot_ref_ms:.3f} | "
             f"{topk_ms:.3f} | {mask_ms / total:.0%} |"

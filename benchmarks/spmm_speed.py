@@ -13,53 +13,44 @@ random at the exact density (no per-neuron protection). All variants of a row al
 loop (CUDA events, medians).
 
 The crossover of a shape is the largest density at which "total" beat cuBLAS by --margin (5%),
-there and at every lower density measured; `--write` stores them for the dispatcher
-(`sparse_tf.kernels.crossovers`).
+there and at every lower density measured; `--write FILE` merges them into FILE under this
+GPU's name (the shipped tables: `sparse_tf/kernels/spmm_crossovers.json`, one per device
+model; `sparse-tf calibrate` measures the same numbers into the local cache instead).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parent))
-from timing import cuda_ms
-
-from sparse_tf.kernels import graphs, spmm
-
-
-def random_sparse(d_out: int, d_in: int, density: float) -> tuple[torch.Tensor, int]:
-    """[d_out, d_in] fp32 normal weights with exactly round(density · numel) nonzeros."""
-    numel = d_out * d_in
-    kept = max(1, round(density * numel))
-    w = torch.zeros(numel, device="cuda")
-    idx = torch.randperm(numel, device="cuda")[:kept]
-    w[idx] = torch.randn(kept, device="cuda")
-    return w.view(d_out, d_in), kept
+from sparse_tf.io import write_json
+from sparse_tf.kernels import crossovers, graphs
+from sparse_tf.kernels.csr import csr_of
+from sparse_tf.kernels.spmm import spmm_t
+from sparse_tf.kernels.timing import median_ms
+from sparse_tf.kernels.transpose import feature_major
 
 
 def measure(tokens: int, d_in: int, d_out: int, density: float, iters: int) -> dict[str, float]:
-    w, kept = random_sparse(d_out, d_in, density)
+    w, kept = crossovers.random_sparse(d_out, d_in, density, torch.device("cuda"))
     wb = w.bfloat16()
     x = torch.randn(tokens, d_in, device="cuda", dtype=torch.bfloat16)
     dy = torch.randn(tokens, d_out, device="cuda", dtype=torch.bfloat16)
-    xt, dyt = spmm.feature_major(x, torch.bfloat16), spmm.feature_major(dy, torch.bfloat16)
-    fwd = spmm.csr_of(w, kept, torch.bfloat16)
-    bwd = spmm.csr_of(w, kept, torch.bfloat16, transpose=True)
+    xt, dyt = feature_major(x, torch.bfloat16), feature_major(dy, torch.bfloat16)
+    fwd = csr_of(w, kept, torch.bfloat16)
+    bwd = csr_of(w, kept, torch.bfloat16, transpose=True)
     w_csr, wt_csr = wb.to_sparse_csr(), wb.t().contiguous().to_sparse_csr()
 
     # Correctness first: a benchmark of a wrong kernel measures nothing.
     ref_y, ref_dx = F.linear(x.float(), w), dy.float() @ w
     for name, got, ref in (
-        ("fwd", spmm.spmm_t(xt, fwd), ref_y),
-        ("dx", spmm.spmm_t(dyt, bwd), ref_dx),
+        ("fwd", spmm_t(xt, fwd), ref_y),
+        ("dx", spmm_t(dyt, bwd), ref_dx),
     ):
         err = ((got.float() - ref).norm() / ref.norm().clamp_min(1e-12)).item()
         if err > 1e-2:
@@ -68,38 +59,28 @@ def measure(tokens: int, d_in: int, d_out: int, density: float, iters: int) -> d
     # Both formats, as a layer rebuilds them after each optimizer step: one CUDA graph replay.
     build, _ = graphs.capture(
         lambda: (
-            spmm.csr_of(w, kept, torch.bfloat16),
-            spmm.csr_of(w, kept, torch.bfloat16, transpose=True),
+            csr_of(w, kept, torch.bfloat16),
+            csr_of(w, kept, torch.bfloat16, transpose=True),
         ),
         w.device,
     )
     fns = {
         "cublas_fwd": lambda: F.linear(x, wb),
-        "sparse_fwd": lambda: spmm.spmm_t(spmm.feature_major(x, torch.bfloat16), fwd),
-        "sparse_fwd_kernel": lambda: spmm.spmm_t(xt, fwd),
+        "sparse_fwd": lambda: spmm_t(feature_major(x, torch.bfloat16), fwd),
+        "sparse_fwd_kernel": lambda: spmm_t(xt, fwd),
         "cusparse_fwd": lambda: torch.sparse.mm(w_csr, xt),
-        "transpose_x": lambda: spmm.feature_major(x, torch.bfloat16),
+        "transpose_x": lambda: feature_major(x, torch.bfloat16),
         "cublas_dx": lambda: dy @ wb,
-        "sparse_dx": lambda: spmm.spmm_t(spmm.feature_major(dy, torch.bfloat16), bwd),
-        "sparse_dx_kernel": lambda: spmm.spmm_t(dyt, bwd),
+        "sparse_dx": lambda: spmm_t(feature_major(dy, torch.bfloat16), bwd),
+        "sparse_dx_kernel": lambda: spmm_t(dyt, bwd),
         "cusparse_dx": lambda: torch.sparse.mm(wt_csr, dyt),
         "build": build.replay,
     }
-    return cuda_ms(fns, iters)
+    return median_ms(fns, iters)
 
 
 def vs(t: dict[str, float], name: str, base: str) -> str:
     return f"{t[name]:.3f} ({t[base] / t[name]:.2f}x)"
-
-
-def crossover(densities: list[float], speedups: list[float], margin: float) -> float | None:
-    """Largest density whose speedup, and that of every lower density, is >= margin."""
-    best = None
-    for d, s in sorted(zip(densities, speedups, strict=True)):
-        if s < margin:
-            break
-        best = d
-    return best
 
 
 def main() -> None:
@@ -157,8 +138,8 @@ def main() -> None:
                     "layer": layer,
                     "in": d_in,
                     "out": d_out,
-                    "forward": crossover(args.densities, speed_f, args.margin),
-                    "dx": crossover(args.densities, speed_dx, args.margin),
+                    "forward": crossovers.crossover(args.densities, speed_f, args.margin),
+                    "dx": crossovers.crossover(args.densities, speed_dx, args.margin),
                     "speedups": {  # density -> [forward, dX], transposes included
                         str(d): [round(f, 3), round(x, 3)]
                         for d, f, x in zip(args.densities, speed_f, speed_dx, strict=True)
@@ -174,24 +155,14 @@ def main() -> None:
 
 
 def write_crossovers(path: Path, rows: list[dict], device: str) -> None:
-    """Merge the measured shapes into the crossover file (a shape measured again replaces its
-    old row; other shapes stay), atomically."""
-    data = json.loads(path.read_text()) if path.is_file() else {"measured": [], "shapes": []}
-    new = {(r["tokens"], r["in"], r["out"]) for r in rows}
-    data["shapes"] = [r for r in data["shapes"] if (r["tokens"], r["in"], r["out"]) not in new]
-    data["shapes"] += rows
-    data["measured"].append(
-        {
-            "device": device,
-            "date": datetime.date.today().isoformat(),
-            "torch": torch.__version__,
-            "command": "python benchmarks/spmm_speed.py " + " ".join(sys.argv[1:]),
-            "shapes": sorted(new),
-        }
-    )
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    """Merge the measured shapes into `device`'s table in the crossover file (a shape measured
+    again replaces its old row; other shapes and devices stay), atomically."""
+    data = json.loads(path.read_text()) if path.is_file() else {"devices": {}}
+    shapes = [(r["tokens"], r["in"], r["out"]) for r in rows]
+    command = "python benchmarks/spmm_speed.py " + " ".join(sys.argv[1:])
+    run = crossovers.run_record(device, command, shapes)
+    data["devices"][device] = crossovers.merge(data["devices"].get(device, {}), rows, run)
+    write_json(path, data)
     print(f"wrote {path}")
 
 

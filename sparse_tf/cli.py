@@ -14,6 +14,7 @@
                       [--steps N] [--models DIR DIR ...] [--device auto]
     sparse-tf describe --model.vocab-size 2048 --model.n-ctx 256 --model.n-layer 8 \\
         --model.d-model 1024 --sparsity.l0 0.015625
+    sparse-tf calibrate [--preset paper-d1024] [--d-model 2048] [--tokens 4096 16384]
 """
 
 from __future__ import annotations
@@ -505,6 +506,49 @@ def describe_command(argv: list[str]) -> None:
     _tyro_cli(describe, prog="sparse-tf describe", args=argv)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CalibrateArgs:
+    """Measure when the sparse matmul beats cuBLAS on this GPU for a model's layer shapes, into
+    this machine's cache (used from then on instead of the shipped table of this GPU model)."""
+
+    preset: str = "paper-d1024"
+    """Whose layer shapes to measure (qkv, attention-out, MLP-in, MLP-out)."""
+    d_model: int | None = None
+    """Measure this width instead of the preset's (d_mlp = 4 · d_model unless given)."""
+    d_mlp: int | None = None
+    device: str = "cuda"
+    tokens: tuple[int, ...] = (4096, 16384)
+    """Token counts (rows of the activation) to measure."""
+    densities: tuple[float, ...] = tuple(1 / 2**i for i in range(4, 11))
+    iters: int = 10
+    """Timed repetitions per product (medians)."""
+
+
+def calibrate_command(argv: list[str]) -> None:
+    from sparse_tf.kernels import crossovers
+
+    args = _tyro_cli(CalibrateArgs, prog="sparse-tf calibrate", args=argv)
+    device = torch.device(args.device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise SparseTFError(f"--device {args.device}: calibration times the GPU kernels; no GPU")
+    model = preset(args.preset).model
+    d = args.d_model or model.d_model
+    m = args.d_mlp or (4 * d if args.d_model else model.d_mlp)
+    d_attn = d // model.d_head * model.d_head
+    shapes = [(d, 3 * d_attn), (d_attn, d), (d, m), (m, d)]
+    command = "sparse-tf calibrate " + " ".join(argv)
+    rows = crossovers.calibrate(device, shapes, command, args.tokens, args.densities, args.iters)
+    name = crossovers.device_name(device)
+    print(f"crossovers on {name} (sparse where the density is at most):")
+    print("| tokens | in -> out | forward | dX |\n|---|---|---|---|")
+    show = lambda v: "never" if v is None else f"1/{round(1 / v)}"  # noqa: E731
+    for r in rows:
+        print(
+            f"| {r['tokens']} | {r['in']} -> {r['out']} | {show(r['forward'])} | {show(r['dx'])} |"
+        )
+    print(f"wrote {crossovers.cache_file(name)}")
+
+
 class UsageError(SparseTFError):
     """A flag the command line parser rejected (exit status 2, as argparse)."""
 
@@ -604,6 +648,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "prune": (prune_command, "find a task's minimal circuit; write circuit.json and circuit.html"),
     "analyze": (analyze_command, "ACE cores, rotation between models, factored subspaces"),
     "describe": (describe_command, "print a model's shape and per-matrix L0 budget"),
+    "calibrate": (calibrate_command, "measure when the sparse matmul beats cuBLAS on this GPU"),
 }
 
 

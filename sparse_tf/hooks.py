@@ -41,8 +41,16 @@ class HookPoint(nn.Module):
 
     @property
     def active(self) -> bool:
-        """Whether any forward hook is attached (lets a model skip work nobody reads)."""
-        return bool(self._forward_hooks)
+        """Whether anything can see this activation: a forward hook or pre-hook on this point
+        or on every module (lets a model skip work nobody reads, or fuse across the point)."""
+        from torch.nn.modules import module as registry
+
+        return bool(
+            self._forward_hooks
+            or self._forward_pre_hooks
+            or registry._global_forward_hooks
+            or registry._global_forward_pre_hooks
+        )
 
     def extra_repr(self) -> str:
         return repr(self.name)

@@ -148,11 +148,10 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
         x = self.hook_in(self.topk(x))
-        q, k, v = self.qkv(x).chunk(3, dim=-1)  # each [B, T, d_attn]
-        # Top-k over all heads jointly (not per head), as in the official model.
-        q = self.hook_q(self.topk(q))
-        k = self.hook_k(self.topk(k))
-        v = self.hook_v(self.topk(v))
+        # q, k and v: each [B, T, d_attn], AbsTopK over all heads jointly (not per head), as in
+        # the official model; one launch for the three.
+        q, k, v = self.topk.split(self.qkv(x), 3)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         q, k, v = (t.view(B, T, self.n_head, self.d_head).transpose(1, 2) for t in (q, k, v))
         z = self._fused_attention(q, k, v)  # [B, H, T, d_head]
         if self.hook_pattern.active:
@@ -211,7 +210,7 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.hook_in(self.topk(x))
         h = self.hook_pre(self.in_proj(x))
-        h = self.hook_post(self.topk(F.gelu(h)))
+        h = self.hook_post(self.topk.gelu(h))  # AbsTopK(GELU(h))
         return self.out_proj(h)
 
 
@@ -236,11 +235,19 @@ class Block(nn.Module):
 
     def attn_half(self, x: Tensor) -> Tensor:
         """resid_pre [B, T, d_model] -> resid_mid: the attention sublayer and its write."""
-        return self.hook_resid_mid(x + self.hook_attn_out(self.topk(self.attn(self.ln1(x)))))
+        return self.hook_resid_mid(self._write(x, self.attn(self.ln1(x)), self.hook_attn_out))
 
     def mlp_half(self, x: Tensor) -> Tensor:
         """resid_mid [B, T, d_model] -> resid_post: the MLP sublayer and its write."""
-        return self.hook_resid_post(x + self.hook_mlp_out(self.topk(self.mlp(self.ln2(x)))))
+        return self.hook_resid_post(self._write(x, self.mlp(self.ln2(x)), self.hook_mlp_out))
+
+    def _write(self, x: Tensor, out: Tensor, hook: HookPoint) -> Tensor:
+        """x + AbsTopK(out): a sublayer's write into the residual stream. Unless something
+        reads the write at its hook, AbsTopK and the addition run as one pass (the same
+        numbers: the kept values are added exactly as torch adds them)."""
+        if hook.active:
+            return x + hook(self.topk(out))
+        return self.topk.add_to(x, out)
 
 
 class GPT(HookedModule):

@@ -24,12 +24,13 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
 from sparse_tf import kernels
 from sparse_tf.config import Config, check
-from sparse_tf.kernels.reference import topk_mask  # noqa: F401 - the selection rule, re-exported
+from sparse_tf.kernels.rule import topk_mask  # noqa: F401 - the selection rule, re-exported
 from sparse_tf.linear import SparseLinear
 from sparse_tf.parallel.projection import project_sharded_
 
@@ -74,11 +75,33 @@ class AbsTopK(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.frac is None:
             return x
-        width = x.shape[-1]
+        return abs_topk(x, self._k(x.shape[-1]))
+
+    def add_to(self, r: Tensor, x: Tensor) -> Tensor:
+        """r + AbsTopK(x), fused on the GPU (a sublayer's write into the residual stream)."""
+        if self.frac is None or (k := self._k(x.shape[-1])) == x.shape[-1]:
+            return r + x
+        return kernels.residual_abs_topk(r, x, k)
+
+    def gelu(self, x: Tensor) -> Tensor:
+        """AbsTopK(GELU(x)), with one fused backward on the GPU (the MLP's hidden neurons)."""
+        if self.frac is None or (k := self._k(x.shape[-1])) == x.shape[-1]:
+            return F.gelu(x)
+        return kernels.gelu_abs_topk(x, k)
+
+    def split(self, x: Tensor, parts: int) -> tuple[Tensor, ...]:
+        """AbsTopK of each of `parts` equal slices of the last dim, as separate tensors (one
+        launch on the GPU): q, k and v of the fused qkv product."""
+        width = x.shape[-1] // parts
+        if self.frac is None or (k := self._k(width)) == width:
+            return x.chunk(parts, dim=-1)
+        return kernels.abs_topk_split(x, k, parts)
+
+    def _k(self, width: int) -> int:
         k = abstopk_k(self.frac, width)
         if k < 1:
             raise ValueError(f"AbsTopK: frac={self.frac} keeps no entry of a row of width {width}")
-        return abs_topk(x, k)
+        return k
 
     def extra_repr(self) -> str:
         return f"frac={self.frac}"
@@ -174,23 +197,18 @@ def sparse_weights(model: nn.Module) -> list[SparseWeight]:
     return declare()
 
 
-def protected_mask(w: SparseWeight, cfg: SparsityConfig) -> Tensor | None:
-    """The entries of `w` that protection forces into the kept set: the min_per_neuron largest
-    |w| of every neuron (ties: lower index); None when `w` is unprotected."""
-    j = cfg.min_per_neuron
-    if w.neuron_dim is None or j == 0:
+def protection(w: SparseWeight, cfg: SparsityConfig) -> kernels.Protect | None:
+    """The per-neuron protection of `w` (its min_per_neuron largest |w| per neuron, ties to the
+    lower index, are kept first), or None when `w` is unprotected."""
+    if w.neuron_dim is None or cfg.min_per_neuron == 0:
         return None
-    weight = w.param.detach()
-    neurons_last = weight if w.neuron_dim == ROWS else weight.T  # [n_neurons, per_neuron]
-    protected = kernels.abs_topk_mask(neurons_last, j)  # the AbsTopK kernel on CUDA
-    return protected if w.neuron_dim == ROWS else protected.T
+    return kernels.Protect(w.neuron_dim, cfg.min_per_neuron)
 
 
 def weight_mask(w: SparseWeight, l0: float, cfg: SparsityConfig) -> Tensor:
     """Boolean mask of the entries of `w` that projection to `l0` keeps (same shape as w)."""
-    return kernels.projection_masks([w.param], [protected_mask(w, cfg)], [kept_count(w, l0, cfg)])[
-        0
-    ]
+    keep = kernels.projection_masks([w.param], [protection(w, cfg)], [kept_count(w, l0, cfg)])
+    return keep[0]
 
 
 @torch.no_grad()
@@ -199,7 +217,7 @@ def project_weights_(model: nn.Module, l0: float, cfg: SparsityConfig) -> dict[s
 
     Biases, norm gains, attention sinks and the bigram table are not touched (they are not
     declared sparse). On CUDA all matrices are selected together by the radix-select kernel
-    (`sparse_tf.kernels.select`), elsewhere one `torch.topk` each; FSDP-sharded matrices by
+    (`sparse_tf.kernels.projection`), elsewhere one `torch.topk` each; FSDP-sharded matrices by
     `sparse_tf.parallel.project_sharded_` (collective); the kept sets are identical.
 
     Args:
@@ -221,7 +239,7 @@ def project_weights_(model: nn.Module, l0: float, cfg: SparsityConfig) -> dict[s
     params = [w.param for w in todo]
 
     def apply(ks: Sequence[int] | Tensor) -> None:
-        kernels.project_(params, [protected_mask(w, cfg) for w in todo], ks)
+        kernels.project_(params, [protection(w, cfg) for w in todo], ks)
 
     ks = [counts[w.name] for w in todo]
     if isinstance(params[0], DTensor):  # FSDP: each rank holds rows of every matrix

@@ -12,9 +12,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sparse_tf import kernels
-from sparse_tf.kernels import KernelError, abs_topk_backend, reference
-from sparse_tf.kernels.abstopk import MAX_WIDTH, abs_topk_fwd
+from sparse_tf import kernels, lm_loss
+from sparse_tf.kernels import KernelError, abs_topk_backend, abstopk, projection
+from sparse_tf.kernels.abstopk import MAX_WIDTH
+from sparse_tf.kernels.projection import Protect
+from sparse_tf.kernels.rule import topk_mask
 from tests.helpers import tiny_model, tokens
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -35,20 +37,20 @@ def hard_rows(rows: int, width: int, dtype: torch.dtype, seed: int) -> torch.Ten
 
 
 def check_abs_topk(x: torch.Tensor, k: int) -> None:
+    """Both searches of the forward kernel, its kept bits and the backward, and the mask kernel
+    against the reference."""
     x = x.to(DEVICE)
-    y = abs_topk_fwd(x, k)
-    expected = reference.abs_topk_forward(x, k)
-    assert torch.equal(y, expected)
+    expected = abstopk.reference_forward(x, k)
+    kept = topk_mask(x.abs(), k)
     grad = torch.randn(x.shape, device=DEVICE).to(x.dtype)
-    from sparse_tf.kernels.abstopk import abs_topk_bwd
-
-    assert torch.equal(abs_topk_bwd(y, grad, k), reference.abs_topk_backward(expected, grad, k))
-    # The backward's kept set, recovered from y, is the forward's; the mask kernel agrees.
-    kept = reference.topk_mask(x.abs(), k)
-    assert torch.equal(reference.abs_topk_kept(expected, k), kept)
-    from sparse_tf.kernels.abstopk import abs_topk_mask
-
-    assert torch.equal(abs_topk_mask(x, k), kept)
+    for search in ("guided", "bits"):
+        (y,), bits = abstopk.forward(x, k, search=search)
+        assert torch.equal(y, expected), search
+        gx = abstopk.backward(bits, [grad], x.shape)
+        assert torch.equal(gx, abstopk.reference_backward(expected, grad, k)), search
+    # The reference backward's kept set, recovered from y, is the forward's; the mask agrees.
+    assert torch.equal(abstopk.reference_kept(expected, k), kept)
+    assert torch.equal(abstopk.mask(x, k), kept)
 
 
 @pytest.mark.interpreter
@@ -78,7 +80,7 @@ def test_abs_topk_kernel_small_k(k: int) -> None:
 def test_abs_topk_kernel_on_batched_non_contiguous_input() -> None:
     x = hard_rows(24, 96, torch.float32, 1).view(2, 3, 4, 96).transpose(1, 2)  # [2, 4, 3, 96]
     check_abs_topk(x, 24)
-    assert abs_topk_fwd(x.to(DEVICE), 24).shape == x.shape
+    assert kernels.abs_topk(x.to(DEVICE), 24).shape == x.shape
 
 
 @pytest.mark.interpreter
@@ -104,6 +106,109 @@ def test_model_forward_is_identical_on_both_backends(monkeypatch: pytest.MonkeyP
     assert torch.equal(model(x), expected)
 
 
+@pytest.mark.interpreter
+def test_model_gradients_are_identical_on_both_backends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forward and backward through every AbsTopK site (q, k and v in one launch, kept sets
+    as bit masks, GELU's backward fused with AbsTopK's) give the reference's logits exactly
+    and its gradients to rounding; an in-place edit of q by a hook reaches the model on both."""
+    model = tiny_model().to(DEVICE)
+    x = tokens(model.cfg, batch=2, seq=6).to(DEVICE)
+    results = {}
+    for backend in ("reference", "triton"):
+        monkeypatch.setenv("SPARSE_TF_KERNELS", backend)
+        model.zero_grad()
+        logits = model(x)
+        lm_loss(logits, x).backward()
+        with torch.no_grad():
+            edited = model.run_with_hooks(
+                x, fwd_hooks=[("blocks.0.attn.hook_q", lambda t, hook: t.mul_(-2.0))]
+            )
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        results[backend] = (logits.detach(), edited, grads)
+    (ref_logits, ref_edited, ref_grads), (logits, edited, grads) = results.values()
+    assert torch.equal(logits, ref_logits)
+    assert torch.equal(edited, ref_edited)
+    assert not torch.equal(edited, logits)
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_abs_topk_matches_the_reference(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fused path keeps exactly the reference's entries (torch's own GELU feeds the
+    selection) and its fused backward agrees with torch's GELU backward to rounding."""
+    h = (3 * hard_rows(9, 200, torch.float32, 5)).to(dtype).to(DEVICE).requires_grad_()
+    grad = torch.randn(9, 200, device=DEVICE).to(dtype)
+    out = {}
+    for backend in ("reference", "triton"):
+        monkeypatch.setenv("SPARSE_TF_KERNELS", backend)
+        y = kernels.gelu_abs_topk(h, 50)
+        (gh,) = torch.autograd.grad(y, h, grad)
+        out[backend] = (y, gh)
+    assert torch.equal(out["triton"][0], out["reference"][0])
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+    torch.testing.assert_close(out["triton"][1], out["reference"][1], **tol)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_residual_abs_topk_matches_the_reference(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """r + AbsTopK(x) in one pass: the same sum as torch's addition, and the same gradients
+    (r's unchanged, x's masked and cast). The interpreter casts fp32 to bf16 by truncation
+    (the GPU rounds, as torch does): there x's bf16 gradient may differ by one unit."""
+    r = torch.randn(7, 96, device=DEVICE).requires_grad_()  # the fp32 residual stream
+    x = hard_rows(7, 96, dtype, 11).to(DEVICE).requires_grad_()
+    grad = torch.randn(7, 96, device=DEVICE)
+    out = {}
+    for backend in ("reference", "triton"):
+        monkeypatch.setenv("SPARSE_TF_KERNELS", backend)
+        y = kernels.residual_abs_topk(r, x, 24)
+        out[backend] = (y, *torch.autograd.grad(y, [r, x], grad))
+    for i, (got, expected) in enumerate(zip(out["triton"], out["reference"], strict=True)):
+        assert got.dtype == expected.dtype
+        if i == 2 and dtype == torch.bfloat16 and not got.is_cuda:
+            torch.testing.assert_close(got, expected, rtol=2**-7, atol=0)
+        else:
+            assert torch.equal(got, expected)
+
+
+@pytest.mark.gpu
+def test_gelu_abs_topk_at_the_mlp_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = torch.randn(16384, 4096, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+    grad = torch.randn(16384, 4096, device=DEVICE, dtype=torch.bfloat16)
+    out = {}
+    for backend in ("reference", "triton"):
+        monkeypatch.setenv("SPARSE_TF_KERNELS", backend)
+        y = kernels.gelu_abs_topk(h, 1024)
+        out[backend] = (y, *torch.autograd.grad(y, h, grad))
+    assert torch.equal(out["triton"][0], out["reference"][0])
+    diff = (out["triton"][1].float() - out["reference"][1].float()).norm()
+    assert diff / out["reference"][1].float().norm() < 1e-2
+
+
+@pytest.mark.interpreter
+def test_abs_topk_saves_one_bit_per_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the kernel path keeps for the backward: the kept set as bits, not the output."""
+    monkeypatch.setenv("SPARSE_TF_KERNELS", "triton")
+    x = torch.randn(64, 3 * 256, device=DEVICE, requires_grad=True)
+    for parts in (1, 3):
+        saved: list[torch.Tensor] = []
+
+        def pack(t: torch.Tensor, saved: list[torch.Tensor] = saved) -> torch.Tensor:
+            saved.append(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            kernels.abs_topk_split(x, 64, parts)
+        assert [t.dtype for t in saved] == [torch.int32]
+        assert saved[0].numel() * 32 == x.numel()  # one bit per entry
+
+
 def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     x = torch.randn(2, 8)
     monkeypatch.delenv("SPARSE_TF_KERNELS", raising=False)
@@ -122,9 +227,9 @@ def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_kept_set_recovered_from_the_output() -> None:
     x = torch.tensor([[0.0, 3.0, 0.0, -1.0, 0.0], [2.0, -2.0, 2.0, 0.0, 1.0]])
-    y = reference.abs_topk_forward(x, 3)
+    y = abstopk.reference_forward(x, 3)
     # Row 0 has 2 nonzeros: both kept, plus the first zero. Row 1: the three 2s (ties by index).
-    assert reference.abs_topk_kept(y, 3).tolist() == [
+    assert abstopk.reference_kept(y, 3).tolist() == [
         [True, True, False, True, False],
         [True, True, True, False, False],
     ]
@@ -145,11 +250,9 @@ def test_abs_topk_mask_kernel_matches_reference(
     dtype: torch.dtype, rows: int, width: int, k: int
 ) -> None:
     x = hard_rows(rows, width, dtype, seed=rows * 1000 + width).to(DEVICE)
-    from sparse_tf.kernels.abstopk import abs_topk_mask as kernel_mask
-
-    expected = reference.topk_mask(x.abs(), k)
+    expected = topk_mask(x.abs(), k)
     if 0 < k < width:
-        assert torch.equal(kernel_mask(x, k), expected)
+        assert torch.equal(abstopk.mask(x, k), expected)
     assert torch.equal(kernels.abs_topk_mask(x, k), expected)
 
 
@@ -173,53 +276,91 @@ def test_projection_is_identical_on_both_backends(monkeypatch: pytest.MonkeyPatc
         assert torch.equal(results["triton"][name], value), name
 
 
+def random_protection(rows: int, cols: int, i: int, g: torch.Generator) -> projection.Protection:
+    """Every kind of protection: none, rows or columns by rule (j = 1..9: both sides of the
+    fused kernel's limit, and j >= the neuron's length), and masks (some transposed views)."""
+    kind = i % 4
+    if kind == 0:
+        return None
+    if kind in (1, 2):
+        return Protect(dim=kind - 1, j=int(torch.randint(1, 10, (), generator=g)))
+    p = torch.rand(rows, cols, generator=g) < 0.1
+    return p.T.contiguous().T if i % 8 == 7 else p
+
+
 @pytest.mark.interpreter
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    shapes=st.lists(st.tuples(st.integers(1, 40), st.integers(1, 40)), min_size=1, max_size=4),
-    k_fracs=st.lists(st.floats(0.0, 1.0), min_size=4, max_size=4),
+    shapes=st.lists(st.tuples(st.integers(1, 40), st.integers(1, 40)), min_size=1, max_size=5),
+    k_fracs=st.lists(st.floats(0.0, 1.0), min_size=5, max_size=5),
     seed=st.integers(0, 2**16),
 )
-def test_projection_select_kernel_matches_reference(
+def test_projection_kernels_match_the_reference(
     shapes: list[tuple[int, int]], k_fracs: list[float], seed: int
 ) -> None:
-    from sparse_tf.kernels.select import project_, topk_masks
-
+    """Cold and warm-started selections (the same matrices, then moved a little: the second
+    call searches inside the first one's window) keep exactly the reference's entries."""
     g = torch.Generator().manual_seed(seed)
-    weights, protected, ks = [], [], []
+    weights, protections, ks = [], [], []
     for i, (rows, cols) in enumerate(shapes):
-        w = hard_rows(rows, cols, torch.float32, seed + i)  # ties, zeros, empty rows
-        p = None
-        if i % 2:  # protection masks, some of them transposed views (column neurons)
-            p = torch.rand(rows, cols, generator=g) < 0.1
-            p = p.T.contiguous().T if i % 4 == 3 else p
-        weights.append(w.to(DEVICE))
-        protected.append(p.to(DEVICE) if p is not None else None)
-        ks.append(max(1, min(w.numel(), round(k_fracs[i] * w.numel()))))
-    # Small chunks: matrices span several programs, and ties straddle chunk boundaries.
-    masks = topk_masks(weights, protected, ks, chunk=64)
-    projected = [w.clone() for w in weights]
-    project_(projected, protected, ks, chunk=64)
-    for w, p, k, mask, after in zip(weights, protected, ks, masks, projected, strict=True):
-        score = w.abs() if p is None else w.abs().masked_fill(p, torch.inf)
-        expected = reference.topk_mask(score.reshape(1, -1), k).view_as(w)
-        assert torch.equal(mask, expected)
-        assert torch.equal(after, w.masked_fill(~expected, 0.0))
+        weights.append(hard_rows(rows, cols, torch.float32, seed + i).to(DEVICE))  # ties, zeros
+        p = random_protection(rows, cols, i + seed, g)
+        protections.append(p.to(DEVICE) if isinstance(p, torch.Tensor) else p)
+        ks.append(max(1, min(rows * cols, round(k_fracs[i] * rows * cols))))
+    for step in range(3):
+        if step:
+            weights = [
+                w * (1 + 1e-4 * torch.randn(w.shape, generator=g).to(DEVICE)) for w in weights
+            ]
+        # Small chunks: matrices span several programs, and ties straddle chunk boundaries.
+        masks = projection.topk_masks(weights, protections, ks, chunk=64)
+        projected = [w.clone() for w in weights]
+        projection.project_(projected, protections, ks, chunk=64)
+        expected = projection.reference_masks(weights, protections, ks)
+        for w, mask, after, ref in zip(weights, masks, projected, expected, strict=True):
+            assert torch.equal(mask, ref), step
+            assert torch.equal(after, w.masked_fill(~ref, 0.0)), step
+
+
+@pytest.mark.interpreter
+def test_projection_warm_start_searches_the_window_and_falls_back() -> None:
+    """The second selection of unchanged matrices finds every threshold inside its window (the
+    candidates alone are searched); after a jump it falls back to all keys; both are exact."""
+    g = torch.Generator().manual_seed(0)
+    weights = [
+        torch.randn(48, 40, generator=g).to(DEVICE),
+        torch.randn(30, 64, generator=g).to(DEVICE),
+    ]
+    weights[1][:, :20] = 0.25  # a long run of equal keys at the threshold
+    protections = [Protect(0, 4), Protect(1, 4)]
+    ks = [200, 700]
+    modes = []
+    for scale in (1.0, 1.0, 3.0, 3.0):
+        scaled = [w * scale for w in weights]
+        sel = projection._select(scaled, protections, ks, chunk=64)
+        modes.append(sel.mode.tolist())
+        masks = projection.topk_masks(scaled, protections, ks, chunk=64)
+        expected = projection.reference_masks(scaled, protections, ks)
+        assert all(torch.equal(m, e) for m, e in zip(masks, expected, strict=True))
+    # Cold (no previous threshold), warm, the threshold tripled (outside: cold), warm again.
+    assert modes[0] == [0, 0]
+    assert modes[1] == [1, 1]
+    assert modes[2] == [0, 0]
+    assert modes[3] == [1, 1]
 
 
 @pytest.mark.gpu
-def test_projection_select_kernel_at_paper_shapes() -> None:
-    from sparse_tf.kernels.select import topk_masks
-
+def test_projection_kernels_at_paper_shapes() -> None:
     shapes = [(2048, 1024), (3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096)]
     weights = [hard_rows(r, c, torch.float32, i).to(DEVICE) for i, (r, c) in enumerate(shapes)]
-    protected = [None, *(torch.rand(r, c, device=DEVICE) < 0.004 for r, c in shapes[1:])]
+    protections = [None, Protect(0, 4), Protect(1, 4), Protect(0, 4), Protect(1, 4)]
     ks = [w.numel() // 64 for w in weights]
-    for w, p, k, mask in zip(
-        weights, protected, ks, topk_masks(weights, protected, ks), strict=True
-    ):
-        score = w.abs() if p is None else w.abs().masked_fill(p, torch.inf)
-        assert torch.equal(mask, reference.topk_mask(score.reshape(1, -1), k).view_as(w))
+    for step in range(3):  # cold, then warm (the weights drift a little)
+        weights = [w * (1 + 1e-3 * step * torch.randn_like(w)) for w in weights]
+        masks = projection.topk_masks(weights, protections, ks)
+        expected = projection.reference_masks(weights, protections, ks)
+        for mask, ref in zip(masks, expected, strict=True):
+            assert torch.equal(mask, ref), step
 
 
 @pytest.mark.gpu

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from sparse_tf import kernels
-from sparse_tf.kernels import reference
+from sparse_tf.kernels.rule import topk_mask
 from sparse_tf.sparsity import COLS, ROWS
 from tests.helpers import tiny_train_flags
 
@@ -50,9 +50,9 @@ def single_process(seed: int) -> list[torch.Tensor]:
     for w, dim, k in matrices(seed):
         protected = None
         if dim == ROWS:
-            protected = reference.topk_mask(w.abs(), MIN_PER_NEURON)
+            protected = topk_mask(w.abs(), MIN_PER_NEURON)
         elif dim == COLS:
-            protected = reference.topk_mask(w.abs().t(), MIN_PER_NEURON).t()
+            protected = topk_mask(w.abs().t(), MIN_PER_NEURON).t()
         masks += kernels.projection_masks([w], [protected], [k])
     return masks
 
@@ -73,12 +73,12 @@ def _worker(rank: int, world: int, init: str, seed: int, out: str, kernel: bool)
     shards = [w[part].contiguous() for (w, _, _), part in zip(mats, parts, strict=True)]
     dims, ks = [d for _, d, _ in mats], [k for _, _, k in mats]
     if kernel:  # the radix-select kernels (interpreted), histograms summed over the ranks
-        from sparse_tf.kernels import select
+        from sparse_tf.kernels import projection
 
         row0 = [part.start for part in parts]
         protected = sharded_protection(shards, dims, MIN_PER_NEURON, row0)
         # Chunks of 64 keys: several per matrix, so ties are ranked across chunks and ranks.
-        masks = select.topk_masks(shards, protected, ks, chunk=64, group=dist.group.WORLD)
+        masks = projection.topk_masks(shards, protected, ks, chunk=64, group=dist.group.WORLD)
     else:
         masks = sharded_projection_masks(shards, dims, ks, MIN_PER_NEURON)
     np.savez(Path(out) / f"rank{rank}.npz", *[m.numpy() for m in masks])

@@ -7,6 +7,7 @@ run the paper's shapes in bf16 under autocast against cuBLAS.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,11 +23,12 @@ from sparse_tf.kernels import (
     SpmmPlan,
     WeightFormats,
     crossovers,
-    reference,
     sparse_linear,
     spmm_plan,
 )
-from sparse_tf.kernels.spmm import csr_of, feature_major, spmm_t
+from sparse_tf.kernels.csr import csr_of, reference_csr
+from sparse_tf.kernels.spmm import reference_spmm_t, spmm_t
+from sparse_tf.kernels.transpose import feature_major
 from sparse_tf.linear import SparseLinear
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -66,14 +68,14 @@ def test_format_and_product_match_the_reference(
     w = sparse_matrix(rows, cols, density, seed)
     m = w.t() if transpose else w
     got = csr_of(w, max(1, int((w != 0).sum())), torch.float32, transpose=transpose)
-    ptr, idx, vals = reference.csr(m)
+    ptr, idx, vals = reference_csr(m)
     nnz = int(ptr[-1])
     assert torch.equal(got.ptr, ptr)
     assert torch.equal(got.cols[:nnz], idx)
     assert torch.equal(got.vals[:nnz], vals)
     a = torch.randn(m.shape[1], tokens, device=DEVICE)
     b = torch.randn(m.shape[0], device=DEVICE) if bias else None
-    torch.testing.assert_close(spmm_t(a, got, b), reference.spmm_t(a, m, b), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(spmm_t(a, got, b), reference_spmm_t(a, m, b), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.interpreter
@@ -83,7 +85,7 @@ def test_capacity_may_exceed_the_nonzeros() -> None:
     w = sparse_matrix(20, 30, 0.1, 0)
     a = torch.randn(30, 9, device=DEVICE)
     got = spmm_t(a, csr_of(w, int((w != 0).sum()) + 50, torch.float32))
-    torch.testing.assert_close(got, reference.spmm_t(a, w), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, reference_spmm_t(a, w), rtol=1e-5, atol=1e-5)
 
 
 def test_spmm_rejects_a_token_major_activation() -> None:
@@ -174,40 +176,155 @@ def test_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def fresh_plans() -> object:
-    """`crossovers.plan` memoises; tests that swap the table must not see or leave old plans."""
+    """`crossovers.plan` memoises; tests that change the tables must not see or leave old
+    plans."""
     crossovers.plan.cache_clear()
     yield
     crossovers.plan.cache_clear()
 
 
+def write_table(device: str, rows: list[crossovers.Crossover]) -> None:
+    """A table for `device` in this machine's cache, as `sparse-tf calibrate` leaves one."""
+    entry = {
+        "device": device,
+        "measured": [
+            crossovers.run_record(device, "test", [(r.tokens, r.d_in, r.d_out) for r in rows])
+        ],
+        "shapes": [
+            {"tokens": r.tokens, "in": r.d_in, "out": r.d_out, "forward": r.forward, "dx": r.dx}
+            for r in rows
+        ],
+    }
+    path = crossovers.cache_file(device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(entry))
+
+
 @pytest.mark.usefixtures("fresh_plans")
-def test_crossover_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    rows = (
-        crossovers.Crossover(4096, 1024, 4096, forward=1 / 128, dx=1 / 64),
-        crossovers.Crossover(16384, 1024, 4096, forward=1 / 256, dx=None),
-        crossovers.Crossover(16384, 4096, 1024, forward=None, dx=1 / 512),
+def test_crossover_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPARSE_TF_CACHE", str(tmp_path))
+    write_table(
+        "cpu",
+        [
+            crossovers.Crossover(4096, 1024, 4096, forward=1 / 128, dx=1 / 64),
+            crossovers.Crossover(16384, 1024, 4096, forward=1 / 256, dx=None),
+            crossovers.Crossover(16384, 4096, 1024, forward=None, dx=1 / 512),
+        ],
     )
-    monkeypatch.setattr(crossovers, "table", lambda: (rows, []))
-    assert crossovers.plan(16384, 1024, 4096, 1 / 256) == SpmmPlan(True, False)
-    assert crossovers.plan(16384, 1024, 4096, 1 / 128) == DENSE
-    assert crossovers.plan(4096, 1024, 4096, 1 / 100) == SpmmPlan(False, True)
-    assert crossovers.plan(4096, 1024, 4096, 1 / 1000) == SPARSE
-    assert crossovers.plan(20000, 4096, 1024, 1 / 1024) == SpmmPlan(False, True)  # nearest
-    assert crossovers.plan(20000, 4000, 1100, 1 / 1024) == SpmmPlan(False, True)
-    assert crossovers.plan(1024, 1024, 4096, 1 / 1024) == DENSE  # fewer tokens than measured
+    cpu = torch.device("cpu")
+    assert crossovers.plan(cpu, 16384, 1024, 4096, 1 / 256) == SpmmPlan(True, False)
+    assert crossovers.plan(cpu, 16384, 1024, 4096, 1 / 128) == DENSE
+    assert crossovers.plan(cpu, 4096, 1024, 4096, 1 / 100) == SpmmPlan(False, True)
+    assert crossovers.plan(cpu, 4096, 1024, 4096, 1 / 1000) == SPARSE
+    assert crossovers.plan(cpu, 9000, 1024, 4096, 1 / 1000) == SpmmPlan(True, False)  # nearest
+    assert crossovers.plan(cpu, 60000, 4096, 1024, 1 / 1024) == SpmmPlan(False, True)
+    assert crossovers.plan(cpu, 1024, 1024, 4096, 1 / 1024) == DENSE  # fewer tokens than measured
+
+
+@pytest.mark.usefixtures("fresh_plans")
+def test_tables_are_per_device_and_local_rows_win(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPARSE_TF_CACHE", str(tmp_path))
+    shipped = crossovers.shipped()
+    device = "NVIDIA H200"
+    assert crossovers.table(device) == shipped[device]  # nothing measured on this machine
+    row = shipped[device].rows[0]
+    write_table(device, [crossovers.Crossover(row.tokens, row.d_in, row.d_out, None, 1.0)])
+    local = crossovers.table(device)
+    assert len(local.rows) == len(shipped[device].rows)  # replaced, not added
+    same = [
+        r for r in local.rows if (r.tokens, r.d_in, r.d_out) == (row.tokens, row.d_in, row.d_out)
+    ]
+    assert same == [crossovers.Crossover(row.tokens, row.d_in, row.d_out, None, 1.0)]
+    assert crossovers.table("Some Future GPU").rows == ()  # measured on first use instead
+    crossovers.cache_file(device).write_text("{not json")
+    with pytest.raises(ValueError, match=r"spmm_crossovers/NVIDIA_H200\.json: not valid JSON"):
+        crossovers.table(device)
+
+
+@pytest.mark.interpreter
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's table (GPU: test below)")
+@pytest.mark.usefixtures("fresh_plans")
+def test_unmeasured_shape_is_measured_once_on_first_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A device without a row for a shape measures it when a layer first asks (real timings:
+    on a CPU the interpreted kernel loses everywhere), caches it, and never measures again."""
+    monkeypatch.setenv("SPARSE_TF_CACHE", str(tmp_path))
+    monkeypatch.setattr(crossovers, "TOKENS", (64, 128))  # the interpreter: small sizes
+    monkeypatch.setattr(crossovers, "DENSITIES", (1 / 4, 1 / 16))
+    cpu = torch.device("cpu")
+    assert crossovers.plan(cpu, 128, 32, 48, 1 / 16) == DENSE
+    assert (
+        "measuring when the sparse matmul beats cuBLAS for 32 -> 48 on cpu"
+        in capsys.readouterr().err
+    )
+    saved = json.loads(crossovers.cache_file("cpu").read_text())
+    assert [(r["tokens"], r["in"], r["out"]) for r in saved["shapes"]] == [
+        (64, 32, 48),
+        (128, 32, 48),
+    ]
+    assert all(r["forward"] is None and r["dx"] is None for r in saved["shapes"])
+    assert set(saved["shapes"][0]["speedups"]) == {str(1 / 4), str(1 / 16)}
+    crossovers.plan.cache_clear()
+    assert crossovers.plan(cpu, 64, 32, 48, 1 / 4) == DENSE
+    assert capsys.readouterr().err == ""  # cached: not measured again
+    assert len(json.loads(crossovers.cache_file("cpu").read_text())["measured"]) == 1
+
+
+@pytest.mark.interpreter
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU's timings (GPU: test below)")
+def test_a_slower_sparse_product_goes_back_to_cublas(capsys: pytest.CaptureFixture[str]) -> None:
+    """The first use of a plan times both ways on the layer's own tensors (here the interpreted
+    kernel against the CPU's own product: slower) and keeps the faster, once per process."""
+    w = sparse_matrix(48, 40, 0.1, 1)
+    x = torch.randn(3, 20, 40, device=DEVICE)
+    kept = int((w != 0).sum())
+    crossovers._VERDICTS.clear()
+    assert crossovers.verified(SPARSE, x, w, kept, torch.float32) == DENSE
+    err = capsys.readouterr().err
+    assert "the sparse forward of 40 -> 48" in err
+    assert "the sparse dX of 40 -> 48" in err
+    assert "using cuBLAS (re-measure with: sparse-tf calibrate)" in err
+    assert crossovers.verified(SPARSE, x, w, kept, torch.float32) == DENSE
+    assert capsys.readouterr().err == ""  # decided once
+    crossovers._VERDICTS.clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("fresh_plans")
+def test_first_use_and_verification_on_the_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unknown shape is measured into the cache; the live check keeps a sparse product that
+    wins (1/1024 of a wide layer) and turns back one that loses (1/16)."""
+    monkeypatch.setenv("SPARSE_TF_CACHE", str(tmp_path))
+    monkeypatch.setattr(crossovers, "TOKENS", (16384,))
+    cuda = torch.device("cuda")
+    crossovers.plan(cuda, 16384, 2048, 8192 + 16, 1 / 1024)  # a width no table holds
+    assert "measuring when the sparse matmul beats cuBLAS" in capsys.readouterr().err
+    saved = json.loads(crossovers.cache_file(crossovers.device_name(cuda)).read_text())
+    assert [(r["tokens"], r["in"], r["out"]) for r in saved["shapes"]] == [(16384, 2048, 8208)]
+    crossovers._VERDICTS.clear()
+    x = torch.randn(16384, 2048, device="cuda", dtype=torch.bfloat16)
+    for density, expected in ((1 / 1024, SPARSE), (1 / 16, DENSE)):
+        w, kept = crossovers.random_sparse(8192, 2048, density, cuda)
+        assert crossovers.verified(SPARSE, x, w, kept, torch.bfloat16) == expected, density
+    crossovers._VERDICTS.clear()
 
 
 def test_shipped_crossovers_were_measured() -> None:
-    rows, runs = crossovers.table()
-    assert rows
-    for run in runs:
-        assert run["device"]
-        assert run["command"].startswith("python benchmarks/spmm_speed.py")
-    measured = {tuple(shape) for run in runs for shape in run["shapes"]}
-    assert {(r.tokens, r.d_in, r.d_out) for r in rows} == measured
-    for r in rows:
-        for d in (r.forward, r.dx):
-            assert d is None or 0 < d <= 1
+    for device, table in crossovers.shipped().items():
+        assert table.rows
+        for run in table.measured:
+            assert run["device"] == device
+            assert run["command"].startswith("python benchmarks/spmm_speed.py")
+        measured = {tuple(shape) for run in table.measured for shape in run["shapes"]}
+        assert {(r.tokens, r.d_in, r.d_out) for r in table.rows} <= measured
+        for r in table.rows:
+            for d in (r.forward, r.dx):
+                assert d is None or 0 < d <= 1
 
 
 @pytest.mark.gpu
@@ -243,7 +360,7 @@ def test_format_kernel_at_paper_shapes() -> None:
     for transpose in (False, True):
         m = w.t() if transpose else w
         got = csr_of(w, int((w != 0).sum()), torch.bfloat16, transpose=transpose)
-        ptr, idx, vals = reference.csr(m)
+        ptr, idx, vals = reference_csr(m)
         assert torch.equal(got.ptr, ptr)
         assert torch.equal(got.cols, idx)
         assert torch.equal(got.vals, vals.bfloat16())
@@ -270,7 +387,7 @@ def test_graphed_format_builds_follow_the_weight_through_an_anneal() -> None:
         kept = int((w != 0).sum())
         for transpose in (False, True):
             got = formats.get(w, kept, torch.bfloat16, transpose)
-            ptr, idx, vals = reference.csr(w.t() if transpose else w)
+            ptr, idx, vals = reference_csr(w.t() if transpose else w)
             assert torch.equal(got.ptr, ptr)
             assert torch.equal(got.cols[:kept], idx)
             assert torch.equal(got.vals[:kept], vals.bfloat16())

@@ -1,31 +1,43 @@
-"""Kernels: Triton on CUDA, pure torch elsewhere, one autograd Function per op.
+"""Kernels: Triton on CUDA, pure torch elsewhere. This module only dispatches.
 
     from sparse_tf.kernels import abs_topk, sparse_linear
-    y = abs_topk(x, k)            # dispatches by device, dtype and width
+    y = abs_topk(x, k)            # by device, dtype and width
     y = sparse_linear(x, weight, bias, kept, formats)   # sparse kernel or cuBLAS, per shape
 
+Each op lives in one file with its Triton kernels, their launcher, its autograd Function and
+its pure-torch reference (the definition the kernels are tested against):
+
+    abstopk.py      AbsTopK forward (exact threshold search) and backward (kept-set bits)
+    gelu_abstopk.py AbsTopK of GELU with one fused backward (the MLP's hidden neurons)
+    projection.py   the L0 projection: per-neuron protection, warm-started radix select
+    spmm.py         the sparse matmul and the linear layer's autograd Function
+    csr.py          the sparse weight format, built on the device
+    transpose.py    feature-major copies of activations
+    crossovers.py   when the sparse matmul beats cuBLAS, per GPU model (tables, calibration,
+                    verification on the live shapes)
+    rule.py         the one selection rule: the k largest, ties to the lower index
+    graphs.py       launch sequences replayed as CUDA graphs; timing.py: median timings
+
 The backend is chosen per call: `triton` on CUDA tensors the kernels support, `reference`
-(sparse_tf.kernels.reference) otherwise. The environment variable SPARSE_TF_KERNELS forces one:
-`reference` everywhere, or `triton` (an error where the kernel cannot run; on a CPU it needs
-TRITON_INTERPRET=1, which the test suite sets). Both backends give identical kept sets.
+otherwise. The environment variable SPARSE_TF_KERNELS forces one: `reference` everywhere, or
+`triton` (an error where the kernel cannot run; on a CPU it needs TRITON_INTERPRET=1, which the
+test suite sets). Both backends give identical kept sets.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx
 
 from sparse_tf.errors import SparseTFError
-from sparse_tf.kernels import crossovers, graphs, reference
-from sparse_tf.kernels.crossovers import DENSE, SPARSE, SpmmPlan
-
-if TYPE_CHECKING:
-    from sparse_tf.kernels.spmm import CSR
+from sparse_tf.kernels import abstopk, crossovers, gelu_abstopk, graphs, projection, rule, spmm
+from sparse_tf.kernels.plan import DENSE, SPARSE, SpmmPlan
+from sparse_tf.kernels.projection import Protect, Protection
+from sparse_tf.kernels.spmm import WeightFormats
 
 Backend = Literal["triton", "reference"]
 _ENV = "SPARSE_TF_KERNELS"
@@ -48,27 +60,25 @@ def _interpreting() -> bool:
 
 def abs_topk_backend(x: Tensor) -> Backend:
     """Which backend `abs_topk(x, k)` and `abs_topk_mask(x, k)` use."""
-    from sparse_tf.kernels import abstopk as kernel  # imports triton: only when needed
-
     setting = backend_setting()
     if setting == "reference":
         return "reference"
     supported = (
         (x.is_cuda or _interpreting())
-        and x.dtype in kernel.SUPPORTED_DTYPES
-        and x.shape[-1] <= kernel.MAX_WIDTH
+        and x.dtype in abstopk.SUPPORTED_DTYPES
+        and x.shape[-1] <= abstopk.MAX_WIDTH
     )
     if setting == "triton" and not supported:
         raise KernelError(
             f"{_ENV}=triton: the AbsTopK kernel cannot run on a {x.dtype} tensor of width "
             f"{x.shape[-1]} on {x.device} (needs CUDA or TRITON_INTERPRET=1, "
-            f"fp32/bf16/fp16, width <= {kernel.MAX_WIDTH})"
+            f"fp32/bf16/fp16, width <= {abstopk.MAX_WIDTH})"
         )
     return "triton" if supported and (x.is_cuda or setting == "triton") else "reference"
 
 
 def projection_backend(t: Tensor) -> Backend:
-    """Which backend `projection_masks` uses for matrices on t's device."""
+    """Which backend `projection_masks` and `project_` use for matrices on t's device."""
     setting = backend_setting()
     if setting == "reference":
         return "reference"
@@ -81,63 +91,33 @@ def projection_backend(t: Tensor) -> Backend:
     return "triton" if supported and (t.is_cuda or setting == "triton") else "reference"
 
 
-def projection_masks(
-    weights: list[Tensor], protected: list[Tensor | None], ks: Sequence[int] | Tensor
-) -> list[Tensor]:
-    """For each matrix, the bool mask of its k largest |w| after its protected entries (which
-    outrank everything); ties go to the lower flat index. 1 <= k <= numel. `ks` may be an int32
-    tensor on the weights' device (what a CUDA graph of the projection reads)."""
-    if weights and projection_backend(weights[0]) == "triton":
-        from sparse_tf.kernels.select import topk_masks
-
-        return topk_masks(weights, protected, ks)
-    if isinstance(ks, Tensor):
-        ks = ks.tolist()
-    masks = []
-    for w, p, k in zip(weights, protected, ks, strict=True):
-        score = w.detach().abs()
-        if p is not None:
-            score = score.masked_fill(p, torch.inf)
-        masks.append(reference.topk_mask(score.reshape(1, -1), k).view_as(w))
-    return masks
+def abs_topk(x: Tensor, k: int) -> Tensor:
+    """Keep the k entries of largest |x| in each row of the last dim (ties: lower index), zero
+    the rest; the gradient flows only through the kept entries. 1 <= k < width."""
+    return abstopk.AbsTopKFunction.apply(x, k, 1, abs_topk_backend(x))
 
 
-def project_(
-    weights: list[Tensor], protected: list[Tensor | None], ks: Sequence[int] | Tensor
-) -> None:
-    """Zero, in place, every entry of each matrix outside its `projection_masks` kept set."""
-    if weights and projection_backend(weights[0]) == "triton":
-        from sparse_tf.kernels.select import project_ as select_project_
-
-        select_project_(weights, protected, ks)
-        return
-    for w, keep in zip(weights, projection_masks(weights, protected, ks), strict=True):
-        w.masked_fill_(~keep, 0.0)
+def abs_topk_split(x: Tensor, k: int, parts: int) -> tuple[Tensor, ...]:
+    """`abs_topk` of each of `parts` equal slices of x's last dim (q, k and v of a fused qkv
+    product), as `parts` separate tensors, in one launch. 1 <= k < width / parts."""
+    out = abstopk.AbsTopKFunction.apply(x, k, parts, abs_topk_backend(x))
+    return out if parts > 1 else (out,)
 
 
-class _AbsTopK(torch.autograd.Function):
-    """y = AbsTopK(x); backward recovers the kept set from y (nothing else is saved)."""
+def residual_abs_topk(r: Tensor, x: Tensor, k: int) -> Tensor:
+    """`r + abs_topk(x, k)` (a sublayer's write into the residual stream) in one pass on the
+    kernel path, AbsTopK(x) never materialised. 1 <= k < width."""
+    if abs_topk_backend(x) == "triton":
+        return abstopk.ResidualAbsTopKFunction.apply(r, x, k)
+    return r + abs_topk(x, k)
 
-    @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor, k: int, backend: str) -> Tensor:  # type: ignore[override]
-        if backend == "triton":
-            from sparse_tf.kernels.abstopk import abs_topk_fwd
 
-            y = abs_topk_fwd(x, k)
-        else:
-            y = reference.abs_topk_forward(x, k)
-        ctx.save_for_backward(y)
-        ctx.k, ctx.backend = k, backend
-        return y
-
-    @staticmethod
-    def backward(ctx: FunctionCtx, grad_y: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        (y,) = ctx.saved_tensors
-        if ctx.backend == "triton":
-            from sparse_tf.kernels.abstopk import abs_topk_bwd
-
-            return abs_topk_bwd(y, grad_y, ctx.k), None, None
-        return reference.abs_topk_backward(y, grad_y, ctx.k), None, None
+def gelu_abs_topk(h: Tensor, k: int) -> Tensor:
+    """`abs_topk(F.gelu(h), k)` with one fused backward on the kernel path (the MLP's hidden
+    neurons). 1 <= k < width."""
+    if abs_topk_backend(h) == "triton":
+        return gelu_abstopk.GeluAbsTopKFunction.apply(h, k)
+    return gelu_abstopk.reference(h, k)
 
 
 def abs_topk_mask(x: Tensor, k: int) -> Tensor:
@@ -145,28 +125,42 @@ def abs_topk_mask(x: Tensor, k: int) -> Tensor:
     no gradient. 0 <= k <= n."""
     n = x.shape[-1]
     if k <= 0 or k >= n:
-        return reference.topk_mask(x, k)  # all or nothing
+        return rule.topk_mask(x, k)  # all or nothing
     if abs_topk_backend(x) == "triton":
-        from sparse_tf.kernels.abstopk import abs_topk_mask as kernel
-
-        return kernel(x.detach(), k)
-    return reference.topk_mask(x.detach().abs(), k)
+        return abstopk.mask(x.detach(), k)
+    return rule.topk_mask(x.detach().abs(), k)
 
 
-def abs_topk(x: Tensor, k: int) -> Tensor:
-    """Keep the k entries of largest |x| in each row of the last dim (ties: lower index), zero
-    the rest; the gradient flows only through the kept entries. 1 <= k < width."""
-    return _AbsTopK.apply(x, k, abs_topk_backend(x))
+def projection_masks(
+    weights: list[Tensor], protections: Sequence[Protection], ks: Sequence[int] | Tensor
+) -> list[Tensor]:
+    """For each matrix, the bool mask of its k largest |w| after its protected entries (which
+    outrank everything); ties go to the lower flat index. 1 <= k <= numel. `ks` may be an int32
+    tensor on the weights' device (what a CUDA graph of the projection reads)."""
+    if weights and projection_backend(weights[0]) == "triton":
+        return projection.topk_masks(weights, protections, ks)
+    return projection.reference_masks(weights, protections, ks)
+
+
+def project_(
+    weights: list[Tensor], protections: Sequence[Protection], ks: Sequence[int] | Tensor
+) -> None:
+    """Zero, in place, every entry of each matrix outside its `projection_masks` kept set."""
+    if weights and projection_backend(weights[0]) == "triton":
+        projection.project_(weights, protections, ks)
+        return
+    for w, keep in zip(weights, projection.reference_masks(weights, protections, ks), strict=True):
+        w.masked_fill_(~keep, 0.0)
 
 
 def spmm_plan(x: Tensor, weight: Tensor, kept: int | None) -> SpmmPlan:
     """Which products of `F.linear(x, weight)` run on the sparse kernel, for a weight with at
     most `kept` nonzeros (None: not known to be sparse, so cuBLAS).
 
-    `auto`: on CUDA, the measured crossovers (`kernels.crossovers`) decide per shape, density
-    and token count; elsewhere the dense product. `reference`: always the dense product (on the
-    masked weight: the same numbers up to summation order). `triton`: the sparse kernel for
-    forward and dX whenever `kept` is known (the interpreter on a CPU)."""
+    `auto`: on CUDA, the crossovers measured for this GPU model (`kernels.crossovers`) decide
+    per shape, density and token count; elsewhere the dense product. `reference`: always the
+    dense product (on the masked weight: the same numbers up to summation order). `triton`: the
+    sparse kernel for forward and dX whenever `kept` is known (the interpreter on a CPU)."""
     setting = backend_setting()
     if kept is None or setting == "reference":
         return DENSE
@@ -181,48 +175,7 @@ def spmm_plan(x: Tensor, weight: Tensor, kept: int | None) -> SpmmPlan:
     if not x.is_cuda:
         return DENSE
     d_out, d_in = weight.shape
-    return crossovers.plan(x.numel() // d_in, d_in, d_out, kept / weight.numel())
-
-
-class WeightFormats:
-    """The sparse formats of one weight matrix (CSR of W for the forward, of Wᵀ for dX), built
-    on first use and rebuilt whenever the weight changes (its in-place version counter moves,
-    as every optimizer step does) or the compute dtype does.
-
-    On CUDA each build (a handful of small launches) is captured once as a CUDA graph and
-    replayed after every weight change: issued one by one from Python, the builds of a paper
-    model's 32 matrices cost more host time per step than the GPU work of the whole step can
-    hide. A graph is recaptured when the weight moves, the dtype changes or `kept` outgrows
-    the capacity it was captured with (the L0 anneal only lowers it)."""
-
-    def __init__(self) -> None:
-        self._version: tuple[int, int, torch.dtype] | None = None
-        self._fresh: set[bool] = set()  # which formats match the weight's current version
-        self._csr: dict[bool, CSR] = {}
-        self._graphs: dict[bool, tuple[torch.cuda.CUDAGraph, int, int, torch.dtype]] = {}
-
-    def get(self, weight: Tensor, kept: int, dtype: torch.dtype, transpose: bool) -> CSR:
-        from sparse_tf.kernels import spmm
-
-        version = (weight._version, weight.data_ptr(), dtype)
-        if version != self._version:
-            self._version, self._fresh = version, set()
-        if transpose in self._fresh:
-            return self._csr[transpose]
-
-        def build() -> CSR:
-            return spmm.csr_of(weight, kept, dtype, transpose=transpose)
-
-        if weight.is_cuda and graphs.enabled():
-            g = self._graphs.get(transpose)
-            if g is None or g[1] != weight.data_ptr() or g[2] < kept or g[3] != dtype:
-                graph, self._csr[transpose] = graphs.capture(build, weight.device)
-                self._graphs[transpose] = (graph, weight.data_ptr(), kept, dtype)
-            self._graphs[transpose][0].replay()
-        else:
-            self._csr[transpose] = build()
-        self._fresh.add(transpose)
-        return self._csr[transpose]
+    return crossovers.plan(x.device, x.numel() // d_in, d_in, d_out, kept / weight.numel())
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -232,70 +185,14 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
-class _SparseLinear(torch.autograd.Function):
-    """y = x·Wᵀ + b with forward and/or dX on the sparse kernel; dW stays dense (every weight
-    gets its gradient, so pruned weights can re-enter: the paper's semantics)."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: FunctionCtx,
-        x: Tensor,  # [T, d_in]
-        weight: Tensor,  # [d_out, d_in], at most `kept` nonzeros
-        bias: Tensor | None,
-        kept: int,
-        formats: WeightFormats,
-        plan: SpmmPlan,
-        dtype: torch.dtype,
-    ) -> Tensor:
-        from sparse_tf.kernels import spmm
-
-        ctx.x_dtype = x.dtype  # the gradient's dtype, whatever the product computes in
-        b = None if bias is None else bias.to(dtype)
-        if plan.forward:
-            xt = spmm.feature_major(x, dtype)  # [d_in, T], also what dW reads
-            y = spmm.spmm_t(xt, formats.get(weight, kept, dtype, transpose=False), b)
-            ctx.save_for_backward(xt, None if plan.dx else weight)
-        else:
-            x = x.to(dtype)
-            y = torch.nn.functional.linear(x, weight.to(dtype), b)
-            ctx.save_for_backward(x, None if plan.dx else weight)
-        ctx.dx_csr = (
-            formats.get(weight, kept, dtype, transpose=True)
-            if plan.dx and ctx.needs_input_grad[0]
-            else None
-        )
-        ctx.plan, ctx.dtype = plan, dtype
-        ctx.w_dtype = weight.dtype
-        ctx.b_dtype = None if bias is None else bias.dtype
-        return y  # [T, d_out]
-
-    @staticmethod
-    def backward(ctx: FunctionCtx, grad_y: Tensor):  # type: ignore[override]
-        from sparse_tf.kernels import spmm
-
-        saved, weight = ctx.saved_tensors  # saved: xt [d_in, T] or x [T, d_in]
-        dy = grad_y.to(ctx.dtype)  # [T, d_out]
-        dyt = spmm.feature_major(dy, ctx.dtype) if ctx.plan.dx else None  # [d_out, T]
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = spmm.spmm_t(dyt, ctx.dx_csr) if ctx.plan.dx else dy @ weight.to(ctx.dtype)
-            grad_x = grad_x.to(ctx.x_dtype)
-        if ctx.needs_input_grad[1]:
-            x_tokens_last = saved if ctx.plan.forward else saved.t()  # [d_in, T]
-            dy_tokens_last = dyt if dyt is not None else dy.t()  # [d_out, T]
-            grad_w = (dy_tokens_last @ x_tokens_last.t()).to(ctx.w_dtype)  # dense [d_out, d_in]
-        if ctx.b_dtype is not None and ctx.needs_input_grad[2]:
-            grad_b = dy.sum(dim=0, dtype=torch.float32).to(ctx.b_dtype)
-        return grad_x, grad_w, grad_b, None, None, None, None
-
-
 def sparse_linear(
     x: Tensor, weight: Tensor, bias: Tensor | None, kept: int | None, formats: WeightFormats
 ) -> Tensor:
     """`F.linear(x, weight, bias)` for a weight with at most `kept` nonzeros, its forward and
-    dX products on the sparse kernel where `spmm_plan` says so; `formats` caches the weight's
-    sparse formats between calls (one per layer). Same result as F.linear up to summation
-    order, under autocast too."""
+    dX products on the sparse kernel where `spmm_plan` says so (under `auto`, only once the
+    sparse product has also beaten cuBLAS on this layer's own tensors: `crossovers.verified`);
+    `formats` caches the weight's sparse formats between calls (one per layer). Same result as
+    F.linear up to summation order, under autocast too."""
     plan = spmm_plan(x, weight, kept)
     if not plan.any or x.numel() == 0:
         return torch.nn.functional.linear(x, weight, bias)
@@ -312,8 +209,13 @@ def _sparse_linear(
     formats: WeightFormats,
     plan: SpmmPlan,
 ) -> Tensor:
+    dtype = _compute_dtype(x)
+    if x.is_cuda and backend_setting() == "auto":
+        plan = crossovers.verified(plan, x, weight, kept, dtype)
+        if not plan.any:
+            return torch.nn.functional.linear(x, weight, bias)
     x2 = x.reshape(-1, x.shape[-1])
-    y = _SparseLinear.apply(x2, weight, bias, kept, formats, plan, _compute_dtype(x))
+    y = spmm.SparseLinearFunction.apply(x2, weight, bias, kept, formats, plan, dtype)
     return y.view(*x.shape[:-1], weight.shape[0])
 
 
@@ -321,17 +223,21 @@ __all__ = [
     "DENSE",
     "SPARSE",
     "KernelError",
+    "Protect",
+    "Protection",
     "SpmmPlan",
     "WeightFormats",
     "abs_topk",
     "abs_topk_backend",
     "abs_topk_mask",
+    "abs_topk_split",
     "backend_setting",
+    "gelu_abs_topk",
     "graphs",
     "project_",
     "projection_backend",
     "projection_masks",
-    "reference",
+    "residual_abs_topk",
     "sparse_linear",
     "spmm_plan",
 ]

@@ -1,59 +1,202 @@
-"""AbsTopK on the GPU: keep the k largest |x| of every row, one read of the row.
+"""AbsTopK: keep the k largest |x| of every row. Triton kernels, their autograd Function, and
+the pure-torch reference that defines them.
 
 Forward: each program owns one row (≤ MAX_WIDTH values, held in registers) and finds the k-th
-largest magnitude exactly by a bitwise search over its IEEE-754 bit pattern: for non-negative
-floats the bit pattern, read as an integer, orders like the value. One bit is decided per pass
-by one count, so a row costs 15 reductions in bf16 (whose low 16 bits, after the exact upcast,
-are zero), 18 in fp16 and 31 in fp32; the kernel is ALU-bound (Nsight Compute: ALU pipe at
-91%, DRAM at 10%), so the cheapest pass per element wins over fewer, wider passes. Entries above the
-threshold are kept, then the tied entries in index order until k are kept: the library's rule.
-For k <= SMALL_K (the projection's per-neuron protection, k = 4) the maxima are picked one by
-one instead, lowest index first among equals.
+largest magnitude exactly, as an integer: for non-negative floats the IEEE-754 bit pattern,
+read as an integer, orders like the value (the "key"; bf16 and fp16 keys are shifted right by
+the bits their exact upcast leaves zero, so consecutive keys are consecutive representable
+values). Entries above the threshold are kept, then the tied entries in index order until k
+are kept: the library's rule (`rule.topk_mask`). For k <= SMALL_K (the projection's
+per-neuron protection, k = 4) the maxima are picked one by one instead.
 
-Backward: grad · mask, with the mask recovered from the saved output alone (see
-`reference.abs_topk_kept`), so AbsTopK stores nothing beyond the output that the next layer
-saves anyway.
+Two exact searches for the threshold key t, selected per call:
+
+- `bits` decides one bit per pass from the top: 15 passes in bf16, 18 in fp16, 31 in fp32.
+  Every pass is one count over the row. The kernel is ALU-bound (Nsight Compute: ALU pipe at
+  91%, DRAM at 10%), so the number of passes is its cost.
+- `guided` (the default) keeps a bracket lo <= t < hi with the counts C(lo) >= k > C(hi)
+  (C(c) = #keys >= c) and probes where the counts say t should be: first at the key of
+  ln(n/k) · mean|x| (the k/n quantile of an exponential tail), then by interpolating the
+  counts linearly between the bracket's ends in key space (which is nearly log-value space),
+  falling back to the bracket's midpoint whenever a probe failed to halve it; once the bracket
+  holds at most PEEL entries it takes the largest key below hi (a max and a count). The
+  result is the same exact t; on bf16 activations it takes ~6-12 counts instead of 15, on
+  fp32 ~12-19 instead of 31 (simulated on normal, Laplace, t3, GELU and sparse-sum rows).
+
+The forward also writes the kept set as a bit mask (one int32 word per 32 entries) for the
+backward: gx = gy on the kept entries, 0 elsewhere. Saving 1 bit per entry instead of the
+output lets the consumer's own saved tensors be the only full-size copy (AbsTopK adds 1/16 of a
+bf16 activation to the saved memory) and makes the backward read 1 tensor instead of 2.
+
+`parts` > 1 selects AbsTopK independently on `parts` equal slices of the last dim in one launch
+(q, k and v of the fused qkv product): the outputs are separate tensors, and the backward
+takes their gradients separately and writes the gradient of the whole input in one pass (no
+concatenation).
 """
 
 from __future__ import annotations
+
+import math
+from typing import Literal
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import FunctionCtx
+
+from sparse_tf.kernels.rule import topk_mask
 
 MAX_WIDTH = 16384
 """Widest row a program holds in registers; wider rows use the reference path."""
 SMALL_K = 8
-"""Up to this k, the forward picks maxima one by one (2 reductions each) instead of the bitwise
-threshold search (8-16 passes): the per-neuron protection of the projection has k = 4."""
+"""Up to this k, the forward picks maxima one by one (2 reductions each) instead of searching:
+the per-neuron protection of the projection has k = 4."""
+PEEL = 4
+"""The guided search takes the largest key below the bracket once at most this many entries
+are left in it."""
 _LOW_BIT = {torch.float32: 0, torch.bfloat16: 16, torch.float16: 13}
-"""Lowest bit of |x|'s fp32 bit pattern that can be set after the exact upcast of each dtype
+"""Low bits of |x|'s fp32 bit pattern that are always 0 after the exact upcast of each dtype
 (bf16 keeps 8 significant bits of fp32's 24, fp16 11)."""
 SUPPORTED_DTYPES = tuple(_LOW_BIT)
+Search = Literal["guided", "bits"]
+SEARCH: Search = "guided"
+"""The threshold search the forward uses (benchmarks/abstopk_tuning.py times both)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference
+# ---------------------------------------------------------------------------------------------
+
+
+def reference_forward(x: Tensor, k: int) -> Tensor:
+    """y [..., n]: x where |x| is among the k largest of its row (ties: lower index), else 0."""
+    return x.masked_fill(~topk_mask(x.abs(), k), 0.0)
+
+
+def reference_kept(y: Tensor, k: int) -> Tensor:
+    """The kept set of an AbsTopK output y, recovered from y alone.
+
+    Every nonzero of y was kept. A row with fewer than k nonzeros kept some zeros too: when the
+    k-th largest |x| is 0, all nonzeros are kept and the lowest-index zeros fill the rest — so
+    they are exactly the first k − nnz zeros of y's row.
+    """
+    nonzero = y != 0
+    zero = ~nonzero
+    room = k - nonzero.sum(dim=-1, keepdim=True)  # [..., 1]
+    return nonzero | (zero & (zero.cumsum(dim=-1) <= room))
+
+
+def reference_backward(y: Tensor, grad_y: Tensor, k: int) -> Tensor:
+    """Gradient of AbsTopK: grad_y on the kept entries (recovered from y), 0 elsewhere."""
+    return grad_y.masked_fill(~reference_kept(y, k), 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _count_ge(key, c):
+    """#keys >= c, for keys in [-1, 2^31) and c >= 0: the sign bit of (c - 1) - key, summed
+    (a subtract and a shift per key: the cheapest count, and the kernel is ALU-bound)."""
+    ge = ((c - 1) - key).to(tl.uint32, bitcast=True) >> 31
+    return tl.sum(ge.to(tl.int32), axis=0)
+
+
+@triton.jit
+def _bits_threshold(key, k, LOW_BIT: tl.constexpr):
+    """(t, #keys > t) for t = the exact k-th largest key, one bit per pass from the top.
+    Invariant: at least k keys are >= t."""
+    t = tl.zeros((), dtype=tl.int32)
+    for b in tl.static_range(31 - LOW_BIT):
+        c = t | (1 << (30 - LOW_BIT - b))
+        n = _count_ge(key, c)
+        t = tl.where(n >= k, c, t)
+    return t, _count_ge(key, t + 1)
+
+
+@triton.jit
+def _guided_threshold(key, ax_sum, n_cols, k, log_ratio, LOW_BIT: tl.constexpr, PEEL: tl.constexpr):
+    """(t, #keys > t) for t = the exact k-th largest key: a bracketed search probing where the
+    counts point (module docstring). Keys are in [-1, TOP]; padding is -1."""
+    TOP: tl.constexpr = 0x7F800000 >> LOW_BIT  # the key of +inf: above every finite |x|
+    DOUBLE: tl.constexpr = 1 << (23 - LOW_BIT)  # adding this to a key doubles the value
+    lo = tl.zeros((), dtype=tl.int32)
+    c_lo = n_cols + tl.zeros((), dtype=tl.int32)  # every real key is >= 0
+    hi = TOP + 1 + tl.zeros((), dtype=tl.int32)
+    c_hi = tl.zeros((), dtype=tl.int32)
+    mean = ax_sum / n_cols
+    guess = ((mean * log_ratio).to(tl.int32, bitcast=True) >> LOW_BIT).to(tl.int32)
+    peels = tl.zeros((), dtype=tl.int32)
+    while hi - lo > 1:
+        if (c_lo - c_hi <= PEEL) & (peels < 2):
+            # Few entries left in [lo, hi): the largest below hi is t if enough are >= it.
+            top = tl.max(tl.where(key < hi, key, -1), axis=0)
+            c = _count_ge(key, top)
+            peels += 1
+            if c >= k:
+                lo = top
+                c_lo = c
+                hi = top + 1
+            else:
+                hi = top
+                c_hi = c
+            guess = lo + (hi - lo) // 2
+        else:
+            probe = tl.minimum(tl.maximum(guess, lo + 1), hi - 1)
+            c = _count_ge(key, probe)
+            span = hi - lo
+            if c >= k:
+                lo = probe
+                c_lo = c
+            else:
+                hi = probe
+                c_hi = c
+            if hi > TOP:  # nothing counted below k yet: double the value
+                guess = lo + DOUBLE
+            elif hi - lo > span // 2:  # the probe did not halve the bracket: bisect
+                guess = lo + (hi - lo) // 2
+            else:  # where the line through the bracket's counts crosses k - 1/2
+                frac = (c_lo - k + 0.5) / (c_lo - c_hi).to(tl.float32)
+                guess = lo + (frac * (hi - lo).to(tl.float32)).to(tl.int32)
+    return lo, c_hi
+
+
+@triton.jit
+def _keep_of(key, ax_sum, n_cols, k, log_ratio, LOW_BIT: tl.constexpr, GUIDED: tl.constexpr,
+             PEEL: tl.constexpr):  # fmt: skip
+    """The kept set of a row of keys: those above the k-th largest, then its ties by index."""
+    if GUIDED:
+        t, n_above = _guided_threshold(key, ax_sum, n_cols, k, log_ratio, LOW_BIT, PEEL)
+    else:
+        t, n_above = _bits_threshold(key, k, LOW_BIT)
+    tied = key == t
+    rank = tl.cumsum(tied.to(tl.int32), axis=0)  # 1-based rank among the ties, by index
+    return (key > t) | (tied & (rank <= k - n_above))
 
 
 @triton.jit
 def _abstopk_fwd_kernel(
-    x_ptr,
-    y_ptr,
-    n_cols,
-    k,
-    stride_x,
-    stride_y,
-    BLOCK: tl.constexpr,
-    LOW_BIT: tl.constexpr,  # lowest bit of the magnitude's bit pattern that can be set
-    STORE_MASK: tl.constexpr,  # store the kept set (uint8) instead of the kept values
-    SMALL_K: tl.constexpr,  # k is small: pick the maxima one by one instead of searching
-):
+    x_ptr, y0_ptr, y1_ptr, y2_ptr, bits_ptr, r_ptr, n_rows, n_cols, k, log_ratio,
+    stride_x, stride_y, stride_r,
+    BLOCK: tl.constexpr, LOW_BIT: tl.constexpr, PARTS: tl.constexpr, STORE_MASK: tl.constexpr,
+    SMALL: tl.constexpr, GUIDED: tl.constexpr, PEEL: tl.constexpr, RESIDUAL: tl.constexpr,
+):  # fmt: skip
+    """Program (row, part): AbsTopK of x[row, part·n : (part+1)·n] into y_part[row] (plus the
+    row of r when RESIDUAL; the kept set as uint8 into y0 when STORE_MASK), and the kept set's
+    bit words into bits."""
     row = tl.program_id(0).to(tl.int64)
+    part = tl.program_id(1)
     offs = tl.arange(0, BLOCK)
     in_row = offs < n_cols
     # Upcast right after the load: exact for bf16/fp16, and the interpreter needs it.
-    x = tl.load(x_ptr + row * stride_x + offs, mask=in_row, other=0.0).to(tl.float32)
-    key = tl.abs(x).to(tl.int32, bitcast=True)  # orders like |x|
+    x = tl.load(x_ptr + row * stride_x + part * n_cols + offs, mask=in_row, other=0.0)
+    x = x.to(tl.float32)
+    key = (tl.abs(x).to(tl.int32, bitcast=True) >> LOW_BIT).to(tl.int32)  # orders like |x|
     key = tl.where(in_row, key, -1)  # padding is below every real key
-    if SMALL_K:
+    if SMALL:
         # k rounds of (largest key, its lowest index): 2 reductions each, the tie rule built in.
         keep = offs < 0
         live = key
@@ -63,111 +206,194 @@ def _abstopk_fwd_kernel(
             keep = keep | (offs == first)
             live = tl.where(offs == first, -2, live)
     else:
-        keep = _threshold_keep(key, k, LOW_BIT)
+        ax_sum = 0.0
+        if GUIDED:
+            ax_sum = tl.sum(tl.abs(x), axis=0)
+        keep = _keep_of(key, ax_sum, n_cols, k, log_ratio, LOW_BIT, GUIDED, PEEL)
     if STORE_MASK:
-        tl.store(y_ptr + row * stride_y + offs, keep.to(tl.uint8), mask=in_row)
+        tl.store(y0_ptr + row * stride_y + offs, keep.to(tl.uint8), mask=in_row)
     else:
+        y_ptr = y0_ptr
+        if PARTS > 1:
+            if part == 1:
+                y_ptr = y1_ptr
+            if part == 2:
+                y_ptr = y2_ptr
         y = tl.where(keep, x, 0.0)
-        tl.store(y_ptr + row * stride_y + offs, y.to(y_ptr.dtype.element_ty), mask=in_row)
-
-
-@triton.jit
-def _threshold_keep(key, k, LOW_BIT: tl.constexpr):
-    """The kept set of a row of keys: the exact k-th largest key by bitwise search, then ties
-    in index order."""
-    # Bitwise search for t = the k-th largest key, one bit per pass from bit 30 (bit 31 is the
-    # sign, 0 in |x|). Invariant: at least k keys are >= t. The kernel is ALU-bound, so a pass
-    # is as cheap per element as possible: key >= c is the sign bit of (c - 1) - key (keys are
-    # in [-1, 2^31), no overflow), a subtract and a shift-add into the count. Wider passes
-    # (2 bits from 3 packed counts) cost more per element than they save in passes
-    # (benchmarks/abstopk_tuning.py).
-    t = tl.zeros((), dtype=tl.int32)
-    for b in tl.static_range(31 - LOW_BIT):
-        c = t | (1 << (30 - b))
-        ge = ((c - 1) - key).to(tl.uint32, bitcast=True) >> 31  # 1 where key >= c
-        n = tl.sum(ge.to(tl.int32), axis=0)
-        t = tl.where(n >= k, c, t)
-    above = key > t
-    tied = key == t
-    room = k - tl.sum(above.to(tl.int32), axis=0)
-    rank = tl.cumsum(tied.to(tl.int32), axis=0)  # 1-based rank among the ties, by index
-    return above | (tied & (rank <= room))
+        if RESIDUAL:  # the residual write: r + AbsTopK(x), as torch adds them (in fp32)
+            y += tl.load(r_ptr + row * stride_r + offs, mask=in_row, other=0.0).to(tl.float32)
+        tl.store(y_ptr + row * stride_y + offs, y.to(y0_ptr.dtype.element_ty), mask=in_row)
+        # Bit i % 32 of word i // 32 is entry i; the bits are distinct, so their sum is their OR.
+        WORDS: tl.constexpr = BLOCK // 32
+        bit = keep.to(tl.int32) << (offs % 32)
+        words = tl.sum(tl.reshape(bit, (WORDS, 32)), axis=1)  # [WORDS]
+        w = tl.arange(0, WORDS)
+        n_words = tl.cdiv(n_cols, 32)
+        dest = bits_ptr + (part * n_rows + row) * n_words + w
+        tl.store(dest, words, mask=w < n_words)
 
 
 @triton.jit
 def _abstopk_bwd_kernel(
-    y_ptr,
-    gy_ptr,
-    gx_ptr,
-    n_cols,
-    k,
-    stride_y,
-    stride_gy,
-    stride_gx,
-    BLOCK: tl.constexpr,
-):
+    bits_ptr, g0_ptr, g1_ptr, g2_ptr, gx_ptr, n_rows, n_cols,
+    stride_g0, stride_g1, stride_g2, stride_gx,
+    BLOCK: tl.constexpr, PARTS: tl.constexpr,
+):  # fmt: skip
+    """Program (row, part): gx[row, part·n : (part+1)·n] = g_part[row] on the kept entries."""
     row = tl.program_id(0).to(tl.int64)
+    part = tl.program_id(1)
     offs = tl.arange(0, BLOCK)
     in_row = offs < n_cols
-    y = tl.load(y_ptr + row * stride_y + offs, mask=in_row, other=0.0).to(tl.float32)
-    gy = tl.load(gy_ptr + row * stride_gy + offs, mask=in_row, other=0.0).to(tl.float32)
-    nonzero = y != 0.0
-    zero = (y == 0.0) & in_row
-    room = k - tl.sum(nonzero.to(tl.int32), axis=0)
-    rank = tl.cumsum(zero.to(tl.int32), axis=0)
-    keep = nonzero | (zero & (rank <= room))
-    gx = tl.where(keep, gy, 0.0)
-    tl.store(gx_ptr + row * stride_gx + offs, gx.to(gx_ptr.dtype.element_ty), mask=in_row)
+    g_ptr = g0_ptr + row * stride_g0
+    if PARTS > 1:
+        if part == 1:
+            g_ptr = g1_ptr + row * stride_g1
+        if part == 2:
+            g_ptr = g2_ptr + row * stride_g2
+    WORDS: tl.constexpr = BLOCK // 32
+    w = tl.arange(0, WORDS)
+    n_words = tl.cdiv(n_cols, 32)
+    words = tl.load(bits_ptr + (part * n_rows + row) * n_words + w, mask=w < n_words, other=0)
+    bits = (words[:, None] >> tl.arange(0, 32)[None, :]) & 1  # [WORDS, 32]
+    keep = tl.reshape(bits, (BLOCK,)) != 0
+    g = tl.load(g_ptr + offs, mask=in_row, other=0.0)
+    gx = tl.where(keep, g, 0.0)
+    dest = gx_ptr + row * stride_gx + part * n_cols + offs
+    tl.store(dest, gx.to(gx_ptr.dtype.element_ty), mask=in_row)
 
 
-def _launch_config(width: int, per_thread: int) -> tuple[int, int]:
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+
+
+def launch_config(width: int, per_thread: int) -> tuple[int, int]:
     """(BLOCK, num_warps) for rows of `width`, the whole row in one program's registers with
-    about `per_thread` values per thread."""
-    block = triton.next_power_of_2(width)
+    about `per_thread` values per thread (BLOCK >= 32: one mask word at least)."""
+    block = max(32, triton.next_power_of_2(width))
     num_warps = max(1, min(16, block // (32 * per_thread)))
     return block, num_warps
 
 
-def _rows(t: Tensor) -> Tensor:
+def as_rows(t: Tensor) -> Tensor:
     """t as [rows, width] with unit stride along the width (a view when possible)."""
     t2 = t.reshape(-1, t.shape[-1])
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
-def abs_topk_fwd(x: Tensor, k: int) -> Tensor:
-    """AbsTopK forward kernel: y with the shape and dtype of x."""
-    return _select(x, k, mask=False)
+def forward(
+    x: Tensor,
+    k: int,
+    parts: int = 1,
+    search: Search | None = None,
+    residual: Tensor | None = None,
+) -> tuple[list[Tensor], Tensor]:
+    """AbsTopK of each of `parts` equal slices of x's last dim: (outputs, each x's shape with
+    the last dim divided by `parts`; kept-set bits int32 [parts, rows, ceil(width / 32)]).
+    With `residual` (x's shape, parts = 1) the output is residual + AbsTopK(x), in the dtype
+    torch's addition gives."""
+    x2 = as_rows(x)
+    rows, width = x2.shape[0], x.shape[-1] // parts
+    dtype = x.dtype if residual is None else torch.promote_types(residual.dtype, x.dtype)
+    ys = [torch.empty(rows, width, dtype=dtype, device=x.device) for _ in range(parts)]
+    bits = torch.empty(parts, rows, triton.cdiv(width, 32), dtype=torch.int32, device=x.device)
+    r2 = x2 if residual is None else as_rows(residual)
+    if rows:
+        block, num_warps = launch_config(width, 32)
+        y1, y2 = ys[min(1, parts - 1)], ys[min(2, parts - 1)]
+        _abstopk_fwd_kernel[(rows, parts)](
+            x2, ys[0], y1, y2, bits, r2, rows, width, k, math.log(width / k), x2.stride(0),
+            width, r2.stride(0),
+            BLOCK=block, LOW_BIT=_LOW_BIT[x.dtype], PARTS=parts, STORE_MASK=False,
+            SMALL=k <= SMALL_K, GUIDED=(search or SEARCH) == "guided", PEEL=PEEL,
+            RESIDUAL=residual is not None, num_warps=num_warps,
+        )  # fmt: skip
+    shape = (*x.shape[:-1], width)
+    return [y.view(shape) for y in ys], bits
 
 
-def abs_topk_mask(x: Tensor, k: int) -> Tensor:
-    """Bool mask of the k largest |x| of each row (ties: lower index); the same selection as
-    the forward kernel, e.g. for the per-neuron protection of the weight projection."""
-    return _select(x, k, mask=True).view(torch.bool)
-
-
-def _select(x: Tensor, k: int, mask: bool) -> Tensor:
+def mask(x: Tensor, k: int) -> Tensor:
+    """Bool mask of the k largest |x| of each row (ties: lower index), 1 <= k < width: the
+    forward's selection, e.g. for the per-neuron protection of the weight projection."""
     width = x.shape[-1]
-    x2 = _rows(x)
-    out = torch.empty(x2.shape, dtype=torch.uint8 if mask else x.dtype, device=x.device)
+    x2 = as_rows(x)
+    out = torch.empty(x2.shape, dtype=torch.uint8, device=x.device)
     if x2.shape[0]:
-        block, num_warps = _launch_config(width, 32)
-        _abstopk_fwd_kernel[(x2.shape[0],)](
-            x2, out, width, k, x2.stride(0), out.stride(0),
-            BLOCK=block, LOW_BIT=_LOW_BIT[x.dtype], STORE_MASK=mask, SMALL_K=k <= SMALL_K,
+        block, num_warps = launch_config(width, 32)
+        _abstopk_fwd_kernel[(x2.shape[0], 1)](
+            x2, out, out, out, out, x2, x2.shape[0], width, k, math.log(width / k), x2.stride(0),
+            out.stride(0), 0, BLOCK=block, LOW_BIT=_LOW_BIT[x.dtype], PARTS=1, STORE_MASK=True,
+            SMALL=k <= SMALL_K, GUIDED=SEARCH == "guided", PEEL=PEEL, RESIDUAL=False,
             num_warps=num_warps,
         )  # fmt: skip
-    return out.view(x.shape)
+    return out.view(x.shape).view(torch.bool)
 
 
-def abs_topk_bwd(y: Tensor, grad_y: Tensor, k: int) -> Tensor:
-    """AbsTopK backward kernel: grad_y on the kept entries of y's rows, 0 elsewhere."""
-    width = y.shape[-1]
-    y2, gy2 = _rows(y), _rows(grad_y)
-    gx = torch.empty(y2.shape, dtype=grad_y.dtype, device=y.device)
-    if y2.shape[0]:
-        block, num_warps = _launch_config(width, 16)
-        _abstopk_bwd_kernel[(y2.shape[0],)](
-            y2, gy2, gx, width, k, y2.stride(0), gy2.stride(0), gx.stride(0),
-            BLOCK=block, num_warps=num_warps,
+def backward(
+    bits: Tensor, grads: list[Tensor], x_shape: torch.Size, dtype: torch.dtype | None = None
+) -> Tensor:
+    """The gradient [x_shape] of AbsTopK's input (in `dtype`, default the gradients') from its
+    outputs' gradients and kept bits."""
+    parts, rows, _ = bits.shape
+    width = x_shape[-1] // parts
+    dtype = dtype or grads[0].dtype
+    g2 = [as_rows(g.to(grads[0].dtype)) for g in grads]
+    gx = torch.empty(rows, width * parts, dtype=dtype, device=bits.device)
+    if rows:
+        block, num_warps = launch_config(width, 16)
+        g1, gg = g2[min(1, parts - 1)], g2[min(2, parts - 1)]
+        _abstopk_bwd_kernel[(rows, parts)](
+            bits, g2[0], g1, gg, gx, rows, width,
+            g2[0].stride(0), g1.stride(0), gg.stride(0), gx.stride(0),
+            BLOCK=block, PARTS=parts, num_warps=num_warps,
         )  # fmt: skip
-    return gx.view(grad_y.shape)
+    return gx.view(x_shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd
+# ---------------------------------------------------------------------------------------------
+
+
+class AbsTopKFunction(torch.autograd.Function):
+    """ys = AbsTopK of `parts` slices of x; the backward passes each gradient through its
+    slice's kept entries. `triton` saves the kept bits, `reference` the outputs."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx, x: Tensor, k: int, parts: int, backend: str
+    ) -> Tensor | tuple[Tensor, ...]:
+        if backend == "triton":
+            ys, bits = forward(x, k, parts)
+            ctx.save_for_backward(bits)
+        else:
+            ys = [reference_forward(s, k) for s in x.chunk(parts, dim=-1)]
+            ctx.save_for_backward(*ys)
+        ctx.k, ctx.backend, ctx.x_shape = k, backend, x.shape
+        return ys[0] if parts == 1 else tuple(ys)
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, *grads: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        saved = ctx.saved_tensors
+        if ctx.backend == "triton":
+            return backward(saved[0], list(grads), ctx.x_shape), None, None, None
+        gx = [reference_backward(y, g, ctx.k) for y, g in zip(saved, grads, strict=True)]
+        return torch.cat(gx, dim=-1), None, None, None
+
+
+class ResidualAbsTopKFunction(torch.autograd.Function):
+    """r + AbsTopK(x) in one pass (a sublayer's write into the residual stream), without
+    materialising AbsTopK(x); the backward passes the gradient to r unchanged and, masked and
+    cast in one pass, to x."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, r: Tensor, x: Tensor, k: int) -> Tensor:  # type: ignore[override]
+        (out,), bits = forward(x, k, residual=r)
+        ctx.save_for_backward(bits)
+        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+        (bits,) = ctx.saved_tensors
+        return grad, backward(bits, [grad], ctx.x_shape, ctx.x_dtype), None

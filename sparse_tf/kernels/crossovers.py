@@ -1,78 +1,312 @@
-"""When a sparse matmul beats cuBLAS: the measured crossover densities that drive the dispatch.
+"""When the sparse matmul beats cuBLAS, per GPU model: the measurements that drive dispatch.
 
-`spmm_crossovers.json` (next to this file) is written by `benchmarks/spmm_speed.py --write`:
-for each measured (tokens, in, out) shape, the largest density at which the sparse kernel,
-its transposing copies included, was at least 5% faster than cuBLAS on the masked dense
-weight — at that density and at every lower one measured — separately for the forward product
-and for dX (the measured speedups are stored beside them).
-A shape that was never faster has no crossover (null): cuBLAS always.
+Three layers of evidence, each checking the one before:
 
-A layer's shape is matched to the nearest measured one (in log tokens, log in, log out); below
-the smallest measured token count cuBLAS is used, since launch overhead was not measured there.
+1. **Tables per device model.** `spmm_crossovers.json` beside this file ships the tables of
+   the H100 and the H200 (written by `benchmarks/spmm_speed.py --write`). A table measured on
+   this machine (`sparse-tf calibrate`, or on first use, below) is kept in the cache,
+   `$SPARSE_TF_CACHE/spmm_crossovers/<device>.json`, and its rows take precedence.
+2. **First use.** A layer shape that its device's table does not hold (another GPU, another
+   width) is measured when a layer of that shape first asks, for that shape only (seconds),
+   and merged into the cache.
+3. **Verification.** The first time in a process that a plan sends a product of some shape
+   and density (to within a factor √2) to the sparse kernel, both ways are timed on the
+   layer's own tensors; a sparse product that is not faster than cuBLAS goes back to cuBLAS
+   for the rest of the process, and the log says so once. A wrong or stale table therefore
+   costs one measurement, never a slower run.
+
+A crossover is the largest density at which the sparse product, its transposing copy
+included, beat cuBLAS on the masked dense weight by MARGIN (5%) — at that density and at every
+lower one measured — separately for the forward and for dX, per token count. A layer uses the
+row of its shape at the nearest measured token count (in log tokens); below the smallest one,
+cuBLAS (launch overhead dominates there).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
+import re
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sparse_tf.io import cache_dir, read_json, write_json
+from sparse_tf.kernels.csr import csr_of
+from sparse_tf.kernels.plan import DENSE, SpmmPlan
+from sparse_tf.kernels.spmm import spmm_t
+from sparse_tf.kernels.timing import median_ms
+from sparse_tf.kernels.transpose import feature_major
+
 FILE = "spmm_crossovers.json"
-
-
-@dataclass(frozen=True)
-class SpmmPlan:
-    """Which products of one linear layer run on the sparse kernel (the rest on cuBLAS)."""
-
-    forward: bool
-    dx: bool
-
-    @property
-    def any(self) -> bool:
-        return self.forward or self.dx
-
-
-DENSE = SpmmPlan(forward=False, dx=False)
-SPARSE = SpmmPlan(forward=True, dx=True)
+MARGIN = 1.05
+"""Speed-up over cuBLAS a sparse product needs to be chosen: below it the gain is within
+run-to-run noise and not worth the extra launches."""
+TOKENS = (4096, 16384)
+"""Token counts (rows of the activation) measured per shape."""
+DENSITIES = tuple(1 / 2**i for i in range(4, 11))
+"""Densities measured per shape: 1/16 ... 1/1024."""
 
 
 @dataclass(frozen=True)
 class Crossover:
+    """The measured crossovers of one layer shape at one token count."""
+
     tokens: int
     d_in: int
     d_out: int
-    forward: float | None  # sparse forward when density <= this
+    forward: float | None  # sparse forward when density <= this; None: never
     dx: float | None
 
 
+@dataclass(frozen=True)
+class DeviceTable:
+    """Every crossover known for one device model, and how each was measured."""
+
+    device: str
+    rows: tuple[Crossover, ...]
+    measured: tuple[dict[str, Any], ...]  # per run: device, date, torch, command, shapes
+
+    def shapes(self) -> set[tuple[int, int]]:
+        return {(r.d_in, r.d_out) for r in self.rows}
+
+
+def crossover(densities: Sequence[float], speedups: Sequence[float], margin: float) -> float | None:
+    """Largest density whose speedup, and that of every lower density, is >= margin."""
+    best = None
+    for d, s in sorted(zip(densities, speedups, strict=True)):
+        if s < margin:
+            break
+        best = d
+    return best
+
+
+def _rows(entries: list[dict[str, Any]]) -> tuple[Crossover, ...]:
+    return tuple(Crossover(r["tokens"], r["in"], r["out"], r["forward"], r["dx"]) for r in entries)
+
+
 @cache
-def table() -> tuple[tuple[Crossover, ...], list[dict[str, Any]]]:
-    """The measured crossovers and how they were measured (per run: device, date, command,
-    shapes)."""
+def shipped() -> dict[str, DeviceTable]:
+    """The tables shipped with sparse_tf, by device name."""
     data = json.loads(resources.files(__package__).joinpath(FILE).read_text())
-    rows = tuple(
-        Crossover(r["tokens"], r["in"], r["out"], r["forward"], r["dx"]) for r in data["shapes"]
-    )
-    return rows, data["measured"]
+    return {
+        name: DeviceTable(name, _rows(entry["shapes"]), tuple(entry["measured"]))
+        for name, entry in data["devices"].items()
+    }
+
+
+def cache_file(device: str) -> Path:
+    """Where the crossovers measured on this machine for `device` are kept."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", device).strip("_") or "device"
+    return cache_dir() / "spmm_crossovers" / f"{slug}.json"
+
+
+def _read_entry(path: Path) -> dict[str, Any]:
+    entry = read_json(path)
+    if not isinstance(entry, dict) or not {"shapes", "measured"} <= entry.keys():
+        raise ValueError(f"{path}: not a crossover table (re-measure: sparse-tf calibrate)")
+    return entry
+
+
+def table(device: str) -> DeviceTable:
+    """Every crossover known for `device`: the shipped rows, overridden by the rows measured
+    on this machine (same token count and shape)."""
+    base = shipped().get(device, DeviceTable(device, (), ()))
+    path = cache_file(device)
+    if not path.is_file():
+        return base
+    entry = _read_entry(path)
+    local = _rows(entry["shapes"])
+    replaced = {(r.tokens, r.d_in, r.d_out) for r in local}
+    rows = tuple(r for r in base.rows if (r.tokens, r.d_in, r.d_out) not in replaced) + local
+    return DeviceTable(device, rows, base.measured + tuple(entry["measured"]))
+
+
+def device_name(device: torch.device) -> str:
+    """The device model the tables are keyed by ("NVIDIA H100 80GB HBM3"; "cpu" elsewhere)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def random_sparse(
+    d_out: int, d_in: int, density: float, device: torch.device
+) -> tuple[Tensor, int]:
+    """[d_out, d_in] fp32 normal weights with exactly max(1, round(density · numel)) nonzeros
+    at uniformly random places, and that count."""
+    numel = d_out * d_in
+    kept = max(1, round(density * numel))
+    w = torch.zeros(numel, device=device)
+    idx = torch.randperm(numel, device=device)[:kept]
+    w[idx] = torch.randn(kept, device=device)
+    return w.view(d_out, d_in), kept
+
+
+def time_products(
+    x: Tensor, dy: Tensor, w: Tensor, kept: int, iters: int, dtype: torch.dtype = torch.bfloat16
+) -> dict[str, float]:
+    """Median ms of the forward and dX of one layer on cuBLAS (masked dense weight) and on the
+    sparse kernel (transposing copy of the gathered activation included; the formats, built
+    once per optimizer step, are not): keys cublas_fwd, sparse_fwd, cublas_dx, sparse_dx."""
+    wd = w.to(dtype)
+    fwd, bwd = csr_of(w, kept, dtype), csr_of(w, kept, dtype, transpose=True)
+    fns = {
+        "cublas_fwd": lambda: F.linear(x, wd),
+        "sparse_fwd": lambda: spmm_t(feature_major(x, dtype), fwd),
+        "cublas_dx": lambda: dy @ wd,
+        "sparse_dx": lambda: spmm_t(feature_major(dy, dtype), bwd),
+    }
+    with torch.no_grad():
+        return median_ms(fns, iters, device=x.device)
+
+
+def measure_shape(
+    device: torch.device,
+    d_in: int,
+    d_out: int,
+    tokens: Sequence[int],
+    densities: Sequence[float],
+    iters: int = 10,
+    margin: float = MARGIN,
+) -> list[dict[str, Any]]:
+    """Crossover rows (the JSON form, with the measured speedups) of one layer shape."""
+    rows = []
+    for t in tokens:
+        x = torch.randn(t, d_in, device=device, dtype=torch.bfloat16)
+        dy = torch.randn(t, d_out, device=device, dtype=torch.bfloat16)
+        speed_f, speed_dx = [], []
+        for density in densities:
+            w, kept = random_sparse(d_out, d_in, density, device)
+            ms = time_products(x, dy, w, kept, iters)
+            speed_f.append(ms["cublas_fwd"] / ms["sparse_fwd"])
+            speed_dx.append(ms["cublas_dx"] / ms["sparse_dx"])
+        rows.append(
+            {
+                "tokens": t,
+                "in": d_in,
+                "out": d_out,
+                "forward": crossover(densities, speed_f, margin),
+                "dx": crossover(densities, speed_dx, margin),
+                "speedups": {  # density -> [forward, dX], transposes included
+                    str(d): [round(f, 3), round(x, 3)]
+                    for d, f, x in zip(densities, speed_f, speed_dx, strict=True)
+                },
+            }
+        )
+    return rows
+
+
+def merge(entry: dict[str, Any], rows: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
+    """`entry` (a device's {"measured", "shapes"}) with `rows` replacing rows of the same token
+    count and shape, and `run` recorded."""
+    new = {(r["tokens"], r["in"], r["out"]) for r in rows}
+    kept = [r for r in entry.get("shapes", []) if (r["tokens"], r["in"], r["out"]) not in new]
+    return {"measured": [*entry.get("measured", []), run], "shapes": kept + rows}
+
+
+def run_record(device: str, command: str, shapes: Sequence[tuple[int, int, int]]) -> dict[str, Any]:
+    """How a measurement was taken: device, date, torch version, command, shapes."""
+    return {
+        "device": device,
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "command": command,
+        "shapes": sorted(shapes),
+    }
+
+
+def calibrate(
+    device: torch.device,
+    shapes: Sequence[tuple[int, int]],
+    command: str,
+    tokens: Sequence[int] | None = None,
+    densities: Sequence[float] | None = None,
+    iters: int = 10,
+) -> list[dict[str, Any]]:
+    """Measure the crossovers of layer shapes (d_in, d_out) on `device` (at TOKENS and
+    DENSITIES unless given) and merge them into this machine's cache for its device model;
+    returns the measured rows."""
+    name = device_name(device)
+    tokens, densities = tokens or TOKENS, densities or DENSITIES
+    rows = [
+        r
+        for d_in, d_out in shapes
+        for r in measure_shape(device, d_in, d_out, tokens, densities, iters)
+    ]
+    path = cache_file(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = _read_entry(path) if path.is_file() else {"device": name}
+    measured = [(r["tokens"], r["in"], r["out"]) for r in rows]
+    write_json(path, {"device": name, **merge(entry, rows, run_record(name, command, measured))})
+    plan.cache_clear()
+    return rows
 
 
 @lru_cache(maxsize=4096)  # called for every linear layer of every forward pass
-def plan(tokens: int, d_in: int, d_out: int, density: float) -> SpmmPlan:
-    """The dispatch for a layer [d_in -> d_out] at `density` on `tokens` rows of input."""
-    rows, _ = table()
-    if not rows or tokens < min(r.tokens for r in rows):
-        return DENSE
-
-    def distance(r: Crossover) -> float:
-        return sum(
-            abs(math.log(a / b)) for a, b in ((tokens, r.tokens), (d_in, r.d_in), (d_out, r.d_out))
+def plan(device: torch.device, tokens: int, d_in: int, d_out: int, density: float) -> SpmmPlan:
+    """The table's dispatch for a layer [d_in -> d_out] at `density` on `tokens` rows of
+    input; a shape the device's table lacks is measured first (once, into the cache)."""
+    name = device_name(device)
+    known = table(name)
+    if (d_in, d_out) not in known.shapes():
+        print(
+            f"sparse_tf: measuring when the sparse matmul beats cuBLAS for {d_in} -> {d_out} "
+            f"on {name} (once; cached in {cache_file(name)})",
+            file=sys.stderr,
         )
-
-    near = min(rows, key=distance)
+        calibrate(device, [(d_in, d_out)], "first use")
+        known = table(name)
+    rows = [r for r in known.rows if (r.d_in, r.d_out) == (d_in, d_out)]
+    if tokens < min(r.tokens for r in rows):
+        return DENSE
+    near = min(rows, key=lambda r: abs(math.log(tokens / r.tokens)))
     return SpmmPlan(
         forward=near.forward is not None and density <= near.forward,
         dx=near.dx is not None and density <= near.dx,
     )
+
+
+_VERDICTS: dict[tuple[Any, ...], SpmmPlan] = {}
+
+
+def verified(plan_: SpmmPlan, x: Tensor, weight: Tensor, kept: int, dtype: torch.dtype) -> SpmmPlan:
+    """`plan_` with every sparse product that is not faster than cuBLAS on this layer's own
+    tensors turned back to cuBLAS; each (device, tokens, shape, dtype, density to within √2,
+    plan) is timed once per process."""
+    d_out, d_in = weight.shape
+    x2 = x.reshape(-1, d_in)
+    density = kept / weight.numel()
+    key = (x.device, x2.shape[0], d_in, d_out, dtype, round(2 * math.log2(density)), plan_)
+    if key not in _VERDICTS:
+        with torch.no_grad():
+            xd = x2.to(dtype)
+            dy = torch.randn(x2.shape[0], d_out, device=x.device, dtype=dtype)
+            ms = time_products(xd, dy, weight.detach(), kept, iters=5, dtype=dtype)
+        keep_fwd = plan_.forward and ms["sparse_fwd"] < ms["cublas_fwd"]
+        keep_dx = plan_.dx and ms["sparse_dx"] < ms["cublas_dx"]
+        for product, chosen, kept_ in (
+            ("forward", plan_.forward, keep_fwd),
+            ("dX", plan_.dx, keep_dx),
+        ):
+            if chosen and not kept_:
+                sparse_ms, dense_ms = (
+                    (ms["sparse_fwd"], ms["cublas_fwd"])
+                    if product == "forward"
+                    else (ms["sparse_dx"], ms["cublas_dx"])
+                )
+                print(
+                    f"sparse_tf: the sparse {product} of {d_in} -> {d_out} at density "
+                    f"1/{round(1 / density)} on {x2.shape[0]} tokens ran at "
+                    f"{dense_ms / sparse_ms:.2f}x cuBLAS on {device_name(x.device)}; using cuBLAS "
+                    "(re-measure with: sparse-tf calibrate)",
+                    file=sys.stderr,
+                )
+        _VERDICTS[key] = SpmmPlan(forward=keep_fwd, dx=keep_dx)
+    return _VERDICTS[key]

@@ -1,115 +1,51 @@
-"""Unstructured sparse matmul on the GPU: Y = X·Wᵀ and dX = dY·W from a compact weight format.
+"""Unstructured sparse matmul on the GPU: Y = X·Wᵀ and dX = dY·W from a compact weight format,
+and the autograd Function of a linear layer that uses it.
 
-Format (`CSR`): the nonzeros of a matrix M [rows, cols], row by row, as int32 row pointers,
-int32 column indices and values in the compute dtype. A layer keeps two, built on the device
-(no host synchronisation) whenever its weight changes, i.e. once per optimizer step:
-M = W [out, in] for the forward and M = Wᵀ [in, out] for dX (read straight from W with its
-strides, no transposed copy).
-
-Product (`spmm_t`): Out [T, rows] = Aᵀ·Mᵀ for a feature-major activation A [cols, T], i.e.
-Out[t, r] = Σ_j M[r, c_j] · A[c_j, t]. Each program owns BO consecutive rows of M and BT tokens.
-Its rows' nonzeros are one contiguous run of the format, walked BJ at a time whatever the row
-lengths (no padding to the longest row): gather the BJ activation rows A[c_j, t0:t0+BT], each
-contiguous in memory, and add them to their output rows with one tensor-core product by a
-[BO, BJ] matrix that holds each nonzero's weight in its row (a one-hot scatter). Why
-feature-major: with token-major X [T, K] every gathered element would be its own 2-byte access
-(one 32-byte memory sector each); a row of Xᵀ is BT contiguous values. The grid runs the row
-tiles fastest, so the programs that share a token block (and its activation rows) run together
-and read them from L2.
+Product (`spmm_t`): Out [T, rows] = Aᵀ·Mᵀ for a feature-major activation A [cols, T] and the
+CSR (`kernels.csr`) of M, i.e. Out[t, r] = Σ_j M[r, c_j] · A[c_j, t]. Each program owns BO
+consecutive rows of M and BT tokens. Its rows' nonzeros are one contiguous run of the format,
+walked BJ at a time whatever the row lengths (no padding to the longest row): gather the BJ
+activation rows A[c_j, t0:t0+BT], each contiguous in memory, and add them to their output rows
+with one tensor-core product by a [BO, BJ] matrix that holds each nonzero's weight in its row
+(a one-hot scatter). Why feature-major: with token-major X [T, K] every gathered element would
+be its own 2-byte access (one 32-byte memory sector each); a row of Xᵀ is BT contiguous values.
+The grid runs the row tiles fastest, so the programs that share a token block (and its
+activation rows) run together and read them from L2.
 
 The kernel is bound by gathering activations and writing the dense output, not by arithmetic:
 the one-hot product does BO times the useful multiply-adds, which tensor cores absorb at the
 densities where a sparse product can beat cuBLAS at all (below ~1/256). A CUDA-core variant
 (one nonzero of every row per step, padded to the tile's longest row) measured 5-15% slower
 at those densities (benchmarks/RESULTS.md) and was dropped.
+
+`SparseLinearFunction` runs a layer's forward and/or dX on this kernel as its `SpmmPlan` says;
+dW stays a dense product (every weight gets its gradient, so pruned weights can re-enter: the
+paper's semantics). `WeightFormats` caches a layer's two formats between optimizer steps.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import FunctionCtx
+
+from sparse_tf.kernels import graphs
+from sparse_tf.kernels.csr import CSR, csr_of
+from sparse_tf.kernels.plan import SpmmPlan
+from sparse_tf.kernels.transpose import feature_major
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@dataclass(frozen=True)
-class CSR:
-    """Nonzeros of a matrix [n_rows, n_cols], by row: row r's are cols[ptr[r]:ptr[r+1]]."""
-
-    ptr: Tensor  # [n_rows + 1] int32
-    cols: Tensor  # [capacity] int32, ascending within each row
-    vals: Tensor  # [capacity] compute dtype
-    n_rows: int
-    n_cols: int
-
-
-@triton.jit
-def _block_nonzeros(m_ptr, stride_r, stride_c, n_rows, n_cols, BR: tl.constexpr, BC: tl.constexpr):
-    """This program's [BR rows, BC columns] block of M: (values, nonzero mask, rows, cols)."""
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)  # [BR]
-    cols = tl.program_id(1) * BC + tl.arange(0, BC)  # [BC]
-    inside = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-    offs = rows[:, None].to(tl.int64) * stride_r + cols[None, :].to(tl.int64) * stride_c
-    w = tl.load(m_ptr + offs, mask=inside, other=0.0)  # [BR, BC]
-    return w, (w != 0) & inside, rows, cols
-
-
-@triton.jit
-def _csr_count_kernel(
-    m_ptr, stride_r, stride_c, n_rows, n_cols, counts_ptr, n_chunks,
-    BR: tl.constexpr, BC: tl.constexpr,
-):  # fmt: skip
-    """counts[row, chunk] = the nonzeros of the row within the chunk of BC columns."""
-    _, nz, rows, _ = _block_nonzeros(m_ptr, stride_r, stride_c, n_rows, n_cols, BR, BC)
-    count = tl.sum(nz.to(tl.int32), axis=1)  # [BR]
-    tl.store(counts_ptr + rows * n_chunks + tl.program_id(1), count, mask=rows < n_rows)
-
-
-@triton.jit
-def _csr_build_kernel(
-    m_ptr, stride_r, stride_c, n_rows, n_cols, ends_ptr, n_chunks, cols_ptr, vals_ptr,
-    BR: tl.constexpr, BC: tl.constexpr,
-):  # fmt: skip
-    """Place the nonzeros of one block at their slots: the block's row-chunk ends (running
-    sums of the counts) minus what the row has in this chunk, plus the rank within it."""
-    w, nz, rows, cols = _block_nonzeros(m_ptr, stride_r, stride_c, n_rows, n_cols, BR, BC)
-    end = tl.load(ends_ptr + rows * n_chunks + tl.program_id(1), mask=rows < n_rows, other=0)
-    rank = tl.cumsum(nz.to(tl.int32), axis=1)  # [BR, BC], 1-based among the row's nonzeros
-    dest = end[:, None] - tl.sum(nz.to(tl.int32), axis=1)[:, None] + rank - 1
-    tl.store(cols_ptr + dest, cols[None, :] + tl.zeros([BR, BC], dtype=tl.int32), mask=nz)
-    tl.store(vals_ptr + dest, w.to(vals_ptr.dtype.element_ty), mask=nz)
-
-
-def csr_of(w: Tensor, capacity: int, dtype: torch.dtype, transpose: bool = False) -> CSR:
-    """The CSR of w [n, m] (or of wᵀ), values cast to `dtype`; `capacity` >= the nonzeros of w
-    (the caller's guarantee: the projection's kept count). No host synchronisation.
-
-    The matrix is cut into blocks of BR rows x BC columns, one program each, so that any
-    shape keeps the GPU busy: one pass counts each (row, chunk)'s nonzeros, a running sum
-    over the flattened counts gives every block its slots (and the row pointers), and a
-    second pass places the block's nonzeros in column order. Three launches, W read twice."""
-    m = w.detach().t() if transpose else w.detach()
-    n_rows, n_cols = m.shape
-    # Coalesced loads either way: along BC for W's rows, along BR for Wᵀ's rows (W's columns).
-    br, bc = (64, 64) if _INTERPRET else ((64, 64) if transpose else (8, 512))
-    n_chunks = triton.cdiv(max(n_cols, 1), bc)
-    ptr = torch.zeros(n_rows + 1, dtype=torch.int32, device=w.device)
-    cols = torch.empty(capacity, dtype=torch.int32, device=w.device)
-    vals = torch.empty(capacity, dtype=dtype, device=w.device)
-    if n_rows and n_cols:
-        grid = (triton.cdiv(n_rows, br), n_chunks)
-        counts = torch.empty(n_rows, n_chunks, dtype=torch.int32, device=w.device)
-        args = (m, m.stride(0), m.stride(1), n_rows, n_cols)
-        _csr_count_kernel[grid](*args, counts, n_chunks, BR=br, BC=bc)
-        ends = counts.view(-1).cumsum(0, dtype=torch.int32).view(n_rows, n_chunks)
-        ptr[1:] = ends[:, -1]
-        _csr_build_kernel[grid](*args, ends, n_chunks, cols, vals, BR=br, BC=bc)
-    return CSR(ptr, cols, vals, n_rows, n_cols)
+def reference_spmm_t(a: Tensor, m: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Out [T, rows] = aᵀ·mᵀ (+ bias) for a feature-major a [cols, T]: what `spmm_t` computes
+    from m's CSR, here on the dense m, in fp32."""
+    out = a.float().t() @ m.float().t()
+    return out if bias is None else out + bias.float()
 
 
 def _configs() -> list[triton.Config]:
@@ -205,26 +141,93 @@ def spmm_t(a: Tensor, m: CSR, bias: Tensor | None = None) -> Tensor:
     return out
 
 
-@triton.jit
-def _transpose_kernel(x_ptr, out_ptr, R, C, stride_x, BR: tl.constexpr, BC: tl.constexpr):
-    rows = tl.program_id(1) * BR + tl.arange(0, BR)
-    cols = tl.program_id(0) * BC + tl.arange(0, BC)
-    inside = (rows < R)[:, None] & (cols < C)[None, :]
-    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_x + cols[None, :], mask=inside)
-    out = out_ptr + cols[:, None].to(tl.int64) * R + rows[None, :]
-    tl.store(out, tl.trans(x).to(out_ptr.dtype.element_ty), mask=tl.trans(inside))
+class WeightFormats:
+    """The sparse formats of one weight matrix (CSR of W for the forward, of Wᵀ for dX), built
+    on first use and rebuilt whenever the weight changes (its in-place version counter moves,
+    as every optimizer step does) or the compute dtype does.
+
+    On CUDA each build (a handful of small launches) is captured once as a CUDA graph and
+    replayed after every weight change: issued one by one from Python, the builds of a paper
+    model's 32 matrices cost more host time per step than the GPU work of the whole step can
+    hide. A graph is recaptured when the weight moves, the dtype changes or `kept` outgrows
+    the capacity it was captured with (the L0 anneal only lowers it)."""
+
+    def __init__(self) -> None:
+        self._version: tuple[int, int, torch.dtype] | None = None
+        self._fresh: set[bool] = set()  # which formats match the weight's current version
+        self._csr: dict[bool, CSR] = {}
+        self._graphs: dict[bool, tuple[torch.cuda.CUDAGraph, int, int, torch.dtype]] = {}
+
+    def get(self, weight: Tensor, kept: int, dtype: torch.dtype, transpose: bool) -> CSR:
+        version = (weight._version, weight.data_ptr(), dtype)
+        if version != self._version:
+            self._version, self._fresh = version, set()
+        if transpose in self._fresh:
+            return self._csr[transpose]
+
+        def build() -> CSR:
+            return csr_of(weight, kept, dtype, transpose=transpose)
+
+        if weight.is_cuda and graphs.enabled():
+            g = self._graphs.get(transpose)
+            if g is None or g[1] != weight.data_ptr() or g[2] < kept or g[3] != dtype:
+                graph, self._csr[transpose] = graphs.capture(build, weight.device)
+                self._graphs[transpose] = (graph, weight.data_ptr(), kept, dtype)
+            self._graphs[transpose][0].replay()
+        else:
+            self._csr[transpose] = build()
+        self._fresh.add(transpose)
+        return self._csr[transpose]
 
 
-def feature_major(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """x [T, n] as a contiguous [n, T] of `dtype`: one tiled transposing copy (torch's copy of
-    a transposed view runs at a fraction of the memory bandwidth)."""
-    T, n = x.shape
-    out = torch.empty(n, T, dtype=dtype, device=x.device)
-    if x.stride(1) != 1:
-        x = x.contiguous()
-    if T and n:
-        b = 64
-        _transpose_kernel[(triton.cdiv(n, b), triton.cdiv(T, b))](
-            x, out, T, n, x.stride(0), BR=b, BC=b
+class SparseLinearFunction(torch.autograd.Function):
+    """y = x·Wᵀ + b with forward and/or dX on the sparse kernel (as `plan` says); dW stays
+    dense."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx,
+        x: Tensor,  # [T, d_in]
+        weight: Tensor,  # [d_out, d_in], at most `kept` nonzeros
+        bias: Tensor | None,
+        kept: int,
+        formats: WeightFormats,
+        plan: SpmmPlan,
+        dtype: torch.dtype,
+    ) -> Tensor:
+        ctx.x_dtype = x.dtype  # the gradient's dtype, whatever the product computes in
+        b = None if bias is None else bias.to(dtype)
+        if plan.forward:
+            xt = feature_major(x, dtype)  # [d_in, T], also what dW reads
+            y = spmm_t(xt, formats.get(weight, kept, dtype, transpose=False), b)
+            ctx.save_for_backward(xt, None if plan.dx else weight)
+        else:
+            x = x.to(dtype)
+            y = torch.nn.functional.linear(x, weight.to(dtype), b)
+            ctx.save_for_backward(x, None if plan.dx else weight)
+        ctx.dx_csr = (
+            formats.get(weight, kept, dtype, transpose=True)
+            if plan.dx and ctx.needs_input_grad[0]
+            else None
         )
-    return out
+        ctx.plan, ctx.dtype = plan, dtype
+        ctx.w_dtype = weight.dtype
+        ctx.b_dtype = None if bias is None else bias.dtype
+        return y  # [T, d_out]
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad_y: Tensor):  # type: ignore[override]
+        saved, weight = ctx.saved_tensors  # saved: xt [d_in, T] or x [T, d_in]
+        dy = grad_y.to(ctx.dtype)  # [T, d_out]
+        dyt = feature_major(dy, ctx.dtype) if ctx.plan.dx else None  # [d_out, T]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = spmm_t(dyt, ctx.dx_csr) if ctx.plan.dx else dy @ weight.to(ctx.dtype)
+            grad_x = grad_x.to(ctx.x_dtype)
+        if ctx.needs_input_grad[1]:
+            x_tokens_last = saved if ctx.plan.forward else saved.t()  # [d_in, T]
+            dy_tokens_last = dyt if dyt is not None else dy.t()  # [d_out, T]
+            grad_w = (dy_tokens_last @ x_tokens_last.t()).to(ctx.w_dtype)  # dense [d_out, d_in]
+        if ctx.b_dtype is not None and ctx.needs_input_grad[2]:
+            grad_b = dy.sum(dim=0, dtype=torch.float32).to(ctx.b_dtype)
+        return grad_x, grad_w, grad_b, None, None, None, None

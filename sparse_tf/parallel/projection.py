@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from sparse_tf import kernels
-from sparse_tf.kernels import reference
+from sparse_tf.kernels.rule import topk_mask
 from sparse_tf.parallel.fsdp import local, row_offset, row_shard_group
 
 _PROTECTED = 1 << 31  # above every fp32 bit pattern of a finite |w|
@@ -57,7 +57,7 @@ def _column_candidates(w: Tensor, j: int, row0: int) -> Tensor:
     out[0], out[1] = -1, (1 << 32) - 1
     take = min(j, rows)
     if take:
-        local = reference.topk_mask(key, take)  # lower row wins ties, as the reference
+        local = topk_mask(key, take)  # lower row wins ties, as the reference
         idx = local.nonzero()[:, 1].view(cols, take)  # ascending local rows per column
         out[0, :, :take] = key.gather(1, idx)
         out[1, :, :take] = idx + row0
@@ -206,10 +206,8 @@ def project_sharded_(
     row0 = [row_offset(p) for p in params]  # type: ignore[arg-type]
     if kernels.projection_backend(shards[0]) == "triton":
         # The radix-select kernels, with the digit histograms and tie counts summed over ranks.
-        from sparse_tf.kernels import select
-
         protected = sharded_protection(shards, neuron_dims, j, row0, group)
-        select.project_(shards, protected, ks, group=group)
+        kernels.projection.project_(shards, protected, ks, group=group)
         return
     masks = sharded_projection_masks(shards, neuron_dims, ks, j, group, row0)
     for shard, keep in zip(shards, masks, strict=True):

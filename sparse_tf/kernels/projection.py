@@ -1,0 +1,619 @@
+"""Weight projection on the GPU: the exact top-K of many matrices at once, by radix select, and
+the pure-torch reference that defines it.
+
+The kept set of a matrix: its protected entries (per-neuron protection: the j largest |w| of
+every row or column, ties to the lower index along the neuron) and then its largest |w| up to K
+entries, ties to the lower flat (row-major) index — `reference_masks`.
+
+On the GPU every matrix's magnitudes become int32 keys (the fp32 bit pattern of |w|, which
+orders like |w|; protected entries get the key of +inf) in one flat buffer. A matrix with
+per-neuron protection gets its keys from one kernel that reads each neuron once (rows in
+place, columns in place too: no transposed copies), picks its j maxima and writes the
+neuron's keys. The K-th largest key of every matrix is then found in shared launches:
+
+- **Warm start.** The threshold moves little between optimizer steps, so each matrix keeps the
+  previous step's threshold t' and a radius r (four times its last move, at least 2^12 keys).
+  One pass over all keys counts, per matrix, the keys >= t' + r and copies the keys in
+  [t' − r, t' + r) with their indices to a small candidate buffer. If the K-th largest key is
+  inside the window (and the candidates fit), the rest of the search runs on the candidates
+  alone; otherwise that matrix falls back to the cold search below. The result is the same
+  either way: the window only decides where to look.
+- **Radix select.** Four passes, one per 8-bit digit from the top, count that digit among the
+  keys still tied with the threshold found so far (a histogram per chunk of the buffer, added
+  atomically into one histogram per matrix; in the late passes so few keys are still tied that
+  they are added one by one), and a tiny kernel per matrix picks the digit where the count from
+  the top reaches K. After the four passes the threshold is exactly the K-th largest key.
+- **Ties** at the threshold are ranked in index order across chunks (per-chunk counts, an
+  exclusive scan), so that exactly K entries are kept: the library's rule.
+
+`topk_masks` writes the kept sets as masks; `project_` zeroes the dropped entries in place.
+Nothing waits for the host, so the whole projection can be replayed as one CUDA graph
+(`sparse_tf.kernels.graphs`); the warm state lives in device tensors the graph reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from sparse_tf.kernels.abstopk import SMALL_K
+from sparse_tf.kernels.abstopk import mask as abs_topk_mask
+from sparse_tf.kernels.rule import topk_mask
+
+INF_KEY = tl.constexpr(0x7F800000)
+"""Key of +inf: protected entries outrank every finite magnitude."""
+CHUNK = 4096
+"""Keys per program; chunks never straddle two matrices."""
+_KEY_BLOCK = 2048
+_MIN_RADIUS = 1 << 12
+"""Smallest half-width of a warm-start window, in keys (fp32: 2^23 keys per octave)."""
+_MAX_RADIUS = 1 << 26
+_CANDIDATE_SHARE = 32
+"""A matrix's candidate buffer holds 1/_CANDIDATE_SHARE of its entries (at least one chunk)."""
+
+
+@dataclass(frozen=True)
+class Protect:
+    """Per-neuron protection of a matrix: the j largest |w| of every neuron are kept first;
+    neurons are rows (dim 0) or columns (dim 1)."""
+
+    dim: int
+    j: int
+
+
+Protection = Tensor | Protect | None
+"""A bool mask of the protected entries, the rule that makes it, or no protection."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference
+# ---------------------------------------------------------------------------------------------
+
+
+def reference_protected(w: Tensor, protection: Protection) -> Tensor | None:
+    """The bool mask of the entries of w that `protection` forces into the kept set."""
+    if protection is None or isinstance(protection, Tensor):
+        return protection
+    neurons_last = w.detach() if protection.dim == 0 else w.detach().T  # [neurons, entries]
+    mask = topk_mask(neurons_last.abs(), protection.j)
+    return mask if protection.dim == 0 else mask.T
+
+
+def reference_masks(
+    weights: Sequence[Tensor], protections: Sequence[Protection], ks: Sequence[int] | Tensor
+) -> list[Tensor]:
+    """For each matrix, the bool mask of its k largest |w| after its protected entries (which
+    outrank everything); ties go to the lower flat index. 1 <= k <= numel."""
+    if isinstance(ks, Tensor):
+        ks = ks.tolist()
+    masks = []
+    for w, p, k in zip(weights, protections, ks, strict=True):
+        score = w.detach().abs()
+        protected = reference_protected(w, p)
+        if protected is not None:
+            score = score.masked_fill(protected, torch.inf)
+        masks.append(topk_mask(score.reshape(1, -1), k).view_as(w))
+    return masks
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_chunk(
+    c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK: tl.constexpr,
+    count_ptr, cap_ptr, DYNAMIC: tl.constexpr,
+):  # fmt: skip
+    """Chunk c's buffer offsets, their validity, its keys (-1 past the end: below every real
+    key) and its matrix. DYNAMIC chunks (of the candidate buffer) end where the matrix's
+    candidate count says, at most at its capacity."""
+    seg = tl.load(chunk_seg_ptr + c)
+    end = tl.load(chunk_end_ptr + c)
+    start = tl.load(chunk_start_ptr + c)
+    if DYNAMIC:
+        end = (
+            end
+            - tl.load(cap_ptr + seg)
+            + tl.minimum(tl.load(count_ptr + seg), tl.load(cap_ptr + seg))
+        )
+    offs = start + tl.arange(0, CHUNK)
+    valid = offs < end
+    key = tl.load(keys_ptr + offs, mask=valid, other=-1)
+    return offs, valid, key, seg
+
+
+@triton.jit
+def _keys_kernel(
+    w_ptr, p_ptr, keys_ptr, n, cols, p_stride_r, p_stride_c,
+    HAS_P: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """One matrix's keys into its slice of the flat buffer: the fp32 bit pattern of |w|, or
+    the key of +inf where the protection mask (any strides: a transposed view works) is set."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < n
+    w = tl.load(w_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+    key = tl.abs(w).to(tl.int32, bitcast=True)
+    if HAS_P:
+        protect = tl.load(p_ptr + (offs // cols) * p_stride_r + (offs % cols) * p_stride_c,
+                          mask=valid, other=0)  # fmt: skip
+        key = tl.where(protect != 0, INF_KEY, key)
+    tl.store(keys_ptr + offs, key, mask=valid)
+
+
+@triton.jit
+def _protected_keys_kernel(
+    w_ptr, keys_ptr, n_neurons, length, stride_neuron, stride_elem, j,
+    BN: tl.constexpr, BL: tl.constexpr,
+):  # fmt: skip
+    """Keys of BN neurons of a contiguous matrix: each neuron's j largest |w| (ties: lower
+    index along the neuron) get the key of +inf, the rest the bit pattern of |w|. A neuron is
+    `length` entries `stride_elem` apart; neurons are `stride_neuron` apart (rows: cols and 1;
+    columns: 1 and cols). The buffer's layout is the matrix's, so offsets serve both."""
+    neuron = tl.program_id(0) * BN + tl.arange(0, BN)  # [BN]
+    e = tl.arange(0, BL)  # [BL] position along the neuron
+    inside = (e < length)[:, None] & (neuron < n_neurons)[None, :]
+    offs = e[:, None].to(tl.int64) * stride_elem + neuron[None, :].to(tl.int64) * stride_neuron
+    w = tl.load(w_ptr + offs, mask=inside, other=0.0).to(tl.float32)  # [BL, BN]
+    key = tl.abs(w).to(tl.int32, bitcast=True)
+    live = tl.where(inside, key, -1)
+    protect = live < -1  # none yet ([BL, BN] bool)
+    for _ in range(j):  # the neuron's maxima one by one, lowest position first among equals
+        top = tl.max(live, axis=0)  # [BN]
+        first = tl.min(tl.where(live == top[None, :], e[:, None], BL), axis=0)  # [BN]
+        hit = e[:, None] == first[None, :]
+        protect = protect | hit
+        live = tl.where(hit, -2, live)
+    tl.store(keys_ptr + offs, tl.where(protect, INF_KEY, key), mask=inside)
+
+
+@triton.jit
+def _window_kernel(
+    keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, seg_base_ptr, warm_ptr,
+    above_ptr, cand_count_ptr, cand_base_ptr, cap_ptr, cand_keys_ptr, cand_idx_ptr,
+    CHUNK: tl.constexpr,
+):  # fmt: skip
+    """Warm start, one chunk: count its keys at or above the window of its matrix, and append
+    the keys inside the window (with their flat index in the matrix) to its candidates."""
+    c = tl.program_id(0)
+    offs, valid, key, seg = _load_chunk(
+        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False
+    )
+    prev = tl.load(warm_ptr + 2 * seg)
+    if prev >= 0:  # a previous threshold exists
+        radius = tl.load(warm_ptr + 2 * seg + 1)
+        lo = tl.maximum(prev - radius, 0)
+        hi = tl.minimum(prev.to(tl.int64) + radius, 2147483647).to(tl.int32)
+        tl.atomic_add(above_ptr + seg, tl.sum((key >= hi).to(tl.int32), axis=0))
+        inside = valid & (key >= lo) & (key < hi)
+        n = tl.sum(inside.to(tl.int32), axis=0)
+        if n > 0:
+            first = tl.atomic_add(cand_count_ptr + seg, n)  # slots [first, first + n)
+            slot = first + tl.cumsum(inside.to(tl.int32), axis=0) - 1
+            ok = inside & (slot < tl.load(cap_ptr + seg))
+            dest = tl.load(cand_base_ptr + seg) + slot
+            tl.store(cand_keys_ptr + dest, key, mask=ok)
+            tl.store(
+                cand_idx_ptr + dest, (offs - tl.load(seg_base_ptr + seg)).to(tl.int32), mask=ok
+            )
+
+
+@triton.jit
+def _decide_kernel(warm_ptr, above_ptr, cand_count_ptr, cap_ptr, k_ptr, mode_ptr, state_ptr):
+    """Per matrix: search the candidates (mode 1: the K-th largest key is inside the window and
+    every candidate was kept) or fall back to all keys (mode 0)."""
+    seg = tl.program_id(0)
+    above = tl.load(above_ptr + seg)
+    count = tl.load(cand_count_ptr + seg)
+    k = tl.load(k_ptr + seg)
+    ok = (tl.load(warm_ptr + 2 * seg) >= 0) & (count <= tl.load(cap_ptr + seg))
+    ok = ok & (above < k) & (above + count >= k)
+    tl.store(mode_ptr + seg, ok.to(tl.int32))
+    tl.store(state_ptr + 2 * seg, 0)
+    tl.store(state_ptr + 2 * seg + 1, tl.where(ok, above, 0))  # keys known to be above
+
+
+@triton.jit
+def _digit_histogram_kernel(
+    keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, hist_ptr, mode_ptr,
+    count_ptr, cap_ptr,
+    HI: tl.constexpr, LO: tl.constexpr, CHUNK: tl.constexpr, FEW: tl.constexpr,
+    MODE: tl.constexpr, DYNAMIC: tl.constexpr,
+):  # fmt: skip
+    c = tl.program_id(0)
+    _, valid, key, seg = _load_chunk(
+        c,
+        keys_ptr,
+        chunk_start_ptr,
+        chunk_end_ptr,
+        chunk_seg_ptr,
+        CHUNK,
+        count_ptr,
+        cap_ptr,
+        DYNAMIC,
+    )
+    if tl.load(mode_ptr + seg) == MODE:  # this matrix searches these keys
+        t = tl.load(state_ptr + 2 * seg)
+        # Keys whose bits above HI equal the threshold's are still undecided; count their digit.
+        match = valid & ((key >> (HI + 1)) == (t >> (HI + 1)))
+        digit = (key >> LO) & 255
+        bins = tl.arange(0, 512)
+        if FEW:
+            # Late passes: few keys are still tied with the threshold's prefix, so add them one
+            # by one; a chunk where many are (long runs of equal keys) takes the histogram.
+            if tl.sum(match.to(tl.int32), axis=0) <= 32:
+                tl.atomic_add(hist_ptr + 256 * seg + digit, 1, mask=match)
+            else:
+                h = tl.histogram(tl.where(match, digit, 256), 512)
+                tl.atomic_add(hist_ptr + 256 * seg + bins, h, mask=bins < 256)
+        else:
+            h = tl.histogram(tl.where(match, digit, 256), 512)  # bins 256.. collect the others
+            tl.atomic_add(hist_ptr + 256 * seg + bins, h, mask=bins < 256)
+
+
+@triton.jit
+def _pick_digit_kernel(hist_ptr, state_ptr, k_ptr, LO: tl.constexpr):
+    seg = tl.program_id(0)
+    bins = tl.arange(0, 256)
+    h = tl.load(hist_ptr + 256 * seg + bins)
+    t = tl.load(state_ptr + 2 * seg)
+    n_above = tl.load(state_ptr + 2 * seg + 1)
+    k = tl.load(k_ptr + seg)
+    suffix = tl.cumsum(h, axis=0, reverse=True)  # undecided keys with digit >= bin
+    b = tl.max(tl.where(suffix >= k - n_above, bins, -1), axis=0)
+    n_above += tl.sum(tl.where(bins > b, h, 0), axis=0)
+    tl.store(state_ptr + 2 * seg, t | (b << LO))
+    tl.store(state_ptr + 2 * seg + 1, n_above)
+    tl.store(hist_ptr + 256 * seg + bins, tl.zeros((256,), dtype=tl.int32))
+
+
+@triton.jit
+def _count_ties_kernel(
+    keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, ties_ptr, mode_ptr,
+    CHUNK: tl.constexpr,
+):  # fmt: skip
+    """ties[c] = chunk c's keys equal to its matrix's threshold (0 for matrices whose ties
+    are counted from their candidates)."""
+    c = tl.program_id(0)
+    _, _, key, seg = _load_chunk(
+        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False
+    )
+    n = tl.zeros((), dtype=tl.int32)
+    if tl.load(mode_ptr + seg) == 0:
+        n = tl.sum((key == tl.load(state_ptr + 2 * seg)).to(tl.int32), axis=0)
+    tl.store(ties_ptr + c, n)
+
+
+@triton.jit
+def _candidate_ties_kernel(
+    cand_keys_ptr, cand_idx_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr,
+    ties_ptr, mode_ptr, count_ptr, cap_ptr, seg_first_chunk_ptr,
+    CHUNK: tl.constexpr, KEY_CHUNK: tl.constexpr,
+):  # fmt: skip
+    """For matrices searched on their candidates: each candidate tied with the threshold adds
+    one to the tie count of the key chunk it came from."""
+    c = tl.program_id(0)
+    offs, valid, key, seg = _load_chunk(
+        c,
+        cand_keys_ptr,
+        chunk_start_ptr,
+        chunk_end_ptr,
+        chunk_seg_ptr,
+        CHUNK,
+        count_ptr,
+        cap_ptr,
+        True,
+    )
+    if tl.load(mode_ptr + seg) == 1:
+        tied = valid & (key == tl.load(state_ptr + 2 * seg))
+        idx = tl.load(cand_idx_ptr + offs, mask=tied, other=0)
+        chunk = tl.load(seg_first_chunk_ptr + seg) + idx // KEY_CHUNK
+        tl.atomic_add(ties_ptr + chunk, 1, mask=tied)
+
+
+@triton.jit
+def _update_warm_kernel(warm_ptr, state_ptr):
+    """The next step's window: centred on this threshold, four times its last move wide."""
+    seg = tl.program_id(0)
+    t = tl.load(state_ptr + 2 * seg)
+    prev = tl.load(warm_ptr + 2 * seg)
+    moved = tl.where(prev >= 0, tl.abs(t - prev), 1 << 15)  # first window: ±2^17 keys
+    radius = tl.minimum(tl.maximum(4 * moved.to(tl.int64), 1 << 12), 1 << 26)
+    tl.store(warm_ptr + 2 * seg, t)
+    tl.store(warm_ptr + 2 * seg + 1, radius.to(tl.int32))
+
+
+@triton.jit
+def _kept(c, key, seg, t, k_ptr, state_ptr, tie_prefix_ptr):
+    """Chunk c's kept entries: keys above the threshold t, and the ties at t whose rank in
+    index order (across the matrix's chunks) is within the room K leaves for them."""
+    keep = key > t
+    tied = key == t
+    if tl.sum(tied.to(tl.int32), axis=0) > 0:  # rare: skip the scan in chunks without ties
+        room = tl.load(k_ptr + seg) - tl.load(state_ptr + 2 * seg + 1)
+        rank = tl.load(tie_prefix_ptr + c) + tl.cumsum(tied.to(tl.int32), axis=0)  # 1-based
+        keep = keep | (tied & (rank <= room))
+    return keep
+
+
+@triton.jit
+def _keep_kernel(
+    keys_ptr, keep_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, k_ptr,
+    tie_prefix_ptr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    c = tl.program_id(0)
+    offs, valid, key, seg = _load_chunk(
+        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False
+    )
+    keep = _kept(c, key, seg, tl.load(state_ptr + 2 * seg), k_ptr, state_ptr, tie_prefix_ptr)
+    tl.store(keep_ptr + offs, keep.to(tl.uint8), mask=valid)
+
+
+@triton.jit
+def _zero_dropped_kernel(
+    w_ptr, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, k_ptr,
+    tie_prefix_ptr, first_chunk, base, CHUNK: tl.constexpr,
+):  # fmt: skip
+    """`_keep_kernel` for one matrix, applied: zero its entries outside the kept set."""
+    c = first_chunk + tl.program_id(0)
+    offs, valid, key, seg = _load_chunk(
+        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False
+    )
+    keep = _kept(c, key, seg, tl.load(state_ptr + 2 * seg), k_ptr, state_ptr, tie_prefix_ptr)
+    zero = tl.zeros((CHUNK,), dtype=w_ptr.dtype.element_ty)
+    tl.store(w_ptr + (offs - base), zero, mask=valid & ~keep)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+
+
+def _chunks(sizes: Sequence[int], chunk: int) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Chunk starts, ends (of the chunk's region), regions and each region's first chunk, for
+    regions of `sizes` laid out back to back."""
+    starts, ends, segs, firsts, base = [], [], [], [], 0
+    for seg, n in enumerate(sizes):
+        firsts.append(len(starts))
+        for s in range(base, base + n, chunk):
+            starts.append(s)
+            ends.append(base + n)
+            segs.append(seg)
+        base += n
+    return starts, ends, segs, firsts
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each matrix sits in the flat key buffer (and its candidate buffer), the chunks
+    that cover both, and the warm-start state of this set of matrices."""
+
+    offsets: tuple[int, ...]  # start of each matrix, then the total
+    chunk_start: Tensor  # [n_chunks] int64
+    chunk_end: Tensor  # [n_chunks] int64 (end of the chunk's matrix)
+    chunk_seg: Tensor  # [n_chunks] int32
+    seg_base: Tensor  # [n_segs] int64: offsets, on the device
+    seg_first_chunk: Tensor  # [n_segs] int64
+    chunks: tuple[tuple[int, int], ...]  # per matrix: (first chunk, number of chunks)
+    cand_capacity: Tensor  # [n_segs] int32
+    cand_total: int  # sum of the capacities
+    cand_base: Tensor  # [n_segs] int64
+    cand_chunk_start: Tensor  # [n_cand_chunks] int64
+    cand_chunk_end: Tensor  # [n_cand_chunks] int64 (end of the region at full capacity)
+    cand_chunk_seg: Tensor  # [n_cand_chunks] int32
+    warm: Tensor  # [n_segs, 2] int32: previous threshold (-1: none), window radius
+
+
+_LAYOUTS: dict[tuple[tuple[int, ...], str, int], _Layout] = {}
+
+
+def _layout(numels: tuple[int, ...], device: torch.device, chunk: int) -> _Layout:
+    cache_key = (numels, str(device), chunk)
+    if cache_key not in _LAYOUTS:
+
+        def tensor(values: Sequence[int], dtype: torch.dtype) -> Tensor:
+            return torch.tensor(list(values), dtype=dtype, device=device)
+
+        starts, ends, segs, firsts = _chunks(numels, chunk)
+        caps = [min(n, max(chunk, n // _CANDIDATE_SHARE)) for n in numels]
+        c_starts, c_ends, c_segs, _ = _chunks(caps, chunk)
+        offsets = [0]
+        for n in numels:
+            offsets.append(offsets[-1] + n)
+        cand_base = [sum(caps[:i]) for i in range(len(caps))]
+        _LAYOUTS[cache_key] = _Layout(
+            offsets=tuple(offsets),
+            chunk_start=tensor(starts, torch.int64),
+            chunk_end=tensor(ends, torch.int64),
+            chunk_seg=tensor(segs, torch.int32),
+            seg_base=tensor(offsets[:-1], torch.int64),
+            seg_first_chunk=tensor(firsts, torch.int64),
+            chunks=tuple(
+                (f, e - f) for f, e in zip(firsts, [*firsts[1:], len(starts)], strict=True)
+            ),
+            cand_capacity=tensor(caps, torch.int32),
+            cand_total=sum(caps),
+            cand_base=tensor(cand_base, torch.int64),
+            cand_chunk_start=tensor(c_starts, torch.int64),
+            cand_chunk_end=tensor(c_ends, torch.int64),
+            cand_chunk_seg=tensor(c_segs, torch.int32),
+            warm=tensor([-1, _MIN_RADIUS] * len(numels), torch.int32).view(-1, 2),
+        )
+    return _LAYOUTS[cache_key]
+
+
+def _write_keys(w: Tensor, p: Protection, keys: Tensor) -> None:
+    """Matrix w's keys into `keys` (its slice of the flat buffer)."""
+    n, cols = w.numel(), w.shape[-1]
+    if isinstance(p, Protect):
+        length = w.shape[1 - p.dim] if w.dim() == 2 else 0
+        if p.j > SMALL_K or p.j >= length:  # the general rule: a mask first
+            p = reference_protected(w, p) if p.j >= length else _protect_mask(w, p)
+        else:
+            n_neurons = w.shape[p.dim]
+            stride_neuron, stride_elem = (cols, 1) if p.dim == 0 else (1, cols)
+            bl = max(16, triton.next_power_of_2(length))
+            bn = max(1, min(32, 16384 // bl))
+            _protected_keys_kernel[(triton.cdiv(n_neurons, bn),)](
+                w, keys, n_neurons, length, stride_neuron, stride_elem, p.j, BN=bn, BL=bl,
+                num_warps=max(1, min(16, bl * bn // 1024)),
+            )  # fmt: skip
+            return
+    _keys_kernel[(triton.cdiv(n, _KEY_BLOCK),)](
+        w, w if p is None else p.view(torch.uint8), keys, n, cols,
+        0 if p is None else p.stride(0), 0 if p is None else p.stride(1),
+        HAS_P=p is not None, BLOCK=_KEY_BLOCK,
+    )  # fmt: skip
+
+
+def _protect_mask(w: Tensor, p: Protect) -> Tensor:
+    """The protection mask by the AbsTopK mask kernel (any j < the neuron's length)."""
+    neurons_last = w.detach() if p.dim == 0 else w.detach().T
+    mask = abs_topk_mask(neurons_last, p.j)
+    return mask if p.dim == 0 else mask.T
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """Each matrix's exact threshold, and what `_keep_kernel` / `_zero_dropped_kernel` need."""
+
+    layout: _Layout
+    keys: Tensor  # [total] int32
+    state: Tensor  # [n_segs, 2] int32: threshold key, count of keys above it
+    k: Tensor  # [n_segs] int32
+    tie_prefix: Tensor  # [n_chunks] int32: ties at the threshold in earlier chunks of the matrix
+    mode: Tensor  # [n_segs] int32: 1 where the warm start's candidates held the threshold
+
+
+def _select(
+    weights: Sequence[Tensor],
+    protections: Sequence[Protection],
+    ks: Sequence[int] | Tensor,
+    chunk: int,
+    group: dist.ProcessGroup | None = None,
+    warm: bool = True,
+) -> _Selection:
+    device = weights[0].device
+    layout = _layout(tuple(w.numel() for w in weights), device, chunk)
+    keys = torch.empty(layout.offsets[-1], dtype=torch.int32, device=device)
+    for i, (w, p) in enumerate(zip(weights, protections, strict=True)):
+        if not w.is_contiguous():
+            raise ValueError("projection: weights must be contiguous")
+        if w.numel():  # an empty shard has no keys
+            _write_keys(w, p, keys[layout.offsets[i] :])
+    n_segs, n_chunks = len(weights), layout.chunk_start.numel()
+    k = ks if isinstance(ks, Tensor) else torch.tensor(ks, dtype=torch.int32, device=device)
+    state = torch.zeros(n_segs, 2, dtype=torch.int32, device=device)  # threshold, count above
+    hist = torch.zeros(n_segs, 256, dtype=torch.int32, device=device)
+    mode = torch.zeros(n_segs, dtype=torch.int32, device=device)  # 1: search the candidates
+    table = (layout.chunk_start, layout.chunk_end, layout.chunk_seg)
+    cand_table = (layout.cand_chunk_start, layout.cand_chunk_end, layout.cand_chunk_seg)
+    count = torch.zeros(n_segs, dtype=torch.int32, device=device)
+    cap = layout.cand_capacity
+    warm = warm and group is None and n_chunks > 0  # sharded matrices: the cold search
+    if warm:
+        total = layout.cand_total
+        above = torch.zeros(n_segs, dtype=torch.int32, device=device)
+        cand_keys = torch.empty(total, dtype=torch.int32, device=device)
+        cand_idx = torch.empty(total, dtype=torch.int32, device=device)
+        _window_kernel[(n_chunks,)](
+            keys, *table, layout.seg_base, layout.warm, above, count, layout.cand_base, cap,
+            cand_keys, cand_idx, CHUNK=chunk,
+        )  # fmt: skip
+        _decide_kernel[(n_segs,)](layout.warm, above, count, cap, k, mode, state)
+    n_cand_chunks = layout.cand_chunk_start.numel()
+    for hi, lo in ((30, 23), (22, 15), (14, 7), (6, 0)):  # the last digit overlaps by one bit
+        # After two digits (16 bits) few keys still share the threshold's prefix.
+        if n_chunks:
+            _digit_histogram_kernel[(n_chunks,)](
+                keys, *table, state, hist, mode, count, cap,
+                HI=hi, LO=lo, CHUNK=chunk, FEW=hi < 16, MODE=0, DYNAMIC=False,
+            )  # fmt: skip
+        if warm:
+            _digit_histogram_kernel[(n_cand_chunks,)](
+                cand_keys, *cand_table, state, hist, mode, count, cap,
+                HI=hi, LO=lo, CHUNK=chunk, FEW=True, MODE=1, DYNAMIC=True,
+            )  # fmt: skip
+        if group is not None:  # row shards: the digit counts of the whole matrices
+            dist.all_reduce(hist, group=group)
+        _pick_digit_kernel[(n_segs,)](hist, state, k, LO=lo)
+    ties = torch.empty(n_chunks, dtype=torch.int32, device=device)
+    if n_chunks:
+        _count_ties_kernel[(n_chunks,)](keys, *table, state, ties, mode, CHUNK=chunk)
+    if warm:
+        _candidate_ties_kernel[(n_cand_chunks,)](
+            cand_keys, cand_idx, *cand_table, state, ties, mode, count, cap,
+            layout.seg_first_chunk, CHUNK=chunk, KEY_CHUNK=chunk,
+        )  # fmt: skip
+        _update_warm_kernel[(n_segs,)](layout.warm, state)
+    before = torch.cumsum(ties, 0, dtype=torch.int64) - ties  # ties in earlier chunks
+    seg = layout.chunk_seg.long()
+    first = layout.seg_first_chunk.clamp(max=max(n_chunks - 1, 0))  # empty shards: unused
+    prefix = before - before[first][seg] if n_chunks else before
+    if group is not None:  # ties in the rows of lower ranks come first (global flat order)
+        per_seg = torch.zeros(n_segs, dtype=torch.int64, device=device)
+        per_seg.index_add_(0, seg, ties.long())
+        every = [torch.empty_like(per_seg) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(every, per_seg, group=group)
+        if rank := dist.get_rank(group):
+            prefix = prefix + torch.stack(every[:rank]).sum(0)[seg]
+    return _Selection(layout, keys, state, k, prefix.to(torch.int32), mode)
+
+
+def topk_masks(
+    weights: Sequence[Tensor],
+    protections: Sequence[Protection],
+    ks: Sequence[int] | Tensor,
+    chunk: int = CHUNK,
+    group: dist.ProcessGroup | None = None,
+) -> list[Tensor]:
+    """For each matrix, the bool mask of its `k` largest |w| (protected entries first; ties: the
+    lower flat index), all matrices in shared launches. 1 <= k <= numel. `ks` may already be an
+    int32 tensor on the device; then nothing here waits for the host (CUDA-graph capturable).
+    `group`: the weights are row shards, as in `project_`."""
+    if not weights:
+        return []
+    sel = _select(weights, protections, ks, chunk, group)
+    layout = sel.layout
+    keep = torch.empty(layout.offsets[-1], dtype=torch.uint8, device=weights[0].device)
+    table = (layout.chunk_start, layout.chunk_end, layout.chunk_seg)
+    _keep_kernel[(layout.chunk_start.numel(),)](
+        sel.keys, keep, *table, sel.state, sel.k, sel.tie_prefix, CHUNK=chunk
+    )
+    keep = keep.view(torch.bool)
+    return [
+        keep[layout.offsets[i] : layout.offsets[i + 1]].view(w.shape) for i, w in enumerate(weights)
+    ]
+
+
+def project_(
+    weights: Sequence[Tensor],
+    protections: Sequence[Protection],
+    ks: Sequence[int] | Tensor,
+    chunk: int = CHUNK,
+    group: dist.ProcessGroup | None = None,
+) -> None:
+    """Zero, in place, every entry of each matrix outside the set `topk_masks` would keep.
+
+    With `group`, each of `weights` is this rank's block of consecutive rows of a matrix split
+    over the group's ranks in rank order, `protections` its part of the protection masks and
+    `ks` the whole matrices' kept counts: the kept set is the whole matrix's (an all-reduce of
+    the histograms per digit pass and an all-gather of the tie counts; every rank calls this)."""
+    if not weights:
+        return
+    sel = _select(weights, protections, ks, chunk, group)
+    layout = sel.layout
+    table = (layout.chunk_start, layout.chunk_end, layout.chunk_seg)
+    for w, (first, count), base in zip(weights, layout.chunks, layout.offsets, strict=False):
+        if count == 0:  # an empty shard
+            continue
+        _zero_dropped_kernel[(count,)](
+            w, sel.keys, *table, sel.state, sel.k, sel.tie_prefix, first, base, CHUNK=chunk
+        )
