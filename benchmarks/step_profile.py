@@ -19,6 +19,7 @@ import re
 from collections import defaultdict
 
 import torch
+from step_speed import add_shape_args  # benchmarks/step_speed.py
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
@@ -86,16 +87,8 @@ def run_phase(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--vocab-size", type=int, default=2048)
-    parser.add_argument("--n-ctx", type=int, default=128)
-    parser.add_argument("--n-layer", type=int, default=2)
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--l0", type=float, nargs="+", default=[1 / 64])
+    add_shape_args(parser)
     parser.add_argument("--steps", type=int, default=3, help="profiled steps per variant")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     parser.add_argument("--top", type=int, default=12, help="largest kernels listed per variant")
     args = parser.parse_args()
 

@@ -72,8 +72,8 @@ def variants(l0s: list[float], cuda: bool, compile_too: bool) -> list[Variant]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_shape_args(parser: argparse.ArgumentParser) -> None:
+    """The model, batch and precision flags the step benchmarks share."""
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--vocab-size", type=int, default=2048)
     parser.add_argument("--n-ctx", type=int, default=128)
@@ -81,9 +81,14 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--l0", type=float, nargs="+", default=[1 / 64])
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_shape_args(parser)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     parser.add_argument("--compile", action="store_true", help="also torch.compile each variant")
     parser.add_argument(
         "--profile", action="store_true", help="print the GPU kernels of one sparse_tf step"

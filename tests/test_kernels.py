@@ -7,6 +7,11 @@ add realistic shapes in bf16.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -195,7 +200,7 @@ def test_gelu_abs_topk_at_the_mlp_shape(monkeypatch: pytest.MonkeyPatch) -> None
 def test_abs_topk_saves_one_bit_per_entry(monkeypatch: pytest.MonkeyPatch) -> None:
     """What the kernel path keeps for the backward: the kept set as bits, not the output."""
     monkeypatch.setenv("SPARSE_TF_KERNELS", "triton")
-    x = torch.randn(64, 3 * 256, device=DEVICE, requires_grad=True)
+    x = torch.randn(8, 3 * 64, device=DEVICE, requires_grad=True)
     for parts in (1, 3):
         saved: list[torch.Tensor] = []
 
@@ -204,7 +209,7 @@ def test_abs_topk_saves_one_bit_per_entry(monkeypatch: pytest.MonkeyPatch) -> No
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            kernels.abs_topk_split(x, 64, parts)
+            kernels.abs_topk_split(x, 16, parts)
         assert [t.dtype for t in saved] == [torch.int32]
         assert saved[0].numel() * 32 == x.numel()  # one bit per entry
 
@@ -289,7 +294,7 @@ def random_protection(rows: int, cols: int, i: int, g: torch.Generator) -> proje
 
 
 @pytest.mark.interpreter
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     shapes=st.lists(st.tuples(st.integers(1, 40), st.integers(1, 40)), min_size=1, max_size=5),
     k_fracs=st.lists(st.floats(0.0, 1.0), min_size=5, max_size=5),
@@ -307,7 +312,7 @@ def test_projection_kernels_match_the_reference(
         p = random_protection(rows, cols, i + seed, g)
         protections.append(p.to(DEVICE) if isinstance(p, torch.Tensor) else p)
         ks.append(max(1, min(rows * cols, round(k_fracs[i] * rows * cols))))
-    for step in range(3):
+    for step in range(2):  # each step selects twice: the second call searches a window
         if step:
             weights = [
                 w * (1 + 1e-4 * torch.randn(w.shape, generator=g).to(DEVICE)) for w in weights
@@ -446,3 +451,19 @@ def test_graph_cache_keeps_one_capture_per_tensor_set(monkeypatch: pytest.Monkey
     step(models[0], static=(4, (0, 1)))  # other protection settings: another capture
     assert len(captures) == n + 3
     graphs.clear()
+
+
+@pytest.mark.slow
+def test_every_kernel_compiles_for_hopper() -> None:
+    """ptxas compiles every kernel for sm_90 (H100/H200), GPU or not: what the interpreter
+    cannot check (types across loops and branches, layouts, resource limits)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.kernel_targets"],
+        cwd=Path(__file__).parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
