@@ -16,11 +16,11 @@ import sys
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("tests.kernel_targets: unset TRITON_INTERPRET (interpreted kernels do not compile)")
 
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
-from sparse_tf.kernels import abstopk, csr, gelu_abstopk, projection, spmm, transpose  # noqa: E402
+from sparse_tf.kernels import abstopk, csr, gelu_abstopk, projection, spmm, transpose
 
 HOPPER = GPUTarget("cuda", 90, 32)
 MODULES = (abstopk, csr, gelu_abstopk, projection, spmm, transpose)
