@@ -14,14 +14,15 @@ Two exact searches for the threshold key t, selected per call:
 - `bits` decides one bit per pass from the top: 15 passes in bf16, 18 in fp16, 31 in fp32.
   Every pass is one count over the row. The kernel is ALU-bound (Nsight Compute: ALU pipe at
   91%, DRAM at 10%), so the number of passes is its cost.
-- `guided` (the default) keeps a bracket lo <= t < hi with the counts C(lo) >= k > C(hi)
-  (C(c) = #keys >= c) and probes where the counts say t should be: first at the key of
-  ln(n/k) · mean|x| (the k/n quantile of an exponential tail), then by interpolating the
-  counts linearly between the bracket's ends in key space (which is nearly log-value space),
-  falling back to the bracket's midpoint whenever a probe failed to halve it; once the bracket
+- `guided` (rows of GUIDED_FROM_WIDTH or more) keeps a bracket lo <= t < hi with the counts
+  C(lo) >= k > C(hi) (C(c) = #keys >= c) and probes where the counts say t should be: first
+  at the key of ln(n/k) · mean|x| (the k/n quantile of an exponential tail), then by
+  interpolating the counts linearly between the bracket's ends in key space (which is nearly
+  log-value space), falling back to the bracket's midpoint whenever a probe failed to halve it; once the bracket
   holds at most PEEL entries it takes the largest key below hi (a max and a count). The
-  result is the same exact t; on bf16 activations it takes ~6-12 counts instead of 15, on
-  fp32 ~12-19 instead of 31 (simulated on normal, Laplace, t3, GELU and sparse-sum rows).
+  result is the same exact t in ~6-12 counts instead of 15 on bf16 rows, ~12-19 instead of
+  31 on fp32 (simulated on normal, Laplace, t3, GELU and sparse-sum rows); each count costs
+  more, so it pays on wide rows only (GUIDED_FROM_WIDTH).
 
 The forward also writes the kept set as a bit mask (one int32 word per 32 entries) for the
 backward: gx = gy on the kept entries, 0 elsewhere. Saving 1 bit per entry instead of the
@@ -60,8 +61,11 @@ _LOW_BIT = {torch.float32: 0, torch.bfloat16: 16, torch.float16: 13}
 (bf16 keeps 8 significant bits of fp32's 24, fp16 11)."""
 SUPPORTED_DTYPES = tuple(_LOW_BIT)
 Search = Literal["guided", "bits"]
-SEARCH: Search = "guided"
-"""The threshold search the forward uses (benchmarks/abstopk_tuning.py times both)."""
+GUIDED_FROM_WIDTH = 2048
+"""Rows at least this wide use the guided search, narrower ones the bit search: on an H100
+(benchmarks/abstopk_speed.py, heavy-tailed rows of 16k tokens) guided was 16% faster at 4096
+bf16 and 4% at 4096 fp32, even at 1024 bf16 and 40% slower at 1024 fp32, where the bracket's
+scalar steps cost more than the passes they save."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,6 +271,11 @@ def _abstopk_bwd_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
+def default_search(width: int) -> Search:
+    """The faster exact search for rows of `width` (GUIDED_FROM_WIDTH)."""
+    return "guided" if width >= GUIDED_FROM_WIDTH else "bits"
+
+
 def launch_config(width: int, per_thread: int) -> tuple[int, int]:
     """(BLOCK, num_warps) for rows of `width`, the whole row in one program's registers with
     about `per_thread` values per thread (BLOCK >= 32: one mask word at least)."""
@@ -305,8 +314,8 @@ def forward(
             x2, ys[0], y1, y2, bits, r2, rows, width, k, math.log(width / k), x2.stride(0),
             width, r2.stride(0),
             BLOCK=block, LOW_BIT=_LOW_BIT[x.dtype], PARTS=parts, STORE_MASK=False,
-            SMALL=k <= SMALL_K, GUIDED=(search or SEARCH) == "guided", PEEL=PEEL,
-            RESIDUAL=residual is not None, num_warps=num_warps,
+            SMALL=k <= SMALL_K, GUIDED=(search or default_search(width)) == "guided",
+            PEEL=PEEL, RESIDUAL=residual is not None, num_warps=num_warps,
         )  # fmt: skip
     shape = (*x.shape[:-1], width)
     return [y.view(shape) for y in ys], bits
@@ -323,7 +332,7 @@ def mask(x: Tensor, k: int) -> Tensor:
         _abstopk_fwd_kernel[(x2.shape[0], 1)](
             x2, out, out, out, out, x2, x2.shape[0], width, k, math.log(width / k), x2.stride(0),
             out.stride(0), 0, BLOCK=block, LOW_BIT=_LOW_BIT[x.dtype], PARTS=1, STORE_MASK=True,
-            SMALL=k <= SMALL_K, GUIDED=SEARCH == "guided", PEEL=PEEL, RESIDUAL=False,
+            SMALL=k <= SMALL_K, GUIDED=default_search(width) == "guided", PEEL=PEEL, RESIDUAL=False,
             num_warps=num_warps,
         )  # fmt: skip
     return out.view(x.shape).view(torch.bool)
@@ -351,6 +360,60 @@ def backward(
 
 
 # ---------------------------------------------------------------------------------------------
+# Under torch.compile: the kernels as opaque operators
+# ---------------------------------------------------------------------------------------------
+# Traced into a compiled graph, Inductor would recompile the kernels itself (and fails to);
+# as custom operators they stay calls to the launchers above, with no graph break. Eagerly
+# the launchers are called directly: the operator dispatch costs host time on every call.
+
+
+@torch.library.custom_op("sparse_tf::abstopk_forward", mutates_args=())
+def _forward_op(x: Tensor, k: int, parts: int, residual: Tensor | None) -> list[Tensor]:
+    ys, bits = forward(x, k, parts, residual=residual)
+    return [*ys, bits]
+
+
+@_forward_op.register_fake
+def _(x: Tensor, k: int, parts: int, residual: Tensor | None) -> list[Tensor]:
+    width = x.shape[-1] // parts
+    dtype = x.dtype if residual is None else torch.promote_types(residual.dtype, x.dtype)
+    ys = [x.new_empty((*x.shape[:-1], width), dtype=dtype) for _ in range(parts)]
+    rows = x.numel() // max(1, x.shape[-1])
+    return [*ys, x.new_empty((parts, rows, (width + 31) // 32), dtype=torch.int32)]
+
+
+@torch.library.custom_op("sparse_tf::abstopk_backward", mutates_args=())
+def _backward_op(
+    bits: Tensor, grads: list[Tensor], x_shape: list[int], dtype: torch.dtype
+) -> Tensor:
+    return backward(bits, grads, torch.Size(x_shape), dtype)
+
+
+@_backward_op.register_fake
+def _(bits: Tensor, grads: list[Tensor], x_shape: list[int], dtype: torch.dtype) -> Tensor:
+    return grads[0].new_empty(x_shape, dtype=dtype)
+
+
+def run_forward(
+    x: Tensor, k: int, parts: int = 1, residual: Tensor | None = None
+) -> tuple[list[Tensor], Tensor]:
+    """`forward`, as a custom operator under torch.compile."""
+    if torch.compiler.is_compiling():
+        *ys, bits = _forward_op(x, k, parts, residual)
+        return ys, bits
+    return forward(x, k, parts, residual=residual)
+
+
+def run_backward(
+    bits: Tensor, grads: list[Tensor], x_shape: torch.Size, dtype: torch.dtype | None = None
+) -> Tensor:
+    """`backward`, as a custom operator under torch.compile."""
+    if torch.compiler.is_compiling():
+        return _backward_op(bits, grads, list(x_shape), dtype or grads[0].dtype)
+    return backward(bits, grads, x_shape, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
 # Autograd
 # ---------------------------------------------------------------------------------------------
 
@@ -364,7 +427,7 @@ class AbsTopKFunction(torch.autograd.Function):
         ctx: FunctionCtx, x: Tensor, k: int, parts: int, backend: str
     ) -> Tensor | tuple[Tensor, ...]:
         if backend == "triton":
-            ys, bits = forward(x, k, parts)
+            ys, bits = run_forward(x, k, parts)
             ctx.save_for_backward(bits)
         else:
             ys = [reference_forward(s, k) for s in x.chunk(parts, dim=-1)]
@@ -376,7 +439,7 @@ class AbsTopKFunction(torch.autograd.Function):
     def backward(ctx: FunctionCtx, *grads: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
         saved = ctx.saved_tensors
         if ctx.backend == "triton":
-            return backward(saved[0], list(grads), ctx.x_shape), None, None, None
+            return run_backward(saved[0], list(grads), ctx.x_shape), None, None, None
         gx = [reference_backward(y, g, ctx.k) for y, g in zip(saved, grads, strict=True)]
         return torch.cat(gx, dim=-1), None, None, None
 
@@ -388,7 +451,7 @@ class ResidualAbsTopKFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: FunctionCtx, r: Tensor, x: Tensor, k: int) -> Tensor:  # type: ignore[override]
-        (out,), bits = forward(x, k, residual=r)
+        (out,), bits = run_forward(x, k, residual=r)
         ctx.save_for_backward(bits)
         ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
         return out
@@ -396,4 +459,4 @@ class ResidualAbsTopKFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
         (bits,) = ctx.saved_tensors
-        return grad, backward(bits, [grad], ctx.x_shape, ctx.x_dtype), None
+        return grad, run_backward(bits, [grad], ctx.x_shape, ctx.x_dtype), None

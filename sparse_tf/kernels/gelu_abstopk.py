@@ -62,16 +62,28 @@ def backward(bits: Tensor, grad: Tensor, h: Tensor) -> Tensor:
     return gh.view(h.shape)
 
 
+@torch.library.custom_op("sparse_tf::gelu_abstopk_backward", mutates_args=())
+def _backward_op(bits: Tensor, grad: Tensor, h: Tensor) -> Tensor:
+    return backward(bits, grad, h)
+
+
+@_backward_op.register_fake
+def _(bits: Tensor, grad: Tensor, h: Tensor) -> Tensor:
+    return torch.empty_like(h)
+
+
 class GeluAbsTopKFunction(torch.autograd.Function):
     """y = AbsTopK(GELU(h)); saves h (as GELU itself would) and the kept bits."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, h: Tensor, k: int) -> Tensor:  # type: ignore[override]
-        (y,), bits = abstopk.forward(F.gelu(h), k)
+        (y,), bits = abstopk.run_forward(F.gelu(h), k)
         ctx.save_for_backward(bits, h)
         return y
 
     @staticmethod
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         bits, h = ctx.saved_tensors
+        if torch.compiler.is_compiling():  # an opaque operator (abstopk.run_forward says why)
+            return _backward_op(bits, grad, h), None
         return backward(bits, grad, h), None

@@ -12,7 +12,7 @@ place, columns in place too: no transposed copies), picks its j maxima and write
 neuron's keys. The K-th largest key of every matrix is then found in shared launches:
 
 - **Warm start.** The threshold moves little between optimizer steps, so each matrix keeps the
-  previous step's threshold t' and a radius r (four times its last move, at least 2^12 keys).
+  previous step's threshold t' and a radius r (twice its last move, plus 2^12 keys).
   One pass over all keys counts, per matrix, the keys >= t' + r and copies the keys in
   [t' − r, t' + r) with their indices to a small candidate buffer. If the K-th largest key is
   inside the window (and the candidates fit), the rest of the search runs on the candidates
@@ -54,7 +54,7 @@ _KEY_BLOCK = 2048
 _MIN_RADIUS = 1 << 12
 """Smallest half-width of a warm-start window, in keys (fp32: 2^23 keys per octave)."""
 _MAX_RADIUS = 1 << 26
-_CANDIDATE_SHARE = 32
+_CANDIDATE_SHARE = 16
 """A matrix's candidate buffer holds 1/_CANDIDATE_SHARE of its entries (at least one chunk)."""
 
 
@@ -110,20 +110,20 @@ def reference_masks(
 @triton.jit
 def _load_chunk(
     c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK: tl.constexpr,
-    count_ptr, cap_ptr, DYNAMIC: tl.constexpr,
+    count_ptr, cap_ptr, DYNAMIC: tl.constexpr, mode_ptr, WANT: tl.constexpr,
 ):  # fmt: skip
-    """Chunk c's buffer offsets, their validity, its keys (-1 past the end: below every real
+    """Chunk c's buffer offsets, their validity, its keys (-1 where not valid: below every real
     key) and its matrix. DYNAMIC chunks (of the candidate buffer) end where the matrix's
-    candidate count says, at most at its capacity."""
+    candidate count says, at most at its capacity. With WANT >= 0 only a matrix whose search
+    mode is WANT has valid keys: the others' chunks read no memory."""
     seg = tl.load(chunk_seg_ptr + c)
     end = tl.load(chunk_end_ptr + c)
     start = tl.load(chunk_start_ptr + c)
     if DYNAMIC:
-        end = (
-            end
-            - tl.load(cap_ptr + seg)
-            + tl.minimum(tl.load(count_ptr + seg), tl.load(cap_ptr + seg))
-        )
+        cap = tl.load(cap_ptr + seg)
+        end = end - cap + tl.minimum(tl.load(count_ptr + seg), cap)
+    if WANT >= 0:
+        end = tl.where(tl.load(mode_ptr + seg) == WANT, end, start)
     offs = start + tl.arange(0, CHUNK)
     valid = offs < end
     key = tl.load(keys_ptr + offs, mask=valid, other=-1)
@@ -184,7 +184,7 @@ def _window_kernel(
     the keys inside the window (with their flat index in the matrix) to its candidates."""
     c = tl.program_id(0)
     offs, valid, key, seg = _load_chunk(
-        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False
+        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False, 0, -1
     )
     prev = tl.load(warm_ptr + 2 * seg)
     if prev >= 0:  # a previous threshold exists
@@ -227,32 +227,28 @@ def _digit_histogram_kernel(
     HI: tl.constexpr, LO: tl.constexpr, CHUNK: tl.constexpr, FEW: tl.constexpr,
     MODE: tl.constexpr, DYNAMIC: tl.constexpr,
 ):  # fmt: skip
+    """Chunk c's part of the histogram of the digit [LO, HI] among the keys still tied with
+    its matrix's threshold prefix, for matrices searching in MODE (0: all keys, 1: the
+    candidates)."""
     c = tl.program_id(0)
     _, valid, key, seg = _load_chunk(
-        c,
-        keys_ptr,
-        chunk_start_ptr,
-        chunk_end_ptr,
-        chunk_seg_ptr,
-        CHUNK,
-        count_ptr,
-        cap_ptr,
-        DYNAMIC,
-    )
-    if tl.load(mode_ptr + seg) == MODE:  # this matrix searches these keys
-        t = tl.load(state_ptr + 2 * seg)
-        # Keys whose bits above HI equal the threshold's are still undecided; count their digit.
-        match = valid & ((key >> (HI + 1)) == (t >> (HI + 1)))
+        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, count_ptr, cap_ptr,
+        DYNAMIC, mode_ptr, MODE,
+    )  # fmt: skip
+    t = tl.load(state_ptr + 2 * seg)
+    # Keys whose bits above HI equal the threshold's are still undecided; count their digit.
+    match = valid & ((key >> (HI + 1)) == (t >> (HI + 1)))
+    n_match = tl.sum(match.to(tl.int32), axis=0)
+    if n_match > 0:
         digit = (key >> LO) & 255
         bins = tl.arange(0, 512)
-        if FEW:
-            # Late passes: few keys are still tied with the threshold's prefix, so add them one
-            # by one; a chunk where many are (long runs of equal keys) takes the histogram.
-            if tl.sum(match.to(tl.int32), axis=0) <= 32:
-                tl.atomic_add(hist_ptr + 256 * seg + digit, 1, mask=match)
-            else:
-                h = tl.histogram(tl.where(match, digit, 256), 512)
-                tl.atomic_add(hist_ptr + 256 * seg + bins, h, mask=bins < 256)
+        # Late passes: few keys are still tied with the threshold's prefix, so add them one by
+        # one; a chunk where many are (long runs of equal keys) takes the histogram.
+        few = n_match <= 32
+        if not FEW:
+            few = n_match < 0
+        if few:
+            tl.atomic_add(hist_ptr + 256 * seg + digit, 1, mask=match)
         else:
             h = tl.histogram(tl.where(match, digit, 256), 512)  # bins 256.. collect the others
             tl.atomic_add(hist_ptr + 256 * seg + bins, h, mask=bins < 256)
@@ -280,15 +276,12 @@ def _count_ties_kernel(
     CHUNK: tl.constexpr,
 ):  # fmt: skip
     """ties[c] = chunk c's keys equal to its matrix's threshold (0 for matrices whose ties
-    are counted from their candidates)."""
+    are counted from their candidates: their chunks read nothing)."""
     c = tl.program_id(0)
-    _, _, key, seg = _load_chunk(
-        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False
-    )
-    n = tl.zeros((), dtype=tl.int32)
-    if tl.load(mode_ptr + seg) == 0:
-        n = tl.sum((key == tl.load(state_ptr + 2 * seg)).to(tl.int32), axis=0)
-    tl.store(ties_ptr + c, n)
+    _, valid, key, seg = _load_chunk(c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr,
+                                     CHUNK, 0, 0, False, mode_ptr, 0)  # fmt: skip
+    tied = valid & (key == tl.load(state_ptr + 2 * seg))
+    tl.store(ties_ptr + c, tl.sum(tied.to(tl.int32), axis=0))
 
 
 @triton.jit
@@ -300,32 +293,24 @@ def _candidate_ties_kernel(
     """For matrices searched on their candidates: each candidate tied with the threshold adds
     one to the tie count of the key chunk it came from."""
     c = tl.program_id(0)
-    offs, valid, key, seg = _load_chunk(
-        c,
-        cand_keys_ptr,
-        chunk_start_ptr,
-        chunk_end_ptr,
-        chunk_seg_ptr,
-        CHUNK,
-        count_ptr,
-        cap_ptr,
-        True,
-    )
-    if tl.load(mode_ptr + seg) == 1:
-        tied = valid & (key == tl.load(state_ptr + 2 * seg))
-        idx = tl.load(cand_idx_ptr + offs, mask=tied, other=0)
-        chunk = tl.load(seg_first_chunk_ptr + seg) + idx // KEY_CHUNK
-        tl.atomic_add(ties_ptr + chunk, 1, mask=tied)
+    offs, valid, key, seg = _load_chunk(c, cand_keys_ptr, chunk_start_ptr, chunk_end_ptr,
+                                        chunk_seg_ptr, CHUNK, count_ptr, cap_ptr, True,
+                                        mode_ptr, 1)  # fmt: skip
+    tied = valid & (key == tl.load(state_ptr + 2 * seg))
+    idx = tl.load(cand_idx_ptr + offs, mask=tied, other=0)
+    chunk = tl.load(seg_first_chunk_ptr + seg) + idx // KEY_CHUNK
+    tl.atomic_add(ties_ptr + chunk, 1, mask=tied)
 
 
 @triton.jit
 def _update_warm_kernel(warm_ptr, state_ptr):
-    """The next step's window: centred on this threshold, four times its last move wide."""
+    """The next step's window: centred on this threshold, twice its last move (and 2^12
+    keys) to either side."""
     seg = tl.program_id(0)
     t = tl.load(state_ptr + 2 * seg)
     prev = tl.load(warm_ptr + 2 * seg)
-    moved = tl.where(prev >= 0, tl.abs(t - prev), 1 << 15)  # first window: ±2^17 keys
-    radius = tl.minimum(tl.maximum(4 * moved.to(tl.int64), 1 << 12), 1 << 26)
+    moved = tl.where(prev >= 0, tl.abs(t - prev), 1 << 15)  # first window: ±(2^16 + 2^12) keys
+    radius = tl.minimum(2 * moved.to(tl.int64) + (1 << 12), 1 << 26)
     tl.store(warm_ptr + 2 * seg, t)
     tl.store(warm_ptr + 2 * seg + 1, radius.to(tl.int32))
 
@@ -350,7 +335,7 @@ def _keep_kernel(
 ):  # fmt: skip
     c = tl.program_id(0)
     offs, valid, key, seg = _load_chunk(
-        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False
+        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False, 0, -1
     )
     keep = _kept(c, key, seg, tl.load(state_ptr + 2 * seg), k_ptr, state_ptr, tie_prefix_ptr)
     tl.store(keep_ptr + offs, keep.to(tl.uint8), mask=valid)
@@ -364,7 +349,7 @@ def _zero_dropped_kernel(
     """`_keep_kernel` for one matrix, applied: zero its entries outside the kept set."""
     c = first_chunk + tl.program_id(0)
     offs, valid, key, seg = _load_chunk(
-        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False
+        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False, 0, -1
     )
     keep = _kept(c, key, seg, tl.load(state_ptr + 2 * seg), k_ptr, state_ptr, tie_prefix_ptr)
     zero = tl.zeros((CHUNK,), dtype=w_ptr.dtype.element_ty)
