@@ -17,11 +17,11 @@ Two exact searches for the threshold key t, selected per call:
 - `guided` (rows of GUIDED_FROM_WIDTH or more) keeps a bracket lo <= t < hi with the counts
   C(lo) >= k > C(hi) (C(c) = #keys >= c) and probes where the counts say t should be: first
   at the key of ln(n/k) · mean|x| (the k/n quantile of an exponential tail), then by
-  interpolating the counts linearly between the bracket's ends in key space (which is nearly
-  log-value space), falling back to the bracket's midpoint whenever a probe failed to halve it; once the bracket
-  holds at most PEEL entries it takes the largest key below hi (a max and a count). The
-  result is the same exact t in ~6-12 counts instead of 15 on bf16 rows, ~12-19 instead of
-  31 on fp32 (simulated on normal, Laplace, t3, GELU and sparse-sum rows); each count costs
+  interpolating the counts linearly between the bracket's ends in key space (nearly log-value
+  space), falling back to the bracket's midpoint whenever a probe failed to halve it; once the
+  bracket holds at most PEEL entries it takes the largest key below hi (a max and a count).
+  The result is the same exact t in ~6-12 counts instead of 15 on bf16 rows, ~12-19 instead
+  of 31 on fp32 (simulated on normal, Laplace, t3, GELU and sparse-sum rows); each count costs
   more, so it pays on wide rows only (GUIDED_FROM_WIDTH).
 
 The forward also writes the kept set as a bit mask (one int32 word per 32 entries) for the
