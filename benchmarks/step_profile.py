@@ -19,11 +19,11 @@ import re
 from collections import defaultdict
 
 import torch
-from step_speed import add_shape_args  # benchmarks/step_speed.py
+from step_speed import add_shape_args, build  # benchmarks/step_speed.py
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from sparse_tf import GPT, GPTConfig, OptimConfig, SparseOptimizer, SparsityConfig, lm_loss
+from sparse_tf import GPT, SparseOptimizer, lm_loss
 
 _PROJECTION = (
     r"_keys_kernel|_digit_histogram|_pick_digit|_count_ties|_zero_dropped|_keep_kernel|"
@@ -100,17 +100,7 @@ def main() -> None:
     results: dict[str, dict[str, dict[str, float]]] = {}  # variant -> phase -> name -> us
     for l0 in [None, *args.l0]:
         name = "dense" if l0 is None else f"sparse_tf 1/{round(1 / l0)}"
-        torch.manual_seed(0)
-        cfg = GPTConfig(
-            vocab_size=args.vocab_size,
-            n_ctx=args.n_ctx,
-            n_layer=args.n_layer,
-            d_model=args.d_model,
-            afrac=None if l0 is None else 0.25,
-        )
-        model = GPT(cfg).to(device)
-        sparsity = None if l0 is None else SparsityConfig(l0=l0, anneal_start=0.0, anneal_end=0.0)
-        opt = SparseOptimizer(model, OptimConfig(), sparsity, args.warmup + args.steps)
+        model, opt = build(args, l0, args.warmup + args.steps)
         per_phase: dict[str, dict[str, float]] = {p: defaultdict(float) for p in phases}
         for step in range(args.warmup + args.steps):
             state: dict[str, torch.Tensor] = {}

@@ -85,6 +85,24 @@ def add_shape_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
 
 
+def build(
+    args: argparse.Namespace, l0: float | None, total_steps: int
+) -> tuple[GPT, SparseOptimizer]:
+    """The model of `add_shape_args` (seed 0) and its optimizer: dense when l0 is None (no
+    AbsTopK, no projection), else at L0 `l0` from the first step (no anneal)."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(
+        vocab_size=args.vocab_size,
+        n_ctx=args.n_ctx,
+        n_layer=args.n_layer,
+        d_model=args.d_model,
+        afrac=None if l0 is None else 0.25,
+    )
+    model = GPT(cfg).to(args.device)
+    sparsity = None if l0 is None else SparsityConfig(l0=l0, anneal_start=0.0, anneal_end=0.0)
+    return model, SparseOptimizer(model, OptimConfig(), sparsity, total_steps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_shape_args(parser)
@@ -102,19 +120,7 @@ def main() -> None:
     models = []
     for v in runs:
         os.environ.update(v.env)  # also for the projection on construction
-        torch.manual_seed(0)
-        cfg = GPTConfig(
-            vocab_size=args.vocab_size,
-            n_ctx=args.n_ctx,
-            n_layer=args.n_layer,
-            d_model=args.d_model,
-            afrac=None if v.l0 is None else 0.25,
-        )
-        model = GPT(cfg).to(device)
-        sparsity = (
-            None if v.l0 is None else SparsityConfig(l0=v.l0, anneal_start=0.0, anneal_end=0.0)
-        )
-        opt = SparseOptimizer(model, OptimConfig(), sparsity, total)
+        model, opt = build(args, v.l0, total)
         forward = torch.compile(model) if v.compiled else model
         models.append((forward, opt))
 
