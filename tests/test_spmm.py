@@ -227,6 +227,8 @@ def test_tables_are_per_device_and_local_rows_win(
 ) -> None:
     monkeypatch.setenv("SPARSE_TF_CACHE", str(tmp_path))
     shipped = crossovers.shipped()
+    assert {"NVIDIA H100 80GB HBM3", "NVIDIA H200"} <= shipped.keys()
+    assert shipped["NVIDIA H100 80GB HBM3"].rows != shipped["NVIDIA H200"].rows  # measured apart
     device = "NVIDIA H200"
     assert crossovers.table(device) == shipped[device]  # nothing measured on this machine
     row = shipped[device].rows[0]
@@ -319,7 +321,9 @@ def test_shipped_crossovers_were_measured() -> None:
         assert table.rows
         for run in table.measured:
             assert run["device"] == device
-            assert run["command"].startswith("python benchmarks/spmm_speed.py")
+            assert run["command"].startswith(
+                ("python benchmarks/spmm_speed.py", "sparse-tf calibrate", "first use: ")
+            )
         measured = {tuple(shape) for run in table.measured for shape in run["shapes"]}
         assert {(r.tokens, r.d_in, r.d_out) for r in table.rows} <= measured
         for r in table.rows:

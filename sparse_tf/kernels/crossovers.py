@@ -3,8 +3,9 @@
 Three layers of evidence, each checking the one before:
 
 1. **Tables per device model.** `spmm_crossovers.json` beside this file ships the tables of
-   the H100 and the H200 (written by `benchmarks/spmm_speed.py --write`). A table measured on
-   this machine (`sparse-tf calibrate`, or on first use, below) is kept in the cache,
+   the H100 and the H200 (written by `benchmarks/spmm_speed.py --write`, or taken from a cache
+   that the first use below filled on such a GPU; each run records its command). A table
+   measured on this machine (`sparse-tf calibrate`, or on first use) is kept in the cache,
    `$SPARSE_TF_CACHE/spmm_crossovers/<device>.json`, and its rows take precedence.
 2. **First use.** A layer shape that its device's table does not hold (another GPU, another
    width) is measured when a layer of that shape first asks, for that shape only (seconds),
@@ -261,7 +262,7 @@ def plan(device: torch.device, tokens: int, d_in: int, d_out: int, density: floa
             f"on {name} (once; cached in {cache_file(name)})",
             file=sys.stderr,
         )
-        calibrate(device, [(d_in, d_out)], "first use")
+        calibrate(device, [(d_in, d_out)], "first use: " + " ".join(sys.argv))
         known = table(name)
     rows = [r for r in known.rows if (r.d_in, r.d_out) == (d_in, d_out)]
     if tokens < min(r.tokens for r in rows):
