@@ -2,16 +2,18 @@
 
     python benchmarks/width_scaling.py                      # d_model 1024, 2048, 4096 on a GPU
     python benchmarks/width_scaling.py --widths 1024 2048 --steps 5
+    python benchmarks/width_scaling.py --device cpu --widths 64 128 --batch 2 --n-ctx 32 --steps 1
 
 The paper's scaling result (at a fixed number of nonzero weights, wider models are more capable
 and more interpretable) is affordable only if a wider, sparser model does not cost its dense
 width. Each width runs 8 layers at an L0 that keeps every block matrix at the same number of
-nonzeros as d_model 1024 at 1/64 (1/64, 1/256, 1/1024 for 1024, 2048, 4096), in three
+nonzeros as the first width at 1/64 (1/64, 1/256, 1/1024 for 1024, 2048, 4096), in three
 variants: `dense` (the same width trained dense, no AbsTopK), `sparse_tf` (this library's
 default path) and `naive` (masked dense weights, torch.topk for AbsTopK and the projection:
 SPARSE_TF_KERNELS=reference). A step is forward + backward + optimizer step (with the
-projection) on batch x 256 tokens in bf16; the batch is --batch or, where that does not fit,
-the largest power of two below it that does, the same for every variant of a width. The table
+projection) on batch x 256 tokens in bf16 (fp32 on a CPU, for a quick check of the script);
+the batch is --batch or, where that does not fit, the largest power of two below it that
+does, the same for every variant of a width. The table
 gives the median step time, the time per 16,384 tokens, peak GPU memory, and the growth of the
 time per token from the previous width (dense grows about 4x per doubling: its FLOPs do).
 Variants run one after another (a d_model-4096 model and its Adam state do not fit twice), each
@@ -30,50 +32,60 @@ import torch
 
 from sparse_tf import GPT, GPTConfig, OptimConfig, SparseOptimizer, SparsityConfig, lm_loss
 
-BASE_WIDTH, BASE_L0 = 1024, 1 / 64
+BASE_L0 = 1 / 64
+"""The L0 of the narrowest width; wider ones keep its number of nonzeros per block matrix."""
 
 
 def step_times(
-    variant: str, width: int, l0: float, batch: int, steps: int, warmup: int
+    args: argparse.Namespace, variant: str, width: int, l0: float, batch: int, steps: int
 ) -> tuple[list[float], float]:
-    """Seconds per step and peak GiB of one variant (raises torch.OutOfMemoryError)."""
+    """Seconds per step and peak GiB (0 on a CPU) of one variant after `args.warmup` steps
+    (raises torch.OutOfMemoryError)."""
     os.environ["SPARSE_TF_KERNELS"] = "reference" if variant == "naive" else "auto"
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
     torch.manual_seed(0)
     dense = variant == "dense"
     cfg = GPTConfig(
-        vocab_size=2048, n_ctx=256, n_layer=8, d_model=width, afrac=None if dense else 0.25
+        vocab_size=2048, n_ctx=args.n_ctx, n_layer=8, d_model=width, afrac=None if dense else 0.25
     )
     model = opt = None
     try:
-        model = GPT(cfg).cuda()
+        model = GPT(cfg).to(device)
         sparsity = None if dense else SparsityConfig(l0=l0, anneal_start=0.0, anneal_end=0.0)
-        opt = SparseOptimizer(model, OptimConfig(), sparsity, warmup + steps)
-        tokens = torch.randint(0, cfg.vocab_size, (batch, cfg.n_ctx), device="cuda")
-        torch.cuda.reset_peak_memory_stats()
+        opt = SparseOptimizer(model, OptimConfig(), sparsity, args.warmup + steps)
+        tokens = torch.randint(0, cfg.vocab_size, (batch, cfg.n_ctx), device=device)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         times = []
-        for i in range(warmup + steps):
-            torch.cuda.synchronize()
+        for i in range(args.warmup + steps):
+            if cuda:
+                torch.cuda.synchronize()
             start = time.perf_counter()
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 loss = lm_loss(model(tokens), tokens)
             loss.backward()
             opt.step()
             opt.zero_grad()
-            torch.cuda.synchronize()
-            if i >= warmup:
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= args.warmup:
                 times.append(time.perf_counter() - start)
-        return times, torch.cuda.max_memory_allocated() / 2**30
+        return times, torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
     finally:
         del model, opt
         gc.collect()
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
 
 
-def fits(width: int, l0: float, batch: int) -> bool:
+def fits(args: argparse.Namespace, width: int, l0: float, batch: int) -> bool:
     """Whether every variant runs one step at this batch."""
     try:
         for variant in ("dense", "sparse_tf", "naive"):
-            step_times(variant, width, l0, batch, 1, 0)
+            step_times(
+                argparse.Namespace(**{**vars(args), "warmup": 0}), variant, width, l0, batch, 1
+            )
     except torch.OutOfMemoryError:
         return False
     return True
@@ -81,22 +93,25 @@ def fits(width: int, l0: float, batch: int) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda")
     parser.add_argument("--widths", type=int, nargs="+", default=[1024, 2048, 4096])
+    parser.add_argument("--n-ctx", type=int, default=256)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
     rows = []
     for width in args.widths:
-        l0 = BASE_L0 * (BASE_WIDTH / width) ** 2  # the same nonzeros per block matrix
+        l0 = BASE_L0 * (args.widths[0] / width) ** 2  # the same nonzeros per block matrix
         batch = args.batch
-        while batch > 1 and not fits(width, l0, batch):
+        while batch > 1 and not fits(args, width, l0, batch):
             batch //= 2
         for variant in ("dense", "sparse_tf", "naive"):
-            times, mem = step_times(variant, width, l0, batch, args.steps, args.warmup)
+            times, mem = step_times(args, variant, width, l0, batch, args.steps)
             ms = statistics.median(times) * 1e3
-            rows.append((width, l0, batch, variant, ms, ms * 16384 / (batch * 256), mem))
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, 8 layers, ctx 256, bf16")
+            rows.append((width, l0, batch, variant, ms, ms * 16384 / (batch * args.n_ctx), mem))
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
+    print(f"{where}, torch {torch.__version__}, 8 layers, ctx {args.n_ctx}, bf16 on CUDA")
     print(
         "| d_model | L0 | batch | variant | ms/step | ms per 16k tokens | peak GiB | "
         "x per doubling |"
