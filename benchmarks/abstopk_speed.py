@@ -7,8 +7,9 @@ times, with CUDA events (median of --iters after warm-up, variants interleaved):
   copy          y = x.clone(): one read + one write of the tensor, the floor any AbsTopK pays;
   topk          torch.topk on |x| + scatter of the kept values (the usual implementation);
   reference     sparse_tf's pure-torch AbsTopK (topk plus the lower-index tie rule);
-  fwd guided    the Triton forward with the guided threshold search (the default);
-  fwd bits      the Triton forward searching one bit per pass;
+  fwd guided    the Triton forward with the guided threshold search (the default from
+                2048 wide: `abstopk.GUIDED_FROM_WIDTH`);
+  fwd bits      the Triton forward searching one bit per pass (the default below);
   bwd reference the reference backward (kept set recovered from y, grad masked);
   bwd kernel    the Triton backward (kept set from the forward's bit mask);
 and, for the 1024-wide shapes, the q/k/v case: one launch over a 3 x width row (`split`) vs

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
+from torch.nn.modules import module as registry
 
 HookFn = Callable[[Tensor, "HookPoint"], Tensor | None]
 NameFilter = str | Sequence[str] | Callable[[str], bool] | None
@@ -43,8 +44,6 @@ class HookPoint(nn.Module):
     def active(self) -> bool:
         """Whether anything can see this activation: a forward hook or pre-hook on this point
         or on every module (lets a model skip work nobody reads, or fuse across the point)."""
-        from torch.nn.modules import module as registry
-
         return bool(
             self._forward_hooks
             or self._forward_pre_hooks

@@ -51,9 +51,10 @@ INF_KEY = tl.constexpr(0x7F800000)
 CHUNK = 4096
 """Keys per program; chunks never straddle two matrices."""
 _KEY_BLOCK = 2048
-_MIN_RADIUS = 1 << 12
+_MIN_RADIUS = tl.constexpr(1 << 12)
 """Smallest half-width of a warm-start window, in keys (fp32: 2^23 keys per octave)."""
-_MAX_RADIUS = 1 << 26
+_MAX_RADIUS = tl.constexpr(1 << 26)
+"""Largest half-width (8 octaves): beyond it the window would hold most keys."""
 _CANDIDATE_SHARE = 16
 """A matrix's candidate buffer holds 1/_CANDIDATE_SHARE of its entries (at least one chunk)."""
 
@@ -310,7 +311,7 @@ def _update_warm_kernel(warm_ptr, state_ptr):
     t = tl.load(state_ptr + 2 * seg)
     prev = tl.load(warm_ptr + 2 * seg)
     moved = tl.where(prev >= 0, tl.abs(t - prev), 1 << 15)  # first window: ±(2^16 + 2^12) keys
-    radius = tl.minimum(2 * moved.to(tl.int64) + (1 << 12), 1 << 26)
+    radius = tl.minimum(2 * moved.to(tl.int64) + _MIN_RADIUS, _MAX_RADIUS)
     tl.store(warm_ptr + 2 * seg, t)
     tl.store(warm_ptr + 2 * seg + 1, radius.to(tl.int32))
 
@@ -429,7 +430,7 @@ def _layout(numels: tuple[int, ...], device: torch.device, chunk: int) -> _Layou
             cand_chunk_start=tensor(c_starts, torch.int64),
             cand_chunk_end=tensor(c_ends, torch.int64),
             cand_chunk_seg=tensor(c_segs, torch.int32),
-            warm=tensor([-1, _MIN_RADIUS] * len(numels), torch.int32).view(-1, 2),
+            warm=tensor([-1, 0] * len(numels), torch.int32).view(-1, 2),  # no threshold yet
         )
     return _LAYOUTS[cache_key]
 
@@ -483,7 +484,6 @@ def _select(
     ks: Sequence[int] | Tensor,
     chunk: int,
     group: dist.ProcessGroup | None = None,
-    warm: bool = True,
 ) -> _Selection:
     device = weights[0].device
     layout = _layout(tuple(w.numel() for w in weights), device, chunk)
@@ -502,7 +502,7 @@ def _select(
     cand_table = (layout.cand_chunk_start, layout.cand_chunk_end, layout.cand_chunk_seg)
     count = torch.zeros(n_segs, dtype=torch.int32, device=device)
     cap = layout.cand_capacity
-    warm = warm and group is None and n_chunks > 0  # sharded matrices: the cold search
+    warm = group is None and n_chunks > 0  # sharded matrices: the cold search
     if warm:
         total = layout.cand_total
         above = torch.zeros(n_segs, dtype=torch.int32, device=device)
