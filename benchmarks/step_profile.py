@@ -30,6 +30,8 @@ _PROJECTION = (
     r"_window_kernel|_decide_kernel|_candidate_ties|_update_warm|_protected_keys"
 )
 KINDS: list[tuple[str, str]] = [  # first match wins; patterns on the kernel (or operator) name
+    ("norm + abstopk fwd", r"_norm_abstopk_fwd"),  # RMSNorm fused in: dense has its norm
+    ("norm + abstopk bwd", r"_norm_abstopk_bwd"),
     ("abstopk fwd", r"_abstopk_fwd"),
     ("abstopk bwd", r"_abstopk_bwd"),
     ("projection", _PROJECTION),

@@ -12,8 +12,8 @@ variants: `dense` (the same width trained dense, no AbsTopK), `sparse_tf` (this 
 default path) and `naive` (masked dense weights, torch.topk for AbsTopK and the projection:
 SPARSE_TF_KERNELS=reference). A step is forward + backward + optimizer step (with the
 projection) on batch x 256 tokens in bf16 (fp32 on a CPU, for a quick check of the script);
-the batch is --batch or, where that does not fit, the largest power of two below it that
-does, the same for every variant of a width. The table
+the batch is --batch or, where a variant runs out of memory, half of it for every variant of
+that width, and so on. The table
 gives the median step time, the time per 16,384 tokens, peak GPU memory, and the growth of the
 time per token from the previous width (dense grows about 4x per doubling: its FLOPs do).
 Variants run one after another (a d_model-4096 model and its Adam state do not fit twice), each
@@ -34,6 +34,7 @@ from sparse_tf import GPT, GPTConfig, OptimConfig, SparseOptimizer, SparsityConf
 
 BASE_L0 = 1 / 64
 """The L0 of the narrowest width; wider ones keep its number of nonzeros per block matrix."""
+VARIANTS = ("dense", "sparse_tf", "naive")
 
 
 def step_times(
@@ -51,7 +52,8 @@ def step_times(
     )
     model = opt = None
     try:
-        model = GPT(cfg).to(device)
+        with device:  # initialised in place: a d_model-4096 model is slow to fill on a CPU
+            model = GPT(cfg)
         sparsity = None if dense else SparsityConfig(l0=l0, anneal_start=0.0, anneal_end=0.0)
         opt = SparseOptimizer(model, OptimConfig(), sparsity, args.warmup + steps)
         tokens = torch.randint(0, cfg.vocab_size, (batch, cfg.n_ctx), device=device)
@@ -79,16 +81,23 @@ def step_times(
             torch.cuda.empty_cache()
 
 
-def fits(args: argparse.Namespace, width: int, l0: float, batch: int) -> bool:
-    """Whether every variant runs one step at this batch."""
-    try:
-        for variant in ("dense", "sparse_tf", "naive"):
-            step_times(
-                argparse.Namespace(**{**vars(args), "warmup": 0}), variant, width, l0, batch, 1
-            )
-    except torch.OutOfMemoryError:
-        return False
-    return True
+def run_width(
+    args: argparse.Namespace, width: int, l0: float
+) -> tuple[int, list[tuple[str, float, float]]]:
+    """(batch, [(variant, ms per step, peak GiB)]) of one width: every variant at --batch, or,
+    as soon as one runs out of memory, all again at half the batch."""
+    batch = args.batch
+    while True:
+        try:
+            out = []
+            for variant in VARIANTS:
+                times, mem = step_times(args, variant, width, l0, batch, args.steps)
+                out.append((variant, statistics.median(times) * 1e3, mem))
+            return batch, out
+        except torch.OutOfMemoryError:
+            if batch == 1:
+                raise
+            batch //= 2
 
 
 def main() -> None:
@@ -100,31 +109,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
-    rows = []
-    for width in args.widths:
-        l0 = BASE_L0 * (args.widths[0] / width) ** 2  # the same nonzeros per block matrix
-        batch = args.batch
-        while batch > 1 and not fits(args, width, l0, batch):
-            batch //= 2
-        for variant in ("dense", "sparse_tf", "naive"):
-            times, mem = step_times(args, variant, width, l0, batch, args.steps)
-            ms = statistics.median(times) * 1e3
-            rows.append((width, l0, batch, variant, ms, ms * 16384 / (batch * args.n_ctx), mem))
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
     print(f"{where}, torch {torch.__version__}, 8 layers, ctx {args.n_ctx}, bf16 on CUDA")
     print(
         "| d_model | L0 | batch | variant | ms/step | ms per 16k tokens | peak GiB | "
         "x per doubling |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|", flush=True)
     previous: dict[str, float] = {}
-    for width, l0, batch, variant, ms, per16k, mem in rows:
-        growth = f"{per16k / previous[variant]:.2f}x" if variant in previous else ""
-        previous[variant] = per16k
-        print(
-            f"| {width} | 1/{round(1 / l0)} | {batch} | {variant} | {ms:.1f} | {per16k:.1f} | "
-            f"{mem:.1f} | {growth} |"
-        )
+    for width in args.widths:
+        l0 = BASE_L0 * (args.widths[0] / width) ** 2  # the same nonzeros per block matrix
+        batch, results = run_width(args, width, l0)
+        for variant, ms, mem in results:  # each width as soon as it is done
+            per16k = ms * 16384 / (batch * args.n_ctx)
+            growth = f"{per16k / previous[variant]:.2f}x" if variant in previous else ""
+            previous[variant] = per16k
+            print(
+                f"| {width} | 1/{round(1 / l0)} | {batch} | {variant} | {ms:.1f} | "
+                f"{per16k:.1f} | {mem:.1f} | {growth} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Causal multi-head attention with fused qkv (order q, k, v) and AbsTopK on its inputs."""
+    """Causal multi-head attention with fused qkv (order q, k, v) and AbsTopK on q, k and v."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -146,8 +146,9 @@ class Attention(nn.Module):
         self.out_proj = SparseLinear(d_attn, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The sublayer's output [B, T, d_model] for its input x [B, T, d_model] after AbsTopK
+        (hook_in's value; the block reads it from the residual stream: `Block.read`)."""
         B, T, _ = x.shape
-        x = self.hook_in(self.topk(x))
         # q, k and v: each [B, T, d_attn], AbsTopK over all heads jointly (not per head), as in
         # the official model; one launch for the three.
         q, k, v = self.topk.split(self.qkv(x), 3)
@@ -196,7 +197,7 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """GELU MLP with AbsTopK on its input and on its hidden neurons."""
+    """GELU MLP with AbsTopK on its hidden neurons."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -208,14 +209,15 @@ class MLP(nn.Module):
         self.out_proj = SparseLinear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.hook_in(self.topk(x))
+        """The sublayer's output [B, T, d_model] for its input x [B, T, d_model] after AbsTopK
+        (hook_in's value; the block reads it from the residual stream: `Block.read`)."""
         h = self.hook_pre(self.in_proj(x))
         h = self.hook_post(self.topk.gelu(h))  # AbsTopK(GELU(h))
         return self.out_proj(h)
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block; AbsTopK on each sublayer's residual write."""
+    """Pre-norm transformer block; AbsTopK on each sublayer's input and on its residual write."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -235,11 +237,22 @@ class Block(nn.Module):
 
     def attn_half(self, x: Tensor) -> Tensor:
         """resid_pre [B, T, d_model] -> resid_mid: the attention sublayer and its write."""
-        return self.hook_resid_mid(self._write(x, self.attn(self.ln1(x)), self.hook_attn_out))
+        out = self.attn(self.read(x, self.ln1, self.attn.hook_in))
+        return self.hook_resid_mid(self._write(x, out, self.hook_attn_out))
 
     def mlp_half(self, x: Tensor) -> Tensor:
         """resid_mid [B, T, d_model] -> resid_post: the MLP sublayer and its write."""
-        return self.hook_resid_post(self._write(x, self.mlp(self.ln2(x)), self.hook_mlp_out))
+        out = self.mlp(self.read(x, self.ln2, self.mlp.hook_in))
+        return self.hook_resid_post(self._write(x, out, self.hook_mlp_out))
+
+    def read(self, x: Tensor, ln: RMSNorm, hook_in: HookPoint) -> Tensor:
+        """AbsTopK(ln(x)) [B, T, d_model]: a sublayer's input read from the residual stream x.
+        Unless something reads the normalized stream or the input at their hooks, the norm
+        and AbsTopK run as one pass (`AbsTopK.norm`: the same kept values, already in the
+        dtype the sublayer's first product computes in)."""
+        if ln.hook_normalized.active or hook_in.active:
+            return hook_in(self.topk(ln(x)))
+        return self.topk.norm(x, ln.weight)
 
     def _write(self, x: Tensor, out: Tensor, hook: HookPoint) -> Tensor:
         """x + AbsTopK(out): a sublayer's write into the residual stream. Unless something

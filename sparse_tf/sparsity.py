@@ -83,6 +83,13 @@ class AbsTopK(nn.Module):
             return r + x
         return kernels.residual_abs_topk(r, x, k)
 
+    def norm(self, x: Tensor, weight: Tensor) -> Tensor:
+        """AbsTopK(F.rms_norm(x) · weight), fused on the GPU (a sublayer's input read from the
+        residual stream), where its output is in the dtype the next product computes in."""
+        if self.frac is None or (k := self._k(x.shape[-1])) == x.shape[-1]:
+            return F.rms_norm(x, (x.shape[-1],), weight)
+        return kernels.norm_abs_topk(x, weight, k)
+
     def gelu(self, x: Tensor) -> Tensor:
         """AbsTopK(GELU(x)), with one fused backward on the GPU (the MLP's hidden neurons)."""
         if self.frac is None or (k := self._k(x.shape[-1])) == x.shape[-1]:

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sparse_tf import kernels, lm_loss
-from sparse_tf.kernels import KernelError, abs_topk_backend, abstopk, projection
+from sparse_tf.kernels import KernelError, abs_topk_backend, abstopk, norm_abstopk, projection
 from sparse_tf.kernels.abstopk import MAX_WIDTH
 from sparse_tf.kernels.projection import Protect
 from sparse_tf.kernels.rule import topk_mask
@@ -103,19 +103,29 @@ def test_abs_topk_autograd_through_the_kernel(monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.mark.interpreter
 def test_model_forward_is_identical_on_both_backends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Logits equal to rounding; exactly equal when hooks on the normalized stream keep the
+    norms unfused (the fused norm's 1/rms is the only value summed in another order)."""
     model = tiny_model().to(DEVICE)
     x = tokens(model.cfg, batch=1, seq=6).to(DEVICE)
-    monkeypatch.setenv("SPARSE_TF_KERNELS", "reference")
-    expected = model(x)
-    monkeypatch.setenv("SPARSE_TF_KERNELS", "triton")
-    assert torch.equal(model(x), expected)
+    norms = [
+        (f"blocks.{i}.ln{j}.hook_normalized", lambda t, hook: t) for i in (0, 1) for j in (1, 2)
+    ]
+    out = {}
+    for backend in ("reference", "triton"):
+        monkeypatch.setenv("SPARSE_TF_KERNELS", backend)
+        with torch.no_grad():
+            out[backend] = (model(x), model.run_with_hooks(x, fwd_hooks=norms))
+    (ref_fused, ref_unfused), (fused, unfused) = out.values()
+    assert torch.equal(unfused, ref_unfused)
+    torch.testing.assert_close(fused, ref_fused, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.interpreter
 def test_model_gradients_are_identical_on_both_backends(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Forward and backward through every AbsTopK site (q, k and v in one launch, kept sets
-    as bit masks, GELU's backward fused with AbsTopK's) give the reference's logits exactly
-    and its gradients to rounding; an in-place edit of q by a hook reaches the model on both."""
+    """Forward and backward through every AbsTopK site (the norms fused with AbsTopK, q, k
+    and v in one launch, kept sets as bit masks, GELU's backward fused with AbsTopK's) give
+    the reference's logits and gradients to rounding; an in-place edit of q by a hook reaches
+    the model on both."""
     model = tiny_model().to(DEVICE)
     x = tokens(model.cfg, batch=2, seq=6).to(DEVICE)
     results = {}
@@ -131,9 +141,9 @@ def test_model_gradients_are_identical_on_both_backends(monkeypatch: pytest.Monk
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
         results[backend] = (logits.detach(), edited, grads)
     (ref_logits, ref_edited, ref_grads), (logits, edited, grads) = results.values()
-    assert torch.equal(logits, ref_logits)
-    assert torch.equal(edited, ref_edited)
-    assert not torch.equal(edited, logits)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(edited, ref_edited, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(edited, logits)
     for name, g in ref_grads.items():
         torch.testing.assert_close(grads[name], g, rtol=1e-5, atol=1e-7, msg=name)
 
@@ -180,6 +190,99 @@ def test_residual_abs_topk_matches_the_reference(
             torch.testing.assert_close(got, expected, rtol=2**-7, atol=0)
         else:
             assert torch.equal(got, expected)
+
+
+def check_norm_abs_topk(x: torch.Tensor, k: int, out_dtype: torch.dtype) -> None:
+    """The fused RMSNorm + AbsTopK against its references: its kept values exactly those of
+    the values it normalized (`reference_with_rstd`), its 1/rms and gradients torch's to
+    rounding. The interpreter casts to bf16 by truncation (the GPU rounds, as torch): there
+    a bf16 cast inside the kernel is checked to one unit."""
+    x = x.to(DEVICE).requires_grad_()
+    weight = (1 + 0.5 * torch.randn(x.shape[-1])).to(DEVICE, x.dtype).requires_grad_()
+    y, bits, rstd = norm_abstopk.forward(x.detach(), weight.detach(), k, out_dtype)
+    expected = norm_abstopk.reference_with_rstd(x.detach(), weight.detach(), rstd, k)
+    truncating = not y.is_cuda and torch.bfloat16 in (x.dtype, out_dtype)
+    if truncating:
+        assert torch.equal(y != 0, expected != 0) or x.dtype == torch.bfloat16
+        torch.testing.assert_close(y.float(), expected.float(), rtol=2**-7, atol=0)
+    else:
+        assert torch.equal(y, expected.to(out_dtype))
+        unpacked = (bits[..., None] >> torch.arange(32, device=DEVICE)) & 1  # [rows, words, 32]
+        kept = unpacked.flatten(-2)[..., : x.shape[-1]].bool()
+        assert torch.equal(kept, abstopk.reference_kept(expected, k).view(kept.shape))
+    ms = x.detach().float().pow(2).mean(-1)
+    torch.testing.assert_close(rstd, torch.rsqrt(ms + norm_abstopk.norm_eps(x)), rtol=1e-6, atol=0)
+    # Gradients through torch's RMSNorm and the reference AbsTopK.
+    grad = torch.randn(x.shape, device=DEVICE).to(out_dtype)
+    got = torch.autograd.grad(
+        norm_abstopk.NormAbsTopKFunction.apply(x, weight, k, out_dtype), [x, weight], grad
+    )
+    want = torch.autograd.grad(norm_abstopk.reference(x, weight, k), [x, weight], grad.to(x.dtype))
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype
+        tol = (
+            {"rtol": 1e-4, "atol": 1e-5}
+            if x.dtype == torch.float32
+            else {"rtol": 2e-2, "atol": 2e-2}
+        )
+        torch.testing.assert_close(g.float(), w.float(), **tol)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize(
+    ("dtype", "out_dtype"),
+    [(torch.float32, torch.float32), (torch.float32, torch.bfloat16),
+     (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16)],
+)  # fmt: skip
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.integers(0, 5), width=st.integers(2, 300), k_frac=st.floats(0.0, 1.0),
+       seed=st.integers(0, 2**16))  # fmt: skip
+def test_norm_abs_topk_matches_the_reference(
+    dtype: torch.dtype, out_dtype: torch.dtype, rows: int, width: int, k_frac: float, seed: int
+) -> None:
+    """Rows with ties, runs of zeros and all-zero rows; under autocast the output is bf16."""
+    k = min(width - 1, max(1, int(k_frac * width)))
+    check_norm_abs_topk(hard_rows(rows, width, torch.float32, seed).to(dtype), k, out_dtype)
+
+
+@pytest.mark.interpreter
+def test_fp32_rows_of_nearly_equal_magnitudes() -> None:
+    """fp32 rows whose magnitudes differ only in their low mantissa bits (one bf16 value):
+    both searches and the fused norm still find the exact kept set, around the guided
+    search's PEEL too."""
+    width = 200
+    base = 1.0 + torch.arange(width, dtype=torch.float32) * 2**-22  # one bf16 value, 200 keys
+    x = torch.stack([base[torch.randperm(width)] * s for s in (1.0, -1.0, 3.0)])
+    for k in (1, 3, abstopk.PEEL + 1, 50, 199):
+        check_abs_topk(x, k)
+        check_norm_abs_topk(x, k, torch.float32)
+
+
+@pytest.mark.interpreter
+def test_model_runs_the_norms_fused_unless_hooked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The block reads each sublayer's input through the fused norm, and through RMSNorm and
+    AbsTopK separately while a hook reads the normalized stream or the input."""
+    monkeypatch.setenv("SPARSE_TF_KERNELS", "triton")
+    model = tiny_model().to(DEVICE)
+    x = tokens(model.cfg, batch=1, seq=6).to(DEVICE)
+    calls = []
+    real = norm_abstopk.NormAbsTopKFunction.apply
+    monkeypatch.setattr(
+        norm_abstopk.NormAbsTopKFunction, "apply", lambda *a: calls.append(1) or real(*a)
+    )
+    model(x)
+    assert len(calls) == 2 * model.cfg.n_layer
+    calls.clear()
+    model.run_with_hooks(x, fwd_hooks=[("blocks.0.attn.hook_in", lambda t, hook: t)])
+    assert len(calls) == 2 * model.cfg.n_layer - 1
+
+
+@pytest.mark.gpu
+def test_norm_abs_topk_at_the_paper_shape() -> None:
+    """The residual stream of paper-d1024 (16k tokens, fp32) read into bf16, and bf16 rows."""
+    x = torch.randn(16384, 1024) * torch.rand(16384, 1) * 4
+    check_norm_abs_topk(x, 256, torch.bfloat16)
+    check_norm_abs_topk(x.to(torch.bfloat16), 256, torch.bfloat16)
 
 
 @pytest.mark.gpu

@@ -34,7 +34,16 @@ import torch
 from torch import Tensor
 
 from sparse_tf.errors import SparseTFError
-from sparse_tf.kernels import abstopk, crossovers, gelu_abstopk, graphs, projection, rule, spmm
+from sparse_tf.kernels import (
+    abstopk,
+    crossovers,
+    gelu_abstopk,
+    graphs,
+    norm_abstopk,
+    projection,
+    rule,
+    spmm,
+)
 from sparse_tf.kernels.plan import DENSE, SPARSE, SpmmPlan
 from sparse_tf.kernels.projection import Protect, Protection
 from sparse_tf.kernels.spmm import WeightFormats
@@ -118,6 +127,16 @@ def gelu_abs_topk(h: Tensor, k: int) -> Tensor:
     if abs_topk_backend(h) == "triton":
         return gelu_abstopk.GeluAbsTopKFunction.apply(h, k)
     return gelu_abstopk.reference(h, k)
+
+
+def norm_abs_topk(x: Tensor, weight: Tensor, k: int) -> Tensor:
+    """`abs_topk(F.rms_norm(x, weight=weight), k)` (a sublayer's input read from the residual
+    stream); on the kernel path in one pass each way, its output in the dtype a following
+    F.linear computes in (the autocast dtype under autocast: the values that product would
+    see). 1 <= k < width."""
+    if abs_topk_backend(x) == "triton":
+        return norm_abstopk.NormAbsTopKFunction.apply(x, weight, k, _compute_dtype(x))
+    return norm_abstopk.reference(x, weight, k)
 
 
 def abs_topk_mask(x: Tensor, k: int) -> Tensor:
@@ -234,6 +253,7 @@ __all__ = [
     "backend_setting",
     "gelu_abs_topk",
     "graphs",
+    "norm_abs_topk",
     "project_",
     "projection_backend",
     "projection_masks",

@@ -182,6 +182,37 @@ def _keep_of(key, ax_sum, n_cols, k, log_ratio, LOW_BIT: tl.constexpr, GUIDED: t
 
 
 @triton.jit
+def _select(x, key, n_cols, k, log_ratio, LOW_BIT: tl.constexpr, GUIDED: tl.constexpr,
+            PEEL: tl.constexpr):  # fmt: skip
+    """The kept set of a row x [BLOCK] (fp32) and its keys, by the search GUIDED selects."""
+    ax_sum = 0.0
+    if GUIDED:
+        ax_sum = tl.sum(tl.abs(x), axis=0)
+    return _keep_of(key, ax_sum, n_cols, k, log_ratio, LOW_BIT, GUIDED, PEEL)
+
+
+@triton.jit
+def _store_bits(dest_ptr, keep, n_cols, BLOCK: tl.constexpr):
+    """Store a row's kept set [BLOCK] as ceil(n_cols / 32) int32 words at dest_ptr: bit i % 32
+    of word i // 32 is entry i."""
+    WORDS: tl.constexpr = BLOCK // 32
+    bit = keep.to(tl.int32) << (tl.arange(0, BLOCK) % 32)
+    words = tl.sum(tl.reshape(bit, (WORDS, 32)), axis=1)  # [WORDS]: distinct bits, sum = OR
+    w = tl.arange(0, WORDS)
+    tl.store(dest_ptr + w, words, mask=w < tl.cdiv(n_cols, 32))
+
+
+@triton.jit
+def _load_keep(src_ptr, n_cols, BLOCK: tl.constexpr):
+    """A row's kept set [BLOCK] (False past n_cols) from the words `_store_bits` wrote."""
+    WORDS: tl.constexpr = BLOCK // 32
+    w = tl.arange(0, WORDS)
+    words = tl.load(src_ptr + w, mask=w < tl.cdiv(n_cols, 32), other=0)
+    bits = (words[:, None] >> tl.arange(0, 32)[None, :]) & 1  # [WORDS, 32]
+    return tl.reshape(bits, (BLOCK,)) != 0
+
+
+@triton.jit
 def _abstopk_fwd_kernel(
     x_ptr, y0_ptr, y1_ptr, y2_ptr, bits_ptr, r_ptr, n_rows, n_cols, k, log_ratio,
     stride_x, stride_y, stride_r,
@@ -210,10 +241,7 @@ def _abstopk_fwd_kernel(
             keep = keep | (offs == first)
             live = tl.where(offs == first, -2, live)
     else:
-        ax_sum = 0.0
-        if GUIDED:
-            ax_sum = tl.sum(tl.abs(x), axis=0)
-        keep = _keep_of(key, ax_sum, n_cols, k, log_ratio, LOW_BIT, GUIDED, PEEL)
+        keep = _select(x, key, n_cols, k, log_ratio, LOW_BIT, GUIDED, PEEL)
     if STORE_MASK:
         tl.store(y0_ptr + row * stride_y + offs, keep.to(tl.uint8), mask=in_row)
     else:
@@ -227,14 +255,7 @@ def _abstopk_fwd_kernel(
         if RESIDUAL:  # the residual write: r + AbsTopK(x), as torch adds them (in fp32)
             y += tl.load(r_ptr + row * stride_r + offs, mask=in_row, other=0.0).to(tl.float32)
         tl.store(y_ptr + row * stride_y + offs, y.to(y0_ptr.dtype.element_ty), mask=in_row)
-        # Bit i % 32 of word i // 32 is entry i; the bits are distinct, so their sum is their OR.
-        WORDS: tl.constexpr = BLOCK // 32
-        bit = keep.to(tl.int32) << (offs % 32)
-        words = tl.sum(tl.reshape(bit, (WORDS, 32)), axis=1)  # [WORDS]
-        w = tl.arange(0, WORDS)
-        n_words = tl.cdiv(n_cols, 32)
-        dest = bits_ptr + (part * n_rows + row) * n_words + w
-        tl.store(dest, words, mask=w < n_words)
+        _store_bits(bits_ptr + (part * n_rows + row) * tl.cdiv(n_cols, 32), keep, n_cols, BLOCK)
 
 
 @triton.jit
@@ -254,12 +275,7 @@ def _abstopk_bwd_kernel(
             g_ptr = g1_ptr + row * stride_g1
         if part == 2:
             g_ptr = g2_ptr + row * stride_g2
-    WORDS: tl.constexpr = BLOCK // 32
-    w = tl.arange(0, WORDS)
-    n_words = tl.cdiv(n_cols, 32)
-    words = tl.load(bits_ptr + (part * n_rows + row) * n_words + w, mask=w < n_words, other=0)
-    bits = (words[:, None] >> tl.arange(0, 32)[None, :]) & 1  # [WORDS, 32]
-    keep = tl.reshape(bits, (BLOCK,)) != 0
+    keep = _load_keep(bits_ptr + (part * n_rows + row) * tl.cdiv(n_cols, 32), n_cols, BLOCK)
     g = tl.load(g_ptr + offs, mask=in_row, other=0.0)
     gx = tl.where(keep, g, 0.0)
     dest = gx_ptr + row * stride_gx + part * n_cols + offs

@@ -35,11 +35,7 @@ def _gelu_abstopk_bwd_kernel(
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     in_row = offs < n_cols
-    WORDS: tl.constexpr = BLOCK // 32
-    w = tl.arange(0, WORDS)
-    n_words = tl.cdiv(n_cols, 32)
-    words = tl.load(bits_ptr + row * n_words + w, mask=w < n_words, other=0)
-    keep = tl.reshape((words[:, None] >> tl.arange(0, 32)[None, :]) & 1, (BLOCK,)) != 0
+    keep = abstopk._load_keep(bits_ptr + row * tl.cdiv(n_cols, 32), n_cols, BLOCK)
     gy = tl.load(gy_ptr + row * stride_gy + offs, mask=in_row & keep, other=0.0).to(tl.float32)
     h = tl.load(h_ptr + row * stride_h + offs, mask=in_row & keep, other=0.0).to(tl.float32)
     # torch's GELU backward (approximate="none"), in fp32.
