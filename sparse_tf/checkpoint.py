@@ -96,6 +96,11 @@ def step_dir(out: Path, step: int) -> Path:
     return Path(out) / f"step-{step}"
 
 
+def is_checkpoint_name(name: str) -> bool:
+    """Whether `name` is a checkpoint folder's name (step-N)."""
+    return _STEP_DIR.match(name) is not None
+
+
 def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
     """(step, folder) of every `step-N` folder in `out`, oldest first."""
     found = []

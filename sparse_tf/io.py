@@ -8,15 +8,21 @@ where a good one stood.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from sparse_tf.errors import SparseTFError
 
 
 def fsync_dir(path: Path) -> None:
@@ -137,6 +143,98 @@ def remove_leftovers(folder: Path) -> list[str]:
                 p.unlink()
             removed.append(p.name)
     return sorted(removed)
+
+
+def remove_outputs(folder: Path, is_output: Callable[[str], bool]) -> list[str]:
+    """Delete the entries of `folder` whose names `is_output` claims (what a job wrote there,
+    and the temporaries of its interrupted writes); everything else in the folder, the user's
+    own files, stays. A symlink is unlinked, never followed. Returns the names removed."""
+    removed = []
+    for p in sorted(Path(folder).iterdir()):
+        if not (is_output(p.name) or _LEFTOVER.match(p.name)):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            remove_dir(p)
+        else:
+            p.unlink()
+        removed.append(p.name)
+    return removed
+
+
+LOCK_FILE = ".sparse_tf.lock"
+"""The lock file a job holds in the folder it writes (hidden; never deleted: see FolderLock)."""
+
+
+class FolderInUseError(SparseTFError):
+    """Another process holds the folder's lock."""
+
+
+class FolderLock:
+    """An exclusive lock on a folder for one job's life (a training run, a pruning run): an OS
+    lock (flock) on FOLDER/.sparse_tf.lock, which also records the holder. The OS drops the
+    lock when the holder exits in any way (kill -9 included), so a lock left by a dead process
+    is never in force: the file stays, the lock does not. The file is never deleted, so two
+    processes cannot end up holding locks on two different files of the same name.
+
+        with FolderLock(out, "training run"):
+            ...  # a second process entering here raises FolderInUseError, naming the holder
+    """
+
+    def __init__(self, folder: Path, what: str) -> None:
+        self.folder, self.what = Path(folder), what
+        self._fd: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.folder / LOCK_FILE
+
+    def acquire(self) -> FolderLock:
+        """Take the lock (the folder must exist) or raise FolderInUseError."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors="replace")
+            os.close(fd)
+            raise FolderInUseError(
+                f"{self.folder}: in use by {_describe_holder(holder)}; wait for it to end or "
+                "choose another folder"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        holder = {
+            "what": self.what,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _describe_holder(text: str) -> str:
+    """'a training run (pid 12, host h, since T: COMMAND)' from a lock file's contents."""
+    try:
+        h = json.loads(text)
+        return f"{h['what']} (pid {h['pid']} on {h['host']}, since {h['since']}: {h['command']})"
+    except (ValueError, KeyError, TypeError):
+        return "another process"
 
 
 def file_sha256(path: Path) -> str:

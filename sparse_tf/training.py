@@ -42,6 +42,7 @@ from sparse_tf.checkpoint import (
     MODEL_FILE,
     SPARSE_MODEL_FILE,
     export_model,
+    is_checkpoint_name,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
@@ -51,8 +52,16 @@ from sparse_tf.data.pipeline import Data, DataConfig, prepare_data
 from sparse_tf.data.tokenizer import eot_id, load_tokenizer
 from sparse_tf.data.tokens import EpochSampler, Windows, eval_indices
 from sparse_tf.errors import SparseTFError
-from sparse_tf.io import read_json, remove_dir, remove_leftovers, write_json
+from sparse_tf.io import (
+    LOCK_FILE,
+    FolderLock,
+    read_json,
+    remove_leftovers,
+    remove_outputs,
+    write_json,
+)
 from sparse_tf.log import (
+    METRICS_FILE,
     ProgressMode,
     RunLogger,
     SilentLogger,
@@ -69,6 +78,8 @@ from sparse_tf.sparsity import SparsityConfig, count_nonzeros, kept_count
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
 FINAL_DIR = "final"
+RUN_FORMAT = "sparse_tf.run"
+"""run.json's "format": what marks a folder as a sparse_tf run."""
 
 
 T = TypeVar("T")
@@ -192,6 +203,7 @@ class _Run:
     def __init__(self, cfg: TrainConfig, opts: RunOptions) -> None:
         self.cfg, self.opts = cfg, opts
         self.out = Path(opts.out)
+        self._lock: FolderLock | None = None  # rank 0's, on --out for the run's life
         self.world = launch.world_from_env()
         self.device = resolve_device(opts.device)
         if self.world.distributed:
@@ -245,6 +257,13 @@ class _Run:
     # -- setup ---------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def _run(self) -> TrainResult:
         cfg, opts, world = self.cfg, self.opts, self.world
         launch.start(world, self.device)
         self._on_main(self._claim_out_dir)  # rank 0 checks and prepares --out for everyone
@@ -353,16 +372,22 @@ class _Run:
         return read_json(self.out / RUN_FILE), checkpoints[-1][1] if checkpoints else None
 
     def _claim_out_dir(self) -> None:
-        """Check --out against --resume/--overwrite; clean up or create it."""
+        """Lock --out for this run's life, check it against --resume/--overwrite, and clean
+        up or create it. --overwrite removes what the earlier run wrote and nothing else."""
         out, opts = self.out, self.opts
-        holds_run = (out / RUN_FILE).is_file()
+        if out.is_symlink() or (out.exists() and not out.is_dir()):
+            what = "a symlink" if out.is_symlink() else "not a folder"
+            raise TrainingError(f"--out {out}: is {what}; name a real folder")
+        if opts.resume and not (out / RUN_FILE).is_file():
+            raise TrainingError(f"--resume: {out} holds no sparse_tf run ({RUN_FILE} missing)")
+        out.mkdir(parents=True, exist_ok=True)
+        self._lock = FolderLock(out, "a training run").acquire()
+        run_info = _read_run_info(out) if (out / RUN_FILE).is_file() else None
         if opts.resume:
-            if not holds_run:
-                raise TrainingError(f"--resume: {out} holds no sparse_tf run ({RUN_FILE} missing)")
+            assert run_info is not None  # checked above, and the lock keeps it so
             try:
-                run_info = read_json(out / RUN_FILE)
                 saved = TrainConfig.from_dict(run_info["config"], source=str(out / RUN_FILE))
-            except (ValueError, KeyError, TypeError, ConfigError) as e:
+            except (KeyError, TypeError, ConfigError) as e:
                 raise TrainingError(f"--resume: {out / RUN_FILE} is unreadable ({e})") from None
             if diff := config_diff(saved.to_dict(), self.cfg.to_dict()):
                 raise TrainingError(
@@ -370,25 +395,24 @@ class _Run:
                 )
             remove_leftovers(out)  # temporaries of a write the previous process did not finish
             return
-        if out.exists() and not out.is_dir():
-            raise TrainingError(f"--out {out}: exists and is not a folder")
-        if holds_run:
+        if run_info is not None:
             if not opts.overwrite:
                 raise TrainingError(
                     f"--out {out} holds another run; pass --resume to continue it or "
-                    "--overwrite to replace it"
+                    "--overwrite to replace it (its checkpoints, final/ and logs are removed; "
+                    "other files in the folder stay)"
                 )
-            remove_dir(out)
-        elif out.is_dir() and any(out.iterdir()):
+            remove_outputs(out, is_run_output)
+        elif others := [p.name for p in out.iterdir() if p.name != LOCK_FILE]:
             raise TrainingError(
-                f"--out {out}: the folder is not empty and holds no sparse_tf run; choose a new "
-                "or empty folder"
+                f"--out {out}: the folder is not empty ({', '.join(sorted(others)[:3])}"
+                f"{', ...' if len(others) > 3 else ''}) and holds no sparse_tf run; choose a "
+                "new or empty folder"
             )
-        out.mkdir(parents=True, exist_ok=True)
 
     def _new_run_info(self, data: Data) -> dict[str, Any]:
         return {
-            "format": "sparse_tf.run",
+            "format": RUN_FORMAT,
             "id": uuid.uuid4().hex[:12],
             "started": _now(),
             "command": sys.argv,
@@ -772,6 +796,28 @@ def resolve_device(spec: str, flag: str = "RunOptions.device") -> torch.device:
     elif device.type != "cpu":
         raise ConfigError(f"{flag}={spec!r}: only cpu and cuda are supported")
     return device
+
+
+def is_run_output(name: str) -> bool:
+    """Whether an entry of a run folder is one the run writes: run.json, summary.json,
+    metrics.jsonl, step-N/, final/, wandb/ (what --overwrite removes)."""
+    return name in (RUN_FILE, SUMMARY_FILE, METRICS_FILE, FINAL_DIR, "wandb") or (
+        is_checkpoint_name(name)
+    )
+
+
+def _read_run_info(out: Path) -> dict[str, Any]:
+    """run.json of the folder `out`, which must be a sparse_tf run's."""
+    try:
+        info = read_json(out / RUN_FILE)
+    except ValueError as e:
+        raise TrainingError(f"--out {out}: {e}") from None
+    if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
+        raise TrainingError(
+            f"--out {out}: its {RUN_FILE} was not written by sparse_tf; choose another folder "
+            "(nothing in this one was touched)"
+        )
+    return info
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -20,6 +20,7 @@ from sparse_tf import OptimConfig, SparsityConfig, load_model, load_tokenizer
 from sparse_tf.checkpoint import SPARSE_MODEL_FILE, CheckpointError, list_checkpoints, verify
 from sparse_tf.config import ConfigError
 from sparse_tf.data import CorpusError, DataConfig, TokenDataError
+from sparse_tf.io import LOCK_FILE
 from sparse_tf.log import read_metrics
 from sparse_tf.presets import PRESETS, dense_twin, preset
 from sparse_tf.sparsity import kept_count
@@ -148,7 +149,8 @@ def test_sigkill_at_a_random_moment_then_resume_loses_nothing(corpus: Path, tmp_
     resumed = _cli(*_run_flags(out), "--resume")  # the config comes from the run itself
     assert resumed.returncode == 0, resumed.stderr
     assert losses(out) == losses(reference)
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # leftovers removed
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE]
+    assert not leftovers  # temporaries removed; the lock file stays (its lock went with the run)
 
 
 @pytest.mark.slow
@@ -213,16 +215,20 @@ def test_out_dir_holding_a_run_is_refused_unless_resume_or_overwrite(
     assert (out / "final" / "model.safetensors").is_file()  # untouched
     train(dataclasses.replace(cfg, max_steps=2), quiet_options(out, overwrite=True))
     assert [s for s, _ in list_checkpoints(out)] == [2]
+
     # A finished run resumed again has nothing left to do and changes nothing.
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    def files() -> dict[Path, bytes]:  # the lock file records each holder: not the run's
+        return {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != LOCK_FILE}
+
+    before = files()
     result = train(dataclasses.replace(cfg, max_steps=2), quiet_options(out, resume=True))
     assert result.summary == json.loads((out / "summary.json").read_text())
-    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert files() == before
 
 
 def test_non_empty_folder_without_a_run_is_refused(corpus: Path, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(TrainingError, match="not empty and holds no sparse_tf run"):
+    with pytest.raises(TrainingError, match=r"not empty \(notes\.txt\) and holds no sparse_tf run"):
         train(tiny_train_config(corpus), quiet_options(tmp_path, overwrite=True))
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
@@ -309,7 +315,8 @@ def test_cli_train_end_to_end_and_errors(corpus: Path, tmp_path: Path) -> None:
     assert again.returncode == 1
     assert again.stderr.strip().splitlines() == [
         f"sparse-tf train: error: --out {out} holds another run; pass --resume to continue it "
-        "or --overwrite to replace it"
+        "or --overwrite to replace it (its checkpoints, final/ and logs are removed; other "
+        "files in the folder stay)"
     ]
     mixed = _cli("train", "--out", str(out), "--resume", "--preset", "tiny-cpu")
     assert mixed.returncode == 2
