@@ -165,6 +165,14 @@ LOCK_FILE = ".sparse_tf.lock"
 """The lock file a job holds in the folder it writes (hidden; never deleted: see FolderLock)."""
 
 
+def user_entries(folder: Path) -> list[str]:
+    """The sorted names in `folder` (none if it does not exist), its lock file left out."""
+    folder = Path(folder)
+    return (
+        sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE) if folder.is_dir() else []
+    )
+
+
 class FolderInUseError(SparseTFError):
     """Another process holds the folder's lock."""
 
@@ -188,18 +196,24 @@ class FolderLock:
     def path(self) -> Path:
         return self.folder / LOCK_FILE
 
+    def check_free(self) -> None:
+        """Raise FolderInUseError if another process holds the lock now; creates nothing (a
+        folder without a lock file is free)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        try:
+            self._lock_or_raise(fd)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
     def acquire(self) -> FolderLock:
         """Take the lock (the folder must exist) or raise FolderInUseError."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 4096).decode(errors="replace")
-            os.close(fd)
-            raise FolderInUseError(
-                f"{self.folder}: in use by {_describe_holder(holder)}; wait for it to end or "
-                "choose another folder"
-            ) from None
+            self._lock_or_raise(fd)
         except BaseException:
             os.close(fd)
             raise
@@ -215,6 +229,16 @@ class FolderLock:
         self._fd = fd
         return self
 
+    def _lock_or_raise(self, fd: int) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace")
+            raise FolderInUseError(
+                f"{self.folder}: in use by {_describe_holder(holder)}; wait for it to end or "
+                "choose another folder"
+            ) from None
+
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -226,6 +250,23 @@ class FolderLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def locked_folder(folder: Path, what: str) -> Iterator[FolderLock]:
+    """Create `folder` if needed and hold its FolderLock for the block. If the block fails and
+    this call created the folder, which holds nothing but the lock file, the folder goes again:
+    a failed job leaves no trace."""
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with FolderLock(folder, what) as lock:
+            yield lock
+    except BaseException:
+        if created and not user_entries(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def _describe_holder(text: str) -> str:

@@ -53,11 +53,11 @@ from sparse_tf.data.tokenizer import eot_id, load_tokenizer
 from sparse_tf.data.tokens import EpochSampler, Windows, eval_indices
 from sparse_tf.errors import SparseTFError
 from sparse_tf.io import (
-    LOCK_FILE,
     FolderLock,
     read_json,
     remove_leftovers,
     remove_outputs,
+    user_entries,
     write_json,
 )
 from sparse_tf.log import (
@@ -372,19 +372,32 @@ class _Run:
         return read_json(self.out / RUN_FILE), checkpoints[-1][1] if checkpoints else None
 
     def _claim_out_dir(self) -> None:
-        """Lock --out for this run's life, check it against --resume/--overwrite, and clean
-        up or create it. --overwrite removes what the earlier run wrote and nothing else."""
+        """Check --out against --resume/--overwrite, lock it for this run's life (checked
+        again under the lock), and clean up or create it. --overwrite removes what the earlier
+        run wrote and nothing else; a folder that fails the checks is left as it was."""
+        lock = FolderLock(self.out, "a training run")
+        if not self.out.is_symlink():
+            lock.check_free()  # a job running there is the first thing to say
+        self._check_out()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._lock = lock.acquire()
+        run_info = self._check_out()
+        if self.opts.resume:
+            remove_leftovers(self.out)  # temporaries of a write the last process did not finish
+        elif run_info is not None:
+            remove_outputs(self.out, is_run_output)  # --overwrite
+
+    def _check_out(self) -> dict[str, Any] | None:
+        """run.json of the run --out holds (None: none) if --out suits the options, else a
+        TrainingError; reads only."""
         out, opts = self.out, self.opts
         if out.is_symlink() or (out.exists() and not out.is_dir()):
             what = "a symlink" if out.is_symlink() else "not a folder"
             raise TrainingError(f"--out {out}: is {what}; name a real folder")
-        if opts.resume and not (out / RUN_FILE).is_file():
-            raise TrainingError(f"--resume: {out} holds no sparse_tf run ({RUN_FILE} missing)")
-        out.mkdir(parents=True, exist_ok=True)
-        self._lock = FolderLock(out, "a training run").acquire()
         run_info = _read_run_info(out) if (out / RUN_FILE).is_file() else None
         if opts.resume:
-            assert run_info is not None  # checked above, and the lock keeps it so
+            if run_info is None:
+                raise TrainingError(f"--resume: {out} holds no sparse_tf run ({RUN_FILE} missing)")
             try:
                 saved = TrainConfig.from_dict(run_info["config"], source=str(out / RUN_FILE))
             except (KeyError, TypeError, ConfigError) as e:
@@ -393,22 +406,19 @@ class _Run:
                 raise TrainingError(
                     f"--resume: the config differs from the run in {out}: {'; '.join(diff)}"
                 )
-            remove_leftovers(out)  # temporaries of a write the previous process did not finish
-            return
-        if run_info is not None:
-            if not opts.overwrite:
-                raise TrainingError(
-                    f"--out {out} holds another run; pass --resume to continue it or "
-                    "--overwrite to replace it (its checkpoints, final/ and logs are removed; "
-                    "other files in the folder stay)"
-                )
-            remove_outputs(out, is_run_output)
-        elif others := [p.name for p in out.iterdir() if p.name != LOCK_FILE]:
+        elif run_info is not None and not opts.overwrite:
             raise TrainingError(
-                f"--out {out}: the folder is not empty ({', '.join(sorted(others)[:3])}"
-                f"{', ...' if len(others) > 3 else ''}) and holds no sparse_tf run; choose a "
-                "new or empty folder"
+                f"--out {out} holds another run; pass --resume to continue it or "
+                "--overwrite to replace it (its checkpoints, final/ and logs are removed; "
+                "other files in the folder stay)"
             )
+        elif run_info is None and (others := user_entries(out)):
+            more = ", ..." if len(others) > 3 else ""
+            raise TrainingError(
+                f"--out {out}: the folder is not empty ({', '.join(others[:3])}{more}) and "
+                "holds no sparse_tf run; choose a new or empty folder"
+            )
+        return run_info
 
     def _new_run_info(self, data: Data) -> dict[str, Any]:
         return {

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from sparse_tf.checkpoint import list_checkpoints
-from sparse_tf.io import LOCK_FILE, FolderInUseError, FolderLock
+from sparse_tf.cli import main
+from sparse_tf.io import LOCK_FILE, FolderInUseError, FolderLock, user_entries
+from sparse_tf.pruning.circuit import CIRCUIT_FILE, HTML_FILE, MEANS_FILE, SCORES_FILE
 from sparse_tf.training import TrainingError, train
 from tests.helpers import quiet_options, tiny_train_config, tiny_train_flags
 
@@ -61,6 +63,7 @@ def test_foreign_run_json_is_refused_and_left_alone(corpus: Path, tmp_path: Path
             train(tiny_train_config(corpus), quiet_options(tmp_path, overwrite=overwrite))
     assert (tmp_path / "src" / "main.py").read_text() == "print('hi')"
     assert json.loads((tmp_path / "run.json").read_text()) == {"name": "another tool"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json", "src"]  # not even a lock
 
 
 @pytest.mark.parametrize("kind", ["symlink", "file"])
@@ -142,3 +145,60 @@ def test_two_trainings_on_one_folder_one_refuses(corpus: Path, tmp_path: Path) -
         first.communicate()
     with FolderLock(out, "a test"):  # the OS dropped the dead process's lock
         pass
+
+
+# -- sparse-tf prune ---------------------------------------------------------------------------
+
+SHORT_PRUNE = [
+    "--task", "single_double_quote", "--steps", "12", "--batch-pairs", "8", "--n-train", "32",
+    "--n-val", "16", "--n-test", "16", "--curve-points", "6", "--mean-windows", "16",
+]  # fmt: skip
+"""A pruning run of a second or two on the tiny trained model."""
+
+
+def prune(trained: Path, out: Path, *extra: str) -> None:
+    main(["prune", "--model", str(trained), "--out", str(out), *SHORT_PRUNE, *extra])
+
+
+def test_prune_overwrite_replaces_the_result_and_keeps_the_users_files(
+    trained: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "circuits"
+    prune(trained, out)
+    first = (out / CIRCUIT_FILE).read_text()
+    mine = user_files(out / "mine")  # a folder of the user's inside the result folder
+    (out / "notes.md").write_text("why this circuit")
+    with pytest.raises(SystemExit):
+        prune(trained, out)  # without --overwrite
+    assert (out / CIRCUIT_FILE).read_text() == first
+    prune(trained, out, "--overwrite", "--seed", "1")
+    assert (out / CIRCUIT_FILE).read_text() != first  # replaced
+    assert (out / "notes.md").read_text() == "why this circuit"
+    for name, text in mine.items():
+        assert (out / "mine" / name).read_text() == text
+    assert user_entries(out) == sorted(
+        ["mine", "notes.md", CIRCUIT_FILE, HTML_FILE, MEANS_FILE, SCORES_FILE]
+    )
+
+
+def test_prune_refuses_a_foreign_circuit_json(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / CIRCUIT_FILE).write_text('{"gates": [1, 2]}')
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "lib.c").write_text("int main;")
+    with pytest.raises(SystemExit):
+        prune(trained, tmp_path, "--overwrite")
+    err = capsys.readouterr().err.strip()
+    assert "circuit.json was not written by sparse_tf" in err
+    assert len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CIRCUIT_FILE, "src"]  # no lock file
+    assert (tmp_path / "src" / "lib.c").read_text() == "int main;"
+
+
+def test_prune_into_a_locked_folder_names_the_holder(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FolderLock(tmp_path, "a pruning run"), pytest.raises(SystemExit):
+        prune(trained, tmp_path)
+    assert f"in use by a pruning run (pid {os.getpid()}" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from sparse_tf import GPT, GPTConfig, load_model
 from sparse_tf.cli import main
+from sparse_tf.io import user_entries
 from sparse_tf.pruning import (
     Circuit,
     CircuitError,
@@ -467,9 +468,7 @@ def pruned(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_prune_command_writes_the_result_folder(pruned: Path, trained: Path) -> None:
-    assert sorted(p.name for p in pruned.iterdir()) == sorted(
-        [CIRCUIT_FILE, HTML_FILE, MEANS_FILE, SCORES_FILE]
-    )
+    assert user_entries(pruned) == sorted([CIRCUIT_FILE, HTML_FILE, MEANS_FILE, SCORES_FILE])
     data = json.loads((pruned / CIRCUIT_FILE).read_text())
     for key in (
         "task",

@@ -5,14 +5,20 @@
     OUT/means.safetensors  the ablation means per hook name (reuse them with --means)
     OUT/scores.safetensors τ of every node in the kept pruning run (the ranking k cuts)
 
-The folder is written under a temporary name and renamed when complete. Ablation means are
-computed once per (model weights, corpus, windows) and cached beside the tokenised corpus.
+The four files are written into a hidden temporary folder inside OUT and renamed into place
+when all are complete, circuit.json last; anything else in OUT (the user's notes, a model) is
+never touched, and OUT is locked for the run's life (a second run on it refuses, naming the
+first). Ablation means are computed once per (model weights, corpus, windows) and cached beside
+the tokenised corpus.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,11 +31,15 @@ from sparse_tf.checkpoint import MODEL_FILE, SPARSE_MODEL_FILE
 from sparse_tf.errors import SparseTFError
 from sparse_tf.evaluation import load_model_and_tokenizer, training_data
 from sparse_tf.io import (
-    atomic_dir,
+    FolderLock,
     atomic_write_bytes,
     atomic_write_text,
     cache_dir,
     file_sha256,
+    fsync_dir,
+    locked_folder,
+    remove_leftovers,
+    user_entries,
 )
 from sparse_tf.model import GPT
 from sparse_tf.pruning.circuit import (
@@ -37,6 +47,9 @@ from sparse_tf.pruning.circuit import (
     HTML_FILE,
     MEANS_FILE,
     SCORES_FILE,
+    Circuit,
+    CircuitError,
+    load_circuit,
 )
 from sparse_tf.pruning.means import ablation_means, load_means, save_means
 from sparse_tf.pruning.nodes import node_sites
@@ -73,53 +86,91 @@ def prune_model(
     """
     start = time.perf_counter()
     out = Path(out)
+    if not out.is_symlink():
+        FolderLock(out, "a pruning run").check_free()  # a job running there: said first
     _check_out(out, overwrite)
     the_task = get_task(task)
-    dev = resolve_device(device, flag="--device")
-    amp = dev.type == "cuda"
-    model, tok = load_model_and_tokenizer(model_path, dev)
-    sites = node_sites(model.cfg, final_resid=True)  # means for every site, whatever is masked
-    if means_file is not None:
-        means, means_source = load_means(means_file, sites, dev), str(means_file)
-    else:
-        means, means_source = _cached_means(Path(model_path), model, tok, mean_windows, amp, log)
-    result = prune(model, tok, the_task, means, cfg, amp=amp, log=log)
-    pruned_sites = node_sites(model.cfg, cfg.final_resid)
-    circuit = dataclasses.replace(
-        result.circuit,
-        model=str(model_path),
-        run={
-            "means": means_source,
-            "seconds": round(time.perf_counter() - start, 1),
-            "versions": package_versions(),
-            "git": git_revision(),
-            "device": device_info(dev),
-        },
-    )
-    view = viewer_data(model, tok, the_task, circuit, pruned_sites, means, seed=cfg.seed, amp=amp)
-    with atomic_dir(out) as tmp:
-        circuit.save(tmp)
-        save_means(tmp / MEANS_FILE, means, {"source": means_source})
-        atomic_write_bytes(tmp / SCORES_FILE, save(result.scores))  # float32, on the CPU
-        atomic_write_text(tmp / HTML_FILE, render_html(view))
+    with locked_folder(out, "a pruning run"):
+        _check_out(out, overwrite)  # again, now that no other job can change it
+        remove_leftovers(out)  # the temporaries of an interrupted run
+        dev = resolve_device(device, flag="--device")
+        amp = dev.type == "cuda"
+        model, tok = load_model_and_tokenizer(model_path, dev)
+        sites = node_sites(model.cfg, final_resid=True)  # means for every site, whatever is masked
+        if means_file is not None:
+            means, means_source = load_means(means_file, sites, dev), str(means_file)
+        else:
+            means, means_source = _cached_means(
+                Path(model_path), model, tok, mean_windows, amp, log
+            )
+        result = prune(model, tok, the_task, means, cfg, amp=amp, log=log)
+        pruned_sites = node_sites(model.cfg, cfg.final_resid)
+        circuit = dataclasses.replace(
+            result.circuit,
+            model=str(model_path),
+            run={
+                "means": means_source,
+                "seconds": round(time.perf_counter() - start, 1),
+                "versions": package_versions(),
+                "git": git_revision(),
+                "device": device_info(dev),
+            },
+        )
+        view = viewer_data(
+            model, tok, the_task, circuit, pruned_sites, means, seed=cfg.seed, amp=amp
+        )
+        _publish(out, circuit, means, means_source, result.scores, render_html(view))
     log(circuit.summary())
     log(f"wrote {out / CIRCUIT_FILE} and {out / HTML_FILE} ({time.perf_counter() - start:.0f} s)")
     return PruneResult(circuit, result.scores)
 
 
+def _publish(
+    out: Path,
+    circuit: Circuit,
+    means: dict[str, Tensor],
+    means_source: str,
+    scores: dict[str, Tensor],
+    html: str,
+) -> None:
+    """Write the result's four files into a hidden temporary folder inside `out`, then rename
+    each into place, circuit.json last: the rest of `out` is never touched."""
+    tmp = Path(tempfile.mkdtemp(prefix=".prune.", suffix=".tmp", dir=out))
+    try:
+        save_means(tmp / MEANS_FILE, means, {"source": means_source})
+        atomic_write_bytes(tmp / SCORES_FILE, save(scores))  # float32, on the CPU
+        atomic_write_text(tmp / HTML_FILE, html)
+        circuit.save(tmp)
+        for name in (MEANS_FILE, SCORES_FILE, HTML_FILE, CIRCUIT_FILE):
+            os.replace(tmp / name, out / name)
+        fsync_dir(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse to write over anything but an earlier pruning result, and over that only with
-    `overwrite` (checked before the work, so no run is wasted)."""
-    if not out.exists():
+    """Refuse to write into anything but a new or empty folder or one holding an earlier
+    pruning result, and into that only with `overwrite` (checked before the work, so no run is
+    wasted, and again under the lock)."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise PruneError(f"--out {out}: is {'a symlink' if out.is_symlink() else 'not a folder'}")
+    entries = user_entries(out)
+    if not entries:
         return
-    if not out.is_dir():
-        raise PruneError(f"--out {out}: exists and is not a folder")
-    if not any(out.iterdir()):
-        return
-    if not (out / CIRCUIT_FILE).is_file():
+    if CIRCUIT_FILE not in entries:
         raise PruneError(f"--out {out}: a non-empty folder that holds no pruning result")
+    try:
+        load_circuit(out)
+    except CircuitError as e:
+        raise PruneError(
+            f"--out {out}: its {CIRCUIT_FILE} was not written by sparse_tf ({e}); choose another "
+            "folder"
+        ) from None
     if not overwrite:
-        raise PruneError(f"--out {out}: holds a pruning result; pass --overwrite to replace it")
+        raise PruneError(
+            f"--out {out}: holds a pruning result; pass --overwrite to replace it ({CIRCUIT_FILE}, "
+            f"{HTML_FILE}, {MEANS_FILE} and {SCORES_FILE}; other files stay)"
+        )
 
 
 def _cached_means(
