@@ -9,7 +9,8 @@
         tokenizer.json          the tokenizer the data was encoded with
         manifest.json           size and sha256 of every file (written last)
     OUT/final/      the shareable model:
-        model.safetensors, model.sparse.safetensors (compressed), config.json, tokenizer.json
+        model.safetensors, model.sparse.safetensors (compressed), config.json, tokenizer.json,
+        manifest.json (as a checkpoint's: checked by `load_model`)
 
 A run whose model is sharded (FSDP, `sparse_tf.parallel.fsdp`) writes its step-N folders with
 `torch.distributed.checkpoint` (DCP) instead of the model and optimizer files: `shards/` holds
@@ -135,7 +136,7 @@ def save_checkpoint(
         write_json(tmp / STATE_FILE, {"step": step, **state})
         _write_config(tmp, model.cfg, config)
         save_tokenizer(tokenizer, tmp)
-        _write_manifest(tmp)
+        write_manifest(tmp)
 
     if is_sharded(model):
         _save_sharded(path, model, optimizer, write_rest)
@@ -205,14 +206,39 @@ def _dcp_load(tensors: dict[str, Tensor], folder: Path, collective: bool) -> Non
         raise CheckpointError(f"{folder}: does not fit this model ({first})") from None
 
 
-def load_checkpoint(path: Path, model: GPT, optimizer: SparseOptimizer) -> dict[str, Any]:
+def newest_intact(out: Path, run_id: str) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint of `out` whose files match its manifest (None: none), and one line
+    for each newer one skipped as damaged. A checkpoint of another run (its state.json names
+    another run id: copied from elsewhere) is a CheckpointError, not a fallback."""
+    skipped = []
+    for step, path in reversed(list_checkpoints(out)):
+        try:
+            verify(path)
+        except CheckpointError as e:
+            skipped.append(f"step-{step} skipped: {e}")
+            continue
+        state = _read_json(path / STATE_FILE)
+        if isinstance(state, dict) and state.get("run_id", run_id) != run_id:
+            raise CheckpointError(
+                f"{path}: belongs to run {state.get('run_id')}, not to this folder's run "
+                f"{run_id} (copied from another run?); move it away to resume"
+            )
+        return path, skipped
+    return None, skipped
+
+
+def load_checkpoint(
+    path: Path, model: GPT, optimizer: SparseOptimizer, *, check_files: bool = True
+) -> dict[str, Any]:
     """Restore model, optimizer and RNG from `path` in place (after verifying every file's
-    checksum); returns the contents of state.json.
+    checksum, unless `check_files` is False: the caller just did); returns the contents of
+    state.json.
 
     Any checkpoint loads into any model of the same config, sharded or not: a sharded
     checkpoint is resharded to this run's ranks; a replicated one is split by each rank."""
     path = Path(path)
-    verify(path)
+    if check_files:
+        verify(path)
     state = _read_json(path / STATE_FILE)
     if (path / SHARDS_DIR).is_dir():
         model_state, optim_state, tensors = _flat_state(model, optimizer)
@@ -239,8 +265,9 @@ def load_checkpoint(path: Path, model: GPT, optimizer: SparseOptimizer) -> dict[
     return state
 
 
-def verify(path: Path) -> None:
-    """Raise CheckpointError naming the first file whose size or sha256 is not the manifest's."""
+def verify(path: Path, *, present_only: bool = False) -> None:
+    """Raise CheckpointError naming the first file whose size or sha256 is not the manifest's,
+    or that is missing (unless `present_only`: an export may ship without its dense weights)."""
     path = Path(path)
     manifest = _read_json(path / MANIFEST_FILE)
     try:
@@ -250,6 +277,8 @@ def verify(path: Path) -> None:
     for name, expect in files.items():
         f = path / name
         if not f.is_file():
+            if present_only:
+                continue
             raise CheckpointError(f"{f}: missing from the checkpoint")
         if f.stat().st_size != expect["bytes"]:
             raise CheckpointError(
@@ -260,7 +289,9 @@ def verify(path: Path) -> None:
             raise CheckpointError(f"{f}: checksum mismatch (corrupt checkpoint)")
 
 
-def _write_manifest(folder: Path) -> None:
+def write_manifest(folder: Path) -> None:
+    """manifest.json: the size and sha256 of every file under `folder` (written last, so a
+    folder with a manifest is complete); `verify` checks a folder against it."""
     files = {
         p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
         for p in sorted(folder.rglob("*"))
@@ -355,8 +386,9 @@ def export_model(
     *,
     compressed: bool = True,
 ) -> dict[str, int]:
-    """Write a shareable model folder atomically: dense (and compressed) weights, config.json
-    and tokenizer.json. Returns the size in bytes of each weights file written.
+    """Write a shareable model folder atomically: dense (and compressed) weights, config.json,
+    tokenizer.json and manifest.json (size and sha256 of each file, checked on load). Returns
+    the size in bytes of each weights file written.
 
     The compressed file stores every sparse matrix as CSR (int32 row pointers, int16 column
     indices where they fit, values in the weight dtype); everything else is stored dense. Both
@@ -369,7 +401,9 @@ def export_model(
     if not isinstance(model, GPT):
         return model.export(Path(path), tokenizer, config)
     with atomic_dir(Path(path)) as tmp:
-        return write_model_files(tmp, model, tokenizer, config, compressed=compressed)
+        sizes = write_model_files(tmp, model, tokenizer, config, compressed=compressed)
+        write_manifest(tmp)
+        return sizes
 
 
 def write_model_files(
@@ -436,17 +470,21 @@ def decompress_state(
     return state
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", *, check_files: bool = True
+) -> GPT:
     """Load a model folder written by training (`OUT/final`, `OUT/step-N`) or `export_model`.
 
     Reads config.json and model.safetensors, or model.sparse.safetensors when that is the only
-    weights file. The model is returned in eval mode on `device`.
+    weights file. The model is returned in eval mode on `device`. Every file is first checked
+    against the folder's manifest.json (a flipped bit is an error, not a model);
+    `check_files=False` skips that (it reads every byte once more).
     """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a model folder")
-    if (path / MANIFEST_FILE).is_file():
-        verify(path)
+    if check_files and (path / MANIFEST_FILE).is_file():
+        verify(path, present_only=True)
     config = _read_json(path / CONFIG_FILE)
     if not isinstance(config, dict) or config.get("format") != FORMAT or "model" not in config:
         raise CheckpointError(f"{path / CONFIG_FILE}: not a sparse_tf model config")

@@ -24,24 +24,41 @@ ProgressMode = Literal["auto", "bar", "lines", "none"]
 
 
 def read_metrics(out: Path) -> list[dict[str, Any]]:
-    """Every record of `OUT/metrics.jsonl`, in order (an unterminated last line is dropped:
-    it is what a process killed mid-write leaves)."""
+    """Every record of `OUT/metrics.jsonl`, in order. Damage is skipped: an unterminated last
+    line (what a process killed mid-write leaves), and any line that is not a JSON record with
+    an integer "step"."""
+    return _parse_metrics(Path(out) / METRICS_FILE)[0]
+
+
+def _parse_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
+    if not path.is_file():
+        return [], 0
+    records, damaged = [], 0
+    # Metrics are a log, not the source of truth: bytes that are not UTF-8 are damage too.
+    for line in path.read_bytes().decode(errors="replace").splitlines(keepends=True):
+        if not line.endswith("\n"):
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and type(record.get("step")) is int:
+            records.append(record)
+        else:
+            damaged += 1
+    return records, damaged
+
+
+def truncate_metrics(out: Path, last_step: int) -> int:
+    """Drop records after `last_step` (a resumed run rewrites them) and damaged lines; returns
+    how many damaged lines were dropped."""
     path = Path(out) / METRICS_FILE
     if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines(keepends=True):
-        if line.endswith("\n"):
-            records.append(json.loads(line))
-    return records
-
-
-def truncate_metrics(out: Path, last_step: int) -> None:
-    """Drop records after `last_step` (a resumed run rewrites them)."""
-    path = Path(out) / METRICS_FILE
-    if path.is_file():
-        keep = [r for r in read_metrics(out) if r["step"] <= last_step]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+        return 0
+    records, damaged = _parse_metrics(path)
+    keep = [r for r in records if r["step"] <= last_step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+    return damaged
 
 
 class RunLogger:

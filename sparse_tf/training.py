@@ -41,10 +41,12 @@ from sparse_tf.bridges.sites import site_name
 from sparse_tf.checkpoint import (
     MODEL_FILE,
     SPARSE_MODEL_FILE,
+    CheckpointError,
     export_model,
     is_checkpoint_name,
     list_checkpoints,
     load_checkpoint,
+    newest_intact,
     save_checkpoint,
 )
 from sparse_tf.config import Config, ConfigError, check
@@ -296,7 +298,7 @@ class _Run:
         opt = SparseOptimizer(model, cfg.optim, None if cfg.dense else cfg.sparsity, cfg.max_steps)
         state: dict[str, Any] = {"data_position": 0}
         if ckpt is not None:
-            state = load_checkpoint(ckpt, model, opt)
+            state = load_checkpoint(ckpt, model, opt, check_files=False)  # just verified
         start = opt.step_count
         if start >= cfg.max_steps and (self.out / SUMMARY_FILE).is_file():
             final = self.out / FINAL_DIR
@@ -313,7 +315,12 @@ class _Run:
             )
         if world.main:
             write_json(self.out / RUN_FILE, run_info)
-            truncate_metrics(self.out, start)
+            if damaged := truncate_metrics(self.out, start):
+                print(
+                    f"warning: {self.out / METRICS_FILE}: dropped {damaged} damaged line(s) "
+                    "(metrics are a log; the checkpoint is the source of truth)",
+                    file=sys.stderr,
+                )
         launch.barrier(world)
         self.net = model
         if world.distributed and not self.sharded:
@@ -365,11 +372,24 @@ class _Run:
         return BridgedModel(model, dense, self.cfg.bridge).to(self.device)
 
     def _claimed(self) -> tuple[dict[str, Any] | None, Path | None]:
-        """After `_claim_out_dir`: (run.json, checkpoint to load), both None for a new run."""
+        """After `_claim_out_dir`: (run.json, checkpoint to load), both None for a new run. The
+        checkpoint is the newest whose files are intact; damaged newer ones are named."""
         if not self.opts.resume:
             return None, None
-        checkpoints = list_checkpoints(self.out)
-        return read_json(self.out / RUN_FILE), checkpoints[-1][1] if checkpoints else None
+        run_info = read_json(self.out / RUN_FILE)
+        try:
+            ckpt, skipped = newest_intact(self.out, run_info["id"])
+        except CheckpointError as e:
+            raise TrainingError(f"--resume: {e}") from None
+        if self.world.main:
+            for line in skipped:
+                print(f"warning: {line}", file=sys.stderr)
+        if skipped and ckpt is None:
+            raise TrainingError(
+                f"--resume: no intact checkpoint in {self.out} ({len(skipped)} damaged: "
+                f"{skipped[0]}); --overwrite starts the run again"
+            )
+        return run_info, ckpt
 
     def _claim_out_dir(self) -> None:
         """Check --out against --resume/--overwrite, lock it for this run's life (checked

@@ -12,6 +12,7 @@ import torch
 
 from sparse_tf import GPT, OptimConfig, SparseOptimizer, SparsityConfig, lm_loss
 from sparse_tf.checkpoint import (
+    MANIFEST_FILE,
     MODEL_FILE,
     SPARSE_MODEL_FILE,
     CheckpointError,
@@ -159,6 +160,9 @@ def test_load_model_errors_name_the_file(tmp_path: Path, tokenizer: object) -> N
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     config["model"]["d_modle"] = 3
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config\.json: \d+ bytes, expected \d+"):
+        load_model(tmp_path / "m")  # the export's manifest sees the edit first
+    (tmp_path / "m" / MANIFEST_FILE).unlink()  # a folder without one: each file is checked
     with pytest.raises(
         CheckpointError, match=r"config\.json: unknown GPTConfig field\(s\) \['d_modle'\]"
     ):

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 from sparse_tf import OptimConfig, SparsityConfig, load_model, load_tokenizer
-from sparse_tf.checkpoint import SPARSE_MODEL_FILE, CheckpointError, list_checkpoints, verify
+from sparse_tf.checkpoint import SPARSE_MODEL_FILE, list_checkpoints, verify
 from sparse_tf.config import ConfigError
 from sparse_tf.data import CorpusError, DataConfig, TokenDataError
 from sparse_tf.io import LOCK_FILE
@@ -248,14 +249,35 @@ def test_resume_without_a_run_is_refused(corpus: Path, tmp_path: Path) -> None:
         train(tiny_train_config(corpus), quiet_options(tmp_path / "none", resume=True))
 
 
-def test_resume_from_a_corrupt_checkpoint_is_refused(
-    finished: Path, corpus: Path, tmp_path: Path
+def test_resume_falls_back_to_the_newest_intact_checkpoint(
+    finished: Path, corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A damaged newest checkpoint is named and skipped; the run resumes from the one before
+    and ends where the uninterrupted run ended. With none intact, --resume is refused."""
     out = tmp_path / "copy"
     shutil.copytree(finished, out)
+    (out / "summary.json").unlink()  # not complete: the resume has steps to redo
     model_file = out / "step-12" / "model.safetensors"
     model_file.write_bytes(model_file.read_bytes()[:-64])
-    with pytest.raises(CheckpointError, match=r"step-12/model\.safetensors: .*\(truncated"):
+    train(tiny_train_config(corpus), quiet_options(out, resume=True))
+    err = capsys.readouterr().err
+    assert re.search(r"warning: step-12 skipped: .*step-12/model\.safetensors: .*\(truncated", err)
+    assert losses(out) == losses(finished)
+    for _, path in list_checkpoints(out):  # break every one
+        (path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(TrainingError, match="no intact checkpoint"):
+        train(tiny_train_config(corpus), quiet_options(out, resume=True))
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(
+    finished: Path, corpus: Path, tmp_path: Path
+) -> None:
+    """Same shapes, same config, another run id: copied in from elsewhere, not resumed."""
+    out = tmp_path / "copy"
+    shutil.copytree(finished, out)
+    info = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**info, "id": "another-run"}))
+    with pytest.raises(TrainingError, match=r"step-12: belongs to run \w+, not to this folder"):
         train(tiny_train_config(corpus), quiet_options(out, resume=True))
 
 

@@ -19,6 +19,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from torch import Tensor, nn
 
+from sparse_tf.checkpoint import MANIFEST_FILE, CheckpointError, verify, write_manifest
 from sparse_tf.data.tokenizer import EOT, TOKENIZER_FILE, save_tokenizer
 from sparse_tf.errors import SparseTFError
 from sparse_tf.io import atomic_dir, write_json
@@ -87,12 +88,17 @@ class DenseGPT2(nn.Module):
             self.hf.save_pretrained(tmp)
             save_tokenizer(tokenizer, tmp)
             write_json(tmp / TRAIN_CONFIG_FILE, {"format": "sparse_tf.hf_gpt2", "train": config})
+            write_manifest(tmp)  # last: checked by load_gpt2
             return {f.name: f.stat().st_size for f in sorted(tmp.glob("*.safetensors"))}
 
 
-def load_gpt2(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """A `GPT2LMHeadModel` from a `save_pretrained` folder: SDPA attention (what
-    `GPT2Sites` runs), eval mode, every parameter frozen."""
+def load_gpt2(
+    path: str | Path, device: str | torch.device = "cpu", *, check_files: bool = True
+) -> nn.Module:
+    """A `GPT2LMHeadModel` from a `save_pretrained` folder with safetensors weights (a folder
+    with only pickled weights is refused): SDPA attention (what `GPT2Sites` runs), eval mode,
+    every parameter frozen. A folder this library exported carries a manifest.json, against
+    which every file is checked first (`check_files=False` skips it)."""
     from transformers import GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
@@ -100,8 +106,23 @@ def load_gpt2(path: str | Path, device: str | torch.device = "cpu") -> nn.Module
     path = Path(path)
     if not (path / "config.json").is_file():
         raise BridgeError(f"--dense {path}: not a Hugging Face model folder (no config.json)")
+    if check_files and (path / MANIFEST_FILE).is_file():
+        try:
+            verify(path)
+        except CheckpointError as e:
+            raise BridgeError(f"--dense {e}") from None
+    if not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+        found = f"only {', '.join(pickled)}, " if pickled else ""
+        raise BridgeError(
+            f"--dense {path}: no .safetensors weights ({found}pickle files are never loaded: "
+            "save the model with save_pretrained(..., safe_serialization=True))"
+        )
     try:
-        model = GPT2LMHeadModel.from_pretrained(path, attn_implementation="sdpa")
+        # safetensors only: a pickled pytorch_model.bin could run code when loaded.
+        model = GPT2LMHeadModel.from_pretrained(
+            path, attn_implementation="sdpa", use_safetensors=True
+        )
     except (OSError, ValueError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BridgeError(f"--dense {path}: cannot load a GPT2LMHeadModel ({first})") from None

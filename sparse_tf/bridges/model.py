@@ -38,7 +38,7 @@ from sparse_tf.bridges.bridge import (
 )
 from sparse_tf.bridges.dense import BridgeError
 from sparse_tf.bridges.sites import GPT2Sites, SparseSites, site_name
-from sparse_tf.checkpoint import load_model, write_model_files
+from sparse_tf.checkpoint import load_model, write_manifest, write_model_files
 from sparse_tf.data.tokens import Windows, eval_indices
 from sparse_tf.io import atomic_dir, read_json, write_json
 from sparse_tf.model import GPT
@@ -148,13 +148,17 @@ class BridgedModel(nn.Module):
                 },
             )
             sizes[BRIDGES_FILE] = (tmp / BRIDGES_FILE).stat().st_size
+            write_manifest(tmp)  # last: covers the bridges too (checked by load_bridged)
             return sizes
 
 
-def load_bridged(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Bridges]:
-    """The sparse model and its bridges from a `sparse-tf bridge` export (eval mode)."""
+def load_bridged(
+    path: str | Path, device: str | torch.device = "cpu", *, check_files: bool = True
+) -> tuple[GPT, Bridges]:
+    """The sparse model and its bridges from a `sparse-tf bridge` export (eval mode), every
+    file checked against the folder's manifest first (`check_files=False` skips it)."""
     path = Path(path)
-    model = load_model(path, device)
+    model = load_model(path, device, check_files=check_files)
     meta_file, weights = path / BRIDGES_META, path / BRIDGES_FILE
     try:
         meta = read_json(meta_file)
