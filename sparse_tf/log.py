@@ -19,6 +19,8 @@ from tqdm import tqdm
 from sparse_tf.io import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
+WANDB_INIT_TIMEOUT = 20.0
+"""Seconds `--wandb online` waits for the wandb servers before logging offline instead."""
 WandbMode = Literal["offline", "online", "disabled"]
 ProgressMode = Literal["auto", "bar", "lines", "none"]
 
@@ -107,19 +109,43 @@ class RunLogger:
         self._metrics = open(self.out / METRICS_FILE, "a")  # noqa: SIM115 - open for the run
         self._wandb = None
         if wandb != "disabled":
-            os.environ.setdefault("WANDB_SILENT", "true")
-            import wandb as wandb_lib  # heavy import: only when asked for
+            self._wandb = self._start_wandb(wandb, project, run_id, config)
+        self._latest: dict[str, float] = {}
 
-            self._wandb = wandb_lib.init(
+    def _start_wandb(
+        self, mode: WandbMode, project: str, run_id: str, config: dict[str, Any]
+    ) -> Any:
+        """A wandb run writing into OUT/wandb. Online needs an API key and the network: without
+        either (a refusal, or no answer within WANDB_INIT_TIMEOUT s) the run logs offline
+        instead and says so in one line; `wandb sync OUT/wandb/offline-run-*` uploads later."""
+        os.environ.setdefault("WANDB_SILENT", "true")
+        import wandb as wandb_lib  # heavy import: only when asked for
+
+        def start(mode: str, **settings: Any) -> Any:
+            return wandb_lib.init(
                 project=project,
                 name=self.out.name,
                 id=run_id,
                 resume="allow",
                 dir=str(self.out),
-                mode=wandb,
+                mode=mode,
                 config=config,
+                settings=wandb_lib.Settings(**settings),
             )
-        self._latest: dict[str, float] = {}
+
+        if mode == "offline":
+            return start("offline")
+        try:
+            return start("online", init_timeout=WANDB_INIT_TIMEOUT)
+        except Exception as e:  # wandb raises its own kinds (UsageError, CommError, ...)
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(
+                f"wandb: online logging unavailable ({reason}); logging offline to "
+                f"{self.out / 'wandb'} instead (upload later with `wandb sync`)",
+                file=self.stream,
+            )
+            wandb_lib.teardown()  # the failed attempt still holds the run id in wandb's service
+            return start("offline")
 
     def log(self, step: int, metrics: dict[str, float], *, echo: bool = True) -> None:
         """Record `metrics` at `step` (optimizer steps completed) everywhere; `echo=False`

@@ -376,3 +376,33 @@ def test_wandb_offline_writes_into_the_run(corpus: Path, tmp_path: Path) -> None
     train(tiny_train_config(corpus, max_steps=2), quiet_options(out, wandb="offline"))
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
+
+
+@pytest.mark.parametrize("case", ["no api key", "no network"])
+def test_wandb_online_falls_back_to_offline_in_one_line(
+    case: str,
+    corpus: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("wandb")
+    from sparse_tf import log
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no stored key
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    if case == "no network":
+        monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+        monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+        monkeypatch.setattr(log, "WANDB_INIT_TIMEOUT", 5.0)
+    out = tmp_path / "wb"
+    start = time.perf_counter()
+    train(tiny_train_config(corpus, max_steps=2), quiet_options(out, wandb="online"))
+    assert time.perf_counter() - start < 60
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("wandb:")]
+    assert len(lines) == 1
+    assert "online logging unavailable" in lines[0]
+    assert "logging offline" in lines[0]
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 1
