@@ -497,6 +497,9 @@ def load_model(
             f"{path}: holds a {cfg.arch} model; a run's final/ folder of it is a Hugging Face "
             "folder (sparse_tf.bridges.load_gpt2)"
         )
+    files = [path / n for n in (MODEL_FILE, SPARSE_MODEL_FILE) if (path / n).is_file()]
+    if weights := next(iter(files), None):  # before building: a config may claim any size
+        _check_config_fits(cfg, _file_shapes(weights), weights, path / CONFIG_FILE)
     with torch.device(device):
         model = GPT(cfg)
     if (path / MODEL_FILE).is_file():
@@ -518,6 +521,46 @@ def load_model(
         )
     mark_sparse(model, count_nonzeros(model))  # lets the layers use the sparse matmul
     return model.eval()
+
+
+def _file_shapes(file: Path) -> dict[str, list[int]]:
+    """The shape of every parameter in a weights file (dense or compressed), from its header
+    alone."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            meta = f.metadata() or {}
+            names = [k for k in f.keys() if "::" not in k]  # noqa: SIM118 - not a dict
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in names}
+        if meta.get("format") == _CSR_FORMAT:
+            shapes.update(json.loads(meta["shapes"]))
+    except (SafetensorError, OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{file}: unreadable safetensors file ({e})") from None
+    return shapes
+
+
+def _check_config_fits(
+    cfg: GPTConfig, shapes: dict[str, list[int]], file: Path, config_file: Path
+) -> None:
+    """The config's depth and widths are those of the weights in `file`, so that building its
+    model allocates no more than the file holds (a config claiming a million layers would
+    otherwise fill memory before any shape is compared)."""
+    layers = {int(m.group(1)) for k in shapes if (m := re.match(r"blocks\.(\d+)\.", k))}
+    n_layer = max(layers) + 1 if layers else 0
+    if n_layer != cfg.n_layer:
+        raise CheckpointError(
+            f"{config_file}: n_layer {cfg.n_layer}, but {file.name} holds {n_layer} layers"
+        )
+    expected = {
+        "embed.weight": [cfg.vocab_size, cfg.d_model],
+        "blocks.0.attn.qkv.weight": [3 * cfg.n_head * cfg.d_head, cfg.d_model],
+        "blocks.0.mlp.in_proj.weight": [cfg.d_mlp, cfg.d_model],
+    }
+    for name, shape in expected.items():
+        if name in shapes and shapes[name] != shape:
+            raise CheckpointError(
+                f"{config_file}: needs {name} of shape {shape}, but {file.name} holds "
+                f"{shapes[name]}"
+            )
 
 
 def _write_config(folder: Path, model_cfg: GPTConfig, config: dict[str, Any] | None) -> None:

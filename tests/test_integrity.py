@@ -3,9 +3,11 @@ pickled weights are never loaded, damaged logs do not stop a resume."""
 
 from __future__ import annotations
 
+import json
 import pathlib
 import pickle
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,25 @@ def test_damaged_metrics_do_not_stop_a_resume(
     assert "dropped 3 damaged line(s)" in capsys.readouterr().err
     assert [r["step"] for r in read_metrics(out) if "train/loss" in r] == list(range(1, 9))
     assert load_tokenizer(out / "final").get_vocab_size() > 0
+
+
+def test_a_config_claiming_a_huge_model_is_refused_before_building(
+    trained: Path, tmp_path: Path
+) -> None:
+    """config.json says a million layers (the file holds one): refused from the weights file's
+    header, at once."""
+    folder = tmp_path / "final"
+    shutil.copytree(trained, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model"]["n_layer"] = 10**6
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / MANIFEST_FILE).unlink()  # hand-edited: nothing vouches for the files
+    start = time.perf_counter()
+    with pytest.raises(
+        CheckpointError, match=r"n_layer 1000000, but model\.safetensors holds 1 layers"
+    ):
+        load_model(folder)
+    (folder / MODEL_FILE).unlink()  # the compressed file's header says the same
+    with pytest.raises(CheckpointError, match=r"model\.sparse\.safetensors holds 1 layers"):
+        load_model(folder)
+    assert time.perf_counter() - start < 10
