@@ -3,6 +3,7 @@ and the viewer (rendered in headless Chromium)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -23,8 +24,10 @@ from sparse_tf.pruning import (
     Circuit,
     CircuitError,
     MeansError,
+    NodeError,
     NodeMasks,
     PruneConfig,
+    check_nodes,
     count_edges,
     fit_logit_scale,
     heaviside,
@@ -638,7 +641,43 @@ def test_viewer_escapes_the_embedded_data() -> None:
         all_ablated={},
         loss_vs_k=[],
     )
+    circuit = dataclasses.replace(circuit, model="runs/<!--<script>/final & co")
     view = ViewData(circuit.to_dict(), [], [], 0, [], {}, {}, [], {"a": "x", "b": "y"})
     page = render_html(view)
     assert page.count("</script>") == 2  # the two real ones; the data's is escaped
+    assert page.count("<script") == 2  # a "<script" in the data would open one
+    assert "<!--" not in page
     assert "<title>circuit: &lt;/script&gt;&lt;b&gt;x</title>" in page
+    # The embedded JSON reads back to the very strings.
+    data = page.split('<script id="data" type="application/json">')[1].split("</script>")[0]
+    assert json.loads(data)["circuit"]["model"] == "runs/<!--<script>/final & co"
+    assert json.loads(data)["circuit"]["task"] == "</script><b>x"
+
+
+def test_hand_edited_nodes_are_refused_with_the_entry_named(tmp_path: Path) -> None:
+    """Negative or repeated indices (load_circuit), unknown sites and channels past a site's
+    width (against the model): one line naming the entry, never a wrap-around or a skip."""
+    good = Circuit(
+        task="t", target_loss=0.15, reached_target=True, nodes={}, n_nodes=0, n_total_nodes=1,
+        n_edges=0, edges_by_type={}, edges_by_layer={}, logit_scale=1.0, sufficiency={},
+        necessity={}, full_model={}, all_ablated={}, loss_vs_k=[],
+    ).to_dict()  # fmt: skip
+    for nodes, message in [
+        ({"blocks.0.attn.hook_q": [-1]}, r"nodes\['blocks\.0\.attn\.hook_q'\]: -1 is not a"),
+        ({"blocks.0.attn.hook_q": [3, 3]}, "repeats a channel"),
+        ({"blocks.0.attn.hook_q": ["7"]}, "'7' is not a channel index"),
+    ]:
+        with pytest.raises(CircuitError, match=message):
+            Circuit.from_dict({**good, "nodes": nodes}, source="c.json")
+    sites = node_sites(tiny_model().cfg)  # d_attn 64
+    check_nodes({"blocks.0.attn.hook_q": [0, 63]}, sites)
+    for nodes, message in [
+        ({"blocks.0.attn.hook_qq": [0]}, "'blocks.0.attn.hook_qq' is not a node site"),
+        ({"blocks.9.attn.hook_q": [0]}, "'blocks.9.attn.hook_q' is not a node site"),
+        ({"blocks.0.attn.hook_q": [64]}, r"blocks\.0\.attn\.hook_q channel 64 is not in \[0, 64\)"),
+        ({"blocks.1.hook_resid_post": [0]}, r"final_resid=True"),
+    ]:
+        with pytest.raises(NodeError, match=message):
+            keep_gates(sites, nodes)
+        with pytest.raises(NodeError, match=message):
+            count_edges(tiny_model(), sites, nodes)

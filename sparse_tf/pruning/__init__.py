@@ -21,7 +21,7 @@ from sparse_tf.pruning.masks import (
     top_k_gates,
 )
 from sparse_tf.pruning.means import MeansError, ablation_means, load_means, save_means
-from sparse_tf.pruning.nodes import NodeSite, node_sites
+from sparse_tf.pruning.nodes import NodeError, NodeSite, check_nodes, node_sites
 from sparse_tf.pruning.run import PruneError, prune_model
 from sparse_tf.pruning.search import (
     PruneConfig,
@@ -37,11 +37,13 @@ __all__ = [
     "EdgeCount",
     "MeansError",
     "NodeMasks",
+    "NodeError",
     "NodeSite",
     "PruneConfig",
     "PruneError",
     "PruneResult",
     "ablation_means",
+    "check_nodes",
     "count_edges",
     "edge_blocks",
     "fit_logit_scale",

@@ -72,10 +72,13 @@ class Circuit:
         if unknown := sorted(set(data) - names):
             raise CircuitError(f"{source}: unknown field(s) {unknown}")
         nodes = data["nodes"]
-        if not isinstance(nodes, dict) or not all(
-            isinstance(v, list) and all(isinstance(i, int) for i in v) for v in nodes.values()
-        ):
+        if not isinstance(nodes, dict) or not all(isinstance(v, list) for v in nodes.values()):
             raise CircuitError(f"{source}: 'nodes' must map hook names to lists of integers")
+        for name, indices in nodes.items():
+            bad = [i for i in indices if type(i) is not int or i < 0]
+            if bad or len(set(indices)) != len(indices):
+                what = f"{bad[0]!r} is not a channel index" if bad else "repeats a channel"
+                raise CircuitError(f"{source}: nodes[{name!r}]: {what}")
         return cls(**data)
 
     def save(self, folder: Path) -> None:

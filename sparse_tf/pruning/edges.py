@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from sparse_tf.model import GPT
-from sparse_tf.pruning.nodes import FINAL_RESID, NodeSite
+from sparse_tf.pruning.nodes import FINAL_RESID, NodeSite, check_nodes
 
 EDGE_TYPES = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.in", "mlp.out", "resid")
 READS = ("attn.act_in", "mlp.act_in", FINAL_RESID)
@@ -58,7 +58,9 @@ class EdgeCount:
 
 
 def edge_blocks(model: GPT, sites: Sequence[NodeSite], nodes: Nodes) -> Iterator[EdgeBlock]:
-    """Every pair of sites that a weight connects, restricted to the kept nodes."""
+    """Every pair of sites that a weight connects, restricted to the kept nodes (a name or
+    index outside `sites` is a NodeError)."""
+    check_nodes(nodes, sites)
     by_layer: dict[tuple[int, str], NodeSite] = {(s.layer, s.kind): s for s in sites}
     d_attn = model.cfg.n_head * model.cfg.d_head
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from sparse_tf.model import GPT
 from sparse_tf.pruning.means import MeansError
-from sparse_tf.pruning.nodes import NodeSite
+from sparse_tf.pruning.nodes import NodeSite, check_nodes
 
 Gates = Mapping[str, Tensor]
 """Hook name → gate [width] in {0, 1} (float): 1 keeps a channel, 0 mean-ablates it."""
@@ -116,8 +116,10 @@ def keep_gates(
     device: torch.device | str = "cpu",
     invert: bool = False,
 ) -> dict[str, Tensor]:
-    """Gates that keep exactly `nodes` (hook name → channel indices; missing sites keep none).
-    With `invert`, every node except `nodes` is kept (the necessity test)."""
+    """Gates that keep exactly `nodes` (hook name → channel indices; missing sites keep none;
+    a name or index outside `sites` is a NodeError). With `invert`, every node except `nodes`
+    is kept (the necessity test)."""
+    check_nodes(nodes, sites)
     gates = {}
     for s in sites:
         g = torch.zeros(s.width, device=device)

@@ -19,8 +19,12 @@ sparse model actually passes on. The kinds are the official circuit_sparsity loc
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from torch import Tensor
+
+from sparse_tf.errors import SparseTFError
 from sparse_tf.model import GPTConfig
 
 # (kind, hook name inside blocks.{i}), in the order a forward pass reaches them.
@@ -85,3 +89,27 @@ def node_sites(cfg: GPTConfig, final_resid: bool = False) -> list[NodeSite]:
         name = f"blocks.{cfg.n_layer - 1}.hook_resid_post"
         sites.append(NodeSite(name, FINAL_RESID, cfg.n_layer, cfg.d_model))
     return sites
+
+
+class NodeError(SparseTFError):
+    """A set of nodes names a site or channel the model does not have."""
+
+
+def check_nodes(
+    nodes: Mapping[str, Sequence[int] | Tensor], sites: Sequence[NodeSite], source: str = "nodes"
+) -> None:
+    """NodeError, naming the entry, unless every key of `nodes` is one of `sites` and every
+    index is a channel of it (0 <= i < width): a hand-edited circuit.json must not have its
+    negative indices wrap around or its unknown sites ignored."""
+    widths = {s.name: s.width for s in sites}
+    for name, indices in nodes.items():
+        if name not in widths:
+            hint = " (a --final-resid circuit: take node_sites(cfg, final_resid=True))"
+            raise NodeError(
+                f"{source}: {name!r} is not a node site of this model"
+                f"{hint if name.endswith('hook_resid_post') else ''}"
+            )
+        values = indices.tolist() if isinstance(indices, Tensor) else list(indices)
+        for i in values:
+            if type(i) is not int or not 0 <= i < widths[name]:
+                raise NodeError(f"{source}: {name} channel {i!r} is not in [0, {widths[name]})")

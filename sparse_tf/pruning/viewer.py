@@ -155,7 +155,11 @@ def _round(values: list[float]) -> list[float]:
 
 def render_html(view: ViewData) -> str:
     """The page, with `view` embedded as JSON."""
-    data = json.dumps(asdict(view), separators=(",", ":")).replace("</", "<\\/")
+    # No "<", ">" or "&" inside the <script> element: "</script>" would end it and "<!--"
+    # changes how the browser parses the rest; JSON reads the escapes back as the characters.
+    data = json.dumps(asdict(view), separators=(",", ":"))
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
+        data = data.replace(char, escape)
     title = html.escape(f"circuit: {view.circuit['task']}")
     page = resources.files("sparse_tf.pruning").joinpath("viewer.html").read_text()
     return page.replace("__TITLE__", title).replace("__DATA__", data)
