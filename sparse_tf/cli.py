@@ -182,8 +182,6 @@ def eval_command(argv: list[str]) -> None:
     from sparse_tf.evaluation import evaluate_model  # loads the task catalog only when used
 
     args = _tyro_cli(EvalArgs, prog="sparse-tf eval", args=argv)
-    if args.n < 1:
-        raise UsageError(f"--n {args.n}: must be at least 1")
     report = evaluate_model(
         args.model,
         args.task,

@@ -32,6 +32,14 @@ from sparse_tf.tasks import (
 )
 from sparse_tf.training import TrainConfig, resolve_device, validation_loss
 
+MAX_PAIRS = 100_000
+"""Most contrast pairs per task (and per batch) an evaluation takes: 200,000 prompts, minutes
+on a GPU; more would only fill memory."""
+
+
+class EvalError(SparseTFError):
+    """An evaluation argument out of range."""
+
 
 @dataclass(frozen=True)
 class EvalReport:
@@ -108,6 +116,14 @@ def evaluate_model(
         n: contrast pairs per task (2n prompts).
         val_windows: validation windows of the training corpus (0: skip the validation loss).
     """
+    for name, flag, value, low, high in (
+        ("n", "--n", n, 1, MAX_PAIRS),
+        ("pairs_per_batch", "--batch-size", pairs_per_batch, 1, MAX_PAIRS),
+        ("val_windows", "--val-windows", val_windows, 0, None),
+    ):
+        if value < low or (high is not None and value > high):
+            bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise EvalError(f"{name}={value} ({flag}): must be {bound}")
     names = list(TASKS) if tasks == "all" else [tasks] if isinstance(tasks, str) else list(tasks)
     selected = [get_task(name) for name in names]
     dev = resolve_device(device, flag="--device")

@@ -19,6 +19,7 @@ gradient RMS and the projection are exact over all ranks.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -58,12 +59,23 @@ class OptimConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(self.lr > 0, self, "lr", "must be > 0")
+        finite = math.isfinite
+        check(finite(self.lr) and self.lr > 0, self, "lr", "must be finite and > 0")
         check(all(0.0 <= b < 1.0 for b in self.betas), self, "betas", "each must be in [0, 1)")
-        check(self.eps >= 0, self, "eps", "must be >= 0")
-        check(self.weight_decay >= 0, self, "weight_decay", "must be >= 0")
+        check(finite(self.eps) and self.eps >= 0, self, "eps", "must be finite and >= 0")
+        check(
+            finite(self.weight_decay) and self.weight_decay >= 0,
+            self,
+            "weight_decay",
+            "must be finite and >= 0",
+        )
         check(0.0 <= self.warmup_frac < 1.0, self, "warmup_frac", "must be in [0, 1)")
-        check(self.grad_rms is None or self.grad_rms > 0, self, "grad_rms", "must be > 0 or None")
+        check(
+            self.grad_rms is None or (finite(self.grad_rms) and self.grad_rms > 0),
+            self,
+            "grad_rms",
+            "must be finite and > 0, or None",
+        )
 
 
 def lr_schedule(step: int, total_steps: int, cfg: OptimConfig) -> float:

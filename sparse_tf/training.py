@@ -121,6 +121,12 @@ class TrainConfig(Config):
         if self.model.arch == "hf_gpt2":
             check(self.dense, self, "sparsity", "l0 must be 1: an hf_gpt2 model trains dense")
         check(self.batch_size >= 1, self, "batch_size", "must be >= 1")
+        check(
+            self.micro_batch_size is None or self.micro_batch_size >= 1,
+            self,
+            "micro_batch_size",
+            "must be >= 1 (or unset: the whole batch)",
+        )
         micro = self.micro
         check(
             1 <= micro <= self.batch_size and self.batch_size % micro == 0,
@@ -131,7 +137,7 @@ class TrainConfig(Config):
 
     @property
     def micro(self) -> int:
-        return self.micro_batch_size or self.batch_size
+        return self.batch_size if self.micro_batch_size is None else self.micro_batch_size
 
     @property
     def dense(self) -> bool:

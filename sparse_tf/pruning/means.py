@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
@@ -62,6 +62,10 @@ def ablation_means(
     return {name: (s / max(count, 1)).float() for name, s in sums.items()}
 
 
+MODEL_DIGEST_KEY = "model_sha256"
+"""Metadata key of a means file: the sha256 of the weights file of the model they are for."""
+
+
 def save_means(path: Path, means: Mapping[str, Tensor], metadata: Mapping[str, str]) -> None:
     """Write means as safetensors (keys: hook names), atomically."""
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in means.items()}
@@ -69,10 +73,28 @@ def save_means(path: Path, means: Mapping[str, Tensor], metadata: Mapping[str, s
 
 
 def load_means(
-    path: str | Path, sites: Sequence[NodeSite], device: torch.device | str = "cpu"
+    path: str | Path,
+    sites: Sequence[NodeSite],
+    device: torch.device | str = "cpu",
+    model_sha256: str | None = None,
 ) -> dict[str, Tensor]:
-    """Read a means file and check it covers every site with the right width."""
+    """Read a means file and check it covers every site with the right width, and, given the
+    sha256 of the model's weights file, that the means were computed for that model (files
+    that record no digest cannot be checked: they pass)."""
     path = Path(path)
+    if model_sha256 is not None:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                recorded = (f.metadata() or {}).get(MODEL_DIGEST_KEY)
+        except FileNotFoundError:
+            raise MeansError(f"{path}: file not found") from None
+        except (SafetensorError, OSError) as e:
+            raise MeansError(f"{path}: unreadable safetensors file ({e})") from None
+        if recorded is not None and recorded != model_sha256:
+            raise MeansError(
+                f"{path}: computed for another model (weights sha256 {recorded[:12]}..., this "
+                f"model's {model_sha256[:12]}...): ablation means are per model"
+            )
     try:
         tensors = load_file(str(path))
     except FileNotFoundError:

@@ -51,7 +51,7 @@ from sparse_tf.pruning.circuit import (
     CircuitError,
     load_circuit,
 )
-from sparse_tf.pruning.means import ablation_means, load_means, save_means
+from sparse_tf.pruning.means import MODEL_DIGEST_KEY, ablation_means, load_means, save_means
 from sparse_tf.pruning.nodes import node_sites
 from sparse_tf.pruning.search import PruneConfig, PruneResult, prune
 from sparse_tf.pruning.viewer import render_html, viewer_data
@@ -97,11 +97,12 @@ def prune_model(
         amp = dev.type == "cuda"
         model, tok = load_model_and_tokenizer(model_path, dev)
         sites = node_sites(model.cfg, final_resid=True)  # means for every site, whatever is masked
+        digest = file_sha256(_weights_file(Path(model_path)))
         if means_file is not None:
-            means, means_source = load_means(means_file, sites, dev), str(means_file)
+            means, means_source = load_means(means_file, sites, dev, digest), str(means_file)
         else:
             means, means_source = _cached_means(
-                Path(model_path), model, tok, mean_windows, amp, log
+                Path(model_path), digest, model, tok, mean_windows, amp, log
             )
         result = prune(model, tok, the_task, means, cfg, amp=amp, log=log)
         pruned_sites = node_sites(model.cfg, cfg.final_resid)
@@ -119,7 +120,8 @@ def prune_model(
         view = viewer_data(
             model, tok, the_task, circuit, pruned_sites, means, seed=cfg.seed, amp=amp
         )
-        _publish(out, circuit, means, means_source, result.scores, render_html(view))
+        meta = {"source": means_source, MODEL_DIGEST_KEY: digest}
+        _publish(out, circuit, means, meta, result.scores, render_html(view))
     log(circuit.summary())
     log(f"wrote {out / CIRCUIT_FILE} and {out / HTML_FILE} ({time.perf_counter() - start:.0f} s)")
     return PruneResult(circuit, result.scores)
@@ -129,7 +131,7 @@ def _publish(
     out: Path,
     circuit: Circuit,
     means: dict[str, Tensor],
-    means_source: str,
+    means_meta: dict[str, str],
     scores: dict[str, Tensor],
     html: str,
 ) -> None:
@@ -137,7 +139,7 @@ def _publish(
     each into place, circuit.json last: the rest of `out` is never touched."""
     tmp = Path(tempfile.mkdtemp(prefix=".prune.", suffix=".tmp", dir=out))
     try:
-        save_means(tmp / MEANS_FILE, means, {"source": means_source})
+        save_means(tmp / MEANS_FILE, means, means_meta)
         atomic_write_bytes(tmp / SCORES_FILE, save(scores))  # float32, on the CPU
         atomic_write_text(tmp / HTML_FILE, html)
         circuit.save(tmp)
@@ -173,19 +175,23 @@ def _check_out(out: Path, overwrite: bool) -> None:
         )
 
 
+def _weights_file(path: Path) -> Path:
+    """The weights file of a model folder whose digest identifies the model."""
+    return path / MODEL_FILE if (path / MODEL_FILE).is_file() else path / SPARSE_MODEL_FILE
+
+
 def _cached_means(
-    path: Path, model: GPT, tok: Tokenizer, n_windows: int, amp: bool, log: Log
+    path: Path, digest: str, model: GPT, tok: Tokenizer, n_windows: int, amp: bool, log: Log
 ) -> tuple[dict[str, Tensor], str]:
-    """Means over the model's training corpus, from the cache when this model and corpus
-    have been seen with the same number of windows."""
+    """Means over the model's training corpus, from the cache when this model (its weights'
+    sha256 `digest`) and corpus have been seen with the same number of windows."""
     try:
         _, data = training_data(path, tok)
     except SparseTFError as e:
         raise PruneError(f"cannot compute ablation means ({e}); pass --means FILE") from None
     sites = node_sites(model.cfg, final_resid=True)
-    weights = path / MODEL_FILE if (path / MODEL_FILE).is_file() else path / SPARSE_MODEL_FILE
     key = hashlib.sha256()
-    key.update(file_sha256(weights).encode())
+    key.update(digest.encode())
     # bf16 autocast on GPUs gives slightly different means than fp32 on CPUs: keyed apart.
     precision = "bf16" if amp else "fp32"
     key.update(f"{data.corpus.digest}/{len(data.train)}/{n_windows}/{model.cfg.n_ctx}".encode())
@@ -194,10 +200,10 @@ def _cached_means(
     source = f"{n_windows} windows of the training split of {data.corpus.source} ({precision})"
     if file.is_file():
         log(f"ablation means: cached ({file.name})")
-        return load_means(file, sites, next(model.parameters()).device), source
+        return load_means(file, sites, next(model.parameters()).device, digest), source
     t = time.perf_counter()
     means = ablation_means(model, data.train, sites, n_windows=n_windows, amp=amp)
     file.parent.mkdir(parents=True, exist_ok=True)
-    save_means(file, means, {"source": source})
+    save_means(file, means, {"source": source, MODEL_DIGEST_KEY: digest})
     log(f"ablation means: {source} ({time.perf_counter() - t:.1f} s)")
     return means, source

@@ -48,6 +48,7 @@ from sparse_tf.pruning.masks import (
 )
 from sparse_tf.pruning.nodes import NodeSite, node_sites
 from sparse_tf.tasks import (
+    CHANCE_LOSS,
     Split,
     Task,
     TaskScore,
@@ -112,7 +113,12 @@ class PruneConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(0 < self.target_loss, self, "target_loss", "must be > 0")
+        check(
+            0 < self.target_loss < CHANCE_LOSS,
+            self,
+            "target_loss",
+            f"must be in (0, {CHANCE_LOSS:.4f}): at chance loss or above, no circuit is needed",
+        )
         for name in ("budget", "steps", "batch_pairs", "n_train", "n_val", "n_test"):
             check(getattr(self, name) >= 1, self, name, "must be >= 1")
         for name in ("lr", "temperature"):
