@@ -240,6 +240,12 @@ def load_checkpoint(
     if check_files:
         verify(path)
     state = _read_json(path / STATE_FILE)
+    if not isinstance(state, dict) or not all(
+        type(state.get(key)) is int and state[key] >= 0 for key in ("step", "data_position")
+    ):
+        raise CheckpointError(
+            f"{path / STATE_FILE}: needs integer 'step' and 'data_position' >= 0 (edited by hand?)"
+        )
     if (path / SHARDS_DIR).is_dir():
         model_state, optim_state, tensors = _flat_state(model, optimizer)
         _dcp_load(tensors, path / SHARDS_DIR, collective=is_sharded(model))

@@ -182,6 +182,7 @@ def eval_command(argv: list[str]) -> None:
     from sparse_tf.evaluation import evaluate_model  # loads the task catalog only when used
 
     args = _tyro_cli(EvalArgs, prog="sparse-tf eval", args=argv)
+    _check_json_target(args.json)
     report = evaluate_model(
         args.model,
         args.task,
@@ -232,6 +233,11 @@ def perturb_command(argv: list[str]) -> None:
     from sparse_tf.training import resolve_device
 
     args = _tyro_cli(PerturbArgs, prog="sparse-tf perturb", args=argv)
+    if args.k < 1:
+        raise UsageError(f"--k {args.k}: must be at least 1")
+    if args.n < 1:
+        raise UsageError(f"--n {args.n}: must be at least 1")
+    _check_json_target(args.json)
     device = resolve_device(args.device, "--device")
     sparse, bridges = load_bridged(args.model, device)
     dense_dir = args.dense or read_json(Path(args.model) / BRIDGES_META).get("dense")
@@ -253,6 +259,17 @@ def perturb_command(argv: list[str]) -> None:
     print(result.table())
     if args.json:
         write_json(Path(args.json), dataclasses.asdict(result))
+
+
+def _check_json_target(json_path: str | None) -> None:
+    """A UsageError, before any work, unless --json names a file in an existing folder."""
+    if json_path is None:
+        return
+    path = Path(json_path)
+    if path.is_dir():
+        raise UsageError(f"--json {path}: is a folder; name a file")
+    if not path.parent.is_dir():
+        raise UsageError(f"--json {path}: the folder {path.parent} does not exist")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -676,6 +693,15 @@ def main(argv: list[str] | None = None) -> None:
         # The reader went away (`sparse-tf eval ... | head`): stop quietly, as shell tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)
+    except OSError as e:
+        # The file system said no (disk full, read-only, permission, a file where a folder
+        # should be): the path and the reason are the whole story. Every write is atomic, so
+        # nothing half-written was left in place of a good file.
+        if e.strerror is None:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"sparse-tf {name}: error: {where}{e.strerror}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         # Training handles Ctrl-C itself (checkpoint, then exit); this is any other moment.
         print(f"sparse-tf {name}: interrupted", file=sys.stderr)

@@ -853,6 +853,12 @@ def _read_run_info(out: Path) -> dict[str, Any]:
             f"--out {out}: its {RUN_FILE} was not written by sparse_tf; choose another folder "
             "(nothing in this one was touched)"
         )
+    for key, kind in (("id", str), ("config", dict), ("resumes", list), ("started", str)):
+        if not isinstance(info.get(key), kind):
+            raise TrainingError(
+                f"{out / RUN_FILE}: field {key!r} is missing or not a {kind.__name__} "
+                "(edited by hand?)"
+            )
     return info
 
 

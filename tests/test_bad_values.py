@@ -1,22 +1,26 @@
-"""Values that are accepted but meaningless are refused, in one line naming the field or flag."""
+"""Bad values and bad places: refused before any work, in one line naming the field, flag or
+path (never a traceback), and nothing half-written is left where a good file stood."""
 
 from __future__ import annotations
 
+import errno
+import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from sparse_tf import OptimConfig, load_model
-from sparse_tf.checkpoint import export_model
+from sparse_tf import OptimConfig, checkpoint, load_model
+from sparse_tf.checkpoint import CheckpointError, export_model, list_checkpoints, verify
 from sparse_tf.cli import main
 from sparse_tf.config import ConfigError
 from sparse_tf.data.tokenizer import load_tokenizer
 from sparse_tf.evaluation import MAX_PAIRS, EvalError, evaluate_model
 from sparse_tf.pruning import MeansError, PruneConfig, prune_model
 from sparse_tf.pruning.circuit import MEANS_FILE
-from tests.helpers import tiny_train_config
+from sparse_tf.training import TrainingError, train
+from tests.helpers import quiet_options, tiny_train_config, tiny_train_flags
 
 
 @pytest.mark.parametrize("field", ["lr", "eps", "weight_decay", "grad_rms"])
@@ -89,3 +93,93 @@ def test_means_of_another_model_are_refused(trained: Path, tmp_path: Path) -> No
             means_file=first / MEANS_FILE, log=lambda _: None,
         )  # fmt: skip
     assert not (tmp_path / "second").exists()
+
+
+# -- one line instead of a traceback -------------------------------------------------------
+
+
+def test_eval_json_target_is_checked_before_the_work(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for target, needle in [
+        (tmp_path / "missing" / "r.json", "does not exist"),
+        (tmp_path, "is a folder; name a file"),
+    ]:
+        with pytest.raises(SystemExit):
+            main(["eval", "--model", str(trained), "--json", str(target)])
+        err = capsys.readouterr().err.strip()
+        assert f"--json {target}: " in err
+        assert needle in err
+        assert len(err.splitlines()) == 1
+
+
+def test_perturb_k_below_one_is_refused(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["perturb", "--model", str(trained), "--k", "-1"])
+    assert capsys.readouterr().err.strip() == "sparse-tf perturb: error: --k -1: must be at least 1"
+
+
+def test_a_sparse_folder_as_dense_model_is_one_line(trained: Path) -> None:
+    from sparse_tf.bridges import BridgeError, load_gpt2
+
+    message = rf"--dense {trained}: cannot load a GPT2LMHeadModel \(config\.json has model_type"
+    with pytest.raises(BridgeError, match=message):
+        load_gpt2(trained)
+
+
+def test_file_system_errors_are_one_line(
+    corpus: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A file where --out's parent should be, and a full disk during a checkpoint write: the
+    path and the reason, and the previous checkpoint is still whole."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    flags = ["train", "--wandb", "disabled", "--progress", "none", "--device", "cpu"]
+    flags += tiny_train_flags(corpus, 8)
+    with pytest.raises(SystemExit) as e:
+        main([*flags, "--out", str(blocker / "run")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1
+    assert err == f"sparse-tf train: error: {blocker / 'run'}: Not a directory"
+
+    from sparse_tf import checkpoint
+
+    real = checkpoint.save_file
+    calls = []
+
+    def full_disk(tensors: dict, path: str, *args: object, **kwargs: object) -> None:
+        calls.append(path)
+        if len(calls) > 3:  # the first checkpoint (model, optimizer, rng) fits; then it is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        main([*flags, "--out", str(out), "--ckpt-every", "4"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("sparse-tf train: error: ")
+    assert lines[-1].endswith(": No space left on device")
+    assert [s for s, _ in list_checkpoints(out)] == [4]
+    verify(out / "step-4")
+
+
+def test_hand_edited_run_and_state_files_are_one_line(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = tiny_train_config(corpus, max_steps=4)
+    train(cfg, quiet_options(out, ckpt_every=2, eval_every=0))
+    (out / "summary.json").unlink()
+    info = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**info, "id": 7}))
+    with pytest.raises(TrainingError, match=r"run\.json: field 'id' is missing or not a str"):
+        train(cfg, quiet_options(out, resume=True))
+    (out / "run.json").write_text(json.dumps(info))
+    state = out / "step-4" / "state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "step": "four"}))
+    (out / "step-4" / checkpoint.MANIFEST_FILE).unlink()  # edited by hand, manifest and all
+    checkpoint.write_manifest(out / "step-4")
+    with pytest.raises(CheckpointError, match=r"state\.json: needs integer 'step'"):
+        train(cfg, quiet_options(out, resume=True))

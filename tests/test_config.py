@@ -68,7 +68,11 @@ def test_gpt_config_errors_name_the_field(kwargs: dict[str, object], message: st
             r"OptimConfig.betas=\(0.9, 1.0\): each must be in \[0, 1\)",
         ),
         (OptimConfig, {"betas": [0.9]}, r"OptimConfig.betas: expected a list of 2 values"),
-        (OptimConfig, {"grad_rms": 0.0}, r"OptimConfig.grad_rms=0.0: must be finite and > 0, or None"),
+        (
+            OptimConfig,
+            {"grad_rms": 0.0},
+            r"OptimConfig.grad_rms=0.0: must be finite and > 0, or None",
+        ),
         (OptimConfig, {"warmup_frac": 1.0}, r"warmup_frac=1.0: must be in \[0, 1\)"),
     ],
 )

@@ -133,3 +133,17 @@ def test_a_config_claiming_a_huge_model_is_refused_before_building(
     with pytest.raises(CheckpointError, match=r"model\.sparse\.safetensors holds 1 layers"):
         load_model(folder)
     assert time.perf_counter() - start < 10
+
+
+def test_a_dense_folder_missing_weights_is_not_filled_with_random_ones(tmp_path: Path) -> None:
+    """transformers initialises tensors absent from the file at random; load_gpt2 refuses."""
+    from safetensors.torch import load_file, save_file
+
+    folder = hf_folder(tmp_path)
+    tensors = load_file(str(folder / "model.safetensors"))
+    dropped = sorted(tensors)[0]
+    del tensors[dropped]
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / MANIFEST_FILE).unlink()
+    with pytest.raises(BridgeError, match=r"the weights lack 1 GPT-2 tensor"):
+        load_gpt2(folder)

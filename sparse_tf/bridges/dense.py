@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from sparse_tf.checkpoint import MANIFEST_FILE, CheckpointError, verify, write_manifest
 from sparse_tf.data.tokenizer import EOT, TOKENIZER_FILE, save_tokenizer
 from sparse_tf.errors import SparseTFError
-from sparse_tf.io import atomic_dir, write_json
+from sparse_tf.io import atomic_dir, read_json, write_json
 from sparse_tf.model import GPTConfig
 
 TRAIN_CONFIG_FILE = "sparse_tf.json"
@@ -119,13 +119,27 @@ def load_gpt2(
             "save the model with save_pretrained(..., safe_serialization=True))"
         )
     try:
+        model_type = read_json(path / "config.json").get("model_type")
+    except (ValueError, AttributeError) as e:
+        raise BridgeError(f"--dense {path}: unreadable config.json ({e})") from None
+    if model_type != "gpt2":
+        raise BridgeError(
+            f"--dense {path}: cannot load a GPT2LMHeadModel (config.json has model_type "
+            f"{model_type!r}, not 'gpt2')"
+        )
+    try:
         # safetensors only: a pickled pytorch_model.bin could run code when loaded.
-        model = GPT2LMHeadModel.from_pretrained(
-            path, attn_implementation="sdpa", use_safetensors=True
+        model, info = GPT2LMHeadModel.from_pretrained(
+            path, attn_implementation="sdpa", use_safetensors=True, output_loading_info=True
         )
     except (OSError, ValueError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BridgeError(f"--dense {path}: cannot load a GPT2LMHeadModel ({first})") from None
+    # transformers fills weights missing from the file with fresh random ones: never here.
+    if missing := sorted(info.get("missing_keys", ())):
+        raise BridgeError(
+            f"--dense {path}: the weights lack {len(missing)} GPT-2 tensor(s) ({missing[0]}, ...)"
+        )
     model = model.to(device).eval()
     model.requires_grad_(False)
     return model
