@@ -206,10 +206,11 @@ def _dcp_load(tensors: dict[str, Tensor], folder: Path, collective: bool) -> Non
         raise CheckpointError(f"{folder}: does not fit this model ({first})") from None
 
 
-def newest_intact(out: Path, run_id: str) -> tuple[Path | None, list[str]]:
+def newest_intact(out: Path, run_id: str, config: dict[str, Any]) -> tuple[Path | None, list[str]]:
     """The newest checkpoint of `out` whose files match its manifest (None: none), and one line
     for each newer one skipped as damaged. A checkpoint of another run (its state.json names
-    another run id: copied from elsewhere) is a CheckpointError, not a fallback."""
+    another run id, or its config.json another training config than the run's `config`:
+    copied from elsewhere) is a CheckpointError, not a fallback."""
     skipped = []
     for step, path in reversed(list_checkpoints(out)):
         try:
@@ -222,6 +223,12 @@ def newest_intact(out: Path, run_id: str) -> tuple[Path | None, list[str]]:
             raise CheckpointError(
                 f"{path}: belongs to run {state.get('run_id')}, not to this folder's run "
                 f"{run_id} (copied from another run?); move it away to resume"
+            )
+        saved = _read_json(path / CONFIG_FILE)
+        if not isinstance(saved, dict) or saved.get("train") != config:
+            raise CheckpointError(
+                f"{path / CONFIG_FILE}: the training config differs from the run's run.json "
+                "(copied from another run?); move the checkpoint away to resume"
             )
         return path, skipped
     return None, skipped

@@ -384,7 +384,7 @@ class _Run:
             return None, None
         run_info = read_json(self.out / RUN_FILE)
         try:
-            ckpt, skipped = newest_intact(self.out, run_info["id"])
+            ckpt, skipped = newest_intact(self.out, run_info["id"], run_info["config"])
         except CheckpointError as e:
             raise TrainingError(f"--resume: {e}") from None
         if self.world.main:

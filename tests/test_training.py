@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from sparse_tf import OptimConfig, SparsityConfig, load_model, load_tokenizer
-from sparse_tf.checkpoint import SPARSE_MODEL_FILE, list_checkpoints, verify
+from sparse_tf.checkpoint import SPARSE_MODEL_FILE, list_checkpoints, verify, write_manifest
 from sparse_tf.config import ConfigError
 from sparse_tf.data import CorpusError, DataConfig, TokenDataError
 from sparse_tf.io import LOCK_FILE
@@ -272,12 +272,21 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(
 def test_resume_refuses_a_checkpoint_of_another_run(
     finished: Path, corpus: Path, tmp_path: Path
 ) -> None:
-    """Same shapes, same config, another run id: copied in from elsewhere, not resumed."""
+    """Same shapes, another run id or another config: copied in from elsewhere, not resumed."""
     out = tmp_path / "copy"
     shutil.copytree(finished, out)
     info = json.loads((out / "run.json").read_text())
     (out / "run.json").write_text(json.dumps({**info, "id": "another-run"}))
     with pytest.raises(TrainingError, match=r"step-12: belongs to run \w+, not to this folder"):
+        train(tiny_train_config(corpus), quiet_options(out, resume=True))
+    # The same run id, another config (the seed): also another run's checkpoint.
+    config = json.loads((out / "step-12" / "config.json").read_text())
+    config["train"]["seed"] = 7
+    (out / "step-12" / "config.json").write_text(json.dumps(config))
+    (out / "step-12" / "manifest.json").unlink()
+    write_manifest(out / "step-12")
+    (out / "run.json").write_text(json.dumps(info))
+    with pytest.raises(TrainingError, match=r"config\.json: the training config differs"):
         train(tiny_train_config(corpus), quiet_options(out, resume=True))
 
 

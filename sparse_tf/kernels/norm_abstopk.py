@@ -21,6 +21,7 @@ rounding of torch's.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,11 +48,18 @@ def reference(x: Tensor, weight: Tensor, k: int) -> Tensor:
     return abstopk.AbsTopKFunction.apply(normalized, k, 1, "reference")
 
 
-def reference_with_rstd(x: Tensor, weight: Tensor, rstd: Tensor, k: int) -> Tensor:
+def reference_with_rstd(
+    x: Tensor,
+    weight: Tensor,
+    rstd: Tensor,
+    k: int,
+    cast: Callable[[Tensor, torch.dtype], Tensor] = Tensor.to,
+) -> Tensor:
     """The forward's output for given 1/rms values rstd [...] (x's leading shape): x · rstd ·
-    weight in fp32 (the kernel's two roundings, in its order), rounded to x's dtype, AbsTopK."""
+    weight in fp32 (the kernel's two roundings, in its order), cast to x's dtype by `cast`
+    (torch's rounding; the Triton interpreter truncates to bf16), AbsTopK."""
     normalized = (x.float() * rstd.unsqueeze(-1)) * weight.float()
-    return abstopk.reference_forward(normalized.to(x.dtype), k)
+    return abstopk.reference_forward(cast(normalized, x.dtype), k)
 
 
 # ---------------------------------------------------------------------------------------------
