@@ -28,7 +28,7 @@ from sparse_tf.data import (
     train_bpe,
 )
 from sparse_tf.data.corpus import split_of
-from sparse_tf.data.tokenizer import corpus_bpe, gpt2_files_dir
+from sparse_tf.data.tokenizer import corpus_bpe, gpt2_files_dir, pieces
 from sparse_tf.data.tokens import TokenShards, Windows, eval_indices, pack_corpus
 from tests.helpers import sample_corpus
 
@@ -356,3 +356,55 @@ def test_data_config_validation() -> None:
         DataConfig(val_frac=0.9)
     with pytest.raises(ConfigError, match="tokenizer"):
         DataConfig(tokenizer="sentencepiece")  # type: ignore[arg-type]
+
+
+def test_pieces_cut_long_texts_after_a_newline() -> None:
+    text = "ab\ncd\nefgh\n" + "x" * 25
+    parts = list(pieces(text, limit=8))
+    assert "".join(parts) == text
+    assert all(len(p) <= 8 for p in parts)
+    assert parts[:3] == ["ab\ncd\n", "efgh\n", "xxxxxxxx"]  # a line longer than the limit: cut
+    assert list(pieces("short", limit=8)) == ["short"]
+    # A cut after a newline followed by code changes no token.
+    tok = train_bpe(["def f(x):\n    return x\n"] * 50, 300)
+    code = "import os\nclass A:\n    pass\ndef f():\n    return 1\n" * 3
+    whole = tok.encode(code).ids
+    cut = [i for p in pieces(code, limit=40) for i in tok.encode(p).ids]
+    assert cut == whole
+
+
+@pytest.mark.slow
+def test_a_huge_one_line_file_trains_and_encodes_in_bounded_memory(tmp_path: Path) -> None:
+    """A 15 MB file of one line (one letter run): minutes and gigabytes before the pre-token
+    and piece bounds, now ~12 s and ~0.7 GB peak for the whole process (torch import included)."""
+    run_in_bounded_memory(tmp_path, 15_000_000)
+
+
+def test_a_long_one_line_file_trains_and_encodes_quickly(tmp_path: Path) -> None:
+    """The same at 2 MB (the CI-sized case: hours of BPE training without the bounds)."""
+    run_in_bounded_memory(tmp_path, 2_000_000)
+
+
+def run_in_bounded_memory(tmp_path: Path, size: int) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = np.random.default_rng(0)
+    letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", np.uint8)
+    (corpus / "blob.py").write_bytes(rng.choice(letters, size).tobytes())
+    (corpus / "code.py").write_text("def f(x):\n    return x + 1\n" * 200)
+    script = (
+        "import resource, sys\n"
+        "from sparse_tf.data import DataConfig, prepare_data\n"
+        "data = prepare_data(DataConfig(source=sys.argv[1], task_tokens=False), 512, 64,"
+        " cache=__import__('pathlib').Path(sys.argv[2]))\n"
+        "print(len(data.train) + len(data.val),"
+        " resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(corpus), str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    windows, peak_mb = map(int, run.stdout.split())
+    assert windows > size // (64 * 8)  # the blob was tokenised (a few characters per token)
+    assert peak_mb < 1000, peak_mb  # ~370 MB of it is importing torch

@@ -22,7 +22,7 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from sparse_tf.data.corpus import Corpus, Split
-from sparse_tf.data.tokenizer import eot_id, tokenizer_digest
+from sparse_tf.data.tokenizer import MAX_PIECE, eot_id, pieces, tokenizer_digest
 from sparse_tf.errors import SparseTFError
 from sparse_tf.io import atomic_dir, read_json, write_json
 
@@ -31,6 +31,9 @@ IGNORE = -100
 SHARD_TOKENS = 1 << 26
 """Tokens per shard file (128 MiB as uint16)."""
 _ENCODE_BATCH = 256
+_ENCODING = "pieces-v1"
+"""Bump when how texts become tokens changes (here: long texts encoded in pieces), so that
+token caches of an earlier way are not reused."""
 
 
 class TokenDataError(SparseTFError):
@@ -94,7 +97,8 @@ def pack_corpus(
 ) -> dict[Split, TokenShards]:
     """Tokenise both splits of `corpus` into shards under `cache` (reused when present)."""
     tok_digest = tokenizer_digest(tok)
-    key = hashlib.sha256(f"{corpus.digest}\0{tok_digest}\0{shard_tokens}".encode()).hexdigest()
+    recipe = f"{corpus.digest}\0{tok_digest}\0{shard_tokens}\0{_ENCODING}"
+    key = hashlib.sha256(recipe.encode()).hexdigest()
     folder = cache / "tokens" / key[:32]
     if not (folder / "meta.json").is_file():
         with atomic_dir(folder) as tmp:
@@ -120,8 +124,9 @@ def pack_corpus(
 def _write_shards(
     texts: Iterable[str], tok: Tokenizer, folder: Path, split: str, shard_tokens: int
 ) -> list[dict[str, int | str]]:
-    """Encode `texts` in batches, each followed by <|endoftext|>; write full shards as they
-    fill and the remainder last. Returns [{"file", "tokens"}] (one empty shard if no text)."""
+    """Encode `texts` in batches (a long text in `pieces`), each text followed by
+    <|endoftext|>; write full shards as they fill and the remainder last. Returns
+    [{"file", "tokens"}] (one empty shard if no text)."""
     dtype = np.uint16 if tok.get_vocab_size() <= 1 << 16 else np.uint32
     eot = np.array([eot_id(tok)], dtype)
     shards: list[dict[str, int | str]] = []
@@ -133,11 +138,13 @@ def _write_shards(
         np.save(folder / name, data)
         shards.append({"file": name, "tokens": len(data)})
 
-    def encode(batch: list[str]) -> None:
+    def encode(batch: list[tuple[str, bool]]) -> None:
+        """Encode (piece, last piece of its document) pairs; <|endoftext|> after each last."""
         nonlocal pending, n_pending
-        for enc in tok.encode_batch(batch, add_special_tokens=False):
-            pending += [np.asarray(enc.ids, dtype), eot]
-            n_pending += len(enc.ids) + 1
+        encodings = tok.encode_batch([piece for piece, _ in batch], add_special_tokens=False)
+        for enc, (_, last) in zip(encodings, batch, strict=True):
+            pending += [np.asarray(enc.ids, dtype), eot] if last else [np.asarray(enc.ids, dtype)]
+            n_pending += len(enc.ids) + last
         if n_pending >= shard_tokens:
             data = np.concatenate(pending)
             while len(data) >= shard_tokens:
@@ -145,12 +152,19 @@ def _write_shards(
                 data = data[shard_tokens:]
             pending, n_pending = [data], len(data)
 
-    batch: list[str] = []
+    # Batches of at most _ENCODE_BATCH texts and MAX_PIECE characters: an encoding holds
+    # ~150 bytes per token until its ids are copied out, so memory stays bounded whatever the
+    # documents (a huge one is encoded piece by piece).
+    batch: list[tuple[str, bool]] = []
+    chars = 0
     for text in texts:
-        batch.append(text)
-        if len(batch) == _ENCODE_BATCH:
-            encode(batch)
-            batch = []
+        parts = list(pieces(text))
+        for i, piece in enumerate(parts):
+            if batch and (len(batch) == _ENCODE_BATCH or chars + len(piece) > MAX_PIECE):
+                encode(batch)
+                batch, chars = [], 0
+            batch.append((piece, i == len(parts) - 1))
+            chars += len(piece)
     encode(batch)
     if n_pending or not shards:
         write(np.concatenate(pending) if pending else np.zeros(0, dtype))
