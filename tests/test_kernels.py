@@ -216,8 +216,9 @@ def check_norm_abs_topk(x: torch.Tensor, k: int, out_dtype: torch.dtype, seed: i
     unpacked = (bits[..., None] >> torch.arange(32, device=DEVICE)) & 1  # [rows, words, 32]
     kept = unpacked.flatten(-2)[..., : x.shape[-1]].bool()
     assert torch.equal(kept, abstopk.reference_kept(kept_values, k).view(kept.shape))
+    # 1/rms to the rounding of a sum of squares in another order (up to width · 2^-24).
     ms = x.detach().float().pow(2).mean(-1)
-    torch.testing.assert_close(rstd, torch.rsqrt(ms + norm_abstopk.norm_eps(x)), rtol=1e-6, atol=0)
+    torch.testing.assert_close(rstd, torch.rsqrt(ms + norm_abstopk.norm_eps(x)), rtol=2e-5, atol=0)
     # Gradients: torch's RMSNorm backward through the kept set the forward chose.
     grad = torch.randn(x.shape, generator=g).to(DEVICE, out_dtype)
     got = torch.autograd.grad(
@@ -227,12 +228,11 @@ def check_norm_abs_topk(x: torch.Tensor, k: int, out_dtype: torch.dtype, seed: i
     want = torch.autograd.grad(normalized * kept.view(x.shape), [x, weight], grad.to(x.dtype))
     for gx, wx in zip(got, want, strict=True):
         assert gx.dtype == wx.dtype
-        tol = (
-            {"rtol": 1e-4, "atol": 1e-5}
-            if x.dtype == torch.float32
-            else {"rtol": 2e-2, "atol": 2e-2}
-        )
-        torch.testing.assert_close(gx.float(), wx.float(), **tol)
+        # The gain's gradient sums over every row, in another order than torch's: its rounding
+        # grows with its largest entry, so the absolute tolerance does too.
+        scale = max(1.0, wx.abs().max().item()) if wx.numel() else 1.0
+        rtol, atol = (1e-4, 1e-5) if x.dtype == torch.float32 else (2e-2, 2e-2)
+        torch.testing.assert_close(gx.float(), wx.float(), rtol=rtol, atol=atol * scale)
 
 
 @pytest.mark.interpreter
