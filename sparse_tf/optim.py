@@ -1,6 +1,6 @@
 """The sparse optimizer step of the paper's recipe, as one object the training loop calls.
 
-`SparseOptimizer.step()`, after `loss.backward()`, does in this order (DESIGN.md section 4):
+`SparseOptimizer.step()`, after `loss.backward()`, does in this order (README, "The recipe"):
 
 1. divide every gradient by the global gradient RMS (normalised to 1, not clipped); a model
    may name groups normalised separately (`grad_rms_groups()`: a bridged model's GPT and

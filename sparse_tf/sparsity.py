@@ -1,6 +1,6 @@
 """Activation and weight sparsity: AbsTopK, the L0 weight projection, and their schedules.
 
-Semantics follow Gao et al. 2025 and the official training script (DESIGN.md sections 3-4):
+Semantics follow Gao et al. 2025 and the official training script (README, "The recipe"):
 
 - **AbsTopK** keeps, per token, the k = int(frac · width) entries of largest |x| and zeros the
   rest; gradients flow only through the kept entries.
