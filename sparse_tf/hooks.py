@@ -4,10 +4,15 @@ A `HookPoint` is an identity module placed on an activation; its module path is 
 (`blocks.0.attn.hook_q`), so nnsight users reach the same activations through the module tree.
 `HookedModule` gives a model
 
-- `run_with_hooks(tokens, fwd_hooks=[(name_or_predicate, fn)])`, where `fn(tensor, hook)` may
-  return a replacement tensor;
-- `run_with_cache(tokens, names_filter=...)` → `(output, ActivationCache)`;
-- `hooks(fwd_hooks)`, a context manager for many forward passes under the same hooks.
+- `run_with_hooks(tokens, fwd_hooks=[(name_or_predicate, fn)], bwd_hooks=[...])`: a forward
+  hook is called as `fn(activation, hook=hook_point)` (TransformerLens's convention: name the
+  second parameter `hook`) and may return a replacement; a backward hook is called as
+  `fn(gradient, hook=hook_point)` with the gradient of the activation and may return a
+  replacement gradient;
+- `run_with_cache(tokens, names_filter=...)` → `(output, ActivationCache)`; the cache takes full
+  names, aliases and TransformerLens shorthands: `cache["resid_pre", 0]`, `cache["q", 1]`,
+  `cache["normalized", 0, "ln2"]`;
+- `hooks(fwd_hooks, bwd_hooks)`, a context manager for many passes under the same hooks.
 
 Hooks are always removed on exit, also when the forward pass raises. Names may also be given in
 the model's alias vocabulary (`hook_aliases()`, e.g. the official circuit_sparsity names).
@@ -62,11 +67,30 @@ class ActivationCache(Mapping[str, Tensor]):
         self._acts = activations
         self._aliases = aliases
 
-    def __getitem__(self, name: str) -> Tensor:
-        key = self._aliases.get(name, name)
+    def __getitem__(self, name: str | tuple[Any, ...]) -> Tensor:
+        key = self._shorthand(name) if isinstance(name, tuple) else self._aliases.get(name, name)
         if key not in self._acts:
             raise KeyError(f"{name!r} is not in this cache; cached: {_preview(list(self._acts))}")
         return self._acts[key]
+
+    def _shorthand(self, name: tuple[Any, ...]) -> str:
+        """The cached hook name of a TransformerLens shorthand: (kind, layer) looks for
+        blocks.{layer}.hook_{kind}, then .attn.hook_{kind}, then .mlp.hook_{kind};
+        (kind, layer, sub) for blocks.{layer}.{sub}.hook_{kind} (sub: ln1, ln2, attn, mlp)."""
+        if len(name) == 3:
+            kind, layer, sub = name
+            return f"blocks.{layer}.{sub}.hook_{kind}"
+        if len(name) != 2:
+            raise KeyError(f"{name!r}: a shorthand is (kind, layer) or (kind, layer, sublayer)")
+        kind, layer = name
+        found = [
+            key
+            for key in (f"blocks.{layer}.{sub}hook_{kind}" for sub in ("", "attn.", "mlp."))
+            if key in self._acts
+        ]
+        if len(found) > 1:
+            raise KeyError(f"{name!r} is ambiguous ({found}); add the sublayer: (kind, layer, sub)")
+        return found[0] if found else f"blocks.{layer}.hook_{kind}"
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._acts)
@@ -83,6 +107,7 @@ class HookedModule(nn.Module):
 
     def setup_hooks(self) -> None:
         self._hook_points: dict[str, HookPoint] = {}
+        self._kept_handles: list[Any] = []  # run_with_hooks(..., reset_hooks_end=False)
         for name, module in self.named_modules():
             if isinstance(module, HookPoint):
                 module.name = name
@@ -119,14 +144,15 @@ class HookedModule(nn.Module):
 
     @contextlib.contextmanager
     def hooks(
-        self, fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]]
+        self,
+        fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
+        bwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
     ) -> Iterator[None]:
-        """Attach forward hooks for the duration of the block; they run in the order given."""
-        handles = []
+        """Attach forward and backward hooks for the duration of the block; each kind runs in
+        the order given. Backward hooks fire when a graph built inside the block is
+        backpropagated (inside it or later)."""
+        handles = self._attach(fwd_hooks, bwd_hooks)
         try:
-            for names, fn in fwd_hooks:
-                for hp in self._select(names):
-                    handles.append(hp.register_forward_hook(_adapt(fn)))
             yield
         finally:
             for h in handles:
@@ -136,11 +162,46 @@ class HookedModule(nn.Module):
         self,
         *args: Any,
         fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
+        bwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
+        reset_hooks_end: bool = True,
         **kwargs: Any,
     ) -> Any:
-        """`self(*args, **kwargs)` with `fwd_hooks` attached; hooks are removed on exit."""
-        with self.hooks(fwd_hooks):
-            return self(*args, **kwargs)
+        """`self(*args, **kwargs)` with the hooks attached. Backward hooks belong to the graph
+        this forward pass builds: they fire when its output is backpropagated, also after the
+        hooks were removed. The hooks are removed when the forward pass returns unless
+        `reset_hooks_end=False` (as in TransformerLens), which keeps them for later passes
+        until `reset_hooks()`."""
+        if reset_hooks_end:
+            with self.hooks(fwd_hooks, bwd_hooks):
+                return self(*args, **kwargs)
+        self._kept_handles += self._attach(fwd_hooks, bwd_hooks)
+        return self(*args, **kwargs)
+
+    def reset_hooks(self) -> None:
+        """Remove the hooks that `run_with_hooks(..., reset_hooks_end=False)` left attached."""
+        for h in self._kept_handles:
+            h.remove()
+        self._kept_handles = []
+
+    def _attach(
+        self,
+        fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]],
+        bwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]],
+    ) -> list[Any]:
+        """Register the hooks; returns their handles (all removed again if one name is bad)."""
+        handles: list[Any] = []
+        try:
+            for names, fn in fwd_hooks:
+                for hp in self._select(names):
+                    handles.append(hp.register_forward_hook(_forward(fn)))
+            for names, fn in bwd_hooks:
+                for hp in self._select(names):
+                    handles.append(hp.register_full_backward_hook(_backward(fn)))
+        except BaseException:
+            for h in handles:
+                h.remove()
+            raise
+        return handles
 
     def run_with_cache(
         self, *args: Any, names_filter: NameFilter = None, **kwargs: Any
@@ -165,9 +226,27 @@ class HookedModule(nn.Module):
         return out, ActivationCache(acts, self.hook_aliases())  # filled in execution order
 
 
-def _adapt(fn: HookFn) -> Callable[[nn.Module, tuple[Any, ...], Tensor], Tensor | None]:
+def _forward(fn: HookFn) -> Callable[[nn.Module, tuple[Any, ...], Tensor], Tensor | None]:
     def torch_hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
-        return fn(output, module)  # type: ignore[arg-type]
+        return fn(output, hook=module)  # type: ignore[call-arg]
+
+    return torch_hook
+
+
+def _backward(
+    fn: HookFn,
+) -> Callable[[nn.Module, tuple[Tensor | None, ...], tuple[Tensor | None, ...]], Any]:
+    """A hook point is the identity, so the gradient of its output is that of its input: `fn`
+    sees it, and what it returns replaces it."""
+
+    Grads = tuple[Tensor | None, ...]
+
+    def torch_hook(module: nn.Module, grad_input: Grads, grad_output: Grads) -> Grads | None:
+        (grad,) = grad_output
+        if grad is None:
+            return None
+        new = fn(grad, hook=module)  # type: ignore[call-arg]
+        return None if new is None else (new,)
 
     return torch_hook
 

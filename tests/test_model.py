@@ -329,3 +329,65 @@ def test_module_tree_reaches_hook_points_for_nnsight_users() -> None:
     model = tiny_model()
     assert model.blocks[0].hook_resid_pre is model.get_submodule("blocks.0.hook_resid_pre")
     assert model.blocks[1].attn.hook_q.name == "blocks.1.attn.hook_q"
+
+
+def test_hooks_follow_transformer_lens_conventions() -> None:
+    """Hooks are called with the keyword `hook`; backward hooks see (and may replace) the
+    gradient of the activation; the cache takes TransformerLens shorthands."""
+    model = tiny_model()
+    x = tokens(model.cfg, batch=2, seq=8)
+    seen: dict[str, str] = {}
+
+    def keyword_only(act: torch.Tensor, *, hook: HookPoint) -> None:
+        seen["fwd"] = hook.name
+
+    grads: dict[str, torch.Tensor] = {}
+
+    def grab(grad: torch.Tensor, hook: HookPoint) -> None:
+        grads[hook.name] = grad.clone()
+
+    name = "blocks.0.hook_resid_mid"
+    with model.hooks(fwd_hooks=[(name, keyword_only)], bwd_hooks=[(name, grab)]):
+        _, cache = model.run_with_cache(x, names_filter=name)
+        resid = cache[name]
+    assert seen["fwd"] == name
+    # The gradient a backward hook sees is the gradient of the activation.
+    act = {}
+
+    def keep(t: torch.Tensor, hook: HookPoint) -> None:
+        t.retain_grad()
+        act["t"] = t
+
+    with model.hooks(fwd_hooks=[(name, keep)], bwd_hooks=[(name, grab)]):
+        lm_loss(model(x), x).backward()
+    torch.testing.assert_close(grads[name], act["t"].grad)
+    # A backward hook's return value replaces the gradient: zero it, and nothing before the
+    # point (the embedding, layer 0's attention) gets a gradient through it.
+    model.zero_grad()
+    with model.hooks(bwd_hooks=[(name, lambda g, hook: torch.zeros_like(g))]):
+        lm_loss(model(x), x).backward()
+    assert model.blocks[0].attn.qkv.weight.grad.abs().sum() == 0
+    assert model.blocks[1].mlp.in_proj.weight.grad.abs().sum() > 0
+    # run_with_hooks: backward hooks fire for the graph of its forward pass; the hooks stay
+    # for later passes only with reset_hooks_end=False, until reset_hooks().
+    for keep_hooks in (False, True):
+        grads.clear()
+        out = model.run_with_hooks(x, bwd_hooks=[(name, grab)], reset_hooks_end=not keep_hooks)
+        lm_loss(out, x).backward()
+        assert name in grads
+        grads.clear()
+        lm_loss(model(x), x).backward()
+        assert (name in grads) == keep_hooks
+    model.reset_hooks()
+    grads.clear()
+    lm_loss(model(x), x).backward()
+    assert not grads
+    # Cache shorthands.
+    _, cache = model.run_with_cache(x)
+    assert cache["resid_mid", 0] is cache[name] is not resid
+    assert cache["q", 1] is cache["blocks.1.attn.hook_q"]
+    assert cache["post", 1] is cache["blocks.1.mlp.hook_post"]
+    assert cache["normalized", 0, "ln2"] is cache["blocks.0.ln2.hook_normalized"]
+    with pytest.raises(KeyError, match="ambiguous"):
+        cache["in", 0]  # attn.hook_in and mlp.hook_in
+    assert cache["in", 0, "mlp"] is cache["blocks.0.mlp.hook_in"]

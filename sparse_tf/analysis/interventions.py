@@ -72,7 +72,7 @@ def apply_edit(h: Tensor, edit: SubspaceEdit) -> Tensor:
 def subspace_hook(edit: SubspaceEdit) -> Callable[[Tensor, object], Tensor]:
     """A forward hook (for `HookedModule.hooks` / `run_with_hooks`) applying `edit`."""
 
-    def hook(x: Tensor, _: object) -> Tensor:
+    def edit_hook(x: Tensor, hook: object) -> Tensor:
         return apply_edit(x, edit)
 
-    return hook
+    return edit_hook

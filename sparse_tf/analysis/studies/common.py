@@ -135,7 +135,7 @@ def site_activations(
     device = next(model.parameters()).device
     parts: list[Tensor] = []
 
-    def grab(x: Tensor, _: object) -> None:
+    def grab(x: Tensor, hook: object) -> None:
         parts.append(x.float().cpu())
 
     with model.hooks([*hooks, (name, grab)]):
