@@ -74,9 +74,10 @@ class ActivationCache(Mapping[str, Tensor]):
         return self._acts[key]
 
     def _shorthand(self, name: tuple[Any, ...]) -> str:
-        """The cached hook name of a TransformerLens shorthand: (kind, layer) looks for
-        blocks.{layer}.hook_{kind}, then .attn.hook_{kind}, then .mlp.hook_{kind};
-        (kind, layer, sub) for blocks.{layer}.{sub}.hook_{kind} (sub: ln1, ln2, attn, mlp)."""
+        """The hook name of a TransformerLens shorthand: (kind, layer) is whichever of
+        blocks.{layer}.hook_{kind}, blocks.{layer}.attn.hook_{kind} and
+        blocks.{layer}.mlp.hook_{kind} is cached (two of them: a KeyError asking for the
+        sublayer); (kind, layer, sub) is blocks.{layer}.{sub}.hook_{kind} (ln1, ln2, attn, mlp)."""
         if len(name) == 3:
             kind, layer, sub = name
             return f"blocks.{layer}.{sub}.hook_{kind}"

@@ -382,7 +382,7 @@ class _Run:
         checkpoint is the newest whose files are intact; damaged newer ones are named."""
         if not self.opts.resume:
             return None, None
-        run_info = read_json(self.out / RUN_FILE)
+        run_info = _read_run_info(self.out)  # checked by _claim_out_dir: the same checks
         try:
             ckpt, skipped = newest_intact(self.out, run_info["id"], run_info["config"])
         except CheckpointError as e:

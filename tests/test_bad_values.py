@@ -113,10 +113,14 @@ def test_eval_json_target_is_checked_before_the_work(
         assert len(err.splitlines()) == 1
 
 
-def test_perturb_k_below_one_is_refused(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("flag", "value"), [("--k", "-1"), ("--n", "0")])
+def test_perturb_counts_below_one_are_refused(
+    flag: str, value: str, trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit):
-        main(["perturb", "--model", str(trained), "--k", "-1"])
-    assert capsys.readouterr().err.strip() == "sparse-tf perturb: error: --k -1: must be at least 1"
+        main(["perturb", "--model", str(trained), flag, value])
+    err = capsys.readouterr().err.strip()
+    assert err == f"sparse-tf perturb: error: {flag} {value}: must be at least 1"
 
 
 def test_a_sparse_folder_as_dense_model_is_one_line(trained: Path) -> None:

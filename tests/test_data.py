@@ -28,7 +28,7 @@ from sparse_tf.data import (
     train_bpe,
 )
 from sparse_tf.data.corpus import split_of
-from sparse_tf.data.tokenizer import corpus_bpe, gpt2_files_dir, pieces
+from sparse_tf.data.tokenizer import MAX_PRETOKEN, corpus_bpe, gpt2_files_dir, pieces
 from sparse_tf.data.tokens import TokenShards, Windows, eval_indices, pack_corpus
 from tests.helpers import sample_corpus
 
@@ -371,6 +371,9 @@ def test_pieces_cut_long_texts_after_a_newline() -> None:
     whole = tok.encode(code).ids
     cut = [i for p in pieces(code, limit=40) for i in tok.encode(p).ids]
     assert cut == whole
+    # A run longer than MAX_PRETOKEN characters is cut before merging.
+    runs = tok.pre_tokenizer.pre_tokenize_str("a" * (2 * MAX_PRETOKEN + 5))
+    assert [len(piece) for piece, _ in runs] == [MAX_PRETOKEN, MAX_PRETOKEN, 5]
 
 
 @pytest.mark.slow

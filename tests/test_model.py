@@ -391,3 +391,5 @@ def test_hooks_follow_transformer_lens_conventions() -> None:
     with pytest.raises(KeyError, match="ambiguous"):
         cache["in", 0]  # attn.hook_in and mlp.hook_in
     assert cache["in", 0, "mlp"] is cache["blocks.0.mlp.hook_in"]
+    with pytest.raises(KeyError, match=r"a shorthand is \(kind, layer\)"):
+        cache["q",]
