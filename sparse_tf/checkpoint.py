@@ -57,6 +57,7 @@ from sparse_tf._version import __version__
 from sparse_tf.config import ConfigError
 from sparse_tf.data.tokenizer import save_tokenizer
 from sparse_tf.errors import SparseTFError
+from sparse_tf.gpt2 import DenseGPT2, GPT2Config
 from sparse_tf.io import (
     atomic_dir,
     file_sha256,
@@ -69,6 +70,7 @@ from sparse_tf.model import GPT, GPTConfig
 from sparse_tf.optim import SparseOptimizer
 from sparse_tf.parallel.fsdp import is_sharded
 from sparse_tf.sparsity import count_nonzeros, mark_sparse
+from sparse_tf.trainable import ModelConfig, SelfExporting, TrainableModel, model_config
 
 MODEL_FILE = "model.safetensors"
 SPARSE_MODEL_FILE = "model.sparse.safetensors"
@@ -80,6 +82,8 @@ MANIFEST_FILE = "manifest.json"
 SHARDS_DIR = "shards"
 _MODEL_KEY, _OPTIMIZER_KEY = "model.", "optimizer."  # name prefixes inside SHARDS_DIR
 FORMAT = "sparse_tf"
+HF_TRAIN_CONFIG_FILE = "sparse_tf.json"  # beside a DenseGPT2's Hugging Face files
+HF_FORMAT = "sparse_tf.hf_gpt2"
 _CSR_FORMAT = "sparse_tf.csr.v1"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -115,7 +119,7 @@ def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
 def save_checkpoint(
     out: Path,
     *,
-    model: GPT,
+    model: TrainableModel,
     optimizer: SparseOptimizer,
     tokenizer: Tokenizer,
     config: dict[str, Any],
@@ -156,7 +160,10 @@ def save_checkpoint(
 
 
 def _save_sharded(
-    path: Path, model: GPT, optimizer: SparseOptimizer, write_rest: Callable[[Path], None]
+    path: Path,
+    model: TrainableModel,
+    optimizer: SparseOptimizer,
+    write_rest: Callable[[Path], None],
 ) -> None:
     """An FSDP-sharded model's checkpoint: every rank writes its shards into one temporary
     folder (an agreed name: the leftover of a crash is removed on resume); rank 0 then adds
@@ -176,7 +183,7 @@ def _save_sharded(
 
 
 def _flat_state(
-    model: GPT, optimizer: SparseOptimizer
+    model: TrainableModel, optimizer: SparseOptimizer
 ) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Tensor]]:
     """The model's and Adam's state dicts by parameter name (torch's `get_state_dict`: shards
     of an FSDP model, whole tensors otherwise) and one flat dict of all their tensors, named
@@ -235,7 +242,7 @@ def newest_intact(out: Path, run_id: str, config: dict[str, Any]) -> tuple[Path 
 
 
 def load_checkpoint(
-    path: Path, model: GPT, optimizer: SparseOptimizer, *, check_files: bool = True
+    path: Path, model: TrainableModel, optimizer: SparseOptimizer, *, check_files: bool = True
 ) -> dict[str, Any]:
     """Restore model, optimizer and RNG from `path` in place (after verifying every file's
     checksum, unless `check_files` is False: the caller just did); returns the contents of
@@ -338,7 +345,7 @@ def _optimizer_state_by_name(
     return state
 
 
-def _load_replicated_into_sharded(path: Path, model: GPT, opt: SparseOptimizer) -> None:
+def _load_replicated_into_sharded(path: Path, model: TrainableModel, opt: SparseOptimizer) -> None:
     """A checkpoint of a replicated run (whole tensors) into an FSDP model: every rank reads
     the files and keeps its rows (torch's `set_state_dict` with full state dicts)."""
     model_file, optim_file = path / MODEL_FILE, path / OPTIMIZER_FILE
@@ -393,30 +400,49 @@ def _rng_tensors() -> dict[str, Tensor]:
 
 def export_model(
     path: Path,
-    model: GPT,
+    model: TrainableModel,
     tokenizer: Tokenizer,
     config: dict[str, Any] | None = None,
     *,
     compressed: bool = True,
 ) -> dict[str, int]:
-    """Write a shareable model folder atomically: dense (and compressed) weights, config.json,
-    tokenizer.json and manifest.json (size and sha256 of each file, checked on load). Returns
-    the size in bytes of each weights file written.
+    """Write a shareable model folder atomically; returns the size in bytes of each weights
+    file written. Every folder ends with manifest.json (size and sha256 of each file, checked
+    on load).
 
-    The compressed file stores every sparse matrix as CSR (int32 row pointers, int16 column
-    indices where they fit, values in the weight dtype); everything else is stored dense. Both
-    files load to bit-identical parameters. Dense models gain nothing from it: pass
-    `compressed=False`.
+    A `GPT`: dense (and compressed) weights, config.json and tokenizer.json. The compressed
+    file stores every sparse matrix as CSR (int32 row pointers, int16 column indices where
+    they fit, values in the weight dtype); everything else is stored dense. Both files load
+    to bit-identical parameters. Dense models gain nothing from it: pass `compressed=False`.
 
-    Other models export themselves (`model.export`, same arguments, returns the sizes): a
-    `DenseGPT2` as a Hugging Face folder, a `BridgedModel` as its sparse model plus bridges.
+    A `DenseGPT2`: a Hugging Face folder (`save_pretrained`: config.json + model.safetensors)
+    plus tokenizer.json and sparse_tf.json (the training config), which
+    `sparse_tf.bridges.load_gpt2` reads. Other models export themselves (`SelfExporting`: the
+    bridged pair writes its sparse model plus the bridges).
     """
+    if isinstance(model, DenseGPT2):
+        return _export_hf(Path(path), model, tokenizer, config)
     if not isinstance(model, GPT):
-        return model.export(Path(path), tokenizer, config)
+        exporting: SelfExporting = model  # type: ignore[assignment]
+        return exporting.export(Path(path), tokenizer, config)
     with atomic_dir(Path(path)) as tmp:
         sizes = write_model_files(tmp, model, tokenizer, config, compressed=compressed)
         write_manifest(tmp)
         return sizes
+
+
+def _export_hf(
+    path: Path, model: DenseGPT2, tokenizer: Tokenizer, config: dict[str, Any] | None
+) -> dict[str, int]:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one small file: no "Writing model shards" bar
+    with atomic_dir(path) as tmp:
+        model.hf.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
+        write_json(tmp / HF_TRAIN_CONFIG_FILE, {"format": HF_FORMAT, "train": config})
+        write_manifest(tmp)  # last: checked by load_gpt2
+        return {f.name: f.stat().st_size for f in sorted(tmp.glob("*.safetensors"))}
 
 
 def write_model_files(
@@ -502,13 +528,13 @@ def load_model(
     if not isinstance(config, dict) or config.get("format") != FORMAT or "model" not in config:
         raise CheckpointError(f"{path / CONFIG_FILE}: not a sparse_tf model config")
     try:
-        cfg = GPTConfig.from_dict(config["model"], source=str(path / CONFIG_FILE))
+        cfg = model_config(config["model"], source=str(path / CONFIG_FILE))
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
-    if cfg.arch != "sparse_tf":
+    if isinstance(cfg, GPT2Config):
         raise CheckpointError(
-            f"{path}: holds a {cfg.arch} model; a run's final/ folder of it is a Hugging Face "
-            "folder (sparse_tf.bridges.load_gpt2)"
+            f"{path}: holds a {GPT2Config.ARCH} model; a run's final/ folder of it is a Hugging "
+            "Face folder (sparse_tf.bridges.load_gpt2)"
         )
     files = [path / n for n in (MODEL_FILE, SPARSE_MODEL_FILE) if (path / n).is_file()]
     if weights := next(iter(files), None):  # before building: a config may claim any size
@@ -576,14 +602,16 @@ def _check_config_fits(
             )
 
 
-def _write_config(folder: Path, model_cfg: GPTConfig, config: dict[str, Any] | None) -> None:
+def _write_config(folder: Path, model_cfg: ModelConfig, config: dict[str, Any] | None) -> None:
     write_json(
         folder / CONFIG_FILE,
         {"format": FORMAT, "version": __version__, "model": model_cfg.to_dict(), "train": config},
     )
 
 
-def _load_params(model: GPT, file: Path, tensors: dict[str, Tensor] | None = None) -> None:
+def _load_params(
+    model: TrainableModel, file: Path, tensors: dict[str, Tensor] | None = None
+) -> None:
     tensors = _load_tensors(file) if tensors is None else tensors
     _check_params(tensors, model.state_dict(), file)
     model.load_state_dict(tensors)

@@ -69,6 +69,9 @@ def train_command(argv: list[str]) -> None:
         description=f"Train a weight-sparse GPT and export it to OUT/final.\n\npresets:\n{presets}",
         args=argv,
         default=TrainArgs(preset=name, config=base or preset(name), run=RunOptions(out=out)),
+        # The model's flags are those of the preset's model (GPTConfig or GPT2Config), not a
+        # choice between them on the command line: the preset picks the model.
+        config=(tyro.conf.AvoidSubcommands,),
     )
     config = args.config
     if _flag_value(argv, "--model.d-model") and not _flag_value(argv, "--model.d-mlp"):

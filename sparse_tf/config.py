@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from typing import Any, Literal, Self, Union, get_args, get_origin
 
 from sparse_tf.errors import SparseTFError
@@ -44,8 +45,10 @@ class Config:
             object.__setattr__(self, f.name, coerced)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field (tuples become lists in JSON, and back)."""
-        return dataclasses.asdict(self)
+        """A JSON-ready dict of every field (tuples become lists in JSON, and back). Nested
+        configs are written by their own `to_dict` (a model config adds the key that names
+        its model: `ARCH_KEY`)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> Self:
@@ -82,6 +85,34 @@ class Config:
             raise ConfigError(f"{where}{e}") from None
 
 
+ARCH_KEY = "arch"
+"""The key of a saved model config that names the model it describes ("sparse_tf": the sparse
+GPT of `sparse_tf.model`; "hf_gpt2": the dense GPT-2 of `sparse_tf.gpt2`)."""
+
+
+def tagged_config(options: Sequence[type[Config]], data: Any, source: str | None = None) -> Any:
+    """The config of `data` (a saved model config) among `options`, model configs that each
+    name their model in a class attribute `ARCH`: the one whose ARCH is `data[ARCH_KEY]`, or
+    the first when the key is absent (configs saved before there were several models)."""
+    if not isinstance(data, dict):
+        return options[0].from_dict(data, source)  # its error names what was expected
+    arch = data.get(ARCH_KEY, options[0].ARCH)  # type: ignore[attr-defined]
+    for option in options:
+        if option.ARCH == arch:  # type: ignore[attr-defined]
+            return option.from_dict(data, source)
+    where = f"{source}: " if source else ""
+    known = [o.ARCH for o in options]  # type: ignore[attr-defined]
+    raise ConfigError(f"{where}{ARCH_KEY}={arch!r}: not a known model; choose from {known}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Config):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
 def check(condition: bool, cfg: Config, field: str, requirement: str) -> None:
     """Raise a ConfigError naming `field` unless `condition` holds."""
     if not condition:
@@ -96,6 +127,12 @@ def _coerce(value: Any, annotation: Any) -> Any:
     """
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
+        models = [o for o in get_args(annotation) if getattr(o, "ARCH", None) is not None]
+        if models and isinstance(value, dict):  # model configs: the saved "arch" says which
+            try:
+                return tagged_config(models, value)
+            except ConfigError as e:
+                raise TypeError(str(e)) from None
         for option in get_args(annotation):
             try:
                 return _coerce(value, option)

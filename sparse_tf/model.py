@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
+from typing import Any, ClassVar, Self
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sparse_tf.config import Config, check
+from sparse_tf.config import ARCH_KEY, Config, ConfigError, check
 from sparse_tf.hooks import HookedModule, HookPoint
 from sparse_tf.linear import SparseLinear
 from sparse_tf.sparsity import COLS, ROWS, AbsTopK, SparseWeight, abstopk_k
@@ -74,11 +74,9 @@ class GPTConfig(Config):
     """Biases on the Linear layers of attention and MLP."""
     init_std: float = 0.02
     """Std of the normal init of weights; output projections use init_std / √(2 · n_layer)."""
-    arch: Literal["sparse_tf", "hf_gpt2"] = "sparse_tf"
-    """'sparse_tf': the GPT of this file. 'hf_gpt2': a dense Hugging Face GPT2LMHeadModel of
-    the same size (LayerNorm, learned positions; the dense side of bridges, trained dense:
-    `sparse_tf.bridges.dense`); it needs afrac=None, bigram=False, attn_sink=False and
-    pos_emb=True."""
+    ARCH: ClassVar[str] = "sparse_tf"
+    """The value of `ARCH_KEY` in a saved config of this model (the dense GPT-2 is another
+    model with its own config: `sparse_tf.gpt2.GPT2Config`)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -95,11 +93,6 @@ class GPTConfig(Config):
             f"must be a multiple of d_head={self.d_head}",
         )
         check(self.init_std > 0, self, "init_std", "must be > 0")
-        if self.arch == "hf_gpt2":  # GPT-2 has none of these; refuse rather than ignore them
-            for name, value in (("afrac", None), ("bigram", False), ("attn_sink", False)):
-                check(getattr(self, name) == value, self, name, f"must be {value} for hf_gpt2")
-            check(self.pos_emb, self, "pos_emb", "must be True for hf_gpt2 (learned positions)")
-            check(self.bias, self, "bias", "must be True for hf_gpt2")
         if self.afrac is not None:
             check(0.0 < self.afrac <= 1.0, self, "afrac", "must be in (0, 1], or None/0 for off")
             narrowest = min(self.d_model, self.d_mlp)
@@ -113,6 +106,25 @@ class GPTConfig(Config):
     @property
     def n_head(self) -> int:
         return self.d_model // self.d_head
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields plus `"arch": "sparse_tf"`, which tells a saved config of this model
+        from a dense GPT-2's (the form every earlier version wrote, too)."""
+        return {**super().to_dict(), ARCH_KEY: self.ARCH}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> Self:
+        """Build from a saved config. `"arch"` may be absent or `"sparse_tf"`; a config of
+        another model (`"hf_gpt2"`) is a ConfigError naming it."""
+        if isinstance(data, dict) and ARCH_KEY in data:
+            if data[ARCH_KEY] != cls.ARCH:
+                where = f"{source}: " if source else ""
+                raise ConfigError(
+                    f"{where}a {data[ARCH_KEY]!r} model config, not a GPTConfig ({ARCH_KEY} "
+                    f"{cls.ARCH!r})"
+                )
+            data = {k: v for k, v in data.items() if k != ARCH_KEY}
+        return super().from_dict(data, source)
 
 
 class RMSNorm(nn.Module):
@@ -366,6 +378,10 @@ class GPT(HookedModule):
         out.append(sw(self.unembed, "embedding", None))
         return out
 
+    def grad_rms_groups(self) -> list[str]:
+        """One group: the optimizer normalises the whole gradient at once."""
+        return [""]
+
     def hook_aliases(self) -> dict[str, str]:
         """Official circuit_sparsity names → ours (`{i}.attn.act_in`, ..., `final_resid`)."""
         aliases = {}
@@ -386,16 +402,6 @@ class GPT(HookedModule):
             }
         aliases["final_resid"] = f"blocks.{self.cfg.n_layer - 1}.hook_resid_post"
         return aliases
-
-
-def build_model(cfg: GPTConfig, eot_id: int = 0) -> nn.Module:
-    """The model a config describes: `GPT(cfg)`, or a `DenseGPT2` for arch="hf_gpt2" (whose
-    end-of-text id is `eot_id`). Initialisation draws from torch's global RNG."""
-    if cfg.arch == "hf_gpt2":
-        from sparse_tf.bridges.dense import DenseGPT2  # imports transformers: only when asked
-
-        return DenseGPT2(cfg, eot_id)
-    return GPT(cfg)
 
 
 def lm_loss(logits: Tensor, tokens: Tensor) -> Tensor:

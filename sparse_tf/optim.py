@@ -27,7 +27,6 @@ import torch.distributed as dist
 from torch import Tensor
 
 from sparse_tf.config import Config, check
-from sparse_tf.model import GPT
 from sparse_tf.parallel.fsdp import is_sharded, local, row_shard_group
 from sparse_tf.sparsity import (
     SparsityConfig,
@@ -37,6 +36,7 @@ from sparse_tf.sparsity import (
     project_weights_,
     sharkfin,
 )
+from sparse_tf.trainable import TrainableModel
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -129,7 +129,7 @@ class SparseOptimizer:
 
     def __init__(
         self,
-        model: GPT,
+        model: TrainableModel,
         cfg: OptimConfig,
         sparsity: SparsityConfig | None,
         total_steps: int,
@@ -148,7 +148,7 @@ class SparseOptimizer:
         # Parameters whose gradient RMS is normalised together: the whole model, unless it
         # names groups (a bridged model: the sparse GPT and the bridges, whose gradients can
         # differ in scale by orders of magnitude, each normalised on its own).
-        prefixes = model.grad_rms_groups() if hasattr(model, "grad_rms_groups") else [""]
+        prefixes = model.grad_rms_groups()
         self._rms_groups = [
             [p for name, p in named if name.startswith(prefix)] for prefix in prefixes
         ]

@@ -12,6 +12,7 @@ import dataclasses
 
 from sparse_tf.config import ConfigError
 from sparse_tf.data.pipeline import DataConfig
+from sparse_tf.gpt2 import GPT2Config
 from sparse_tf.model import GPTConfig
 from sparse_tf.sparsity import SparsityConfig
 from sparse_tf.training import TrainConfig
@@ -106,16 +107,7 @@ _HF_GPT2: dict[str, tuple[str, TrainConfig]] = {
         "a dense Hugging Face GPT-2 (2 layers, d_model 128, ctx 128) on tiny-cpu's data and "
         "tokenizer, saved with save_pretrained: the dense model to bridge tiny-cpu models to",
         TrainConfig(
-            model=GPTConfig(
-                vocab_size=2048,
-                n_ctx=128,
-                n_layer=2,
-                d_model=128,
-                afrac=None,
-                bigram=False,
-                pos_emb=True,
-                arch="hf_gpt2",
-            ),
+            model=GPT2Config(vocab_size=2048, n_ctx=128, n_layer=2, d_model=128),
             sparsity=SparsityConfig(l0=1.0),
             max_steps=1000,
             batch_size=32,

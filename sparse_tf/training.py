@@ -54,6 +54,7 @@ from sparse_tf.data.pipeline import Data, DataConfig, prepare_data
 from sparse_tf.data.tokenizer import eot_id, load_tokenizer
 from sparse_tf.data.tokens import EpochSampler, Windows, eval_indices
 from sparse_tf.errors import SparseTFError
+from sparse_tf.gpt2 import GPT2Config
 from sparse_tf.io import (
     FolderLock,
     read_json,
@@ -71,11 +72,12 @@ from sparse_tf.log import (
     read_metrics,
     truncate_metrics,
 )
-from sparse_tf.model import GPT, GPTConfig, build_model, target_loss
+from sparse_tf.model import GPT, GPTConfig, target_loss
 from sparse_tf.optim import OptimConfig, SparseOptimizer
 from sparse_tf.parallel import launch
 from sparse_tf.parallel.fsdp import gathered_model, shard_model
 from sparse_tf.sparsity import SparsityConfig, count_nonzeros, kept_count
+from sparse_tf.trainable import ModelConfig, build_model
 
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
@@ -96,7 +98,8 @@ class TrainingError(SparseTFError):
 class TrainConfig(Config):
     """Everything that determines a training run's result. Presets are instances of this."""
 
-    model: GPTConfig
+    model: ModelConfig
+    """The weight-sparse GPT (`GPTConfig`) or a dense Hugging Face GPT-2 (`GPT2Config`)."""
     sparsity: SparsityConfig
     """Weight sparsity; l0 = 1 trains dense (the dense twins of the presets)."""
     optim: OptimConfig = OptimConfig()  # noqa: RUF009 - frozen, so sharing the default is safe
@@ -117,9 +120,9 @@ class TrainConfig(Config):
         super().__post_init__()
         check(self.max_steps >= 1, self, "max_steps", "must be >= 1")
         if self.bridge.dense is not None:
-            check(self.model.arch == "sparse_tf", self, "bridge", "bridges a sparse_tf GPT only")
-        if self.model.arch == "hf_gpt2":
-            check(self.dense, self, "sparsity", "l0 must be 1: an hf_gpt2 model trains dense")
+            check(isinstance(self.model, GPTConfig), self, "bridge", "bridges a sparse_tf GPT only")
+        if isinstance(self.model, GPT2Config):
+            check(self.dense, self, "sparsity", "l0 must be 1: a GPT-2 model trains dense")
         check(self.batch_size >= 1, self, "batch_size", "must be >= 1")
         check(
             self.micro_batch_size is None or self.micro_batch_size >= 1,
@@ -227,7 +230,7 @@ class _Run:
         """The global batch (batch_size sequences per optimizer step) is the same at any number
         of ranks: each rank takes batch_size / world of it, in micro-batches."""
         cfg, world = self.cfg, self.world.size
-        if self.opts.dist == "fsdp" and (cfg.model.arch != "sparse_tf" or cfg.bridge.dense):
+        if self.opts.dist == "fsdp" and (not isinstance(cfg.model, GPTConfig) or cfg.bridge.dense):
             raise ConfigError(
                 "--dist fsdp: shards plain sparse_tf GPTs only (not hf_gpt2, not bridges); "
                 "use --dist ddp"

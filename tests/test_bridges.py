@@ -18,7 +18,6 @@ from sparse_tf.bridges import (
     BridgedModel,
     BridgeError,
     Bridges,
-    DenseGPT2,
     GPT2Sites,
     SparseSites,
     bridge_losses,
@@ -29,17 +28,22 @@ from sparse_tf.bridges import (
     site_name,
 )
 from sparse_tf.data.tokenizer import train_bpe
+from sparse_tf.gpt2 import DenseGPT2, GPT2Config
 from sparse_tf.hooks import HookPoint
 from sparse_tf.model import GPTConfig
 from tests.helpers import tiny_config, tokens
 
-GPT2_SIZE = {"afrac": None, "bigram": False, "pos_emb": True, "arch": "hf_gpt2"}
+
+def gpt2_config(n_layer: int = 2, d_model: int = 32, **overrides: object) -> GPT2Config:
+    """A GPT-2 of tiny_config's vocabulary and context."""
+    fields: dict[str, object] = {"vocab_size": 96, "n_ctx": 24}
+    fields.update(overrides)
+    return GPT2Config(n_layer=n_layer, d_model=d_model, **fields)  # type: ignore[arg-type]
 
 
 def dense_gpt2(n_layer: int = 2, d_model: int = 32) -> nn.Module:
     """A randomly initialised GPT2LMHeadModel (SDPA) of the tiny vocabulary and context."""
-    cfg = tiny_config(n_layer=n_layer, d_model=d_model, **GPT2_SIZE)
-    return DenseGPT2(cfg).hf.eval()
+    return DenseGPT2(gpt2_config(n_layer, d_model)).hf.eval()
 
 
 def touched(p: torch.Tensor) -> bool:
@@ -208,14 +212,19 @@ def test_tokenizer_mismatch_is_refused(tmp_path: Path) -> None:
 
 
 def test_hf_gpt2_configs_refuse_what_gpt2_lacks() -> None:
-    with pytest.raises(ConfigError, match=r"afrac.*must be None for hf_gpt2"):
-        GPTConfig(vocab_size=96, n_ctx=24, n_layer=1, d_model=32, arch="hf_gpt2", bigram=False)
+    # GPT-2 is its own model: a saved config names it, and the sparse model's fields that
+    # configs saved while it was GPTConfig(arch="hf_gpt2") carry must have GPT-2's values.
+    legacy = {**tiny_config(afrac=None, bigram=False, pos_emb=True).to_dict(), "arch": "hf_gpt2"}
+    assert GPT2Config.from_dict(legacy) == gpt2_config(n_layer=2, d_model=64)
+    with pytest.raises(ConfigError, match=r"afrac=0.25, but GPT-2 has afrac=None"):
+        GPT2Config.from_dict({**legacy, "afrac": 0.25})
+    with pytest.raises(ConfigError, match=r"'hf_gpt2' model config, not a GPTConfig"):
+        GPTConfig.from_dict(legacy)
     from sparse_tf import SparsityConfig, TrainConfig
 
     with pytest.raises(ConfigError, match="l0 must be 1"):
         TrainConfig(
-            model=tiny_config(**GPT2_SIZE), sparsity=SparsityConfig(l0=0.5), max_steps=1,
-            batch_size=1,
+            model=gpt2_config(), sparsity=SparsityConfig(l0=0.5), max_steps=1, batch_size=1,
         )  # fmt: skip
 
 
@@ -229,12 +238,13 @@ def test_a_dense_gpt2_trains_and_saves_as_a_hugging_face_folder(
 
     out = tmp_path / "gpt2"
     flags = [
-        *tiny_train_flags(corpus, 6), "--sparsity.l0", "1", "--model.arch", "hf_gpt2",
-        "--model.afrac", "0", "--model.no-bigram", "--model.pos-emb", "--out", str(out),
+        *tiny_train_flags(corpus, 6), "--sparsity.l0", "1", "--out", str(out),
         "--wandb", "disabled", "--progress", "none", "--ckpt-every", "3", "--eval-every", "0",
     ]  # fmt: skip
     run = subprocess.run(
-        [sys.executable, "-m", "sparse_tf.cli", "train", *flags], capture_output=True, text=True
+        [sys.executable, "-m", "sparse_tf.cli", "train", *_GPT2_PRESET, *flags],
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     final = out / "final"
@@ -275,13 +285,7 @@ def test_perturbation_reaches_the_dense_model_only_through_the_decoder(trained: 
     sparse_model, tok = load_model(trained), load_tokenizer(trained)
     cfg = sparse_model.cfg
     dense_model = DenseGPT2(
-        GPTConfig(
-            vocab_size=cfg.vocab_size,
-            n_ctx=cfg.n_ctx,
-            n_layer=2,
-            d_model=48,
-            **GPT2_SIZE,  # type: ignore[arg-type]
-        )
+        GPT2Config(vocab_size=cfg.vocab_size, n_ctx=cfg.n_ctx, n_layer=2, d_model=48)
     ).hf.eval()
     sparse, dense = SparseSites(sparse_model), GPT2Sites(dense_model)
     bridges = Bridges.between(dense, sparse, BridgeConfig())  # zero init: decoders map to 0
@@ -317,15 +321,16 @@ def dense_run(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.helpers import tiny_train_flags
 
     out = tmp_path_factory.mktemp("gpt2") / "run"
-    flags = [*tiny_train_flags(corpus, 6), *_GPT2_FLAGS, "--out", str(out), *_QUIET]
+    flags = [*_GPT2_PRESET, *tiny_train_flags(corpus, 6), *_GPT2_FLAGS, "--out", str(out),
+             *_QUIET]  # fmt: skip
     run = subprocess.run([sys.executable, "-m", "sparse_tf.cli", "train", *flags],
                          capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     return out / "final"
 
 
-_GPT2_FLAGS = ["--sparsity.l0", "1", "--model.arch", "hf_gpt2", "--model.afrac", "0",
-               "--model.no-bigram", "--model.pos-emb"]  # fmt: skip
+_GPT2_PRESET = ["--preset", "gpt2-tiny-cpu"]  # a dense GPT-2, resized by the tiny flags
+_GPT2_FLAGS = ["--sparsity.l0", "1"]
 _QUIET = ["--wandb", "disabled", "--progress", "none", "--ckpt-every", "3", "--eval-every", "0",
           "--log-every", "1"]  # fmt: skip
 

@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparse_tf import load_model
+from sparse_tf import export_model, load_model
 from sparse_tf.bridges import BridgeError, load_gpt2
-from sparse_tf.bridges.dense import DenseGPT2
 from sparse_tf.checkpoint import MANIFEST_FILE, MODEL_FILE, SPARSE_MODEL_FILE, CheckpointError
 from sparse_tf.data.tokenizer import load_tokenizer
+from sparse_tf.gpt2 import DenseGPT2, GPT2Config
 from sparse_tf.log import METRICS_FILE, read_metrics
-from sparse_tf.model import GPTConfig
 from sparse_tf.training import train
 from tests.helpers import quiet_options, tiny_train_config
 
@@ -56,12 +55,9 @@ class _Planted:
 
 def hf_folder(tmp_path: Path) -> Path:
     """A tiny GPT-2 exported by this library (safetensors, manifest, tokenizer)."""
-    cfg = GPTConfig(
-        vocab_size=64, n_ctx=16, n_layer=1, d_model=32, arch="hf_gpt2", afrac=None,
-        bigram=False, pos_emb=True,
-    )  # fmt: skip
+    cfg = GPT2Config(vocab_size=64, n_ctx=16, n_layer=1, d_model=32)
     folder = tmp_path / "gpt2"
-    DenseGPT2(cfg).export(folder, _tokenizer(), None)
+    export_model(folder, DenseGPT2(cfg), _tokenizer(), None)
     return folder
 
 

@@ -4,8 +4,9 @@
 
 `sites` reads and resumes both models at their 2L + 1 residual-stream sites; `bridge` holds
 the per-site encoders/decoders and the training losses (normalised MSE both ways, hybrid KL
-dense→sparse and sparse→dense); `dense` builds, trains (through `sparse-tf train --preset
-gpt2-tiny-cpu`), saves and loads the dense GPT-2 and checks that both use one tokenizer;
+dense→sparse and sparse→dense); `dense` loads the dense GPT-2 (a real one, or the
+`sparse_tf.gpt2` model trained by `sparse-tf train --preset gpt2-tiny-cpu`) and checks that
+both use one tokenizer;
 `model` is what `sparse-tf bridge` trains and exports (`load_bridged` reads it back);
 `perturb` edits the sparse residual at a site and measures the decoded edit's effect on the
 dense model's task logit difference (`sparse-tf perturb`).
@@ -22,10 +23,8 @@ from sparse_tf.bridges.bridge import (
 )
 from sparse_tf.bridges.dense import (
     BridgeError,
-    DenseGPT2,
     check_same_tokenizer,
     dense_tokenizer,
-    gpt2_config,
     load_gpt2,
 )
 from sparse_tf.bridges.model import BridgedModel, load_bridged
@@ -38,7 +37,6 @@ __all__ = [
     "BridgeLosses",
     "BridgedModel",
     "Bridges",
-    "DenseGPT2",
     "Edit",
     "GPT2Sites",
     "PerturbationResult",
@@ -48,7 +46,6 @@ __all__ = [
     "check_same_tokenizer",
     "class_channels",
     "dense_tokenizer",
-    "gpt2_config",
     "kl_from",
     "load_bridged",
     "load_gpt2",

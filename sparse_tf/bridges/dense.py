@@ -1,8 +1,8 @@
 """The dense side of a bridge: a Hugging Face `GPT2LMHeadModel`.
 
 No weights can be downloaded here, so the dense model is trained locally by the ordinary
-trainer: a `GPTConfig` with `arch="hf_gpt2"` builds a `DenseGPT2` (a `GPT2LMHeadModel` behind
-the trainer's model interface), e.g. `sparse-tf train --preset gpt2-tiny-cpu`, and its
+trainer: a `sparse_tf.gpt2.GPT2Config` builds a `DenseGPT2` (a `GPT2LMHeadModel` behind the
+trainable-model interface), e.g. `sparse-tf train --preset gpt2-tiny-cpu`, and its
 `OUT/final` is a Hugging Face folder (`save_pretrained`: config.json + model.safetensors) plus
 the run's tokenizer.json and sparse_tf.json (the training config). A real GPT-2 folder (e.g.
 `gpt2` saved with `save_pretrained`, with its vocab.json + merges.txt or tokenizer.json) loads
@@ -13,83 +13,19 @@ the same way with `load_gpt2`; a sparse model bridged to it must use GPT-2's BPE
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from torch import Tensor, nn
+from torch import nn
 
-from sparse_tf.checkpoint import MANIFEST_FILE, CheckpointError, verify, write_manifest
-from sparse_tf.data.tokenizer import EOT, TOKENIZER_FILE, save_tokenizer
+from sparse_tf.checkpoint import MANIFEST_FILE, CheckpointError, verify
+from sparse_tf.data.tokenizer import EOT, TOKENIZER_FILE
 from sparse_tf.errors import SparseTFError
-from sparse_tf.io import atomic_dir, read_json, write_json
-from sparse_tf.model import GPTConfig
-
-TRAIN_CONFIG_FILE = "sparse_tf.json"
+from sparse_tf.io import read_json
 
 
 class BridgeError(SparseTFError):
     """A dense model or its tokenizer cannot be bridged; the message names the file."""
-
-
-def gpt2_config(cfg: GPTConfig, eot_id: int) -> Any:
-    """The `transformers.GPT2Config` of an `arch="hf_gpt2"` GPTConfig: same depth, width,
-    heads, context and vocabulary; untied embeddings and no dropout (as our models); SDPA."""
-    from transformers import GPT2Config
-
-    config = GPT2Config(
-        vocab_size=cfg.vocab_size,
-        n_positions=cfg.n_ctx,
-        n_embd=cfg.d_model,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        n_inner=cfg.d_mlp,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        initializer_range=cfg.init_std,
-        tie_word_embeddings=False,
-        bos_token_id=eot_id,
-        eos_token_id=eot_id,
-    )
-    config._attn_implementation = "sdpa"
-    return config
-
-
-class DenseGPT2(nn.Module):
-    """A `GPT2LMHeadModel` with the interface the trainer uses: `forward(tokens[, positions])
-    -> logits`, `cfg`, no sparse matrices, and `export` to a Hugging Face folder."""
-
-    def __init__(self, cfg: GPTConfig, eot_id: int = 0) -> None:
-        from transformers import GPT2LMHeadModel
-
-        super().__init__()
-        self.cfg = cfg
-        self.hf = GPT2LMHeadModel(gpt2_config(cfg, eot_id))
-
-    def forward(self, tokens: Tensor, positions: Tensor | None = None) -> Tensor:
-        logits = self.hf(input_ids=tokens).logits  # [B, T, vocab]
-        if positions is not None:
-            logits = logits[torch.arange(len(tokens), device=tokens.device), positions]
-        return logits
-
-    def sparse_weights(self) -> list[Any]:
-        return []  # dense: nothing is projected
-
-    def export(
-        self, path: Path, tokenizer: Tokenizer, config: dict[str, Any] | None
-    ) -> dict[str, int]:
-        """`save_pretrained` folder + tokenizer.json + sparse_tf.json, written atomically;
-        returns the sizes of the weights files."""
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # one small file: no "Writing model shards" bar
-        with atomic_dir(Path(path)) as tmp:
-            self.hf.save_pretrained(tmp)
-            save_tokenizer(tokenizer, tmp)
-            write_json(tmp / TRAIN_CONFIG_FILE, {"format": "sparse_tf.hf_gpt2", "train": config})
-            write_manifest(tmp)  # last: checked by load_gpt2
-            return {f.name: f.stat().st_size for f in sorted(tmp.glob("*.safetensors"))}
 
 
 def load_gpt2(
