@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -32,7 +32,6 @@ from sparse_tf import kernels
 from sparse_tf.config import Config, check
 from sparse_tf.kernels.rule import topk_mask  # noqa: F401 - the selection rule, re-exported
 from sparse_tf.linear import SparseLinear
-from sparse_tf.parallel.projection import project_sharded_
 
 # ---------------------------------------------------------------------------------------------
 # AbsTopK (activation sparsity)
@@ -218,6 +217,20 @@ def weight_mask(w: SparseWeight, l0: float, cfg: SparsityConfig) -> Tensor:
     return keep[0]
 
 
+ShardedProjection = Callable[[Sequence[Tensor], Sequence[int | None], Sequence[int], int], None]
+"""(row-sharded params, neuron dims, kept counts, min_per_neuron) -> None: projects in place."""
+
+_sharded_projection: ShardedProjection | None = None
+
+
+def register_sharded_projection(fn: ShardedProjection) -> None:
+    """Make `project_weights_` project FSDP-sharded matrices with `fn`. The sharding package
+    (`sparse_tf.parallel`, above this module) registers its collective projection when it is
+    imported, which it is before any model can be sharded; this module never imports it."""
+    global _sharded_projection
+    _sharded_projection = fn
+
+
 @torch.no_grad()
 def project_weights_(model: nn.Module, l0: float, cfg: SparsityConfig) -> dict[str, int]:
     """Project every sparse matrix of `model` in place to its top-magnitude entries at `l0`.
@@ -250,7 +263,12 @@ def project_weights_(model: nn.Module, l0: float, cfg: SparsityConfig) -> dict[s
 
     ks = [counts[w.name] for w in todo]
     if isinstance(params[0], DTensor):  # FSDP: each rank holds rows of every matrix
-        project_sharded_(params, [w.neuron_dim for w in todo], ks, cfg.min_per_neuron)
+        if _sharded_projection is None:
+            raise RuntimeError(
+                "project_weights_: the weights are FSDP shards but no sharded projection is "
+                "registered (import sparse_tf.parallel, which shards models and registers it)"
+            )
+        _sharded_projection(params, [w.neuron_dim for w in todo], ks, cfg.min_per_neuron)
         return counts  # the layers see freshly gathered weights: nothing to mark
     if params[0].is_cuda and kernels.projection_backend(params[0]) == "triton":
         # A few hundred small launches: captured once as a CUDA graph, replayed every step.

@@ -77,6 +77,7 @@ from sparse_tf.optim import OptimConfig, SparseOptimizer
 from sparse_tf.parallel import launch
 from sparse_tf.parallel.fsdp import gathered_model, shard_model
 from sparse_tf.sparsity import SparsityConfig, count_nonzeros, kept_count
+from sparse_tf.tasks import task_tokens
 from sparse_tf.trainable import ModelConfig, build_model
 
 RUN_FILE = "run.json"
@@ -283,7 +284,11 @@ class _Run:
         def load_data() -> Data:
             tokenizer = load_tokenizer(ckpt) if ckpt is not None else None
             return prepare_data(
-                cfg.data, cfg.model.vocab_size, cfg.model.n_ctx, tokenizer=tokenizer
+                cfg.data,
+                cfg.model.vocab_size,
+                cfg.model.n_ctx,
+                tokenizer=tokenizer,
+                reserved_tokens=task_tokens(),
             )
 
         # Rank 0 builds the tokenizer and token shards into the cache; the others then read them.

@@ -367,8 +367,7 @@ def test_vary_one_finds_orthogonal_factor_subspaces_only_when_factored(
 
 
 def test_synthetic_processes_are_corpora_with_their_own_symbols(tmp_path: Path) -> None:
-    from sparse_tf.data import DataConfig
-    from sparse_tf.data.corpus import CorpusError, open_corpus
+    from sparse_tf.data import CorpusError, DataConfig, open_corpus
     from sparse_tf.data.pipeline import prepare_data
 
     corpus = open_corpus("process:markov4", 0.1)

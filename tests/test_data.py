@@ -30,6 +30,7 @@ from sparse_tf.data import (
 from sparse_tf.data.corpus import split_of
 from sparse_tf.data.tokenizer import MAX_PRETOKEN, corpus_bpe, gpt2_files_dir, pieces
 from sparse_tf.data.tokens import TokenShards, Windows, eval_indices, pack_corpus
+from sparse_tf.tasks import task_tokens
 from tests.helpers import sample_corpus
 
 
@@ -320,7 +321,10 @@ def test_prepare_data_refuses_a_tokenizer_larger_than_the_model(corpus_dir: Path
 
 
 def test_prepare_data_summary(corpus_dir: Path) -> None:
-    data = prepare_data(DataConfig(source=str(corpus_dir), val_frac=0.1), 512, 32)
+    cfg = DataConfig(source=str(corpus_dir), val_frac=0.1)
+    with pytest.raises(ValueError, match="pass reserved_tokens"):  # the data layer knows no tasks
+        prepare_data(cfg, 512, 32)
+    data = prepare_data(cfg, 512, 32, reserved_tokens=task_tokens())
     summary = data.summary()
     assert summary["train_tokens"] == len(data.train.tokens) > 0
     assert summary["val_tokens"] > 0

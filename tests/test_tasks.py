@@ -16,8 +16,7 @@ from torch import Tensor, nn
 
 from sparse_tf.checkpoint import CONFIG_FILE, CheckpointError
 from sparse_tf.cli import main
-from sparse_tf.data import load_tokenizer, train_bpe
-from sparse_tf.data.corpus import STDLIB, open_corpus
+from sparse_tf.data import STDLIB, load_tokenizer, open_corpus, train_bpe
 from sparse_tf.data.tokenizer import EOT, TOKENIZER_FILE, corpus_bpe, gpt2_bpe, gpt2_files_dir
 from sparse_tf.evaluation import evaluate_model
 from sparse_tf.model import GPT, GPTConfig

@@ -1,7 +1,8 @@
 """Training data: corpora, tokenizers, packed token windows."""
 
-from sparse_tf.data.corpus import STDLIB, Corpus, CorpusError, open_corpus
+from sparse_tf.data.corpus import STDLIB, Corpus, CorpusError
 from sparse_tf.data.pipeline import Data, DataConfig, prepare_data
+from sparse_tf.data.sources import open_corpus
 from sparse_tf.data.tokenizer import (
     EOT,
     TokenizerError,

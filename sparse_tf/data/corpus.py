@@ -75,19 +75,17 @@ class Corpus:
         }
 
 
-def open_corpus(
+def text_corpus(
     source: str, val_frac: float, *, text_field: str = "text", hf_split: str = "train"
 ) -> Corpus:
-    """Open a corpus by name.
+    """A corpus of text documents (`open_corpus` takes every source, synthetic ones too).
 
     Args:
         source: "python-stdlib" (the running interpreter's standard library, .py files only, no
             site-packages); a directory (every non-hidden text file below it); a glob such as
             "docs/**/*.md"; a single file; or "hf:NAME" for a `datasets` dataset by hub name or
             local path (a folder saved with `save_to_disk`, or one `load_dataset` reads).
-        val_frac: expected fraction of documents in the validation split (by key hash; when
-            no key falls below it, the document with the smallest hash is used, so any corpus
-            of two or more documents has a validation split).
+        val_frac: expected fraction of documents in the validation split (`assign_splits`).
         text_field: column holding the text (datasets only).
         hf_split: which split of the dataset to read (datasets only).
     """
@@ -102,10 +100,6 @@ def open_corpus(
         return _file_corpus(source, root, files, val_frac, info)
     if source.startswith(HF_PREFIX):
         return _hf_corpus(source, val_frac, text_field, hf_split)
-    if source.startswith("process:"):
-        from sparse_tf.data.synthetic import synthetic_corpus  # it builds on this module
-
-        return synthetic_corpus(source, val_frac)
     if any(c in source for c in "*?["):
         files = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
         if not files:
@@ -170,7 +164,7 @@ def _file_corpus(
     if not keys:
         what = "holds no non-empty text file" if files else "holds no file"
         raise CorpusError(f"data.source={source!r}: {what}")
-    splits = _assign_splits(source, keys, val_frac)
+    splits = assign_splits(source, keys, val_frac)
     digest.update("".join(s[0] for s in splits).encode())
     info = {**info, "bytes": sum(p.stat().st_size for p in blobs), "binary_skipped": skipped}
     return Corpus(
@@ -183,7 +177,10 @@ def _file_corpus(
     )
 
 
-def _assign_splits(source: str, keys: list[str], val_frac: float) -> tuple[Split, ...]:
+def assign_splits(source: str, keys: list[str], val_frac: float) -> tuple[Split, ...]:
+    """The split of each key (`split_of`). When no key falls below val_frac, the key with the
+    smallest hash goes to validation, so any corpus of two or more documents has a validation
+    split; a CorpusError (naming `source`) when that is impossible or nothing is left to train."""
     splits = [split_of(k, val_frac) for k in keys]
     if val_frac > 0 and "val" not in splits:
         if len(keys) < 2:
@@ -247,7 +244,7 @@ def _hf_corpus(source: str, val_frac: float, text_field: str, hf_split: str) -> 
     if len(ds) == 0:
         raise CorpusError(f"data.source={source!r}: the dataset is empty")
     keys = [f"{hf_split}/{i}" for i in range(len(ds))]
-    splits = _assign_splits(source, keys, val_frac)
+    splits = assign_splits(source, keys, val_frac)
     # datasets fingerprints a dataset by its content and history; stable across processes.
     digest = hashlib.sha256(
         f"hf\0{name}\0{hf_split}\0{text_field}\0{ds._fingerprint}\0{val_frac!r}".encode()

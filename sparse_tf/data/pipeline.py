@@ -7,6 +7,7 @@ the same corpus starts in about a second and a changed file retrains the tokeniz
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -14,7 +15,8 @@ from typing import Any, Literal
 from tokenizers import Tokenizer
 
 from sparse_tf.config import Config, check
-from sparse_tf.data.corpus import STDLIB, Corpus, open_corpus
+from sparse_tf.data.corpus import STDLIB, Corpus
+from sparse_tf.data.sources import open_corpus
 from sparse_tf.data.synthetic import symbol_tokenizer
 from sparse_tf.data.tokenizer import corpus_bpe, eot_id, gpt2_bpe, tokenizer_digest
 from sparse_tf.data.tokens import TokenDataError, TokenShards, Windows, pack_corpus
@@ -78,6 +80,7 @@ def prepare_data(
     n_ctx: int,
     *,
     tokenizer: Tokenizer | None = None,
+    reserved_tokens: Sequence[str] | None = None,
     cache: Path | None = None,
 ) -> Data:
     """Open, tokenise and window the corpus for a model with `vocab_size` and `n_ctx`.
@@ -88,6 +91,10 @@ def prepare_data(
             the data must be below it.
         n_ctx: window length (the model's context).
         tokenizer: use this tokenizer instead of building one (a resumed run reuses its own).
+        reserved_tokens: strings a new BPE tokenizer keeps as single tokens when
+            `cfg.task_tokens` is on (then required): the tasks' candidates,
+            `sparse_tf.tasks.task_tokens()`, which the caller passes because the tasks build
+            on this package, not the other way round.
         cache: cache folder (default `sparse_tf.io.cache_dir()`).
     """
     cache = cache or cache_dir()
@@ -98,10 +105,12 @@ def prepare_data(
         elif cfg.tokenizer == "gpt2":
             tokenizer = gpt2_bpe(cfg.gpt2_files)
         else:
-            # Imported here: the tasks build on this package's tokenizer module.
-            from sparse_tf.tasks import task_tokens
-
-            reserved = task_tokens() if cfg.task_tokens else []
+            if cfg.task_tokens and reserved_tokens is None:
+                raise ValueError(
+                    "prepare_data: data.task_tokens is on: pass reserved_tokens "
+                    "(sparse_tf.tasks.task_tokens())"
+                )
+            reserved = list(reserved_tokens or ()) if cfg.task_tokens else []
             tokenizer = corpus_bpe(corpus, vocab_size, cache, reserved)
     if tokenizer.get_vocab_size() > vocab_size:
         raise TokenDataError(

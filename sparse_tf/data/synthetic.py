@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from sparse_tf.data.corpus import Corpus, CorpusError, _assign_splits
+from sparse_tf.data.corpus import Corpus, CorpusError, assign_splits
 from sparse_tf.data.processes import FactoredProcess, factored_process, markov_chain
 from sparse_tf.data.tokenizer import EOT
 
@@ -113,7 +113,7 @@ def synthetic_corpus(source: str, val_frac: float) -> Corpus:
     digest = hashlib.sha256(f"process\0{source}\0{val_frac!r}\0".encode())
     for d in docs:
         digest.update(np.asarray(d, dtype=np.int32).tobytes())
-    splits = _assign_splits(source, keys, val_frac)
+    splits = assign_splits(source, keys, val_frac)
     digest.update("".join(s[0] for s in splits).encode())
 
     def read(positions: list[int]) -> Iterator[str]:

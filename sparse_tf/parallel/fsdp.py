@@ -26,8 +26,6 @@ would be rebuilt every time.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -36,8 +34,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Shard
 
-if TYPE_CHECKING:
-    from sparse_tf.model import GPT
+from sparse_tf.model import GPT
 
 
 def shard_model(model: GPT, device: torch.device) -> GPT:
@@ -106,8 +103,6 @@ def row_offset(p: DTensor) -> int:
 def gathered_model(model: GPT) -> GPT | None:
     """A plain copy of a sharded `model` on rank 0's CPU, for exporting (None on the other
     ranks). Collective: every rank calls it; the parameters travel once, to rank 0."""
-    from sparse_tf.model import GPT  # here: sparse_tf.model imports this package
-
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(model, options=options)  # the whole tensors, on rank 0 only
     if dist.get_rank() != 0:

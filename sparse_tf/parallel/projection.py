@@ -36,6 +36,7 @@ from torch import Tensor
 from sparse_tf import kernels
 from sparse_tf.kernels.rule import topk_mask
 from sparse_tf.parallel.fsdp import local, row_offset, row_shard_group
+from sparse_tf.sparsity import register_sharded_projection
 
 _PROTECTED = 1 << 31  # above every fp32 bit pattern of a finite |w|
 _DIGIT_BITS = 8
@@ -212,3 +213,7 @@ def project_sharded_(
     masks = sharded_projection_masks(shards, neuron_dims, ks, j, group, row0)
     for shard, keep in zip(shards, masks, strict=True):
         shard.masked_fill_(~keep, 0.0)
+
+
+# `sparse_tf.sparsity.project_weights_` (below this package) projects sharded matrices with it.
+register_sharded_projection(project_sharded_)
