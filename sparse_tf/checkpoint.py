@@ -57,6 +57,19 @@ from sparse_tf._version import __version__
 from sparse_tf.config import ConfigError
 from sparse_tf.data.tokenizer import save_tokenizer
 from sparse_tf.errors import SparseTFError
+from sparse_tf.filenames import (
+    CONFIG_FILE,
+    HF_TRAIN_CONFIG_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    RNG_FILE,
+    SHARDS_DIR,
+    SPARSE_MODEL_FILE,
+    STATE_FILE,
+    STEP_DIR_PREFIX,
+    step_dir_name,
+)
 from sparse_tf.gpt2 import DenseGPT2, GPT2Config
 from sparse_tf.io import (
     atomic_dir,
@@ -72,20 +85,11 @@ from sparse_tf.parallel.fsdp import is_sharded
 from sparse_tf.sparsity import count_nonzeros, mark_sparse
 from sparse_tf.trainable import ModelConfig, SelfExporting, TrainableModel, model_config
 
-MODEL_FILE = "model.safetensors"
-SPARSE_MODEL_FILE = "model.sparse.safetensors"
-OPTIMIZER_FILE = "optimizer.safetensors"
-RNG_FILE = "rng.safetensors"
-STATE_FILE = "state.json"
-CONFIG_FILE = "config.json"
-MANIFEST_FILE = "manifest.json"
-SHARDS_DIR = "shards"
 _MODEL_KEY, _OPTIMIZER_KEY = "model.", "optimizer."  # name prefixes inside SHARDS_DIR
 FORMAT = "sparse_tf"
-HF_TRAIN_CONFIG_FILE = "sparse_tf.json"  # beside a DenseGPT2's Hugging Face files
 HF_FORMAT = "sparse_tf.hf_gpt2"
 _CSR_FORMAT = "sparse_tf.csr.v1"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
+_STEP_DIR = re.compile(rf"^{STEP_DIR_PREFIX}(\d+)$")
 
 
 class CheckpointError(SparseTFError):
@@ -98,7 +102,7 @@ class CheckpointError(SparseTFError):
 
 
 def step_dir(out: Path, step: int) -> Path:
-    return Path(out) / f"step-{step}"
+    return Path(out) / step_dir_name(step)
 
 
 def is_checkpoint_name(name: str) -> bool:

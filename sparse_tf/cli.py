@@ -32,13 +32,14 @@ import torch
 import tyro
 
 from sparse_tf.errors import SparseTFError
+from sparse_tf.filenames import BRIDGES_META, RUN_FILE
 from sparse_tf.io import read_json, write_json
 from sparse_tf.model import GPT, GPTConfig
 from sparse_tf.parallel import launch
 from sparse_tf.presets import DEFAULT_PRESET, PRESETS, preset
 from sparse_tf.pruning.search import PruneConfig
 from sparse_tf.sparsity import COLS, ROWS, SparsityConfig, abstopk_k, kept_count
-from sparse_tf.training import RUN_FILE, RunOptions, TrainConfig, TrainingError, train
+from sparse_tf.training import RunOptions, TrainConfig, TrainingError, train
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -231,9 +232,8 @@ class PerturbArgs:
 
 def perturb_command(argv: list[str]) -> None:
     from sparse_tf.bridges import Edit, class_channels, load_bridged, load_gpt2, perturb
-    from sparse_tf.bridges.model import BRIDGES_META
     from sparse_tf.data import load_tokenizer
-    from sparse_tf.training import resolve_device
+    from sparse_tf.devices import resolve_device
 
     args = _tyro_cli(PerturbArgs, prog="sparse-tf perturb", args=argv)
     if args.k < 1:

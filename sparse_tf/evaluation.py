@@ -15,9 +15,11 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from sparse_tf.checkpoint import CONFIG_FILE, CheckpointError, load_model
+from sparse_tf.checkpoint import CheckpointError, load_model
 from sparse_tf.data import Data, load_tokenizer, prepare_data
+from sparse_tf.devices import resolve_device
 from sparse_tf.errors import SparseTFError
+from sparse_tf.filenames import CONFIG_FILE
 from sparse_tf.io import read_json
 from sparse_tf.model import GPT
 from sparse_tf.tasks import (
@@ -30,7 +32,7 @@ from sparse_tf.tasks import (
     get_task,
     mean_scores,
 )
-from sparse_tf.training import TrainConfig, resolve_device, validation_loss
+from sparse_tf.training import TrainConfig, validation_loss
 
 MAX_PAIRS = 100_000
 """Most contrast pairs per task (and per batch) an evaluation takes: 200,000 prompts, minutes

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sparse_tf.errors import SparseTFError
+from sparse_tf.filenames import LOCK_FILE
 
 
 def fsync_dir(path: Path) -> None:
@@ -161,7 +162,6 @@ def remove_outputs(folder: Path, is_output: Callable[[str], bool]) -> list[str]:
     return removed
 
 
-LOCK_FILE = ".sparse_tf.lock"
 """The lock file a job holds in the folder it writes (hidden; never deleted: see FolderLock)."""
 
 

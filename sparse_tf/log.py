@@ -16,9 +16,9 @@ from typing import Any, Literal, TextIO
 
 from tqdm import tqdm
 
+from sparse_tf.filenames import METRICS_FILE
 from sparse_tf.io import atomic_write_text
 
-METRICS_FILE = "metrics.jsonl"
 WANDB_INIT_TIMEOUT = 20.0
 """Seconds `--wandb online` waits for the wandb servers before logging offline instead."""
 WandbMode = Literal["offline", "online", "disabled"]

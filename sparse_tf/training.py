@@ -16,11 +16,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import importlib.metadata
 import os
-import platform
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -39,8 +36,6 @@ from sparse_tf.bridges.dense import check_same_tokenizer, dense_tokenizer, load_
 from sparse_tf.bridges.model import BridgedModel, bridge_validation
 from sparse_tf.bridges.sites import site_name
 from sparse_tf.checkpoint import (
-    MODEL_FILE,
-    SPARSE_MODEL_FILE,
     CheckpointError,
     export_model,
     is_checkpoint_name,
@@ -53,7 +48,18 @@ from sparse_tf.config import Config, ConfigError, check
 from sparse_tf.data.pipeline import Data, DataConfig, prepare_data
 from sparse_tf.data.tokenizer import eot_id, load_tokenizer
 from sparse_tf.data.tokens import EpochSampler, Windows, eval_indices
+from sparse_tf.devices import device_info, resolve_device
 from sparse_tf.errors import SparseTFError
+from sparse_tf.filenames import (
+    FINAL_DIR,
+    METRICS_FILE,
+    MODEL_FILE,
+    RUN_FILE,
+    SPARSE_MODEL_FILE,
+    SUMMARY_FILE,
+    WANDB_DIR,
+    step_dir_name,
+)
 from sparse_tf.gpt2 import GPT2Config
 from sparse_tf.io import (
     FolderLock,
@@ -64,7 +70,6 @@ from sparse_tf.io import (
     write_json,
 )
 from sparse_tf.log import (
-    METRICS_FILE,
     ProgressMode,
     RunLogger,
     SilentLogger,
@@ -76,13 +81,11 @@ from sparse_tf.model import GPT, GPTConfig, target_loss
 from sparse_tf.optim import OptimConfig, SparseOptimizer
 from sparse_tf.parallel import launch
 from sparse_tf.parallel.fsdp import gathered_model, shard_model
+from sparse_tf.provenance import git_revision, package_versions, utc_now
 from sparse_tf.sparsity import SparsityConfig, count_nonzeros, kept_count
 from sparse_tf.tasks import task_tokens
 from sparse_tf.trainable import ModelConfig, build_model
 
-RUN_FILE = "run.json"
-SUMMARY_FILE = "summary.json"
-FINAL_DIR = "final"
 RUN_FORMAT = "sparse_tf.run"
 """run.json's "format": what marks a folder as a sparse_tf run."""
 
@@ -325,7 +328,7 @@ class _Run:
             run_info = self._new_run_info(data)
         else:
             run_info["resumes"].append(
-                {"step": start, "time": _now(), "device": device_info(self.device)}
+                {"step": start, "time": utc_now(), "device": device_info(self.device)}
             )
         if world.main:
             write_json(self.out / RUN_FILE, run_info)
@@ -458,7 +461,7 @@ class _Run:
         return {
             "format": RUN_FORMAT,
             "id": uuid.uuid4().hex[:12],
-            "started": _now(),
+            "started": utc_now(),
             "command": sys.argv,
             "config": self.cfg.to_dict(),
             "options": self.opts.to_dict(),
@@ -565,14 +568,17 @@ class _Run:
                     window_start, t_window = done, time.perf_counter()
                 if done % opts.ckpt_every == 0 or is_last or stopping:
                     self._check_finite(first_bad)
-                    path = self.out / f"step-{done}"
+                    path = self.out / step_dir_name(done)
                     if self.world.main or self.sharded:  # shards: every rank writes its own
                         path = save_checkpoint(
                             self.out,
                             model=model,
                             optimizer=opt,
                             tokenizer=data.tokenizer,
-                            config=cfg.to_dict(),
+                            # run.json's own record of the config, so that a resumed run's
+                            # checkpoints match it as its first ones did, whichever version
+                            # wrote it (`newest_intact` compares the two).
+                            config=run_info["config"],
                             state={
                                 "data_position": position,
                                 "lr": stats.lr,
@@ -823,29 +829,10 @@ def _stop_signals() -> Iterator[_StopFlag]:
             signal.signal(s, h)
 
 
-def resolve_device(spec: str, flag: str = "RunOptions.device") -> torch.device:
-    """'auto' → CUDA when available, else CPU; anything else must exist on this machine.
-    Errors name `flag`."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ConfigError(f"{flag}={spec!r}: not a device (cpu, cuda, cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"{flag}={spec!r}: CUDA is not available here")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"{flag}={spec!r}: no such GPU")
-    elif device.type != "cpu":
-        raise ConfigError(f"{flag}={spec!r}: only cpu and cuda are supported")
-    return device
-
-
 def is_run_output(name: str) -> bool:
     """Whether an entry of a run folder is one the run writes: run.json, summary.json,
     metrics.jsonl, step-N/, final/, wandb/ (what --overwrite removes)."""
-    return name in (RUN_FILE, SUMMARY_FILE, METRICS_FILE, FINAL_DIR, "wandb") or (
+    return name in (RUN_FILE, SUMMARY_FILE, METRICS_FILE, FINAL_DIR, WANDB_DIR) or (
         is_checkpoint_name(name)
     )
 
@@ -890,54 +877,3 @@ def _check_same_corpus(run_info: dict[str, Any], data: Data, out: Path) -> None:
             f"--resume: the corpus changed since the run in {out} started (digest "
             f"{before[:12]} -> {now[:12]}); the data order would not continue"
         )
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "sparse_tf": __version__}
-    for name in ("torch", "triton", "numpy", "tokenizers", "safetensors", "wandb", "datasets"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def git_revision() -> dict[str, Any]:
-    """The commit (and whether the tree is dirty) of the source tree sparse_tf runs from, if
-    it is a git checkout; None otherwise (an installed wheel)."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {"revision": None, "dirty": None}
-    return {"revision": rev, "dirty": bool(dirty)}
-
-
-def device_info(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "device": str(device),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-    }
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info |= {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1)}
-    return info

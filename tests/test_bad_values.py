@@ -17,8 +17,8 @@ from sparse_tf.cli import main
 from sparse_tf.config import ConfigError
 from sparse_tf.data.tokenizer import load_tokenizer
 from sparse_tf.evaluation import MAX_PAIRS, EvalError, evaluate_model
+from sparse_tf.filenames import MEANS_FILE
 from sparse_tf.pruning import MeansError, PruneConfig, prune_model
-from sparse_tf.pruning.circuit import MEANS_FILE
 from sparse_tf.training import TrainingError, train
 from tests.helpers import quiet_options, tiny_train_config, tiny_train_flags
 

@@ -16,8 +16,8 @@ import pytest
 
 from sparse_tf.checkpoint import list_checkpoints
 from sparse_tf.cli import main
+from sparse_tf.filenames import CIRCUIT_FILE, HTML_FILE, MEANS_FILE, SCORES_FILE
 from sparse_tf.io import LOCK_FILE, FolderInUseError, FolderLock, user_entries
-from sparse_tf.pruning.circuit import CIRCUIT_FILE, HTML_FILE, MEANS_FILE, SCORES_FILE
 from sparse_tf.training import TrainingError, train
 from tests.helpers import quiet_options, tiny_train_config, tiny_train_flags
 

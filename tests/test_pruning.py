@@ -19,6 +19,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from sparse_tf import GPT, GPTConfig, load_model
 from sparse_tf.cli import main
+from sparse_tf.filenames import CIRCUIT_FILE, HTML_FILE, MEANS_FILE, SCORES_FILE
 from sparse_tf.io import user_entries
 from sparse_tf.pruning import (
     Circuit,
@@ -40,7 +41,6 @@ from sparse_tf.pruning import (
     smallest_k,
     top_k_gates,
 )
-from sparse_tf.pruning.circuit import CIRCUIT_FILE, HTML_FILE, MEANS_FILE, SCORES_FILE
 from sparse_tf.pruning.edges import EDGE_TYPES
 from sparse_tf.pruning.search import Pool, Pruner
 from sparse_tf.pruning.viewer import ViewData, render_html

@@ -18,9 +18,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from torch import nn
 
-from sparse_tf.checkpoint import MANIFEST_FILE, CheckpointError, verify
-from sparse_tf.data.tokenizer import EOT, TOKENIZER_FILE
+from sparse_tf.checkpoint import CheckpointError, verify
+from sparse_tf.data.tokenizer import EOT
 from sparse_tf.errors import SparseTFError
+from sparse_tf.filenames import MANIFEST_FILE, TOKENIZER_FILE
 from sparse_tf.io import read_json
 
 

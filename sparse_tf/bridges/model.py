@@ -40,12 +40,11 @@ from sparse_tf.bridges.dense import BridgeError
 from sparse_tf.bridges.sites import GPT2Sites, SparseSites, site_name
 from sparse_tf.checkpoint import load_model, write_manifest, write_model_files
 from sparse_tf.data.tokens import Windows, eval_indices
+from sparse_tf.filenames import BRIDGES_FILE, BRIDGES_META
 from sparse_tf.io import atomic_dir, read_json, write_json
 from sparse_tf.model import GPT
 from sparse_tf.sparsity import SparseWeight
 
-BRIDGES_FILE = "bridges.safetensors"
-BRIDGES_META = "bridges.json"
 _FORMAT = "sparse_tf.bridges.v1"
 
 

@@ -27,10 +27,10 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 
 from sparse_tf.data.corpus import Corpus
 from sparse_tf.errors import SparseTFError
+from sparse_tf.filenames import TOKENIZER_FILE
 from sparse_tf.io import atomic_write_text
 
 EOT = "<|endoftext|>"
-TOKENIZER_FILE = "tokenizer.json"
 # Bump when the recipe below changes, so cached tokenizers are not reused across recipes.
 _BPE_RECIPE = "python-bpe-v3"
 MAX_PRETOKEN = 1024

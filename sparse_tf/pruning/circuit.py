@@ -24,12 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from sparse_tf.errors import SparseTFError
+from sparse_tf.filenames import CIRCUIT_FILE
 from sparse_tf.io import read_json, write_json
-
-CIRCUIT_FILE = "circuit.json"
-MEANS_FILE = "means.safetensors"
-SCORES_FILE = "scores.safetensors"
-HTML_FILE = "circuit.html"
 
 
 class CircuitError(SparseTFError):

@@ -27,9 +27,17 @@ from safetensors.torch import save
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from sparse_tf.checkpoint import MODEL_FILE, SPARSE_MODEL_FILE
+from sparse_tf.devices import device_info, resolve_device
 from sparse_tf.errors import SparseTFError
 from sparse_tf.evaluation import load_model_and_tokenizer, training_data
+from sparse_tf.filenames import (
+    CIRCUIT_FILE,
+    HTML_FILE,
+    MEANS_FILE,
+    MODEL_FILE,
+    SCORES_FILE,
+    SPARSE_MODEL_FILE,
+)
 from sparse_tf.io import (
     FolderLock,
     atomic_write_bytes,
@@ -42,21 +50,13 @@ from sparse_tf.io import (
     user_entries,
 )
 from sparse_tf.model import GPT
-from sparse_tf.pruning.circuit import (
-    CIRCUIT_FILE,
-    HTML_FILE,
-    MEANS_FILE,
-    SCORES_FILE,
-    Circuit,
-    CircuitError,
-    load_circuit,
-)
+from sparse_tf.provenance import git_revision, package_versions
+from sparse_tf.pruning.circuit import Circuit, CircuitError, load_circuit
 from sparse_tf.pruning.means import MODEL_DIGEST_KEY, ablation_means, load_means, save_means
 from sparse_tf.pruning.nodes import node_sites
 from sparse_tf.pruning.search import PruneConfig, PruneResult, prune
 from sparse_tf.pruning.viewer import render_html, viewer_data
 from sparse_tf.tasks import get_task
-from sparse_tf.training import device_info, git_revision, package_versions, resolve_device
 
 Log = Callable[[str], None]
 

@@ -13,21 +13,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sparse_tf.checkpoint import CONFIG_FILE, load_model
+from sparse_tf.checkpoint import load_model
 from sparse_tf.data.tokenizer import load_tokenizer
+from sparse_tf.devices import resolve_device
 from sparse_tf.errors import SparseTFError
+from sparse_tf.filenames import CONFIG_FILE, FINAL_DIR, REPORT_JSON_FILE, REPORT_TEXT_FILE, RUN_FILE
 from sparse_tf.hooks import HookFn
 from sparse_tf.io import atomic_write_text, write_json
 from sparse_tf.model import GPT
 from sparse_tf.presets import preset
-from sparse_tf.training import (
-    FINAL_DIR,
-    RUN_FILE,
-    RunOptions,
-    git_revision,
-    package_versions,
-    train,
-)
+from sparse_tf.provenance import git_revision, package_versions
+from sparse_tf.training import RunOptions, train
 
 KINDS = ("dense", "sparse")
 
@@ -116,8 +112,6 @@ def given_models(paths: Sequence[str], device: str) -> list[StudyModel]:
 
 
 def _device(spec: str) -> torch.device:
-    from sparse_tf.training import resolve_device
-
     return resolve_device(spec, "--device")
 
 
@@ -204,9 +198,9 @@ def fmt_range(values: Sequence[float], digits: int = 3) -> str:
 def write_report(out: Path, name: str, text: str, record: dict[str, Any]) -> None:
     """OUT/report.txt and OUT/report.json (the record with versions and git revision)."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "report.txt", text + "\n")
+    atomic_write_text(out / REPORT_TEXT_FILE, text + "\n")
     write_json(
-        out / "report.json",
+        out / REPORT_JSON_FILE,
         {"analysis": name, "versions": package_versions(), "git": git_revision(), **record},
     )
 

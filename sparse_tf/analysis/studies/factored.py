@@ -32,9 +32,9 @@ from sparse_tf.analysis.studies.common import (
 )
 from sparse_tf.data.processes import FactoredProcess, factored_process
 from sparse_tf.data.synthetic import FACTORED_LENGTH
+from sparse_tf.filenames import RUN_FILE
 from sparse_tf.io import read_json
 from sparse_tf.model import GPT, target_loss
-from sparse_tf.training import RUN_FILE
 
 # Read off the published figures (arXiv 2602.02385, authors' reproducibility commit; the
 # analyses reference, §C.5): approximate.

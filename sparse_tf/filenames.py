@@ -1,0 +1,45 @@
+"""Every name sparse_tf gives a file or folder on disk, in one place.
+
+Folders written by earlier versions must keep loading: renaming one of these means reading
+the old name too (a migration in the loader that reads it).
+"""
+
+from __future__ import annotations
+
+# A run folder (`sparse-tf train --out OUT`).
+RUN_FILE = "run.json"  # config, versions, device, git revision, corpus digest, resumes
+SUMMARY_FILE = "summary.json"  # final val loss, tokens/s, export sizes, nonzeros
+METRICS_FILE = "metrics.jsonl"  # one JSON record per log step
+FINAL_DIR = "final"  # the exported model
+WANDB_DIR = "wandb"  # the Weights & Biases run
+STEP_DIR_PREFIX = "step-"  # step-N/: the checkpoint after N optimizer steps
+LOCK_FILE = ".sparse_tf.lock"  # held by the job working in a folder (`sparse_tf.io`)
+
+# A model folder: a checkpoint (step-N/) or an export (final/, `export_model`).
+MODEL_FILE = "model.safetensors"
+SPARSE_MODEL_FILE = "model.sparse.safetensors"  # CSR-compressed sparse matrices
+OPTIMIZER_FILE = "optimizer.safetensors"  # checkpoints only
+RNG_FILE = "rng.safetensors"  # checkpoints only
+STATE_FILE = "state.json"  # checkpoints only: step, data position, run id
+SHARDS_DIR = "shards"  # checkpoints of FSDP runs: one safetensors file per rank
+CONFIG_FILE = "config.json"  # model config + training config (for a GPT-2: Hugging Face's)
+TOKENIZER_FILE = "tokenizer.json"
+MANIFEST_FILE = "manifest.json"  # size and sha256 of every file, written last
+HF_TRAIN_CONFIG_FILE = "sparse_tf.json"  # beside a dense GPT-2's Hugging Face files
+BRIDGES_FILE = "bridges.safetensors"  # a bridged export's encoders and decoders
+BRIDGES_META = "bridges.json"  # ... their sites, widths and dense model
+
+# A circuit folder (`sparse-tf prune --out`).
+CIRCUIT_FILE = "circuit.json"
+MEANS_FILE = "means.safetensors"  # ablation means per hook name
+SCORES_FILE = "scores.safetensors"  # every node's score
+HTML_FILE = "circuit.html"  # the viewer
+
+# An analysis folder (`sparse-tf analyze NAME --out`).
+REPORT_TEXT_FILE = "report.txt"
+REPORT_JSON_FILE = "report.json"
+
+
+def step_dir_name(step: int) -> str:
+    """The checkpoint folder's name after `step` optimizer steps."""
+    return f"{STEP_DIR_PREFIX}{step}"
