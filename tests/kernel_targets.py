@@ -39,15 +39,17 @@ def abstopk_fwd(name: str, x: str, y: str, bits: str, **values: object) -> tuple
     """The AbsTopK forward kernel in one of its forms: x's, the outputs' and the bits' dtypes."""
     defaults = {"BLOCK": 1024, "LOW_BIT": 16 if x == "bf16" else 0, "PARTS": 1,
                 "STORE_MASK": False, "SMALL": False, "GUIDED": True, "PEEL": abstopk.PEEL,
-                "RESIDUAL": False}  # fmt: skip
+                "RESIDUAL": False, "GELU": False}  # fmt: skip
     args = ABSTOPK.format(x=x, y=y, b=bits)
     return (f"abstopk {name}", abstopk._abstopk_fwd_kernel, args, defaults | values)
 
 
 # (name, kernel, "arg:type ...", constexpr values): every kernel in the forms it launches.
 TARGETS = [
-    abstopk_fwd("fwd bf16 q/k/v", "bf16", "bf16", "i32", PARTS=3),
-    abstopk_fwd("fwd bf16 residual", "bf16", "fp32", "i32", RESIDUAL=True),
+    abstopk_fwd("fwd bf16 q/k/v", "bf16", "bf16", "i32", PARTS=3, GUIDED=False),
+    abstopk_fwd("fwd bf16 residual", "bf16", "fp32", "i32", RESIDUAL=True, GUIDED=False),
+    abstopk_fwd("fwd bf16 gelu", "bf16", "bf16", "i32", BLOCK=4096, GELU=True),
+    abstopk_fwd("fwd bf16 guided", "bf16", "bf16", "i32"),
     abstopk_fwd("fwd fp32 bits", "fp32", "fp32", "i32", GUIDED=False),
     abstopk_fwd("mask", "fp32", "u8", "u8", STORE_MASK=True, SMALL=True),
     ("abstopk bwd", abstopk._abstopk_bwd_kernel,

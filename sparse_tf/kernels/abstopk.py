@@ -110,10 +110,39 @@ def _count_ge(key, c):
 
 
 @triton.jit
+def _pack_pairs(key):
+    """bf16 keys [n] (15 bits; padding -1) as [n / 2] uint32 words of two 16-bit lanes: entry
+    2i in the low lane, 2i + 1 in the high one, padding as 0 (below every c >= 1 counted)."""
+    lo, hi = tl.split(tl.reshape(tl.maximum(key, 0), (key.shape[0] // 2, 2)))
+    return (lo | (hi << 16)).to(tl.uint32, bitcast=True)
+
+
+@triton.jit
+def _count_ge_pairs(pairs, c, n):
+    """#keys >= c, 1 <= c <= 2^15, among the n keys (padding included) that `_pack_pairs`
+    packed: two keys per subtraction. Each lane computes 2^15 + (c - 1) - key, which lies in
+    [1, 2^16) (no borrow crosses into the other lane) and has bit 15 set exactly when key < c;
+    the lanes' counts add up in the word's two halves (at most n / 2 each)."""
+    m = ((c - 1) | 0x8000).to(tl.uint32)
+    below = (((m | (m << 16)) - pairs) >> 15) & 0x10001  # bit 0: low lane, bit 16: high lane
+    s = tl.sum(below, axis=0)
+    return n - ((s & 0xFFFF) + (s >> 16)).to(tl.int32)
+
+
+@triton.jit
 def _bits_threshold(key, k, LOW_BIT: tl.constexpr):
     """(t, #keys > t) for t = the exact k-th largest key, one bit per pass from the top.
-    Invariant: at least k keys are >= t."""
+    Invariant: at least k keys are >= t. bf16 keys (15 bits) are counted two per 32-bit
+    subtraction (`_count_ge_pairs`): the kernel is ALU-bound, and a pass costs half the
+    operations per key."""
     t = tl.zeros((), dtype=tl.int32)
+    if LOW_BIT == 16:
+        pairs = _pack_pairs(key)
+        for b in tl.static_range(15):
+            c = t | (1 << (14 - b))
+            n = _count_ge_pairs(pairs, c, key.shape[0])
+            t = tl.where(n >= k, c, t)
+        return t, _count_ge_pairs(pairs, t + 1, key.shape[0])
     for b in tl.static_range(31 - LOW_BIT):
         c = t | (1 << (30 - LOW_BIT - b))
         n = _count_ge(key, c)
@@ -218,10 +247,11 @@ def _abstopk_fwd_kernel(
     stride_x, stride_y, stride_r,
     BLOCK: tl.constexpr, LOW_BIT: tl.constexpr, PARTS: tl.constexpr, STORE_MASK: tl.constexpr,
     SMALL: tl.constexpr, GUIDED: tl.constexpr, PEEL: tl.constexpr, RESIDUAL: tl.constexpr,
+    GELU: tl.constexpr,
 ):  # fmt: skip
-    """Program (row, part): AbsTopK of x[row, part·n : (part+1)·n] into y_part[row] (plus the
-    row of r when RESIDUAL; the kept set as uint8 into y0 when STORE_MASK), and the kept set's
-    bit words into bits."""
+    """Program (row, part): AbsTopK of x[row, part·n : (part+1)·n] (of GELU(x) when GELU)
+    into y_part[row] (plus the row of r when RESIDUAL; the kept set as uint8 into y0 when
+    STORE_MASK), and the kept set's bit words into bits."""
     row = tl.program_id(0).to(tl.int64)
     part = tl.program_id(1)
     offs = tl.arange(0, BLOCK)
@@ -229,6 +259,11 @@ def _abstopk_fwd_kernel(
     # Upcast right after the load: exact for bf16/fp16, and the interpreter needs it.
     x = tl.load(x_ptr + row * stride_x + part * n_cols + offs, mask=in_row, other=0.0)
     x = x.to(tl.float32)
+    if GELU:
+        # torch's GELU (approximate="none"): x · 0.5 · (1 + erf(x · √½)) in fp32, in that
+        # order, rounded to x's dtype as F.gelu returns it (gelu_abstopk.py: how close).
+        x = (x * 0.5) * (1.0 + tl.math.erf(x * 0.7071067811865476))
+        x = x.to(x_ptr.dtype.element_ty).to(tl.float32)
     key = (tl.abs(x).to(tl.int32, bitcast=True) >> LOW_BIT).to(tl.int32)  # orders like |x|
     key = tl.where(in_row, key, -1)  # padding is below every real key
     if SMALL:
@@ -312,11 +347,13 @@ def forward(
     parts: int = 1,
     search: Search | None = None,
     residual: Tensor | None = None,
+    gelu: bool = False,
 ) -> tuple[list[Tensor], Tensor]:
     """AbsTopK of each of `parts` equal slices of x's last dim: (outputs, each x's shape with
     the last dim divided by `parts`; kept-set bits int32 [parts, rows, ceil(width / 32)]).
     With `residual` (x's shape, parts = 1) the output is residual + AbsTopK(x), in the dtype
-    torch's addition gives."""
+    torch's addition gives. With `gelu` the selection is of GELU(x), computed in the same pass
+    (the MLP's hidden neurons: no GELU output written and read back)."""
     x2 = as_rows(x)
     rows, width = x2.shape[0], x.shape[-1] // parts
     dtype = x.dtype if residual is None else torch.promote_types(residual.dtype, x.dtype)
@@ -331,7 +368,7 @@ def forward(
             width, r2.stride(0),
             BLOCK=block, LOW_BIT=_LOW_BIT[x.dtype], PARTS=parts, STORE_MASK=False,
             SMALL=k <= SMALL_K, GUIDED=(search or default_search(width)) == "guided",
-            PEEL=PEEL, RESIDUAL=residual is not None, num_warps=num_warps,
+            PEEL=PEEL, RESIDUAL=residual is not None, GELU=gelu, num_warps=num_warps,
         )  # fmt: skip
     shape = (*x.shape[:-1], width)
     return [y.view(shape) for y in ys], bits
@@ -349,7 +386,7 @@ def mask(x: Tensor, k: int) -> Tensor:
             x2, out, out, out, out, x2, x2.shape[0], width, k, math.log(width / k), x2.stride(0),
             out.stride(0), 0, BLOCK=block, LOW_BIT=_LOW_BIT[x.dtype], PARTS=1, STORE_MASK=True,
             SMALL=k <= SMALL_K, GUIDED=default_search(width) == "guided", PEEL=PEEL, RESIDUAL=False,
-            num_warps=num_warps,
+            GELU=False, num_warps=num_warps,
         )  # fmt: skip
     return out.view(x.shape).view(torch.bool)
 
@@ -384,13 +421,13 @@ def backward(
 
 
 @torch.library.custom_op("sparse_tf::abstopk_forward", mutates_args=())
-def _forward_op(x: Tensor, k: int, parts: int, residual: Tensor | None) -> list[Tensor]:
-    ys, bits = forward(x, k, parts, residual=residual)
+def _forward_op(x: Tensor, k: int, parts: int, residual: Tensor | None, gelu: bool) -> list[Tensor]:
+    ys, bits = forward(x, k, parts, residual=residual, gelu=gelu)
     return [*ys, bits]
 
 
 @_forward_op.register_fake
-def _(x: Tensor, k: int, parts: int, residual: Tensor | None) -> list[Tensor]:
+def _(x: Tensor, k: int, parts: int, residual: Tensor | None, gelu: bool) -> list[Tensor]:
     width = x.shape[-1] // parts
     dtype = x.dtype if residual is None else torch.promote_types(residual.dtype, x.dtype)
     ys = [x.new_empty((*x.shape[:-1], width), dtype=dtype) for _ in range(parts)]
@@ -411,13 +448,13 @@ def _(bits: Tensor, grads: list[Tensor], x_shape: list[int], dtype: torch.dtype)
 
 
 def run_forward(
-    x: Tensor, k: int, parts: int = 1, residual: Tensor | None = None
+    x: Tensor, k: int, parts: int = 1, residual: Tensor | None = None, gelu: bool = False
 ) -> tuple[list[Tensor], Tensor]:
     """`forward`, as a custom operator under torch.compile."""
     if torch.compiler.is_compiling():
-        *ys, bits = _forward_op(x, k, parts, residual)
+        *ys, bits = _forward_op(x, k, parts, residual, gelu)
         return ys, bits
-    return forward(x, k, parts, residual=residual)
+    return forward(x, k, parts, residual=residual, gelu=gelu)
 
 
 def run_backward(

@@ -57,6 +57,17 @@ _MAX_RADIUS = tl.constexpr(1 << 26)
 """Largest half-width (8 octaves): beyond it the window would hold most keys."""
 _CANDIDATE_SHARE = 16
 """A matrix's candidate buffer holds 1/_CANDIDATE_SHARE of its entries (at least one chunk)."""
+_CHUNK_WARPS = 4
+"""Warps of a program that owns a chunk (histogram, tie and zeroing passes)."""
+_WINDOW_WARPS = 16
+"""Warps of a window-pass program: its candidate appends (a scan, an atomic that returns,
+scattered stores) are latency-bound; on an H100 at paper-d1024 the pass took 0.99 ms with 4
+warps, 0.60 with 8, 0.51 with 16 (benchmarks/RESULTS.md)."""
+_PROTECT_TILE = 4096
+"""Entries per program of the protected-keys kernel (whole neurons: BL · BN). Its reductions
+along a neuron cross warps; fewer neurons per program ran faster on an H100 (0.69 ms at 4096
+entries, 0.85 at 16384, 1.19 at 32768 for paper-d1024)."""
+_PROTECT_MAX_NEURONS = 32
 
 
 @dataclass(frozen=True)
@@ -446,7 +457,7 @@ def _write_keys(w: Tensor, p: Protection, keys: Tensor) -> None:
             n_neurons = w.shape[p.dim]
             stride_neuron, stride_elem = (cols, 1) if p.dim == 0 else (1, cols)
             bl = max(16, triton.next_power_of_2(length))
-            bn = max(1, min(32, 16384 // bl))
+            bn = max(1, min(_PROTECT_MAX_NEURONS, _PROTECT_TILE // bl))
             _protected_keys_kernel[(triton.cdiv(n_neurons, bn),)](
                 w, keys, n_neurons, length, stride_neuron, stride_elem, p.j, BN=bn, BL=bl,
                 num_warps=max(1, min(16, bl * bn // 1024)),
@@ -510,7 +521,7 @@ def _select(
         cand_idx = torch.empty(total, dtype=torch.int32, device=device)
         _window_kernel[(n_chunks,)](
             keys, *table, layout.seg_base, layout.warm, above, count, layout.cand_base, cap,
-            cand_keys, cand_idx, CHUNK=chunk,
+            cand_keys, cand_idx, CHUNK=chunk, num_warps=_WINDOW_WARPS,
         )  # fmt: skip
         _decide_kernel[(n_segs,)](layout.warm, above, count, cap, k, mode, state)
     n_cand_chunks = layout.cand_chunk_start.numel()
@@ -520,22 +531,26 @@ def _select(
             _digit_histogram_kernel[(n_chunks,)](
                 keys, *table, state, hist, mode, count, cap,
                 HI=hi, LO=lo, CHUNK=chunk, FEW=hi < 16, MODE=0, DYNAMIC=False,
+                num_warps=_CHUNK_WARPS,
             )  # fmt: skip
         if warm:
             _digit_histogram_kernel[(n_cand_chunks,)](
                 cand_keys, *cand_table, state, hist, mode, count, cap,
                 HI=hi, LO=lo, CHUNK=chunk, FEW=True, MODE=1, DYNAMIC=True,
+                num_warps=_CHUNK_WARPS,
             )  # fmt: skip
         if group is not None:  # row shards: the digit counts of the whole matrices
             dist.all_reduce(hist, group=group)
         _pick_digit_kernel[(n_segs,)](hist, state, k, LO=lo)
     ties = torch.empty(n_chunks, dtype=torch.int32, device=device)
     if n_chunks:
-        _count_ties_kernel[(n_chunks,)](keys, *table, state, ties, mode, CHUNK=chunk)
+        _count_ties_kernel[(n_chunks,)](
+            keys, *table, state, ties, mode, CHUNK=chunk, num_warps=_CHUNK_WARPS
+        )
     if warm:
         _candidate_ties_kernel[(n_cand_chunks,)](
             cand_keys, cand_idx, *cand_table, state, ties, mode, count, cap,
-            layout.seg_first_chunk, CHUNK=chunk, KEY_CHUNK=chunk,
+            layout.seg_first_chunk, CHUNK=chunk, KEY_CHUNK=chunk, num_warps=_CHUNK_WARPS,
         )  # fmt: skip
         _update_warm_kernel[(n_segs,)](layout.warm, state)
     before = torch.cumsum(ties, 0, dtype=torch.int64) - ties  # ties in earlier chunks
@@ -600,5 +615,14 @@ def project_(
         if count == 0:  # an empty shard
             continue
         _zero_dropped_kernel[(count,)](
-            w, sel.keys, *table, sel.state, sel.k, sel.tie_prefix, first, base, CHUNK=chunk
+            w,
+            sel.keys,
+            *table,
+            sel.state,
+            sel.k,
+            sel.tie_prefix,
+            first,
+            base,
+            CHUNK=chunk,
+            num_warps=_CHUNK_WARPS,
         )
