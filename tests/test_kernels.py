@@ -157,8 +157,9 @@ def test_model_gradients_are_identical_on_both_backends(monkeypatch: pytest.Monk
 
 def gelu_like_the_kernel(h: torch.Tensor) -> torch.Tensor:
     """GELU(h) as the fused kernel computes it, to compare with: on a GPU F.gelu (torch's
-    formula; its erf is compiled apart from libdevice's, so up to 2 fp32 ulps apart); under the Triton interpreter the same formula in
-    fp32 with Python's erf (the interpreter's) and its bf16 truncation, exactly."""
+    formula; its erf is compiled apart from libdevice's, so up to 2 fp32 ulps apart); under
+    the Triton interpreter exactly: the same formula in fp32 with Python's erf (the
+    interpreter's) and its bf16 truncation."""
     if h.is_cuda:
         return F.gelu(h)
     x = h.float()
