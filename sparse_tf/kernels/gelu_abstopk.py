@@ -9,8 +9,9 @@ kernel's erf is libdevice's, torch's CUDA kernel compiles its own: up to 2 fp32 
 an H100, which matters only where 1 + erf cancels (x < -4, |GELU| < 1e-6, never near a
 threshold). At the MLP shape (16k x 4096, H100) the outputs and kept sets equalled F.gelu +
 AbsTopK on all 67M entries in bf16; in fp32 the kept sets were identical and 1% of the kept
-values differed by 1-2 ulps. Under the
-Triton interpreter the erf is Python's. Backward, one pass: the gradient of
+values differed by 1-2 ulps. Under the Triton interpreter the erf is Python's.
+
+Backward, one pass: the gradient of
 the hidden pre-activation h is gy · GELU'(h) on the kept entries and 0 elsewhere, computed
 from gy, h and the bits. Unfused, the AbsTopK backward writes the masked gradient and GELU's
 backward reads it back; at d_mlp 4096 and 16k tokens that round trip is 268 MB per layer.
