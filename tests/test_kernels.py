@@ -106,10 +106,10 @@ def test_abs_topk_autograd_through_the_kernel(monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.mark.interpreter
 def test_model_forward_is_identical_on_both_backends(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Logits equal to rounding; exactly equal on a GPU when hooks on the normalized stream
-    keep the norms unfused (the fused norm's 1/rms is then the only value summed in another
-    order). Under the interpreter the fused GELU's erf is Python's, not torch's CPU erf: the
-    last bit of a hidden activation may differ."""
+    """Logits equal to rounding, with the norms fused or kept apart by hooks on the normalized
+    stream: the fused norm sums 1/rms in another order, and the fused GELU's erf is not the
+    one torch calls (libdevice's on a GPU, Python's under the interpreter), so the last bit of
+    a hidden activation may differ."""
     model = tiny_model().to(DEVICE)
     x = tokens(model.cfg, batch=1, seq=6).to(DEVICE)
     norms = [
@@ -121,8 +121,6 @@ def test_model_forward_is_identical_on_both_backends(monkeypatch: pytest.MonkeyP
         with torch.no_grad():
             out[backend] = (model(x), model.run_with_hooks(x, fwd_hooks=norms))
     (ref_fused, ref_unfused), (fused, unfused) = out.values()
-    if DEVICE.type == "cuda":
-        assert torch.equal(unfused, ref_unfused)
     torch.testing.assert_close(unfused, ref_unfused, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fused, ref_fused, rtol=1e-5, atol=1e-6)
 
@@ -186,10 +184,12 @@ def test_gelu_abs_topk_matches_the_reference(
         out[backend] = (y, gh)
     (values,), _ = abstopk.forward(h.detach(), h.shape[-1], gelu=True)  # every GELU value
     assert torch.equal(out["triton"][0], abstopk.reference_forward(values, 50))
-    # atol: below x = -4, 1 + erf(x · √½) cancels, and one ulp of erf is the whole GELU value
-    # (|GELU| < 1e-6, far below any row's threshold).
+    # rtol: 2 fp32 ulps, or one unit of the output dtype where they flip its rounding. atol:
+    # below x = -4, 1 + erf(x · √½) cancels, and one ulp of erf is the whole GELU value (|GELU| <
+    # 1e-6, far below any row's threshold).
+    rtol = max(2.5e-7, torch.finfo(dtype).eps)
     torch.testing.assert_close(
-        values.float(), gelu_like_the_kernel(h.detach()).float(), rtol=2.5e-7, atol=1e-6
+        values.float(), gelu_like_the_kernel(h.detach()).float(), rtol=rtol, atol=1e-6
     )
     tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
     torch.testing.assert_close(out["triton"][1], out["reference"][1], **tol)
