@@ -109,6 +109,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     parser.add_argument("--compile", action="store_true", help="also torch.compile each variant")
     parser.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead"],
+        help="torch.compile's mode; reduce-overhead replays forward and backward as CUDA graphs",
+    )
+    parser.add_argument(
+        "--only", nargs="+", default=None, help="run only these variants (names in the table)"
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="print the GPU kernels of one sparse_tf step"
     )
     args = parser.parse_args()
@@ -116,12 +125,16 @@ def main() -> None:
     device = torch.device(args.device)
     tokens = torch.randint(0, args.vocab_size, (args.batch, args.n_ctx), device=device)
     runs = variants(args.l0, device.type == "cuda", args.compile)
+    if args.only:
+        if "dense" not in args.only:
+            parser.error("--only: include dense (every ratio is against it)")
+        runs = [v for v in runs if v.name in args.only]
     total = args.warmup + args.steps + 1  # + 1: the profiled step
     models = []
     for v in runs:
         os.environ.update(v.env)  # also for the projection on construction
         model, opt = build(args, v.l0, total)
-        forward = torch.compile(model) if v.compiled else model
+        forward = torch.compile(model, mode=args.compile_mode) if v.compiled else model
         models.append((forward, opt))
 
     for i in range(args.warmup + args.steps):
@@ -133,6 +146,8 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
+            if v.compiled and args.compile_mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()  # last step's graph outputs are free
             try:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
                     loss = lm_loss(forward(tokens), tokens)
