@@ -53,6 +53,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from sparse_tf import official
 from sparse_tf._version import __version__
 from sparse_tf.config import ConfigError
 from sparse_tf.data.tokenizer import save_tokenizer
@@ -405,7 +406,7 @@ def _rng_tensors() -> dict[str, Tensor]:
 def export_model(
     path: Path,
     model: TrainableModel,
-    tokenizer: Tokenizer,
+    tokenizer: Tokenizer | None,
     config: dict[str, Any] | None = None,
     *,
     compressed: bool = True,
@@ -414,7 +415,8 @@ def export_model(
     file written. Every folder ends with manifest.json (size and sha256 of each file, checked
     on load).
 
-    A `GPT`: dense (and compressed) weights, config.json and tokenizer.json. The compressed
+    A `GPT`: dense (and compressed) weights, config.json and tokenizer.json (none without a
+    tokenizer: a model converted from a checkpoint that came without its own). The compressed
     file stores every sparse matrix as CSR (int32 row pointers, int16 column indices where
     they fit, values in the weight dtype); everything else is stored dense. Both files load
     to bit-identical parameters. Dense models gain nothing from it: pass `compressed=False`.
@@ -452,7 +454,7 @@ def _export_hf(
 def write_model_files(
     folder: Path,
     model: GPT,
-    tokenizer: Tokenizer,
+    tokenizer: Tokenizer | None,
     config: dict[str, Any] | None,
     *,
     compressed: bool,
@@ -464,7 +466,8 @@ def write_model_files(
         tensors, meta = compress_state(model)
         save_file(tensors, folder / SPARSE_MODEL_FILE, metadata=meta)
     _write_config(folder, model.cfg, config)
-    save_tokenizer(tokenizer, folder)
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, folder)
     return {f.name: f.stat().st_size for f in sorted(folder.glob("*.safetensors"))}
 
 
@@ -516,7 +519,9 @@ def decompress_state(
 def load_model(
     path: str | Path, device: str | torch.device = "cpu", *, check_files: bool = True
 ) -> GPT:
-    """Load a model folder written by training (`OUT/final`, `OUT/step-N`) or `export_model`.
+    """Load a model folder written by training (`OUT/final`, `OUT/step-N`) or `export_model`,
+    or one of OpenAI's released circuit_sparsity models (beeg_config.json + final_model.pt:
+    `sparse_tf.official`).
 
     Reads config.json and model.safetensors, or model.sparse.safetensors when that is the only
     weights file. The model is returned in eval mode on `device`. Every file is first checked
@@ -526,6 +531,8 @@ def load_model(
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a model folder")
+    if not (path / CONFIG_FILE).is_file() and official.is_official(path):
+        return official.load(path, device)
     if check_files and (path / MANIFEST_FILE).is_file():
         verify(path, present_only=True)
     config = _read_json(path / CONFIG_FILE)

@@ -15,6 +15,7 @@
     sparse-tf describe --model.vocab-size 2048 --model.n-ctx 256 --model.n-layer 8 \\
         --model.d-model 1024 --sparsity.l0 0.015625
     sparse-tf calibrate [--preset paper-d1024] [--d-model 2048] [--tokens 4096 16384]
+    sparse-tf convert --from circuit-sparsity DIR --out DIR   (or: DIR --to circuit-sparsity)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 import tyro
 
 from sparse_tf.errors import SparseTFError
-from sparse_tf.filenames import BRIDGES_META, RUN_FILE
+from sparse_tf.filenames import BRIDGES_META, RUN_FILE, TOKENIZER_FILE
 from sparse_tf.io import read_json, write_json
 from sparse_tf.model import GPT, GPTConfig
 from sparse_tf.parallel import launch
@@ -525,6 +526,44 @@ def describe_command(argv: list[str]) -> None:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class ConvertArgs:
+    """Convert a model folder between sparse_tf's layout and OpenAI's released circuit_sparsity
+    layout (beeg_config.json + final_model.pt): exactly one of --from and --to."""
+
+    model: Annotated[Path, tyro.conf.Positional]
+    """The folder to convert."""
+    out: Path
+    """Where to write the converted folder (must not exist)."""
+    from_: Annotated[Literal["circuit-sparsity"] | None, tyro.conf.arg(name="from")] = None
+    """MODEL is in this layout; OUT becomes a sparse_tf model folder."""
+    to: Literal["circuit-sparsity"] | None = None
+    """MODEL is a sparse_tf model folder; OUT gets this layout."""
+
+
+def convert_command(argv: list[str]) -> None:
+    from sparse_tf import official
+    from sparse_tf.checkpoint import export_model, load_model
+
+    args = _tyro_cli(ConvertArgs, prog="sparse-tf convert", args=argv)
+    if (args.from_ is None) == (args.to is None):
+        raise SparseTFError("sparse-tf convert: give exactly one of --from and --to")
+    if args.out.exists():
+        raise SparseTFError(f"--out {args.out}: exists; converting never replaces a folder")
+    if args.from_ is not None:
+        if not official.is_official(args.model):
+            raise SparseTFError(
+                f"{args.model}: not a circuit_sparsity folder (needs beeg_config.json and "
+                "final_model.pt)"
+            )
+        model = official.load(args.model)
+        export_model(args.out, model, None, {"converted_from": str(args.model)})
+    else:
+        tokenizer = args.model / TOKENIZER_FILE
+        official.save(load_model(args.model), args.out, tokenizer if tokenizer.is_file() else None)
+    print(f"wrote {args.out}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class CalibrateArgs:
     """Measure when the sparse matmul beats cuBLAS on this GPU for a model's layer shapes, into
     this machine's cache (used from then on instead of the shipped table of this GPU model)."""
@@ -667,6 +706,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "analyze": (analyze_command, "ACE cores, rotation between models, factored subspaces"),
     "describe": (describe_command, "print a model's shape and per-matrix L0 budget"),
     "calibrate": (calibrate_command, "measure when the sparse matmul beats cuBLAS on this GPU"),
+    "convert": (convert_command, "to and from OpenAI's released circuit_sparsity model layout"),
 }
 
 

@@ -143,6 +143,10 @@ def _coerce(value: Any, annotation: Any) -> Any:
         if value in get_args(annotation) and not isinstance(value, bool):
             return value
         raise TypeError(f"expected one of {list(get_args(annotation))}")
+    if origin is tuple and get_args(annotation)[1:] == (Ellipsis,):  # tuple[X, ...]
+        if not isinstance(value, (tuple, list)):
+            raise TypeError(f"expected {_describe(annotation)}")
+        return tuple(_coerce(v, get_args(annotation)[0]) for v in value)
     if origin is tuple:
         args = get_args(annotation)
         if not isinstance(value, (tuple, list)) or len(value) != len(args):
@@ -176,6 +180,8 @@ def _describe(annotation: Any) -> str:
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
         return " or ".join(_describe(a) for a in get_args(annotation))
+    if origin is tuple and get_args(annotation)[1:] == (Ellipsis,):
+        return f"a list of {_describe(get_args(annotation)[0])}"
     if origin is tuple:
         return f"a list of {len(get_args(annotation))} values"
     if annotation is type(None):

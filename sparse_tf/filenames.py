@@ -29,6 +29,10 @@ HF_TRAIN_CONFIG_FILE = "sparse_tf.json"  # beside a dense GPT-2's Hugging Face f
 BRIDGES_FILE = "bridges.safetensors"  # a bridged export's encoders and decoders
 BRIDGES_META = "bridges.json"  # ... their sites, widths and dense model
 
+# OpenAI's released circuit_sparsity layout (`sparse_tf.official`).
+OFFICIAL_CONFIG_FILE = "beeg_config.json"  # the official GPTConfig as JSON
+OFFICIAL_WEIGHTS_FILE = "final_model.pt"  # a plain state dict (read with weights_only=True)
+
 # A circuit folder (`sparse-tf prune --out`).
 CIRCUIT_FILE = "circuit.json"
 MEANS_FILE = "means.safetensors"  # ablation means per hook name

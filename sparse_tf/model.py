@@ -45,6 +45,13 @@ from sparse_tf.hooks import HookedModule, HookPoint
 from sparse_tf.linear import SparseLinear
 from sparse_tf.sparsity import COLS, ROWS, AbsTopK, SparseWeight, abstopk_k
 
+ABSTOPK_SITES: tuple[str, ...] = (
+    "attn_in", "attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_neuron", "mlp_out"
+)  # fmt: skip
+"""The node sites AbsTopK can run at, by the official circuit_sparsity model's names: each
+sublayer's input (attn_in, mlp_in) and residual write (attn_out, mlp_out), q, k and v, and the
+MLP's hidden neurons (mlp_neuron)."""
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GPTConfig(Config):
@@ -63,7 +70,10 @@ class GPTConfig(Config):
     d_mlp: int | None = None
     """MLP hidden width; None means 4 · d_model (resolved on construction)."""
     afrac: float | None = 0.25
-    """AbsTopK keeps int(afrac · width) entries per token at the 8 node sites; None or 0: off."""
+    """AbsTopK keeps int(afrac · width) entries per token at the node sites; None or 0: off."""
+    afrac_sites: tuple[str, ...] = ABSTOPK_SITES
+    """The sites AbsTopK runs at, by the official model's names (`ABSTOPK_SITES`: all eight, as
+    the paper's models; the official code's own default is attn_in, attn_out, mlp_in, mlp_out)."""
     bigram: bool = True
     """Add a dense, learnable vocab × vocab bigram table (row = current token) to the logits."""
     attn_sink: bool = False
@@ -93,6 +103,19 @@ class GPTConfig(Config):
             f"must be a multiple of d_head={self.d_head}",
         )
         check(self.init_std > 0, self, "init_std", "must be > 0")
+        for site in self.afrac_sites:
+            check(
+                site in ABSTOPK_SITES,
+                self,
+                "afrac_sites",
+                f"{site!r} is not one of {ABSTOPK_SITES}",
+            )
+        check(
+            len(set(self.afrac_sites)) == len(self.afrac_sites),
+            self,
+            "afrac_sites",
+            "repeats a site",
+        )
         if self.afrac is not None:
             check(0.0 < self.afrac <= 1.0, self, "afrac", "must be in (0, 1], or None/0 for off")
             narrowest = min(self.d_model, self.d_mlp)
@@ -106,6 +129,10 @@ class GPTConfig(Config):
     @property
     def n_head(self) -> int:
         return self.d_model // self.d_head
+
+    def site_afrac(self, site: str) -> float | None:
+        """AbsTopK's fraction at `site` (one of `ABSTOPK_SITES`): afrac, or None where off."""
+        return self.afrac if site in self.afrac_sites else None
 
     def to_dict(self) -> dict[str, Any]:
         """The fields plus `"arch": "sparse_tf"`, which tells a saved config of this model
@@ -146,7 +173,9 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.d_head = cfg.n_head, cfg.d_head
         d_attn = cfg.n_head * cfg.d_head
-        self.topk = AbsTopK(cfg.afrac)
+        self.topk_q, self.topk_k, self.topk_v = (
+            AbsTopK(cfg.site_afrac(site)) for site in ("attn_q", "attn_k", "attn_v")
+        )
         self.hook_in = HookPoint()  # [B, T, d_model]
         self.qkv = SparseLinear(cfg.d_model, 3 * d_attn, bias=cfg.bias)
         self.hook_q = HookPoint()  # [B, T, d_attn]
@@ -162,8 +191,13 @@ class Attention(nn.Module):
         (hook_in's value; the block reads it from the residual stream: `Block.read`)."""
         B, T, _ = x.shape
         # q, k and v: each [B, T, d_attn], AbsTopK over all heads jointly (not per head), as in
-        # the official model; one launch for the three.
-        q, k, v = self.topk.split(self.qkv(x), 3)
+        # the official model; one launch for the three when they share a fraction.
+        qkv = self.qkv(x)
+        topks = (self.topk_q, self.topk_k, self.topk_v)
+        if len({t.frac for t in topks}) == 1:
+            q, k, v = self.topk_q.split(qkv, 3)
+        else:
+            q, k, v = (t(part) for t, part in zip(topks, qkv.chunk(3, dim=-1), strict=True))
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         q, k, v = (t.view(B, T, self.n_head, self.d_head).transpose(1, 2) for t in (q, k, v))
         z = self._fused_attention(q, k, v)  # [B, H, T, d_head]
@@ -213,7 +247,7 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.topk = AbsTopK(cfg.afrac)
+        self.topk = AbsTopK(cfg.site_afrac("mlp_neuron"))
         self.hook_in = HookPoint()  # [B, T, d_model]
         self.in_proj = SparseLinear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
         self.hook_pre = HookPoint()  # [B, T, d_mlp]
@@ -233,7 +267,13 @@ class Block(nn.Module):
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.topk = AbsTopK(cfg.afrac)
+        # AbsTopK where each sublayer reads the residual stream and where it writes to it.
+        self.topk_read = nn.ModuleDict(
+            {"attn": AbsTopK(cfg.site_afrac("attn_in")), "mlp": AbsTopK(cfg.site_afrac("mlp_in"))}
+        )
+        self.topk_write = nn.ModuleDict(
+            {"attn": AbsTopK(cfg.site_afrac("attn_out")), "mlp": AbsTopK(cfg.site_afrac("mlp_out"))}
+        )
         self.hook_resid_pre = HookPoint()  # [B, T, d_model]
         self.ln1 = RMSNorm(cfg.d_model)
         self.attn = Attention(cfg)
@@ -249,30 +289,30 @@ class Block(nn.Module):
 
     def attn_half(self, x: Tensor) -> Tensor:
         """resid_pre [B, T, d_model] -> resid_mid: the attention sublayer and its write."""
-        out = self.attn(self.read(x, self.ln1, self.attn.hook_in))
-        return self.hook_resid_mid(self._write(x, out, self.hook_attn_out))
+        out = self.attn(self.read(x, self.ln1, self.attn.hook_in, self.topk_read["attn"]))
+        return self.hook_resid_mid(self._write(x, out, self.hook_attn_out, self.topk_write["attn"]))
 
     def mlp_half(self, x: Tensor) -> Tensor:
         """resid_mid [B, T, d_model] -> resid_post: the MLP sublayer and its write."""
-        out = self.mlp(self.read(x, self.ln2, self.mlp.hook_in))
-        return self.hook_resid_post(self._write(x, out, self.hook_mlp_out))
+        out = self.mlp(self.read(x, self.ln2, self.mlp.hook_in, self.topk_read["mlp"]))
+        return self.hook_resid_post(self._write(x, out, self.hook_mlp_out, self.topk_write["mlp"]))
 
-    def read(self, x: Tensor, ln: RMSNorm, hook_in: HookPoint) -> Tensor:
+    def read(self, x: Tensor, ln: RMSNorm, hook_in: HookPoint, topk: AbsTopK) -> Tensor:
         """AbsTopK(ln(x)) [B, T, d_model]: a sublayer's input read from the residual stream x.
         Unless something reads the normalized stream or the input at their hooks, the norm
         and AbsTopK run as one pass (`AbsTopK.norm`: the same kept values, already in the
         dtype the sublayer's first product computes in)."""
         if ln.hook_normalized.active or hook_in.active:
-            return hook_in(self.topk(ln(x)))
-        return self.topk.norm(x, ln.weight)
+            return hook_in(topk(ln(x)))
+        return topk.norm(x, ln.weight)
 
-    def _write(self, x: Tensor, out: Tensor, hook: HookPoint) -> Tensor:
+    def _write(self, x: Tensor, out: Tensor, hook: HookPoint, topk: AbsTopK) -> Tensor:
         """x + AbsTopK(out): a sublayer's write into the residual stream. Unless something
         reads the write at its hook, AbsTopK and the addition run as one pass (the same
         numbers: the kept values are added exactly as torch adds them)."""
         if hook.active:
-            return x + hook(self.topk(out))
-        return self.topk.add_to(x, out)
+            return x + hook(topk(out))
+        return topk.add_to(x, out)
 
 
 class GPT(HookedModule):
