@@ -25,6 +25,7 @@ import dataclasses
 import io
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,6 +33,7 @@ from typing import Annotated, Any, Literal
 import torch
 import tyro
 
+from sparse_tf.data.pipeline import DataConfig
 from sparse_tf.errors import SparseTFError
 from sparse_tf.filenames import BRIDGES_META, RUN_FILE, TOKENIZER_FILE
 from sparse_tf.io import read_json, write_json
@@ -696,8 +698,48 @@ def format_description(cfg: GPTConfig, sparsity: SparsityConfig) -> str:
     return "\n".join(lines)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataPrepareArgs:
+    """Tokenise a corpus once, with worker processes, into the token store that `sparse-tf
+    train` reads (the tokenizer too); an interrupted prepare resumes where it stopped."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    vocab_size: int = 2048
+    """The model's vocabulary (--model.vocab-size of the training run): the BPE's size."""
+    workers: int | None = None
+    """Tokenising processes (default: every core this process may use)."""
+
+
+def data_command(argv: list[str]) -> None:
+    from sparse_tf.data.pipeline import prepare_tokens
+    from sparse_tf.tasks import task_tokens
+
+    if not argv or argv[0] not in ("prepare", "-h", "--help"):
+        raise UsageError("usage: sparse-tf data prepare --data.source SOURCE [--workers N] ...")
+    prog = "sparse-tf data prepare"
+    args = _tyro_cli(DataPrepareArgs, prog=prog, args=argv[argv[0] == "prepare" :])
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be at least 1")
+    start = time.monotonic()
+    corpus, tok, shards = prepare_tokens(
+        args.data,
+        args.vocab_size,
+        reserved_tokens=task_tokens(),
+        workers=args.workers,
+        progress=True,
+    )
+    store = shards["train"].files[0].parent
+    print(
+        f"{args.data.source}: {corpus.count('train'):,} + {corpus.count('val'):,} documents, "
+        f"{len(shards['train']):,} train + {len(shards['val']):,} val tokens "
+        f"(vocabulary {tok.get_vocab_size()}, corpus digest {corpus.digest[:12]}) in {store}; "
+        f"{time.monotonic() - start:.1f} s"
+    )
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "train": (train_command, "train a weight-sparse GPT (presets, resume, export)"),
+    "data": (data_command, "prepare: tokenise a corpus into the store `train` reads, in parallel"),
     "bridge": (bridge_command, "train a sparse GPT with bridges to a dense HF GPT-2 (--dense)"),
     "perturb": (perturb_command, "edit a bridged sparse model's site; effect on the dense model"),
     "eval": (eval_command, "score a trained model on the 20 hand-built tasks and its val split"),

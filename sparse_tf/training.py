@@ -46,6 +46,7 @@ from sparse_tf.checkpoint import (
 )
 from sparse_tf.config import Config, ConfigError, check
 from sparse_tf.data.pipeline import Data, DataConfig, prepare_data
+from sparse_tf.data.ranks import open_on_every_rank
 from sparse_tf.data.tokenizer import eot_id, load_tokenizer
 from sparse_tf.data.tokens import EpochSampler, Windows, eval_indices
 from sparse_tf.devices import device_info, resolve_device
@@ -280,11 +281,15 @@ class _Run:
 
     def _run(self) -> TrainResult:
         cfg, opts, world = self.cfg, self.opts, self.world
+        if world.distributed:  # tokenise before the process group, not inside a collective
+            prepare_data(
+                cfg.data, cfg.model.vocab_size, cfg.model.n_ctx, reserved_tokens=task_tokens()
+            )
         launch.start(world, self.device)
         self._on_main(self._claim_out_dir)  # rank 0 checks and prepares --out for everyone
         run_info, ckpt = self._claimed()
 
-        def load_data() -> Data:
+        def load_data(build: bool) -> Data:
             tokenizer = load_tokenizer(ckpt) if ckpt is not None else None
             return prepare_data(
                 cfg.data,
@@ -292,12 +297,10 @@ class _Run:
                 cfg.model.n_ctx,
                 tokenizer=tokenizer,
                 reserved_tokens=task_tokens(),
+                build=build,
             )
 
-        # Rank 0 builds the tokenizer and token shards into the cache; the others then read them.
-        data = self._on_main(load_data)
-        if data is None:  # the other ranks, once rank 0 has filled the cache
-            data = load_data()
+        data = open_on_every_rank(world, load_data)
         if run_info is not None:
             _check_same_corpus(run_info, data, self.out)
         torch.manual_seed(cfg.seed)

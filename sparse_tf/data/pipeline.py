@@ -6,7 +6,11 @@ the same corpus starts in about a second and a changed file retrains the tokeniz
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import shlex
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +19,27 @@ from typing import Any, Literal
 from tokenizers import Tokenizer
 
 from sparse_tf.config import Config, check
-from sparse_tf.data.corpus import STDLIB, Corpus
+from sparse_tf.data.corpus import STDLIB, Corpus, CorpusError, Split
+from sparse_tf.data.encode import prepare_lock
 from sparse_tf.data.sources import open_corpus
 from sparse_tf.data.synthetic import symbol_tokenizer
-from sparse_tf.data.tokenizer import corpus_bpe, eot_id, gpt2_bpe, tokenizer_digest
-from sparse_tf.data.tokens import TokenDataError, TokenShards, Windows, pack_corpus
+from sparse_tf.data.token_dir import TOKENS_PREFIX, map_tokens, token_corpus, token_files
+from sparse_tf.data.tokenizer import (
+    TokenizerNotPreparedError,
+    corpus_bpe,
+    eot_id,
+    gpt2_bpe,
+    load_tokenizer,
+    tokenizer_digest,
+)
+from sparse_tf.data.tokens import (
+    NotPreparedError,
+    TokenDataError,
+    TokenShards,
+    Windows,
+    pack_corpus,
+)
+from sparse_tf.filenames import TOKENIZER_FILE
 from sparse_tf.io import cache_dir
 
 
@@ -29,8 +49,9 @@ class DataConfig(Config):
 
     source: str = STDLIB
     """'python-stdlib' (this interpreter's standard library, offline), a directory, a glob,
-    a file, 'hf:NAME' for a `datasets` dataset (hub name or local path), or 'process:NAME'
-    for a synthetic process with its own symbol tokenizer (`sparse_tf.data.synthetic`)."""
+    a file, 'hf:NAME' for a `datasets` dataset (hub name or local path), 'process:NAME'
+    for a synthetic process with its own symbol tokenizer (`sparse_tf.data.synthetic`), or
+    'tokens:DIR' for pre-tokenised .npy/.bin files (`sparse_tf.data.token_dir`)."""
     val_frac: float = 0.02
     """Fraction of documents held out for validation, chosen by a hash of each document's key."""
     tokenizer: Literal["bpe", "gpt2"] = "bpe"
@@ -82,6 +103,9 @@ def prepare_data(
     tokenizer: Tokenizer | None = None,
     reserved_tokens: Sequence[str] | None = None,
     cache: Path | None = None,
+    build: bool = True,
+    workers: int | None = None,
+    progress: bool = False,
 ) -> Data:
     """Open, tokenise and window the corpus for a model with `vocab_size` and `n_ctx`.
 
@@ -96,33 +120,140 @@ def prepare_data(
             `sparse_tf.tasks.task_tokens()`, which the caller passes because the tasks build
             on this package, not the other way round.
         cache: cache folder (default `sparse_tf.io.cache_dir()`).
+        build: train the tokenizer and write the token store when missing (`prepare_tokens`);
+            off, a missing one is a NotPreparedError naming the `sparse-tf data prepare`
+            command that builds them.
+        workers: tokenising processes (default: every core).
+        progress: report the tokenising on stderr.
     """
-    cache = cache or cache_dir()
-    corpus = open_corpus(cfg.source, cfg.val_frac, text_field=cfg.text_field, hf_split=cfg.hf_split)
-    if tokenizer is None:
-        if corpus.info.get("kind") == "process":  # symbols of a synthetic process
-            tokenizer = symbol_tokenizer(corpus.info["symbols"])
-        elif cfg.tokenizer == "gpt2":
-            tokenizer = gpt2_bpe(cfg.gpt2_files)
-        else:
-            if cfg.task_tokens and reserved_tokens is None:
-                raise ValueError(
-                    "prepare_data: data.task_tokens is on: pass reserved_tokens "
-                    "(sparse_tf.tasks.task_tokens())"
-                )
-            reserved = list(reserved_tokens or ()) if cfg.task_tokens else []
-            tokenizer = corpus_bpe(corpus, vocab_size, cache, reserved)
-    if tokenizer.get_vocab_size() > vocab_size:
-        raise TokenDataError(
-            f"the tokenizer has {tokenizer.get_vocab_size()} tokens but model.vocab_size is "
-            f"{vocab_size}; set --model.vocab-size {tokenizer.get_vocab_size()}"
-        )
-    shards = pack_corpus(corpus, tokenizer, cache)
-    for split in shards.values():
-        split.check_vocab(vocab_size)
+    corpus, tokenizer, shards = prepare_tokens(
+        cfg,
+        vocab_size,
+        tokenizer=tokenizer,
+        reserved_tokens=reserved_tokens,
+        cache=cache,
+        build=build,
+        workers=workers,
+        progress=progress,
+    )
     train = _windows(shards["train"], n_ctx, tokenizer, cfg.source, "train")
     val = _windows(shards["val"], n_ctx, tokenizer, cfg.source, "val") if cfg.val_frac else None
     return Data(corpus=corpus, tokenizer=tokenizer, train=train, val=val)
+
+
+def prepare_tokens(
+    cfg: DataConfig,
+    vocab_size: int,
+    *,
+    tokenizer: Tokenizer | None = None,
+    reserved_tokens: Sequence[str] | None = None,
+    cache: Path | None = None,
+    build: bool = True,
+    workers: int | None = None,
+    progress: bool = False,
+) -> tuple[Corpus, Tokenizer, dict[Split, TokenShards]]:
+    """The corpus, its tokenizer and its token store (what `sparse-tf data prepare` writes);
+    arguments as for `prepare_data`. Building holds the cache's prepare lock, so that
+    processes sharing a cache (the ranks of one machine) build each store once."""
+    cache = cache or cache_dir()
+    if cfg.source.startswith(TOKENS_PREFIX):  # already tokens: nothing to build
+        corpus, tokenizer, shards = _token_dir(cfg, tokenizer)
+        _check_tokenizer_size(tokenizer, vocab_size)
+        for split in shards.values():
+            split.check_vocab(vocab_size)
+        return corpus, tokenizer, shards
+    corpus = open_corpus(cfg.source, cfg.val_frac, text_field=cfg.text_field, hf_split=cfg.hf_split)
+    with prepare_lock(cache) if build else contextlib.nullcontext():
+        try:
+            if tokenizer is None:
+                started = time.monotonic()
+                tokenizer = _tokenizer(cfg, corpus, vocab_size, reserved_tokens, cache, build)
+                if progress:
+                    print(
+                        f"tokenizer: {tokenizer.get_vocab_size()} tokens "
+                        f"({time.monotonic() - started:.1f} s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            _check_tokenizer_size(tokenizer, vocab_size)
+            shards = pack_corpus(
+                corpus, tokenizer, cache, build=build, workers=workers, progress=progress
+            )
+        except (NotPreparedError, TokenizerNotPreparedError):
+            raise NotPreparedError(
+                f"data.source={cfg.source!r} is not prepared in {cache}: run "
+                f"`{prepare_command(cfg, vocab_size)}` first (with the same SPARSE_TF_CACHE)"
+            ) from None
+    for split in shards.values():
+        split.check_vocab(vocab_size)
+    return corpus, tokenizer, shards
+
+
+def _check_tokenizer_size(tokenizer: Tokenizer, vocab_size: int) -> None:
+    if tokenizer.get_vocab_size() > vocab_size:
+        raise TokenDataError(
+            f"the tokenizer has {tokenizer.get_vocab_size()} tokens but model.vocab_size "
+            f"is {vocab_size}; set --model.vocab-size {tokenizer.get_vocab_size()}"
+        )
+
+
+def _token_dir(
+    cfg: DataConfig, tokenizer: Tokenizer | None
+) -> tuple[Corpus, Tokenizer, dict[Split, TokenShards]]:
+    """`tokens:DIR` (`sparse_tf.data.token_dir`): its files memory-mapped, and its tokenizer."""
+    folder, files, bin_dtype = token_files(cfg.source, cfg.val_frac)
+    if tokenizer is None:
+        if (folder / TOKENIZER_FILE).is_file():
+            tokenizer = load_tokenizer(folder / TOKENIZER_FILE)
+        elif cfg.tokenizer == "gpt2":
+            tokenizer = gpt2_bpe(cfg.gpt2_files)
+        else:
+            raise CorpusError(
+                f"data.source={cfg.source!r}: no {folder / TOKENIZER_FILE}; add the tokenizer "
+                "the ids come from, or pass --data.tokenizer gpt2 for GPT-2's"
+            )
+    shards = {
+        split: TokenShards.of(paths, (map_tokens(p, bin_dtype) for p in paths))
+        for split, paths in files.items()
+    }
+    return token_corpus(cfg.source, cfg.val_frac), tokenizer, shards
+
+
+def _tokenizer(
+    cfg: DataConfig,
+    corpus: Corpus,
+    vocab_size: int,
+    reserved_tokens: Sequence[str] | None,
+    cache: Path,
+    build: bool,
+) -> Tokenizer:
+    if corpus.info.get("kind") == "process":  # symbols of a synthetic process
+        return symbol_tokenizer(corpus.info["symbols"])
+    if cfg.tokenizer == "gpt2":
+        return gpt2_bpe(cfg.gpt2_files)
+    if cfg.task_tokens and reserved_tokens is None:
+        raise ValueError(
+            "prepare_data: data.task_tokens is on: pass reserved_tokens "
+            "(sparse_tf.tasks.task_tokens())"
+        )
+    reserved = list(reserved_tokens or ()) if cfg.task_tokens else []
+    return corpus_bpe(corpus, vocab_size, cache, reserved, build=build)
+
+
+def prepare_command(cfg: DataConfig, vocab_size: int) -> str:
+    """The `sparse-tf data prepare` command line that prepares `cfg` for `vocab_size`."""
+    words = ["sparse-tf", "data", "prepare", "--vocab-size", str(vocab_size)]
+    default = DataConfig()
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if value == getattr(default, field.name) and field.name != "source":
+            continue
+        flag = "--data." + field.name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else f"--data.no-{field.name.replace('_', '-')}")
+        elif value is not None:
+            words += [flag, str(value)]
+    return shlex.join(words)
 
 
 def _windows(tokens: TokenShards, n_ctx: int, tok: Tokenizer, source: str, split: str) -> Windows:

@@ -52,6 +52,10 @@ class TokenizerError(SparseTFError):
     """A tokenizer file is missing, unreadable or unsuitable; the message names it."""
 
 
+class TokenizerNotPreparedError(TokenizerError):
+    """The corpus's tokenizer is not in the cache and may not be trained here."""
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int, reserved: Sequence[str] = ()) -> Tokenizer:
     """Byte-level BPE with `vocab_size` tokens, `<|endoftext|>` first (id 0), pre-tokenised by
     `PRETOKENIZE_PATTERN` (runs longer than MAX_PRETOKEN cut), trained on the first MAX_PIECE
@@ -250,16 +254,24 @@ def eot_id(tok: Tokenizer) -> int:
 
 
 def corpus_bpe(
-    corpus: Corpus, vocab_size: int, cache: Path, reserved: Sequence[str] = ()
+    corpus: Corpus,
+    vocab_size: int,
+    cache: Path,
+    reserved: Sequence[str] = (),
+    *,
+    build: bool = True,
 ) -> Tokenizer:
     """BPE trained on the corpus's training split, with `reserved` strings as single tokens,
-    cached under `cache` by recipe, corpus digest, size and reserved strings."""
+    cached under `cache` by recipe, corpus digest, size and reserved strings; with `build` off,
+    a missing one is a TokenizerNotPreparedError instead of being trained."""
     recipe = "\0".join([_BPE_RECIPE, tokenizers.__version__, corpus.digest, str(vocab_size)])
     recipe += "\0" + json.dumps(sorted(set(reserved)))
     key = hashlib.sha256(recipe.encode()).hexdigest()[:32]
     path = cache / "tokenizers" / f"bpe{vocab_size}-{key}.json"
     if path.is_file():
         return load_tokenizer(path)
+    if not build:
+        raise TokenizerNotPreparedError(f"{path}: no such tokenizer")
     tok = train_bpe(corpus.documents("train"), vocab_size, reserved)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, tok.to_str())

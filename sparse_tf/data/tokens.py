@@ -22,15 +22,15 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from sparse_tf.data.corpus import Corpus, Split
-from sparse_tf.data.tokenizer import MAX_PIECE, eot_id, pieces, tokenizer_digest
+from sparse_tf.data.encode import write_store
+from sparse_tf.data.tokenizer import tokenizer_digest
 from sparse_tf.errors import SparseTFError
-from sparse_tf.io import atomic_dir, read_json, write_json
+from sparse_tf.io import read_json
 
 IGNORE = -100
 """Target value the loss skips (padding of the last window)."""
 SHARD_TOKENS = 1 << 26
 """Tokens per shard file (128 MiB as uint16)."""
-_ENCODE_BATCH = 256
 _ENCODING = "pieces-v1"
 """Bump when how texts become tokens changes (here: long texts encoded in pieces), so that
 token caches of an earlier way are not reused."""
@@ -62,9 +62,15 @@ class TokenShards:
                     "the folder to rebuild it)"
                 )
             arrays.append(a)
+        return cls.of(files, arrays)
+
+    @classmethod
+    def of(cls, files: Iterable[Path], arrays: Iterable[np.ndarray]) -> TokenShards:
+        """The stream of these 1-D arrays (memory maps of `files`), in order."""
+        arrays = tuple(arrays)
         starts = np.zeros(len(arrays) + 1, dtype=np.int64)
         np.cumsum([len(a) for a in arrays], out=starts[1:])
-        return cls(files, tuple(arrays), starts)
+        return cls(tuple(files), arrays, starts)
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -92,22 +98,39 @@ class TokenShards:
                 )
 
 
+class NotPreparedError(TokenDataError):
+    """The token store (or tokenizer) a run needs is not in the cache and may not be built
+    here (a process of a torchrun group); the message says which command builds it."""
+
+
+def store_folder(corpus: Corpus, tok: Tokenizer, cache: Path, shard_tokens: int) -> Path:
+    """Where the token store of `corpus` under `tok` lives: named by a digest of both."""
+    recipe = f"{corpus.digest}\0{tokenizer_digest(tok)}\0{shard_tokens}\0{_ENCODING}"
+    return cache / "tokens" / hashlib.sha256(recipe.encode()).hexdigest()[:32]
+
+
 def pack_corpus(
-    corpus: Corpus, tok: Tokenizer, cache: Path, shard_tokens: int = SHARD_TOKENS
+    corpus: Corpus,
+    tok: Tokenizer,
+    cache: Path,
+    shard_tokens: int = SHARD_TOKENS,
+    *,
+    build: bool = True,
+    workers: int | None = None,
+    progress: bool = False,
 ) -> dict[Split, TokenShards]:
-    """Tokenise both splits of `corpus` into shards under `cache` (reused when present)."""
-    tok_digest = tokenizer_digest(tok)
-    recipe = f"{corpus.digest}\0{tok_digest}\0{shard_tokens}\0{_ENCODING}"
-    key = hashlib.sha256(recipe.encode()).hexdigest()
-    folder = cache / "tokens" / key[:32]
+    """Both splits of `corpus` as token shards under `cache`, tokenised now if missing (with
+    `workers` processes, see `sparse_tf.data.encode`) unless `build` is off."""
+    folder = store_folder(corpus, tok, cache, shard_tokens)
     if not (folder / "meta.json").is_file():
-        with atomic_dir(folder) as tmp:
-            meta = {"corpus": corpus.digest, "tokenizer": tok_digest, "splits": {}}
-            for split in ("train", "val"):
-                meta["splits"][split] = _write_shards(
-                    corpus.documents(split), tok, tmp, split, shard_tokens
-                )
-            write_json(tmp / "meta.json", meta)
+        if not build:
+            raise NotPreparedError(f"{folder}: no token store")
+        write_store(corpus, tok, folder, shard_tokens, workers=workers, progress=progress)
+    return open_store(folder)
+
+
+def open_store(folder: Path) -> dict[Split, TokenShards]:
+    """The splits of the token store in `folder`, memory-mapped."""
     try:
         meta = read_json(folder / "meta.json")
         return {
@@ -119,56 +142,6 @@ def pack_corpus(
         }
     except (KeyError, TypeError, ValueError) as e:
         raise TokenDataError(f"{folder}: corrupt token cache ({e}); delete it to rebuild") from None
-
-
-def _write_shards(
-    texts: Iterable[str], tok: Tokenizer, folder: Path, split: str, shard_tokens: int
-) -> list[dict[str, int | str]]:
-    """Encode `texts` in batches (a long text in `pieces`), each text followed by
-    <|endoftext|>; write full shards as they fill and the remainder last. Returns
-    [{"file", "tokens"}] (one empty shard if no text)."""
-    dtype = np.uint16 if tok.get_vocab_size() <= 1 << 16 else np.uint32
-    eot = np.array([eot_id(tok)], dtype)
-    shards: list[dict[str, int | str]] = []
-    pending: list[np.ndarray] = []
-    n_pending = 0
-
-    def write(data: np.ndarray) -> None:
-        name = f"{split}-{len(shards):05d}.npy"
-        np.save(folder / name, data)
-        shards.append({"file": name, "tokens": len(data)})
-
-    def encode(batch: list[tuple[str, bool]]) -> None:
-        """Encode (piece, last piece of its document) pairs; <|endoftext|> after each last."""
-        nonlocal pending, n_pending
-        encodings = tok.encode_batch([piece for piece, _ in batch], add_special_tokens=False)
-        for enc, (_, last) in zip(encodings, batch, strict=True):
-            pending += [np.asarray(enc.ids, dtype), eot] if last else [np.asarray(enc.ids, dtype)]
-            n_pending += len(enc.ids) + last
-        if n_pending >= shard_tokens:
-            data = np.concatenate(pending)
-            while len(data) >= shard_tokens:
-                write(data[:shard_tokens])
-                data = data[shard_tokens:]
-            pending, n_pending = [data], len(data)
-
-    # Batches of at most _ENCODE_BATCH texts and MAX_PIECE characters: an encoding holds
-    # ~150 bytes per token until its ids are copied out, so memory stays bounded whatever the
-    # documents (a huge one is encoded piece by piece).
-    batch: list[tuple[str, bool]] = []
-    chars = 0
-    for text in texts:
-        parts = list(pieces(text))
-        for i, piece in enumerate(parts):
-            if batch and (len(batch) == _ENCODE_BATCH or chars + len(piece) > MAX_PIECE):
-                encode(batch)
-                batch, chars = [], 0
-            batch.append((piece, i == len(parts) - 1))
-            chars += len(piece)
-    encode(batch)
-    if n_pending or not shards:
-        write(np.concatenate(pending) if pending else np.zeros(0, dtype))
-    return shards
 
 
 class Windows:

@@ -98,6 +98,15 @@ def share_error(world: World, message: str | None, device: torch.device) -> str 
     return bytes(buf.cpu().tolist()).decode()
 
 
+def gather_text(world: World, text: str | None) -> list[str | None]:
+    """Every rank's `text`, in rank order, on every rank (small strings: messages, digests)."""
+    if not world.distributed:
+        return [text]
+    out: list[str | None] = [None] * world.size
+    dist.all_gather_object(out, text)
+    return out
+
+
 def lost_peer(error: BaseException) -> bool:
     """Whether `error` is a collective that failed because another rank went away (a closed
     connection, a timeout), as opposed to a bug."""

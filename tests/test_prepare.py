@@ -1,0 +1,177 @@
+"""`sparse-tf data prepare`: parallel, resumable tokenising into the store the trainer reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparse_tf.cli import main
+from sparse_tf.data import (
+    EOT,
+    CorpusError,
+    DataConfig,
+    TokenDataError,
+    encode,
+    open_corpus,
+    prepare_data,
+    save_tokenizer,
+)
+from sparse_tf.data.pipeline import prepare_command
+from sparse_tf.data.tokenizer import corpus_bpe
+from sparse_tf.data.tokens import NotPreparedError, pack_corpus
+from tests.helpers import sample_corpus
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return sample_corpus(tmp_path_factory.mktemp("corpus"), ("json", "email"))
+
+
+@pytest.fixture(scope="module")
+def bpe_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tokenizers are trained once for the module; each test writes its own token store."""
+    return tmp_path_factory.mktemp("bpe")
+
+
+def _reference(corpus_dir: Path, bpe_cache: Path) -> tuple[object, object, list[int]]:
+    """The corpus, its BPE, and its train stream encoded one document at a time."""
+    corpus = open_corpus(str(corpus_dir), 0.1)
+    tok = corpus_bpe(corpus, 320, bpe_cache)
+    ids: list[int] = []
+    for text in corpus.documents("train"):
+        ids += [*tok.encode(text).ids, tok.token_to_id(EOT)]
+    return corpus, tok, ids
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_worker_count_does_not_change_the_tokens(
+    corpus_dir: Path, bpe_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    monkeypatch.setattr(encode, "CHUNK_CHARS", 20_000)  # many parts, spread over the workers
+    corpus, tok, expected = _reference(corpus_dir, bpe_cache)
+    shards = pack_corpus(corpus, tok, tmp_path, shard_tokens=7_000, workers=workers)
+    train = shards["train"]
+    assert len(train.files) > 3  # shards cut across parts
+    assert all(len(a) == 7_000 for a in train.arrays[:-1])
+    assert train.slice(0, len(train)).tolist() == expected
+    assert not list((tmp_path / "tokens").glob(".*"))  # no work folder left
+
+
+def test_an_interrupted_prepare_resumes_without_encoding_finished_parts(
+    corpus_dir: Path, bpe_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(encode, "CHUNK_CHARS", 20_000)
+    corpus, tok, expected = _reference(corpus_dir, bpe_cache)
+    real_chunks = encode.chunks
+
+    def killed_after_four(texts: object) -> object:
+        for i, chunk in enumerate(real_chunks(texts)):  # type: ignore[arg-type]
+            if i == 4:
+                raise KeyboardInterrupt  # Ctrl-C while the main process reads the corpus
+            yield chunk
+
+    monkeypatch.setattr(encode, "chunks", killed_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        pack_corpus(corpus, tok, tmp_path, workers=2)
+    (work,) = (tmp_path / "tokens").glob(".*.partial")
+    assert len(list((work / "parts").glob("train-*.npy"))) == 4  # the chunks it had sent
+
+    monkeypatch.setattr(encode, "chunks", real_chunks)
+    updates: list[bool] = []
+    real_update = encode.Progress.update
+
+    def spy(self: encode.Progress, docs: int, tokens: int, *, encoded: bool) -> None:
+        updates.append(encoded)
+        real_update(self, docs, tokens, encoded=encoded)
+
+    monkeypatch.setattr(encode.Progress, "update", spy)
+    train = pack_corpus(corpus, tok, tmp_path, workers=2)["train"]
+    assert updates[:4] == [False] * 4  # the four finished parts were reused...
+    assert all(updates[4:])  # ...and only the rest encoded
+    assert len(updates) > 6
+    assert train.slice(0, len(train)).tolist() == expected
+    assert not work.exists()
+
+
+def test_the_cli_prepares_what_train_then_only_opens(
+    corpus_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("SPARSE_TF_CACHE", str(tmp_path / "cache"))
+    cfg = DataConfig(source=str(corpus_dir), val_frac=0.1, task_tokens=False)
+    with pytest.raises(NotPreparedError) as error:  # what a torchrun rank does: open only
+        prepare_data(cfg, 320, 32, build=False)
+    command = prepare_command(cfg, 320)
+    assert f"run `{command}` first" in str(error.value)
+    main([*command.split()[1:], "--workers", "2"])  # the very command the error names
+    out, err = capsys.readouterr()
+    assert "tokens/s" in err  # progress lines: stderr is not a terminal
+    assert "train +" in out
+    data = prepare_data(cfg, 320, 32, build=False)  # now there, and not rebuilt
+    assert str(tmp_path / "cache") in str(data.train.tokens.files[0])
+    assert data.val is not None
+
+
+def test_cli_rejects_unknown_data_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "cook"])
+    assert exit_.value.code == 2
+    assert "usage: sparse-tf data prepare" in capsys.readouterr().err
+
+
+def test_chunks_are_cut_by_characters_the_same_way_every_time() -> None:
+    texts = ["a" * 5, "b" * 3, "c" * 9, "d"]
+    assert list(encode.chunks(texts, 8)) == [["a" * 5, "b" * 3], ["c" * 9], ["d"]]
+    assert list(encode.chunks([], 8)) == []
+
+
+# -- tokens:DIR ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def token_dir(corpus_dir: Path, bpe_cache: Path, tmp_path: Path) -> Path:
+    """A pre-tokenised export: train.npy (uint16), val.bin (raw uint16), tokenizer.json."""
+    corpus = open_corpus(str(corpus_dir), 0.1)
+    tok = corpus_bpe(corpus, 320, bpe_cache)
+    shards = pack_corpus(corpus, tok, tmp_path)
+    out = tmp_path / "export"
+    out.mkdir()
+    np.save(out / "train.npy", shards["train"].slice(0, 5000).astype(np.uint16))
+    shards["val"].slice(0, 800).astype(np.uint16).tofile(out / "val.bin")
+    save_tokenizer(tok, out)
+    return out
+
+
+def test_training_data_from_a_tokens_dir(token_dir: Path) -> None:
+    data = prepare_data(DataConfig(source=f"tokens:{token_dir}", val_frac=0.1), 320, 32)
+    assert len(data.train.tokens) == 5000
+    assert data.val is not None
+    assert len(data.val.tokens) == 800
+    expected = np.fromfile(token_dir / "val.bin", np.uint16)
+    assert data.val.tokens.slice(0, 800).tolist() == expected.tolist()
+    assert data.summary()["corpus"]["kind"] == "tokens"
+
+
+def test_tokens_dir_ids_beyond_the_model_vocab_are_one_line_naming_the_file(
+    token_dir: Path,
+) -> None:
+    cfg = DataConfig(source=f"tokens:{token_dir}", val_frac=0.1)
+    with pytest.raises(TokenDataError, match=r"set --model\.vocab-size 320"):  # tokenizer > model
+        prepare_data(cfg, 300, 32)
+    tokenizer = (token_dir / "tokenizer.json").read_bytes()
+    (token_dir / "tokenizer.json").unlink()
+    with pytest.raises(CorpusError, match=r"no .*tokenizer\.json"):
+        prepare_data(cfg, 320, 32)
+    (token_dir / "tokenizer.json").write_bytes(tokenizer)
+    np.save(token_dir / "train.npy", np.array([1, 2, 4464, 3], np.uint16))
+    with pytest.raises(
+        TokenDataError, match=r"train\.npy: token id 4464 >= the model's vocab_size"
+    ):
+        prepare_data(cfg, 320, 32)
+    (token_dir / "val.bin").write_bytes(b"\x01\x02\x03")
+    with pytest.raises(CorpusError, match=r"val\.bin: 3 bytes is not a whole number of uint16"):
+        prepare_data(cfg, 320, 32)
