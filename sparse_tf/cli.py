@@ -31,6 +31,8 @@ from typing import Annotated, Any, Literal
 import torch
 import tyro
 
+from sparse_tf.bridges.bridge import BridgeConfig
+from sparse_tf.bridges.objective import BridgedTrainConfig
 from sparse_tf.errors import SparseTFError
 from sparse_tf.filenames import BRIDGES_META, RUN_FILE
 from sparse_tf.io import read_json, write_json
@@ -53,7 +55,14 @@ class TrainArgs:
     run: Annotated[RunOptions, tyro.conf.arg(name="")]
 
 
-def train_command(argv: list[str]) -> None:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BridgeArgs(TrainArgs):
+    """Train a weight-sparse GPT with bridges to a dense GPT-2 and export it to OUT/final."""
+
+    config: Annotated[BridgedTrainConfig, tyro.conf.arg(name="")]
+
+
+def train_command(argv: list[str], bridged: bool = False) -> None:
     name = _flag_value(argv, "--preset")
     resume = "--resume" in argv
     if resume and name is not None:
@@ -62,14 +71,20 @@ def train_command(argv: list[str]) -> None:
     if name not in PRESETS:
         preset(name)  # raises, naming the choices
     out = _flag_value(argv, "--out") or f"runs/{name}"
-    base = _saved_config(Path(out)) if resume else None
+    config_type = BridgedTrainConfig if bridged else TrainConfig
+    base = _saved_config(Path(out), config_type) if resume else None
+    if base is None:
+        base = preset(name)
+        if bridged:
+            base = BridgedTrainConfig.bridging(base, BridgeConfig())
     presets = "\n".join(f"  {n:<18} {desc}" for n, (desc, _) in PRESETS.items())
+    args_type = BridgeArgs if bridged else TrainArgs
     args = _tyro_cli(
-        TrainArgs,
-        prog="sparse-tf train",
-        description=f"Train a weight-sparse GPT and export it to OUT/final.\n\npresets:\n{presets}",
+        args_type,
+        prog="sparse-tf bridge" if bridged else "sparse-tf train",
+        description=f"{args_type.__doc__}\n\npresets:\n{presets}",
         args=argv,
-        default=TrainArgs(preset=name, config=base or preset(name), run=RunOptions(out=out)),
+        default=args_type(preset=name, config=base, run=RunOptions(out=out)),
         # The model's flags are those of the preset's model (GPTConfig or GPT2Config), not a
         # choice between them on the command line: the preset picks the model.
         config=(tyro.conf.AvoidSubcommands,),
@@ -130,7 +145,7 @@ def bridge_command(argv: list[str]) -> None:
         rest += ["--bridge.dense", dense]
     if _flag_value(argv, "--out") is None and "--resume" not in argv:
         rest += ["--out", f"runs/{_flag_value(argv, '--preset') or DEFAULT_PRESET}-bridged"]
-    train_command(rest)
+    train_command(rest, bridged=True)
 
 
 def _flag_value(argv: list[str], flag: str) -> str | None:
@@ -146,13 +161,13 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
     return None
 
 
-def _saved_config(out: Path) -> TrainConfig | None:
+def _saved_config(out: Path, config_type: type[TrainConfig]) -> TrainConfig | None:
     """The config a run in `out` was started with (None when there is none: train() says so)."""
     file = out / RUN_FILE
     if not file.is_file():
         return None
     try:
-        return TrainConfig.from_dict(read_json(file)["config"], source=str(file))
+        return config_type.from_dict(read_json(file)["config"], source=str(file))
     except (ValueError, KeyError, TypeError) as e:
         raise TrainingError(f"--resume: {file} is unreadable ({e})") from None
 
