@@ -486,3 +486,29 @@ def test_old_plain_run_configs_drop_their_empty_bridge_entry() -> None:
     assert read.bridge.dense == "runs/gpt2/final"
     assert read.to_dict()["bridge"]["dense"] == "runs/gpt2/final"
     assert BridgedTrainConfig.bridging(cfg, read.bridge) == read
+
+
+def test_resuming_with_the_other_command_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sparse-tf bridge --resume` on a plain run and `sparse-tf train --resume` on a bridged
+    one say which command continues the run."""
+    from sparse_tf.cli import main
+
+    cfg = tiny_train_config("corpus")
+    for name, config in (
+        ("plain", cfg.to_dict()),
+        ("bridged", {**cfg.to_dict(), "bridge": {"dense": "runs/gpt2/final"}}),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps({"config": config}))
+    for command, name, message in (
+        ("bridge", "plain", "holds a run without bridges; continue it with sparse-tf train"),
+        ("train", "bridged", "a bridged run's config"),
+    ):
+        with pytest.raises(SystemExit):
+            main([command, "--resume", "--out", str(tmp_path / name)])
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert err.startswith(f"sparse-tf {command}: error: ")
+        assert message in err
