@@ -28,11 +28,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import tyro
 
+from sparse_tf.bridges.bridge import BridgeConfig
+from sparse_tf.bridges.objective import BridgedTrainConfig
 from sparse_tf.data.pipeline import DataConfig
 from sparse_tf.errors import SparseTFError
 from sparse_tf.filenames import BRIDGES_META, RUN_FILE, TOKENIZER_FILE
@@ -43,6 +45,18 @@ from sparse_tf.presets import DEFAULT_PRESET, PRESETS, preset
 from sparse_tf.pruning.search import PruneConfig
 from sparse_tf.sparsity import COLS, ROWS, SparsityConfig, abstopk_k, kept_count
 from sparse_tf.training import RunOptions, TrainConfig, TrainingError, train
+
+
+class UsageError(SparseTFError):
+    """A flag the command line parser rejected (exit status 2, as argparse)."""
+
+
+def _require(condition: bool, args: object, field: str, requirement: str) -> None:
+    """The check of one flag, in its dataclass's `__post_init__`: a UsageError naming the flag
+    and its value unless `condition` holds."""
+    if not condition:
+        flag = "--" + field.replace("_", "-")
+        raise UsageError(f"{flag} {getattr(args, field)}: {requirement}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -56,7 +70,28 @@ class TrainArgs:
     run: Annotated[RunOptions, tyro.conf.arg(name="")]
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BridgeArgs(TrainArgs):
+    """Train a weight-sparse GPT with bridges to a dense GPT-2 and export it to OUT/final."""
+
+    config: Annotated[BridgedTrainConfig, tyro.conf.arg(name="")]
+
+
 def train_command(argv: list[str]) -> None:
+    _train(argv, bridged=False)
+
+
+def bridge_command(argv: list[str]) -> None:
+    """`sparse-tf train` with bridges to the dense GPT-2 of `--dense DIR`; new runs go to
+    runs/PRESET-bridged unless --out says otherwise."""
+    _train(argv, bridged=True)
+
+
+def _train(argv: list[str], *, bridged: bool) -> None:
+    """Parse a training command, train, and report errors rank by rank under torchrun.
+
+    --preset, --out and --resume are read before tyro parses: they choose the defaults of
+    every other flag (the preset's config, or with --resume the run's own from OUT)."""
     name = _flag_value(argv, "--preset")
     resume = "--resume" in argv
     if resume and name is not None:
@@ -64,20 +99,37 @@ def train_command(argv: list[str]) -> None:
     name = name or DEFAULT_PRESET
     if name not in PRESETS:
         preset(name)  # raises, naming the choices
-    out = _flag_value(argv, "--out") or f"runs/{name}"
-    base = _saved_config(Path(out)) if resume else None
+    out = _flag_value(argv, "--out") or f"runs/{name}{'-bridged' if bridged else ''}"
+    config_type = BridgedTrainConfig if bridged else TrainConfig
+    base = _saved_config(Path(out), config_type) if resume else None
+    if base is None:
+        base = preset(name)
+        if bridged:
+            base = BridgedTrainConfig.bridging(base, BridgeConfig())
     presets = "\n".join(f"  {n:<18} {desc}" for n, (desc, _) in PRESETS.items())
+    args_type = BridgeArgs if bridged else TrainArgs
+    prog = "sparse-tf bridge" if bridged else "sparse-tf train"
     args = _tyro_cli(
-        TrainArgs,
-        prog="sparse-tf train",
-        description=f"Train a weight-sparse GPT and export it to OUT/final.\n\npresets:\n{presets}",
+        args_type,
+        prog=prog,
+        description=f"{args_type.__doc__}\n\npresets:\n{presets}",
         args=argv,
-        default=TrainArgs(preset=name, config=base or preset(name), run=RunOptions(out=out)),
+        default=args_type(preset=name, config=base, run=RunOptions(out=out)),
         # The model's flags are those of the preset's model (GPTConfig or GPT2Config), not a
         # choice between them on the command line: the preset picks the model.
         config=(tyro.conf.AvoidSubcommands,),
     )
     config = args.config
+    if isinstance(config, BridgedTrainConfig) and config.bridge.dense is None:
+        if resume:
+            raise UsageError(
+                f"--resume: {out} holds a run without bridges; continue it with "
+                "sparse-tf train --resume"
+            )
+        raise UsageError(
+            "--dense DIR is required: the dense GPT-2 folder to bridge to (one trained here: "
+            "sparse-tf train --preset gpt2-tiny-cpu --out DIR)"
+        )
     if _flag_value(argv, "--model.d-model") and not _flag_value(argv, "--model.d-mlp"):
         # GPTConfig resolves d_mlp = 4 · d_model when built, so the default is a number;
         # re-derive it so that `--model.d-model 256` alone gets d_mlp 1024.
@@ -95,7 +147,7 @@ def train_command(argv: list[str]) -> None:
         train(config, args.run)
         launch.end(world)
     except SparseTFError as e:
-        print(f"sparse-tf train{who}: error: {e}", file=sys.stderr)
+        print(f"{prog}{who}: error: {e}", file=sys.stderr)
         code = 1
     except RuntimeError as e:
         if not launch.lost_peer(e):
@@ -103,37 +155,13 @@ def train_command(argv: list[str]) -> None:
         # Another rank died (torchrun then stops this one too): one line, not a traceback.
         first = str(e).strip().splitlines()[0][:200]
         print(
-            f"sparse-tf train: error: rank {world.rank} lost another rank ({first})",
+            f"{prog}: error: rank {world.rank} lost another rank ({first})",
             file=sys.stderr,
         )
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def bridge_command(argv: list[str]) -> None:
-    """`sparse-tf train` with bridges to the dense GPT-2 of `--dense DIR` (`--bridge.dense`);
-    new runs go to runs/PRESET-bridged unless --out says otherwise."""
-    dense = _flag_value(argv, "--dense")
-    if dense is None and "--resume" not in argv:
-        raise UsageError(
-            "--dense DIR is required: the dense GPT-2 folder to bridge to (one trained here: "
-            "sparse-tf train --preset gpt2-tiny-cpu --out DIR)"
-        )
-    rest, skip = [], False
-    for i, arg in enumerate(argv):
-        if skip:
-            skip = False
-        elif arg == "--dense":
-            skip = True
-        elif not arg.startswith("--dense="):
-            rest.append(argv[i])
-    if dense is not None:
-        rest += ["--bridge.dense", dense]
-    if _flag_value(argv, "--out") is None and "--resume" not in argv:
-        rest += ["--out", f"runs/{_flag_value(argv, '--preset') or DEFAULT_PRESET}-bridged"]
-    train_command(rest)
 
 
 def _flag_value(argv: list[str], flag: str) -> str | None:
@@ -149,13 +177,13 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
     return None
 
 
-def _saved_config(out: Path) -> TrainConfig | None:
+def _saved_config(out: Path, config_type: type[TrainConfig]) -> TrainConfig | None:
     """The config a run in `out` was started with (None when there is none: train() says so)."""
     file = out / RUN_FILE
     if not file.is_file():
         return None
     try:
-        return TrainConfig.from_dict(read_json(file)["config"], source=str(file))
+        return config_type.from_dict(read_json(file)["config"], source=str(file))
     except (ValueError, KeyError, TypeError) as e:
         raise TrainingError(f"--resume: {file} is unreadable ({e})") from None
 
@@ -232,6 +260,10 @@ class PerturbArgs:
     json: str | None = None
     """Also write the result to this JSON file."""
 
+    def __post_init__(self) -> None:
+        _require(self.k >= 1, self, "k", "must be at least 1")
+        _require(self.n >= 1, self, "n", "must be at least 1")
+
 
 def perturb_command(argv: list[str]) -> None:
     from sparse_tf.bridges import Edit, class_channels, load_bridged, load_gpt2, perturb
@@ -239,10 +271,6 @@ def perturb_command(argv: list[str]) -> None:
     from sparse_tf.devices import resolve_device
 
     args = _tyro_cli(PerturbArgs, prog="sparse-tf perturb", args=argv)
-    if args.k < 1:
-        raise UsageError(f"--k {args.k}: must be at least 1")
-    if args.n < 1:
-        raise UsageError(f"--n {args.n}: must be at least 1")
     _check_json_target(args.json)
     device = resolve_device(args.device, "--device")
     sparse, bridges = load_bridged(args.model, device)
@@ -295,6 +323,9 @@ class TasksArgs:
     seed: int = 0
     """Seed of the pair generators."""
 
+    def __post_init__(self) -> None:
+        _require(self.out is None or self.n >= 1, self, "n", "must be at least 1")
+
 
 def tasks_command(argv: list[str]) -> None:
     from sparse_tf.tasks import TASKS, get_task, save_pairs  # the catalog only when used
@@ -310,8 +341,6 @@ def tasks_command(argv: list[str]) -> None:
                 print(f"-- {label}: candidates {ex.target!r} (correct) vs {alt.target!r}")
                 print(f"{ex.context}\u27e6{ex.target}\u27e7{ex.rest}".rstrip("\n"))
     if args.out is not None:
-        if args.n < 1:
-            raise UsageError(f"--n {args.n}: must be at least 1")
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         for task in selected:
@@ -340,13 +369,14 @@ class PruneArgs:
     overwrite: bool = False
     """Replace an earlier pruning result in --out."""
 
+    def __post_init__(self) -> None:
+        _require(self.mean_windows >= 1, self, "mean_windows", "must be at least 1")
+
 
 def prune_command(argv: list[str]) -> None:
     from sparse_tf.pruning.run import prune_model  # torch-heavy search code only when used
 
     args = _tyro_cli(PruneArgs, prog="sparse-tf prune", args=argv)
-    if args.mean_windows < 1:
-        raise UsageError(f"--mean-windows {args.mean_windows}: must be at least 1")
     prune_model(
         args.model,
         args.task,
@@ -380,6 +410,21 @@ class AnalyzeArgs:
     """Retrain models whose folder holds a run of another config."""
     seed: int = 999
     """Seed of the analysis's own data (the models' training data is fixed)."""
+    compares_models: ClassVar[bool] = False
+    """Whether the analysis needs two or more models."""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):  # counts (seeds, steps, sequences, ...) are >= 1
+            value = getattr(self, field.name)
+            if type(value) is int and field.name != "seed":
+                _require(value >= 1, self, field.name, "must be >= 1")
+        if self.compares_models and (len(self.models) == 1 or (not self.models and self.seeds < 2)):
+            name = type(self).__name__.removesuffix("Args").lower()
+            raise UsageError(
+                f"the {name} analysis compares models: give --seeds >= 2 or 2+ --models"
+            )
+        if not self.models and not self.kinds:
+            raise UsageError("--kinds: name dense and/or sparse (or give --models)")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -393,6 +438,10 @@ class AceArgs(AnalyzeArgs):
     """Fresh chain sequences of 32 states to analyse."""
     jacobian_samples: int = 128
     """Activations the readout's Jacobian Gram is averaged over."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(0.0 < self.threshold <= 1.0, self, "threshold", "must be in (0, 1]")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -408,6 +457,12 @@ class RotationArgs(AnalyzeArgs):
     sae_steps: int = 3000
     sae_expansion: int = 8
     sae_l1: float = 1e-2
+
+    compares_models: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.sae_l1 >= 0, self, "sae_l1", "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -426,6 +481,10 @@ class FactoredArgs(AnalyzeArgs):
     """Vary-one: sequences per frozen draw."""
     untrained: bool = True
     """Also analyse each model's initialisation (same config and seed, no training)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(0.0 <= self.noise <= 1.0, self, "noise", "must be in [0, 1]")
 
 
 ANALYSES: dict[str, tuple[type[AnalyzeArgs], str, str]] = {
@@ -449,23 +508,7 @@ def analyze_command(argv: list[str]) -> None:
         raise UsageError(f"unknown analysis {name!r}; choose from {list(ANALYSES)}")
     cls, preset_name, _ = ANALYSES[name]
     args = _tyro_cli(cls, prog=f"sparse-tf analyze {name}", args=argv[1:])
-    for field in dataclasses.fields(args):  # counts (seeds, steps, sequences, ...) are >= 1
-        value = getattr(args, field.name)
-        if type(value) is int and field.name != "seed" and value < 1:
-            raise UsageError(f"--{field.name.replace('_', '-')} {value}: must be >= 1")
-    if (isinstance(args, RotationArgs) and len(args.models) == 1) or (
-        not args.models and name == "rotation" and args.seeds < 2
-    ):
-        raise UsageError("the rotation analysis compares models: give --seeds >= 2 or 2+ --models")
-    if not args.models and not args.kinds:
-        raise UsageError("--kinds: name dense and/or sparse (or give --models)")
-    if isinstance(args, AceArgs) and not 0.0 < args.threshold <= 1.0:
-        raise UsageError(f"--threshold {args.threshold}: must be in (0, 1]")
-    if isinstance(args, RotationArgs) and args.sae_l1 < 0:
-        raise UsageError(f"--sae-l1 {args.sae_l1}: must be >= 0")
     noise = getattr(args, "noise", 0.0)
-    if not 0.0 <= noise <= 1.0:
-        raise UsageError(f"--noise {noise}: must be in [0, 1]")
     suffix = f"-eps{noise:g}" if noise else ""
     out = Path(args.out or f"runs/analyze-{name}{suffix}")
     if args.models:
@@ -606,10 +649,6 @@ def calibrate_command(argv: list[str]) -> None:
             f"| {r['tokens']} | {r['in']} -> {r['out']} | {show(r['forward'])} | {show(r['dx'])} |"
         )
     print(f"wrote {crossovers.cache_file(name)}")
-
-
-class UsageError(SparseTFError):
-    """A flag the command line parser rejected (exit status 2, as argparse)."""
 
 
 def _tyro_cli(target: Any, **kwargs: Any) -> Any:

@@ -16,7 +16,7 @@ import torch
 from tokenizers import Tokenizer
 
 from sparse_tf.checkpoint import CheckpointError, load_model
-from sparse_tf.data import Data, load_tokenizer, prepare_data
+from sparse_tf.data import Data, DataConfig, load_tokenizer, prepare_data
 from sparse_tf.devices import resolve_device
 from sparse_tf.errors import SparseTFError
 from sparse_tf.filenames import CONFIG_FILE
@@ -32,7 +32,8 @@ from sparse_tf.tasks import (
     get_task,
     mean_scores,
 )
-from sparse_tf.training import TrainConfig, validation_loss
+from sparse_tf.trainable import model_config
+from sparse_tf.training import validation_loss
 
 MAX_PAIRS = 100_000
 """Most contrast pairs per task (and per batch) an evaluation takes: 200,000 prompts, minutes
@@ -157,15 +158,21 @@ def load_model_and_tokenizer(path: str | Path, device: torch.device) -> tuple[GP
     return model, tok
 
 
-def training_data(path: str | Path, tok: Tokenizer) -> tuple[TrainConfig, Data]:
+def training_data(path: str | Path, tok: Tokenizer) -> tuple[DataConfig, Data]:
     """The corpus a model folder was trained on, rebuilt from its config.json (tokenised with
-    its own tokenizer; cached). Raises a `SparseTFError` saying why when that is impossible."""
+    its own tokenizer; cached). Raises a `SparseTFError` saying why when that is impossible.
+
+    Only the training config's data and model entries are read: they are those of every
+    training config, whatever objective trained the model (a bridged run's has more)."""
     file = Path(path) / CONFIG_FILE
     train_cfg = read_json(file).get("train")
     if train_cfg is None:
         raise CheckpointError(f"{file} has no training config to find the corpus")
-    cfg = TrainConfig.from_dict(train_cfg, source=str(file))
-    return cfg, prepare_data(cfg.data, cfg.model.vocab_size, cfg.model.n_ctx, tokenizer=tok)
+    if not isinstance(train_cfg, dict) or "model" not in train_cfg:
+        raise CheckpointError(f"{file}: its training config names no model")
+    data_cfg = DataConfig.from_dict(train_cfg.get("data", {}), source=str(file))
+    model_cfg = model_config(train_cfg["model"], source=str(file))
+    return data_cfg, prepare_data(data_cfg, model_cfg.vocab_size, model_cfg.n_ctx, tokenizer=tok)
 
 
 def _val_loss(
@@ -175,7 +182,7 @@ def _val_loss(
     if windows <= 0:
         return None, "skipped"
     try:
-        cfg, data = training_data(path, tok)
+        data_cfg, data = training_data(path, tok)
     except CheckpointError as e:
         return None, str(e)
     except SparseTFError as e:
@@ -184,5 +191,5 @@ def _val_loss(
         return None, "the training run held out no validation split"
     used = min(windows, len(data.val))
     loss = validation_loss(model, data.val, windows, batch_size=16, amp=amp)
-    where = f"{cfg.data.source} (corpus digest {data.corpus.digest[:12]})"
-    return loss, f"{used} windows of {where}, {cfg.model.n_ctx} tokens each"
+    where = f"{data_cfg.source} (corpus digest {data.corpus.digest[:12]})"
+    return loss, f"{used} windows of {where}, {model.cfg.n_ctx} tokens each"

@@ -1,7 +1,7 @@
 """What a model must provide to be trained, checkpointed, projected and exported.
 
 The optimizer (`sparse_tf.optim`), the checkpoints (`sparse_tf.checkpoint`) and the trainer
-(`sparse_tf.trainer`) take any `TrainableModel`; nothing in them asks which class it is. Three
+(`sparse_tf.training`) take any `TrainableModel`; nothing in them asks which class it is. Three
 implement it: the weight-sparse `GPT` (`sparse_tf.model`), the dense Hugging Face `DenseGPT2`
 (`sparse_tf.gpt2`), and the bridged pair of `sparse-tf bridge` (`sparse_tf.bridges.model`).
 

@@ -25,7 +25,16 @@ from sparse_tf.io import LOCK_FILE
 from sparse_tf.log import read_metrics
 from sparse_tf.presets import PRESETS, dense_twin, preset
 from sparse_tf.sparsity import kept_count
-from sparse_tf.training import TrainingError, config_diff, train
+from sparse_tf.training import (
+    LanguageModelObjective,
+    Loss,
+    MicroBatch,
+    Objective,
+    TrainConfig,
+    TrainingError,
+    config_diff,
+    train,
+)
 from tests.helpers import quiet_options, tiny_train_config, tiny_train_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -415,3 +424,91 @@ def test_wandb_online_falls_back_to_offline_in_one_line(
     assert "online logging unavailable" in lines[0]
     assert "logging offline" in lines[0]
     assert len(list((out / "wandb").glob("offline-run-*"))) == 1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _HalvedConfig(TrainConfig):
+    """A config that brings its own objective: half the language-model loss."""
+
+    def objective(self) -> Objective:
+        return _HalvedObjective()
+
+
+class _HalvedObjective(LanguageModelObjective):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def loss(self, net: torch.nn.Module, batch: MicroBatch) -> Loss:
+        self.calls += 1
+        loss = super().loss(net, batch)
+        return Loss(total=0.5 * loss.total, lm=loss.lm)
+
+    def log_metrics(self, steps: int) -> dict[str, float]:
+        calls, self.calls = self.calls, 0
+        return {"halved/calls_per_step": calls / steps}
+
+    def banner(self) -> str:
+        return "objective: half the token loss"
+
+
+def test_a_config_plugs_its_own_objective_into_the_loop(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The loop asks the config for its objective: it computes every micro-batch's loss, its
+    metrics are logged and its banner line printed; train/loss is the model's token loss (the
+    objective's `lm`), not the halved total that is backpropagated."""
+    cfg = tiny_train_config(corpus, max_steps=2, micro_batch_size=2)
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)}
+    plain = train(cfg, quiet_options(tmp_path / "plain"))
+    halved = train(_HalvedConfig(**fields), quiet_options(tmp_path / "halved"))
+    assert "objective: half the token loss" in capsys.readouterr().err
+    records = [r for r in read_metrics(halved.out) if "train/loss" in r]
+    assert [r["halved/calls_per_step"] for r in records] == [2.0, 2.0]  # two micro-batches
+    plain_first = next(r for r in read_metrics(plain.out) if "train/loss" in r)
+    # Step 1's loss is measured before any update: the same model, the same windows.
+    assert records[0]["train/loss"] == plain_first["train/loss"]
+
+
+def test_old_plain_run_configs_drop_their_empty_bridge_entry() -> None:
+    """run.json of plain runs written before BridgedTrainConfig carries a `bridge` entry
+    without a dense model: it reads as a plain config; one with a dense model is a bridged
+    run's, which TrainConfig refuses naming the command that continues it."""
+    from sparse_tf.bridges import BridgedTrainConfig
+
+    cfg = tiny_train_config("corpus")
+    legacy = {**cfg.to_dict(), "bridge": {"dense": None, "encoder_afrac": 0.25, "ce": 1.0}}
+    assert "bridge" not in cfg.to_dict()
+    assert TrainConfig.from_dict(legacy) == cfg
+    bridged = {**legacy, "bridge": {"dense": "runs/gpt2/final"}}
+    with pytest.raises(ConfigError, match=r"run.json: a bridged run's config .*sparse-tf bridge"):
+        TrainConfig.from_dict(bridged, source="run.json")
+    read = BridgedTrainConfig.from_dict(bridged)
+    assert read.bridge.dense == "runs/gpt2/final"
+    assert read.to_dict()["bridge"]["dense"] == "runs/gpt2/final"
+    assert BridgedTrainConfig.bridging(cfg, read.bridge) == read
+
+
+def test_resuming_with_the_other_command_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sparse-tf bridge --resume` on a plain run and `sparse-tf train --resume` on a bridged
+    one say which command continues the run."""
+    from sparse_tf.cli import main
+
+    cfg = tiny_train_config("corpus")
+    for name, config in (
+        ("plain", cfg.to_dict()),
+        ("bridged", {**cfg.to_dict(), "bridge": {"dense": "runs/gpt2/final"}}),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps({"config": config}))
+    for command, name, message in (
+        ("bridge", "plain", "holds a run without bridges; continue it with sparse-tf train"),
+        ("train", "bridged", "a bridged run's config"),
+    ):
+        with pytest.raises(SystemExit):
+            main([command, "--resume", "--out", str(tmp_path / name)])
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert err.startswith(f"sparse-tf {command}: error: ")
+        assert message in err

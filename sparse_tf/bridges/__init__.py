@@ -8,6 +8,8 @@ dense→sparse and sparse→dense); `dense` loads the dense GPT-2 (a real one, o
 `sparse_tf.gpt2` model trained by `sparse-tf train --preset gpt2-tiny-cpu`) and checks that
 both use one tokenizer;
 `model` is what `sparse-tf bridge` trains and exports (`load_bridged` reads it back);
+`objective` plugs it into the trainer (`BridgedTrainConfig`, `train(BridgedTrainConfig(...),
+RunOptions(...))`);
 `perturb` edits the sparse residual at a site and measures the decoded edit's effect on the
 dense model's task logit difference (`sparse-tf perturb`).
 """
@@ -28,6 +30,7 @@ from sparse_tf.bridges.dense import (
     load_gpt2,
 )
 from sparse_tf.bridges.model import BridgedModel, load_bridged
+from sparse_tf.bridges.objective import BridgedObjective, BridgedTrainConfig
 from sparse_tf.bridges.perturb import Edit, PerturbationResult, class_channels, perturb
 from sparse_tf.bridges.sites import GPT2Sites, ResidualSites, SparseSites, site_name
 
@@ -36,6 +39,8 @@ __all__ = [
     "BridgeError",
     "BridgeLosses",
     "BridgedModel",
+    "BridgedObjective",
+    "BridgedTrainConfig",
     "Bridges",
     "Edit",
     "GPT2Sites",

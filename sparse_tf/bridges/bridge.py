@@ -24,9 +24,11 @@ Each kind is averaged over the sites, so its coefficient does not grow with dept
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+import tyro
 from torch import Tensor, nn
 
 from sparse_tf.bridges.sites import ResidualSites
@@ -38,9 +40,10 @@ from sparse_tf.sparsity import AbsTopK
 class BridgeConfig(Config):
     """The dense model to bridge to, the bridges' shape and the weights of the losses."""
 
-    dense: str | None = None
-    """Folder of the dense Hugging Face GPT-2 (`save_pretrained`, with its tokenizer); None:
-    no bridges (plain training)."""
+    # `--dense DIR` on the command line (`--bridge.dense` also works): the flag the README uses.
+    dense: Annotated[str | None, tyro.conf.arg(aliases=("--dense",))] = None
+    """Folder of the dense Hugging Face GPT-2 (`save_pretrained`, with its tokenizer); required
+    to train (`BridgedTrainConfig.objective`), None only while a config is being built."""
     encoder_afrac: float | None = 0.25
     """AbsTopK on each encoder's output: int(frac · d_sparse) entries kept; None or 0: off."""
     ce: float = 1.0

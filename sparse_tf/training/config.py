@@ -1,0 +1,151 @@
+"""What a training run is (`TrainConfig`) and how this process runs it (`RunOptions`).
+
+`TrainConfig` fixes the trajectory (model, sparsity, optimizer, data, batch, steps, seed) and
+the objective the loop minimises: a resumed run must match it exactly. `RunOptions` are how
+this particular process runs (where, on which device, how often it logs or saves) and may
+change between resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, Self
+
+from sparse_tf.config import Config, ConfigError, check
+from sparse_tf.data.pipeline import DataConfig
+from sparse_tf.errors import SparseTFError
+from sparse_tf.gpt2 import GPT2Config
+from sparse_tf.log import ProgressMode, WandbMode
+from sparse_tf.optim import OptimConfig
+from sparse_tf.sparsity import SparsityConfig
+from sparse_tf.trainable import ModelConfig
+from sparse_tf.training.objective import LanguageModelObjective, Objective
+
+DistMode = Literal["ddp", "fsdp"]
+
+_LEGACY_BRIDGE_KEY = "bridge"
+"""Configs written before bridged runs had their own config class carry a `bridge` entry in
+every run; `TrainConfig.from_dict` reads that form (see there)."""
+
+
+class TrainingError(SparseTFError):
+    """Training cannot start or continue (output folder, resume, diverged loss)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig(Config):
+    """Everything that determines a training run's result. Presets are instances of this.
+
+    It trains the language-model objective; a subclass that trains another objective (the
+    bridged runs of `sparse_tf.bridges.objective`) adds its fields and overrides
+    `objective()`."""
+
+    model: ModelConfig
+    """The weight-sparse GPT (`GPTConfig`) or a dense Hugging Face GPT-2 (`GPT2Config`)."""
+    sparsity: SparsityConfig
+    """Weight sparsity; l0 = 1 trains dense (the dense twins of the presets)."""
+    optim: OptimConfig = OptimConfig()  # noqa: RUF009 - frozen, so sharing the default is safe
+    data: DataConfig = DataConfig()  # noqa: RUF009
+    max_steps: int
+    """Optimizer steps of the whole run; the LR and L0 schedules span them."""
+    batch_size: int
+    """Sequences of model.n_ctx tokens per optimizer step."""
+    micro_batch_size: int | None = None
+    """Sequences per forward/backward pass (gradient accumulation); None: the whole batch."""
+    seed: int = 0
+    """Seeds the initialisation and the data order."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.max_steps >= 1, self, "max_steps", "must be >= 1")
+        if isinstance(self.model, GPT2Config):
+            check(self.dense, self, "sparsity", "l0 must be 1: a GPT-2 model trains dense")
+        check(self.batch_size >= 1, self, "batch_size", "must be >= 1")
+        check(
+            self.micro_batch_size is None or self.micro_batch_size >= 1,
+            self,
+            "micro_batch_size",
+            "must be >= 1 (or unset: the whole batch)",
+        )
+        micro = self.micro
+        check(
+            1 <= micro <= self.batch_size and self.batch_size % micro == 0,
+            self,
+            "micro_batch_size",
+            f"must divide batch_size={self.batch_size}",
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> Self:
+        """`Config.from_dict`, reading configs written before bridged runs had their own
+        config class: those carried `"bridge": {"dense": null, ...}` in every plain run, which
+        meant no bridges, so it is dropped. One with a dense model set is a bridged run's,
+        which this class cannot train: read it with `sparse_tf.bridges.BridgedTrainConfig`."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if isinstance(data, dict) and _LEGACY_BRIDGE_KEY not in fields:
+            bridge = data.get(_LEGACY_BRIDGE_KEY)
+            if isinstance(bridge, dict) and bridge.get("dense") is not None:
+                where = f"{source}: " if source else ""
+                raise ConfigError(
+                    f"{where}a bridged run's config (bridge.dense={bridge['dense']!r}), not a "
+                    f"plain {cls.__name__}; continue it with `sparse-tf bridge`"
+                )
+            if isinstance(bridge, dict):
+                data = {k: v for k, v in data.items() if k != _LEGACY_BRIDGE_KEY}
+        return super().from_dict(data, source)
+
+    def objective(self) -> Objective:
+        """What the loop minimises: the model's mean next-token loss."""
+        return LanguageModelObjective()
+
+    @property
+    def micro(self) -> int:
+        return self.batch_size if self.micro_batch_size is None else self.micro_batch_size
+
+    @property
+    def dense(self) -> bool:
+        return self.sparsity.l0 >= 1.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunOptions(Config):
+    """How this process runs a training config; free to change when resuming."""
+
+    out: str = "runs/tiny-cpu"
+    """Run directory: run.json, metrics.jsonl, step-N/ checkpoints, final/ export, wandb/."""
+    resume: bool = False
+    """Continue the run in --out from its latest checkpoint."""
+    overwrite: bool = False
+    """Replace the run in --out (its checkpoints and export are deleted)."""
+    device: str = "auto"
+    """'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    wandb: WandbMode = "offline"
+    """Weights & Biases: 'offline' writes OUT/wandb (sync later), 'online', or 'disabled'."""
+    wandb_project: str = "sparse_tf"
+    log_every: int = 10
+    """Log training metrics every N steps."""
+    eval_every: int = 100
+    """Validation loss every N steps (on eval_windows windows); 0: only at the end, where the
+    whole validation split is always evaluated."""
+    eval_windows: int | None = 256
+    """Validation windows of the periodic evaluation (spread evenly); None: all of them."""
+    ckpt_every: int = 250
+    """Write OUT/step-N every N steps (and at the end)."""
+    keep_last: int = 2
+    """Checkpoints to keep; older ones are deleted once a newer one is complete."""
+    progress: ProgressMode = "auto"
+    """'bar', 'lines', 'none', or 'auto' (a bar on a terminal, lines otherwise)."""
+    dist: DistMode = "ddp"
+    """With several ranks (torchrun): 'ddp' keeps a whole model on every rank and averages
+    gradients; 'fsdp' shards parameters, gradients and Adam state over the ranks (FSDP2) for
+    models too large to replicate. Same global batch and result either way."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(bool(self.out), self, "out", "must name a folder")
+        check(not (self.resume and self.overwrite), self, "overwrite", "excludes --resume")
+        check(self.log_every >= 1, self, "log_every", "must be >= 1")
+        check(self.eval_every >= 0, self, "eval_every", "must be >= 0")
+        check(self.eval_windows is None or self.eval_windows >= 1, self, "eval_windows", ">= 1")
+        check(self.ckpt_every >= 1, self, "ckpt_every", "must be >= 1")
+        check(self.keep_last >= 1, self, "keep_last", "must be >= 1")
