@@ -12,8 +12,9 @@ AbsTopK on all 67M entries in bf16; in fp32 the kept sets were identical and 1% 
 values differed by 1-2 ulps. Under the Triton interpreter the erf is Python's.
 
 Backward, one pass: the gradient of the hidden pre-activation h is gy · GELU'(h) on the kept
-entries and 0 elsewhere, computed from gy, h and the bits. Unfused, the AbsTopK backward writes the masked gradient and GELU's
-backward reads it back; at d_mlp 4096 and 16k tokens that round trip is 268 MB per layer.
+entries and 0 elsewhere, computed from gy, h and the bits. Unfused, the AbsTopK backward
+writes the masked gradient and GELU's backward reads it back; at d_mlp 4096 and 16k tokens that
+round trip is 268 MB per layer.
 GELU'(h) is torch's formula (cdf + h · pdf, in fp32), so gradients agree to rounding.
 """
 
