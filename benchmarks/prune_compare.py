@@ -2,7 +2,7 @@
 at matched pretraining loss (Gao et al. 2025, Fig. 2/3: sparse circuits have ~16x fewer edges).
 
     python benchmarks/prune_compare.py --out runs/compare             # on a GPU (minutes)
-    python benchmarks/prune_compare.py --out runs/compare --tasks single_double_quote,else_elif
+    python benchmarks/prune_compare.py --out runs/compare --tasks single_double_quote,for_while
 
 1. Trains the weight-sparse model (`--n-layer`, `--d-model`, `--l0`, `--steps` on the Python
    standard library) and its dense twin (AbsTopK off, L0 1) with the same data and steps; the
@@ -29,10 +29,11 @@ from sparse_tf.log import read_metrics
 from sparse_tf.presets import dense_twin
 from sparse_tf.pruning import PruneConfig
 from sparse_tf.pruning.run import prune_model
+from sparse_tf.tasks import get_task
 
+# else_elif was one of them until issue 22: it needs no circuit (its `not_for_circuits`).
 DEFAULT_TASKS = (
-    "single_double_quote,while_return_true,var_if,else_elif,for_while,if_equals,bracket_brace,"
-    "with_as"
+    "single_double_quote,while_return_true,var_if,for_while,if_equals,bracket_brace,with_as"
 )
 
 
@@ -108,6 +109,9 @@ def main() -> None:
     prune_cfg = PruneConfig(steps=args.prune_steps, budget=args.budget)
     rows = []
     for task in args.tasks.split(","):
+        if why := get_task(task).not_for_circuits:
+            print(f"{task}: skipped, not for circuit comparisons: {why}")
+            continue
         row = {"task": task}
         for name, path in models.items():
             t = time.perf_counter()

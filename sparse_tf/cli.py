@@ -333,7 +333,9 @@ def tasks_command(argv: list[str]) -> None:
     args = _tyro_cli(TasksArgs, prog="sparse-tf tasks", args=argv)
     selected = list(TASKS.values()) if args.task == "all" else [get_task(args.task)]
     if not args.show and args.out is None:
-        print("\n".join(f"{t.name:<28} {t.summary}" for t in selected))
+        for t in selected:
+            why = f" [not for circuit comparisons: {t.not_for_circuits}]"
+            print(f"{t.name:<28} {t.summary}{why if t.not_for_circuits else ''}")
     for task in selected:
         for i, pair in enumerate(task.pairs(args.show, args.seed, args.split)):
             print(f"== {task.name} #{i} ({args.split} split, seed {args.seed}): {task.summary}")

@@ -154,6 +154,35 @@ def test_all_20_tasks_are_single_tokens_under_the_default_tokenizer(
             assert max(len(p) for p in encoded.prompts) <= 128  # fits the tiny-cpu context
 
 
+def test_both_prompts_of_a_pair_end_on_the_same_token_unless_the_task_says_why(
+    default_tokenizer: Tokenizer,
+) -> None:
+    """Prompts that end on different tokens let the bigram table (never ablated) decide the
+    task with no circuit: such a task must declare `not_for_circuits`, and a declaration must
+    be needed (a task whose prompts all end alike has nothing to excuse)."""
+    for name, task in TASKS.items():
+        encoded = encode_pairs(task.pairs(200, seed=0, split="train"), default_tokenizer)
+        a_last, b_last = (
+            [p[-1] for p in encoded.prompts[start::2]] for start in (0, 1)
+        )  # rows a0, b0, a1, b1, ...
+        differ = sum(x != y for x, y in zip(a_last, b_last, strict=True))
+        if task.not_for_circuits:
+            assert differ > 0, f"{name}: declares not_for_circuits, but its prompts end alike"
+        else:
+            assert differ == 0, f"{name}: {differ} of 200 pairs end on different tokens"
+    assert TASKS["else_elif"].not_for_circuits
+
+
+def test_bracket_counting_carries_the_depth_across_rows() -> None:
+    for pair in TASKS["bracket_counting"].pairs(50, seed=1, split="test"):
+        a, b = pair.a.context.splitlines(), pair.b.context.splitlines()
+        opened = next(i for i, line in enumerate(a) if "[[" in line)
+        assert len(a) - opened >= 2  # the literal spans rows
+        assert a[opened + 1 :] == b[opened + 1 :]  # the rows that close it are the same
+        assert "[" not in a[-1]  # the last row alone cannot tell the depth
+        assert (pair.a.target, pair.b.target) == ("]]", "]")
+
+
 def test_reservation_makes_every_task_valid_on_a_small_corpus(small_tokenizer: Tokenizer) -> None:
     assert small_tokenizer.get_vocab_size() == 512
     for task in TASKS.values():
@@ -376,6 +405,8 @@ def test_tasks_command_lists_shows_and_exports(
     main(["tasks"])
     listing = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in listing] == PAPER_TASKS
+    why = [line for line in listing if "[not for circuit comparisons: " in line]
+    assert [line.split()[0] for line in why] == ["else_elif"]  # the reason shown with it
     main(["tasks", "--task", "for_while", "--show", "1", "--seed", "2"])
     shown = capsys.readouterr().out
     pair = TASKS["for_while"].pairs(1, seed=2, split="test")[0]

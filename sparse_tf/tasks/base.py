@@ -103,6 +103,11 @@ class Task:
     sides (regions of a diff over words, whitespace runs and punctuation runs)."""
     max_regions: int = 1
     """How many separate regions the two prompts may differ in."""
+    not_for_circuits: str = ""
+    """Why the task is left out of circuit comparisons; empty: it is in them. A task whose two
+    prompts end on different tokens must say why here (a test checks it): the model's bigram
+    table, which sees the last token with no ablation, can decide such a task with no circuit
+    at all, so its circuit's size says nothing."""
 
     @property
     def doc(self) -> str:

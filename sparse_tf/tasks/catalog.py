@@ -54,6 +54,7 @@ def task(
     tokens: set[str],
     differ: str,
     max_regions: int = 1,
+    not_for_circuits: str = "",
 ) -> Callable[[Callable[[random.Random], Pair]], Callable[[random.Random], Pair]]:
     """Register the decorated pair generator as task `name`."""
 
@@ -66,6 +67,7 @@ def task(
             tokens=frozenset(tokens),
             differ=differ,
             max_regions=max_regions,
+            not_for_circuits=not_for_circuits,
         )
         return make
 
@@ -321,18 +323,25 @@ def with_open(rng: random.Random) -> Pair:
 # 9 -----------------------------------------------------------------------------------------
 @task(
     "bracket_counting",
-    "nesting depth of a list literal -- ]] vs ]",
-    rule=lambda c: "]" * (_last_line(c).count("[") - _last_line(c).count("]")),
+    "nesting depth of a list literal over several rows -- ]] vs ]",
+    rule=lambda c: "]" * (c.count("[") - c.count("]")),  # code before the literal is balanced
     tokens={"]]\n", "]\n"},
     differ=r"\[\[?",
 )
 def bracket_counting(rng: random.Random) -> Pair:
-    """`grid = [[1, 2, x` -> `]]` (class a, depth 2) vs `grid = [1, 2, x` -> `]` (class b);
-    1-6 elements (numbers and names), closing the line so the token includes the newline."""
+    """A list literal over 2-4 rows, its depth set on the first row and closed on the last:
+    `grid = [[1, 2,` ... `x, 3` -> `]]` (class a, depth 2) vs `grid = [1, 2,` ... `x, 3` ->
+    `]` (class b). Every row after the first is the same in both, so the depth must be carried
+    across rows from where the brackets opened (the paper's analysis: a head sums the open
+    brackets of the context). 1-3 elements (numbers and names) a row; the last line is closed,
+    so the token includes the newline."""
     prefix, indent = scope(rng)
     var = rng.choice(("grid", "matrix", "rows", "data", "table", "board", "values", "pairs"))
-    elems = [rng.choice((number(rng), rng.choice(NOUNS))) for _ in range(rng.randint(1, 6))]
-    body = ", ".join(elems)
+    rows = [
+        ", ".join(rng.choice((number(rng), rng.choice(NOUNS))) for _ in range(rng.randint(1, 3)))
+        for _ in range(rng.randint(2, 4))
+    ]
+    body = f",\n{indent}    ".join(rows)  # a hanging indent
     lead = "return " if indent and rng.random() < 0.3 else f"{var} = "
     return Pair(
         "bracket_counting",
@@ -374,6 +383,10 @@ def _else_elif_rule(context: str) -> str:
     rule=_else_elif_rule,
     tokens={":\n"} | {" " + n for n in CONDITION_NAMES},
     differ=r"else|elif",
+    not_for_circuits=(
+        "its prompts end on the keyword that decides (else vs elif), so the bigram table "
+        "decides it with no circuit; evaluated, never pruned in comparisons"
+    ),
 )
 def else_elif(rng: random.Random) -> Pair:
     """An `if count > 10:` block, then `else` -> `:` (class a) vs `elif` -> ` count`
@@ -522,9 +535,10 @@ def lambda_func(rng: random.Random) -> Pair:
 )
 def if_equals(rng: random.Random) -> Pair:
     """`if count` -> ` ==` (class a) vs `count` at the start of a statement -> ` =`
-    (class b)."""
+    (class b). Always indented (in a function or method): at the start of a module-level line
+    the name is a different token (`count`, not ` count`), and the bigram table would decide."""
     var = rng.choice(NOUNS)
-    prefix, indent = scope(rng, avoid=[var])
+    prefix, indent = scope(rng, module=False, avoid=[var])
     value = rng.choice((number(rng), "None", "True", "False", rng.choice(NOUNS)))
     return Pair(
         "if_equals",
