@@ -214,7 +214,9 @@ def test_tokenizer_mismatch_is_refused(tmp_path: Path) -> None:
 def test_hf_gpt2_configs_refuse_what_gpt2_lacks() -> None:
     # GPT-2 is its own model: a saved config names it, and the sparse model's fields that
     # configs saved while it was GPTConfig(arch="hf_gpt2") carry must have GPT-2's values.
-    legacy = {**tiny_config(afrac=None, bigram=False, pos_emb=True).to_dict(), "arch": "hf_gpt2"}
+    saved = tiny_config(afrac=None, bigram=False, pos_emb=True).to_dict()
+    del saved["afrac_sites"]  # added to GPTConfig after GPT-2 became its own model
+    legacy = {**saved, "arch": "hf_gpt2"}
     assert GPT2Config.from_dict(legacy) == gpt2_config(n_layer=2, d_model=64)
     with pytest.raises(ConfigError, match=r"afrac=0.25, but GPT-2 has afrac=None"):
         GPT2Config.from_dict({**legacy, "afrac": 0.25})
