@@ -109,7 +109,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Config):
         return value.to_dict()
     if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
+        return [_plain(v) for v in value]  # what JSON gives back: a dict equals its saved form
     return value
 
 
