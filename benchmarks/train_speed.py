@@ -4,10 +4,14 @@ loop (data, micro-batches, grad RMS, Adam, projection, logging, checkpoints), si
     python benchmarks/train_speed.py --preset paper-d1024 --steps 12   # on a GPU
     python benchmarks/train_speed.py --preset tiny-cpu --steps 30      # on a CPU
 
+    python benchmarks/train_speed.py --preset paper-d1024 --compile none reduce-overhead
+
 Each variant trains `--steps` steps (its schedules squeezed into them, so the last half runs at
 the target L0) into a temporary folder; the table gives the median step time and tokens/s over
-the second half of the steps, the peak GPU memory, and the sparse/dense ratio. Variants
-alternate `--repeats` times so that machine noise hits both alike.
+the second half of the steps, the peak GPU memory, and the ratio to the dense twin run the
+same way (`--compile` mode) and to the eager dense twin. Variants alternate `--repeats` times
+so that machine noise hits all alike. A compiled run's first steps include compilation; the
+median over the second half does not.
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-source", default=None, help="default: the preset's")
+    parser.add_argument(
+        "--compile",
+        nargs="+",
+        default=["none"],
+        choices=["none", "default", "reduce-overhead"],
+        help="run each variant under each of these RunOptions.compile modes",
+    )
     args = parser.parse_args()
 
     sparse = dataclasses.replace(preset(args.preset), max_steps=args.steps)
@@ -42,35 +53,42 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            for name, cfg in variants.items():
-                if torch.cuda.is_available():
-                    torch.cuda.reset_peak_memory_stats()
-                out = Path(tmp) / f"{name}-{repeat}"
-                opts = RunOptions(
-                    out=str(out),
-                    device=args.device,
-                    wandb="disabled",
-                    progress="none",
-                    log_every=1,
-                    eval_every=0,
-                    ckpt_every=args.steps,
-                    keep_last=1,
-                )
-                result = train(cfg, opts)
-                records = [r for r in read_metrics(out) if "perf/step_ms" in r]
-                late = records[len(records) // 2 :]
-                ms = statistics.median(r["perf/step_ms"] for r in late)
-                mem = max((r.get("perf/gpu_mem_gib", 0.0) for r in records), default=0.0)
-                rows.append((repeat, name, ms, mem, result.summary["val_loss"]))
-    dense_ms = {r: ms for r, name, ms, _, _ in rows if name == "dense"}
+            for mode in args.compile:
+                for name, cfg in variants.items():
+                    if torch.cuda.is_available():
+                        torch.cuda.reset_peak_memory_stats()
+                    out = Path(tmp) / f"{name}-{mode}-{repeat}"
+                    opts = RunOptions(
+                        out=str(out),
+                        device=args.device,
+                        wandb="disabled",
+                        progress="none",
+                        log_every=1,
+                        eval_every=0,
+                        ckpt_every=args.steps,
+                        keep_last=1,
+                        compile=mode,
+                    )
+                    result = train(cfg, opts)
+                    records = [r for r in read_metrics(out) if "perf/step_ms" in r]
+                    late = records[len(records) // 2 :]
+                    ms = statistics.median(r["perf/step_ms"] for r in late)
+                    mem = max((r.get("perf/gpu_mem_gib", 0.0) for r in records), default=0.0)
+                    rows.append((repeat, mode, name, ms, mem, result.summary["val_loss"]))
+    dense_ms = {(r, mode): ms for r, mode, name, ms, _, _ in rows if name == "dense"}
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"{args.preset}, {args.steps} steps, {tokens_per_step:,} tokens/step, {device}")
-    print("| run | variant | ms/step | tokens/s | peak GPU GiB | val loss | vs dense |")
-    print("|---|---|---|---|---|---|---|")
-    for repeat, name, ms, mem, val in rows:
+    print(
+        "| run | compile | variant | ms/step | tokens/s | peak GPU GiB | val loss "
+        "| vs dense, same compile | vs dense eager |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for repeat, mode, name, ms, mem, val in rows:
+        eager = dense_ms.get((repeat, "none"))
+        vs_eager = f"{eager / ms:.2f}x" if eager is not None else "-"
         print(
-            f"| {repeat + 1} | {name} | {ms:.1f} | {tokens_per_step / ms * 1000:,.0f} | "
-            f"{mem:.1f} | {val:.3f} | {dense_ms[repeat] / ms:.2f}x |"
+            f"| {repeat + 1} | {mode} | {name} | {ms:.1f} | {tokens_per_step / ms * 1000:,.0f} | "
+            f"{mem:.1f} | {val:.3f} | {dense_ms[repeat, mode] / ms:.2f}x | {vs_eager} |"
         )
 
 

@@ -174,3 +174,21 @@ def test_compiled_model_trains_like_the_eager_one() -> None:
     for name, g in eager.items():
         err = ((compiled[name] - g).norm() / g.norm().clamp_min(1e-12)).item()
         assert err < 5e-2, (name, err)
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_training_follows_the_eager_run(tmp_path: Path, mode: str) -> None:
+    """`RunOptions.compile`: the trainer's compiled (and CUDA-graphed) steps follow the eager
+    run's losses, through the L0 anneal, micro-batches and a validation in eval mode between
+    steps (the eager model; the compiled one must not be disturbed by it)."""
+    corpus = sample_corpus(tmp_path / "corpus")
+    cfg = tiny_train_config(corpus, batch_size=8, micro_batch_size=4)
+    losses = []
+    for compile_mode in ("none", mode):
+        out = tmp_path / compile_mode
+        train(cfg, quiet_options(out, device="cuda", compile=compile_mode))
+        losses.append([r["train/loss"] for r in read_metrics(out) if "train/loss" in r])
+        assert any("val/loss" in r for r in read_metrics(out))
+    eager, compiled = losses
+    assert len(compiled) == len(eager) == cfg.max_steps
+    assert compiled == pytest.approx(eager, rel=2e-2)

@@ -99,6 +99,13 @@ class _Run:
         self.amp = self.device.type == "cuda"  # bf16 autocast on GPU, fp32 on CPU
         self.env = TrainEnv(self.device, self.world, self.amp)
         self.sharded = self.world.distributed and opts.dist == "fsdp"
+        if opts.compile == "reduce-overhead" and self.device.type != "cuda":
+            raise ConfigError(
+                f"--compile reduce-overhead: replays CUDA graphs, which need a CUDA device "
+                f"(this run is on {self.device}); use --compile default"
+            )
+        if opts.compile != "none" and self.sharded:
+            raise ConfigError("--compile: not supported with --dist fsdp; use --dist ddp")
 
     def _check_world(self) -> None:
         """The global batch (batch_size sequences per optimizer step) is the same at any number
@@ -218,6 +225,11 @@ class _Run:
                 model,  # type: ignore[arg-type]
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
             )
+        if opts.compile != "none":
+            # Compiled lazily at the first step; validation keeps the eager `model` (other
+            # shapes, no recompiles).
+            mode = None if opts.compile == "default" else opts.compile
+            self.net = torch.compile(self.net, mode=mode)  # type: ignore[assignment]
         logger: RunLogger | SilentLogger = SilentLogger()
         if world.main:
             logger = RunLogger(
@@ -260,10 +272,11 @@ class _Run:
         ) + (f"\n{extra}" if extra is not None else "")
 
     def _where(self) -> str:
+        compiled = "" if self.opts.compile == "none" else f", compiled ({self.opts.compile})"
         if not self.world.distributed:
-            return str(self.device)
+            return f"{self.device}{compiled}"
         kind = "GPUs" if self.device.type == "cuda" else "CPU processes"
-        return f"{self.world.size} {kind} ({self.opts.dist.upper()})"
+        return f"{self.world.size} {kind} ({self.opts.dist.upper()}{compiled})"
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -393,6 +406,10 @@ class _Run:
             sync = contextlib.nullcontext()
             if world.distributed and not self.sharded and not last:
                 sync = self.net.no_sync()  # type: ignore[operator]
+            if self.opts.compile == "reduce-overhead":
+                # A new replay of the graphed forward: the previous micro-batch's outputs
+                # (already consumed by its backward) may be overwritten.
+                torch.compiler.cudagraph_mark_step_begin()
             with sync:
                 with self.env.autocast():
                     loss: Loss = self.objective.loss(self.net, batch)
