@@ -774,7 +774,7 @@ def test_a_killed_study_resumes_with_the_result_of_an_uninterrupted_one(
     from sparse_tf.pruning import study as study_module
 
     study = tmp_path / "kill.db"
-    slow = ["--steps", "500"]  # long enough (seconds) to be killed mid-trial
+    slow = ["--steps", "200"]  # long enough (seconds) to be killed mid-trial
     args = _short_study_args(trained, pruned, tmp_path / "killed", study, *slow)
     worker = subprocess.Popen(
         [sys.executable, "-m", "sparse_tf.cli", *args],
