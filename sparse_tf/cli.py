@@ -370,6 +370,10 @@ class PruneArgs:
     """auto, cpu, cuda or cuda:N."""
     overwrite: bool = False
     """Replace an earlier pruning result in --out."""
+    study: str | None = None
+    """SQLite file of the search's Optuna study (created if missing): rerun the same command to
+    resume after a kill, or start several at once to search in parallel; --budget counts the
+    study's completed trials. Default: a study in memory."""
 
     def __post_init__(self) -> None:
         _require(self.mean_windows >= 1, self, "mean_windows", "must be at least 1")
@@ -388,6 +392,7 @@ def prune_command(argv: list[str]) -> None:
         means_file=args.means,
         mean_windows=args.mean_windows,
         overwrite=args.overwrite,
+        study=args.study,
     )
 
 

@@ -3,6 +3,7 @@ and the viewer (rendered in headless Chromium)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -10,6 +11,10 @@ import math
 import os
 import random
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,6 +48,7 @@ from sparse_tf.pruning import (
 )
 from sparse_tf.pruning.edges import EDGE_TYPES
 from sparse_tf.pruning.search import Pool, Pruner
+from sparse_tf.pruning.study import SEARCHED, Hyper, space
 from sparse_tf.pruning.viewer import ViewData, render_html
 from sparse_tf.tasks import CHANCE_LOSS, Example, Pair, Task, contrast_loss
 from tests.helpers import tiny_config, tiny_model, tokens
@@ -196,8 +202,9 @@ def test_logit_scale_fit_improves_a_timid_circuit_and_never_flips() -> None:
 # -- edges -----------------------------------------------------------------------------------
 
 
-def _edges_by_definition(model: GPT, nodes: dict[str, list[int]]) -> dict[str, int]:
-    """An independent oracle: walk every pair of kept nodes and look the weight up."""
+def _edges_by_definition(model: GPT, nodes: dict[str, list[int]]) -> tuple[dict[str, int], int]:
+    """An independent oracle: walk every pair of kept nodes and look the weight up. Returns
+    the edges by type and, apart, the residual links."""
     cfg = model.cfg
     d_attn = cfg.n_head * cfg.d_head
     counts = dict.fromkeys(EDGE_TYPES, 0)
@@ -221,7 +228,9 @@ def _edges_by_definition(model: GPT, nodes: dict[str, list[int]]) -> dict[str, i
         for o in kept(f"{b}.hook_mlp_out"):
             for n in kept(f"{b}.mlp.hook_post"):
                 counts["mlp.out"] += bool(blk.mlp.out_proj.weight[o, n] != 0)
-    # Residual: a write at sublayer p reaches every read at a later sublayer, channel by channel.
+    # Residual links: a write at sublayer p reaches every read at a later sublayer, channel by
+    # channel.
+    links = 0
     writes = [
         (2 * i + m, f"blocks.{i}.{h}")
         for i in range(cfg.n_layer)
@@ -236,8 +245,8 @@ def _edges_by_definition(model: GPT, nodes: dict[str, list[int]]) -> dict[str, i
         for p_w, w_name in writes:
             if p_w < p_r:
                 both = set(kept(r_name)) & set(kept(w_name))
-                counts["resid"] += sum(bool(norm.weight[c] != 0) for c in both)
-    return counts
+                links += sum(bool(norm.weight[c] != 0) for c in both)
+    return counts, links
 
 
 def test_edge_counts_on_a_hand_built_model() -> None:
@@ -250,15 +259,18 @@ def test_edge_counts_on_a_hand_built_model() -> None:
                 p.mul_((torch.rand_like(p) < 0.2).float())
         model.blocks[1].ln1.weight[4] = 0.0  # a zero gain cuts residual channel 4 into L1 attn
     rng = random.Random(0)
-    sites = node_sites(cfg)
+    sites = node_sites(cfg, final_resid=False)  # the oracle walks the blocks' reads only
     nodes = {
         s.name: sorted(rng.sample(range(s.width), rng.randint(0, s.width // 2))) for s in sites
     }
     nodes["blocks.0.hook_attn_out"] = [4, 5]
     nodes["blocks.1.attn.hook_in"] = [4, 5]
     counted = count_edges(model, sites, nodes)
-    assert counted.by_type == _edges_by_definition(model, nodes)
-    assert counted.total == sum(counted.by_type.values())
+    by_type, links = _edges_by_definition(model, nodes)
+    assert counted.by_type == by_type
+    assert counted.total == sum(counted.by_type.values())  # residual links never summed in
+    assert counted.resid_links == links > 0
+    assert sum(counted.resid_links_by_layer.values()) == links
     assert {k: sum(layer[k] for layer in counted.by_layer.values()) for k in EDGE_TYPES} == (
         counted.by_type
     )
@@ -289,11 +301,15 @@ def test_edge_counts_of_tiny_known_circuits() -> None:
     assert got.by_type["attn.k"] == 0
     assert got.by_type["attn.v"] == 3
     assert got.by_type["attn.out"] == 4
-    assert got.by_type["resid"] == 2  # channels 0 and 3: written by attention, read by the MLP
-    assert got.by_layer["0"]["resid"] == 2
+    assert got.total == 6 + 3 + 4  # the weights only: residual links are not edges
+    assert got.resid_links == 2  # channels 0 and 3: written by attention, read by the MLP
+    assert got.resid_links_by_layer == {"0": 2, "final": 0}
     final = node_sites(cfg, final_resid=True)
     with_final = {**attn, "blocks.0.hook_resid_post": [3, 9, 10]}
-    assert count_edges(model, final, with_final).by_layer["final"]["resid"] == 2  # 3 and 9
+    counted = count_edges(model, final, with_final)
+    assert counted.resid_links_by_layer["final"] == 2  # 3 and 9
+    assert counted.total == got.total  # final_resid nodes add nodes, never edges
+    assert "final" not in counted.by_layer
 
 
 # -- a planted circuit ------------------------------------------------------------------------
@@ -342,8 +358,8 @@ def _planted_model(tok: Tokenizer) -> GPT:
     reads only channel 7: +0.5 for "yes", −0.5 for "no" (a margin of about 4: a model so
     sure that its loss is 1e-17 gives the masks no gradient, and the penalty wins). Attention
     has zero weights; every token also carries noise in channels 10–15, which nothing reads.
-    The task's circuit is therefore mlp.act_in 3 -> post_act 5, 9 -> resid_delta 7: 4 nodes,
-    4 edges."""
+    The task's circuit is therefore mlp.act_in 3 -> post_act 5, 9 -> resid_delta 7 and final
+    residual channel 7 (what the unembedding reads): 5 nodes, 4 edges."""
     cfg = GPTConfig(
         vocab_size=tok.get_vocab_size(),
         n_ctx=16,
@@ -376,7 +392,7 @@ def _planted_model(tok: Tokenizer) -> GPT:
 def test_a_planted_circuit_is_recovered() -> None:
     tok = _word_tokenizer()
     model = _planted_model(tok)
-    sites = node_sites(model.cfg)
+    sites = node_sites(model.cfg, final_resid=True)  # the default
     means = {s.name: torch.zeros(s.width) for s in sites}
     cfg = PruneConfig(steps=150, batch_pairs=16, n_train=64, n_val=32, n_test=32)
     result = prune(model, tok, _planted_task(), means, cfg)
@@ -385,11 +401,13 @@ def test_a_planted_circuit_is_recovered() -> None:
         "blocks.0.mlp.hook_in": [3],
         "blocks.0.mlp.hook_post": [5, 9],
         "blocks.0.hook_mlp_out": [7],
+        "blocks.0.hook_resid_post": [7],
     }
     assert c.nodes == planted
-    assert c.n_nodes == 4
+    assert c.n_nodes == 5
     assert c.reached_target
     assert c.n_edges == 4
+    assert c.n_resid_links == 1  # mlp_out 7 -> final_resid 7
     assert c.edges_by_type == {**dict.fromkeys(EDGE_TYPES, 0), "mlp.in": 2, "mlp.out": 2}
     assert c.sufficiency["loss"] < 0.15
     assert c.sufficiency["accuracy"] == 1.0
@@ -408,7 +426,7 @@ def test_a_planted_circuit_is_recovered() -> None:
         torch.cat([result.scores[s.name] for s in sites])
         .sort(descending=True, stable=True)
         .indices,
-        4,
+        5,
     )
     assert {n: torch.nonzero(g).flatten().tolist() for n, g in ranked.items() if g.any()} == planted
 
@@ -418,7 +436,7 @@ def test_pruning_is_reproducible_and_leaves_the_model_unchanged() -> None:
     model = _planted_model(tok)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
-    sites = node_sites(model.cfg)
+    sites = node_sites(model.cfg, final_resid=True)
     means = {s.name: torch.zeros(s.width) for s in sites}
     cfg = PruneConfig(steps=30, batch_pairs=8, n_train=32, n_val=16, n_test=16, budget=2)
     a, b = (prune(model, tok, _planted_task(), means, cfg).circuit.to_dict() for _ in range(2))
@@ -490,8 +508,18 @@ def test_prune_command_writes_the_result_folder(pruned: Path, trained: Path) -> 
     assert c.target_loss == 0.15
     assert c.n_nodes == sum(len(v) for v in c.nodes.values())
     model = load_model(trained)
-    sites = node_sites(model.cfg)
-    assert c.n_edges == count_edges(model, sites, c.nodes).total
+    sites = node_sites(model.cfg, final_resid=True)  # a node site by default
+    edges = count_edges(model, sites, c.nodes)
+    assert c.n_edges == edges.total
+    assert c.n_resid_links == edges.resid_links
+    assert c.edges_by_type == edges.by_type
+    assert "resid" not in c.edges_by_type
+    for figures in (c.sufficiency, c.full_model):  # calibrated and uncalibrated, side by side
+        assert {"loss", "accuracy"} <= set(figures)
+    assert {"loss_uncalibrated", "meets_target"} <= set(c.sufficiency)
+    assert {"loss_calibrated", "logit_scale"} <= set(c.full_model)
+    assert c.full_model["loss_calibrated"] <= c.full_model["loss"] + 1e-9
+    assert all("val_loss_uncalibrated" in t for t in c.trials)
     assert c.run["versions"]["torch"]
     assert "git" in c.run
     assert c.config["steps"] == 12
@@ -669,7 +697,7 @@ def test_hand_edited_nodes_are_refused_with_the_entry_named(tmp_path: Path) -> N
     ]:
         with pytest.raises(CircuitError, match=message):
             Circuit.from_dict({**good, "nodes": nodes}, source="c.json")
-    sites = node_sites(tiny_model().cfg)  # d_attn 64
+    sites = node_sites(tiny_model().cfg, final_resid=False)  # d_attn 64
     check_nodes({"blocks.0.attn.hook_q": [0, 63]}, sites)
     for nodes, message in [
         ({"blocks.0.attn.hook_qq": [0]}, "'blocks.0.attn.hook_qq' is not a node site"),
@@ -681,3 +709,155 @@ def test_hand_edited_nodes_are_refused_with_the_entry_named(tmp_path: Path) -> N
             keep_gates(sites, nodes)
         with pytest.raises(NodeError, match=message):
             count_edges(tiny_model(), sites, nodes)
+
+
+# -- the hyperparameter search: an Optuna study ------------------------------------------------
+
+
+def test_the_search_space_surrounds_the_centre_and_stays_valid() -> None:
+    centre = Hyper(
+        k_coef=1e-4, lr=3e-3, steps=500, weight_decay=1e-3, inv_beta2=0.05, init_bias=0.1,
+        init_noise=0.01, temperature=1.0,
+    )  # fmt: skip
+    dists = space(centre)
+    assert set(dists) == set(SEARCHED) == {f.name for f in dataclasses.fields(Hyper)}
+    for name, dist in dists.items():
+        assert dist.low <= getattr(centre, name) <= dist.high, name
+        assert dist.low < dist.high, name
+    assert (dists["k_coef"].low, dists["k_coef"].high) == pytest.approx((1e-5, 1e-3))
+    assert (dists["steps"].low, dists["steps"].high) == (250, 1000)
+    assert dists["init_bias"].high <= 1.0  # τ starts inside its clamp
+    assert dists["inv_beta2"].high < 1.0
+
+
+def _short_study_args(
+    trained: Path, pruned: Path, out: Path, study: Path, *extra: str
+) -> list[str]:
+    return [
+        "prune", "--model", str(trained), "--out", str(out), "--means", str(pruned / MEANS_FILE),
+        "--study", str(study), *SHORT_PRUNE, *extra,
+    ]  # fmt: skip
+
+
+def test_a_study_file_persists_and_a_larger_budget_resumes_it(
+    trained: Path, pruned: Path, tmp_path: Path
+) -> None:
+    study = tmp_path / "quote.db"
+    main(_short_study_args(trained, pruned, tmp_path / "a", study, "--budget", "2"))
+    first = load_circuit(tmp_path / "a")
+    assert [t["number"] for t in first.trials] == [0, 1]
+    assert first.trials[0]["hyper"]["k_coef"] == PruneConfig().k_coef  # the centre first
+    assert first.run["study"] == str(study)
+    main(_short_study_args(trained, pruned, tmp_path / "b", study, "--budget", "3"))
+    second = load_circuit(tmp_path / "b")
+    assert [t["number"] for t in second.trials] == [0, 1, 2]  # one new trial, two kept
+    assert second.trials[:2] == first.trials
+    assert all(t["state"] == "COMPLETE" for t in second.trials)
+    for t in second.trials:  # every trial's parameters inside the searched space
+        for name, dist in space(Hyper(**first.trials[0]["hyper"])).items():
+            assert dist.low <= t["hyper"][name] <= dist.high
+    # The smallest circuit that meets the target is the one kept.
+    met = [t for t in second.trials if t["reached"]]
+    if met:
+        assert second.n_edges == min(t["n_edges"] for t in met)
+    # A study of another configuration in the same file never mixes with this one.
+    main(_short_study_args(trained, pruned, tmp_path / "c", study, "--target-loss", "0.3"))
+    assert [t["number"] for t in load_circuit(tmp_path / "c").trials] == [0]
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_with_the_result_of_an_uninterrupted_one(
+    trained: Path, pruned: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna
+
+    from sparse_tf.pruning import study as study_module
+
+    study = tmp_path / "kill.db"
+    slow = ["--steps", "200"]  # long enough (seconds) to be killed mid-trial
+    args = _short_study_args(trained, pruned, tmp_path / "killed", study, *slow)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "sparse_tf.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        running: list = []
+        while not running and time.monotonic() < deadline and worker.poll() is None:
+            time.sleep(0.1)
+            if study.exists():
+                with contextlib.suppress(Exception):  # the file may be mid-creation
+                    names = optuna.get_all_study_names(f"sqlite:///{study}")
+                    running = [
+                        t
+                        for name in names
+                        for t in optuna.load_study(
+                            study_name=name, storage=f"sqlite:///{study}"
+                        ).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+                    ]
+        assert running, "the worker never started a trial"
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    assert not (tmp_path / "killed").exists() or not (tmp_path / "killed" / CIRCUIT_FILE).exists()
+    monkeypatch.setattr(study_module, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(study_module, "GRACE_S", 2)
+    time.sleep(3)  # the killed trial's heartbeat goes stale
+    main(args)  # the same command again: resumes
+    resumed = load_circuit(tmp_path / "killed")
+    assert [(t["number"], t["state"]) for t in resumed.trials] == [(0, "FAIL"), (1, "COMPLETE")]
+    assert resumed.trials[1]["hyper"] == resumed.trials[0]["hyper"]  # the centre, again
+    assert resumed.trials[1]["seed"] == 0  # with the killed trial's seed
+    main(["prune", "--model", str(trained), "--out", str(tmp_path / "plain"), "--means",
+          str(pruned / MEANS_FILE), *SHORT_PRUNE, *slow])  # fmt: skip
+    assert resumed.nodes == load_circuit(tmp_path / "plain").nodes
+
+
+@pytest.mark.slow
+def test_parallel_workers_share_a_study(trained: Path, pruned: Path, tmp_path: Path) -> None:
+    study = tmp_path / "shared.db"
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sparse_tf.cli",
+                *_short_study_args(trained, pruned, tmp_path / f"w{i}", study, "--budget", "3"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for w in workers:
+        _, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err
+    a, b = (load_circuit(tmp_path / f"w{i}") for i in range(2))
+    numbers = [t["number"] for t in b.trials if t["state"] == "COMPLETE"]
+    assert 3 <= len(numbers) <= 4  # the budget, overshot by at most one trial per extra worker
+    assert len(set(numbers)) == len(numbers)
+    for c in (a, b):  # whichever finished, the study's best circuit
+        assert c.trials[0]["hyper"]["k_coef"] == PruneConfig().k_coef
+
+
+def test_a_study_path_that_is_not_a_study_is_refused_untouched(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    notes = tmp_path / "notes.db"
+    notes.write_text("my notes")
+    for study, needle in [
+        (notes, "not an SQLite database"),
+        (tmp_path / "missing" / "s.db", "folder does not exist"),
+    ]:
+        with pytest.raises(SystemExit):
+            main(
+                ["prune", "--model", str(trained), "--out", str(tmp_path / "o"),
+                 "--study", str(study), *SHORT_PRUNE]
+            )  # fmt: skip
+        err = capsys.readouterr().err.strip()
+        assert needle in err, err
+        assert len(err.splitlines()) == 1, err
+    assert notes.read_text() == "my notes"
+    assert not (tmp_path / "o").exists()

@@ -6,7 +6,8 @@
 
 The pieces: `nodes` (which channels are nodes), `means` (ablation statistics), `masks` (τ
 scores, hard gates, mean ablation through hooks), `search` (mask training, bisection, logit
-calibration, the hyperparameter search), `edges` (edge counting), `circuit` (circuit.json),
+calibration, the trials), `study` (the hyperparameter search: an Optuna study, in memory or a
+resumable SQLite file), `edges` (edges, and residual links apart), `circuit` (circuit.json),
 `viewer` (circuit.html) and `run` (a model folder in, an output folder out).
 """
 

@@ -4,12 +4,19 @@
 
     task, target_loss, reached_target   (on the val split, where the size is chosen)
     nodes            {hook name: [channel indices]}   the circuit; every other node is ablated
-    n_nodes, n_total_nodes, n_edges, edges_by_type, edges_by_layer
+    n_nodes, n_total_nodes
+    n_edges, edges_by_type, edges_by_layer   nonzero weight entries between kept nodes (the
+                     paper's count)
+    n_resid_links, resid_links_by_layer      residual write -> later read links of the same
+                     channel between kept nodes: reported apart, never in n_edges
     logit_scale      the calibration fitted on the val split
-    sufficiency      test-split scores of the circuit alone (calibrated; `loss_uncalibrated`,
-                     `meets_target`)
+    sufficiency      test-split scores of the circuit alone (`loss` calibrated,
+                     `loss_uncalibrated`, `meets_target`)
     necessity        test-split scores of the full model with the circuit's nodes ablated
-    full_model       test-split scores of the unpruned model
+                     (uncalibrated)
+    full_model       test-split scores of the unpruned model (`loss` uncalibrated;
+                     `loss_calibrated` with its own scale `logit_scale` fitted on val: the
+                     figure to set beside the circuit's calibrated loss)
     all_ablated      test-split scores with every node ablated (the means alone)
     loss_vs_k        [[k, val loss], ...]  the chosen run's top-k circuits, k ascending
     trials           the hyperparameter search: one entry per mask-training run
@@ -49,6 +56,10 @@ class Circuit:
     full_model: dict[str, Any]
     all_ablated: dict[str, Any]
     loss_vs_k: list[list[float]]
+    # Defaults: circuit.json files written before residual links were counted apart still load
+    # (so that --overwrite recognises them); their n_edges includes the links.
+    n_resid_links: int = 0
+    resid_links_by_layer: dict[str, int] = field(default_factory=dict)
     trials: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     model: str = ""
@@ -81,22 +92,31 @@ class Circuit:
         write_json(Path(folder) / CIRCUIT_FILE, self.to_dict())
 
     def summary(self) -> str:
-        """A few lines: size, edges by type, sufficiency and necessity."""
+        """A few lines: size, edges by type, sufficiency and necessity. A calibrated loss is set
+        beside the uncalibrated one everywhere: calibration alone can bring any circuit down to
+        at most chance (0.693), so it is compared with the full model's calibrated loss."""
         suff, nec, full = self.sufficiency, self.necessity, self.full_model
         types = ", ".join(f"{k} {v}" for k, v in self.edges_by_type.items() if v)
         met = "meets" if suff.get("meets_target", suff["loss"] <= self.target_loss) else "MISSES"
         val = "" if self.reached_target else "; the val split missed it too, at every size"
+        calibrated = (  # absent from files written before it was measured
+            f"{full['loss_calibrated']:.4f} calibrated (scale {full['logit_scale']:.3f}), "
+            if "loss_calibrated" in full
+            else ""
+        )
         return "\n".join(
             [
                 f"circuit for {self.task}: {self.n_nodes} of {self.n_total_nodes} nodes, "
-                f"{self.n_edges} edges ({types or 'none'})",
-                f"sufficiency (test): loss {suff['loss']:.4f} ({met} target {self.target_loss}; "
-                f"logit scale {self.logit_scale:.3f}, uncalibrated "
-                f"{suff['loss_uncalibrated']:.4f}{val}), accuracy {suff['accuracy']:.3f}",
-                f"necessity (test): circuit ablated -> loss {nec['loss']:.4f}, "
+                f"{self.n_edges} edges ({types or 'none'}); "
+                f"{self.n_resid_links} residual links (not edges)",
+                f"sufficiency (test): loss {suff['loss']:.4f} calibrated ({met} target "
+                f"{self.target_loss}; logit scale {self.logit_scale:.3f}{val}), "
+                f"{suff['loss_uncalibrated']:.4f} uncalibrated; accuracy {suff['accuracy']:.3f}",
+                f"necessity (test): circuit ablated -> loss {nec['loss']:.4f} uncalibrated, "
                 f"accuracy {nec['accuracy']:.3f} (chance 0.693 / 0.5)",
-                f"full model (test): loss {full['loss']:.4f}, accuracy {full['accuracy']:.3f}; "
-                f"all nodes ablated: loss {self.all_ablated['loss']:.4f}",
+                f"full model (test): loss {calibrated}{full['loss']:.4f} uncalibrated; "
+                f"accuracy {full['accuracy']:.3f}; all nodes ablated: loss "
+                f"{self.all_ablated['loss']:.4f}",
             ]
         )
 

@@ -1,4 +1,4 @@
-"""Edges of a circuit: nonzero weight entries that connect two kept nodes.
+"""Edges of a circuit: nonzero weight entries that connect two kept nodes (the paper's count).
 
     type       from (kept)          to (kept)             through
     attn.q     layer i attn.act_in  layer i attn.q        qkv.weight (q rows)
@@ -8,12 +8,17 @@
                                                           is head-output channel c)
     mlp.in     layer i mlp.act_in   layer i mlp.post_act  in_proj.weight
     mlp.out    layer i mlp.post_act layer i mlp.resid_delta   out_proj.weight
-    resid      a residual write     a later residual read of the same channel, through the
-                                    reader's RMSNorm gain (identity into final_resid)
 
 Queries and keys meet in a dot product, not through a weight, so a q-k pair is two nodes and no
 edge between them (as in the paper). An edge belongs to the layer of the node it enters. The
 same code counts dense models, where every entry is nonzero.
+
+Residual links are counted apart and never summed into the edges: a residual write reaches
+every later read of the same channel (through the reader's RMSNorm gain; identity into
+final_resid) with no weight matrix between them, and the paper's count (its Fig. 4 circuit: 12
+nodes, 9 edges) and the official viewer's (within-layer weight blocks only) leave them out. The
+viewer draws them, so that a reader can follow a channel from the layer that writes it to the
+layer that reads it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from torch import Tensor
 from sparse_tf.model import GPT
 from sparse_tf.pruning.nodes import FINAL_RESID, NodeSite, check_nodes
 
-EDGE_TYPES = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.in", "mlp.out", "resid")
+EDGE_TYPES = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.in", "mlp.out")
+RESID = "resid"
+"""The type of a residual link's block (not an edge type: see the module docstring)."""
 READS = ("attn.act_in", "mlp.act_in", FINAL_RESID)
 WRITES = ("attn.resid_delta", "mlp.resid_delta")
 
@@ -52,9 +59,14 @@ class EdgeBlock:
 @dataclass(frozen=True)
 class EdgeCount:
     total: int
+    """Edges: nonzero weight entries between kept nodes (residual links not included)."""
     by_type: dict[str, int]
     by_layer: dict[str, dict[str, int]]
-    """Layer index as a string (`"final"` for edges into final_resid) → type → count."""
+    """Layer index as a string → edge type → count."""
+    resid_links: int
+    """Residual write → later read links between kept nodes of the same channel."""
+    resid_links_by_layer: dict[str, int]
+    """Layer of the read (`"final"` for final_resid) → residual links."""
 
 
 def edge_blocks(model: GPT, sites: Sequence[NodeSite], nodes: Nodes) -> Iterator[EdgeBlock]:
@@ -96,16 +108,20 @@ def edge_blocks(model: GPT, sites: Sequence[NodeSite], nodes: Nodes) -> Iterator
             si, di = index(write), index(read)
             same = (di[:, None] == si[None, :]).float()  # [n_dst, n_src]: same channel
             weights = same * gain[di, None]
-            yield EdgeBlock("resid", read.layer, write.name, read.name, si, di, weights)
+            yield EdgeBlock(RESID, read.layer, write.name, read.name, si, di, weights)
 
 
 def count_edges(model: GPT, sites: Sequence[NodeSite], nodes: Nodes) -> EdgeCount:
     by_type = dict.fromkeys(EDGE_TYPES, 0)
     by_layer: dict[str, dict[str, int]] = {}
+    links: dict[str, int] = {}
     for b in edge_blocks(model, sites, nodes):
         n = int((b.weights != 0).sum())
-        by_type[b.type] += n
         key = "final" if b.layer >= model.cfg.n_layer else str(b.layer)
+        if b.type == RESID:
+            links[key] = links.get(key, 0) + n
+            continue
+        by_type[b.type] += n
         layer = by_layer.setdefault(key, dict.fromkeys(EDGE_TYPES, 0))
         layer[b.type] += n
-    return EdgeCount(sum(by_type.values()), by_type, by_layer)
+    return EdgeCount(sum(by_type.values()), by_type, by_layer, sum(links.values()), links)

@@ -67,8 +67,9 @@ class NodeSite:
         return 2 * self.layer + (1 if self.kind.startswith("mlp.") else 0)
 
 
-def node_sites(cfg: GPTConfig, final_resid: bool = False) -> list[NodeSite]:
-    """The node sites of a model with config `cfg`, in forward order."""
+def node_sites(cfg: GPTConfig, final_resid: bool = True) -> list[NodeSite]:
+    """The node sites of a model with config `cfg`, in forward order; with the final residual
+    unless `final_resid` is False (the default of `PruneConfig.final_resid` too)."""
     d_attn = cfg.n_head * cfg.d_head
     widths = {
         "attn.act_in": cfg.d_model,

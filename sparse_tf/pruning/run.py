@@ -55,6 +55,7 @@ from sparse_tf.pruning.circuit import Circuit, CircuitError, load_circuit
 from sparse_tf.pruning.means import MODEL_DIGEST_KEY, ablation_means, load_means, save_means
 from sparse_tf.pruning.nodes import node_sites
 from sparse_tf.pruning.search import PruneConfig, PruneResult, prune
+from sparse_tf.pruning.study import check_study_file
 from sparse_tf.pruning.viewer import render_html, viewer_data
 from sparse_tf.tasks import get_task
 
@@ -75,6 +76,7 @@ def prune_model(
     means_file: str | Path | None = None,
     mean_windows: int = 256,
     overwrite: bool = False,
+    study: str | Path | None = None,
     log: Log = print,
 ) -> PruneResult:
     """Prune the model folder `model_path` for `task` and write `out` (see the module doc).
@@ -83,12 +85,16 @@ def prune_model(
         means_file: ablation means to use (a means.safetensors of an earlier run); default:
             computed over `mean_windows` windows of the model's own training corpus.
         overwrite: replace an earlier pruning result in `out`.
+        study: the search's Optuna study file (SQLite; created if missing, resumed if not;
+            shareable by parallel workers); None: the study lives in memory.
     """
     start = time.perf_counter()
     out = Path(out)
     if not out.is_symlink():
         FolderLock(out, "a pruning run").check_free()  # a job running there: said first
     _check_out(out, overwrite)
+    if study is not None:
+        check_study_file(study)  # before any work
     the_task = get_task(task)
     with locked_folder(out, "a pruning run"):
         _check_out(out, overwrite)  # again, now that no other job can change it
@@ -104,13 +110,14 @@ def prune_model(
             means, means_source = _cached_means(
                 Path(model_path), digest, model, tok, mean_windows, amp, log
             )
-        result = prune(model, tok, the_task, means, cfg, amp=amp, log=log)
+        result = prune(model, tok, the_task, means, cfg, study=study, amp=amp, log=log)
         pruned_sites = node_sites(model.cfg, cfg.final_resid)
         circuit = dataclasses.replace(
             result.circuit,
             model=str(model_path),
             run={
                 "means": means_source,
+                "study": None if study is None else str(study),
                 "seconds": round(time.perf_counter() - start, 1),
                 "versions": package_versions(),
                 "git": git_revision(),

@@ -12,11 +12,12 @@ One pruning run (a *trial*):
    The trained mask's own size only seeds the search: the range doubles upwards from it until
    the target is met, then bisection finds the smallest k below.
 
-`prune` runs `budget` trials: the first at the paper's search centre (Table 2), each next one at
-a random perturbation of the best so far (k_coef, lr, steps), and keeps the circuit with the
-fewest edges. Then it validates that circuit on the test split: sufficiency (only the circuit,
-the rest mean-ablated), necessity (the full model with the circuit mean-ablated) and the
-loss-vs-k curve.
+`prune` runs the trials of an Optuna study (`sparse_tf.pruning.study`: TPE over the Table 2
+parameters, the first trial at the centre, in memory or in a resumable SQLite file shared by
+parallel workers) until it holds `budget` completed trials, and keeps the smallest circuit that
+meets the target (fewest edges). Then it validates that circuit on the test split: sufficiency
+(only the circuit, the rest mean-ablated), necessity (the full model with the circuit
+mean-ablated) and the loss-vs-k curve.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
+import optuna
 import torch
 from tokenizers import Tokenizer
 from torch import Tensor
@@ -47,6 +50,17 @@ from sparse_tf.pruning.masks import (
     top_k_gates,
 )
 from sparse_tf.pruning.nodes import NodeSite, node_sites
+from sparse_tf.pruning.study import (
+    Hyper,
+    completed,
+    enqueue_centre,
+    hyper_of,
+    model_fingerprint,
+    objective_value,
+    open_study,
+    study_name,
+    trial_seed,
+)
 from sparse_tf.tasks import (
     CHANCE_LOSS,
     Split,
@@ -70,9 +84,12 @@ class PruneConfig(Config):
     target_loss: float = 0.15
     """Task loss (binary cross-entropy per prompt, chance 0.693) the circuit must reach."""
     budget: int = 1
-    """Mask-training runs of the hyperparameter search; the smallest circuit is kept."""
+    """Completed trials (mask-training runs) of the hyperparameter search, an Optuna study:
+    the first at the centre (these settings), the next ones TPE's; the smallest circuit that
+    meets the target is kept. 1 (the default, fast on a CPU) runs the centre alone; the paper
+    runs 256 (32 CARBS iterations of 8)."""
     steps: int = 500
-    """Optimizer steps of the first run (later runs vary it)."""
+    """Optimizer steps of the first trial (the centre; later trials search 0.5-2x)."""
     batch_pairs: int = 64
     """Task pairs per step (each gives two prompts)."""
     lr: float = 3e-3
@@ -98,8 +115,13 @@ class PruneConfig(Config):
     time; one standard error makes a circuit that meets it on val likely to meet it on test."""
     calibrate: bool = True
     """Fit a logit scale (16 LBFGS steps) before measuring a circuit's loss."""
-    final_resid: bool = False
-    """Also mask the channels of the final residual stream (what the unembedding reads)."""
+    final_resid: bool = True
+    """Also make the channels of the final residual stream (what the unembedding reads) nodes,
+    masked and counted like the others. On by default because the paper's circuits have them:
+    the released circuit data has a `final_resid` site, and the official viewer's k sums the
+    nodes of every site it lists. They add nodes but no edges (the unembedding's outputs are
+    logits, not nodes); off, the final residual is never ablated and so costs the circuit
+    nothing."""
     n_train: int = 1024
     """Pairs of the train split the masks are trained on."""
     n_val: int = 256
@@ -109,7 +131,8 @@ class PruneConfig(Config):
     curve_points: int = 16
     """Circuit sizes (log-spaced) of the loss-vs-k curve, besides the bisection's own."""
     seed: int = 0
-    """Seeds the pairs, the τ initialisation, the batch order and the search."""
+    """Seeds the pairs, the τ initialisation and batch order (plus the trial number) and the
+    search's sampler."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -129,15 +152,6 @@ class PruneConfig(Config):
 
 
 @dataclass(frozen=True)
-class Hyper:
-    """The hyperparameters the search varies."""
-
-    k_coef: float
-    lr: float
-    steps: int
-
-
-@dataclass(frozen=True)
 class Trial:
     """One mask-training run and the circuit bisected from it."""
 
@@ -149,17 +163,33 @@ class Trial:
     reached: bool
     """Whether the circuit meets the target loss on the val split."""
     val_loss: float
-    """The circuit's (calibrated) task loss on the val split."""
+    """The circuit's task loss on the val split, calibrated (what the target is met on)."""
+    val_loss_uncalibrated: float
+    """The same without the logit scale."""
     n_edges: int
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Trial:
+        return cls(**{**data, "hyper": Hyper(**data["hyper"])})
+
     @property
     def rank(self) -> tuple[bool, int, int, float]:
         """Sort key, best first: meets the target, then fewest edges, nodes, lowest loss."""
         return (not self.reached, self.n_edges, self.k, self.val_loss)
+
+
+class CircuitLoss(NamedTuple):
+    loss: float
+    """Mean task loss per prompt, after the logit scale (1.0 when calibration is off)."""
+    se: float
+    """Its standard error over prompts."""
+    scale: float
+    uncalibrated: float
+    """Mean task loss per prompt of the raw logits."""
 
 
 class Pool:
@@ -231,16 +261,14 @@ class Pruner:
                 out.append(candidate_logits(last_logits(self.model, batch), batch))
         return torch.cat(out).cpu()
 
-    def circuit_loss(
-        self, pool: Pool, gates: Mapping[str, Tensor] | None
-    ) -> tuple[float, float, float]:
-        """(task loss after calibration, its standard error over prompts, logit scale) of a
-        circuit on `pool`."""
+    def circuit_loss(self, pool: Pool, gates: Mapping[str, Tensor] | None) -> CircuitLoss:
+        """The task loss of a circuit on `pool`, calibrated and not."""
         logits = self.pair_logits(pool, gates)
         scale = fit_logit_scale(logits) if self.cfg.calibrate else 1.0
         per_prompt = -torch.log_softmax(logits.double() * scale, dim=-1)[:, 0]  # [2n]
         se = float(per_prompt.std() / math.sqrt(len(per_prompt))) if len(per_prompt) > 1 else 0.0
-        return float(per_prompt.mean()), se, scale
+        plain = float(-torch.log_softmax(logits.double(), dim=-1)[:, 0].mean())
+        return CircuitLoss(float(per_prompt.mean()), se, scale, plain)
 
     def scores(self, pool: Pool, gates: Mapping[str, Tensor] | None, scale: float) -> TaskScore:
         """Loss, accuracy and margins of a circuit on `pool`, its logits times `scale`."""
@@ -253,17 +281,17 @@ class Pruner:
         gen = torch.Generator().manual_seed(seed)
         masks = NodeMasks(
             self.sites,
-            init_bias=cfg.init_bias,
-            init_noise=cfg.init_noise,
-            temperature=cfg.temperature,
+            init_bias=hyper.init_bias,
+            init_noise=hyper.init_noise,
+            temperature=hyper.temperature,
             device=self.device,
             generator=gen,
         )
         opt = torch.optim.AdamW(
             masks.parameters(),
             lr=hyper.lr,
-            betas=(0.9, 1.0 - cfg.inv_beta2),
-            weight_decay=cfg.weight_decay,
+            betas=(0.9, 1.0 - hyper.inv_beta2),
+            weight_decay=hyper.weight_decay,
         )
         order = _pair_order(self.train.n_pairs, cfg.batch_pairs, seed)
         report = max(1, hyper.steps // 5)
@@ -312,25 +340,26 @@ class Pruner:
         start = time.perf_counter()
         masks = self.train_masks(hyper, seed)
         ranking = masks.ranking()
-        losses: dict[int, float] = {}
-        criterion: dict[int, float] = {}
+        measured: dict[int, CircuitLoss] = {}
 
         def bound_at(k: int) -> float:
             """The val loss of the top-k circuit plus `margin_se` standard errors."""
-            if k not in criterion:
+            if k not in measured:
                 gates = top_k_gates(self.sites, ranking, k, self.device)
-                losses[k], se, _ = self.circuit_loss(self.val, gates)
-                criterion[k] = losses[k] + self.cfg.margin_se * se
-            return criterion[k]
+                measured[k] = self.circuit_loss(self.val, gates)
+            return measured[k].loss + self.cfg.margin_se * measured[k].se
 
         trained_k = masks.n_active()
         k = smallest_k(bound_at, self.n_nodes, self.cfg.target_loss, start=max(1, trained_k))
         reached = k is not None
+        losses = {j: m.loss for j, m in measured.items()}
         if k is None:  # the target is out of reach: keep the best size measured
             k = min(losses, key=lambda j: (losses[j], j))
         nodes = gate_nodes(top_k_gates(self.sites, ranking, k))
         edges = count_edges(self.model, self.sites, nodes).total
-        t = Trial(hyper, trained_k, k, reached, losses[k], edges, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        m = measured[k]
+        t = Trial(hyper, trained_k, k, reached, m.loss, m.uncalibrated, edges, seconds)
         return t, masks, losses
 
     # -- helpers -------------------------------------------------------------------------
@@ -421,13 +450,19 @@ def fit_logit_scale(pair_logits: Tensor, steps: int = 16) -> float:
     return s if math.isfinite(s) and fitted < plain else 1.0
 
 
-def perturb(hyper: Hyper, rng: np.random.Generator) -> Hyper:
-    """A random neighbour of `hyper`: k_coef × e^N(0,1), lr × e^N(0,0.5), steps × 2^U(−1,1)."""
-    return Hyper(
-        k_coef=hyper.k_coef * math.exp(rng.normal(0.0, 1.0)),
-        lr=hyper.lr * math.exp(rng.normal(0.0, 0.5)),
-        steps=max(10, round(hyper.steps * 2.0 ** rng.uniform(-1.0, 1.0))),
-    )
+def _fmt(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.3g}"
+
+
+def _trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """One entry of circuit.json's `trials`: the trial's number and state, and the result of a
+    completed one (hyper, trained_k, k, reached, losses, n_edges, seconds)."""
+    record: dict[str, Any] = {"number": t.number, "state": t.state.name}
+    if "trial" in t.user_attrs:
+        record.update(t.user_attrs["trial"], seed=t.user_attrs["seed"])
+    else:  # failed or still running (another worker's, or killed): its parameters only
+        record["hyper"] = dict(t.params)
+    return record
 
 
 def log_spaced(n: int, points: int) -> list[int]:
@@ -453,6 +488,7 @@ def prune(
     means: Mapping[str, Tensor],
     cfg: PruneConfig = PruneConfig(),
     *,
+    study: str | Path | None = None,
     amp: bool = False,
     log: Log | None = None,
 ) -> PruneResult:
@@ -462,49 +498,89 @@ def prune(
         model: the model, on the device to prune on; its parameters are not changed.
         tok: its tokenizer (raises `TaskTokenError` if it cannot express the task).
         means: ablation means for every node site (`ablation_means`), on the model's device.
+        study: an SQLite file for the search's Optuna study (created if missing): resumable,
+            shareable by parallel workers. None: a study in memory.
         amp: bf16 autocast for the forward passes (GPU).
         log: called with progress lines.
     """
     log = log or (lambda _: None)
     sites = node_sites(model.cfg, cfg.final_resid)
     pruner = Pruner(model, tok, task, sites, means, cfg, amp=amp, log=log)
-    rng = np.random.default_rng(cfg.seed)
-    trials: list[Trial] = []
-    best: tuple[Trial, NodeMasks, dict[int, float]] | None = None
-    for t in range(cfg.budget):
-        hyper = (
-            Hyper(cfg.k_coef, cfg.lr, cfg.steps) if best is None else perturb(best[0].hyper, rng)
-        )
+    centre = Hyper(
+        k_coef=cfg.k_coef,
+        lr=cfg.lr,
+        steps=cfg.steps,
+        weight_decay=cfg.weight_decay,
+        inv_beta2=cfg.inv_beta2,
+        init_bias=cfg.init_bias,
+        init_noise=cfg.init_noise,
+        temperature=cfg.temperature,
+    )
+    fixed = {k: v for k, v in cfg.to_dict().items() if k not in ("budget", "curve_points")}
+    name = study_name(task.name, model_fingerprint(model), {"task": task.name, **fixed})
+    optuna_study = open_study(study, name, cfg.seed)
+    enqueue_centre(optuna_study, centre)
+    ran: dict[int, tuple[Trial, NodeMasks, dict[int, float]]] = {}  # by this process
+
+    def objective(ot: optuna.trial.Trial) -> float:
+        hyper = hyper_of(ot, centre)
         log(
-            f"run {t + 1}/{cfg.budget}: k_coef {hyper.k_coef:.2e}, lr {hyper.lr:.2e}, "
-            f"{hyper.steps} steps"
+            f"trial {ot.number} ({len(completed(optuna_study)) + 1} of {cfg.budget}): "
+            + ", ".join(f"{k} {_fmt(v)}" for k, v in dataclasses.asdict(hyper).items())
         )
-        found = pruner.trial(hyper, seed=cfg.seed + t)
+        seed = trial_seed(ot, cfg.seed)
+        ot.set_user_attr("seed", seed)
+        found = pruner.trial(hyper, seed=seed)
         trial = found[0]
-        trials.append(trial)
+        ran[ot.number] = found
+        ot.set_user_attr("trial", trial.to_dict())
         met = "" if trial.reached else f" (target {cfg.target_loss} missed)"
         log(
             f"  trained mask keeps {trial.trained_k} nodes; circuit: {trial.k} nodes, "
             f"{trial.n_edges} edges, val loss {trial.val_loss:.4f}{met} [{trial.seconds:.1f} s]"
         )
-        if best is None or trial.rank < best[0].rank:
-            best = found
-    assert best is not None
-    trial, masks, losses = best
+        return objective_value(trial.reached, trial.n_edges, trial.val_loss, cfg.target_loss)
+
+    while len(completed(optuna_study)) < cfg.budget:
+        optuna_study.optimize(objective, n_trials=1, catch=())
+    done = completed(optuna_study)
+    if study is not None:
+        log(f"study {study} ({name}): {len(done)} completed trials")
+    results = {t.number: Trial.from_dict(t.user_attrs["trial"]) for t in done}
+    best_number = min(results, key=lambda n: (results[n].rank, n))
+    if best_number not in ran:  # another worker (or an earlier run) found it: re-run it here
+        recorded = results[best_number]
+        log(f"re-running trial {best_number} (run elsewhere) for its masks")
+        seed = next(t for t in done if t.number == best_number).user_attrs["seed"]
+        ran[best_number] = pruner.trial(recorded.hyper, seed=seed)
+        again = ran[best_number][0]
+        if (again.k, again.n_edges) != (recorded.k, recorded.n_edges):
+            log(
+                f"  the re-run gave {again.k} nodes, {again.n_edges} edges (recorded: "
+                f"{recorded.k}, {recorded.n_edges}; a different device or library version)"
+            )
+    trial, masks, losses = ran[best_number]
+    trials = [_trial_record(t) for t in optuna_study.get_trials(deepcopy=False)]
 
     # The loss-vs-k curve of the kept run: the bisection's sizes and a log-spaced grid.
     ranking, device = masks.ranking(), pruner.device
     for k in log_spaced(pruner.n_nodes, cfg.curve_points):
         if k not in losses:
             gates = top_k_gates(sites, ranking, k, device)
-            losses[k] = pruner.circuit_loss(pruner.val, gates)[0]
+            losses[k] = pruner.circuit_loss(pruner.val, gates).loss
 
     gates = top_k_gates(sites, ranking, trial.k, device)
     nodes = gate_nodes(gates)
-    scale = pruner.circuit_loss(pruner.val, gates)[2]
+    scale = pruner.circuit_loss(pruner.val, gates).scale
     sufficiency = pruner.scores(pruner.test, gates, scale).to_dict()
     sufficiency["loss_uncalibrated"] = pruner.scores(pruner.test, gates, 1.0).loss
     sufficiency["meets_target"] = sufficiency["loss"] <= cfg.target_loss
+    # The full model calibrated the same way (its own scale, fitted on val): a calibrated
+    # circuit loss is only comparable with this, never with the raw full-model loss.
+    full_scale = pruner.circuit_loss(pruner.val, None).scale
+    full_model = pruner.scores(pruner.test, None, 1.0).to_dict()
+    full_model["loss_calibrated"] = pruner.scores(pruner.test, None, full_scale).loss
+    full_model["logit_scale"] = full_scale
     edges = count_edges(model, sites, nodes)
     circuit = Circuit(
         task=task.name,
@@ -521,10 +597,12 @@ def prune(
         necessity=pruner.scores(
             pruner.test, keep_gates(sites, nodes, device, invert=True), 1.0
         ).to_dict(),
-        full_model=pruner.scores(pruner.test, None, 1.0).to_dict(),
+        full_model=full_model,
         all_ablated=pruner.scores(pruner.test, keep_gates(sites, {}, device), 1.0).to_dict(),
         loss_vs_k=[[k, losses[k]] for k in sorted(losses)],
-        trials=[t.to_dict() for t in trials],
+        n_resid_links=edges.resid_links,
+        resid_links_by_layer=edges.resid_links_by_layer,
+        trials=trials,
         config=cfg.to_dict(),
     )
     return PruneResult(circuit, masks.scores())

@@ -3,7 +3,8 @@ shows a circuit.
 
 - The graph: one row per node site, layer 0 at the bottom; each kept node a circle, each edge a
   line (blue: positive weight, red: negative; width: |weight| relative to the largest of its
-  type). Residual edges arc between rows of the same channel.
+  type). Residual links (a write to a later read of the same channel; not edges, see
+  `edges`) arc between rows, grey and dashed.
 - Click a node: its edges are highlighted, and a panel shows its activations in the circuit
   (everything else mean-ablated) on task prompts of both classes: the value at the decision
   position for every prompt of each class, and prompts coloured token by token.
