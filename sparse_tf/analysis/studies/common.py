@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sparse_tf import sites
 from sparse_tf.checkpoint import load_model
 from sparse_tf.data.tokenizer import load_tokenizer
 from sparse_tf.devices import resolve_device
@@ -155,15 +156,12 @@ def logits(
 
 def final_site(model: GPT) -> str:
     """The residual stream after the last block (what the final norm and unembedding read)."""
-    return f"blocks.{model.cfg.n_layer - 1}.hook_resid_post"
+    return sites.final_resid_name(model.cfg.n_layer)
 
 
 def residual_sites(model: GPT) -> list[str]:
     """Every residual site: entering each attention and MLP sublayer, and after the last block."""
-    sites = []
-    for i in range(model.cfg.n_layer):
-        sites += [f"blocks.{i}.hook_resid_pre", f"blocks.{i}.hook_resid_mid"]
-    return [*sites, final_site(model)]
+    return [hook for _, hook in sites.residual_sites(model.cfg.n_layer)]
 
 
 @dataclasses.dataclass(frozen=True)
