@@ -35,9 +35,10 @@ import tyro
 
 from sparse_tf.bridges.bridge import BridgeConfig
 from sparse_tf.bridges.objective import BridgedTrainConfig
+from sparse_tf.bridges.perturb import perturb_folder
 from sparse_tf.data.pipeline import DataConfig
 from sparse_tf.errors import SparseTFError
-from sparse_tf.filenames import BRIDGES_META, RUN_FILE, TOKENIZER_FILE
+from sparse_tf.filenames import RUN_FILE, TOKENIZER_FILE
 from sparse_tf.io import read_json, write_json
 from sparse_tf.model import GPT, GPTConfig
 from sparse_tf.parallel import launch
@@ -57,6 +58,18 @@ def _require(condition: bool, args: object, field: str, requirement: str) -> Non
     if not condition:
         flag = "--" + field.replace("_", "-")
         raise UsageError(f"{flag} {getattr(args, field)}: {requirement}")
+
+
+def _require_json_target(json_path: str | None) -> None:
+    """The check of a --json flag: a UsageError, before any work, unless it names a file in an
+    existing folder."""
+    if json_path is None:
+        return
+    path = Path(json_path)
+    if path.is_dir():
+        raise UsageError(f"--json {path}: is a folder; name a file")
+    if not path.parent.is_dir():
+        raise UsageError(f"--json {path}: the folder {path.parent} does not exist")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -212,12 +225,14 @@ class EvalArgs:
     batch_size: int = 32
     """Pairs per forward pass."""
 
+    def __post_init__(self) -> None:
+        _require_json_target(self.json)
+
 
 def eval_command(argv: list[str]) -> None:
     from sparse_tf.evaluation import evaluate_model  # loads the task catalog only when used
 
     args = _tyro_cli(EvalArgs, prog="sparse-tf eval", args=argv)
-    _check_json_target(args.json)
     report = evaluate_model(
         args.model,
         args.task,
@@ -263,47 +278,39 @@ class PerturbArgs:
     def __post_init__(self) -> None:
         _require(self.k >= 1, self, "k", "must be at least 1")
         _require(self.n >= 1, self, "n", "must be at least 1")
+        if self.channels != "auto" and not all(
+            c.strip().isdigit() for c in self.channels.split(",")
+        ):
+            raise UsageError(f"--channels {self.channels!r}: 'auto' or integers joined by commas")
+        _require_json_target(self.json)
+
+    def channel_list(self) -> list[int] | None:
+        """The --channels as indices; None for 'auto'."""
+        return None if self.channels == "auto" else [int(c) for c in self.channels.split(",")]
 
 
 def perturb_command(argv: list[str]) -> None:
-    from sparse_tf.bridges import Edit, class_channels, load_bridged, load_gpt2, perturb
-    from sparse_tf.data import load_tokenizer
-    from sparse_tf.devices import resolve_device
-
     args = _tyro_cli(PerturbArgs, prog="sparse-tf perturb", args=argv)
-    _check_json_target(args.json)
-    device = resolve_device(args.device, "--device")
-    sparse, bridges = load_bridged(args.model, device)
-    dense_dir = args.dense or read_json(Path(args.model) / BRIDGES_META).get("dense")
-    if dense_dir is None:
-        raise UsageError("--dense DIR: the bridges do not record their dense model")
-    dense = load_gpt2(dense_dir, device)
-    tok = load_tokenizer(args.model)
     try:
-        if args.channels == "auto":
-            channels = class_channels(sparse, tok, args.task, args.site, k=args.k, seed=args.seed)
-        elif all(c.strip().isdigit() for c in args.channels.split(",")):
-            channels = [int(c) for c in args.channels.split(",")]
-        else:
-            raise UsageError(f"--channels {args.channels!r}: 'auto' or integers joined by commas")
-        edit = Edit(args.site, channels, args.mode, args.value, args.positions)
-        result = perturb(sparse, bridges, dense, tok, args.task, edit, args.n, seed=args.seed)
+        result = perturb_folder(
+            args.model,
+            args.task,
+            args.site,
+            args.channel_list(),
+            dense=args.dense,
+            k=args.k,
+            mode=args.mode,
+            value=args.value,
+            positions=args.positions,
+            n_pairs=args.n,
+            seed=args.seed,
+            device=args.device,
+        )
     except ValueError as e:
         raise UsageError(str(e)) from None
     print(result.table())
     if args.json:
         write_json(Path(args.json), dataclasses.asdict(result))
-
-
-def _check_json_target(json_path: str | None) -> None:
-    """A UsageError, before any work, unless --json names a file in an existing folder."""
-    if json_path is None:
-        return
-    path = Path(json_path)
-    if path.is_dir():
-        raise UsageError(f"--json {path}: is a folder; name a file")
-    if not path.parent.is_dir():
-        raise UsageError(f"--json {path}: the folder {path.parent} does not exist")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -627,29 +634,34 @@ class CalibrateArgs:
     iters: int = 10
     """Timed repetitions per product (medians)."""
 
+    def __post_init__(self) -> None:
+        if torch.device(self.device).type != "cuda" or not torch.cuda.is_available():
+            raise SparseTFError(
+                f"--device {self.device}: calibration times the GPU kernels; no GPU"
+            )
+
+    def layer_shapes(self) -> list[tuple[int, int]]:
+        """(d_in, d_out) of the layers to measure: the preset's widths, or --d-model's with
+        d_mlp = 4 · d_model unless --d-mlp is given."""
+        from sparse_tf.kernels import crossovers
+
+        model = preset(self.preset).model
+        d = self.d_model or model.d_model
+        m = self.d_mlp or (4 * d if self.d_model else model.d_mlp)
+        return crossovers.layer_shapes(d, m, model.d_head)
+
 
 def calibrate_command(argv: list[str]) -> None:
     from sparse_tf.kernels import crossovers
 
     args = _tyro_cli(CalibrateArgs, prog="sparse-tf calibrate", args=argv)
     device = torch.device(args.device)
-    if device.type != "cuda" or not torch.cuda.is_available():
-        raise SparseTFError(f"--device {args.device}: calibration times the GPU kernels; no GPU")
-    model = preset(args.preset).model
-    d = args.d_model or model.d_model
-    m = args.d_mlp or (4 * d if args.d_model else model.d_mlp)
-    d_attn = d // model.d_head * model.d_head
-    shapes = [(d, 3 * d_attn), (d_attn, d), (d, m), (m, d)]
     command = "sparse-tf calibrate " + " ".join(argv)
-    rows = crossovers.calibrate(device, shapes, command, args.tokens, args.densities, args.iters)
+    rows = crossovers.calibrate(
+        device, args.layer_shapes(), command, args.tokens, args.densities, args.iters
+    )
     name = crossovers.device_name(device)
-    print(f"crossovers on {name} (sparse where the density is at most):")
-    print("| tokens | in -> out | forward | dX |\n|---|---|---|---|")
-    show = lambda v: "never" if v is None else f"1/{round(1 / v)}"  # noqa: E731
-    for r in rows:
-        print(
-            f"| {r['tokens']} | {r['in']} -> {r['out']} | {show(r['forward'])} | {show(r['dx'])} |"
-        )
+    print(crossovers.calibration_table(name, rows))
     print(f"wrote {crossovers.cache_file(name)}")
 
 
