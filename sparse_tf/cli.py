@@ -435,6 +435,11 @@ class AnalyzeArgs:
         if not self.models and not self.kinds:
             raise UsageError("--kinds: name dense and/or sparse (or give --models)")
 
+    def run(self, models: list[Any]) -> Any:
+        """The analysis's report on `models` (the library's study function, with these
+        options)."""
+        raise NotImplementedError
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AceArgs(AnalyzeArgs):
@@ -451,6 +456,11 @@ class AceArgs(AnalyzeArgs):
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(0.0 < self.threshold <= 1.0, self, "threshold", "must be in (0, 1]")
+
+    def run(self, models: list[Any]) -> Any:
+        from sparse_tf.analysis.studies.ace_markov import run_ace
+
+        return run_ace(models, self.sequences, self.threshold, self.jacobian_samples, self.seed)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -473,6 +483,13 @@ class RotationArgs(AnalyzeArgs):
         super().__post_init__()
         _require(self.sae_l1 >= 0, self, "sae_l1", "must be >= 0")
 
+    def run(self, models: list[Any]) -> Any:
+        from sparse_tf.analysis.sae import SAEConfig
+        from sparse_tf.analysis.studies.rotation_dyck import run_rotation
+
+        sae = SAEConfig(expansion=self.sae_expansion, l1=self.sae_l1, steps=self.sae_steps)
+        return run_rotation(models, self.fit_windows, self.test_windows, sae, self.seed)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FactoredArgs(AnalyzeArgs):
@@ -494,6 +511,13 @@ class FactoredArgs(AnalyzeArgs):
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(0.0 <= self.noise <= 1.0, self, "noise", "must be in [0, 1]")
+
+    def run(self, models: list[Any]) -> Any:
+        from sparse_tf.analysis.studies.factored import run_factored
+
+        return run_factored(
+            models, self.noise, self.sequences, self.frozen, self.batch, self.seed, self.untrained
+        )
 
 
 ANALYSES: dict[str, tuple[type[AnalyzeArgs], str, str]] = {
@@ -518,53 +542,25 @@ def analyze_command(argv: list[str]) -> None:
     cls, preset_name, _ = ANALYSES[name]
     args = _tyro_cli(cls, prog=f"sparse-tf analyze {name}", args=argv[1:])
     noise = getattr(args, "noise", 0.0)
-    suffix = f"-eps{noise:g}" if noise else ""
-    out = Path(args.out or f"runs/analyze-{name}{suffix}")
-    if args.models:
-        models = common.given_models(args.models, args.device)
-    else:
-        models = common.study_models(
-            preset_name,
-            args.kinds,
-            args.seeds,
-            out,
-            steps=args.steps,
-            device=args.device,
-            overwrite=args.overwrite,
-            data_source=f"process:factored-eps{noise:g}" if noise else None,
-        )
+    out = Path(args.out) if args.out else common.default_folder(name, noise)
+    models = common.analysed_models(
+        preset_name,
+        out,
+        given=args.models,
+        kinds=args.kinds,
+        seeds=args.seeds,
+        steps=args.steps,
+        device=args.device,
+        overwrite=args.overwrite,
+        noise=noise,
+    )
     try:
-        report = _run_analysis(args, models)
+        report = args.run(models)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    text = report.table()
-    print(text)
-    record = {
-        "options": dataclasses.asdict(args),
-        "models": [{"label": m.label, "kind": m.kind, "path": str(m.path)} for m in models],
-        "report": common.jsonable(report.to_dict()),
-    }
-    common.write_report(out, name, text, record)
+    print(report.table())
+    common.save_study(out, name, report, models, dataclasses.asdict(args))
     print(f"\nwrote {out / 'report.txt'} and {out / 'report.json'}")
-
-
-def _run_analysis(args: AnalyzeArgs, models: list[Any]) -> Any:
-    if isinstance(args, AceArgs):
-        from sparse_tf.analysis.studies.ace_markov import run_ace
-
-        return run_ace(models, args.sequences, args.threshold, args.jacobian_samples, args.seed)
-    if isinstance(args, RotationArgs):
-        from sparse_tf.analysis.sae import SAEConfig
-        from sparse_tf.analysis.studies.rotation_dyck import run_rotation
-
-        sae = SAEConfig(expansion=args.sae_expansion, l1=args.sae_l1, steps=args.sae_steps)
-        return run_rotation(models, args.fit_windows, args.test_windows, sae, args.seed)
-    assert isinstance(args, FactoredArgs)
-    from sparse_tf.analysis.studies.factored import run_factored
-
-    return run_factored(
-        models, args.noise, args.sequences, args.frozen, args.batch, args.seed, args.untrained
-    )
 
 
 def describe(model: GPTConfig, sparsity: SparsityConfig = SparsityConfig(l0=1 / 64)) -> None:  # noqa: B008
