@@ -38,14 +38,15 @@ from sparse_tf.bridges.objective import BridgedTrainConfig
 from sparse_tf.bridges.perturb import perturb_folder
 from sparse_tf.data.pipeline import DataConfig
 from sparse_tf.errors import SparseTFError
-from sparse_tf.filenames import RUN_FILE, TOKENIZER_FILE
-from sparse_tf.io import read_json, write_json
+from sparse_tf.filenames import TOKENIZER_FILE
+from sparse_tf.io import write_json
 from sparse_tf.model import GPT, GPTConfig
 from sparse_tf.parallel import launch
 from sparse_tf.presets import DEFAULT_PRESET, PRESETS, preset
 from sparse_tf.pruning.search import PruneConfig
 from sparse_tf.sparsity import COLS, ROWS, SparsityConfig, abstopk_k, kept_count
-from sparse_tf.training import RunOptions, TrainConfig, TrainingError, train
+from sparse_tf.training import RunOptions, TrainConfig, train
+from sparse_tf.training.run_folder import saved_config
 
 
 class UsageError(SparseTFError):
@@ -90,6 +91,76 @@ class BridgeArgs(TrainArgs):
     config: Annotated[BridgedTrainConfig, tyro.conf.arg(name="")]
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _GivenWidths:
+    """--model.d-model and --model.d-mlp, as text: whether they are given is what counts
+    here (the full parse reads the numbers)."""
+
+    d_model: str | None = None
+    d_mlp: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainStart:
+    """The training flags that choose the other flags' defaults, parsed before them: the
+    starting config is the preset's, or with --resume the saved one of the run in --out, and
+    --out defaults to runs/PRESET (runs/PRESET-bridged for `sparse-tf bridge`)."""
+
+    preset: str | None = None
+    out: str | None = None
+    resume: bool = False
+    model: _GivenWidths = _GivenWidths()
+
+    def __post_init__(self) -> None:
+        if self.resume and self.preset is not None:
+            raise UsageError(
+                "--preset starts new runs; --resume continues with the run's own config"
+            )
+        if self.preset is not None and self.preset not in PRESETS:
+            preset(self.preset)  # raises, naming the choices
+
+    @classmethod
+    def parse(cls, argv: list[str], prog: str) -> TrainStart:
+        """These flags of a training command line; tyro leaves the others (--help too) to
+        the full parse."""
+        start, _ = _tyro_cli(cls, prog=prog, args=argv, return_unknown_args=True, add_help=False)
+        return start
+
+    def defaults(self, *, bridged: bool) -> TrainArgs:
+        """The defaults of the full parse: the starting config and the run folder."""
+        name = self.preset or DEFAULT_PRESET
+        out = self.out or f"runs/{name}{'-bridged' if bridged else ''}"
+        config_type = BridgedTrainConfig if bridged else TrainConfig
+        base = saved_config(Path(out), config_type) if self.resume else None
+        if base is None:
+            base = preset(name)
+            if bridged:
+                base = BridgedTrainConfig.bridging(base, BridgeConfig())
+        args_type = BridgeArgs if bridged else TrainArgs
+        return args_type(preset=name, config=base, run=RunOptions(out=out))
+
+    def resolve(self, args: TrainArgs) -> TrainConfig:
+        """The config to train from the full parse: d_mlp follows a given --model.d-model
+        unless --model.d-mlp is given too (GPTConfig resolves d_mlp = 4 · d_model when built,
+        so the starting config's d_mlp is a number: re-derived here, `--model.d-model 256`
+        alone gets d_mlp 1024). A bridged run needs its dense model."""
+        config = args.config
+        if isinstance(config, BridgedTrainConfig) and config.bridge.dense is None:
+            if self.resume:
+                raise UsageError(
+                    f"--resume: {args.run.out} holds a run without bridges; continue it with "
+                    "sparse-tf train --resume"
+                )
+            raise UsageError(
+                "--dense DIR is required: the dense GPT-2 folder to bridge to (one trained "
+                "here: sparse-tf train --preset gpt2-tiny-cpu --out DIR)"
+            )
+        if self.model.d_model is not None and self.model.d_mlp is None:
+            model = dataclasses.replace(config.model, d_mlp=None)  # type: ignore[type-var]
+            config = dataclasses.replace(config, model=model)
+        return config
+
+
 def train_command(argv: list[str]) -> None:
     _train(argv, bridged=False)
 
@@ -101,52 +172,23 @@ def bridge_command(argv: list[str]) -> None:
 
 
 def _train(argv: list[str], *, bridged: bool) -> None:
-    """Parse a training command, train, and report errors rank by rank under torchrun.
-
-    --preset, --out and --resume are read before tyro parses: they choose the defaults of
-    every other flag (the preset's config, or with --resume the run's own from OUT)."""
-    name = _flag_value(argv, "--preset")
-    resume = "--resume" in argv
-    if resume and name is not None:
-        raise UsageError("--preset starts new runs; --resume continues with the run's own config")
-    name = name or DEFAULT_PRESET
-    if name not in PRESETS:
-        preset(name)  # raises, naming the choices
-    out = _flag_value(argv, "--out") or f"runs/{name}{'-bridged' if bridged else ''}"
-    config_type = BridgedTrainConfig if bridged else TrainConfig
-    base = _saved_config(Path(out), config_type) if resume else None
-    if base is None:
-        base = preset(name)
-        if bridged:
-            base = BridgedTrainConfig.bridging(base, BridgeConfig())
-    presets = "\n".join(f"  {n:<18} {desc}" for n, (desc, _) in PRESETS.items())
-    args_type = BridgeArgs if bridged else TrainArgs
+    """Parse a training command (`TrainStart` first: it chooses the defaults of every other
+    flag), train, and report errors rank by rank under torchrun."""
     prog = "sparse-tf bridge" if bridged else "sparse-tf train"
+    start = TrainStart.parse(argv, prog)
+    default = start.defaults(bridged=bridged)
+    presets = "\n".join(f"  {n:<18} {desc}" for n, (desc, _) in PRESETS.items())
     args = _tyro_cli(
-        args_type,
+        type(default),
         prog=prog,
-        description=f"{args_type.__doc__}\n\npresets:\n{presets}",
+        description=f"{type(default).__doc__}\n\npresets:\n{presets}",
         args=argv,
-        default=args_type(preset=name, config=base, run=RunOptions(out=out)),
+        default=default,
         # The model's flags are those of the preset's model (GPTConfig or GPT2Config), not a
         # choice between them on the command line: the preset picks the model.
         config=(tyro.conf.AvoidSubcommands,),
     )
-    config = args.config
-    if isinstance(config, BridgedTrainConfig) and config.bridge.dense is None:
-        if resume:
-            raise UsageError(
-                f"--resume: {out} holds a run without bridges; continue it with "
-                "sparse-tf train --resume"
-            )
-        raise UsageError(
-            "--dense DIR is required: the dense GPT-2 folder to bridge to (one trained here: "
-            "sparse-tf train --preset gpt2-tiny-cpu --out DIR)"
-        )
-    if _flag_value(argv, "--model.d-model") and not _flag_value(argv, "--model.d-mlp"):
-        # GPTConfig resolves d_mlp = 4 · d_model when built, so the default is a number;
-        # re-derive it so that `--model.d-model 256` alone gets d_mlp 1024.
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, d_mlp=None))
+    config = start.resolve(args)
     world = launch.world_from_env()
     if not world.distributed:
         train(config, args.run)
@@ -175,30 +217,6 @@ def _train(argv: list[str], *, bridged: bool) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _flag_value(argv: list[str], flag: str) -> str | None:
-    """The value given to `flag` (as `flag VALUE` or `flag=VALUE`), before tyro parses: the
-    defaults of the other flags depend on --preset, --out and --resume."""
-    for i, arg in enumerate(argv):
-        if arg == flag:
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                raise UsageError(f"{flag} needs a value")
-            return argv[i + 1]
-        if arg.startswith(f"{flag}="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-def _saved_config(out: Path, config_type: type[TrainConfig]) -> TrainConfig | None:
-    """The config a run in `out` was started with (None when there is none: train() says so)."""
-    file = out / RUN_FILE
-    if not file.is_file():
-        return None
-    try:
-        return config_type.from_dict(read_json(file)["config"], source=str(file))
-    except (ValueError, KeyError, TypeError) as e:
-        raise TrainingError(f"--resume: {file} is unreadable ({e})") from None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
