@@ -35,16 +35,18 @@ import tyro
 
 from sparse_tf.bridges.bridge import BridgeConfig
 from sparse_tf.bridges.objective import BridgedTrainConfig
+from sparse_tf.bridges.perturb import perturb_folder
 from sparse_tf.data.pipeline import DataConfig
 from sparse_tf.errors import SparseTFError
-from sparse_tf.filenames import BRIDGES_META, RUN_FILE, TOKENIZER_FILE
-from sparse_tf.io import read_json, write_json
+from sparse_tf.filenames import TOKENIZER_FILE
+from sparse_tf.io import write_json
 from sparse_tf.model import GPT, GPTConfig
 from sparse_tf.parallel import launch
 from sparse_tf.presets import DEFAULT_PRESET, PRESETS, preset
 from sparse_tf.pruning.search import PruneConfig
 from sparse_tf.sparsity import COLS, ROWS, SparsityConfig, abstopk_k, kept_count
-from sparse_tf.training import RunOptions, TrainConfig, TrainingError, train
+from sparse_tf.training import RunOptions, TrainConfig, train
+from sparse_tf.training.run_folder import saved_config
 
 
 class UsageError(SparseTFError):
@@ -57,6 +59,18 @@ def _require(condition: bool, args: object, field: str, requirement: str) -> Non
     if not condition:
         flag = "--" + field.replace("_", "-")
         raise UsageError(f"{flag} {getattr(args, field)}: {requirement}")
+
+
+def _require_json_target(json_path: str | None) -> None:
+    """The check of a --json flag: a UsageError, before any work, unless it names a file in an
+    existing folder."""
+    if json_path is None:
+        return
+    path = Path(json_path)
+    if path.is_dir():
+        raise UsageError(f"--json {path}: is a folder; name a file")
+    if not path.parent.is_dir():
+        raise UsageError(f"--json {path}: the folder {path.parent} does not exist")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -77,6 +91,76 @@ class BridgeArgs(TrainArgs):
     config: Annotated[BridgedTrainConfig, tyro.conf.arg(name="")]
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _GivenWidths:
+    """--model.d-model and --model.d-mlp, as text: whether they are given is what counts
+    here (the full parse reads the numbers)."""
+
+    d_model: str | None = None
+    d_mlp: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainStart:
+    """The training flags that choose the other flags' defaults, parsed before them: the
+    starting config is the preset's, or with --resume the saved one of the run in --out, and
+    --out defaults to runs/PRESET (runs/PRESET-bridged for `sparse-tf bridge`)."""
+
+    preset: str | None = None
+    out: str | None = None
+    resume: bool = False
+    model: _GivenWidths = _GivenWidths()
+
+    def __post_init__(self) -> None:
+        if self.resume and self.preset is not None:
+            raise UsageError(
+                "--preset starts new runs; --resume continues with the run's own config"
+            )
+        if self.preset is not None and self.preset not in PRESETS:
+            preset(self.preset)  # raises, naming the choices
+
+    @classmethod
+    def parse(cls, argv: list[str], prog: str) -> TrainStart:
+        """These flags of a training command line; tyro leaves the others (--help too) to
+        the full parse."""
+        start, _ = _tyro_cli(cls, prog=prog, args=argv, return_unknown_args=True, add_help=False)
+        return start
+
+    def defaults(self, *, bridged: bool) -> TrainArgs:
+        """The defaults of the full parse: the starting config and the run folder."""
+        name = self.preset or DEFAULT_PRESET
+        out = self.out or f"runs/{name}{'-bridged' if bridged else ''}"
+        config_type = BridgedTrainConfig if bridged else TrainConfig
+        base = saved_config(Path(out), config_type) if self.resume else None
+        if base is None:
+            base = preset(name)
+            if bridged:
+                base = BridgedTrainConfig.bridging(base, BridgeConfig())
+        args_type = BridgeArgs if bridged else TrainArgs
+        return args_type(preset=name, config=base, run=RunOptions(out=out))
+
+    def resolve(self, args: TrainArgs) -> TrainConfig:
+        """The config to train from the full parse: d_mlp follows a given --model.d-model
+        unless --model.d-mlp is given too (GPTConfig resolves d_mlp = 4 · d_model when built,
+        so the starting config's d_mlp is a number: re-derived here, `--model.d-model 256`
+        alone gets d_mlp 1024). A bridged run needs its dense model."""
+        config = args.config
+        if isinstance(config, BridgedTrainConfig) and config.bridge.dense is None:
+            if self.resume:
+                raise UsageError(
+                    f"--resume: {args.run.out} holds a run without bridges; continue it with "
+                    "sparse-tf train --resume"
+                )
+            raise UsageError(
+                "--dense DIR is required: the dense GPT-2 folder to bridge to (one trained "
+                "here: sparse-tf train --preset gpt2-tiny-cpu --out DIR)"
+            )
+        if self.model.d_model is not None and self.model.d_mlp is None:
+            model = dataclasses.replace(config.model, d_mlp=None)  # type: ignore[type-var]
+            config = dataclasses.replace(config, model=model)
+        return config
+
+
 def train_command(argv: list[str]) -> None:
     _train(argv, bridged=False)
 
@@ -88,52 +172,23 @@ def bridge_command(argv: list[str]) -> None:
 
 
 def _train(argv: list[str], *, bridged: bool) -> None:
-    """Parse a training command, train, and report errors rank by rank under torchrun.
-
-    --preset, --out and --resume are read before tyro parses: they choose the defaults of
-    every other flag (the preset's config, or with --resume the run's own from OUT)."""
-    name = _flag_value(argv, "--preset")
-    resume = "--resume" in argv
-    if resume and name is not None:
-        raise UsageError("--preset starts new runs; --resume continues with the run's own config")
-    name = name or DEFAULT_PRESET
-    if name not in PRESETS:
-        preset(name)  # raises, naming the choices
-    out = _flag_value(argv, "--out") or f"runs/{name}{'-bridged' if bridged else ''}"
-    config_type = BridgedTrainConfig if bridged else TrainConfig
-    base = _saved_config(Path(out), config_type) if resume else None
-    if base is None:
-        base = preset(name)
-        if bridged:
-            base = BridgedTrainConfig.bridging(base, BridgeConfig())
-    presets = "\n".join(f"  {n:<18} {desc}" for n, (desc, _) in PRESETS.items())
-    args_type = BridgeArgs if bridged else TrainArgs
+    """Parse a training command (`TrainStart` first: it chooses the defaults of every other
+    flag), train, and report errors rank by rank under torchrun."""
     prog = "sparse-tf bridge" if bridged else "sparse-tf train"
+    start = TrainStart.parse(argv, prog)
+    default = start.defaults(bridged=bridged)
+    presets = "\n".join(f"  {n:<18} {desc}" for n, (desc, _) in PRESETS.items())
     args = _tyro_cli(
-        args_type,
+        type(default),
         prog=prog,
-        description=f"{args_type.__doc__}\n\npresets:\n{presets}",
+        description=f"{type(default).__doc__}\n\npresets:\n{presets}",
         args=argv,
-        default=args_type(preset=name, config=base, run=RunOptions(out=out)),
+        default=default,
         # The model's flags are those of the preset's model (GPTConfig or GPT2Config), not a
         # choice between them on the command line: the preset picks the model.
         config=(tyro.conf.AvoidSubcommands,),
     )
-    config = args.config
-    if isinstance(config, BridgedTrainConfig) and config.bridge.dense is None:
-        if resume:
-            raise UsageError(
-                f"--resume: {out} holds a run without bridges; continue it with "
-                "sparse-tf train --resume"
-            )
-        raise UsageError(
-            "--dense DIR is required: the dense GPT-2 folder to bridge to (one trained here: "
-            "sparse-tf train --preset gpt2-tiny-cpu --out DIR)"
-        )
-    if _flag_value(argv, "--model.d-model") and not _flag_value(argv, "--model.d-mlp"):
-        # GPTConfig resolves d_mlp = 4 · d_model when built, so the default is a number;
-        # re-derive it so that `--model.d-model 256` alone gets d_mlp 1024.
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, d_mlp=None))
+    config = start.resolve(args)
     world = launch.world_from_env()
     if not world.distributed:
         train(config, args.run)
@@ -164,30 +219,6 @@ def _train(argv: list[str], *, bridged: bool) -> None:
     os._exit(code)
 
 
-def _flag_value(argv: list[str], flag: str) -> str | None:
-    """The value given to `flag` (as `flag VALUE` or `flag=VALUE`), before tyro parses: the
-    defaults of the other flags depend on --preset, --out and --resume."""
-    for i, arg in enumerate(argv):
-        if arg == flag:
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                raise UsageError(f"{flag} needs a value")
-            return argv[i + 1]
-        if arg.startswith(f"{flag}="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-def _saved_config(out: Path, config_type: type[TrainConfig]) -> TrainConfig | None:
-    """The config a run in `out` was started with (None when there is none: train() says so)."""
-    file = out / RUN_FILE
-    if not file.is_file():
-        return None
-    try:
-        return config_type.from_dict(read_json(file)["config"], source=str(file))
-    except (ValueError, KeyError, TypeError) as e:
-        raise TrainingError(f"--resume: {file} is unreadable ({e})") from None
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EvalArgs:
     """Score a trained model on the hand-built tasks (loss, accuracy, logit margin per task)
@@ -212,12 +243,14 @@ class EvalArgs:
     batch_size: int = 32
     """Pairs per forward pass."""
 
+    def __post_init__(self) -> None:
+        _require_json_target(self.json)
+
 
 def eval_command(argv: list[str]) -> None:
     from sparse_tf.evaluation import evaluate_model  # loads the task catalog only when used
 
     args = _tyro_cli(EvalArgs, prog="sparse-tf eval", args=argv)
-    _check_json_target(args.json)
     report = evaluate_model(
         args.model,
         args.task,
@@ -263,47 +296,39 @@ class PerturbArgs:
     def __post_init__(self) -> None:
         _require(self.k >= 1, self, "k", "must be at least 1")
         _require(self.n >= 1, self, "n", "must be at least 1")
+        if self.channels != "auto" and not all(
+            c.strip().isdigit() for c in self.channels.split(",")
+        ):
+            raise UsageError(f"--channels {self.channels!r}: 'auto' or integers joined by commas")
+        _require_json_target(self.json)
+
+    def channel_list(self) -> list[int] | None:
+        """The --channels as indices; None for 'auto'."""
+        return None if self.channels == "auto" else [int(c) for c in self.channels.split(",")]
 
 
 def perturb_command(argv: list[str]) -> None:
-    from sparse_tf.bridges import Edit, class_channels, load_bridged, load_gpt2, perturb
-    from sparse_tf.data import load_tokenizer
-    from sparse_tf.devices import resolve_device
-
     args = _tyro_cli(PerturbArgs, prog="sparse-tf perturb", args=argv)
-    _check_json_target(args.json)
-    device = resolve_device(args.device, "--device")
-    sparse, bridges = load_bridged(args.model, device)
-    dense_dir = args.dense or read_json(Path(args.model) / BRIDGES_META).get("dense")
-    if dense_dir is None:
-        raise UsageError("--dense DIR: the bridges do not record their dense model")
-    dense = load_gpt2(dense_dir, device)
-    tok = load_tokenizer(args.model)
     try:
-        if args.channels == "auto":
-            channels = class_channels(sparse, tok, args.task, args.site, k=args.k, seed=args.seed)
-        elif all(c.strip().isdigit() for c in args.channels.split(",")):
-            channels = [int(c) for c in args.channels.split(",")]
-        else:
-            raise UsageError(f"--channels {args.channels!r}: 'auto' or integers joined by commas")
-        edit = Edit(args.site, channels, args.mode, args.value, args.positions)
-        result = perturb(sparse, bridges, dense, tok, args.task, edit, args.n, seed=args.seed)
+        result = perturb_folder(
+            args.model,
+            args.task,
+            args.site,
+            args.channel_list(),
+            dense=args.dense,
+            k=args.k,
+            mode=args.mode,
+            value=args.value,
+            positions=args.positions,
+            n_pairs=args.n,
+            seed=args.seed,
+            device=args.device,
+        )
     except ValueError as e:
         raise UsageError(str(e)) from None
     print(result.table())
     if args.json:
         write_json(Path(args.json), dataclasses.asdict(result))
-
-
-def _check_json_target(json_path: str | None) -> None:
-    """A UsageError, before any work, unless --json names a file in an existing folder."""
-    if json_path is None:
-        return
-    path = Path(json_path)
-    if path.is_dir():
-        raise UsageError(f"--json {path}: is a folder; name a file")
-    if not path.parent.is_dir():
-        raise UsageError(f"--json {path}: the folder {path.parent} does not exist")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -433,6 +458,11 @@ class AnalyzeArgs:
         if not self.models and not self.kinds:
             raise UsageError("--kinds: name dense and/or sparse (or give --models)")
 
+    def run(self, models: list[Any]) -> Any:
+        """The analysis's report on `models` (the library's study function, with these
+        options)."""
+        raise NotImplementedError
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AceArgs(AnalyzeArgs):
@@ -449,6 +479,11 @@ class AceArgs(AnalyzeArgs):
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(0.0 < self.threshold <= 1.0, self, "threshold", "must be in (0, 1]")
+
+    def run(self, models: list[Any]) -> Any:
+        from sparse_tf.analysis.studies.ace_markov import run_ace
+
+        return run_ace(models, self.sequences, self.threshold, self.jacobian_samples, self.seed)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -471,6 +506,13 @@ class RotationArgs(AnalyzeArgs):
         super().__post_init__()
         _require(self.sae_l1 >= 0, self, "sae_l1", "must be >= 0")
 
+    def run(self, models: list[Any]) -> Any:
+        from sparse_tf.analysis.sae import SAEConfig
+        from sparse_tf.analysis.studies.rotation_dyck import run_rotation
+
+        sae = SAEConfig(expansion=self.sae_expansion, l1=self.sae_l1, steps=self.sae_steps)
+        return run_rotation(models, self.fit_windows, self.test_windows, sae, self.seed)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FactoredArgs(AnalyzeArgs):
@@ -492,6 +534,13 @@ class FactoredArgs(AnalyzeArgs):
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(0.0 <= self.noise <= 1.0, self, "noise", "must be in [0, 1]")
+
+    def run(self, models: list[Any]) -> Any:
+        from sparse_tf.analysis.studies.factored import run_factored
+
+        return run_factored(
+            models, self.noise, self.sequences, self.frozen, self.batch, self.seed, self.untrained
+        )
 
 
 ANALYSES: dict[str, tuple[type[AnalyzeArgs], str, str]] = {
@@ -516,53 +565,25 @@ def analyze_command(argv: list[str]) -> None:
     cls, preset_name, _ = ANALYSES[name]
     args = _tyro_cli(cls, prog=f"sparse-tf analyze {name}", args=argv[1:])
     noise = getattr(args, "noise", 0.0)
-    suffix = f"-eps{noise:g}" if noise else ""
-    out = Path(args.out or f"runs/analyze-{name}{suffix}")
-    if args.models:
-        models = common.given_models(args.models, args.device)
-    else:
-        models = common.study_models(
-            preset_name,
-            args.kinds,
-            args.seeds,
-            out,
-            steps=args.steps,
-            device=args.device,
-            overwrite=args.overwrite,
-            data_source=f"process:factored-eps{noise:g}" if noise else None,
-        )
+    out = Path(args.out) if args.out else common.default_folder(name, noise)
+    models = common.analysed_models(
+        preset_name,
+        out,
+        given=args.models,
+        kinds=args.kinds,
+        seeds=args.seeds,
+        steps=args.steps,
+        device=args.device,
+        overwrite=args.overwrite,
+        noise=noise,
+    )
     try:
-        report = _run_analysis(args, models)
+        report = args.run(models)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    text = report.table()
-    print(text)
-    record = {
-        "options": dataclasses.asdict(args),
-        "models": [{"label": m.label, "kind": m.kind, "path": str(m.path)} for m in models],
-        "report": common.jsonable(report.to_dict()),
-    }
-    common.write_report(out, name, text, record)
+    print(report.table())
+    common.save_study(out, name, report, models, dataclasses.asdict(args))
     print(f"\nwrote {out / 'report.txt'} and {out / 'report.json'}")
-
-
-def _run_analysis(args: AnalyzeArgs, models: list[Any]) -> Any:
-    if isinstance(args, AceArgs):
-        from sparse_tf.analysis.studies.ace_markov import run_ace
-
-        return run_ace(models, args.sequences, args.threshold, args.jacobian_samples, args.seed)
-    if isinstance(args, RotationArgs):
-        from sparse_tf.analysis.sae import SAEConfig
-        from sparse_tf.analysis.studies.rotation_dyck import run_rotation
-
-        sae = SAEConfig(expansion=args.sae_expansion, l1=args.sae_l1, steps=args.sae_steps)
-        return run_rotation(models, args.fit_windows, args.test_windows, sae, args.seed)
-    assert isinstance(args, FactoredArgs)
-    from sparse_tf.analysis.studies.factored import run_factored
-
-    return run_factored(
-        models, args.noise, args.sequences, args.frozen, args.batch, args.seed, args.untrained
-    )
 
 
 def describe(model: GPTConfig, sparsity: SparsityConfig = SparsityConfig(l0=1 / 64)) -> None:  # noqa: B008
@@ -632,29 +653,34 @@ class CalibrateArgs:
     iters: int = 10
     """Timed repetitions per product (medians)."""
 
+    def __post_init__(self) -> None:
+        if torch.device(self.device).type != "cuda" or not torch.cuda.is_available():
+            raise SparseTFError(
+                f"--device {self.device}: calibration times the GPU kernels; no GPU"
+            )
+
+    def layer_shapes(self) -> list[tuple[int, int]]:
+        """(d_in, d_out) of the layers to measure: the preset's widths, or --d-model's with
+        d_mlp = 4 · d_model unless --d-mlp is given."""
+        from sparse_tf.kernels import crossovers
+
+        model = preset(self.preset).model
+        d = self.d_model or model.d_model
+        m = self.d_mlp or (4 * d if self.d_model else model.d_mlp)
+        return crossovers.layer_shapes(d, m, model.d_head)
+
 
 def calibrate_command(argv: list[str]) -> None:
     from sparse_tf.kernels import crossovers
 
     args = _tyro_cli(CalibrateArgs, prog="sparse-tf calibrate", args=argv)
     device = torch.device(args.device)
-    if device.type != "cuda" or not torch.cuda.is_available():
-        raise SparseTFError(f"--device {args.device}: calibration times the GPU kernels; no GPU")
-    model = preset(args.preset).model
-    d = args.d_model or model.d_model
-    m = args.d_mlp or (4 * d if args.d_model else model.d_mlp)
-    d_attn = d // model.d_head * model.d_head
-    shapes = [(d, 3 * d_attn), (d_attn, d), (d, m), (m, d)]
     command = "sparse-tf calibrate " + " ".join(argv)
-    rows = crossovers.calibrate(device, shapes, command, args.tokens, args.densities, args.iters)
+    rows = crossovers.calibrate(
+        device, args.layer_shapes(), command, args.tokens, args.densities, args.iters
+    )
     name = crossovers.device_name(device)
-    print(f"crossovers on {name} (sparse where the density is at most):")
-    print("| tokens | in -> out | forward | dX |\n|---|---|---|---|")
-    show = lambda v: "never" if v is None else f"1/{round(1 / v)}"  # noqa: E731
-    for r in rows:
-        print(
-            f"| {r['tokens']} | {r['in']} -> {r['out']} | {show(r['forward'])} | {show(r['dx'])} |"
-        )
+    print(crossovers.calibration_table(name, rows))
     print(f"wrote {crossovers.cache_file(name)}")
 
 

@@ -6,28 +6,9 @@ bigram table on the logits, optional learned positions and attention sinks, and 
 eight node sites of every layer. A dense baseline is the same class with `afrac=None` and no
 weight projection, so dense and sparse runs share every line of this file.
 
-Hook points (TransformerLens names; shapes for batch B, sequence T, H heads):
-
-    hook_embed                          [B, T, d_model]   token embedding
-    hook_pos_embed                      [B, T, d_model]   only with pos_emb=True
-    blocks.{i}.hook_resid_pre           [B, T, d_model]
-    blocks.{i}.ln1.hook_normalized      [B, T, d_model]   before AbsTopK
-    blocks.{i}.attn.hook_in             [B, T, d_model]   after AbsTopK   (node site)
-    blocks.{i}.attn.hook_q / _k / _v    [B, T, H·d_head]  after AbsTopK   (node sites)
-    blocks.{i}.attn.hook_pattern        [B, H, T, T]      softmax; rows sum < 1 with sinks
-    blocks.{i}.attn.hook_z              [B, T, H·d_head]  heads concatenated, no AbsTopK
-    blocks.{i}.hook_attn_out            [B, T, d_model]   after AbsTopK   (node site)
-    blocks.{i}.hook_resid_mid           [B, T, d_model]
-    blocks.{i}.ln2.hook_normalized      [B, T, d_model]   before AbsTopK
-    blocks.{i}.mlp.hook_in              [B, T, d_model]   after AbsTopK   (node site)
-    blocks.{i}.mlp.hook_pre             [B, T, d_mlp]     before GELU
-    blocks.{i}.mlp.hook_post            [B, T, d_mlp]     after GELU and AbsTopK (node site)
-    blocks.{i}.hook_mlp_out             [B, T, d_model]   after AbsTopK   (node site)
-    blocks.{i}.hook_resid_post          [B, T, d_model]
-    ln_final.hook_normalized            [B, T, d_model]
-
-q, k, v and z stay flat (channel c belongs to head c // d_head) because AbsTopK ranks all heads
-jointly and pruning nodes are these flat channels, as in the official code.
+Every activation has a TransformerLens-style hook point (`blocks.0.attn.hook_q`); the sites,
+their widths and their other names (the official circuit_sparsity ones, the pruning node
+sites) are listed once in `sparse_tf.sites`.
 """
 
 from __future__ import annotations
@@ -43,14 +24,8 @@ from torch import Tensor, nn
 from sparse_tf.config import ARCH_KEY, Config, ConfigError, check
 from sparse_tf.hooks import HookedModule, HookPoint
 from sparse_tf.linear import SparseLinear
+from sparse_tf.sites import ABSTOPK_SITES, official_aliases
 from sparse_tf.sparsity import COLS, ROWS, AbsTopK, SparseWeight, abstopk_k
-
-ABSTOPK_SITES: tuple[str, ...] = (
-    "attn_in", "attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_neuron", "mlp_out"
-)  # fmt: skip
-"""The node sites AbsTopK can run at, by the official circuit_sparsity model's names: each
-sublayer's input (attn_in, mlp_in) and residual write (attn_out, mlp_out), q, k and v, and the
-MLP's hidden neurons (mlp_neuron)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -130,8 +105,15 @@ class GPTConfig(Config):
     def n_head(self) -> int:
         return self.d_model // self.d_head
 
+    @property
+    def d_attn(self) -> int:
+        """Width of q, k, v and z: all heads side by side (equal to d_model)."""
+        return self.n_head * self.d_head
+
     def site_afrac(self, site: str) -> float | None:
         """AbsTopK's fraction at `site` (one of `ABSTOPK_SITES`): afrac, or None where off."""
+        if site not in ABSTOPK_SITES:
+            raise KeyError(f"{site!r} is not one of {ABSTOPK_SITES}")
         return self.afrac if site in self.afrac_sites else None
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,7 +154,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.n_head, self.d_head = cfg.n_head, cfg.d_head
-        d_attn = cfg.n_head * cfg.d_head
+        d_attn = cfg.d_attn
         self.topk_q, self.topk_k, self.topk_v = (
             AbsTopK(cfg.site_afrac(site)) for site in ("attn_q", "attn_k", "attn_v")
         )
@@ -424,24 +406,7 @@ class GPT(HookedModule):
 
     def hook_aliases(self) -> dict[str, str]:
         """Official circuit_sparsity names → ours (`{i}.attn.act_in`, ..., `final_resid`)."""
-        aliases = {}
-        for i in range(self.cfg.n_layer):
-            b = f"blocks.{i}"
-            aliases |= {
-                f"{i}.resid_in": f"{b}.hook_resid_pre",
-                f"{i}.attn.act_in": f"{b}.attn.hook_in",
-                f"{i}.attn.q": f"{b}.attn.hook_q",
-                f"{i}.attn.k": f"{b}.attn.hook_k",
-                f"{i}.attn.v": f"{b}.attn.hook_v",
-                f"{i}.attn.y": f"{b}.attn.hook_z",
-                f"{i}.attn.resid_delta": f"{b}.hook_attn_out",
-                f"{i}.resid_mid": f"{b}.hook_resid_mid",
-                f"{i}.mlp.act_in": f"{b}.mlp.hook_in",
-                f"{i}.mlp.post_act": f"{b}.mlp.hook_post",
-                f"{i}.mlp.resid_delta": f"{b}.hook_mlp_out",
-            }
-        aliases["final_resid"] = f"blocks.{self.cfg.n_layer - 1}.hook_resid_post"
-        return aliases
+        return official_aliases(self.cfg.n_layer)
 
 
 def lm_loss(logits: Tensor, tokens: Tensor) -> Tensor:

@@ -36,7 +36,8 @@ from sparse_tf.config import ConfigError
 from sparse_tf.errors import SparseTFError
 from sparse_tf.filenames import OFFICIAL_CONFIG_FILE, OFFICIAL_WEIGHTS_FILE, TOKENIZER_FILE
 from sparse_tf.io import atomic_dir, read_json, write_json
-from sparse_tf.model import ABSTOPK_SITES, GPT, GPTConfig
+from sparse_tf.model import GPT, GPTConfig
+from sparse_tf.sites import ABSTOPK_SITES
 from sparse_tf.sparsity import count_nonzeros, mark_sparse
 
 

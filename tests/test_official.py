@@ -15,7 +15,7 @@ import torch
 
 from sparse_tf import GPT, GPTConfig, load_model, official
 from sparse_tf.config import ConfigError
-from sparse_tf.model import ABSTOPK_SITES
+from sparse_tf.sites import ABSTOPK_SITES
 from tests.helpers import tokens
 
 # sparse_tf name inside blocks.{i} -> official name inside transformer.h.{i}

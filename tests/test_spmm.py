@@ -316,6 +316,24 @@ def test_first_use_and_verification_on_the_gpu(
     crossovers._VERDICTS.clear()
 
 
+def test_calibration_shapes_and_table() -> None:
+    """What `sparse-tf calibrate` measures for a model and prints afterwards."""
+    assert crossovers.layer_shapes(1024, 4096, 16) == [
+        (1024, 3072),
+        (1024, 1024),
+        (1024, 4096),
+        (4096, 1024),
+    ]
+    assert crossovers.layer_shapes(40, 96, 16)[:2] == [(40, 96), (32, 40)]  # 2 heads fit
+    rows = [{"tokens": 4096, "in": 1024, "out": 4096, "forward": 1 / 128, "dx": None}]
+    assert crossovers.calibration_table("NVIDIA H100", rows).splitlines() == [
+        "crossovers on NVIDIA H100 (sparse where the density is at most):",
+        "| tokens | in -> out | forward | dX |",
+        "|---|---|---|---|",
+        "| 4096 | 1024 -> 4096 | 1/128 | never |",
+    ]
+
+
 def test_shipped_crossovers_were_measured() -> None:
     for device, table in crossovers.shipped().items():
         assert table.rows

@@ -31,7 +31,13 @@ from sparse_tf.bridges.dense import (
 )
 from sparse_tf.bridges.model import BridgedModel, load_bridged
 from sparse_tf.bridges.objective import BridgedObjective, BridgedTrainConfig
-from sparse_tf.bridges.perturb import Edit, PerturbationResult, class_channels, perturb
+from sparse_tf.bridges.perturb import (
+    Edit,
+    PerturbationResult,
+    class_channels,
+    perturb,
+    perturb_folder,
+)
 from sparse_tf.bridges.sites import GPT2Sites, ResidualSites, SparseSites, site_name
 
 __all__ = [
@@ -56,6 +62,7 @@ __all__ = [
     "load_gpt2",
     "nmse",
     "perturb",
+    "perturb_folder",
     "site_map",
     "site_name",
 ]

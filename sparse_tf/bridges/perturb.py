@@ -20,6 +20,8 @@ candidates for editing; `mode="flip"` moves each prompt's channels to the other 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -27,7 +29,13 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from sparse_tf.bridges.bridge import Bridges
+from sparse_tf.bridges.dense import load_gpt2
+from sparse_tf.bridges.model import load_bridged
 from sparse_tf.bridges.sites import GPT2Sites, SparseSites, site_name
+from sparse_tf.data.tokenizer import load_tokenizer
+from sparse_tf.devices import resolve_device
+from sparse_tf.filenames import BRIDGES_META
+from sparse_tf.io import read_json
 from sparse_tf.model import GPT
 from sparse_tf.tasks import batches, candidate_logits, encode_pairs, get_task
 from sparse_tf.tasks.base import Split
@@ -223,3 +231,36 @@ def perturb(
         dense=Effect(stats["db"][0], stats["da"][0], stats["db"][1], stats["da"][1]),
         sparse=Effect(stats["sb"][0], stats["sa"][0], stats["sb"][1], stats["sa"][1]),
     )
+
+
+def perturb_folder(
+    model: str | Path,
+    task: str,
+    site: int | str,
+    channels: Sequence[int] | None = None,
+    *,
+    dense: str | Path | None = None,
+    k: int = 4,
+    mode: EditMode = "flip",
+    value: float = 0.0,
+    positions: Literal["last", "all"] = "last",
+    n_pairs: int = 64,
+    seed: int = 0,
+    device: str = "auto",
+) -> PerturbationResult:
+    """`perturb` on the folders `sparse-tf perturb` names: the sparse model, its bridges and
+    tokenizer from a `sparse-tf bridge` export `model`, the dense GPT-2 from `dense` (default:
+    the folder the bridges were trained against). `channels` None: the `k` channels that
+    separate the task's two classes most at `site` (`class_channels`, train split). A site,
+    channel or dense folder that does not fit is a ValueError."""
+    where = resolve_device(device, "--device")
+    sparse, bridges = load_bridged(model, where)
+    dense_dir = dense or read_json(Path(model) / BRIDGES_META).get("dense")
+    if dense_dir is None:
+        raise ValueError("--dense DIR: the bridges do not record their dense model")
+    dense_model = load_gpt2(dense_dir, where)
+    tok = load_tokenizer(model)
+    if channels is None:
+        channels = class_channels(sparse, tok, task, site, k=k, seed=seed)
+    edit = Edit(site, list(channels), mode, value, positions)
+    return perturb(sparse, bridges, dense_model, tok, task, edit, n_pairs, seed=seed)

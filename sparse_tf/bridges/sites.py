@@ -1,8 +1,9 @@
 """Two transformers seen the same way: a stack of residual-stream sites one can read and resume.
 
-A model with L blocks has 2L + 1 sites: the residual stream entering each block's attention
-(site 2i, after the embeddings for i = 0), entering each block's MLP (site 2i + 1), and leaving
-the last block (site 2L, before the final norm). An adapter gives
+A model with L blocks has 2L + 1 sites (`sparse_tf.sites.residual_sites`): the residual stream
+entering each block's attention (site 2i, after the embeddings for i = 0), entering each
+block's MLP (site 2i + 1), and leaving the last block (site 2L, before the final norm). An
+adapter gives
 
     sites(tokens)            -> [site 0, ..., site 2L], each [B, T, d_model]
     run_from(s, x, tokens)   -> logits [B, T, vocab] of the model resumed at site s with x there
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from sparse_tf.model import GPT
+from sparse_tf.sites import residual_sites
 
 
 class ResidualSites(Protocol):
@@ -37,13 +39,10 @@ class ResidualSites(Protocol):
 
 
 def site_name(site: int, n_layer: int) -> str:
-    """'L{i}.attn_in', 'L{i}.mlp_in' or 'final' for a site index."""
+    """'L{i}.attn_in', 'L{i}.mlp_in' or 'final' for a site index (`sparse_tf.sites`)."""
     if not 0 <= site <= 2 * n_layer:
         raise ValueError(f"site {site} is not in [0, {2 * n_layer}] (2 x {n_layer} layers + 1)")
-    if site == 2 * n_layer:
-        return "final"
-    layer, half = divmod(site, 2)
-    return f"L{layer}.{'mlp_in' if half else 'attn_in'}"
+    return residual_sites(n_layer)[site][0]
 
 
 class _Sites:

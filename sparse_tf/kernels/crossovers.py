@@ -250,6 +250,28 @@ def calibrate(
     return rows
 
 
+def layer_shapes(d_model: int, d_mlp: int, d_head: int) -> list[tuple[int, int]]:
+    """(d_in, d_out) of a GPT block's sparse matrices: qkv, attention out, MLP in, MLP out
+    (the attention width is the heads that fit in d_model)."""
+    d_attn = d_model // d_head * d_head
+    return [(d_model, 3 * d_attn), (d_attn, d_model), (d_model, d_mlp), (d_mlp, d_model)]
+
+
+def calibration_table(device: str, rows: Sequence[dict[str, Any]]) -> str:
+    """The rows `calibrate` measured on `device`, as a Markdown table under a title line."""
+    show = lambda v: "never" if v is None else f"1/{round(1 / v)}"  # noqa: E731
+    lines = [
+        f"crossovers on {device} (sparse where the density is at most):",
+        "| tokens | in -> out | forward | dX |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['tokens']} | {r['in']} -> {r['out']} | {show(r['forward'])} | {show(r['dx'])} |"
+        for r in rows
+    ]
+    return "\n".join(lines)
+
+
 @lru_cache(maxsize=4096)  # called for every linear layer of every forward pass
 def plan(device: torch.device, tokens: int, d_in: int, d_out: int, density: float) -> SpmmPlan:
     """The table's dispatch for a layer [d_in -> d_out] at `density` on `tokens` rows of

@@ -30,12 +30,14 @@ import torch
 from torch import Tensor
 
 from sparse_tf.model import GPT
-from sparse_tf.pruning.nodes import FINAL_RESID, NodeSite, check_nodes
+from sparse_tf.pruning.nodes import NodeSite, check_nodes
+from sparse_tf.sites import FINAL_RESID
 
 EDGE_TYPES = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.in", "mlp.out")
 RESID = "resid"
 """The type of a residual link's block (not an edge type: see the module docstring)."""
-READS = ("attn.act_in", "mlp.act_in", FINAL_RESID)
+# Node kinds (`sparse_tf.sites`) where a sublayer reads the residual stream and writes it.
+READS = ("attn.act_in", "mlp.act_in", FINAL_RESID.kind)
 WRITES = ("attn.resid_delta", "mlp.resid_delta")
 
 Nodes = Mapping[str, Sequence[int]]
@@ -74,7 +76,7 @@ def edge_blocks(model: GPT, sites: Sequence[NodeSite], nodes: Nodes) -> Iterator
     index outside `sites` is a NodeError)."""
     check_nodes(nodes, sites)
     by_layer: dict[tuple[int, str], NodeSite] = {(s.layer, s.kind): s for s in sites}
-    d_attn = model.cfg.n_head * model.cfg.d_head
+    d_attn = model.cfg.d_attn
 
     def index(site: NodeSite) -> Tensor:
         return torch.as_tensor(sorted(nodes.get(site.name, ())), dtype=torch.long)
@@ -98,7 +100,7 @@ def edge_blocks(model: GPT, sites: Sequence[NodeSite], nodes: Nodes) -> Iterator
 
     writes = [s for s in sites if s.kind in WRITES]
     for read in (s for s in sites if s.kind in READS):
-        if read.kind == FINAL_RESID:
+        if read.kind == FINAL_RESID.kind:
             gain = torch.ones(read.width)
         else:
             blk = model.blocks[read.layer]

@@ -1,16 +1,10 @@
 """Pruning nodes: every channel at the eight node sites of each layer (optionally the final
 residual stream), named by the model's hook points.
 
-    site                kind                 width     what a node is
-    blocks.i.attn.hook_in    attn.act_in        d_model   a residual channel the attention reads
-    blocks.i.attn.hook_q     attn.q             H·d_head  a query channel (head = c // d_head)
-    blocks.i.attn.hook_k     attn.k             H·d_head  a key channel
-    blocks.i.attn.hook_v     attn.v             H·d_head  a value channel
-    blocks.i.hook_attn_out   attn.resid_delta   d_model   a residual channel the attention writes
-    blocks.i.mlp.hook_in     mlp.act_in         d_model   a residual channel the MLP reads
-    blocks.i.mlp.hook_post   mlp.post_act       d_mlp     an MLP neuron
-    blocks.i.hook_mlp_out    mlp.resid_delta    d_model   a residual channel the MLP writes
-    blocks.{L-1}.hook_resid_post  final_resid   d_model   a channel the unembedding reads
+The node sites are the AbsTopK sites of `sparse_tf.sites` (`NODE_SITES`): a sublayer's input
+(`attn.act_in`, `mlp.act_in`), q, k and v (`attn.q` ..., head = channel // d_head), the MLP
+neurons (`mlp.post_act`) and a sublayer's residual write (`attn.resid_delta`,
+`mlp.resid_delta`); on request also `final_resid`, the channels the unembedding reads.
 
 All sites but the final residual sit after the model's AbsTopK, so a node is a channel the
 sparse model actually passes on. The kinds are the official circuit_sparsity location names
@@ -26,19 +20,7 @@ from torch import Tensor
 
 from sparse_tf.errors import SparseTFError
 from sparse_tf.model import GPTConfig
-
-# (kind, hook name inside blocks.{i}), in the order a forward pass reaches them.
-LAYER_SITES: tuple[tuple[str, str], ...] = (
-    ("attn.act_in", "attn.hook_in"),
-    ("attn.q", "attn.hook_q"),
-    ("attn.k", "attn.hook_k"),
-    ("attn.v", "attn.hook_v"),
-    ("attn.resid_delta", "hook_attn_out"),
-    ("mlp.act_in", "mlp.hook_in"),
-    ("mlp.post_act", "mlp.hook_post"),
-    ("mlp.resid_delta", "hook_mlp_out"),
-)
-FINAL_RESID = "final_resid"
+from sparse_tf.sites import FINAL_RESID, NODE_SITES, final_resid_name
 
 
 @dataclass(frozen=True)
@@ -56,13 +38,13 @@ class NodeSite:
     @property
     def alias(self) -> str:
         """The official circuit_sparsity name (`0.attn.q`, `final_resid`)."""
-        return self.kind if self.kind == FINAL_RESID else f"{self.layer}.{self.kind}"
+        return self.kind if self.kind == FINAL_RESID.kind else f"{self.layer}.{self.kind}"
 
     @property
     def sublayer(self) -> int:
         """Position along the residual stream: 2i for layer i's attention, 2i + 1 for its MLP,
         2·n_layer for the final residual. A write at position p reaches reads at p' > p."""
-        if self.kind == FINAL_RESID:
+        if self.kind == FINAL_RESID.kind:
             return 2 * self.layer
         return 2 * self.layer + (1 if self.kind.startswith("mlp.") else 0)
 
@@ -70,25 +52,14 @@ class NodeSite:
 def node_sites(cfg: GPTConfig, final_resid: bool = True) -> list[NodeSite]:
     """The node sites of a model with config `cfg`, in forward order; with the final residual
     unless `final_resid` is False (the default of `PruneConfig.final_resid` too)."""
-    d_attn = cfg.n_head * cfg.d_head
-    widths = {
-        "attn.act_in": cfg.d_model,
-        "attn.q": d_attn,
-        "attn.k": d_attn,
-        "attn.v": d_attn,
-        "attn.resid_delta": cfg.d_model,
-        "mlp.act_in": cfg.d_model,
-        "mlp.post_act": cfg.d_mlp,
-        "mlp.resid_delta": cfg.d_model,
-    }
     sites = [
-        NodeSite(f"blocks.{i}.{hook}", kind, i, widths[kind])
+        NodeSite(site.name(i), site.kind, i, site.channels(cfg))
         for i in range(cfg.n_layer)
-        for kind, hook in LAYER_SITES
+        for site in NODE_SITES
     ]
     if final_resid:
-        name = f"blocks.{cfg.n_layer - 1}.hook_resid_post"
-        sites.append(NodeSite(name, FINAL_RESID, cfg.n_layer, cfg.d_model))
+        name = final_resid_name(cfg.n_layer)
+        sites.append(NodeSite(name, FINAL_RESID.kind, cfg.n_layer, FINAL_RESID.channels(cfg)))
     return sites
 
 

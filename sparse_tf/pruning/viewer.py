@@ -34,6 +34,7 @@ from sparse_tf.pruning.circuit import Circuit
 from sparse_tf.pruning.edges import edge_blocks
 from sparse_tf.pruning.masks import keep_gates, mean_ablation
 from sparse_tf.pruning.nodes import NodeSite
+from sparse_tf.sites import FINAL_RESID, NODE_SITES
 from sparse_tf.tasks import Task, encode_pairs
 from sparse_tf.tasks.encoding import batches
 
@@ -131,7 +132,7 @@ def viewer_data(
         sites=[
             {
                 "name": s.name,
-                "label": f"L{s.layer} {s.kind}" if s.kind != "final_resid" else "final_resid",
+                "label": s.kind if s.kind == FINAL_RESID.kind else f"L{s.layer} {s.kind}",
                 "layer": s.layer,
                 "kind": s.kind,
                 "width": s.width,
@@ -162,5 +163,8 @@ def render_html(view: ViewData) -> str:
     for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
         data = data.replace(char, escape)
     title = html.escape(f"circuit: {view.circuit['task']}")
+    # The node kinds whose channels belong to heads (q, k, v): the page names a node's head.
+    head_kinds = json.dumps([s.kind for s in NODE_SITES if s.per_head])
     page = resources.files("sparse_tf.pruning").joinpath("viewer.html").read_text()
+    page = page.replace("__HEAD_KINDS__", head_kinds)
     return page.replace("__TITLE__", title).replace("__DATA__", data)

@@ -131,6 +131,18 @@ def new_run_info(
     }
 
 
+def saved_config(out: Path, config_type: type[TrainConfig]) -> TrainConfig | None:
+    """The config the run in `out` was started with, read as `config_type` (None when `out`
+    holds no run.json: `train` says so)."""
+    file = out / RUN_FILE
+    if not file.is_file():
+        return None
+    try:
+        return config_type.from_dict(read_json(file)["config"], source=str(file))
+    except (ValueError, KeyError, TypeError) as e:
+        raise TrainingError(f"--resume: {file} is unreadable ({e})") from None
+
+
 def read_run_info(out: Path) -> dict[str, Any]:
     """run.json of the folder `out`, which must be a sparse_tf run's."""
     try:

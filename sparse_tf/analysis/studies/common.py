@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sparse_tf import sites
 from sparse_tf.checkpoint import load_model
 from sparse_tf.data.tokenizer import load_tokenizer
 from sparse_tf.devices import resolve_device
@@ -100,6 +101,41 @@ def study_models(
     return models
 
 
+def default_folder(name: str, noise: float = 0.0) -> Path:
+    """Where a study keeps its models and report by default: runs/analyze-NAME (-epsX on the
+    factored process with noise ε = X)."""
+    return Path(f"runs/analyze-{name}{f'-eps{noise:g}' if noise else ''}")
+
+
+def analysed_models(
+    preset_name: str,
+    out: Path,
+    *,
+    given: Sequence[str] = (),
+    kinds: Sequence[str] = KINDS,
+    seeds: int = 2,
+    steps: int | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    noise: float = 0.0,
+) -> list[StudyModel]:
+    """The models a study analyses: the `given` folders, else its own (`study_models` of
+    `preset_name` in OUT/models, trained on the factored process with noise ε = `noise` when
+    it is not 0)."""
+    if given:
+        return given_models(given, device)
+    return study_models(
+        preset_name,
+        kinds,
+        seeds,
+        out,
+        steps=steps,
+        device=device,
+        overwrite=overwrite,
+        data_source=f"process:factored-eps{noise:g}" if noise else None,
+    )
+
+
 def given_models(paths: Sequence[str], device: str) -> list[StudyModel]:
     """Models from folders (a run's final/ or step-N/, or an export)."""
     out = []
@@ -155,15 +191,12 @@ def logits(
 
 def final_site(model: GPT) -> str:
     """The residual stream after the last block (what the final norm and unembedding read)."""
-    return f"blocks.{model.cfg.n_layer - 1}.hook_resid_post"
+    return sites.final_resid_name(model.cfg.n_layer)
 
 
 def residual_sites(model: GPT) -> list[str]:
     """Every residual site: entering each attention and MLP sublayer, and after the last block."""
-    sites = []
-    for i in range(model.cfg.n_layer):
-        sites += [f"blocks.{i}.hook_resid_pre", f"blocks.{i}.hook_resid_mid"]
-    return [*sites, final_site(model)]
+    return [hook for _, hook in sites.residual_sites(model.cfg.n_layer)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +236,23 @@ def write_report(out: Path, name: str, text: str, record: dict[str, Any]) -> Non
         out / REPORT_JSON_FILE,
         {"analysis": name, "versions": package_versions(), "git": git_revision(), **record},
     )
+
+
+def save_study(
+    out: Path,
+    name: str,
+    report: Any,
+    models: Sequence[StudyModel],
+    options: dict[str, Any],
+) -> None:
+    """OUT/report.txt (the report's table) and OUT/report.json: the options the study ran
+    with, its models and the report."""
+    record = {
+        "options": options,
+        "models": [{"label": m.label, "kind": m.kind, "path": str(m.path)} for m in models],
+        "report": jsonable(report.to_dict()),
+    }
+    write_report(out, name, report.table(), record)
 
 
 def jsonable(x: Any) -> Any:
