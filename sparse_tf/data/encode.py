@@ -236,9 +236,9 @@ def write_store(
     write_json(work / "plan.json", plan)
     dtype = token_dtype(tok)
     n = workers or default_workers()
-    docs = corpus.count("train") + corpus.count("val")
-    report = Progress(docs, progress)
-    report.line(f"tokenising {docs:,} documents with {n} worker processes into {folder}")
+    report = Progress(corpus.size, progress)
+    docs = f"{corpus.size:,} documents" if corpus.size is not None else "a streamed corpus"
+    report.line(f"tokenising {docs} with {n} worker processes into {folder}")
     try:
         counts = _encode_parts(corpus, tok, parts, n, report)
     finally:

@@ -66,6 +66,10 @@ class DataConfig(Config):
     """Column with the text, for 'hf:' sources."""
     hf_split: str = "train"
     """Split to read, for 'hf:' sources."""
+    streaming: bool = False
+    """'hf:' sources: stream the dataset (`load_dataset(..., streaming=True)`) instead of
+    downloading it whole first; every pass over it (tokenizer training, each split's
+    tokenising) streams it again. Same documents, split and tokens as without."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -162,7 +166,13 @@ def prepare_tokens(
         for split in shards.values():
             split.check_vocab(vocab_size)
         return corpus, tokenizer, shards
-    corpus = open_corpus(cfg.source, cfg.val_frac, text_field=cfg.text_field, hf_split=cfg.hf_split)
+    corpus = open_corpus(
+        cfg.source,
+        cfg.val_frac,
+        text_field=cfg.text_field,
+        hf_split=cfg.hf_split,
+        streaming=cfg.streaming,
+    )
     with prepare_lock(cache) if build else contextlib.nullcontext():
         try:
             if tokenizer is None:

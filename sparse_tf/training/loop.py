@@ -249,11 +249,12 @@ class _Run:
         corpus = summary["corpus"]
         kind = "dense" if cfg.dense else f"L0 {cfg.sparsity.l0:g}"
         extra = self.objective.banner()
+        docs = "streamed" if corpus["documents"] is None else f"{corpus['documents']} documents"
         return (
             f"sparse_tf {__version__}: {cfg.model.n_layer} layers, d_model {cfg.model.d_model}, "
             f"{n_params / 1e6:.2f}M parameters, {kind}, {cfg.max_steps} steps x "
             f"{cfg.batch_size} x {cfg.model.n_ctx} tokens on {self._where()}\n"
-            f"data: {corpus['source']} ({corpus['documents']} documents, digest "
+            f"data: {corpus['source']} ({docs}, digest "
             f"{corpus['digest'][:12]}): {summary['train_tokens']:,} train / "
             f"{summary['val_tokens']:,} val tokens; tokenizer "
             f"{summary['tokenizer']['vocab_size']} tokens\nrun: {self.out}"
