@@ -448,7 +448,11 @@ def _hf_stream(
     """A streamed `datasets.IterableDataset`: read from its first row on every pass, in the
     order `datasets` yields it (its files in order, no shuffling), so the documents, their keys
     and their split are those of the same dataset loaded whole."""
-    first = next(iter(ds), None)
+    try:
+        first = next(iter(ds), None)
+    except Exception as e:  # datasets raises many types; report one line naming the source
+        message = _one_line(e)
+        raise CorpusError(f"data.source={source!r}: cannot read the stream: {message}") from None
     if first is None:
         raise CorpusError(f"data.source={source!r}: the dataset is empty")
     if text_field not in first:
