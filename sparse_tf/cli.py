@@ -767,7 +767,7 @@ def data_command(argv: list[str]) -> None:
         args.vocab_size,
         reserved_tokens=task_tokens(),
         workers=args.workers,
-        progress=True,
+        progress="auto",
     )
     store = shards["train"].files[0].parent
     docs = f"{corpus.size:,} documents, " if corpus.size is not None else ""

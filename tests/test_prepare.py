@@ -23,7 +23,7 @@ from sparse_tf.data import (
 from sparse_tf.data.pipeline import prepare_command
 from sparse_tf.data.tokenizer import corpus_bpe
 from sparse_tf.data.tokens import NotPreparedError, pack_corpus
-from tests.helpers import sample_corpus
+from tests.helpers import sample_corpus, tiny_train_flags
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +116,21 @@ def test_the_cli_prepares_what_train_then_only_opens(
     data = prepare_data(cfg, 320, 32, build=False)  # now there, and not rebuilt
     assert str(tmp_path / "cache") in str(data.train.tokens.files[0])
     assert data.val is not None
+
+
+def test_train_shows_the_progress_data_prepare_shows_while_it_tokenises(
+    corpus_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("SPARSE_TF_CACHE", str(tmp_path / "cache"))  # nothing prepared
+    flags = [*tiny_train_flags(corpus_dir, 1), "--wandb", "disabled", "--progress", "lines"]
+    main(["train", *flags, "--out", str(tmp_path / "first")])
+    err = capsys.readouterr().err
+    for line in ("opening", "tokenizer: training a 320-token BPE", "tokenising", "tokens/s"):
+        assert line in err
+    assert err.index("tokens/s") < err.index("sparse_tf ")  # before the run's banner
 
 
 def test_cli_rejects_unknown_data_subcommands(capsys: pytest.CaptureFixture[str]) -> None:

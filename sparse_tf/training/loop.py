@@ -155,9 +155,16 @@ class _Run:
 
     def _run(self) -> TrainResult:
         cfg, opts, world = self.cfg, self.opts, self.world
+        # Tokenising a corpus the first time takes minutes: shown as `sparse-tf data prepare`
+        # shows it, by rank 0 (under torchrun, whichever rank holds the prepare lock builds).
+        progress = opts.progress if world.main else "none"
         if world.distributed:  # tokenise before the process group, not inside a collective
             prepare_data(
-                cfg.data, cfg.model.vocab_size, cfg.model.n_ctx, reserved_tokens=task_tokens()
+                cfg.data,
+                cfg.model.vocab_size,
+                cfg.model.n_ctx,
+                reserved_tokens=task_tokens(),
+                progress=progress,
             )
         launch.start(world, self.device)
         self._on_main(self._claim)  # rank 0 checks and prepares --out for everyone
@@ -172,6 +179,7 @@ class _Run:
                 tokenizer=tokenizer,
                 reserved_tokens=task_tokens(),
                 build=build,
+                progress=progress if build else "none",
             )
 
         data = open_on_every_rank(world, load_data)
