@@ -38,7 +38,7 @@ corpus, tok, shards = prepare_tokens(DataConfig(source=sys.argv[1]), 2048,
 print(json.dumps({
     "seconds": time.perf_counter() - t,
     "tokens": len(shards["train"]) + len(shards["val"]),
-    "documents": len(corpus.keys),
+    "documents": corpus.size,
     "store": str(shards["train"].files[0].parent),
     "rss_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     "rss_worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,

@@ -798,12 +798,13 @@ def data_command(argv: list[str]) -> None:
         args.vocab_size,
         reserved_tokens=task_tokens(),
         workers=args.workers,
-        progress=True,
+        progress="auto",
     )
     store = shards["train"].files[0].parent
+    docs = f"{corpus.size:,} documents, " if corpus.size is not None else ""
     print(
-        f"{args.data.source}: {corpus.count('train'):,} + {corpus.count('val'):,} documents, "
-        f"{len(shards['train']):,} train + {len(shards['val']):,} val tokens "
+        f"{args.data.source}: {docs}{len(shards['train']):,} train + {len(shards['val']):,} "
+        "val tokens "
         f"(vocabulary {tok.get_vocab_size()}, corpus digest {corpus.digest[:12]}) in {store}; "
         f"{time.monotonic() - start:.1f} s"
     )

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TextIO
 
 from sparse_tf.errors import SparseTFError
 from sparse_tf.filenames import LOCK_FILE
@@ -300,3 +300,17 @@ def cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "sparse_tf"
+
+
+ProgressMode = Literal["auto", "bar", "lines", "none"]
+"""How long work reports on stderr: a tqdm bar, plain lines, nothing, or 'auto' (a bar on a
+terminal, lines otherwise). Training and data preparation read it the same way."""
+
+
+def progress_style(
+    mode: ProgressMode, stream: TextIO | None = None
+) -> Literal["bar", "lines", "none"]:
+    """`mode` with 'auto' resolved for `stream` (default stderr)."""
+    if mode == "auto":
+        return "bar" if (stream or sys.stderr).isatty() else "lines"
+    return mode

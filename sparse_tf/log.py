@@ -17,12 +17,11 @@ from typing import Any, Literal, TextIO
 from tqdm import tqdm
 
 from sparse_tf.filenames import METRICS_FILE
-from sparse_tf.io import atomic_write_text
+from sparse_tf.io import ProgressMode, atomic_write_text, progress_style
 
 WANDB_INIT_TIMEOUT = 20.0
 """Seconds `--wandb online` waits for the wandb servers before logging offline instead."""
 WandbMode = Literal["offline", "online", "disabled"]
-ProgressMode = Literal["auto", "bar", "lines", "none"]
 
 
 def read_metrics(out: Path) -> list[dict[str, Any]]:
@@ -92,9 +91,7 @@ class RunLogger:
     ) -> None:
         self.out, self.total_steps, self.start_step = Path(out), total_steps, start_step
         self.stream = stream or sys.stderr
-        if progress == "auto":
-            progress = "bar" if self.stream.isatty() else "lines"
-        self.progress = progress
+        self.progress = progress = progress_style(progress, self.stream)
         self._t0 = time.perf_counter()
         self._bar = None
         if progress == "bar":

@@ -372,7 +372,7 @@ def test_synthetic_processes_are_corpora_with_their_own_symbols(tmp_path: Path) 
 
     corpus = open_corpus("process:markov4", 0.1)
     assert corpus.digest == open_corpus("process:markov4", 0.1).digest  # a pure function
-    assert len(corpus.keys) == 6000
+    assert corpus.size == 6000
     docs = [d.split() for d in corpus.documents("train")]
     pairs = np.array([(int(a[1]), int(b[1])) for d in docs for a, b in itertools.pairwise(d)])
     stay = (pairs[:, 0] == pairs[:, 1]).mean()

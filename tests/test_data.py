@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import os
 import subprocess
 import sys
 import sysconfig
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +45,15 @@ def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_stdlib_corpus_is_the_standard_library_in_sorted_order() -> None:
     corpus = open_corpus("python-stdlib", 0.02)
     root = Path(sysconfig.get_paths()["stdlib"])
-    assert "os.py" in corpus.keys
-    assert list(corpus.keys) == sorted(corpus.keys)
-    assert all(k.endswith(".py") for k in corpus.keys)
-    assert not any("site-packages" in k.split("/") for k in corpus.keys)
-    assert len(corpus.keys) > 500  # ~1,800 files, fewer on trimmed Pythons
-    assert 0 < corpus.count("val") < corpus.count("train")
+    keys = [key for key, _ in corpus.entries()]
+    assert "os.py" in keys
+    assert keys == sorted(keys)
+    assert all(k.endswith(".py") for k in keys)
+    assert not any("site-packages" in k.split("/") for k in keys)
+    assert len(keys) == corpus.size > 500  # ~1,800 files, fewer on trimmed Pythons
+    assert 0 < corpus.count("val") < corpus.count("train")  # type: ignore[operator]
     assert corpus.summary()["python"]
-    assert (root / corpus.keys[0]).is_file()
+    assert (root / keys[0]).is_file()
     # The digest is a function of the files: opening twice agrees.
     assert open_corpus("python-stdlib", 0.02).digest == corpus.digest
 
@@ -66,7 +70,7 @@ def test_directory_corpus_skips_hidden_and_binary_files_and_replaces_bad_utf8(
     (tmp_path / "blob.bin").write_bytes(b"\x00\x01\x02binary")
     (tmp_path / "empty.py").write_text("   \n")
     corpus = open_corpus(str(tmp_path), 0.0)
-    assert corpus.keys == ("a.py", "sub/b.txt")
+    assert [key for key, _ in corpus.entries()] == ["a.py", "sub/b.txt"]
     assert list(corpus.documents("train")) == ["x = 1\n", "caf\ufffd latin-1\n"]
     assert corpus.info["binary_skipped"] == 1
 
@@ -77,11 +81,11 @@ def test_split_is_by_key_hash_and_stable_when_files_are_added(tmp_path: Path) ->
     before = open_corpus(str(tmp_path), 0.2)
     (tmp_path / "new.py").write_text("new = 1\n")
     after = open_corpus(str(tmp_path), 0.2)
-    split_before = dict(zip(before.keys, before.splits, strict=True))
-    split_after = dict(zip(after.keys, after.splits, strict=True))
+    split_before = dict(before.entries())
+    split_after = dict(after.entries())
     assert all(split_after[k] == s for k, s in split_before.items())
     assert all(s == split_of(k, 0.2) for k, s in split_before.items())
-    assert 0 < before.count("val") < 30
+    assert 0 < before.count("val") < 30  # type: ignore[operator]
     assert after.digest != before.digest
 
 
@@ -97,15 +101,15 @@ def test_small_corpus_still_gets_a_validation_document(tmp_path: Path) -> None:
     (tmp_path / "a.py").write_text("a = 1\n")
     (tmp_path / "b.py").write_text("b = 1\n")
     corpus = open_corpus(str(tmp_path), 0.01)
-    assert sorted(corpus.splits) == ["train", "val"]
+    assert sorted(split for _, split in corpus.entries()) == ["train", "val"]
 
 
 def test_glob_and_single_file_sources(corpus_dir: Path) -> None:
     by_glob = open_corpus(str(corpus_dir / "json" / "*.py"), 0.0)
-    assert by_glob.keys
-    assert all(k.endswith(".py") for k in by_glob.keys)
+    assert by_glob.size
+    assert all(k.endswith(".py") for k, _ in by_glob.entries())
     single = open_corpus(str(corpus_dir / "json" / "decoder.py"), 0.0)
-    assert single.keys == ("decoder.py",)
+    assert list(single.entries()) == [("decoder.py", "train")]
 
 
 @pytest.mark.parametrize(
@@ -142,7 +146,7 @@ def test_datasets_source_from_a_saved_dataset(tmp_path: Path) -> None:
     }
     datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "ds"))
     corpus = open_corpus(f"hf:{tmp_path / 'ds'}", 0.2)
-    assert len(corpus.keys) == 30
+    assert corpus.size == 30
     texts = list(corpus.documents("train")) + list(corpus.documents("val"))
     assert sorted(texts) == sorted(rows["text"])
     with pytest.raises(CorpusError, match="no column 'body'"):
@@ -163,6 +167,44 @@ def test_hub_dataset_offline_and_not_cached_is_a_clear_error(tmp_path: Path) -> 
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert "CorpusError: data.source='hf:sparse-tf-tests/no-such-dataset': cannot load" in last
+
+
+def _hf_rows(folder: Path, rows: int) -> str:
+    datasets = pytest.importorskip("datasets")
+    data = datasets.Dataset.from_dict({"text": [f"x = {i}\n" for i in range(rows)]})
+    data.save_to_disk(str(folder))
+    return f"hf:{folder}"
+
+
+def _files(folder: Path, files: int) -> str:
+    for i in range(files):
+        sub = folder / f"d{i // 100:03d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"m{i:05d}.py").write_text(f"x = {i}\n")
+    return str(folder)
+
+
+@pytest.mark.parametrize(("make", "small"), [(_hf_rows, 5_000), (_files, 500)])
+def test_a_corpus_holds_nothing_per_document(
+    tmp_path: Path, make: Callable[[Path, int], str], small: int
+) -> None:
+    """Opening a corpus and reading both splits keep no key, split or path per document:
+    Python's peak allocations (tracemalloc, deterministic, unlike RSS) are the same for ten
+    times the documents. Lists of 10 x `small` keys would add megabytes."""
+    peaks = []
+    for n in (small, 10 * small):
+        source = make(tmp_path / str(n), n)
+        open_corpus(source, 0.02)  # imports and caches before measuring
+        gc.collect()  # earlier tests' garbage is not this corpus's
+        tracemalloc.start()
+        try:
+            corpus = open_corpus(source, 0.02)
+            assert corpus.summary()["documents"] == n
+            assert sum(1 for s in ("train", "val") for _ in corpus.documents(s)) == n
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    assert peaks[1] < peaks[0] + 500_000, f"peak Python memory {peaks} bytes"
 
 
 # -- tokenizers ---------------------------------------------------------------------------------

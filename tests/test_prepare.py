@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from sparse_tf.data import (
 from sparse_tf.data.pipeline import prepare_command
 from sparse_tf.data.tokenizer import corpus_bpe
 from sparse_tf.data.tokens import NotPreparedError, pack_corpus
-from tests.helpers import sample_corpus
+from tests.helpers import sample_corpus, tiny_train_flags
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +118,21 @@ def test_the_cli_prepares_what_train_then_only_opens(
     assert data.val is not None
 
 
+def test_train_shows_the_progress_data_prepare_shows_while_it_tokenises(
+    corpus_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("SPARSE_TF_CACHE", str(tmp_path / "cache"))  # nothing prepared
+    flags = [*tiny_train_flags(corpus_dir, 1), "--wandb", "disabled", "--progress", "lines"]
+    main(["train", *flags, "--out", str(tmp_path / "first")])
+    err = capsys.readouterr().err
+    for line in ("opening", "tokenizer: training a 320-token BPE", "tokenising", "tokens/s"):
+        assert line in err
+    assert err.index("tokens/s") < err.index("sparse_tf ")  # before the run's banner
+
+
 def test_cli_rejects_unknown_data_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["data", "cook"])
@@ -175,3 +192,67 @@ def test_tokens_dir_ids_beyond_the_model_vocab_are_one_line_naming_the_file(
     (token_dir / "val.bin").write_bytes(b"\x01\x02\x03")
     with pytest.raises(CorpusError, match=r"val\.bin: 3 bytes is not a whole number of uint16"):
         prepare_data(cfg, 320, 32)
+
+
+# -- streamed datasets --------------------------------------------------------------------------
+
+
+def _jsonl_dataset(folder: Path, texts: list[str | None]) -> str:
+    """A folder `datasets.load_dataset` reads as JSON lines, in two files (read in name order)."""
+    folder.mkdir()
+    half = len(texts) // 2
+    for name, part in (("train-00000.jsonl", texts[:half]), ("train-00001.jsonl", texts[half:])):
+        rows = (json.dumps({"text": t, "n": i}) for i, t in enumerate(part))
+        (folder / name).write_text("".join(row + "\n" for row in rows))
+    return f"hf:{folder}"
+
+
+@pytest.fixture
+def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where `datasets` writes what it downloads and converts (not the user's cache)."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf")
+    return tmp_path / "hf"
+
+
+@pytest.mark.parametrize(("rows", "val_frac"), [(60, 0.2), (3, 0.02)])  # 3: the fallback split
+def test_a_streamed_dataset_gives_the_tokens_of_the_same_dataset_loaded_whole(
+    corpus_dir: Path, tmp_path: Path, hf_cache: Path, rows: int, val_frac: float
+) -> None:
+    code = "".join(f.read_text() for f in sorted((corpus_dir / "json").glob("*.py")))
+    texts: list[str | None] = [code[i * 300 : i * 300 + 400] for i in range(rows)]
+    texts[1] = None  # a missing text is an empty document, streamed or not
+    source = _jsonl_dataset(tmp_path / "ds", texts)
+    cfg = DataConfig(source=source, val_frac=val_frac, task_tokens=False, streaming=True)
+    assert "--data.streaming" in prepare_command(cfg, 320)
+    streamed = prepare_data(cfg, 320, 32, cache=tmp_path / "cache")
+    assert not list(hf_cache.rglob("*.arrow"))  # nothing downloaded or converted first...
+    whole = prepare_data(replace(cfg, streaming=False), 320, 32, cache=tmp_path / "cache")
+    assert list(hf_cache.rglob("*.arrow"))  # ...unlike a whole load
+    assert streamed.corpus.size is None
+    assert whole.corpus.size == rows
+    assert list(streamed.corpus.entries()) == list(whole.corpus.entries())
+    assert streamed.corpus.digest != whole.corpus.digest  # identified by the builder's hash
+    for split in ("train", "val"):
+        assert list(streamed.corpus.documents(split)) == list(whole.corpus.documents(split))
+    assert streamed.val is not None
+    assert whole.val is not None
+    for a, b in ((streamed.train, whole.train), (streamed.val, whole.val)):
+        assert len(a.tokens) == len(b.tokens) > 0
+        assert (
+            a.tokens.slice(0, len(a.tokens)).tolist() == b.tokens.slice(0, len(b.tokens)).tolist()
+        )
+
+
+def test_a_streamed_dataset_without_the_text_column_is_one_line(
+    tmp_path: Path, hf_cache: Path
+) -> None:
+    source = _jsonl_dataset(tmp_path / "ds", ["a = 1\n", "b = 2\n"])
+    with pytest.raises(CorpusError) as error:
+        open_corpus(source, 0.1, text_field="body", streaming=True)
+    message = str(error.value)
+    assert message.startswith(f"data.source={source!r}: no column 'body' (columns ['text', 'n'])")
+    assert "--data.text-field" in message
+    assert "\n" not in message
+    with pytest.raises(CorpusError, match=r"cannot load the dataset: Bad split: test"):
+        open_corpus(source, 0.1, hf_split="test", streaming=True)

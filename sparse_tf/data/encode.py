@@ -32,7 +32,14 @@ from tqdm import tqdm
 from sparse_tf.data.corpus import Corpus, Split
 from sparse_tf.data.tokenizer import MAX_PIECE, eot_id, pieces, tokenizer_digest
 from sparse_tf.errors import SparseTFError
-from sparse_tf.io import publish_dir, read_json, remove_dir, write_json
+from sparse_tf.io import (
+    ProgressMode,
+    progress_style,
+    publish_dir,
+    read_json,
+    remove_dir,
+    write_json,
+)
 
 CHUNK_CHARS = 1 << 22
 """Characters per chunk (a part file): about a million tokens, a second or two of one core's
@@ -155,19 +162,23 @@ def _pool(tok: Tokenizer, workers: int) -> Iterator[cf.ProcessPoolExecutor]:
 
 
 class Progress:
-    """Documents, tokens, tokens/s and ETA of a prepare: a bar on a terminal; one line per phase
-    (and one every `every` seconds) otherwise; nothing when off."""
+    """Documents, tokens, tokens/s and ETA of a prepare on stderr, as `mode` says
+    (`sparse_tf.io.ProgressMode`): a bar, or one line per phase and one every `every` seconds,
+    or nothing."""
 
-    def __init__(self, total_docs: int | None, enabled: bool, every: float = 30.0) -> None:
-        self.enabled, self.every = enabled, every
-        self.tty = enabled and sys.stderr.isatty()
+    def __init__(self, total_docs: int | None, mode: ProgressMode, every: float = 30.0) -> None:
+        style = progress_style(mode)
+        self.enabled, self.tty, self.every = style != "none", style == "bar", every
         self.docs = self.tokens = self.new_tokens = 0
         self.start = self.last_line = time.monotonic()
         self.bar = tqdm(total=total_docs, unit="doc", disable=not self.tty, file=sys.stderr)
 
     def line(self, text: str) -> None:
         if self.enabled:
-            (self.bar.write if self.tty else _eprint)(text)
+            if self.tty:
+                self.bar.write(text, file=sys.stderr)  # above the bar (tqdm's default: stdout)
+            else:
+                _eprint(text)
 
     def update(self, docs: int, tokens: int, *, encoded: bool) -> None:
         self.docs += docs
@@ -213,14 +224,14 @@ def write_store(
     shard_tokens: int,
     *,
     workers: int | None = None,
-    progress: bool = False,
+    progress: ProgressMode = "none",
 ) -> None:
     """Tokenise both splits of `corpus` into the store `folder` (meta.json and .npy shards),
     built in a hidden sibling `.NAME.partial` that a later call resumes, then renamed.
 
     Args:
         workers: encoding processes (default: every core this process may use).
-        progress: report progress on stderr (see `Progress`).
+        progress: how to report progress on stderr (see `Progress`).
     """
     work = folder.with_name(f".{folder.name}.partial")
     plan = {
@@ -236,16 +247,15 @@ def write_store(
     write_json(work / "plan.json", plan)
     dtype = token_dtype(tok)
     n = workers or default_workers()
-    docs = corpus.count("train") + corpus.count("val")
-    report = Progress(docs, progress)
-    report.line(f"tokenising {docs:,} documents with {n} worker processes into {folder}")
+    report = Progress(corpus.size, progress)
+    docs = f"{corpus.size:,} documents" if corpus.size is not None else "a streamed corpus"
+    report.line(f"tokenising {docs} with {n} worker processes into {folder}")
     try:
         counts = _encode_parts(corpus, tok, parts, n, report)
     finally:
         report.close()
-    if progress:
-        _eprint(report.status().strip())
-        _eprint("writing shards")
+    report.line(report.status().strip())
+    report.line("writing shards")
     meta: dict[str, Any] = {"corpus": corpus.digest, "tokenizer": plan["tokenizer"], "splits": {}}
     for split in SPLITS:
         meta["splits"][split] = _assemble(parts, split, counts[split], work, shard_tokens, dtype)

@@ -11,7 +11,7 @@ import dataclasses
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +40,7 @@ from sparse_tf.data.tokens import (
     pack_corpus,
 )
 from sparse_tf.filenames import TOKENIZER_FILE
-from sparse_tf.io import cache_dir
+from sparse_tf.io import ProgressMode, cache_dir, progress_style
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -66,6 +66,10 @@ class DataConfig(Config):
     """Column with the text, for 'hf:' sources."""
     hf_split: str = "train"
     """Split to read, for 'hf:' sources."""
+    streaming: bool = False
+    """'hf:' sources: stream the dataset (`load_dataset(..., streaming=True)`) instead of
+    downloading it whole first; every pass over it (tokenizer training, each split's
+    tokenising) streams it again. Same documents, split and tokens as without."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -105,7 +109,7 @@ def prepare_data(
     cache: Path | None = None,
     build: bool = True,
     workers: int | None = None,
-    progress: bool = False,
+    progress: ProgressMode = "none",
 ) -> Data:
     """Open, tokenise and window the corpus for a model with `vocab_size` and `n_ctx`.
 
@@ -124,7 +128,8 @@ def prepare_data(
             off, a missing one is a NotPreparedError naming the `sparse-tf data prepare`
             command that builds them.
         workers: tokenising processes (default: every core).
-        progress: report the tokenising on stderr.
+        progress: how to report opening the corpus, training the tokenizer and tokenising on
+            stderr (`sparse_tf.io.ProgressMode`): what `sparse-tf data prepare` shows.
     """
     corpus, tokenizer, shards = prepare_tokens(
         cfg,
@@ -150,7 +155,7 @@ def prepare_tokens(
     cache: Path | None = None,
     build: bool = True,
     workers: int | None = None,
-    progress: bool = False,
+    progress: ProgressMode = "none",
 ) -> tuple[Corpus, Tokenizer, dict[Split, TokenShards]]:
     """The corpus, its tokenizer and its token store (what `sparse-tf data prepare` writes);
     arguments as for `prepare_data`. Building holds the cache's prepare lock, so that
@@ -162,19 +167,27 @@ def prepare_tokens(
         for split in shards.values():
             split.check_vocab(vocab_size)
         return corpus, tokenizer, shards
-    corpus = open_corpus(cfg.source, cfg.val_frac, text_field=cfg.text_field, hf_split=cfg.hf_split)
+    say = _say if progress_style(progress) != "none" else None
+    started = time.monotonic()
+    if say:
+        say(f"opening {cfg.source} ...")
+    corpus = open_corpus(
+        cfg.source,
+        cfg.val_frac,
+        text_field=cfg.text_field,
+        hf_split=cfg.hf_split,
+        streaming=cfg.streaming,
+    )
+    if say:
+        docs = f"{corpus.size:,} documents" if corpus.size is not None else "streamed"
+        say(f"{cfg.source}: {docs}, digest {corpus.digest[:12]} ({_since(started)})")
     with prepare_lock(cache) if build else contextlib.nullcontext():
         try:
             if tokenizer is None:
                 started = time.monotonic()
-                tokenizer = _tokenizer(cfg, corpus, vocab_size, reserved_tokens, cache, build)
-                if progress:
-                    print(
-                        f"tokenizer: {tokenizer.get_vocab_size()} tokens "
-                        f"({time.monotonic() - started:.1f} s)",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                tokenizer = _tokenizer(cfg, corpus, vocab_size, reserved_tokens, cache, build, say)
+                if say:
+                    say(f"tokenizer: {tokenizer.get_vocab_size()} tokens ({_since(started)})")
             _check_tokenizer_size(tokenizer, vocab_size)
             shards = pack_corpus(
                 corpus, tokenizer, cache, build=build, workers=workers, progress=progress
@@ -187,6 +200,14 @@ def prepare_tokens(
     for split in shards.values():
         split.check_vocab(vocab_size)
     return corpus, tokenizer, shards
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _since(started: float) -> str:
+    return f"{time.monotonic() - started:.1f} s"
 
 
 def _check_tokenizer_size(tokenizer: Tokenizer, vocab_size: int) -> None:
@@ -226,6 +247,7 @@ def _tokenizer(
     reserved_tokens: Sequence[str] | None,
     cache: Path,
     build: bool,
+    say: Callable[[str], None] | None,
 ) -> Tokenizer:
     if corpus.info.get("kind") == "process":  # symbols of a synthetic process
         return symbol_tokenizer(corpus.info["symbols"])
@@ -237,7 +259,7 @@ def _tokenizer(
             "(sparse_tf.tasks.task_tokens())"
         )
     reserved = list(reserved_tokens or ()) if cfg.task_tokens else []
-    return corpus_bpe(corpus, vocab_size, cache, reserved, build=build)
+    return corpus_bpe(corpus, vocab_size, cache, reserved, build=build, say=say)
 
 
 def prepare_command(cfg: DataConfig, vocab_size: int) -> str:

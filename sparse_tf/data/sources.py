@@ -12,7 +12,12 @@ from sparse_tf.data.synthetic import PROCESS_PREFIX, synthetic_corpus
 
 
 def open_corpus(
-    source: str, val_frac: float, *, text_field: str = "text", hf_split: str = "train"
+    source: str,
+    val_frac: float,
+    *,
+    text_field: str = "text",
+    hf_split: str = "train",
+    streaming: bool = False,
 ) -> Corpus:
     """Open a corpus by name.
 
@@ -27,7 +32,11 @@ def open_corpus(
             of two or more documents has a validation split).
         text_field: column holding the text (datasets only).
         hf_split: which split of the dataset to read (datasets only).
+        streaming: read a `load_dataset` dataset as a stream, never downloaded whole (datasets
+            only).
     """
     if source.startswith(PROCESS_PREFIX):
         return synthetic_corpus(source, val_frac)
-    return text_corpus(source, val_frac, text_field=text_field, hf_split=hf_split)
+    return text_corpus(
+        source, val_frac, text_field=text_field, hf_split=hf_split, streaming=streaming
+    )

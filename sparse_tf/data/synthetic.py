@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from sparse_tf.data.corpus import Corpus, CorpusError, assign_splits
+from sparse_tf.data.corpus import Corpus, CorpusError, Split, SplitScan
 from sparse_tf.data.processes import FactoredProcess, factored_process, markov_chain
 from sparse_tf.data.tokenizer import EOT
 
@@ -109,24 +109,32 @@ def _builder(name: str) -> Callable[[], tuple[list[str], list[list[int]]]]:
 def synthetic_corpus(source: str, val_frac: float) -> Corpus:
     """The corpus of `process:NAME` (see the module docstring)."""
     symbols, docs = _builder(source.removeprefix(PROCESS_PREFIX))()
-    keys = [f"{i:07d}" for i in range(len(docs))]
     digest = hashlib.sha256(f"process\0{source}\0{val_frac!r}\0".encode())
-    for d in docs:
+    scan = SplitScan(source, val_frac, record=True)
+    for i, d in enumerate(docs):
+        scan.add(_key(i))
         digest.update(np.asarray(d, dtype=np.int32).tobytes())
-    splits = assign_splits(source, keys, val_frac)
-    digest.update("".join(s[0] for s in splits).encode())
+    splitter = scan.finish()
+    scan.update_digest(digest)
 
-    def read(positions: list[int]) -> Iterator[str]:
-        return (" ".join(symbols[x] for x in docs[i]) for i in positions)
+    def documents(split: Split) -> Iterator[str]:
+        for i, d in enumerate(docs):
+            if splitter(_key(i)) == split:
+                yield " ".join(symbols[x] for x in d)
 
     return Corpus(
         source=source,
-        keys=tuple(keys),
-        splits=splits,
         digest=digest.hexdigest(),
         info={"kind": "process", "symbols": symbols},
-        _read=read,
+        size=len(docs),
+        counts=dict(scan.counts),
+        _entries=lambda: ((_key(i), splitter(_key(i))) for i in range(len(docs))),
+        _documents=documents,
     )
+
+
+def _key(i: int) -> str:
+    return f"{i:07d}"
 
 
 def symbol_tokenizer(symbols: list[str]) -> Tokenizer:

@@ -92,7 +92,7 @@ def token_corpus(source: str, val_frac: float) -> Corpus:
     digest covers every file's name, size and first and last MiB."""
     folder, files, _ = token_files(source, val_frac)
     digest = hashlib.sha256(f"tokens\0{val_frac!r}\0".encode())
-    keys, splits = [], []
+    entries: list[tuple[str, Split]] = []  # one per file: few
     for split in ("train", "val"):
         for p in files[split] if split == "train" or val_frac else []:
             size = p.stat().st_size
@@ -101,21 +101,24 @@ def token_corpus(source: str, val_frac: float) -> Corpus:
                 f.seek(max(0, size - _SAMPLE))
                 tail = f.read(_SAMPLE)
             digest.update(f"{p.name}\0{size}\0".encode() + head + tail)
-            keys.append(p.name)
-            splits.append(split)
+            entries.append((p.name, split))
 
-    def read(positions: list[int]) -> Iterator[str]:
+    def read(split: Split) -> Iterator[str]:
         raise CorpusError(f"data.source={source!r}: holds token ids, not text to train on")
 
     return Corpus(
         source=source,
-        keys=tuple(keys),
-        splits=tuple(splits),
         digest=digest.hexdigest(),
         info={
             "kind": "tokens",
             "root": folder.name,
             "bytes": sum(p.stat().st_size for group in files.values() for p in group),
         },
-        _read=read,
+        size=len(entries),
+        counts={
+            "train": sum(split == "train" for _, split in entries),
+            "val": sum(split == "val" for _, split in entries),
+        },
+        _entries=lambda: iter(entries),
+        _documents=read,
     )

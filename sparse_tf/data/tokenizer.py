@@ -19,7 +19,7 @@ import hashlib
 import importlib.util
 import itertools
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import tokenizers
@@ -260,10 +260,12 @@ def corpus_bpe(
     reserved: Sequence[str] = (),
     *,
     build: bool = True,
+    say: Callable[[str], None] | None = None,
 ) -> Tokenizer:
     """BPE trained on the corpus's training split, with `reserved` strings as single tokens,
     cached under `cache` by recipe, corpus digest, size and reserved strings; with `build` off,
-    a missing one is a TokenizerNotPreparedError instead of being trained."""
+    a missing one is a TokenizerNotPreparedError instead of being trained. `say` hears a line
+    before training starts (it reads the whole split, silently)."""
     recipe = "\0".join([_BPE_RECIPE, tokenizers.__version__, corpus.digest, str(vocab_size)])
     recipe += "\0" + json.dumps(sorted(set(reserved)))
     key = hashlib.sha256(recipe.encode()).hexdigest()[:32]
@@ -272,6 +274,8 @@ def corpus_bpe(
         return load_tokenizer(path)
     if not build:
         raise TokenizerNotPreparedError(f"{path}: no such tokenizer")
+    if say is not None:
+        say(f"tokenizer: training a {vocab_size}-token BPE on the train split (cached once done)")
     tok = train_bpe(corpus.documents("train"), vocab_size, reserved)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, tok.to_str())

@@ -25,7 +25,7 @@ from sparse_tf.data.corpus import Corpus, Split
 from sparse_tf.data.encode import write_store
 from sparse_tf.data.tokenizer import tokenizer_digest
 from sparse_tf.errors import SparseTFError
-from sparse_tf.io import read_json
+from sparse_tf.io import ProgressMode, read_json
 
 IGNORE = -100
 """Target value the loss skips (padding of the last window)."""
@@ -117,7 +117,7 @@ def pack_corpus(
     *,
     build: bool = True,
     workers: int | None = None,
-    progress: bool = False,
+    progress: ProgressMode = "none",
 ) -> dict[Split, TokenShards]:
     """Both splits of `corpus` as token shards under `cache`, tokenised now if missing (with
     `workers` processes, see `sparse_tf.data.encode`) unless `build` is off."""

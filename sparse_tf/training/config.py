@@ -15,7 +15,8 @@ from sparse_tf.config import Config, ConfigError, check
 from sparse_tf.data.pipeline import DataConfig
 from sparse_tf.errors import SparseTFError
 from sparse_tf.gpt2 import GPT2Config
-from sparse_tf.log import ProgressMode, WandbMode
+from sparse_tf.io import ProgressMode
+from sparse_tf.log import WandbMode
 from sparse_tf.optim import OptimConfig
 from sparse_tf.sparsity import SparsityConfig
 from sparse_tf.trainable import ModelConfig

@@ -162,9 +162,16 @@ class _Run:
 
     def _run(self) -> TrainResult:
         cfg, opts, world = self.cfg, self.opts, self.world
+        # Tokenising a corpus the first time takes minutes: shown as `sparse-tf data prepare`
+        # shows it, by rank 0 (under torchrun, whichever rank holds the prepare lock builds).
+        progress = opts.progress if world.main else "none"
         if world.distributed:  # tokenise before the process group, not inside a collective
             prepare_data(
-                cfg.data, cfg.model.vocab_size, cfg.model.n_ctx, reserved_tokens=task_tokens()
+                cfg.data,
+                cfg.model.vocab_size,
+                cfg.model.n_ctx,
+                reserved_tokens=task_tokens(),
+                progress=progress,
             )
         launch.start(world, self.device)
         self._on_main(self._claim)  # rank 0 checks and prepares --out for everyone
@@ -179,6 +186,7 @@ class _Run:
                 tokenizer=tokenizer,
                 reserved_tokens=task_tokens(),
                 build=build,
+                progress=progress if build else "none",
             )
 
         data = open_on_every_rank(world, load_data)
@@ -261,11 +269,12 @@ class _Run:
         corpus = summary["corpus"]
         kind = "dense" if cfg.dense else f"L0 {cfg.sparsity.l0:g}"
         extra = self.objective.banner()
+        docs = "streamed" if corpus["documents"] is None else f"{corpus['documents']} documents"
         return (
             f"sparse_tf {__version__}: {cfg.model.n_layer} layers, d_model {cfg.model.d_model}, "
             f"{n_params / 1e6:.2f}M parameters, {kind}, {cfg.max_steps} steps x "
             f"{cfg.batch_size} x {cfg.model.n_ctx} tokens on {self._where()}\n"
-            f"data: {corpus['source']} ({corpus['documents']} documents, digest "
+            f"data: {corpus['source']} ({docs}, digest "
             f"{corpus['digest'][:12]}): {summary['train_tokens']:,} train / "
             f"{summary['val_tokens']:,} val tokens; tokenizer "
             f"{summary['tokenizer']['vocab_size']} tokens\nrun: {self.out}"
