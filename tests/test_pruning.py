@@ -608,7 +608,6 @@ def _browser():
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
-@pytest.mark.slow
 def test_viewer_renders_the_circuit_in_chromium(pruned: Path, tmp_path: Path) -> None:
     from PIL import Image
     from selenium.webdriver.common.by import By
