@@ -24,6 +24,7 @@ STATE_FILE = "state.json"  # checkpoints only: step, data position, run id
 SHARDS_DIR = "shards"  # checkpoints of FSDP runs: one safetensors file per rank
 CONFIG_FILE = "config.json"  # model config + training config (for a GPT-2: Hugging Face's)
 TOKENIZER_FILE = "tokenizer.json"
+MODEL_CARD_FILE = "README.md"  # exports only: the model card (what the Hugging Face Hub shows)
 MANIFEST_FILE = "manifest.json"  # size and sha256 of every file, written last
 HF_TRAIN_CONFIG_FILE = "sparse_tf.json"  # beside a dense GPT-2's Hugging Face files
 BRIDGES_FILE = "bridges.safetensors"  # a bridged export's encoders and decoders

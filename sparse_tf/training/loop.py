@@ -457,7 +457,14 @@ class _Run:
             return TrainResult(out=self.out, final=final, summary={})
         if val_loss is not None:
             logger.log(cfg.max_steps, {"val/loss_full": val_loss}, echo=False)
-        sizes = export_model(final, model, data.tokenizer, cfg.to_dict(), compressed=not cfg.dense)
+        sizes = export_model(
+            final,
+            model,
+            data.tokenizer,
+            cfg.to_dict(),
+            compressed=not cfg.dense,
+            results={"val_loss": val_loss},
+        )
         nonzeros = count_nonzeros(model)  # type: ignore[arg-type]
         targets = {
             w.name: w.param.numel() if cfg.dense else kept_count(w, cfg.sparsity.l0, cfg.sparsity)
