@@ -33,6 +33,7 @@ BRIDGES_META = "bridges.json"  # ... their sites, widths and dense model
 # OpenAI's released circuit_sparsity layout (`sparse_tf.official`).
 OFFICIAL_CONFIG_FILE = "beeg_config.json"  # the official GPTConfig as JSON
 OFFICIAL_WEIGHTS_FILE = "final_model.pt"  # a plain state dict (read with weights_only=True)
+VIZ_DATA_FILE = "viz_data.pt"  # a circuit for the official viewer (`pruning.circuit_data`)
 
 # A circuit folder (`sparse-tf prune --out`).
 CIRCUIT_FILE = "circuit.json"

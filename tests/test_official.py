@@ -15,6 +15,8 @@ import torch
 
 from sparse_tf import GPT, GPTConfig, load_model, official
 from sparse_tf.config import ConfigError
+from sparse_tf.pruning import Circuit, CircuitError, load_circuit
+from sparse_tf.pruning.circuit_data import read_viz_data
 from sparse_tf.sites import ABSTOPK_SITES
 from tests.helpers import tokens
 
@@ -226,3 +228,59 @@ def test_some_sites_on_the_kernel_path(monkeypatch: pytest.MonkeyPatch) -> None:
         with torch.no_grad():
             out[backend] = model(x)
     torch.testing.assert_close(out["triton"], out["reference"], rtol=1e-5, atol=1e-6)
+
+
+def hand_built_circuit(folder: Path) -> Path:
+    """A circuit.json of a 2-layer model, written as `sparse-tf prune` writes it: a quote
+    circuit's shape (an MLP neuron, a QK pair, a residual read and the final residual)."""
+    nodes = {
+        "blocks.0.mlp.hook_post": [460, 985, 2790],
+        "blocks.0.mlp.hook_in": [7],
+        "blocks.1.attn.hook_q": [1312],
+        "blocks.1.attn.hook_k": [1315],
+        "blocks.1.hook_attn_out": [3, 250],
+        "blocks.1.hook_resid_post": [0, 12],
+    }
+    scores = {"loss": 0.1, "loss_uncalibrated": 0.2, "accuracy": 1.0, "meets_target": True}
+    circuit = Circuit(
+        task="single_double_quote", target_loss=0.15, reached_target=True, nodes=nodes,
+        n_nodes=sum(map(len, nodes.values())), n_total_nodes=136_192, n_edges=9,
+        edges_by_type={}, edges_by_layer={}, logit_scale=1.0, sufficiency=scores,
+        necessity=scores, full_model=scores, all_ablated=scores, loss_vs_k=[[10.0, 0.1]],
+        config={"steps": 500},
+    )  # fmt: skip
+    folder.mkdir(parents=True)
+    circuit.save(folder)
+    return folder
+
+
+def test_a_circuit_converts_to_circuit_data_and_back(tmp_path: Path) -> None:
+    folder = hand_built_circuit(tmp_path / "circuit")
+    cmd = [sys.executable, "-m", "sparse_tf.cli", "convert", str(folder), "--to",
+           "circuit-sparsity", "--out", str(tmp_path / "viz")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    viz = torch.load(tmp_path / "viz" / "viz_data.pt", weights_only=True)
+    data = viz["circuit_data"]
+    kept = {k: v.tolist() for k, v in data.items() if len(v)}
+    assert kept == {
+        "0.mlp.post_act": [460, 985, 2790],
+        "0.mlp.act_in": [7],
+        "1.attn.q": [1312],
+        "1.attn.k": [1315],
+        "1.attn.resid_delta": [3, 250],
+        "final_resid": [0, 12],
+    }
+    every_site = ["attn.act_in", "attn.q", "attn.k", "attn.v", "attn.resid_delta",
+                  "mlp.act_in", "mlp.post_act", "mlp.resid_delta"]  # fmt: skip
+    assert set(data) == {f"{i}.{k}" for i in range(2) for k in every_site} | {"final_resid"}
+    assert all(v.dtype == torch.int64 and v.dim() == 1 for v in data.values())
+    assert viz["num_total_nodes"] == 136_192
+    assert viz["prune_config"]["task"] == "single_double_quote"
+    back = read_viz_data(tmp_path / "viz", n_layer=2)
+    assert back == load_circuit(folder).nodes
+    with pytest.raises(CircuitError, match=r"pt: 1\.attn\.act_in: the model has 1 layers"):
+        read_viz_data(tmp_path / "viz", n_layer=1)
+    torch.save({"circuit_data": {"0.attn.x": torch.tensor([1])}}, tmp_path / "bad.pt")
+    with pytest.raises(CircuitError, match=r"'0\.attn\.x' is not a circuit_sparsity node"):
+        read_viz_data(tmp_path / "bad.pt", n_layer=2)
