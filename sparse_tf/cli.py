@@ -763,7 +763,8 @@ def format_description(cfg: GPTConfig, sparsity: SparsityConfig) -> str:
         f"parameters: {n_total:,} ({n_sparse:,} in {len(weights)} sparse matrices, "
         f"{n_total - n_sparse:,} dense: biases, norms, sinks, bigram)",
         "",
-        f"at L0 {l0:g} (embeddings x{sparsity.embed_mult:g}, "
+        f"at L0 {l0:g} (embeddings x"
+        f"{'d_model/256' if sparsity.embed_mult is None else f'{sparsity.embed_mult:g}'}, "
         f">= {sparsity.min_per_neuron} nonzeros per neuron):",
         f"{'matrix':<32} {'shape':>13} {'entries':>12} {'kept':>10} {'density':>8}  neurons",
     ]

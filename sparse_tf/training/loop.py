@@ -190,7 +190,13 @@ class _Run:
         if self.sharded:
             shard_model(model, self.device)  # each rank keeps its rows of every tensor
         model = self.objective.setup(model, data, self.env, new_run=ckpt is None)
-        opt = SparseOptimizer(model, cfg.optim, None if cfg.dense else cfg.sparsity, cfg.max_steps)
+        opt = SparseOptimizer(
+            model,
+            cfg.optim,
+            None if cfg.dense else cfg.sparsity,
+            cfg.max_steps,
+            eot_id=eot_id(data.tokenizer),
+        )
         state: dict[str, Any] = {"data_position": 0}
         if ckpt is not None:
             state = load_checkpoint(ckpt, model, opt, check_files=False)  # just verified
