@@ -634,7 +634,12 @@ def convert_command(argv: list[str]) -> None:
                 "final_model.pt)"
             )
         model = official.load(args.model)
-        export_model(args.out, model, None, {"converted_from": str(args.model)})
+        try:
+            tokenizer = official.load_tokenizer(args.model)
+        except official.OfficialFormatError as e:  # the model converts; tasks need a tokenizer
+            print(f"sparse-tf convert: {e}", file=sys.stderr)
+            tokenizer = None
+        export_model(args.out, model, tokenizer, {"converted_from": str(args.model)})
     elif (args.model / CIRCUIT_FILE).is_file():
         circuit = load_circuit(args.model)
         save_viz_data(circuit, args.out)
