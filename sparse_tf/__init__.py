@@ -14,6 +14,7 @@ Training and trained models:
 
     result = train(preset("tiny-cpu"), RunOptions(out="runs/tiny-cpu"))
     model, tok = load_model(result.final), load_tokenizer(result.final)
+    model = GPT.from_pretrained("owner/name")             # a Hub repo of such a folder
 
 The 20 hand-built tasks of the paper, and scoring a model folder on them:
 
@@ -31,6 +32,7 @@ from sparse_tf.config import ConfigError
 from sparse_tf.data import DataConfig, load_tokenizer
 from sparse_tf.errors import SparseTFError
 from sparse_tf.hooks import ActivationCache, HookPoint
+from sparse_tf.hub import HubError  # also registers GPT.from_pretrained / push_to_hub
 from sparse_tf.model import GPT, GPTConfig, lm_loss
 from sparse_tf.optim import OptimConfig, SparseOptimizer, StepStats, lr_schedule
 from sparse_tf.presets import preset
@@ -55,6 +57,7 @@ __all__ = [
     "DataConfig",
     "GPTConfig",
     "HookPoint",
+    "HubError",
     "OptimConfig",
     "RunOptions",
     "SparseOptimizer",

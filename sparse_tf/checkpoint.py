@@ -10,7 +10,9 @@
         manifest.json           size and sha256 of every file (written last)
     OUT/final/      the shareable model:
         model.safetensors, model.sparse.safetensors (compressed), config.json, tokenizer.json,
-        manifest.json (as a checkpoint's: checked by `load_model`)
+        README.md (the model card, `sparse_tf.model_card`), manifest.json (as a checkpoint's:
+        checked by `load_model`). The same folder is a Hugging Face Hub model repository
+        (`sparse_tf.hub`): config.json names its `model_type`.
 
 A run whose model is sharded (FSDP, `sparse_tf.parallel.fsdp`) writes its step-N folders with
 `torch.distributed.checkpoint` (DCP) instead of the model and optimizer files: `shards/` holds
@@ -31,7 +33,7 @@ import json
 import re
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,7 @@ from sparse_tf.filenames import (
     CONFIG_FILE,
     HF_TRAIN_CONFIG_FILE,
     MANIFEST_FILE,
+    MODEL_CARD_FILE,
     MODEL_FILE,
     OPTIMIZER_FILE,
     RNG_FILE,
@@ -74,6 +77,7 @@ from sparse_tf.filenames import (
 from sparse_tf.gpt2 import DenseGPT2, GPT2Config
 from sparse_tf.io import (
     atomic_dir,
+    atomic_write_text,
     file_sha256,
     publish_dir,
     read_json,
@@ -81,6 +85,7 @@ from sparse_tf.io import (
     write_json,
 )
 from sparse_tf.model import GPT, GPTConfig
+from sparse_tf.model_card import model_card
 from sparse_tf.optim import SparseOptimizer
 from sparse_tf.parallel.fsdp import is_sharded
 from sparse_tf.sparsity import count_nonzeros, mark_sparse
@@ -410,10 +415,12 @@ def export_model(
     config: dict[str, Any] | None = None,
     *,
     compressed: bool = True,
+    results: Mapping[str, Any] | None = None,
 ) -> dict[str, int]:
     """Write a shareable model folder atomically; returns the size in bytes of each weights
     file written. Every folder ends with manifest.json (size and sha256 of each file, checked
-    on load).
+    on load), and has a model card, README.md, made from the configs and `results` (what is
+    known of the result: `val_loss`, `tasks`; see `sparse_tf.model_card`).
 
     A `GPT`: dense (and compressed) weights, config.json and tokenizer.json (none without a
     tokenizer: a model converted from a checkpoint that came without its own). The compressed
@@ -427,18 +434,35 @@ def export_model(
     bridged pair writes its sparse model plus the bridges).
     """
     if isinstance(model, DenseGPT2):
-        return _export_hf(Path(path), model, tokenizer, config)
+        return _export_hf(Path(path), model, tokenizer, config, results)
     if not isinstance(model, GPT):
         exporting: SelfExporting = model  # type: ignore[assignment]
         return exporting.export(Path(path), tokenizer, config)
     with atomic_dir(Path(path)) as tmp:
-        sizes = write_model_files(tmp, model, tokenizer, config, compressed=compressed)
+        sizes = write_model_files(
+            tmp, model, tokenizer, config, compressed=compressed, results=results
+        )
         write_manifest(tmp)
         return sizes
 
 
+def write_model_card(
+    folder: Path,
+    model_cfg: ModelConfig,
+    config: Mapping[str, Any] | None,
+    results: Mapping[str, Any] | None = None,
+) -> None:
+    """README.md, the model card of the folder (`sparse_tf.model_card`)."""
+    card = model_card(model_cfg.to_dict(), config, results)
+    atomic_write_text(folder / MODEL_CARD_FILE, card)
+
+
 def _export_hf(
-    path: Path, model: DenseGPT2, tokenizer: Tokenizer, config: dict[str, Any] | None
+    path: Path,
+    model: DenseGPT2,
+    tokenizer: Tokenizer,
+    config: dict[str, Any] | None,
+    results: Mapping[str, Any] | None,
 ) -> dict[str, int]:
     from transformers.utils import logging as hf_logging
 
@@ -447,6 +471,7 @@ def _export_hf(
         model.hf.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)
         write_json(tmp / HF_TRAIN_CONFIG_FILE, {"format": HF_FORMAT, "train": config})
+        write_model_card(tmp, model.cfg, config, results)
         write_manifest(tmp)  # last: checked by load_gpt2
         return {f.name: f.stat().st_size for f in sorted(tmp.glob("*.safetensors"))}
 
@@ -458,6 +483,7 @@ def write_model_files(
     config: dict[str, Any] | None,
     *,
     compressed: bool,
+    results: Mapping[str, Any] | None = None,
 ) -> dict[str, int]:
     """`export_model`'s files, into an existing (temporary) folder; returns the sizes of the
     weights files. For exports that add files of their own (bridges)."""
@@ -468,6 +494,7 @@ def write_model_files(
     _write_config(folder, model.cfg, config)
     if tokenizer is not None:
         save_tokenizer(tokenizer, folder)
+    write_model_card(folder, model.cfg, config, results)
     return {f.name: f.stat().st_size for f in sorted(folder.glob("*.safetensors"))}
 
 
@@ -616,7 +643,15 @@ def _check_config_fits(
 def _write_config(folder: Path, model_cfg: ModelConfig, config: dict[str, Any] | None) -> None:
     write_json(
         folder / CONFIG_FILE,
-        {"format": FORMAT, "version": __version__, "model": model_cfg.to_dict(), "train": config},
+        {
+            "format": FORMAT,
+            # What the Hugging Face Hub reads from a repository's config.json to name its
+            # library (folders written before it was added load the same).
+            "model_type": FORMAT,
+            "version": __version__,
+            "model": model_cfg.to_dict(),
+            "train": config,
+        },
     )
 
 

@@ -16,6 +16,7 @@
         --model.d-model 1024 --sparsity.l0 0.015625
     sparse-tf calibrate [--preset paper-d1024] [--d-model 2048] [--tokens 4096 16384]
     sparse-tf convert --from circuit-sparsity DIR --out DIR   (or: DIR --to circuit-sparsity)
+    sparse-tf convert CIRCUIT_DIR --to circuit-sparsity --out DIR   (viz_data.pt: circuit_data)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from sparse_tf.bridges.objective import BridgedTrainConfig
 from sparse_tf.bridges.perturb import perturb_folder
 from sparse_tf.data.pipeline import DataConfig
 from sparse_tf.errors import SparseTFError
-from sparse_tf.filenames import TOKENIZER_FILE
+from sparse_tf.filenames import CIRCUIT_FILE, TOKENIZER_FILE, VIZ_DATA_FILE
 from sparse_tf.io import write_json
 from sparse_tf.model import GPT, GPTConfig
 from sparse_tf.parallel import launch
@@ -601,10 +602,12 @@ def describe_command(argv: list[str]) -> None:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ConvertArgs:
     """Convert a model folder between sparse_tf's layout and OpenAI's released circuit_sparsity
-    layout (beeg_config.json + final_model.pt): exactly one of --from and --to."""
+    layout (beeg_config.json + final_model.pt): exactly one of --from and --to. A circuit
+    folder of `sparse-tf prune` (circuit.json) converts --to circuit-sparsity as OUT/viz_data.pt,
+    whose circuit_data the official viewer reads."""
 
     model: Annotated[Path, tyro.conf.Positional]
-    """The folder to convert."""
+    """The folder to convert: a model folder, or with --to a circuit folder too."""
     out: Path
     """Where to write the converted folder (must not exist)."""
     from_: Annotated[Literal["circuit-sparsity"] | None, tyro.conf.arg(name="from")] = None
@@ -616,6 +619,8 @@ class ConvertArgs:
 def convert_command(argv: list[str]) -> None:
     from sparse_tf import official
     from sparse_tf.checkpoint import export_model, load_model
+    from sparse_tf.pruning import load_circuit
+    from sparse_tf.pruning.circuit_data import save_viz_data
 
     args = _tyro_cli(ConvertArgs, prog="sparse-tf convert", args=argv)
     if (args.from_ is None) == (args.to is None):
@@ -629,7 +634,17 @@ def convert_command(argv: list[str]) -> None:
                 "final_model.pt)"
             )
         model = official.load(args.model)
-        export_model(args.out, model, None, {"converted_from": str(args.model)})
+        try:
+            tokenizer = official.load_tokenizer(args.model)
+        except official.OfficialFormatError as e:  # the model converts; tasks need a tokenizer
+            print(f"sparse-tf convert: {e}", file=sys.stderr)
+            tokenizer = None
+        export_model(args.out, model, tokenizer, {"converted_from": str(args.model)})
+    elif (args.model / CIRCUIT_FILE).is_file():
+        circuit = load_circuit(args.model)
+        save_viz_data(circuit, args.out)
+        print(f"wrote {args.out / VIZ_DATA_FILE}: circuit_data of {circuit.n_nodes} nodes")
+        return
     else:
         tokenizer = args.model / TOKENIZER_FILE
         official.save(load_model(args.model), args.out, tokenizer if tokenizer.is_file() else None)
@@ -753,7 +768,8 @@ def format_description(cfg: GPTConfig, sparsity: SparsityConfig) -> str:
         f"parameters: {n_total:,} ({n_sparse:,} in {len(weights)} sparse matrices, "
         f"{n_total - n_sparse:,} dense: biases, norms, sinks, bigram)",
         "",
-        f"at L0 {l0:g} (embeddings x{sparsity.embed_mult:g}, "
+        f"at L0 {l0:g} (embeddings x"
+        f"{'d_model/256' if sparsity.embed_mult is None else f'{sparsity.embed_mult:g}'}, "
         f">= {sparsity.min_per_neuron} nonzeros per neuron):",
         f"{'matrix':<32} {'shape':>13} {'entries':>12} {'kept':>10} {'density':>8}  neurons",
     ]

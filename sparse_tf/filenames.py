@@ -24,6 +24,7 @@ STATE_FILE = "state.json"  # checkpoints only: step, data position, run id
 SHARDS_DIR = "shards"  # checkpoints of FSDP runs: one safetensors file per rank
 CONFIG_FILE = "config.json"  # model config + training config (for a GPT-2: Hugging Face's)
 TOKENIZER_FILE = "tokenizer.json"
+MODEL_CARD_FILE = "README.md"  # exports only: the model card (what the Hugging Face Hub shows)
 MANIFEST_FILE = "manifest.json"  # size and sha256 of every file, written last
 HF_TRAIN_CONFIG_FILE = "sparse_tf.json"  # beside a dense GPT-2's Hugging Face files
 BRIDGES_FILE = "bridges.safetensors"  # a bridged export's encoders and decoders
@@ -32,6 +33,7 @@ BRIDGES_META = "bridges.json"  # ... their sites, widths and dense model
 # OpenAI's released circuit_sparsity layout (`sparse_tf.official`).
 OFFICIAL_CONFIG_FILE = "beeg_config.json"  # the official GPTConfig as JSON
 OFFICIAL_WEIGHTS_FILE = "final_model.pt"  # a plain state dict (read with weights_only=True)
+VIZ_DATA_FILE = "viz_data.pt"  # a circuit for the official viewer (`pruning.circuit_data`)
 
 # A circuit folder (`sparse-tf prune --out`).
 CIRCUIT_FILE = "circuit.json"

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar, Self
+import os
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol, Self
 
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from sparse_tf.config import ARCH_KEY, Config, ConfigError, check
@@ -297,12 +300,111 @@ class Block(nn.Module):
         return topk.add_to(x, out)
 
 
+class Hub(Protocol):
+    """What `GPT.from_pretrained` and `GPT.push_to_hub` call: `sparse_tf.hub`, which loads and
+    writes model folders through `sparse_tf.checkpoint` (a layer above this one) and registers
+    itself when imported (`register_hub`), as importing `sparse_tf` does."""
+
+    def from_pretrained(
+        self,
+        repo_id_or_dir: str | os.PathLike[str],
+        *,
+        revision: str | None,
+        cache_dir: str | os.PathLike[str] | None,
+        token: str | bool | None,
+        local_files_only: bool,
+        device: str | torch.device,
+    ) -> GPT: ...
+
+    def push_to_hub(
+        self,
+        model: GPT,
+        repo_id: str,
+        *,
+        tokenizer: Tokenizer | None,
+        config: Mapping[str, Any] | None,
+        results: Mapping[str, Any] | None,
+        private: bool | None,
+        token: str | None,
+        revision: str | None,
+        commit_message: str,
+    ) -> str: ...
+
+
+_hub: Hub | None = None
+
+
+def register_hub(hub: Hub) -> None:
+    """Let `GPT.from_pretrained` / `push_to_hub` use `hub` (called by `sparse_tf.hub`)."""
+    global _hub
+    _hub = hub
+
+
+def _registered_hub() -> Hub:
+    if _hub is None:
+        raise RuntimeError("sparse_tf.hub is not imported (import sparse_tf, which imports it)")
+    return _hub
+
+
 class GPT(HookedModule):
     """Decoder-only transformer; `forward(tokens [B, T]) -> logits [B, T, vocab]`.
 
     Build one with `GPT(GPTConfig(vocab_size=..., n_ctx=..., n_layer=..., d_model=...))`;
-    initialisation draws from torch's global RNG (seed it with `torch.manual_seed`).
+    initialisation draws from torch's global RNG (seed it with `torch.manual_seed`). Load one
+    with `GPT.from_pretrained(repo_id_or_folder)` (`sparse_tf.hub`).
     """
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id_or_dir: str | os.PathLike[str],
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        device: str | torch.device = "cpu",
+    ) -> GPT:
+        """The model of a local model folder (anything `sparse_tf.load_model` reads) or of a
+        Hugging Face Hub repository holding one (downloaded into the Hub cache; with
+        `HF_HUB_OFFLINE=1` or `local_files_only`, read from the cache alone), in eval mode."""
+        return _registered_hub().from_pretrained(
+            repo_id_or_dir,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+            device=device,
+        )
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        tokenizer: Tokenizer | None = None,
+        config: Mapping[str, Any] | None = None,
+        results: Mapping[str, Any] | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str = "Upload a sparse_tf model",
+    ) -> str:
+        """Export this model (`sparse_tf.export_model`: the folder `from_pretrained` reads,
+        with its model card) and upload it to the Hub repository `repo_id`, created if missing;
+        returns the commit's URL. `config` (a training config dict) and `results` (`val_loss`,
+        `tasks`) fill in the card. To upload a run's `final/` folder as it is, with the card
+        training wrote: `sparse_tf.hub.push_folder`."""
+        return _registered_hub().push_to_hub(
+            self,
+            repo_id,
+            tokenizer=tokenizer,
+            config=config,
+            results=results,
+            private=private,
+            token=token,
+            revision=revision,
+            commit_message=commit_message,
+        )
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()

@@ -24,15 +24,18 @@ four of the eight: `GPTConfig.afrac_sites` carries the list.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 from torch import Tensor
 
 from sparse_tf.config import ConfigError
+from sparse_tf.data.tokenizer import TINYPYTHON_FILES, TokenizerError, tinypython_bpe
 from sparse_tf.errors import SparseTFError
 from sparse_tf.filenames import OFFICIAL_CONFIG_FILE, OFFICIAL_WEIGHTS_FILE, TOKENIZER_FILE
 from sparse_tf.io import atomic_dir, read_json, write_json
@@ -207,6 +210,37 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> GPT:
             dst.copy_(src)
     mark_sparse(model, count_nonzeros(model))  # lets the layers use the sparse matmul
     return model.eval()
+
+
+TOKENIZER_DIR_ENV = "TINYPYTHON_TOK_DIR"
+"""Where the official tiktoken plugin reads tinypython_2k's files from, as here."""
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer of a released folder: `tinypython_2k`, read from its encoder.json +
+    vocab.bpe beside beeg_config.json or in `$TINYPYTHON_TOK_DIR` (the official plugin's
+    variable); an OfficialFormatError naming the files when neither has them."""
+    path = Path(path)
+    source = path / OFFICIAL_CONFIG_FILE
+    try:
+        name = read_json(source).get("tokenizer_name", "tinypython_2k")
+    except (ValueError, AttributeError) as e:
+        raise OfficialFormatError(f"{source}: {e}") from None
+    if name != "tinypython_2k":
+        raise OfficialFormatError(f"{source}: tokenizer_name={name!r}: only tinypython_2k is known")
+    folders = [path] + (
+        [Path(os.environ[TOKENIZER_DIR_ENV])] if TOKENIZER_DIR_ENV in os.environ else []
+    )
+    for folder in folders:
+        if all((folder / f).is_file() for f in TINYPYTHON_FILES):
+            try:
+                return tinypython_bpe(folder)
+            except TokenizerError as e:
+                raise OfficialFormatError(str(e)) from None
+    raise OfficialFormatError(
+        f"{path}: no tokenizer: tinypython_2k needs {' + '.join(TINYPYTHON_FILES)} (the official "
+        f"tinypython/ folder) beside {OFFICIAL_CONFIG_FILE} or in ${TOKENIZER_DIR_ENV}"
+    )
 
 
 def official_config(cfg: GPTConfig, tokenizer_name: str) -> dict[str, Any]:

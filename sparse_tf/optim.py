@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -56,6 +56,12 @@ class OptimConfig(Config):
     """Decay the LR linearly to 0 at the end of training after warmup (else hold it)."""
     grad_rms: float | None = 1.0
     """Rescale the whole gradient to this global RMS every step; None leaves it alone."""
+    warmup_clock: Literal["after_step", "before_step"] = "after_step"
+    """Warmup factor of step i (0-based) of W warmup steps: (i + 1) / W, or i / W
+    ("before_step": the official train.py, whose first step has LR 0)."""
+    train_eot_bigram: bool = True
+    """False: the bigram table's row of <|endoftext|> keeps its initial values (its gradient
+    is zeroed before the gradient RMS is taken), as the official code leaves it untrained."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -88,7 +94,7 @@ def lr_schedule(step: int, total_steps: int, cfg: OptimConfig) -> float:
         raise ValueError(f"step={step} is outside [0, total_steps={total_steps})")
     warmup = int(cfg.warmup_frac * total_steps)
     if step < warmup:
-        return (step + 1) / warmup
+        return (step + (0 if cfg.warmup_clock == "before_step" else 1)) / warmup
     if not cfg.lr_decay:
         return 1.0
     return (total_steps - step) / (total_steps - warmup)
@@ -133,7 +139,10 @@ class SparseOptimizer:
         cfg: OptimConfig,
         sparsity: SparsityConfig | None,
         total_steps: int,
+        *,
+        eot_id: int | None = None,
     ) -> None:
+        """`eot_id`: the tokenizer's <|endoftext|> id, needed with `train_eot_bigram=False`."""
         if total_steps < 1:
             raise ValueError(f"SparseOptimizer: total_steps={total_steps} must be >= 1")
         self.model, self.cfg, self.sparsity, self.total_steps = model, cfg, sparsity, total_steps
@@ -144,6 +153,14 @@ class SparseOptimizer:
         # The official rule: every ≥2-D weight decays, except the bigram table.
         # (`bigram` at any depth: a bridged model holds the GPT as `sparse`.)
         self._decayed = [p for n, p in named if p.dim() >= 2 and n.rsplit(".", 1)[-1] != "bigram"]
+        self._frozen_rows: list[tuple[Tensor, int]] = []  # (parameter, row) kept at its init
+        if not cfg.train_eot_bigram:
+            if eot_id is None:
+                raise ValueError("SparseOptimizer: train_eot_bigram=False needs eot_id")
+            if is_sharded(model):
+                raise ValueError("SparseOptimizer: train_eot_bigram=False is not supported "
+                                 "with FSDP (a row of a sharded table)")  # fmt: skip
+            self._frozen_rows = [(p, eot_id) for n, p in named if n.rsplit(".", 1)[-1] == "bigram"]
         self._dense_counts = {w.name: w.param.numel() for w in model.sparse_weights()}
         # Parameters whose gradient RMS is normalised together: the whole model, unless it
         # names groups (a bridged model: the sparse GPT and the bridges, whose gradients can
@@ -192,6 +209,9 @@ class SparseOptimizer:
             raise RuntimeError(
                 "SparseOptimizer.step() called with no gradients; call backward first"
             )
+        for p, row in self._frozen_rows:  # zero before the RMS: as if it had no gradient
+            if p.grad is not None:
+                p.grad[row] = 0
         n = sum(g.numel() for g in grads)  # global sizes, also of FSDP shards
         shards = [local(g) for g in grads]  # this rank's part (all of it unless sharded)
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(shards)))

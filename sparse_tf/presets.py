@@ -14,6 +14,7 @@ from sparse_tf.config import ConfigError
 from sparse_tf.data.pipeline import DataConfig
 from sparse_tf.gpt2 import GPT2Config
 from sparse_tf.model import GPTConfig
+from sparse_tf.optim import OptimConfig
 from sparse_tf.sparsity import SparsityConfig
 from sparse_tf.training import TrainConfig
 
@@ -37,6 +38,27 @@ _SPARSE: dict[str, tuple[str, TrainConfig]] = {
             model=GPTConfig(vocab_size=2048, n_ctx=256, n_layer=8, d_model=1024),
             sparsity=SparsityConfig(l0=1 / 64),
             max_steps=244_140,  # 32e9 tokens / (512 x 256), the official script's budget
+            batch_size=512,
+            micro_batch_size=64,
+        ),
+    ),
+    # paper-d1024 with the official train.py's step where sparse_tf's own differs: the
+    # embedding densities on the official line from dense, the d_model/256 ratio, floor kept
+    # counts, and the schedules read before each step (the first step has LR 0).
+    "paper-official": (
+        "paper-d1024 with the official train.py's step: embedding density linear from dense, "
+        "ratio d_model/256, int() kept counts, schedules at step/T (LR 0 at step 0); for GPUs",
+        TrainConfig(
+            model=GPTConfig(vocab_size=2048, n_ctx=256, n_layer=8, d_model=1024),
+            sparsity=SparsityConfig(
+                l0=1 / 64,
+                embed_mult=None,
+                embed_schedule="linear",
+                kept_rounding="floor",
+                anneal_clock="before_step",
+            ),
+            optim=OptimConfig(warmup_clock="before_step"),
+            max_steps=244_140,
             batch_size=512,
             micro_batch_size=64,
         ),

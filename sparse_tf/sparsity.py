@@ -9,7 +9,8 @@ Semantics follow Gao et al. 2025 and the official training script (README, "The 
   neuron are protected (forced into the kept set), so no neuron is left with fewer than j
   nonzeros. The axis is the neuron's: rows of qkv and MLP-in, columns of attention-out and
   MLP-out. When protection alone needs more than k entries, protection wins and the matrix
-  keeps n_neurons · j entries. Embedding matrices use min(1, L0 · embed_mult) and no protection.
+  keeps n_neurons · j entries. Embedding matrices use min(1, L0 · embed_mult) and no protection
+  (`embed_schedule="linear"`: the official train.py's line from dense to that final density).
 - **Ties** are broken towards the lower (flattened, row-major) index everywhere, so the kept set
   is a pure function of the values: kernels, sharded runs and resumes reproduce it exactly.
 - **Anneal**: L0 goes linearly from 1 (dense) to the target between `anneal_start` and
@@ -150,8 +151,21 @@ class SparsityConfig(Config):
 
     l0: float
     """Target fraction of nonzero entries in each block weight matrix (1/64 in the paper preset)."""
-    embed_mult: float = 4.0
-    """Embedding, positional embedding and unembedding matrices end at min(1, l0 · embed_mult)."""
+    embed_mult: float | None = 4.0
+    """Embedding, positional embedding and unembedding matrices end at min(1, l0 · embed_mult).
+    None: d_model / 256, the official train.py's ratio (its width expansion factor over a
+    d_model-256 base model, with d_mlp = 4 · d_model); 4 at d_model 1024."""
+    embed_schedule: Literal["ratio", "linear"] = "ratio"
+    """How embedding densities follow the block L0 while it anneals. "ratio": min(1,
+    embed_mult · L0) at every step, so they stay dense until L0 falls below 1/embed_mult.
+    "linear" (the official train.py): a straight line in L0 from dense (L0 = 1) to the final
+    min(1, embed_mult · l0), so they thin out from the start of the anneal."""
+    kept_rounding: Literal["round", "floor"] = "round"
+    """A matrix keeps round(density · numel) entries, or int(density · numel) (floor: the
+    official train.py); at least 1 either way."""
+    anneal_clock: Literal["after_step", "before_step"] = "after_step"
+    """Which fraction of training step i (0-based) of T reads the L0 schedule at: (i + 1) / T,
+    the fraction done once it is taken, or i / T ("before_step": the official train.py)."""
     min_per_neuron: int = 4
     """Protection j: never leave a neuron with fewer than j nonzeros (0 disables)."""
     anneal_start: float = 0.01
@@ -164,7 +178,7 @@ class SparsityConfig(Config):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(0.0 < self.l0 <= 1.0, self, "l0", "must be in (0, 1]")
-        check(self.embed_mult > 0.0, self, "embed_mult", "must be > 0")
+        check(self.embed_mult is None or self.embed_mult > 0.0, self, "embed_mult", "must be > 0")
         check(self.min_per_neuron >= 0, self, "min_per_neuron", "must be >= 0")
         check(0.0 <= self.anneal_start <= 1.0, self, "anneal_start", "must be in [0, 1]")
         check(
@@ -175,15 +189,28 @@ class SparsityConfig(Config):
         )
 
 
+def embed_mult(w: SparseWeight, cfg: SparsityConfig) -> float:
+    """The ratio of an embedding matrix's final density to the block L0: `cfg.embed_mult`, or
+    d_model / 256 (every embedding matrix is [rows, d_model])."""
+    return cfg.embed_mult if cfg.embed_mult is not None else w.param.shape[1] / 256
+
+
 def density(w: SparseWeight, l0: float, cfg: SparsityConfig) -> float:
     """The nonzero fraction `w` is projected to when block matrices are at `l0`."""
-    return l0 if w.kind == "block" else min(1.0, l0 * cfg.embed_mult)
+    if w.kind == "block":
+        return l0
+    final = cfg.l0 * embed_mult(w, cfg)
+    if cfg.embed_schedule == "linear" and cfg.l0 < 1.0:
+        # The official line: dense at L0 = 1, `final` at L0 = cfg.l0, affine in between.
+        return min(1.0, final + (1.0 - final) * (l0 - cfg.l0) / (1.0 - cfg.l0))
+    return min(1.0, l0 * embed_mult(w, cfg))
 
 
 def kept_count(w: SparseWeight, l0: float, cfg: SparsityConfig) -> int:
     """Entries of `w` kept by `project_weights_` at `l0`: max(top-k budget, protected entries)."""
     numel = w.param.numel()
-    k = max(1, round(density(w, l0, cfg) * numel))
+    budget = density(w, l0, cfg) * numel
+    k = max(1, int(budget) if cfg.kept_rounding == "floor" else round(budget))
     if w.neuron_dim is None or cfg.min_per_neuron == 0:
         return min(k, numel)
     n_neurons = w.param.shape[w.neuron_dim]
@@ -304,13 +331,14 @@ def count_nonzeros(model: nn.Module) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _progress(step: int, total_steps: int) -> float:
-    """Fraction of training done once `step` (0-based) has been taken: (step + 1) / total."""
+def _progress(step: int, total_steps: int, before: bool = False) -> float:
+    """Fraction of training done once `step` (0-based) has been taken: (step + 1) / total; or
+    before it is taken (`before`): step / total."""
     if total_steps < 1:
         raise ValueError(f"total_steps={total_steps} must be >= 1")
     if not 0 <= step < total_steps:
         raise ValueError(f"step={step} is outside [0, total_steps={total_steps})")
-    return (step + 1) / total_steps
+    return (step + (0 if before else 1)) / total_steps
 
 
 def l0_at_progress(progress: float, cfg: SparsityConfig) -> float:
@@ -327,9 +355,10 @@ def l0_schedule(step: int, total_steps: int, cfg: SparsityConfig) -> float:
     """Block-matrix L0 that step `step` (0-based) projects to.
 
     1 until `anneal_start`, linear to `cfg.l0` at `anneal_end`, `cfg.l0` after; the last step
-    always ends at the target when anneal_end ≤ 1.
+    always ends at the target when anneal_end ≤ 1 (with `anneal_clock="after_step"`).
     """
-    return l0_at_progress(_progress(step, total_steps), cfg)
+    before = cfg.anneal_clock == "before_step"
+    return l0_at_progress(_progress(step, total_steps, before), cfg)
 
 
 def sharkfin(step: int, total_steps: int, cfg: SparsityConfig) -> float:

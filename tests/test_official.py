@@ -4,6 +4,7 @@ official code names them."""
 
 from __future__ import annotations
 
+import email.utils
 import json
 import pickle
 import subprocess
@@ -11,10 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import tokenizers
 import torch
 
-from sparse_tf import GPT, GPTConfig, load_model, official
+from sparse_tf import GPT, GPTConfig, load_model, load_tokenizer, official
 from sparse_tf.config import ConfigError
+from sparse_tf.data.tokenizer import PRETOKENIZE_PATTERN, tinypython_bpe
+from sparse_tf.pruning import Circuit, CircuitError, load_circuit
+from sparse_tf.pruning.circuit_data import read_viz_data
 from sparse_tf.sites import ABSTOPK_SITES
 from tests.helpers import tokens
 
@@ -226,3 +231,134 @@ def test_some_sites_on_the_kernel_path(monkeypatch: pytest.MonkeyPatch) -> None:
         with torch.no_grad():
             out[backend] = model(x)
     torch.testing.assert_close(out["triton"], out["reference"], rtol=1e-5, atol=1e-6)
+
+
+def hand_built_circuit(folder: Path) -> Path:
+    """A circuit.json of a 2-layer model, written as `sparse-tf prune` writes it: a quote
+    circuit's shape (an MLP neuron, a QK pair, a residual read and the final residual)."""
+    nodes = {
+        "blocks.0.mlp.hook_post": [460, 985, 2790],
+        "blocks.0.mlp.hook_in": [7],
+        "blocks.1.attn.hook_q": [1312],
+        "blocks.1.attn.hook_k": [1315],
+        "blocks.1.hook_attn_out": [3, 250],
+        "blocks.1.hook_resid_post": [0, 12],
+    }
+    scores = {"loss": 0.1, "loss_uncalibrated": 0.2, "accuracy": 1.0, "meets_target": True}
+    circuit = Circuit(
+        task="single_double_quote", target_loss=0.15, reached_target=True, nodes=nodes,
+        n_nodes=sum(map(len, nodes.values())), n_total_nodes=136_192, n_edges=9,
+        edges_by_type={}, edges_by_layer={}, logit_scale=1.0, sufficiency=scores,
+        necessity=scores, full_model=scores, all_ablated=scores, loss_vs_k=[[10.0, 0.1]],
+        config={"steps": 500},
+    )  # fmt: skip
+    folder.mkdir(parents=True)
+    circuit.save(folder)
+    return folder
+
+
+def test_a_circuit_converts_to_circuit_data_and_back(tmp_path: Path) -> None:
+    folder = hand_built_circuit(tmp_path / "circuit")
+    cmd = [sys.executable, "-m", "sparse_tf.cli", "convert", str(folder), "--to",
+           "circuit-sparsity", "--out", str(tmp_path / "viz")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    viz = torch.load(tmp_path / "viz" / "viz_data.pt", weights_only=True)
+    data = viz["circuit_data"]
+    kept = {k: v.tolist() for k, v in data.items() if len(v)}
+    assert kept == {
+        "0.mlp.post_act": [460, 985, 2790],
+        "0.mlp.act_in": [7],
+        "1.attn.q": [1312],
+        "1.attn.k": [1315],
+        "1.attn.resid_delta": [3, 250],
+        "final_resid": [0, 12],
+    }
+    every_site = ["attn.act_in", "attn.q", "attn.k", "attn.v", "attn.resid_delta",
+                  "mlp.act_in", "mlp.post_act", "mlp.resid_delta"]  # fmt: skip
+    assert set(data) == {f"{i}.{k}" for i in range(2) for k in every_site} | {"final_resid"}
+    assert all(v.dtype == torch.int64 and v.dim() == 1 for v in data.values())
+    assert viz["num_total_nodes"] == 136_192
+    assert viz["prune_config"]["task"] == "single_double_quote"
+    back = read_viz_data(tmp_path / "viz", n_layer=2)
+    assert back == load_circuit(folder).nodes
+    with pytest.raises(CircuitError, match=r"pt: 1\.attn\.act_in: the model has 1 layers"):
+        read_viz_data(tmp_path / "viz", n_layer=1)
+    torch.save({"circuit_data": {"0.attn.x": torch.tensor([1])}}, tmp_path / "bad.pt")
+    with pytest.raises(CircuitError, match=r"'0\.attn\.x' is not a circuit_sparsity node"):
+        read_viz_data(tmp_path / "bad.pt", n_layer=2)
+
+
+def gpt2_byte_chars() -> dict[int, str]:
+    """GPT-2's byte -> printable character map, which data-gym files spell tokens in."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]  # fmt: skip
+    rest = [b for b in range(256) if b not in printable]
+    return {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(rest)}
+
+
+def write_tinypython_files(folder: Path) -> Path:
+    """A small tinypython-style tokenizer as the released files: byte-level BPE merges learned
+    on some Python, written as vocab.bpe, and encoder.json with data-gym ids (printable bytes
+    first, then the others, then one id per merge in order)."""
+    text = [p.read_text() for p in sorted((Path(json.__file__).parent).glob("*.py"))]
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
+        tokenizers.pre_tokenizers.Split(tokenizers.Regex(PRETOKENIZE_PATTERN), "isolated"),
+        tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])  # fmt: skip
+    alphabet = tokenizers.pre_tokenizers.ByteLevel.alphabet()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=600, initial_alphabet=alphabet,
+                                             show_progress=False)  # fmt: skip
+    bpe.train_from_iterator(text, trainer)
+    merges = [m if isinstance(m, list) else m.split(" ")
+              for m in json.loads(bpe.to_str())["model"]["merges"]]  # fmt: skip
+    chars = gpt2_byte_chars()
+    first = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    order = first + [b for b in range(256) if b not in first]
+    encoder = {chars[b]: i for i, b in enumerate(order)}
+    for a, b in merges:
+        encoder[a + b] = len(encoder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "encoder.json").write_text(json.dumps(encoder))
+    (folder / "vocab.bpe").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    return folder
+
+
+def test_tinypython_files_give_tiktokens_ids(tmp_path: Path) -> None:
+    """The released tokenizer's files read as tiktoken reads them (the official plugin's
+    construction: data-gym ranks, its regex, <|endoftext|> after the last rank) and as
+    sparse_tf reads them: the same ids on real code."""
+    tiktoken = pytest.importorskip("tiktoken")  # a dev dependency
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    files = write_tinypython_files(tmp_path / "tinypython")
+    ranks = data_gym_to_mergeable_bpe_ranks(str(files / "vocab.bpe"), str(files / "encoder.json"))
+    theirs = tiktoken.Encoding(
+        "tinypython_test", pat_str=PRETOKENIZE_PATTERN, mergeable_ranks=ranks,
+        special_tokens={"<|endoftext|>": len(ranks)},
+    )  # fmt: skip
+    ours = tinypython_bpe(files)
+    sample = Path(email.utils.__file__).read_text() + "<|endoftext|>x = 'é' if a else \"\\n\"\n"
+    ids = ours.encode(sample).ids
+    assert ids == theirs.encode(sample, allowed_special="all")
+    assert ours.decode(ids, skip_special_tokens=False) == sample
+    assert ours.token_to_id("<|endoftext|>") == len(ranks)
+
+
+def test_a_released_folder_converts_with_its_tokenizer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = source_model()
+    folder = write_official(source, tmp_path / "csp")
+    files = write_tinypython_files(tmp_path / "tinypython")
+    monkeypatch.delenv("TINYPYTHON_TOK_DIR", raising=False)
+    with pytest.raises(official.OfficialFormatError, match=r"encoder\.json \+ vocab\.bpe"):
+        official.load_tokenizer(folder)
+    monkeypatch.setenv("TINYPYTHON_TOK_DIR", str(files))
+    cmd = [sys.executable, "-m", "sparse_tf.cli", "convert", "--from", "circuit-sparsity",
+           str(folder), "--out", str(tmp_path / "ours")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    tok = load_tokenizer(tmp_path / "ours")
+    assert tok.encode("def f(x):\n").ids == tinypython_bpe(files).encode("def f(x):\n").ids

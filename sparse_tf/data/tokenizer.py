@@ -241,6 +241,42 @@ def gpt2_bpe(directory: str | Path | None = None) -> Tokenizer:
     return tok
 
 
+TINYPYTHON_FILES = ("encoder.json", "vocab.bpe")
+"""The files of OpenAI's released `tinypython_2k` tokenizer (the folder its tiktoken plugin
+reads, `$TINYPYTHON_TOK_DIR`): GPT-2's data-gym format."""
+
+
+def tinypython_bpe(directory: str | Path) -> Tokenizer:
+    """OpenAI's `tinypython_2k` (a tiktoken encoding) as a `tokenizers` tokenizer, from the
+    folder holding its `encoder.json` + `vocab.bpe`: the same ids as tiktoken's.
+
+    The plugin builds the tiktoken encoding from these files (data-gym ranks: the ids of
+    encoder.json, the merges in vocab.bpe's order), the pre-tokenizer regex of
+    `PRETOKENIZE_PATTERN`, and `<|endoftext|>` after the last rank (2047). Here: the same
+    vocabulary and merges as a byte-level BPE, split by the same regex first."""
+    folder = Path(directory)
+    encoder, merges = (folder / name for name in TINYPYTHON_FILES)
+    if missing := [f.name for f in (encoder, merges) if not f.is_file()]:
+        raise TokenizerError(
+            f"{folder}: tinypython_2k needs {' and '.join(TINYPYTHON_FILES)} (the official "
+            f"tinypython/ folder); missing {', '.join(missing)}"
+        )
+    try:
+        model = models.BPE.from_file(str(encoder), str(merges))
+    except Exception as e:
+        raise TokenizerError(f"{folder}: cannot read tinypython_2k's BPE files: {e}") from None
+    tok = Tokenizer(model)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([EOT])  # after the last rank, as the plugin's special token
+    return tok
+
+
 def tokenizer_digest(tok: Tokenizer) -> str:
     """sha256 of the tokenizer's canonical JSON: equal digests tokenise identically."""
     return hashlib.sha256(tok.to_str().encode()).hexdigest()

@@ -198,7 +198,13 @@ class _Run:
         if self.sharded:
             shard_model(model, self.device)  # each rank keeps its rows of every tensor
         model = self.objective.setup(model, data, self.env, new_run=ckpt is None)
-        opt = SparseOptimizer(model, cfg.optim, None if cfg.dense else cfg.sparsity, cfg.max_steps)
+        opt = SparseOptimizer(
+            model,
+            cfg.optim,
+            None if cfg.dense else cfg.sparsity,
+            cfg.max_steps,
+            eot_id=eot_id(data.tokenizer),
+        )
         state: dict[str, Any] = {"data_position": 0}
         if ckpt is not None:
             state = load_checkpoint(ckpt, model, opt, check_files=False)  # just verified
@@ -466,7 +472,14 @@ class _Run:
             return TrainResult(out=self.out, final=final, summary={})
         if val_loss is not None:
             logger.log(cfg.max_steps, {"val/loss_full": val_loss}, echo=False)
-        sizes = export_model(final, model, data.tokenizer, cfg.to_dict(), compressed=not cfg.dense)
+        sizes = export_model(
+            final,
+            model,
+            data.tokenizer,
+            cfg.to_dict(),
+            compressed=not cfg.dense,
+            results={"val_loss": val_loss},
+        )
         nonzeros = count_nonzeros(model)  # type: ignore[arg-type]
         targets = {
             w.name: w.param.numel() if cfg.dense else kept_count(w, cfg.sparsity.l0, cfg.sparsity)
