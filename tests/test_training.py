@@ -214,6 +214,21 @@ def test_presets_and_their_dense_twins() -> None:
 # -- bad input ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
+def test_a_compiled_run_follows_the_eager_one(tmp_path: Path, corpus: Path) -> None:
+    """--compile default (Inductor on the CPU): the same losses as the eager run, through the
+    anneal, micro-batches and validations between steps (the eager model validates)."""
+    cfg = tiny_train_config(corpus, batch_size=8, micro_batch_size=4)
+    losses = []
+    for mode in ("none", "default"):
+        train(cfg, quiet_options(tmp_path / mode, device="cpu", compile=mode))
+        records = read_metrics(tmp_path / mode)
+        losses.append([r["train/loss"] for r in records if "train/loss" in r])
+        assert any("val/loss" in r for r in records)
+    assert len(losses[1]) == cfg.max_steps
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
 def test_cuda_graphs_need_a_cuda_device(tmp_path: Path, corpus: Path) -> None:
     """--compile reduce-overhead on the CPU is refused before anything is written (the compiled
     runs themselves are GPU tests: tests/test_gpu.py)."""
