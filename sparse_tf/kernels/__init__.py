@@ -4,8 +4,11 @@
     y = abs_topk(x, k)            # by device, dtype and width
     y = sparse_linear(x, weight, bias, kept, formats)   # sparse kernel or cuBLAS, per shape
 
-Each op lives in one file with its Triton kernels, their launcher, its autograd Function and
-its pure-torch reference (the definition the kernels are tested against):
+Each op lives in one file with its launcher, its autograd Function and its pure-torch
+reference (the definition the kernels are tested against); its Triton kernels are in
+`kernels/jit/` under the same name, imported at the first launch, so that nothing else needs
+triton installed (it is an optional dependency where it has no wheels: the reference path runs
+everywhere):
 
     abstopk.py      AbsTopK forward (exact threshold search) and backward (kept-set bits)
     gelu_abstopk.py AbsTopK of GELU with one fused backward (the MLP's hidden neurons)
