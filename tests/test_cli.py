@@ -96,7 +96,7 @@ def test_unknown_command_names_the_commands(capsys: pytest.CaptureFixture[str]) 
         (
             ["train", "--wandb", "maybe"],
             "sparse-tf train: error: invalid choice 'maybe' for argument '--wandb'. Expected one "
-            "of ('offline', 'online', 'disabled'). (see sparse-tf train --help)",
+            "of ('auto', 'offline', 'online', 'disabled'). (see sparse-tf train --help)",
         ),
         (
             ["train", "--model.d-model", "abc"],

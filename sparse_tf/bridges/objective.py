@@ -38,7 +38,7 @@ class BridgedTrainConfig(TrainConfig):
     """A training run of a sparse GPT with bridges to a frozen dense GPT-2 (`sparse-tf
     bridge`); the loss adds the bridges' terms to the model's own."""
 
-    bridge: BridgeConfig = BridgeConfig()  # noqa: RUF009 - frozen
+    bridge: BridgeConfig = BridgeConfig()
     """The dense model (`bridge.dense`, required to train), the bridges' shape, the weights of
     the loss terms."""
 

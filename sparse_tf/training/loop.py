@@ -53,7 +53,7 @@ from sparse_tf.provenance import utc_now
 from sparse_tf.sparsity import count_nonzeros, kept_count
 from sparse_tf.tasks import task_tokens
 from sparse_tf.trainable import TrainableModel, build_model
-from sparse_tf.training.config import RunOptions, TrainConfig, TrainingError
+from sparse_tf.training.config import RunOptions, TrainConfig, TrainingError, TrainingStopped
 from sparse_tf.training.objective import Loss, MicroBatch, TrainEnv
 from sparse_tf.training.run_folder import (
     check_same_corpus,
@@ -376,10 +376,7 @@ class _Run:
                         t_window = time.perf_counter()
                     if stopping:
                         launch.barrier(self.world)  # the checkpoint is complete before any exit
-                        raise TrainingError(
-                            f"stopped by {stop.requested or 'a signal to another rank'} after "
-                            f"step {done}; checkpoint {path} is complete: continue with --resume"
-                        )
+                        raise TrainingStopped(stop.requested, done, str(path))
 
     def _forward_backward(self, windows: Windows, indices: np.ndarray) -> Tensor:
         """Accumulate the gradient of the global batch's objective; returns this rank's share

@@ -1,21 +1,5 @@
-"""The `sparse-tf` command line (the only module that parses argv).
-
-    sparse-tf train [--preset tiny-cpu] [--out DIR] [--max-steps N] [--seed N] [--resume]
-                    [--overwrite] [--wandb offline|online|disabled] [--device auto|cpu|cuda]
-                    [--model.d-model 256 --sparsity.l0 0.03125 --optim.lr 0.01 ...]
-    sparse-tf bridge --dense DIR [--preset tiny-cpu] [--out DIR] [any train flag]
-    sparse-tf perturb --model runs/tiny-cpu-bridged/final [--task single_double_quote]
-                      [--site L1.attn_in] [--channels auto|3,17] [--mode flip|zero|scale|...]
-    sparse-tf eval --model runs/tiny-cpu/final [--task NAME|all] [--n 100] [--json FILE]
-    sparse-tf tasks [--task NAME] [--show 2] [--out DIR --n 1000 --split test]
-    sparse-tf prune --model runs/tiny-cpu/final --task single_double_quote --out DIR
-                    [--target-loss 0.15] [--budget 4] [--steps 500] [--means FILE]
-    sparse-tf analyze {ace,rotation,factored} [--out DIR] [--seeds 2] [--kinds dense sparse]
-                      [--steps N] [--models DIR DIR ...] [--device auto]
-    sparse-tf describe --model.vocab-size 2048 --model.n-ctx 256 --model.n-layer 8 \\
-        --model.d-model 1024 --sparsity.l0 0.015625
-    sparse-tf calibrate [--preset paper-d1024] [--d-model 2048] [--tokens 4096 16384]
-    sparse-tf convert --from circuit-sparsity DIR --out DIR   (or: DIR --to circuit-sparsity)
+"""The `sparse-tf` commands: their flags (dataclasses that tyro turns into a parser) and what
+each one runs. `sparse_tf.cli.main` imports this module only to run a command.
 """
 
 from __future__ import annotations
@@ -24,9 +8,10 @@ import contextlib
 import dataclasses
 import io
 import os
+import shlex
+import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -36,21 +21,18 @@ import tyro
 from sparse_tf.bridges.bridge import BridgeConfig
 from sparse_tf.bridges.objective import BridgedTrainConfig
 from sparse_tf.bridges.perturb import perturb_folder
+from sparse_tf.cli import Interrupted, UsageError
 from sparse_tf.data.pipeline import DataConfig
 from sparse_tf.errors import SparseTFError
-from sparse_tf.filenames import TOKENIZER_FILE
+from sparse_tf.filenames import RUN_FILE, TOKENIZER_FILE
 from sparse_tf.io import write_json
 from sparse_tf.model import GPT, GPTConfig
 from sparse_tf.parallel import launch
 from sparse_tf.presets import DEFAULT_PRESET, PRESETS, preset
 from sparse_tf.pruning.search import PruneConfig
 from sparse_tf.sparsity import COLS, ROWS, SparsityConfig, abstopk_k, kept_count
-from sparse_tf.training import RunOptions, TrainConfig, train
+from sparse_tf.training import RunOptions, TrainConfig, TrainingStopped, train
 from sparse_tf.training.run_folder import saved_config
-
-
-class UsageError(SparseTFError):
-    """A flag the command line parser rejected (exit status 2, as argparse)."""
 
 
 def _require(condition: bool, args: object, field: str, requirement: str) -> None:
@@ -191,7 +173,10 @@ def _train(argv: list[str], *, bridged: bool) -> None:
     config = start.resolve(args)
     world = launch.world_from_env()
     if not world.distributed:
-        train(config, args.run)
+        try:
+            train(config, args.run)
+        except (TrainingStopped, KeyboardInterrupt) as e:
+            raise _train_interrupted(e, prog, argv, Path(args.run.out)) from None
         return
     # Under torchrun: every rank reports its own error (torchrun may stop rank 0 before it
     # prints when another rank fails first); all ranks leave the process group together and
@@ -201,6 +186,12 @@ def _train(argv: list[str], *, bridged: bool) -> None:
     try:
         train(config, args.run)
         launch.end(world)
+    except TrainingStopped as e:
+        stop = _train_interrupted(e, prog, argv, Path(args.run.out))
+        if world.main:
+            again = f"{shlex.join(stop.resume or [])} (under torchrun, as before)"
+            print(f"{prog}: {stop}\nresume with: {again}", file=sys.stderr)
+        code = stop.status
     except SparseTFError as e:
         print(f"{prog}{who}: error: {e}", file=sys.stderr)
         code = 1
@@ -217,6 +208,22 @@ def _train(argv: list[str], *, bridged: bool) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _train_interrupted(
+    e: TrainingStopped | KeyboardInterrupt, prog: str, argv: list[str], out: Path
+) -> Interrupted:
+    """Ctrl-C or SIGTERM during a training command, and the command that continues it: with
+    --resume once the run folder holds the run (its own config is used then, so no other flag
+    is needed), else the same command again."""
+    resume = [*prog.split(), "--out", str(out), "--resume"]
+    if isinstance(e, TrainingStopped):
+        status = 128 + signal.Signals[e.signal].value if e.signal else 130
+        message = f"stopped by {e.signal or 'a signal to another rank'} after step {e.step}"
+        return Interrupted(f"{message}; checkpoint {e.checkpoint} is complete", resume, status)
+    if not (out / RUN_FILE).is_file():
+        resume = [*prog.split(), *argv]  # stopped before the run began: nothing to resume
+    return Interrupted("interrupted", resume)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -386,7 +393,7 @@ class PruneArgs:
     """A task name (see `sparse-tf tasks`)."""
     out: str
     """Output folder (written when complete; an earlier result is replaced with --overwrite)."""
-    config: Annotated[PruneConfig, tyro.conf.arg(name="")] = PruneConfig()  # noqa: RUF009
+    config: Annotated[PruneConfig, tyro.conf.arg(name="")] = PruneConfig()
     means: str | None = None
     """Ablation means (means.safetensors of an earlier run) instead of computing them."""
     mean_windows: int = 256
@@ -408,17 +415,26 @@ def prune_command(argv: list[str]) -> None:
     from sparse_tf.pruning.run import prune_model  # torch-heavy search code only when used
 
     args = _tyro_cli(PruneArgs, prog="sparse-tf prune", args=argv)
-    prune_model(
-        args.model,
-        args.task,
-        args.out,
-        args.config,
-        device=args.device,
-        means_file=args.means,
-        mean_windows=args.mean_windows,
-        overwrite=args.overwrite,
-        study=args.study,
-    )
+    try:
+        prune_model(
+            args.model,
+            args.task,
+            args.out,
+            args.config,
+            device=args.device,
+            means_file=args.means,
+            mean_windows=args.mean_windows,
+            overwrite=args.overwrite,
+            study=args.study,
+        )
+    except KeyboardInterrupt:
+        if args.study is None:  # a study in memory: nothing is left to continue
+            message = "interrupted (without --study, the search starts again)"
+            raise Interrupted(message, None) from None
+        raise Interrupted(
+            f"interrupted; the study {args.study} keeps its completed trials",
+            ["sparse-tf", "prune", *argv],
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -551,8 +567,6 @@ ANALYSES: dict[str, tuple[type[AnalyzeArgs], str, str]] = {
 
 
 def analyze_command(argv: list[str]) -> None:
-    from sparse_tf.analysis.studies import common  # numpy/scipy analyses only when used
-
     usage = "usage: sparse-tf analyze {" + ",".join(ANALYSES) + "} [--help] ..."
     if not argv or argv[0] in ("-h", "--help"):
         lines = [usage, "", "analyses:"]
@@ -564,6 +578,18 @@ def analyze_command(argv: list[str]) -> None:
         raise UsageError(f"unknown analysis {name!r}; choose from {list(ANALYSES)}")
     cls, preset_name, _ = ANALYSES[name]
     args = _tyro_cli(cls, prog=f"sparse-tf analyze {name}", args=argv[1:])
+    try:
+        _analyze(name, preset_name, args)
+    except (TrainingStopped, KeyboardInterrupt):
+        # Finished models are reused and an interrupted one resumes: the same command again,
+        # without --overwrite (which would train the finished ones again).
+        again = ["sparse-tf", "analyze", *(a for a in argv if a != "--overwrite")]
+        raise Interrupted("interrupted", again) from None
+
+
+def _analyze(name: str, preset_name: str, args: AnalyzeArgs) -> None:
+    from sparse_tf.analysis.studies import common  # scipy (the [analysis] extra) only when used
+
     noise = getattr(args, "noise", 0.0)
     out = Path(args.out) if args.out else common.default_folder(name, noise)
     models = common.analysed_models(
@@ -586,7 +612,7 @@ def analyze_command(argv: list[str]) -> None:
     print(f"\nwrote {out / 'report.txt'} and {out / 'report.json'}")
 
 
-def describe(model: GPTConfig, sparsity: SparsityConfig = SparsityConfig(l0=1 / 64)) -> None:  # noqa: B008
+def describe(model: GPTConfig, sparsity: SparsityConfig = SparsityConfig(l0=1 / 64)) -> None:
     """Print a model's shape, parameter counts and the L0 budget of every sparse matrix.
 
     Nothing is allocated (the model is built on the meta device), so paper-scale shapes are fine.
@@ -808,63 +834,3 @@ def data_command(argv: list[str]) -> None:
         f"(vocabulary {tok.get_vocab_size()}, corpus digest {corpus.digest[:12]}) in {store}; "
         f"{time.monotonic() - start:.1f} s"
     )
-
-
-COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
-    "train": (train_command, "train a weight-sparse GPT (presets, resume, export)"),
-    "data": (data_command, "prepare: tokenise a corpus into the store `train` reads, in parallel"),
-    "bridge": (bridge_command, "train a sparse GPT with bridges to a dense HF GPT-2 (--dense)"),
-    "perturb": (perturb_command, "edit a bridged sparse model's site; effect on the dense model"),
-    "eval": (eval_command, "score a trained model on the 20 hand-built tasks and its val split"),
-    "tasks": (tasks_command, "list the hand-built tasks, show example pairs, export them"),
-    "prune": (prune_command, "find a task's minimal circuit; write circuit.json and circuit.html"),
-    "analyze": (analyze_command, "ACE cores, rotation between models, factored subspaces"),
-    "describe": (describe_command, "print a model's shape and per-matrix L0 budget"),
-    "calibrate": (calibrate_command, "measure when the sparse matmul beats cuBLAS on this GPU"),
-    "convert": (convert_command, "to and from OpenAI's released circuit_sparsity model layout"),
-}
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `sparse-tf` console script."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    usage = "usage: sparse-tf {" + ",".join(COMMANDS) + "} [--help] ..."
-    if not argv or argv[0] in ("-h", "--help"):
-        lines = [usage, "", "commands:"]
-        lines += [f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items()]
-        print("\n".join(lines))
-        return
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        print(usage, file=sys.stderr)
-        print(
-            f"sparse-tf: error: unknown command {name!r}; choose from {list(COMMANDS)}",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    try:
-        COMMANDS[name][0](rest)
-    except SparseTFError as e:
-        print(f"sparse-tf {name}: error: {e}", file=sys.stderr)
-        sys.exit(2 if isinstance(e, UsageError) else 1)
-    except BrokenPipeError:
-        # The reader went away (`sparse-tf eval ... | head`): stop quietly, as shell tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(141)
-    except OSError as e:
-        # The file system said no (disk full, read-only, permission, a file where a folder
-        # should be): the path and the reason are the whole story. Every write is atomic, so
-        # nothing half-written was left in place of a good file.
-        if e.strerror is None:
-            raise
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"sparse-tf {name}: error: {where}{e.strerror}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        # Training handles Ctrl-C itself (checkpoint, then exit); this is any other moment.
-        print(f"sparse-tf {name}: interrupted", file=sys.stderr)
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()
