@@ -18,12 +18,13 @@
     sparse-tf convert --from circuit-sparsity DIR --out DIR   (or: DIR --to circuit-sparsity)
 
 This module is the entry point and imports nothing heavy: `sparse-tf --help` lists the
-commands without importing torch, and a command's module (`commands`) is imported only to
-run it.
+commands without importing torch, and a command's module (`commands` or `tools`) is imported
+only to run it.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import shlex
 import sys
@@ -45,20 +46,21 @@ class Interrupted(Exception):
         self.resume, self.status = resume, status
 
 
-COMMANDS: dict[str, str] = {
-    "train": "train a weight-sparse GPT (presets, resume, export)",
-    "data": "prepare: tokenise a corpus into the store `train` reads, in parallel",
-    "bridge": "train a sparse GPT with bridges to a dense HF GPT-2 (--dense)",
-    "perturb": "edit a bridged sparse model's site; effect on the dense model",
-    "eval": "score a trained model on the 20 hand-built tasks and its val split",
-    "tasks": "list the hand-built tasks, show example pairs, export them",
-    "prune": "find a task's minimal circuit; write circuit.json and circuit.html",
-    "analyze": "ACE cores, rotation between models, factored subspaces",
-    "describe": "print a model's shape and per-matrix L0 budget",
-    "calibrate": "measure when the sparse matmul beats cuBLAS on this GPU",
-    "convert": "to and from OpenAI's released circuit_sparsity model layout",
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("commands", "train a weight-sparse GPT (presets, resume, export)"),
+    "data": ("commands", "prepare: tokenise a corpus into the store `train` reads, in parallel"),
+    "bridge": ("commands", "train a sparse GPT with bridges to a dense HF GPT-2 (--dense)"),
+    "perturb": ("tools", "edit a bridged sparse model's site; effect on the dense model"),
+    "eval": ("tools", "score a trained model on the 20 hand-built tasks and its val split"),
+    "tasks": ("tools", "list the hand-built tasks, show example pairs, export them"),
+    "prune": ("commands", "find a task's minimal circuit; write circuit.json and circuit.html"),
+    "analyze": ("tools", "ACE cores, rotation between models, factored subspaces"),
+    "describe": ("commands", "print a model's shape and per-matrix L0 budget"),
+    "calibrate": ("tools", "measure when the sparse matmul beats cuBLAS on this GPU"),
+    "convert": ("tools", "to and from OpenAI's released circuit_sparsity model layout"),
 }
-"""Each command and its line in `sparse-tf --help`; `commands.NAME_command` runs it."""
+"""Each command: the module of `sparse_tf.cli` whose NAME_command runs it (`commands` for those
+whose flags are the library's configs, `tools` for the rest), and its line in `--help`."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     usage = "usage: sparse-tf {" + ",".join(COMMANDS) + "} [--help] ..."
     if not argv or argv[0] in ("-h", "--help"):
         lines = [usage, "", "commands:"]
-        lines += [f"  {name:<10} {desc}" for name, desc in COMMANDS.items()]
+        lines += [f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items()]
         print("\n".join(lines))
         return
     name, rest = argv[0], argv[1:]
@@ -79,9 +81,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(2)
     try:
-        from sparse_tf.cli import commands  # torch and the library: only to run a command
-
-        getattr(commands, f"{name}_command")(rest)
+        # Only the command's own module: `tools` commands show --help without torch.
+        module = importlib.import_module(f"sparse_tf.cli.{COMMANDS[name][0]}")
+        getattr(module, f"{name}_command")(rest)
     except Interrupted as e:
         print(f"sparse-tf {name}: {e}", file=sys.stderr)
         if e.resume is not None:
