@@ -97,11 +97,16 @@ class GPT2Config(Config):
         return super().from_dict(data, source)
 
 
+def require_transformers() -> None:
+    """transformers, imported (a heavy import: only when used), or the one-line error saying
+    that the dense GPT-2 needs the [hf] extra."""
+    require("transformers", "hf", "the dense GPT-2 (sparse_tf.gpt2)")
+
+
 def hf_config(cfg: GPT2Config, eot_id: int) -> Any:
     """The `transformers.GPT2Config` of `cfg`: same depth, width, heads, context and
     vocabulary; untied embeddings and no dropout (as the sparse models); SDPA attention."""
-    # A heavy import, and an optional one (the [hf] extra): only when used.
-    require("transformers", "hf", "the dense GPT-2 (sparse_tf.gpt2)")
+    require_transformers()
     from transformers import GPT2Config as HFConfig
 
     config = HFConfig(

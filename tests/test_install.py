@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 import sparse_tf
-from tests.helpers import tiny_train_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONAL = ("wandb", "datasets", "transformers", "scipy", "triton")
@@ -107,44 +106,64 @@ def test_help_of_commands_with_plain_flags_does_not_import_torch(command: str) -
     assert result.stdout.splitlines()[-1] == "False"
 
 
-@pytest.mark.parametrize(
-    ("argv", "expected"),
-    [
-        (
-            ["train", "--data.source", "hf:some/corpus"],
-            "sparse-tf train: error: data.source='hf:some/corpus': needs the [hf] extra: "
-            "pip install 'sparse_tf[hf]'",
-        ),
-        (
-            ["train", "--preset", "gpt2-tiny-cpu"],
-            "sparse-tf train: error: the dense GPT-2 (sparse_tf.gpt2): needs the [hf] extra: "
-            "pip install 'sparse_tf[hf]'",
-        ),
-        (
-            ["train", "--wandb", "offline"],
-            "sparse-tf train: error: RunOptions.wandb='offline': needs the [wandb] extra: "
-            "pip install 'sparse_tf[wandb]'",
-        ),
-        (
-            ["analyze", "ace", "--models", "a", "b"],
-            "sparse-tf analyze: error: sparse_tf.analysis (sparse-tf analyze): needs the "
-            "[analysis] extra: pip install 'sparse_tf[analysis]'",
-        ),
-    ],
-)
-def test_a_missing_extra_is_one_line(argv: list[str], expected: str, tmp_path: Path) -> None:
-    result = sparse_tf_without_extras(*argv, "--out", str(tmp_path / "out"))
-    assert result.returncode == 1
+# Each feature that needs an extra, and its one line (after any progress lines).
+NEEDS_AN_EXTRA = [
+    (
+        ["train", "--data.source", "hf:some/corpus"],
+        "sparse-tf train: error: data.source='hf:some/corpus': needs the [hf] extra: "
+        "pip install 'sparse_tf[hf]'",
+    ),
+    (
+        ["train", "--preset", "gpt2-tiny-cpu"],
+        "sparse-tf train: error: the dense GPT-2 (sparse_tf.gpt2): needs the [hf] extra: "
+        "pip install 'sparse_tf[hf]'",
+    ),
+    (
+        ["bridge", "--dense", "runs/gpt2"],
+        "sparse-tf bridge: error: the dense GPT-2 (sparse_tf.gpt2): needs the [hf] extra: "
+        "pip install 'sparse_tf[hf]'",
+    ),
+    (
+        ["train", "--wandb", "offline"],
+        "sparse-tf train: error: RunOptions.wandb='offline': needs the [wandb] extra: "
+        "pip install 'sparse_tf[wandb]'",
+    ),
+    (
+        ["analyze", "ace", "--models", "a", "b"],
+        "sparse-tf analyze: error: sparse_tf.analysis (sparse-tf analyze): needs the "
+        "[analysis] extra: pip install 'sparse_tf[analysis]'",
+    ),
+]
+
+
+def test_a_missing_extra_is_one_line(tmp_path: Path) -> None:
+    """Every case in one interpreter (torch is imported once): each command's stderr and exit
+    status, separated by a marker line."""
+    code = "import contextlib, io\nfrom sparse_tf.cli import main\n"
+    for i, (argv, _) in enumerate(NEEDS_AN_EXTRA):
+        out = str(tmp_path / f"out{i}")
+        code += f"try:\n    main({[*argv, '--out', out]!r})\nexcept SystemExit as e:\n"
+        code += "    print(f'==== {e.code}', file=sys.stderr)\n"
+    result = run_without_extras(code)
+    assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == expected  # after any progress lines
+    parts = result.stderr.split("==== ")[:-1]
+    said = [part.strip().splitlines() for part in parts]
+    statuses = [part.split("\n", 1)[0] for part in result.stderr.split("==== ")[1:]]
+    assert statuses == ["1"] * len(NEEDS_AN_EXTRA)
+    for lines, (_, expected) in zip(said, NEEDS_AN_EXTRA, strict=True):
+        assert lines[-1] == expected
 
 
-def test_trains_on_cpu_without_extras(corpus: Path, tmp_path: Path) -> None:
+def test_trains_on_cpu_without_extras(tmp_path: Path) -> None:
     """A core install trains with the default --wandb auto (disabled: one line says so) and
     the kernels' reference paths (no triton, even with TRITON_INTERPRET=1 set)."""
     out = tmp_path / "run"
-    flags = [*tiny_train_flags(corpus, 3), "--out", str(out), "--progress", "none"]
-    result = sparse_tf_without_extras("train", "--device", "cpu", *flags)
+    flags = ["--data.source", "process:markov4", "--model.vocab-size", "8", "--model.n-ctx", "32",
+             "--model.n-layer", "1", "--model.d-model", "32", "--sparsity.l0", "0.25",
+             "--max-steps", "3", "--batch-size", "4", "--out", str(out), "--progress", "none",
+             "--device", "cpu"]  # fmt: skip
+    result = sparse_tf_without_extras("train", *flags)
     assert result.returncode == 0, result.stderr
     said = [line for line in result.stderr.splitlines() if line.startswith("wandb:")]
     assert said == [

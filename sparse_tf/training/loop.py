@@ -43,6 +43,7 @@ from sparse_tf.filenames import (
     SUMMARY_FILE,
     step_dir_name,
 )
+from sparse_tf.gpt2 import GPT2Config, require_transformers
 from sparse_tf.io import FolderLock, read_json, write_json
 from sparse_tf.log import RunLogger, SilentLogger, truncate_metrics
 from sparse_tf.model import GPTConfig
@@ -86,6 +87,8 @@ def train(cfg: TrainConfig, opts: RunOptions) -> TrainResult:
 class _Run:
     def __init__(self, cfg: TrainConfig, opts: RunOptions) -> None:
         self.cfg, self.opts = cfg, opts
+        if isinstance(cfg.model, GPT2Config):
+            require_transformers()  # before any data is prepared, not after
         self.objective = cfg.objective()
         self.out = Path(opts.out)
         self._lock: FolderLock | None = None  # rank 0's, on --out for the run's life
