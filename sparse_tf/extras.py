@@ -19,9 +19,6 @@ from types import ModuleType
 
 from sparse_tf.errors import SparseTFError
 
-EXTRAS = {"hf": ("datasets", "transformers"), "wandb": ("wandb",), "analysis": ("scipy",)}
-"""The optional packages each extra of pyproject.toml installs (imported names)."""
-
 
 class MissingExtraError(SparseTFError):
     """An optional package is not installed; the message names the extra that installs it."""
