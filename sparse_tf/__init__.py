@@ -26,27 +26,87 @@ A task's minimal circuit (learned node masks, mean ablation, edges, circuit.html
     from sparse_tf.pruning import prune_model             # what `sparse-tf prune` does
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from sparse_tf._version import __version__
-from sparse_tf.checkpoint import CheckpointError, export_model, load_model
-from sparse_tf.config import ConfigError
-from sparse_tf.data import DataConfig, load_tokenizer
-from sparse_tf.errors import SparseTFError
-from sparse_tf.hooks import ActivationCache, HookPoint
-from sparse_tf.hub import HubError  # also registers GPT.from_pretrained / push_to_hub
-from sparse_tf.model import GPT, GPTConfig, lm_loss
-from sparse_tf.optim import OptimConfig, SparseOptimizer, StepStats, lr_schedule
-from sparse_tf.presets import preset
-from sparse_tf.sparsity import (
-    AbsTopK,
-    SparseWeight,
-    SparsityConfig,
-    abs_topk,
-    count_nonzeros,
-    l0_schedule,
-    project_weights_,
-    sharkfin,
-)
-from sparse_tf.training import RunOptions, TrainConfig, TrainingError, TrainResult, train
+
+# The names below are imported when first used (PEP 562), not with the package: `sparse-tf
+# --help` and every module that needs only a config or a file name start without importing
+# torch (seconds on a small CPU). `from sparse_tf import GPT` works as before.
+_LAZY = {
+    "CheckpointError": "sparse_tf.checkpoint",
+    "export_model": "sparse_tf.checkpoint",
+    "load_model": "sparse_tf.checkpoint",
+    "ConfigError": "sparse_tf.config",
+    "DataConfig": "sparse_tf.data",
+    "load_tokenizer": "sparse_tf.data",
+    "SparseTFError": "sparse_tf.errors",
+    "ActivationCache": "sparse_tf.hooks",
+    "HookPoint": "sparse_tf.hooks",
+    # GPT through sparse_tf.hub, which registers GPT.from_pretrained / push_to_hub with the
+    # model when imported (the model layer cannot import the checkpoint code they call).
+    "GPT": "sparse_tf.hub",
+    "HubError": "sparse_tf.hub",
+    "GPTConfig": "sparse_tf.model",
+    "lm_loss": "sparse_tf.model",
+    "OptimConfig": "sparse_tf.optim",
+    "SparseOptimizer": "sparse_tf.optim",
+    "StepStats": "sparse_tf.optim",
+    "lr_schedule": "sparse_tf.optim",
+    "preset": "sparse_tf.presets",
+    "AbsTopK": "sparse_tf.sparsity",
+    "SparseWeight": "sparse_tf.sparsity",
+    "SparsityConfig": "sparse_tf.sparsity",
+    "abs_topk": "sparse_tf.sparsity",
+    "count_nonzeros": "sparse_tf.sparsity",
+    "l0_schedule": "sparse_tf.sparsity",
+    "project_weights_": "sparse_tf.sparsity",
+    "sharkfin": "sparse_tf.sparsity",
+    "RunOptions": "sparse_tf.training",
+    "TrainConfig": "sparse_tf.training",
+    "TrainingError": "sparse_tf.training",
+    "TrainResult": "sparse_tf.training",
+    "train": "sparse_tf.training",
+}
+
+if TYPE_CHECKING:
+    from sparse_tf.checkpoint import CheckpointError, export_model, load_model
+    from sparse_tf.config import ConfigError
+    from sparse_tf.data import DataConfig, load_tokenizer
+    from sparse_tf.errors import SparseTFError
+    from sparse_tf.hooks import ActivationCache, HookPoint
+    from sparse_tf.hub import HubError
+    from sparse_tf.model import GPT, GPTConfig, lm_loss
+    from sparse_tf.optim import OptimConfig, SparseOptimizer, StepStats, lr_schedule
+    from sparse_tf.presets import preset
+    from sparse_tf.sparsity import (
+        AbsTopK,
+        SparseWeight,
+        SparsityConfig,
+        abs_topk,
+        count_nonzeros,
+        l0_schedule,
+        project_weights_,
+        sharkfin,
+    )
+    from sparse_tf.training import RunOptions, TrainConfig, TrainingError, TrainResult, train
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sparse_tf' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once: later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "GPT",

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from sparse_tf.config import ARCH_KEY, Config, ConfigError, check
+from sparse_tf.extras import require
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -96,10 +97,17 @@ class GPT2Config(Config):
         return super().from_dict(data, source)
 
 
+def require_transformers() -> None:
+    """transformers, imported (a heavy import: only when used), or the one-line error saying
+    that the dense GPT-2 needs the [hf] extra."""
+    require("transformers", "hf", "the dense GPT-2 (sparse_tf.gpt2)")
+
+
 def hf_config(cfg: GPT2Config, eot_id: int) -> Any:
     """The `transformers.GPT2Config` of `cfg`: same depth, width, heads, context and
     vocabulary; untied embeddings and no dropout (as the sparse models); SDPA attention."""
-    from transformers import GPT2Config as HFConfig  # a heavy import: only when used
+    require_transformers()
+    from transformers import GPT2Config as HFConfig
 
     config = HFConfig(
         vocab_size=cfg.vocab_size,
@@ -126,11 +134,12 @@ class DenseGPT2(nn.Module):
     global RNG; `eot_id` is the tokenizer's end-of-text id (GPT-2's bos and eos)."""
 
     def __init__(self, cfg: GPT2Config, eot_id: int = 0) -> None:
-        from transformers import GPT2LMHeadModel  # a heavy import: only when used
+        config = hf_config(cfg, eot_id)  # imports transformers, or says which extra it needs
+        from transformers import GPT2LMHeadModel
 
         super().__init__()
         self.cfg = cfg
-        self.hf = GPT2LMHeadModel(hf_config(cfg, eot_id))
+        self.hf = GPT2LMHeadModel(config)
 
     def forward(self, tokens: Tensor, positions: Tensor | None = None) -> Tensor:
         logits = self.hf(input_ids=tokens).logits  # [B, T, vocab]

@@ -1,5 +1,6 @@
 """Run logging: a progress bar (or plain lines when not on a terminal), metrics as JSONL in the
-run directory, and Weights & Biases (offline by default).
+run directory, and Weights & Biases (offline by default where wandb is installed: the [wandb]
+extra).
 
 Metric keys are namespaced the same way everywhere: `train/…`, `val/…`, `sparsity/…`, `perf/…`.
 """
@@ -16,12 +17,28 @@ from typing import Any, Literal, TextIO
 
 from tqdm import tqdm
 
+from sparse_tf.extras import install_hint, installed
 from sparse_tf.filenames import METRICS_FILE
 from sparse_tf.io import ProgressMode, atomic_write_text, progress_style
 
 WANDB_INIT_TIMEOUT = 20.0
 """Seconds `--wandb online` waits for the wandb servers before logging offline instead."""
-WandbMode = Literal["offline", "online", "disabled"]
+WandbMode = Literal["auto", "offline", "online", "disabled"]
+
+
+def wandb_mode(mode: WandbMode) -> tuple[Literal["offline", "online", "disabled"], str | None]:
+    """The mode a run logs to Weights & Biases with, and a line to say when `auto` turns it
+    off: `auto` is offline where wandb is installed and disabled (metrics.jsonl only) where it
+    is not, so a core install trains with its defaults. Explicit modes are taken as they are
+    (`RunOptions` refuses them without wandb)."""
+    if mode != "auto":
+        return mode, None
+    if installed("wandb"):
+        return "offline", None
+    return (
+        "disabled",
+        f"wandb: not installed, logging to {METRICS_FILE} only ({install_hint('wandb')})",
+    )
 
 
 def read_metrics(out: Path) -> list[dict[str, Any]]:
@@ -69,7 +86,8 @@ class RunLogger:
         out: run directory (metrics.jsonl and wandb/ go there).
         total_steps: steps of the whole run; start_step: steps already done (on resume).
         wandb: "offline" writes OUT/wandb for a later `wandb sync`; "online" streams;
-            "disabled" never imports wandb.
+            "disabled" never imports wandb; "auto" is offline if wandb is installed, else
+            disabled with one line saying so (`wandb_mode`).
         run_id: stable id, so a resumed run continues the same wandb run.
         config: logged to wandb as the run config.
         progress: "bar" (tqdm), "lines" (one line per log step), "none", or "auto" (a bar on
@@ -105,12 +123,15 @@ class RunLogger:
             )
         self._metrics = open(self.out / METRICS_FILE, "a")  # noqa: SIM115 - open for the run
         self._wandb = None
-        if wandb != "disabled":
-            self._wandb = self._start_wandb(wandb, project, run_id, config)
+        mode, note = wandb_mode(wandb)
+        if note is not None:
+            self.message(note)
+        if mode != "disabled":
+            self._wandb = self._start_wandb(mode, project, run_id, config)
         self._latest: dict[str, float] = {}
 
     def _start_wandb(
-        self, mode: WandbMode, project: str, run_id: str, config: dict[str, Any]
+        self, mode: Literal["offline", "online"], project: str, run_id: str, config: dict[str, Any]
     ) -> Any:
         """A wandb run writing into OUT/wandb. Online needs an API key and the network: without
         either (a refusal, or no answer within WANDB_INIT_TIMEOUT s) the run logs offline

@@ -342,7 +342,10 @@ def register_hub(hub: Hub) -> None:
 
 def _registered_hub() -> Hub:
     if _hub is None:
-        raise RuntimeError("sparse_tf.hub is not imported (import sparse_tf, which imports it)")
+        raise RuntimeError(
+            "GPT.from_pretrained / push_to_hub need sparse_tf.hub: import it, or take GPT from "
+            "sparse_tf (`from sparse_tf import GPT` imports it)"
+        )
     return _hub
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -96,7 +97,7 @@ def test_unknown_command_names_the_commands(capsys: pytest.CaptureFixture[str]) 
         (
             ["train", "--wandb", "maybe"],
             "sparse-tf train: error: invalid choice 'maybe' for argument '--wandb'. Expected one "
-            "of ('offline', 'online', 'disabled'). (see sparse-tf train --help)",
+            "of ('auto', 'offline', 'online', 'disabled'). (see sparse-tf train --help)",
         ),
         (
             ["train", "--model.d-model", "abc"],
@@ -128,3 +129,37 @@ def test_a_closed_pipe_ends_the_output_quietly() -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141
     assert err == ""
+
+
+def test_an_interrupted_training_command_says_how_to_resume(tmp_path: Path) -> None:
+    """Ctrl-C before the run folder holds a run: the same command again; once it holds one
+    (run.json): --resume with the run's --out, which needs no other flag."""
+    from sparse_tf.cli.commands import _train_interrupted
+    from sparse_tf.filenames import RUN_FILE
+    from sparse_tf.training import TrainingStopped
+
+    out = tmp_path / "run"
+    argv = ["--preset", "tiny-cpu", "--out", str(out), "--max-steps", "5"]
+    early = _train_interrupted(KeyboardInterrupt(), "sparse-tf train", argv, out)
+    assert (early.resume, early.status) == (["sparse-tf", "train", *argv], 130)
+    out.mkdir()
+    (out / RUN_FILE).write_text("{}")
+    late = _train_interrupted(KeyboardInterrupt(), "sparse-tf bridge", argv, out)
+    assert late.resume == ["sparse-tf", "bridge", "--out", str(out), "--resume"]
+    stopped = _train_interrupted(
+        TrainingStopped("SIGTERM", 7, "x/step-7"), "sparse-tf train", [], out
+    )
+    assert str(stopped) == "stopped by SIGTERM after step 7; checkpoint x/step-7 is complete"
+    assert (stopped.resume, stopped.status) == (
+        ["sparse-tf", "train", "--out", str(out), "--resume"],
+        143,
+    )
+
+
+def test_wandb_auto_logs_offline_where_wandb_is_installed() -> None:
+    """The other side of test_install's core run (wandb missing: disabled, said once)."""
+    pytest.importorskip("wandb")
+    from sparse_tf.log import wandb_mode
+
+    assert wandb_mode("auto") == ("offline", None)
+    assert wandb_mode("disabled") == ("disabled", None)

@@ -372,7 +372,7 @@ def test_a_signal_to_one_rank_stops_all_after_the_same_step(corpus: Path, tmp_pa
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert "stopped by a signal to another rank" in stderr  # rank 0 did not get the signal
-    assert "continue with --resume" in stderr
+    assert f"resume with: sparse-tf train --out {out} --resume (under torchrun" in stderr
     [(step, path)] = list_checkpoints(out)
     assert step % 5 == 0  # written at the agreed log step, not by the cadence
     verify(path)

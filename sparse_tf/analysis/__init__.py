@@ -4,7 +4,16 @@ baselines), `interventions` (keep/remove/flip/scale a subspace, as a hook) and `
 `rotation` (Procrustes between two models with held-out EV, the shuffled-pairing null, Haar
 statistics and the distance to a signed permutation) and `factored` (factored vs joint belief
 baselines, belief regression, vary-one subspaces). Synthetic processes with exact beliefs are
-in `sparse_tf.data.processes`."""
+in `sparse_tf.data.processes`.
+
+Every analysis needs scipy (the [analysis] extra): without it, importing this package is one
+line saying so, not a traceback from the module that happens to import scipy first."""
+
+# ruff: noqa: E402 - the analyses are imported after the check
+
+from sparse_tf.extras import require
+
+require("scipy", "analysis", "sparse_tf.analysis (sparse-tf analyze)")
 
 from sparse_tf.analysis.ace import (
     Core,

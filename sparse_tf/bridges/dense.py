@@ -21,6 +21,7 @@ from torch import nn
 from sparse_tf.checkpoint import CheckpointError, verify
 from sparse_tf.data.tokenizer import EOT
 from sparse_tf.errors import SparseTFError
+from sparse_tf.extras import require
 from sparse_tf.filenames import MANIFEST_FILE, TOKENIZER_FILE
 from sparse_tf.io import read_json
 
@@ -36,6 +37,7 @@ def load_gpt2(
     with only pickled weights is refused): SDPA attention (what `GPT2Sites` runs), eval mode,
     every parameter frozen. A folder this library exported carries a manifest.json, against
     which every file is checked first (`check_files=False` skips it)."""
+    require("transformers", "hf", f"--dense {path}")  # one line without the [hf] extra
     from transformers import GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 

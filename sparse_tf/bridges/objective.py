@@ -28,6 +28,7 @@ from sparse_tf.bridges.sites import site_name
 from sparse_tf.config import check
 from sparse_tf.data.pipeline import Data
 from sparse_tf.data.tokens import EpochSampler, Windows
+from sparse_tf.gpt2 import require_transformers
 from sparse_tf.model import GPT, GPTConfig
 from sparse_tf.trainable import TrainableModel
 from sparse_tf.training import Loss, MicroBatch, Objective, TrainConfig, TrainEnv
@@ -38,7 +39,7 @@ class BridgedTrainConfig(TrainConfig):
     """A training run of a sparse GPT with bridges to a frozen dense GPT-2 (`sparse-tf
     bridge`); the loss adds the bridges' terms to the model's own."""
 
-    bridge: BridgeConfig = BridgeConfig()  # noqa: RUF009 - frozen
+    bridge: BridgeConfig = BridgeConfig()
     """The dense model (`bridge.dense`, required to train), the bridges' shape, the weights of
     the loss terms."""
 
@@ -68,6 +69,7 @@ class BridgedObjective(Objective):
     shardable = False  # the bridges reach into every layer of a whole model
 
     def __init__(self, cfg: BridgedTrainConfig) -> None:
+        require_transformers()  # the dense GPT-2: the [hf] extra, said before any data work
         self.cfg = cfg
         self._model: BridgedModel | None = None
         self._env: TrainEnv | None = None

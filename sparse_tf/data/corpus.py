@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sparse_tf.errors import SparseTFError
+from sparse_tf.extras import require
 
 Split = Literal["train", "val"]
 STDLIB = "python-stdlib"
@@ -352,7 +353,8 @@ def _hf_corpus(
     name = source[len(HF_PREFIX) :]
     if not name:
         raise CorpusError(f"data.source={source!r}: name a dataset after {HF_PREFIX!r}")
-    import datasets  # heavy import (pyarrow, pandas): only for this source
+    # A heavy import (pyarrow, pandas), and an optional one: only for this source.
+    datasets = require("datasets", "hf", f"data.source={source!r}")
 
     local = Path(name)
     identity = None  # a streamed dataset's builder: name, config and data files' version

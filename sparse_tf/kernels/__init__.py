@@ -4,8 +4,11 @@
     y = abs_topk(x, k)            # by device, dtype and width
     y = sparse_linear(x, weight, bias, kept, formats)   # sparse kernel or cuBLAS, per shape
 
-Each op lives in one file with its Triton kernels, their launcher, its autograd Function and
-its pure-torch reference (the definition the kernels are tested against):
+Each op lives in one file with its launcher, its autograd Function and its pure-torch
+reference (the definition the kernels are tested against); its Triton kernels are in
+`kernels/jit/` under the same name, imported at the first launch, so that nothing else needs
+triton installed (it is an optional dependency where it has no wheels: the reference path runs
+everywhere):
 
     abstopk.py      AbsTopK forward (exact threshold search) and backward (kept-set bits)
     gelu_abstopk.py AbsTopK of GELU with one fused backward (the MLP's hidden neurons)
@@ -28,12 +31,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import cache
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from sparse_tf.errors import SparseTFError
+from sparse_tf.extras import installed
 from sparse_tf.kernels import (
     abstopk,
     crossovers,
@@ -67,17 +72,40 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+@cache
+def triton_installed() -> bool:
+    """Whether triton can be imported (checked once, without importing it). Without it every
+    op takes the reference path: triton has wheels for Linux (x86_64, aarch64) only."""
+    return installed("triton")
+
+
+def _kernels_can_run(t: Tensor) -> bool:
+    """Whether the Triton kernels can run on t's device: CUDA or the interpreter, and triton."""
+    return (t.is_cuda or _interpreting()) and triton_installed()
+
+
+def _cannot_run(op: str, device: torch.device) -> KernelError:
+    """The error of SPARSE_TF_KERNELS=triton where an op's kernel cannot run."""
+    if not triton_installed():
+        return KernelError(f"{_ENV}=triton: the {op} needs triton, which is not installed")
+    return KernelError(
+        f"{_ENV}=triton: the {op} cannot run on {device} (needs CUDA or TRITON_INTERPRET=1)"
+    )
+
+
 def abs_topk_backend(x: Tensor) -> Backend:
     """Which backend `abs_topk(x, k)` and `abs_topk_mask(x, k)` use."""
     setting = backend_setting()
     if setting == "reference":
         return "reference"
     supported = (
-        (x.is_cuda or _interpreting())
+        _kernels_can_run(x)
         and x.dtype in abstopk.SUPPORTED_DTYPES
         and x.shape[-1] <= abstopk.MAX_WIDTH
     )
     if setting == "triton" and not supported:
+        if not triton_installed():
+            raise _cannot_run("AbsTopK kernel", x.device)
         raise KernelError(
             f"{_ENV}=triton: the AbsTopK kernel cannot run on a {x.dtype} tensor of width "
             f"{x.shape[-1]} on {x.device} (needs CUDA or TRITON_INTERPRET=1, "
@@ -91,12 +119,9 @@ def projection_backend(t: Tensor) -> Backend:
     setting = backend_setting()
     if setting == "reference":
         return "reference"
-    supported = t.is_cuda or _interpreting()
+    supported = _kernels_can_run(t)
     if setting == "triton" and not supported:
-        raise KernelError(
-            f"{_ENV}=triton: the projection kernel cannot run on {t.device} (needs CUDA or "
-            "TRITON_INTERPRET=1)"
-        )
+        raise _cannot_run("projection kernel", t.device)
     return "triton" if supported and (t.is_cuda or setting == "triton") else "reference"
 
 
@@ -183,15 +208,11 @@ def spmm_plan(x: Tensor, weight: Tensor, kept: int | None) -> SpmmPlan:
     setting = backend_setting()
     if kept is None or setting == "reference":
         return DENSE
-    supported = x.is_cuda or _interpreting()
     if setting == "triton":
-        if not supported:
-            raise KernelError(
-                f"{_ENV}=triton: the sparse matmul cannot run on {x.device} "
-                "(needs CUDA or TRITON_INTERPRET=1)"
-            )
+        if not _kernels_can_run(x):
+            raise _cannot_run("sparse matmul", x.device)
         return SPARSE
-    if not x.is_cuda:
+    if not x.is_cuda or not triton_installed():
         return DENSE
     d_out, d_in = weight.shape
     return crossovers.plan(x.device, x.numel() // d_in, d_in, d_out, kept / weight.numel())

@@ -70,7 +70,7 @@ def prune_model(
     model_path: str | Path,
     task: str,
     out: str | Path,
-    cfg: PruneConfig = PruneConfig(),  # noqa: B008 - frozen
+    cfg: PruneConfig = PruneConfig(),
     *,
     device: str = "auto",
     means_file: str | Path | None = None,

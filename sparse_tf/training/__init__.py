@@ -14,7 +14,7 @@ config subclass brings, such as `sparse_tf.bridges.BridgedTrainConfig`). `run_fo
 --out folder and its run.json. `loop`: `train`. `validation`: the validation loss.
 """
 
-from sparse_tf.training.config import RunOptions, TrainConfig, TrainingError
+from sparse_tf.training.config import RunOptions, TrainConfig, TrainingError, TrainingStopped
 from sparse_tf.training.loop import TrainResult, train
 from sparse_tf.training.objective import (
     LanguageModelObjective,
@@ -36,6 +36,7 @@ __all__ = [
     "TrainEnv",
     "TrainResult",
     "TrainingError",
+    "TrainingStopped",
     "config_diff",
     "train",
     "validation_loss",

@@ -14,6 +14,7 @@ from typing import Any, Literal, Self
 from sparse_tf.config import Config, ConfigError, check
 from sparse_tf.data.pipeline import DataConfig
 from sparse_tf.errors import SparseTFError
+from sparse_tf.extras import install_hint, installed
 from sparse_tf.gpt2 import GPT2Config
 from sparse_tf.io import ProgressMode
 from sparse_tf.log import WandbMode
@@ -34,6 +35,19 @@ class TrainingError(SparseTFError):
     """Training cannot start or continue (output folder, resume, diverged loss)."""
 
 
+class TrainingStopped(TrainingError):
+    """A stop signal (Ctrl-C, SIGTERM; or one sent to another rank) ended the run after a step,
+    with a complete checkpoint: continue it with --resume. `signal` is the signal's name (None:
+    it went to another rank)."""
+
+    def __init__(self, signal: str | None, step: int, checkpoint: str) -> None:
+        super().__init__(
+            f"stopped by {signal or 'a signal to another rank'} after step {step}; checkpoint "
+            f"{checkpoint} is complete: continue with --resume"
+        )
+        self.signal, self.step, self.checkpoint = signal, step, checkpoint
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig(Config):
     """Everything that determines a training run's result. Presets are instances of this.
@@ -46,8 +60,11 @@ class TrainConfig(Config):
     """The weight-sparse GPT (`GPTConfig`) or a dense Hugging Face GPT-2 (`GPT2Config`)."""
     sparsity: SparsityConfig
     """Weight sparsity; l0 = 1 trains dense (the dense twins of the presets)."""
-    optim: OptimConfig = OptimConfig()  # noqa: RUF009 - frozen, so sharing the default is safe
-    data: DataConfig = DataConfig()  # noqa: RUF009
+    optim: OptimConfig = OptimConfig()
+    """Adam: the learning rate and its schedule (warmup, decay), weight decay, gradient RMS
+    normalisation."""
+    data: DataConfig = DataConfig()
+    """The corpus, its tokenizer and its split into training and validation documents."""
     max_steps: int
     """Optimizer steps of the whole run; the LR and L0 schedules span them."""
     batch_size: int
@@ -121,8 +138,10 @@ class RunOptions(Config):
     """Replace the run in --out (its checkpoints and export are deleted)."""
     device: str = "auto"
     """'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
-    wandb: WandbMode = "offline"
-    """Weights & Biases: 'offline' writes OUT/wandb (sync later), 'online', or 'disabled'."""
+    wandb: WandbMode = "auto"
+    """Weights & Biases: 'offline' writes OUT/wandb (sync later), 'online', 'disabled', or
+    'auto': offline where wandb is installed (the [wandb] extra), else disabled (one line says
+    so; metrics.jsonl is written either way)."""
     wandb_project: str = "sparse_tf"
     log_every: int = 10
     """Log training metrics every N steps."""
@@ -152,6 +171,8 @@ class RunOptions(Config):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(bool(self.out), self, "out", "must name a folder")
+        wandb_ok = self.wandb in ("auto", "disabled") or installed("wandb")
+        check(wandb_ok, self, "wandb", install_hint("wandb"))
         check(not (self.resume and self.overwrite), self, "overwrite", "excludes --resume")
         check(self.log_every >= 1, self, "log_every", "must be >= 1")
         check(self.eval_every >= 0, self, "eval_every", "must be >= 0")

@@ -43,6 +43,7 @@ from sparse_tf.filenames import (
     SUMMARY_FILE,
     step_dir_name,
 )
+from sparse_tf.gpt2 import GPT2Config, require_transformers
 from sparse_tf.io import FolderLock, read_json, write_json
 from sparse_tf.log import RunLogger, SilentLogger, truncate_metrics
 from sparse_tf.model import GPTConfig
@@ -53,7 +54,7 @@ from sparse_tf.provenance import utc_now
 from sparse_tf.sparsity import count_nonzeros, kept_count
 from sparse_tf.tasks import task_tokens
 from sparse_tf.trainable import TrainableModel, build_model
-from sparse_tf.training.config import RunOptions, TrainConfig, TrainingError
+from sparse_tf.training.config import RunOptions, TrainConfig, TrainingError, TrainingStopped
 from sparse_tf.training.objective import Loss, MicroBatch, TrainEnv
 from sparse_tf.training.run_folder import (
     check_same_corpus,
@@ -86,6 +87,8 @@ def train(cfg: TrainConfig, opts: RunOptions) -> TrainResult:
 class _Run:
     def __init__(self, cfg: TrainConfig, opts: RunOptions) -> None:
         self.cfg, self.opts = cfg, opts
+        if isinstance(cfg.model, GPT2Config):
+            require_transformers()  # before any data is prepared, not after
         self.objective = cfg.objective()
         self.out = Path(opts.out)
         self._lock: FolderLock | None = None  # rank 0's, on --out for the run's life
@@ -382,10 +385,7 @@ class _Run:
                         t_window = time.perf_counter()
                     if stopping:
                         launch.barrier(self.world)  # the checkpoint is complete before any exit
-                        raise TrainingError(
-                            f"stopped by {stop.requested or 'a signal to another rank'} after "
-                            f"step {done}; checkpoint {path} is complete: continue with --resume"
-                        )
+                        raise TrainingStopped(stop.requested, done, str(path))
 
     def _forward_backward(self, windows: Windows, indices: np.ndarray) -> Tensor:
         """Accumulate the gradient of the global batch's objective; returns this rank's share

@@ -18,7 +18,7 @@ def validation_loss(
     limit: int | None,
     batch_size: int,
     amp: bool = False,
-    world: launch.World = launch.World(),  # noqa: B008 - frozen
+    world: launch.World = launch.World(),
 ) -> float:
     """Mean next-token loss of `model` (on its own device) over `limit` evenly spread windows
     (all when None), `batch_size` windows at a time; bf16 autocast when `amp`.

@@ -169,7 +169,7 @@ def run_rotation(
     models: list[StudyModel],
     fit_windows: int = 256,
     test_windows: int = 128,
-    sae: SAEConfig = SAEConfig(),  # noqa: B008
+    sae: SAEConfig = SAEConfig(),
     seed: int = 999,
 ) -> RotationStudy:
     """Every model of a kind against the first of that kind, at every residual site (SAEs

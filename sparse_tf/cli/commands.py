@@ -1,0 +1,350 @@
+"""The commands whose flags are the library's configs: train, bridge, prune, describe and data
+prepare (dataclasses that tyro turns into a parser) and what each one runs. Their `--help`
+needs the configs, and so torch; `sparse_tf.cli.main` imports this module only to run one of
+them (the other commands are in `tools`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import tyro
+
+from sparse_tf.bridges.bridge import BridgeConfig
+from sparse_tf.bridges.objective import BridgedTrainConfig
+from sparse_tf.cli import Interrupted, UsageError
+from sparse_tf.cli.common import require, tyro_cli
+from sparse_tf.data.pipeline import DataConfig
+from sparse_tf.errors import SparseTFError
+from sparse_tf.filenames import RUN_FILE
+from sparse_tf.model import GPT, GPTConfig
+from sparse_tf.parallel import launch
+from sparse_tf.presets import DEFAULT_PRESET, PRESETS, preset
+from sparse_tf.pruning.search import PruneConfig
+from sparse_tf.sparsity import COLS, ROWS, SparsityConfig, abstopk_k, kept_count
+from sparse_tf.training import RunOptions, TrainConfig, TrainingStopped, train
+from sparse_tf.training.run_folder import saved_config
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainArgs:
+    """Train a weight-sparse GPT (or its dense twin) and export it to OUT/final."""
+
+    preset: str = DEFAULT_PRESET
+    """Starting config of a new run; every other flag overrides it. See the list above. With
+    --resume the run's own saved config is the starting point instead."""
+    config: Annotated[TrainConfig, tyro.conf.arg(name="")]
+    run: Annotated[RunOptions, tyro.conf.arg(name="")]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BridgeArgs(TrainArgs):
+    """Train a weight-sparse GPT with bridges to a dense GPT-2 and export it to OUT/final."""
+
+    config: Annotated[BridgedTrainConfig, tyro.conf.arg(name="")]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _GivenWidths:
+    """--model.d-model and --model.d-mlp, as text: whether they are given is what counts
+    here (the full parse reads the numbers)."""
+
+    d_model: str | None = None
+    d_mlp: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainStart:
+    """The training flags that choose the other flags' defaults, parsed before them: the
+    starting config is the preset's, or with --resume the saved one of the run in --out, and
+    --out defaults to runs/PRESET (runs/PRESET-bridged for `sparse-tf bridge`)."""
+
+    preset: str | None = None
+    out: str | None = None
+    resume: bool = False
+    model: _GivenWidths = _GivenWidths()
+
+    def __post_init__(self) -> None:
+        if self.resume and self.preset is not None:
+            raise UsageError(
+                "--preset starts new runs; --resume continues with the run's own config"
+            )
+        if self.preset is not None and self.preset not in PRESETS:
+            preset(self.preset)  # raises, naming the choices
+
+    @classmethod
+    def parse(cls, argv: list[str], prog: str) -> TrainStart:
+        """These flags of a training command line; tyro leaves the others (--help too) to
+        the full parse."""
+        start, _ = tyro_cli(cls, prog=prog, args=argv, return_unknown_args=True, add_help=False)
+        return start
+
+    def defaults(self, *, bridged: bool) -> TrainArgs:
+        """The defaults of the full parse: the starting config and the run folder."""
+        name = self.preset or DEFAULT_PRESET
+        out = self.out or f"runs/{name}{'-bridged' if bridged else ''}"
+        config_type = BridgedTrainConfig if bridged else TrainConfig
+        base = saved_config(Path(out), config_type) if self.resume else None
+        if base is None:
+            base = preset(name)
+            if bridged:
+                base = BridgedTrainConfig.bridging(base, BridgeConfig())
+        args_type = BridgeArgs if bridged else TrainArgs
+        return args_type(preset=name, config=base, run=RunOptions(out=out))
+
+    def resolve(self, args: TrainArgs) -> TrainConfig:
+        """The config to train from the full parse: d_mlp follows a given --model.d-model
+        unless --model.d-mlp is given too (GPTConfig resolves d_mlp = 4 · d_model when built,
+        so the starting config's d_mlp is a number: re-derived here, `--model.d-model 256`
+        alone gets d_mlp 1024). A bridged run needs its dense model."""
+        config = args.config
+        if isinstance(config, BridgedTrainConfig) and config.bridge.dense is None:
+            if self.resume:
+                raise UsageError(
+                    f"--resume: {args.run.out} holds a run without bridges; continue it with "
+                    "sparse-tf train --resume"
+                )
+            raise UsageError(
+                "--dense DIR is required: the dense GPT-2 folder to bridge to (one trained "
+                "here: sparse-tf train --preset gpt2-tiny-cpu --out DIR)"
+            )
+        if self.model.d_model is not None and self.model.d_mlp is None:
+            model = dataclasses.replace(config.model, d_mlp=None)  # type: ignore[type-var]
+            config = dataclasses.replace(config, model=model)
+        return config
+
+
+def train_command(argv: list[str]) -> None:
+    _train(argv, bridged=False)
+
+
+def bridge_command(argv: list[str]) -> None:
+    """`sparse-tf train` with bridges to the dense GPT-2 of `--dense DIR`; new runs go to
+    runs/PRESET-bridged unless --out says otherwise."""
+    _train(argv, bridged=True)
+
+
+def _train(argv: list[str], *, bridged: bool) -> None:
+    """Parse a training command (`TrainStart` first: it chooses the defaults of every other
+    flag), train, and report errors rank by rank under torchrun."""
+    prog = "sparse-tf bridge" if bridged else "sparse-tf train"
+    start = TrainStart.parse(argv, prog)
+    default = start.defaults(bridged=bridged)
+    presets = "\n".join(f"  {n:<18} {desc}" for n, (desc, _) in PRESETS.items())
+    args = tyro_cli(
+        type(default),
+        prog=prog,
+        description=f"{type(default).__doc__}\n\npresets:\n{presets}",
+        args=argv,
+        default=default,
+        # The model's flags are those of the preset's model (GPTConfig or GPT2Config), not a
+        # choice between them on the command line: the preset picks the model.
+        config=(tyro.conf.AvoidSubcommands,),
+    )
+    config = start.resolve(args)
+    world = launch.world_from_env()
+    if not world.distributed:
+        try:
+            train(config, args.run)
+        except (TrainingStopped, KeyboardInterrupt) as e:
+            raise _train_interrupted(e, prog, argv, Path(args.run.out)) from None
+        return
+    # Under torchrun: every rank reports its own error (torchrun may stop rank 0 before it
+    # prints when another rank fails first); all ranks leave the process group together and
+    # exit without interpreter teardown (gloo can abort there).
+    code = 0
+    who = "" if world.main else f" (rank {world.rank})"
+    try:
+        train(config, args.run)
+        launch.end(world)
+    except TrainingStopped as e:
+        stop = _train_interrupted(e, prog, argv, Path(args.run.out))
+        if world.main:
+            again = f"{shlex.join(stop.resume or [])} (under torchrun, as before)"
+            print(f"{prog}: {stop}\nresume with: {again}", file=sys.stderr)
+        code = stop.status
+    except SparseTFError as e:
+        print(f"{prog}{who}: error: {e}", file=sys.stderr)
+        code = 1
+    except RuntimeError as e:
+        if not launch.lost_peer(e):
+            raise
+        # Another rank died (torchrun then stops this one too): one line, not a traceback.
+        first = str(e).strip().splitlines()[0][:200]
+        print(
+            f"{prog}: error: rank {world.rank} lost another rank ({first})",
+            file=sys.stderr,
+        )
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _train_interrupted(
+    e: TrainingStopped | KeyboardInterrupt, prog: str, argv: list[str], out: Path
+) -> Interrupted:
+    """Ctrl-C or SIGTERM during a training command, and the command that continues it: with
+    --resume once the run folder holds the run (its own config is used then, so no other flag
+    is needed), else the same command again."""
+    resume = [*prog.split(), "--out", str(out), "--resume"]
+    if isinstance(e, TrainingStopped):
+        status = 128 + signal.Signals[e.signal].value if e.signal else 130
+        message = f"stopped by {e.signal or 'a signal to another rank'} after step {e.step}"
+        return Interrupted(f"{message}; checkpoint {e.checkpoint} is complete", resume, status)
+    if not (out / RUN_FILE).is_file():
+        resume = [*prog.split(), *argv]  # stopped before the run began: nothing to resume
+    return Interrupted("interrupted", resume)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PruneArgs:
+    """Find the smallest circuit of a trained model for a task (learned node masks, mean
+    ablation) and write circuit.json, circuit.html, means.safetensors and scores.safetensors."""
+
+    model: str
+    """Model folder: a run's final/ or step-N/, or an export."""
+    task: str
+    """A task name (see `sparse-tf tasks`)."""
+    out: str
+    """Output folder (written when complete; an earlier result is replaced with --overwrite)."""
+    config: Annotated[PruneConfig, tyro.conf.arg(name="")] = PruneConfig()
+    means: str | None = None
+    """Ablation means (means.safetensors of an earlier run) instead of computing them."""
+    mean_windows: int = 256
+    """Training windows the ablation means are taken over."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    overwrite: bool = False
+    """Replace an earlier pruning result in --out."""
+    study: str | None = None
+    """SQLite file of the search's Optuna study (created if missing): rerun the same command to
+    resume after a kill, or start several at once to search in parallel; --budget counts the
+    study's completed trials. Default: a study in memory."""
+
+    def __post_init__(self) -> None:
+        require(self.mean_windows >= 1, self, "mean_windows", "must be at least 1")
+
+
+def prune_command(argv: list[str]) -> None:
+    from sparse_tf.pruning.run import prune_model  # torch-heavy search code only when used
+
+    args = tyro_cli(PruneArgs, prog="sparse-tf prune", args=argv)
+    try:
+        prune_model(
+            args.model,
+            args.task,
+            args.out,
+            args.config,
+            device=args.device,
+            means_file=args.means,
+            mean_windows=args.mean_windows,
+            overwrite=args.overwrite,
+            study=args.study,
+        )
+    except KeyboardInterrupt:
+        if args.study is None:  # a study in memory: nothing is left to continue
+            message = "interrupted (without --study, the search starts again)"
+            raise Interrupted(message, None) from None
+        raise Interrupted(
+            f"interrupted; the study {args.study} keeps its completed trials",
+            ["sparse-tf", "prune", *argv],
+        ) from None
+
+
+def describe(model: GPTConfig, sparsity: SparsityConfig = SparsityConfig(l0=1 / 64)) -> None:
+    """Print a model's shape, parameter counts and the L0 budget of every sparse matrix.
+
+    Nothing is allocated (the model is built on the meta device), so paper-scale shapes are fine.
+    """
+    print(format_description(model, sparsity))
+
+
+def describe_command(argv: list[str]) -> None:
+    tyro_cli(describe, prog="sparse-tf describe", args=argv)
+
+
+def format_description(cfg: GPTConfig, sparsity: SparsityConfig) -> str:
+    with torch.device("meta"):
+        model = GPT(cfg)
+    weights = model.sparse_weights()
+    n_total = sum(p.numel() for p in model.parameters())
+    n_sparse = sum(w.param.numel() for w in weights)
+    acts = "off"
+    if cfg.afrac is not None:
+        k_model, k_mlp = abstopk_k(cfg.afrac, cfg.d_model), abstopk_k(cfg.afrac, cfg.d_mlp)
+        acts = f"{cfg.afrac} (k = {k_model} of d_model, {k_model} of q/k/v, {k_mlp} of d_mlp)"
+    axis = {ROWS: "rows", COLS: "columns", None: "-"}
+    l0 = sparsity.l0
+    lines = [
+        f"GPT: {cfg.n_layer} layers, d_model {cfg.d_model}, {cfg.n_head} heads x {cfg.d_head}, "
+        f"d_mlp {cfg.d_mlp}, vocab {cfg.vocab_size}, n_ctx {cfg.n_ctx}",
+        f"AbsTopK: {acts}; bigram {'on' if cfg.bigram else 'off'}; "
+        f"attention sinks {'on' if cfg.attn_sink else 'off'}; "
+        f"positional embedding {'on' if cfg.pos_emb else 'off'}",
+        f"parameters: {n_total:,} ({n_sparse:,} in {len(weights)} sparse matrices, "
+        f"{n_total - n_sparse:,} dense: biases, norms, sinks, bigram)",
+        "",
+        f"at L0 {l0:g} (embeddings x"
+        f"{'d_model/256' if sparsity.embed_mult is None else f'{sparsity.embed_mult:g}'}, "
+        f">= {sparsity.min_per_neuron} nonzeros per neuron):",
+        f"{'matrix':<32} {'shape':>13} {'entries':>12} {'kept':>10} {'density':>8}  neurons",
+    ]
+    kept_total = 0
+    for w in weights:
+        kept = kept_count(w, l0, sparsity)
+        kept_total += kept
+        shape = " x ".join(str(s) for s in w.param.shape)
+        lines.append(
+            f"{w.name:<32} {shape:>13} {w.param.numel():>12,} {kept:>10,} "
+            f"{kept / w.param.numel():>8.4f}  {axis[w.neuron_dim]}"
+        )
+    lines.append(f"{'total':<32} {'':>13} {n_sparse:>12,} {kept_total:>10,}")
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataPrepareArgs:
+    """Tokenise a corpus once, with worker processes, into the token store that `sparse-tf
+    train` reads (the tokenizer too); an interrupted prepare resumes where it stopped."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    vocab_size: int = 2048
+    """The model's vocabulary (--model.vocab-size of the training run): the BPE's size."""
+    workers: int | None = None
+    """Tokenising processes (default: every core this process may use)."""
+
+
+def data_command(argv: list[str]) -> None:
+    from sparse_tf.data.pipeline import prepare_tokens
+    from sparse_tf.tasks import task_tokens
+
+    if not argv or argv[0] not in ("prepare", "-h", "--help"):
+        raise UsageError("usage: sparse-tf data prepare --data.source SOURCE [--workers N] ...")
+    prog = "sparse-tf data prepare"
+    args = tyro_cli(DataPrepareArgs, prog=prog, args=argv[argv[0] == "prepare" :])
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be at least 1")
+    start = time.monotonic()
+    corpus, tok, shards = prepare_tokens(
+        args.data,
+        args.vocab_size,
+        reserved_tokens=task_tokens(),
+        workers=args.workers,
+        progress="auto",
+    )
+    store = shards["train"].files[0].parent
+    docs = f"{corpus.size:,} documents, " if corpus.size is not None else ""
+    print(
+        f"{args.data.source}: {docs}{len(shards['train']):,} train + {len(shards['val']):,} "
+        "val tokens "
+        f"(vocabulary {tok.get_vocab_size()}, corpus digest {corpus.digest[:12]}) in {store}; "
+        f"{time.monotonic() - start:.1f} s"
+    )

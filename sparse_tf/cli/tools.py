@@ -1,0 +1,465 @@
+"""The commands that work on trained models and tasks: eval, perturb, tasks, analyze, convert,
+calibrate. Their flags are plain values, so their `--help` imports neither torch nor the
+library: each command imports what it runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import tyro
+
+from sparse_tf.cli import Interrupted, UsageError
+from sparse_tf.cli.common import require, require_json_target, tyro_cli
+from sparse_tf.errors import SparseTFError
+from sparse_tf.filenames import CIRCUIT_FILE, TOKENIZER_FILE, VIZ_DATA_FILE
+from sparse_tf.io import write_json
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalArgs:
+    """Score a trained model on the hand-built tasks (loss, accuracy, logit margin per task)
+    and on its training corpus's validation split."""
+
+    model: str
+    """Model folder: a run's final/ or step-N/, or an export."""
+    task: str = "all"
+    """A task name (see sparse_tf.tasks.TASKS) or 'all'."""
+    n: int = 100
+    """Contrast pairs per task (each gives two prompts)."""
+    split: Literal["train", "val", "test"] = "test"
+    """Which task split to draw the pairs from."""
+    seed: int = 0
+    """Seed of the pair generators."""
+    json: str | None = None
+    """Also write the report to this JSON file."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    val_windows: int = 256
+    """Validation windows for the model's val loss (0 skips it)."""
+    batch_size: int = 32
+    """Pairs per forward pass."""
+
+    def __post_init__(self) -> None:
+        require_json_target(self.json)
+
+
+def eval_command(argv: list[str]) -> None:
+    args = tyro_cli(EvalArgs, prog="sparse-tf eval", args=argv)
+    # Imported after the parse: --help needs neither torch nor the library.
+    from sparse_tf.evaluation import evaluate_model
+
+    report = evaluate_model(
+        args.model,
+        args.task,
+        n=args.n,
+        seed=args.seed,
+        split=args.split,
+        device=args.device,
+        val_windows=args.val_windows,
+        pairs_per_batch=args.batch_size,
+    )
+    print(report.table())
+    if args.json:
+        write_json(Path(args.json), report.to_dict())
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PerturbArgs:
+    """Edit a bridged sparse model's residual at a site, decode the edit into the dense
+    GPT-2 through the bridge, and compare both models' task logit differences."""
+
+    model: str
+    """A `sparse-tf bridge` run's final/ folder (the sparse model and its bridges)."""
+    dense: str | None = None
+    """The dense GPT-2 folder; default: the one the bridges were trained against."""
+    task: str = "single_double_quote"
+    site: str = "L1.attn_in"
+    """Sparse-model site: L{i}.attn_in, L{i}.mlp_in or final."""
+    channels: str = "auto"
+    """Comma-separated residual channels, or 'auto': the --k channels that separate the
+    task's two classes most at the site (on train-split pairs)."""
+    k: int = 4
+    mode: Literal["zero", "scale", "set", "add", "flip"] = "flip"
+    value: float = 0.0
+    """Of 'scale', 'set' and 'add'."""
+    positions: Literal["last", "all"] = "last"
+    n: int = 64
+    """Contrast pairs (test split)."""
+    seed: int = 0
+    device: str = "auto"
+    json: str | None = None
+    """Also write the result to this JSON file."""
+
+    def __post_init__(self) -> None:
+        require(self.k >= 1, self, "k", "must be at least 1")
+        require(self.n >= 1, self, "n", "must be at least 1")
+        if self.channels != "auto" and not all(
+            c.strip().isdigit() for c in self.channels.split(",")
+        ):
+            raise UsageError(f"--channels {self.channels!r}: 'auto' or integers joined by commas")
+        require_json_target(self.json)
+
+    def channel_list(self) -> list[int] | None:
+        """The --channels as indices; None for 'auto'."""
+        return None if self.channels == "auto" else [int(c) for c in self.channels.split(",")]
+
+
+def perturb_command(argv: list[str]) -> None:
+    args = tyro_cli(PerturbArgs, prog="sparse-tf perturb", args=argv)
+    # Imported after the parse: --help needs neither torch nor the library.
+    from sparse_tf.bridges.perturb import perturb_folder
+
+    try:
+        result = perturb_folder(
+            args.model,
+            args.task,
+            args.site,
+            args.channel_list(),
+            dense=args.dense,
+            k=args.k,
+            mode=args.mode,
+            value=args.value,
+            positions=args.positions,
+            n_pairs=args.n,
+            seed=args.seed,
+            device=args.device,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    print(result.table())
+    if args.json:
+        write_json(Path(args.json), dataclasses.asdict(result))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TasksArgs:
+    """List the 20 hand-built tasks, print example pairs, or write pairs to JSON-lines files."""
+
+    task: str = "all"
+    """A task name or 'all'."""
+    show: int = 0
+    """Print this many pairs of each selected task (the prompt, then ⟦target⟧ and the rest)."""
+    out: str | None = None
+    """Write --n pairs of each selected task to OUT/NAME.jsonl."""
+    n: int = 100
+    """Pairs per task for --out."""
+    split: Literal["train", "val", "test"] = "test"
+    """Which split to draw the pairs from."""
+    seed: int = 0
+    """Seed of the pair generators."""
+
+    def __post_init__(self) -> None:
+        require(self.out is None or self.n >= 1, self, "n", "must be at least 1")
+
+
+def tasks_command(argv: list[str]) -> None:
+    args = tyro_cli(TasksArgs, prog="sparse-tf tasks", args=argv)
+    # Imported after the parse: --help needs neither torch nor the library.
+    from sparse_tf.tasks import TASKS, get_task, save_pairs
+
+    selected = list(TASKS.values()) if args.task == "all" else [get_task(args.task)]
+    if not args.show and args.out is None:
+        for t in selected:
+            why = f" [not for circuit comparisons: {t.not_for_circuits}]"
+            print(f"{t.name:<28} {t.summary}{why if t.not_for_circuits else ''}")
+    for task in selected:
+        for i, pair in enumerate(task.pairs(args.show, args.seed, args.split)):
+            print(f"== {task.name} #{i} ({args.split} split, seed {args.seed}): {task.summary}")
+            for label, ex, alt in (("a", pair.a, pair.b), ("b", pair.b, pair.a)):
+                print(f"-- {label}: candidates {ex.target!r} (correct) vs {alt.target!r}")
+                print(f"{ex.context}\u27e6{ex.target}\u27e7{ex.rest}".rstrip("\n"))
+    if args.out is not None:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for task in selected:
+            save_pairs(out / f"{task.name}.jsonl", task.pairs(args.n, args.seed, args.split))
+        print(f"wrote {args.n} {args.split} pairs of {len(selected)} task(s) to {out}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AnalyzeArgs:
+    """Options every analysis shares."""
+
+    out: str | None = None
+    """Folder of the trained models (OUT/models/KIND-seedN) and of report.txt / report.json;
+    default runs/analyze-NAME."""
+    models: tuple[str, ...] = ()
+    """Analyse these model folders instead of training the analysis's own models."""
+    kinds: tuple[Literal["dense", "sparse"], ...] = ("dense", "sparse")
+    """Which models to train: 'dense' (the paper's) and/or 'sparse' (weight-sparse, AbsTopK)."""
+    seeds: int = 2
+    """Models of each kind (seeds 0, 1, ...); a finished model of the same config is reused."""
+    steps: int | None = None
+    """Training steps (default: the analysis preset's)."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    overwrite: bool = False
+    """Retrain models whose folder holds a run of another config."""
+    seed: int = 999
+    """Seed of the analysis's own data (the models' training data is fixed)."""
+    compares_models: ClassVar[bool] = False
+    """Whether the analysis needs two or more models."""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):  # counts (seeds, steps, sequences, ...) are >= 1
+            value = getattr(self, field.name)
+            if type(value) is int and field.name != "seed":
+                require(value >= 1, self, field.name, "must be >= 1")
+        if self.compares_models and (len(self.models) == 1 or (not self.models and self.seeds < 2)):
+            name = type(self).__name__.removesuffix("Args").lower()
+            raise UsageError(
+                f"the {name} analysis compares models: give --seeds >= 2 or 2+ --models"
+            )
+        if not self.models and not self.kinds:
+            raise UsageError("--kinds: name dense and/or sparse (or give --models)")
+
+    def run(self, models: list[Any]) -> Any:
+        """The analysis's report on `models` (the library's study function, with these
+        options)."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AceArgs(AnalyzeArgs):
+    """ACE (algorithmic cores) on 1-layer models of the 4-state Markov chain: core rank,
+    keep/remove accuracy, fitted dynamics vs the chain's eigenvalues, two seeds compared."""
+
+    threshold: float = 0.999
+    """Energy threshold of the core rank (the paper's for this experiment)."""
+    sequences: int = 3000
+    """Fresh chain sequences of 32 states to analyse."""
+    jacobian_samples: int = 128
+    """Activations the readout's Jacobian Gram is averaged over."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0.0 < self.threshold <= 1.0, self, "threshold", "must be in (0, 1]")
+
+    def run(self, models: list[Any]) -> Any:
+        from sparse_tf.analysis.studies.ace_markov import run_ace
+
+        return run_ace(models, self.sequences, self.threshold, self.jacobian_samples, self.seed)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RotationArgs(AnalyzeArgs):
+    """Procrustes rotation between independently trained Dyck-3 models (dense pairs and
+    weight-sparse pairs) at every residual site: held-out EV, nulls, Haar tests, distance to
+    a signed permutation, SAE transfer."""
+
+    fit_windows: int = 256
+    """Windows of 64 tokens the rotation and the SAE are fitted on."""
+    test_windows: int = 128
+    """Held-out windows everything is scored on."""
+    sae_steps: int = 3000
+    sae_expansion: int = 8
+    sae_l1: float = 1e-2
+
+    compares_models: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.sae_l1 >= 0, self, "sae_l1", "must be >= 0")
+
+    def run(self, models: list[Any]) -> Any:
+        from sparse_tf.analysis.sae import SAEConfig
+        from sparse_tf.analysis.studies.rotation_dyck import run_rotation
+
+        sae = SAEConfig(expansion=self.sae_expansion, l1=self.sae_l1, steps=self.sae_steps)
+        return run_rotation(models, self.fit_windows, self.test_windows, sae, self.seed)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FactoredArgs(AnalyzeArgs):
+    """Factored vs joint belief geometry of models trained on the 5-factor process: dims at
+    variance thresholds vs 10 / ~138, belief regression, vary-one subspaces and overlaps."""
+
+    seeds: int = 1
+    noise: float = 0.0
+    """Train and analyse on the process with noise ε (process:factored-epsX)."""
+    sequences: int = 2000
+    """Fresh sequences of 8 tokens for the dimensions and the regression."""
+    frozen: int = 10
+    """Vary-one: frozen draws per factor."""
+    batch: int = 200
+    """Vary-one: sequences per frozen draw."""
+    untrained: bool = True
+    """Also analyse each model's initialisation (same config and seed, no training)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0.0 <= self.noise <= 1.0, self, "noise", "must be in [0, 1]")
+
+    def run(self, models: list[Any]) -> Any:
+        from sparse_tf.analysis.studies.factored import run_factored
+
+        return run_factored(
+            models, self.noise, self.sequences, self.frozen, self.batch, self.seed, self.untrained
+        )
+
+
+ANALYSES: dict[str, tuple[type[AnalyzeArgs], str, str]] = {
+    "ace": (AceArgs, "ace-markov", "algorithmic cores of 1-layer Markov-chain models"),
+    "rotation": (RotationArgs, "rotation-dyck", "rotation between Dyck-3 models, dense vs sparse"),
+    "factored": (FactoredArgs, "factored-process", "factored belief geometry, 5-factor process"),
+}
+
+
+def analyze_command(argv: list[str]) -> None:
+    usage = "usage: sparse-tf analyze {" + ",".join(ANALYSES) + "} [--help] ..."
+    if not argv or argv[0] in ("-h", "--help"):
+        lines = [usage, "", "analyses:"]
+        lines += [f"  {name:<10} {desc}" for name, (_, _, desc) in ANALYSES.items()]
+        print("\n".join(lines))
+        return
+    name = argv[0]
+    if name not in ANALYSES:
+        raise UsageError(f"unknown analysis {name!r}; choose from {list(ANALYSES)}")
+    cls, preset_name, _ = ANALYSES[name]
+    args = tyro_cli(cls, prog=f"sparse-tf analyze {name}", args=argv[1:])
+    try:
+        _analyze(name, preset_name, args)
+    except (KeyboardInterrupt, SparseTFError) as e:
+        from sparse_tf.training import TrainingStopped  # loaded by then: it trained
+
+        if isinstance(e, SparseTFError) and not isinstance(e, TrainingStopped):
+            raise
+        # Finished models are reused and an interrupted one resumes: the same command again,
+        # without --overwrite (which would train the finished ones again).
+        again = ["sparse-tf", "analyze", *(a for a in argv if a != "--overwrite")]
+        raise Interrupted("interrupted", again) from None
+
+
+def _analyze(name: str, preset_name: str, args: AnalyzeArgs) -> None:
+    from sparse_tf.analysis.studies import common  # scipy (the [analysis] extra) only when used
+
+    noise = getattr(args, "noise", 0.0)
+    out = Path(args.out) if args.out else common.default_folder(name, noise)
+    models = common.analysed_models(
+        preset_name,
+        out,
+        given=args.models,
+        kinds=args.kinds,
+        seeds=args.seeds,
+        steps=args.steps,
+        device=args.device,
+        overwrite=args.overwrite,
+        noise=noise,
+    )
+    try:
+        report = args.run(models)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    print(report.table())
+    common.save_study(out, name, report, models, dataclasses.asdict(args))
+    print(f"\nwrote {out / 'report.txt'} and {out / 'report.json'}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConvertArgs:
+    """Convert a model folder between sparse_tf's layout and OpenAI's released circuit_sparsity
+    layout (beeg_config.json + final_model.pt): exactly one of --from and --to. A circuit
+    folder of `sparse-tf prune` (circuit.json) converts --to circuit-sparsity as OUT/viz_data.pt,
+    whose circuit_data the official viewer reads."""
+
+    model: Annotated[Path, tyro.conf.Positional]
+    """The folder to convert: a model folder, or with --to a circuit folder too."""
+    out: Path
+    """Where to write the converted folder (must not exist)."""
+    from_: Annotated[Literal["circuit-sparsity"] | None, tyro.conf.arg(name="from")] = None
+    """MODEL is in this layout; OUT becomes a sparse_tf model folder."""
+    to: Literal["circuit-sparsity"] | None = None
+    """MODEL is a sparse_tf model folder; OUT gets this layout."""
+
+
+def convert_command(argv: list[str]) -> None:
+    args = tyro_cli(ConvertArgs, prog="sparse-tf convert", args=argv)
+    # Imported after the parse: --help needs neither torch nor the library.
+    from sparse_tf import official
+    from sparse_tf.checkpoint import export_model, load_model
+    from sparse_tf.pruning import load_circuit
+    from sparse_tf.pruning.circuit_data import save_viz_data
+
+    if (args.from_ is None) == (args.to is None):
+        raise SparseTFError("sparse-tf convert: give exactly one of --from and --to")
+    if args.out.exists():
+        raise SparseTFError(f"--out {args.out}: exists; converting never replaces a folder")
+    if args.from_ is not None:
+        if not official.is_official(args.model):
+            raise SparseTFError(
+                f"{args.model}: not a circuit_sparsity folder (needs beeg_config.json and "
+                "final_model.pt)"
+            )
+        model = official.load(args.model)
+        try:
+            tokenizer = official.load_tokenizer(args.model)
+        except official.OfficialFormatError as e:  # the model converts; tasks need a tokenizer
+            print(f"sparse-tf convert: {e}", file=sys.stderr)
+            tokenizer = None
+        export_model(args.out, model, tokenizer, {"converted_from": str(args.model)})
+    elif (args.model / CIRCUIT_FILE).is_file():
+        circuit = load_circuit(args.model)
+        save_viz_data(circuit, args.out)
+        print(f"wrote {args.out / VIZ_DATA_FILE}: circuit_data of {circuit.n_nodes} nodes")
+        return
+    else:
+        tokenizer = args.model / TOKENIZER_FILE
+        official.save(load_model(args.model), args.out, tokenizer if tokenizer.is_file() else None)
+    print(f"wrote {args.out}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CalibrateArgs:
+    """Measure when the sparse matmul beats cuBLAS on this GPU for a model's layer shapes, into
+    this machine's cache (used from then on instead of the shipped table of this GPU model)."""
+
+    preset: str = "paper-d1024"
+    """Whose layer shapes to measure (qkv, attention-out, MLP-in, MLP-out)."""
+    d_model: int | None = None
+    """Measure this width instead of the preset's (d_mlp = 4 · d_model unless given)."""
+    d_mlp: int | None = None
+    device: str = "cuda"
+    tokens: tuple[int, ...] = (4096, 16384)
+    """Token counts (rows of the activation) to measure."""
+    densities: tuple[float, ...] = tuple(1 / 2**i for i in range(4, 11))
+    iters: int = 10
+    """Timed repetitions per product (medians)."""
+
+    def __post_init__(self) -> None:
+        import torch  # not for --help
+
+        if torch.device(self.device).type != "cuda" or not torch.cuda.is_available():
+            raise SparseTFError(
+                f"--device {self.device}: calibration times the GPU kernels; no GPU"
+            )
+
+    def layer_shapes(self) -> list[tuple[int, int]]:
+        """(d_in, d_out) of the layers to measure: the preset's widths, or --d-model's with
+        d_mlp = 4 · d_model unless --d-mlp is given."""
+        from sparse_tf.kernels import crossovers
+        from sparse_tf.presets import preset
+
+        model = preset(self.preset).model
+        d = self.d_model or model.d_model
+        m = self.d_mlp or (4 * d if self.d_model else model.d_mlp)
+        return crossovers.layer_shapes(d, m, model.d_head)
+
+
+def calibrate_command(argv: list[str]) -> None:
+    args = tyro_cli(CalibrateArgs, prog="sparse-tf calibrate", args=argv)
+    # Imported after the parse: --help needs neither torch nor the library.
+    import torch
+
+    from sparse_tf.kernels import crossovers
+
+    device = torch.device(args.device)
+    command = "sparse-tf calibrate " + " ".join(argv)
+    rows = crossovers.calibrate(
+        device, args.layer_shapes(), command, args.tokens, args.densities, args.iters
+    )
+    name = crossovers.device_name(device)
+    print(crossovers.calibration_table(name, rows))
+    print(f"wrote {crossovers.cache_file(name)}")

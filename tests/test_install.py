@@ -1,0 +1,182 @@
+"""The core install: sparse_tf imports, shows its help and trains on a CPU without the optional
+packages (the extras [hf], [wandb], [analysis], and triton where it has no wheels), and says
+which extra a feature needs in one line. Each case runs in a fresh interpreter in which those
+packages cannot be imported (a meta-path finder that raises as a missing package does)."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sparse_tf
+
+ROOT = Path(__file__).resolve().parents[1]
+OPTIONAL = ("wandb", "datasets", "transformers", "scipy", "triton")
+
+# Prepended to every command: after it, importing an optional package fails as if it were not
+# installed (ModuleNotFoundError naming it; importlib.util.find_spec raises the same).
+BLOCKER = f"""
+import sys
+
+class _NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {OPTIONAL!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+
+sys.meta_path.insert(0, _NotInstalled())
+"""
+
+
+def run_without_extras(code: str, *, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKER + code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def sparse_tf_without_extras(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`sparse-tf ARGV` in an interpreter without the optional packages."""
+    code = f"from sparse_tf.cli import main; main({list(argv)!r})"
+    return run_without_extras(code, timeout=timeout)
+
+
+def test_the_blocker_blocks() -> None:
+    """The premise of this file: under BLOCKER each optional package is missing."""
+    for name in OPTIONAL:
+        result = run_without_extras(f"import {name}")
+        assert result.returncode == 1
+        assert f"ModuleNotFoundError: No module named '{name}'" in result.stderr
+
+
+def core_modules() -> list[str]:
+    """Every module of sparse_tf but the analyses (the [analysis] extra, checked below) and the
+    Triton kernels themselves (imported only to launch them)."""
+    names = [m.name for m in pkgutil.walk_packages(sparse_tf.__path__, "sparse_tf.")]
+    optional = ("sparse_tf.analysis", "sparse_tf.kernels.jit", "sparse_tf.cli.__main__")
+    return [n for n in names if not n.startswith(optional) and n != "sparse_tf._scm_version"]
+
+
+def test_no_core_module_imports_an_optional_package() -> None:
+    modules = core_modules()
+    assert "sparse_tf.cli.commands" in modules
+    assert "sparse_tf.kernels.abstopk" in modules
+    code = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
+    code += "from sparse_tf import *\nprint('imported', len(sys.modules))"
+    result = run_without_extras(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("imported")
+
+
+def test_train_help_without_extras() -> None:
+    result = sparse_tf_without_extras("train", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--wandb {auto,offline,online,disabled}" in result.stdout
+    assert "noqa" not in result.stdout  # lint comments are not help text
+
+
+def test_top_level_help_does_not_import_torch() -> None:
+    code = "from sparse_tf.cli import main\nmain(['--help'])\n"
+    code += "print('torch' in sys.modules, 'tyro' in sys.modules)"
+    result = run_without_extras(code)
+    assert result.returncode == 0, result.stderr
+    assert "train" in result.stdout
+    assert result.stdout.splitlines()[-1] == "False False"
+
+
+@pytest.mark.parametrize(
+    "command", ["eval", "perturb", "tasks", "analyze", "analyze ace", "convert", "calibrate"]
+)
+def test_help_of_commands_with_plain_flags_does_not_import_torch(command: str) -> None:
+    """Commands whose flags are plain values parse them before importing the library (the
+    others' flags are the library's config dataclasses, which need torch)."""
+    code = "from sparse_tf.cli import main\ntry:\n"
+    code += f"    main({command.split()!r} + ['--help'])\nexcept SystemExit as e:\n"
+    code += "    assert not e.code, e.code\nprint('torch' in sys.modules)"
+    result = run_without_extras(code)
+    assert result.returncode == 0, result.stderr
+    assert "usage: sparse-tf" in result.stdout
+    assert result.stdout.splitlines()[-1] == "False"
+
+
+# Each feature that needs an extra, and its one line (after any progress lines).
+NEEDS_AN_EXTRA = [
+    (
+        ["train", "--data.source", "hf:some/corpus"],
+        "sparse-tf train: error: data.source='hf:some/corpus': needs the [hf] extra: "
+        "pip install 'sparse_tf[hf]'",
+    ),
+    (
+        ["train", "--preset", "gpt2-tiny-cpu"],
+        "sparse-tf train: error: the dense GPT-2 (sparse_tf.gpt2): needs the [hf] extra: "
+        "pip install 'sparse_tf[hf]'",
+    ),
+    (
+        ["bridge", "--dense", "runs/gpt2"],
+        "sparse-tf bridge: error: the dense GPT-2 (sparse_tf.gpt2): needs the [hf] extra: "
+        "pip install 'sparse_tf[hf]'",
+    ),
+    (
+        ["train", "--wandb", "offline"],
+        "sparse-tf train: error: RunOptions.wandb='offline': needs the [wandb] extra: "
+        "pip install 'sparse_tf[wandb]'",
+    ),
+    (
+        ["analyze", "ace", "--models", "a", "b"],
+        "sparse-tf analyze: error: sparse_tf.analysis (sparse-tf analyze): needs the "
+        "[analysis] extra: pip install 'sparse_tf[analysis]'",
+    ),
+]
+
+
+def test_a_missing_extra_is_one_line(tmp_path: Path) -> None:
+    """Every case in one interpreter (torch is imported once): each command's stderr and exit
+    status, separated by a marker line."""
+    code = "import contextlib, io\nfrom sparse_tf.cli import main\n"
+    for i, (argv, _) in enumerate(NEEDS_AN_EXTRA):
+        out = str(tmp_path / f"out{i}")
+        code += f"try:\n    main({[*argv, '--out', out]!r})\nexcept SystemExit as e:\n"
+        code += "    print(f'==== {e.code}', file=sys.stderr)\n"
+    result = run_without_extras(code)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    parts = result.stderr.split("==== ")[:-1]
+    said = [part.strip().splitlines() for part in parts]
+    statuses = [part.split("\n", 1)[0] for part in result.stderr.split("==== ")[1:]]
+    assert statuses == ["1"] * len(NEEDS_AN_EXTRA)
+    for lines, (_, expected) in zip(said, NEEDS_AN_EXTRA, strict=True):
+        assert lines[-1] == expected
+
+
+def test_trains_on_cpu_without_extras(tmp_path: Path) -> None:
+    """A core install trains with the default --wandb auto (disabled: one line says so) and
+    the kernels' reference paths (no triton, even with TRITON_INTERPRET=1 set)."""
+    out = tmp_path / "run"
+    flags = ["--data.source", "process:markov4", "--model.vocab-size", "8", "--model.n-ctx", "32",
+             "--model.n-layer", "1", "--model.d-model", "32", "--sparsity.l0", "0.25",
+             "--max-steps", "3", "--batch-size", "4", "--out", str(out), "--progress", "none",
+             "--device", "cpu"]  # fmt: skip
+    result = sparse_tf_without_extras("train", *flags)
+    assert result.returncode == 0, result.stderr
+    said = [line for line in result.stderr.splitlines() if line.startswith("wandb:")]
+    assert said == [
+        "wandb: not installed, logging to metrics.jsonl only (needs the [wandb] extra: "
+        "pip install 'sparse_tf[wandb]')"
+    ]
+    assert (out / "final" / "model.safetensors").is_file()
+    assert not (out / "wandb").exists()
+
+
+def test_version() -> None:
+    """The installed version (setuptools-scm, from the git tag), or 0+unknown in a source tree
+    that was never installed: always a PEP 440 version string."""
+    from packaging.version import Version
+
+    assert str(Version(sparse_tf.__version__)) == sparse_tf.__version__
