@@ -229,15 +229,6 @@ def test_a_compiled_run_follows_the_eager_one(tmp_path: Path, corpus: Path) -> N
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
 
 
-def test_cuda_graphs_need_a_cuda_device(tmp_path: Path, corpus: Path) -> None:
-    """--compile reduce-overhead on the CPU is refused before anything is written (the compiled
-    runs themselves are GPU tests: tests/test_gpu.py)."""
-    opts = quiet_options(tmp_path / "run", device="cpu", compile="reduce-overhead")
-    with pytest.raises(ConfigError, match="reduce-overhead: replays CUDA graphs"):
-        train(tiny_train_config(corpus), opts)
-    assert not (tmp_path / "run").exists()
-
-
 def test_out_dir_holding_a_run_is_refused_unless_resume_or_overwrite(
     finished: Path, corpus: Path, tmp_path: Path
 ) -> None:

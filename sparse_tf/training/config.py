@@ -24,7 +24,7 @@ from sparse_tf.trainable import ModelConfig
 from sparse_tf.training.objective import LanguageModelObjective, Objective
 
 DistMode = Literal["ddp", "fsdp"]
-CompileMode = Literal["none", "default", "reduce-overhead"]
+CompileMode = Literal["none", "default"]
 
 _LEGACY_BRIDGE_KEY = "bridge"
 """Configs written before bridged runs had their own config class carry a `bridge` entry in
@@ -161,12 +161,11 @@ class RunOptions(Config):
     gradients; 'fsdp' shards parameters, gradients and Adam state over the ranks (FSDP2) for
     models too large to replicate. Same global batch and result either way."""
     compile: CompileMode = "none"
-    """torch.compile the model's forward and backward: 'default' lets Inductor fuse the
-    elementwise work around the library's kernels (which enter the graph as opaque operators);
-    'reduce-overhead' also replays forward and backward as CUDA graphs, so a step costs its GPU
-    time and no per-launch host time (CUDA only). The optimizer stays eager (its projection is
-    one CUDA graph already); validation runs the eager model. Same result as 'none' within
-    bf16 rounding."""
+    """'default': torch.compile the model's forward and backward (Inductor fuses the elementwise
+    work around the library's kernels, which enter the graph as opaque operators). The
+    optimizer and validation stay eager. Same result as 'none' within rounding. (CUDA graphs,
+    torch's 'reduce-overhead' mode, are not offered: replayed across this loop's micro-batches
+    they overwrote tensors the backward still needed.)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()

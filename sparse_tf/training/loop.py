@@ -102,11 +102,6 @@ class _Run:
         self.amp = self.device.type == "cuda"  # bf16 autocast on GPU, fp32 on CPU
         self.env = TrainEnv(self.device, self.world, self.amp)
         self.sharded = self.world.distributed and opts.dist == "fsdp"
-        if opts.compile == "reduce-overhead" and self.device.type != "cuda":
-            raise ConfigError(
-                f"--compile reduce-overhead: replays CUDA graphs, which need a CUDA device "
-                f"(this run is on {self.device}); use --compile default"
-            )
         if opts.compile != "none" and self.sharded:
             raise ConfigError("--compile: not supported with --dist fsdp; use --dist ddp")
 
@@ -245,8 +240,7 @@ class _Run:
         if opts.compile != "none":
             # Compiled lazily at the first step; validation keeps the eager `model` (other
             # shapes, no recompiles).
-            mode = None if opts.compile == "default" else opts.compile
-            self.net = torch.compile(self.net, mode=mode)  # type: ignore[assignment]
+            self.net = torch.compile(self.net)  # type: ignore[assignment]
         logger: RunLogger | SilentLogger = SilentLogger()
         if world.main:
             logger = RunLogger(
@@ -421,10 +415,6 @@ class _Run:
             sync = contextlib.nullcontext()
             if world.distributed and not self.sharded and not last:
                 sync = self.net.no_sync()  # type: ignore[operator]
-            if self.opts.compile == "reduce-overhead":
-                # A new replay of the graphed forward: the previous micro-batch's outputs
-                # (already consumed by its backward) may be overwritten.
-                torch.compiler.cudagraph_mark_step_begin()
             with sync:
                 with self.env.autocast():
                     loss: Loss = self.objective.loss(self.net, batch)
