@@ -103,8 +103,10 @@ def test_explicit_pattern_path_matches_fused_attention_on_cuda(attn_sink: bool) 
         x, fwd_hooks=[(lambda n: n.endswith("hook_pattern"), lambda t, hook: t.clone())]
     )
     torch.testing.assert_close(explicit, fused, rtol=1e-4, atol=1e-4)
+    # Caching every activation runs the norms unfused (torch's RMSNorm, then AbsTopK): the
+    # same logits to rounding, not bit for bit (tests/test_kernels.py checks both paths).
     logits, _ = model.run_with_cache(x)
-    assert torch.equal(logits, fused)
+    torch.testing.assert_close(logits, fused, rtol=1e-4, atol=1e-4)
 
 
 def test_cuda_optimizer_steps_track_the_cpu_reference() -> None:
