@@ -46,7 +46,9 @@ def test_an_equal_loss_is_exact_and_one_outside_the_range_takes_the_nearest() ->
     high = match_loss(LOSSES, 5.0)
     assert (high.method, high.keys) == ("nearest", ("d64",))
     assert high.value({"d64": 7.0}) == pytest.approx(7.0)
-    assert "outside the family's range" in high.describe(LOSSES)
+    assert high.describe(LOSSES) == "nearest to val 5.0000: d64 (val 3.4000)"
+    near = match_loss(LOSSES, 3.05, interpolate=False)
+    assert (near.method, near.keys) == ("nearest", ("d128",))
 
 
 def test_matching_skips_non_finite_losses_and_refuses_nothing() -> None:

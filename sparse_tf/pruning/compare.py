@@ -54,8 +54,7 @@ class LossMatch:
         named = [f"{k} (val {losses[k]:.4f})" for k in self.keys]
         if self.method == "interpolated":
             return f"interpolated between {named[0]} and {named[1]} at val {self.loss:.4f}"
-        where = "" if self.method == "exact" else f", outside the family's range at {self.loss:.4f}"
-        return f"{self.method}: {named[0]}{where}"
+        return f"{self.method} to val {self.loss:.4f}: {named[0]}"
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -66,11 +65,11 @@ class LossMatch:
         }
 
 
-def match_loss(losses: Mapping[str, float], loss: float) -> LossMatch:
+def match_loss(losses: Mapping[str, float], loss: float, *, interpolate: bool = True) -> LossMatch:
     """Match `loss` among models with pretraining `losses` {key: loss}: the model with exactly
     that loss; else the closest loss below and the closest above (interpolation weight by
-    distance in loss); else, when `loss` lies outside their range, the nearest model (never
-    extrapolated: a line through two models beyond both says little)."""
+    distance in loss); else, when `loss` lies outside their range or `interpolate` is off, the
+    nearest model (never extrapolated: a line through two models beyond both says little)."""
     finite = {k: float(v) for k, v in losses.items() if math.isfinite(v)}
     if not finite:
         raise CompareError("no model with a finite loss to match")
@@ -79,7 +78,7 @@ def match_loss(losses: Mapping[str, float], loss: float) -> LossMatch:
             return LossMatch(loss, "exact", (k,), (1.0,))
     below = {k: v for k, v in finite.items() if v < loss}
     above = {k: v for k, v in finite.items() if v > loss}
-    if below and above:
+    if below and above and interpolate:
         lo = max(below, key=lambda k: (below[k], k))  # the closest from below
         hi = min(above, key=lambda k: (above[k], k))
         t = (loss - below[lo]) / (above[hi] - below[lo])  # 0 at `lo`'s loss, 1 at `hi`'s
