@@ -119,7 +119,8 @@ def tiny_config(corpus: Path) -> TrainConfig:
     """The --tiny sparse model: 1 layer, d_model 32, ctx 64, BPE 512 (the task tokens
     reserved), learned positions (one layer has no other way to find the previous token, which
     decides both `TINY_TASKS`), L0 1/2, AbsTopK 1/4, 600 steps of 16 x 64 tokens of `corpus`
-    (with fewer, or sparser, it learns neither task): about a minute and a half on 2 cores."""
+    (a first try at 300, without learned positions, learned neither task): well under a
+    minute on 2 quiet cores."""
     return TrainConfig(
         model=GPTConfig(vocab_size=512, n_ctx=64, n_layer=1, d_model=32, pos_emb=True),
         sparsity=SparsityConfig(l0=1 / 2),
