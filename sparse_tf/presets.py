@@ -63,6 +63,19 @@ _SPARSE: dict[str, tuple[str, TrainConfig]] = {
             micro_batch_size=64,
         ),
     ),
+    # Small enough to train many of (dense baselines at several widths and learning rates, a
+    # width x L0 sweep) and still solve most tasks: the circuit benchmarks' shape.
+    "circuits-d512": (
+        "4 layers, d_model 512, ctx 128, L0 1/16, 64 x 128 tokens per step, 5,000 steps on the "
+        "Python standard library: the sparse model of benchmarks/circuit_size.py and the base of "
+        "benchmarks/frontier.py; a few minutes on a GPU",
+        TrainConfig(
+            model=GPTConfig(vocab_size=2048, n_ctx=128, n_layer=4, d_model=512),
+            sparsity=SparsityConfig(l0=1 / 16),
+            max_steps=5000,
+            batch_size=64,
+        ),
+    ),
     # The small models of the three analyses (`sparse-tf analyze`), on synthetic processes:
     # the papers' shapes (learned positions, no bigram table, which would let a Markov model
     # skip the residual stream altogether), weight-sparse; their dense twins are the papers'.

@@ -1,0 +1,179 @@
+"""The circuit benchmarks end to end in their --tiny modes (`benchmarks/circuit_size.py`,
+`benchmarks/frontier.py`): real training, scoring and pruning of tiny models on the CPU, then
+checks that the reports agree with their JSON, that the plots are drawn and that a second run
+reuses everything."""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(script: str, out: Path) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--tiny", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _tables(markdown: str) -> list[list[list[str]]]:
+    """Every markdown table as rows of cells (header first, the |---| line dropped)."""
+    tables: list[list[list[str]]] = []
+    current: list[list[str]] = []
+    for line in [*markdown.splitlines(), ""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= {"-"} for c in cells):
+                current.append(cells)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def _num(cell: str) -> float | None:
+    cell = cell.replace("✗", "").strip()
+    return None if cell == "-" else float(cell)
+
+
+def _check_png_and_html(out: Path, stem: str) -> None:
+    from PIL import Image
+
+    png = (out / f"{stem}.png").read_bytes()
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    width, height = image.size
+    assert width > 200
+    assert height > 200
+    # Axes and text are black and grey; the data lines are coloured: a plot with no data
+    # drawn has (next to) no coloured pixel.
+    pixels = np.asarray(image).astype(int)
+    coloured = int(((pixels.max(axis=2) - pixels.min(axis=2)) > 60).sum())
+    assert coloured > 0.002 * width * height, "no data drawn in the plot"
+    page = (out / f"{stem}.html").read_text()
+    embedded = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    assert embedded
+    assert base64.b64decode(embedded.group(1)) == png
+    assert "<table>" in page
+
+
+@pytest.mark.slow
+def test_circuit_size_tiny_writes_a_consistent_report(tmp_path: Path) -> None:
+    out = tmp_path / "circuit-size"
+    _run("circuit_size.py", out)
+    for ext in ("md", "png", "html", "json"):
+        assert (out / f"circuit_size.{ext}").is_file()
+    r = json.loads((out / "circuit_size.json").read_text())
+    md = (out / "circuit_size.md").read_text()
+    families = list(r["dense"])
+    assert families == ["dense", "dense-abstopk"]
+    assert r["tasks"], "no task compared"
+    for name in families:
+        assert r["dense"][name]["match"]["method"] in ("interpolated", "nearest", "exact")
+        assert f"Matching, {name}: {r['dense'][name]['match']['text']}." in md
+
+    # Per task: every table row is the JSON's row; every ratio is dense / sparse edges.
+    ratios: dict[str, dict[str, list[float]]] = {n: {} for n in families}
+    for task in r["tasks"]:
+        section = md.split(f"### {task}\n", 1)[1].split("###", 1)[0]
+        table = _tables(section)[0]
+        assert table[0][:3] == ["target", "sparse nodes", "sparse edges"]
+        assert [row[0] for row in table[1:]] == list(r["circuits"][task])
+        for row in table[1:]:
+            target = row[0]
+            j = r["circuits"][task][target]
+            assert _num(row[1]) == j["sparse"]["nodes"]
+            assert _num(row[2]) == j["sparse"]["edges"]
+            assert row[2].endswith("✗") == (not j["sparse"]["reached"])
+            for i, name in enumerate(families):
+                d = j[name]
+                nodes, edges, ratio = row[3 + 3 * i : 6 + 3 * i]
+                assert (_num(nodes), _num(edges), _num(ratio)) == (
+                    d["nodes"],
+                    d["edges"],
+                    d["ratio"],
+                )
+                if d["ratio"] is not None:
+                    assert d["ratio"] == round(d["edges"] / max(1, j["sparse"]["edges"]), 2)
+                    ratios[name].setdefault(target, []).append(d["ratio"])
+
+    # The summary: geometric mean of the per-task ratios, inside its interval, as in the table.
+    summary = next(t for t in _tables(md) if t[0][0] == "target" and t[0][1] == "dense/sparse")
+    seen = 0
+    for row in summary[1:]:
+        target = row[0]
+        for i, name in enumerate(families):
+            iv = r["ratio"][name][target]
+            values = ratios[name].get(target, [])
+            assert iv["n"] == len(values) == int(row[3 + 3 * i])
+            if not values:
+                assert iv["estimate"] is None
+                assert row[1 + 3 * i] == "-"
+                continue
+            seen += 1
+            geo = math.exp(sum(math.log(v) for v in values) / len(values))
+            assert iv["estimate"] == pytest.approx(geo, abs=0.006)
+            assert iv["low"] <= iv["estimate"] <= iv["high"]
+            assert _num(row[1 + 3 * i]) == iv["estimate"]
+            low, high = row[2 + 3 * i].split(" - ")
+            assert (float(low), float(high)) == (iv["low"], iv["high"])
+    assert seen, "no target with a ratio: the tiny run compares nothing"
+    _check_png_and_html(out, "circuit_size")
+
+    # Run again: everything is reused, nothing trained or pruned.
+    again = _run("circuit_size.py", out)
+    assert not re.search(r"^(training|resuming) ", again, re.MULTILINE)
+    assert re.search(r"target [\d.]+: .*\(reused\)", again)
+    assert not re.search(r"\(\d+ s\)\n", again.split("# Circuit size")[0])
+    assert json.loads((out / "circuit_size.json").read_text())["circuits"] == r["circuits"]
+
+
+@pytest.mark.slow
+def test_frontier_tiny_writes_a_consistent_report(tmp_path: Path) -> None:
+    out = tmp_path / "frontier"
+    _run("frontier.py", out)
+    r = json.loads((out / "frontier.json").read_text())
+    md = (out / "frontier.md").read_text()
+    assert len(r["models"]) == 6  # 3 widths x 2 L0s
+    table = next(t for t in _tables(md) if t[0][0] == "model")
+    assert [row[0] for row in table[1:]] == [m["key"] for m in r["models"]]
+    for row, m in zip(table[1:], r["models"], strict=True):
+        assert (int(row[1]), float(row[2]), float(row[3])) == (
+            m["width"],
+            pytest.approx(m["l0"], rel=1e-5),
+            m["val_loss"],
+        )
+        assert (_num(row[4]), _num(row[5])) == (m["edges_geomean"], m["edges_mean"])
+        common = [m["circuits"][t]["edges"] for t in r["common_tasks"]]
+        if common:
+            geo = math.exp(sum(math.log(max(1, e)) for e in common) / len(common))
+            assert m["edges_geomean"] == pytest.approx(geo, abs=0.06)
+    # The verdicts follow from the numbers.
+    for l0, v in r["verdicts"].items():
+        row = sorted((m for m in r["models"] if f"{m['l0']:g}" == l0), key=lambda m: m["width"])
+        for step, (a, b) in zip(v["steps"], itertools.pairwise(row), strict=True):
+            if a["edges_geomean"] is None:
+                assert step["verdict"] == "unknown"
+                continue
+            lower = (b["val_loss"] < a["val_loss"], b["edges_geomean"] < a["edges_geomean"])
+            higher = (b["val_loss"] > a["val_loss"], b["edges_geomean"] > a["edges_geomean"])
+            want = "improves" if all(lower) else "worsens" if all(higher) else "mixed"
+            assert step["verdict"] == want
+        assert f"L0 {l0}: {v['verdict']}" in md
+    _check_png_and_html(out, "frontier")
