@@ -45,7 +45,9 @@ class SparseLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         # Under torch.compile the products stay on cuBLAS, inside the compiled graph: the
         # sparse path keys its formats on the weight's version counter, which would make the
-        # compiler recompile after every optimizer step.
-        if self.kept is None or torch.compiler.is_compiling():
+        # compiler recompile after every optimizer step. `is_compiling()` is tested first so
+        # that the compiler never reads `kept`: an int attribute it reads becomes a guard, and
+        # the L0 anneal changes `kept` at every step (a recompile per step, then eager).
+        if torch.compiler.is_compiling() or self.kept is None:
             return F.linear(x, self.weight, self.bias)
         return kernels.sparse_linear(x, self.weight, self.bias, self.marked_kept, self._formats)

@@ -134,6 +134,22 @@ def test_formats_follow_the_weight(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.testing.assert_close(layer(x), F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
 
 
+def test_a_compiled_model_is_not_recompiled_when_the_kept_counts_change() -> None:
+    """Under torch.compile the layers stay on cuBLAS and must not read `kept`: the L0 anneal
+    changes it after every optimizer step, and a guard on it recompiled the model every step
+    (then, past the recompile limit, ran it uncompiled)."""
+    torch._dynamo.reset()
+    model = GPT(GPTConfig(vocab_size=64, n_ctx=16, n_layer=1, d_model=32, d_head=8)).to(DEVICE)
+    layers = [m for m in model.modules() if isinstance(m, SparseLinear)]
+    compiled = torch.compile(model, backend="eager")  # the guards are Dynamo's, any backend
+    tok = torch.randint(0, 64, (2, 16), device=DEVICE)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for kept in (None, 100, 90, 80):
+            for layer in layers:
+                layer.mark_sparse(kept)
+            compiled(tok)
+
+
 @pytest.mark.interpreter
 def test_training_steps_match_the_dense_products(monkeypatch: pytest.MonkeyPatch) -> None:
     """Three steps of a sparse model with every product on the sparse kernel track the same
