@@ -343,6 +343,22 @@ def test_token_ids_beyond_the_vocab_are_refused_naming_the_shard(
         stream.check_vocab(300)
 
 
+def test_the_store_records_each_shards_largest_id(corpus_dir: Path, tmp_path: Path) -> None:
+    """The vocabulary check reads the ids recorded at write time (a billion-token store is not
+    read at every start), and reads the shards of a store that recorded none."""
+    corpus = open_corpus(str(corpus_dir), 0.1)
+    tok = corpus_bpe(corpus, 400, tmp_path)
+    for split in pack_corpus(corpus, tok, tmp_path, shard_tokens=1000).values():
+        assert len(split.files) > 1 or split.files[0].name.startswith("val")
+        assert split.max_ids == tuple(int(a.max()) for a in split.arrays)
+    small = np.arange(5, dtype=np.uint16)
+    with pytest.raises(TokenDataError, match=r"s\.npy: token id 900 >= the model's"):
+        TokenShards.of([Path("s.npy")], [small], [900]).check_vocab(300)  # metadata only
+    TokenShards.of([Path("s.npy")], [small], [None]).check_vocab(300)  # read: max 4
+    with pytest.raises(TokenDataError, match=r"s\.npy: token id 4 >= the model's"):
+        TokenShards.of([Path("s.npy")], [small]).check_vocab(4)
+
+
 def test_truncated_shard_is_detected(corpus_dir: Path, tmp_path: Path) -> None:
     corpus = open_corpus(str(corpus_dir), 0.1)
     tok = corpus_bpe(corpus, 400, tmp_path)

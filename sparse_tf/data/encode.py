@@ -325,7 +325,9 @@ def _assemble(
     parts: Path, split: str, counts: list[int], out: Path, shard_tokens: int, dtype: Any
 ) -> list[dict[str, int | str]]:
     """Copy the parts of `split`, in order, into shards of `shard_tokens` (the remainder last;
-    one empty shard when there is no token). Returns [{"file", "tokens"}]."""
+    one empty shard when there is no token). Returns [{"file", "tokens", "max_id"}] (max_id -1
+    for an empty shard), the largest id found while copying: the trainer checks it against the
+    model's vocabulary without reading the shards."""
     total = sum(counts)
     sizes = [shard_tokens] * (total // shard_tokens)
     if total % shard_tokens or not total:
@@ -335,6 +337,7 @@ def _assemble(
     shards: list[dict[str, int | str]] = []
     for k, size in enumerate(sizes):
         name = f"{split}-{k:05d}.npy"
+        top = -1
         if size == 0:
             np.save(out / name, np.zeros(0, dtype))
         else:
@@ -344,11 +347,13 @@ def _assemble(
                 if offset == len(current):
                     current, offset = next(sources), 0
                 take = min(size - filled, len(current) - offset)
-                shard[filled : filled + take] = current[offset : offset + take]
+                piece = current[offset : offset + take]
+                shard[filled : filled + take] = piece
+                top = max(top, int(piece.max())) if take else top
                 filled, offset = filled + take, offset + take
             shard.flush()
             del shard
-        shards.append({"file": name, "tokens": size})
+        shards.append({"file": name, "tokens": size, "max_id": top})
     return shards
 
 

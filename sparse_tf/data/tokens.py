@@ -47,9 +47,18 @@ class TokenShards:
     files: tuple[Path, ...]
     arrays: tuple[np.ndarray, ...]
     starts: np.ndarray  # [n_shards + 1] int64: global offset of each shard, then the total
+    max_ids: tuple[int | None, ...] = ()
+    """Each shard's largest token id as its writer recorded it (None: not recorded, so
+    `check_vocab` reads the shard): a store of billions of tokens is checked from its metadata
+    instead of by reading every token at every start."""
 
     @classmethod
-    def open(cls, files: Iterable[Path], expected: Iterable[int]) -> TokenShards:
+    def open(
+        cls,
+        files: Iterable[Path],
+        expected: Iterable[int],
+        max_ids: Iterable[int | None] | None = None,
+    ) -> TokenShards:
         files, arrays = tuple(files), []
         for f, n in zip(files, expected, strict=True):
             try:
@@ -62,15 +71,21 @@ class TokenShards:
                     "the folder to rebuild it)"
                 )
             arrays.append(a)
-        return cls.of(files, arrays)
+        return cls.of(files, arrays, max_ids)
 
     @classmethod
-    def of(cls, files: Iterable[Path], arrays: Iterable[np.ndarray]) -> TokenShards:
+    def of(
+        cls,
+        files: Iterable[Path],
+        arrays: Iterable[np.ndarray],
+        max_ids: Iterable[int | None] | None = None,
+    ) -> TokenShards:
         """The stream of these 1-D arrays (memory maps of `files`), in order."""
         arrays = tuple(arrays)
         starts = np.zeros(len(arrays) + 1, dtype=np.int64)
         np.cumsum([len(a) for a in arrays], out=starts[1:])
-        return cls(tuple(files), arrays, starts)
+        ids = tuple(max_ids) if max_ids is not None else (None,) * len(arrays)
+        return cls(tuple(files), arrays, starts, ids)
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -90,8 +105,9 @@ class TokenShards:
 
     def check_vocab(self, vocab_size: int) -> None:
         """Raise naming the shard and the id if any token id is ≥ vocab_size."""
-        for f, a in zip(self.files, self.arrays, strict=True):
-            if len(a) and (top := int(a.max())) >= vocab_size:
+        for f, a, recorded in zip(self.files, self.arrays, self.max_ids, strict=True):
+            top = recorded if recorded is not None else int(a.max()) if len(a) else -1
+            if top >= vocab_size:
                 raise TokenDataError(
                     f"{f}: token id {top} >= the model's vocab_size {vocab_size}; the model is "
                     "too small for this tokenizer (raise --model.vocab-size)"
@@ -137,6 +153,7 @@ def open_store(folder: Path) -> dict[Split, TokenShards]:
             split: TokenShards.open(
                 (folder / s["file"] for s in meta["splits"][split]),
                 (s["tokens"] for s in meta["splits"][split]),
+                (s.get("max_id") for s in meta["splits"][split]),  # absent in older stores
             )
             for split in ("train", "val")
         }
