@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from functools import cache
 from typing import Literal
 
 import torch
@@ -72,11 +71,15 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@cache
+_TRITON_INSTALLED = installed("triton")
+"""Found once, at import, without importing it: a constant to torch.compile too (a cached
+lookup traced by Dynamo would be traced anew, with a warning, in every compiled model)."""
+
+
 def triton_installed() -> bool:
-    """Whether triton can be imported (checked once, without importing it). Without it every
-    op takes the reference path: triton has wheels for Linux (x86_64, aarch64) only."""
-    return installed("triton")
+    """Whether triton can be imported. Without it every op takes the reference path: triton
+    has wheels for Linux (x86_64, aarch64) only."""
+    return _TRITON_INSTALLED
 
 
 def _kernels_can_run(t: Tensor) -> bool:
