@@ -117,10 +117,11 @@ def figure(width: float, height: float, n_axes: int = 1) -> tuple[Figure, list[A
     """A figure on the file-only Agg canvas. Built without pyplot, so it neither switches the
     backend of the caller's session (a notebook's stays) nor is kept in pyplot's figure list:
     it is freed with its last reference."""
-    mpl_figure = require("matplotlib.figure", "plot", PLOTS_NEED)
+    require("matplotlib", "plot", PLOTS_NEED)  # the package itself: its modules may be cached
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    fig = mpl_figure.Figure(figsize=(width, height), layout="constrained")
+    fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n_axes, squeeze=False)[0]
     return fig, list(axes)
