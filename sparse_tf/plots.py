@@ -64,7 +64,7 @@ class Chart:
 # -- metrics.jsonl, read strictly ----------------------------------------------------------------
 
 
-def read_run_metrics(run_dir: Path) -> list[dict[str, Any]]:
+def read_run_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """Every record of RUN_DIR/metrics.jsonl, checked: a PlotError naming the file (and the line)
     when the folder or file is missing, the file holds no record, or a line is not a JSON object
     with an integer "step" and numbers for the plotted keys. Unlike `sparse_tf.log`'s reader,
