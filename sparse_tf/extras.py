@@ -9,6 +9,7 @@ a traceback:
     [hf]        datasets, transformers   `hf:` corpora; the dense GPT-2 (presets gpt2-*, bridges)
     [wandb]     wandb                    Weights & Biases logging (`--wandb offline|online`)
     [analysis]  scipy                    `sparse-tf analyze` (Hungarian matching, KS tests)
+    [plot]      matplotlib               `sparse-tf plot`, the loss-vs-k PNG of `sparse-tf prune`
 """
 
 from __future__ import annotations

@@ -40,6 +40,12 @@ CIRCUIT_FILE = "circuit.json"
 MEANS_FILE = "means.safetensors"  # ablation means per hook name
 SCORES_FILE = "scores.safetensors"  # every node's score
 HTML_FILE = "circuit.html"  # the viewer
+LOSS_VS_K_FILE = "loss_vs_k.png"  # the viewer's loss-vs-k curve as an image ([plot] extra)
+
+# A run's plots (`sparse-tf plot RUN_DIR`): one PNG per chart, named in `sparse_tf.plots`
+# (loss.png, l0.png, lr.png, tokens_per_s.png), and a page embedding them.
+PLOTS_DIR = "plots"  # inside the run folder, by default
+PLOTS_HTML_FILE = "plots.html"
 
 # An analysis folder (`sparse-tf analyze NAME --out`).
 REPORT_TEXT_FILE = "report.txt"

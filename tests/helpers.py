@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import sysconfig
 from pathlib import Path
@@ -93,3 +94,19 @@ def task_train_config(source: Path | str, **overrides: object) -> TrainConfig:
     }
     fields.update(overrides)
     return tiny_train_config(source, **fields)
+
+
+def assert_plot_drawn(png: bytes) -> None:
+    """`png` is a real plot with data on it: axes and text are black and grey, the data lines
+    coloured, so a plot with nothing drawn has (next to) no coloured pixel (as the benchmarks'
+    tests check theirs)."""
+    import numpy as np
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    width, height = image.size
+    assert width > 200
+    assert height > 200
+    pixels = np.asarray(image).astype(int)
+    coloured = int(((pixels.max(axis=2) - pixels.min(axis=2)) > 60).sum())
+    assert coloured > 0.002 * width * height, "no data drawn in the plot"

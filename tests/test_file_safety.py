@@ -16,7 +16,15 @@ import pytest
 
 from sparse_tf.checkpoint import list_checkpoints
 from sparse_tf.cli import main
-from sparse_tf.filenames import CIRCUIT_FILE, HTML_FILE, MEANS_FILE, SCORES_FILE
+from sparse_tf.extras import installed
+from sparse_tf.filenames import (
+    CIRCUIT_FILE,
+    HTML_FILE,
+    LOSS_VS_K_FILE,
+    MEANS_FILE,
+    PLOTS_DIR,
+    SCORES_FILE,
+)
 from sparse_tf.io import LOCK_FILE, FolderInUseError, FolderLock, user_entries
 from sparse_tf.training import TrainingError, train
 from tests.helpers import quiet_options, tiny_train_config, tiny_train_flags
@@ -45,10 +53,13 @@ def test_train_overwrite_removes_the_run_and_keeps_the_users_files(
     train(cfg, quiet_options(out))
     mine = user_files(out)
     (out / "link").symlink_to(tmp_path / "elsewhere")  # a dangling link of the user's
+    (out / PLOTS_DIR).mkdir()  # `sparse-tf plot`'s, of the run being replaced
+    (out / PLOTS_DIR / "loss.png").write_bytes(b"the old curves")
     train(cfg, quiet_options(out, overwrite=True))
     for name, text in mine.items():
         assert (out / name).read_text() == text, name
     assert (out / "link").is_symlink()
+    assert not (out / PLOTS_DIR).exists()
     assert [s for s, _ in list_checkpoints(out)] == [4]
     assert (out / "final" / "model.safetensors").is_file()
 
@@ -176,8 +187,9 @@ def test_prune_overwrite_replaces_the_result_and_keeps_the_users_files(
     assert (out / "notes.md").read_text() == "why this circuit"
     for name, text in mine.items():
         assert (out / "mine" / name).read_text() == text
+    plot = [LOSS_VS_K_FILE] if installed("matplotlib") else []  # the [plot] extra's
     assert user_entries(out) == sorted(
-        ["mine", "notes.md", CIRCUIT_FILE, HTML_FILE, MEANS_FILE, SCORES_FILE]
+        ["mine", "notes.md", CIRCUIT_FILE, HTML_FILE, MEANS_FILE, SCORES_FILE, *plot]
     )
 
 

@@ -1,5 +1,5 @@
 """The core install: sparse_tf imports, shows its help and trains on a CPU without the optional
-packages (the extras [hf], [wandb], [analysis], and triton where it has no wheels), and says
+packages (the extras [hf], [wandb], [analysis], [plot], and triton where it has no wheels), and says
 which extra a feature needs in one line. Each case runs in a fresh interpreter in which those
 packages cannot be imported (a meta-path finder that raises as a missing package does)."""
 
@@ -15,7 +15,7 @@ import pytest
 import sparse_tf
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONAL = ("wandb", "datasets", "transformers", "scipy", "triton")
+OPTIONAL = ("wandb", "datasets", "transformers", "scipy", "matplotlib", "triton")
 
 # Prepended to every command: after it, importing an optional package fails as if it were not
 # installed (ModuleNotFoundError naming it; importlib.util.find_spec raises the same).
@@ -92,7 +92,8 @@ def test_top_level_help_does_not_import_torch() -> None:
 
 
 @pytest.mark.parametrize(
-    "command", ["eval", "perturb", "tasks", "analyze", "analyze ace", "convert", "calibrate"]
+    "command",
+    ["eval", "perturb", "tasks", "analyze", "analyze ace", "convert", "calibrate", "plot"],
 )
 def test_help_of_commands_with_plain_flags_does_not_import_torch(command: str) -> None:
     """Commands whose flags are plain values parse them before importing the library (the
@@ -132,6 +133,11 @@ NEEDS_AN_EXTRA = [
         ["analyze", "ace", "--models", "a", "b"],
         "sparse-tf analyze: error: sparse_tf.analysis (sparse-tf analyze): needs the "
         "[analysis] extra: pip install 'sparse_tf[analysis]'",
+    ),
+    (
+        ["plot", "runs/tiny-cpu"],
+        "sparse-tf plot: error: the plots (matplotlib): needs the [plot] extra: "
+        "pip install 'sparse_tf[plot]'",
     ),
 ]
 

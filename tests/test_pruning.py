@@ -24,7 +24,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from sparse_tf import GPT, GPTConfig, load_model
 from sparse_tf.cli import main
-from sparse_tf.filenames import CIRCUIT_FILE, HTML_FILE, MEANS_FILE, SCORES_FILE
+from sparse_tf.extras import installed
+from sparse_tf.filenames import CIRCUIT_FILE, HTML_FILE, LOSS_VS_K_FILE, MEANS_FILE, SCORES_FILE
 from sparse_tf.io import user_entries
 from sparse_tf.pruning import (
     Circuit,
@@ -51,7 +52,7 @@ from sparse_tf.pruning.search import Pool, Pruner
 from sparse_tf.pruning.study import SEARCHED, Hyper, space
 from sparse_tf.pruning.viewer import ViewData, render_html
 from sparse_tf.tasks import CHANCE_LOSS, Example, Pair, Task, contrast_loss
-from tests.helpers import tiny_config, tiny_model, tokens
+from tests.helpers import assert_plot_drawn, tiny_config, tiny_model, tokens
 
 # -- gates and mean ablation -------------------------------------------------------------
 
@@ -489,7 +490,8 @@ def pruned(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_prune_command_writes_the_result_folder(pruned: Path, trained: Path) -> None:
-    assert user_entries(pruned) == sorted([CIRCUIT_FILE, HTML_FILE, MEANS_FILE, SCORES_FILE])
+    plot = [LOSS_VS_K_FILE] if installed("matplotlib") else []  # the [plot] extra's
+    assert user_entries(pruned) == sorted([CIRCUIT_FILE, HTML_FILE, MEANS_FILE, SCORES_FILE, *plot])
     data = json.loads((pruned / CIRCUIT_FILE).read_text())
     for key in (
         "task",
@@ -527,6 +529,47 @@ def test_prune_command_writes_the_result_folder(pruned: Path, trained: Path) -> 
     assert set(means) == {s.name for s in node_sites(model.cfg, final_resid=True)}
     scores = load_file(str(pruned / SCORES_FILE))
     assert {k: v.shape[0] for k, v in scores.items()} == {s.name: s.width for s in sites}
+
+
+def test_the_loss_vs_k_png_draws_the_circuits_curve(pruned: Path) -> None:
+    pytest.importorskip("matplotlib")  # the [plot] extra
+    from sparse_tf.plots import loss_vs_k_figure, png_bytes
+
+    png = (pruned / LOSS_VS_K_FILE).read_bytes()
+    assert_plot_drawn(png)
+    c = load_circuit(pruned)
+    fig = loss_vs_k_figure(c.loss_vs_k, c.target_loss, c.n_nodes, c.task)
+    assert png_bytes(fig) == png  # the saved image is this figure (Agg draws the same bytes)
+    (ax,) = fig.axes
+    assert ax.get_xlabel() == "nodes kept (k, log scale)"
+    assert ax.get_ylabel() == "task loss (val split, calibrated)"
+    assert ax.get_title() == "single_double_quote: loss vs circuit size"
+    curve = ax.get_lines()[0]
+    assert [[k, loss] for k, loss in zip(curve.get_xdata(), curve.get_ydata(), strict=True)] == [
+        p for p in c.loss_vs_k if p[0] >= 1
+    ]
+    assert f"chosen: {c.n_nodes} nodes" in [line.get_label() for line in ax.get_lines()]
+
+
+def test_prune_without_matplotlib_skips_the_png_in_one_line(
+    pruned: Path,
+    trained: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "no-plot"
+    shutil.copytree(pruned, out)  # an earlier result: its PNG would show another circuit
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails: not found
+    means = ["--means", str(pruned / MEANS_FILE)]
+    main(["prune", "--model", str(trained), *SHORT_PRUNE, "--out", str(out), *means, "--overwrite"])
+    said = [line for line in capsys.readouterr().out.splitlines() if LOSS_VS_K_FILE in line]
+    assert said == [
+        "loss_vs_k.png: skipped, matplotlib is not installed (needs the [plot] extra: "
+        "pip install 'sparse_tf[plot]')"
+    ]
+    assert user_entries(out) == sorted([CIRCUIT_FILE, HTML_FILE, MEANS_FILE, SCORES_FILE])
+    assert load_circuit(out).task == "single_double_quote"
 
 
 def test_prune_refuses_to_overwrite_and_reuses_means(

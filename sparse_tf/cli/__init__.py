@@ -12,6 +12,7 @@
                     [--target-loss 0.15] [--budget 4] [--steps 500] [--means FILE]
     sparse-tf analyze {ace,rotation,factored} [--out DIR] [--seeds 2] [--kinds dense sparse]
                       [--steps N] [--models DIR DIR ...] [--device auto]
+    sparse-tf plot RUN_DIR [--out DIR]   (default RUN_DIR/plots: PNGs and plots.html)
     sparse-tf describe --model.vocab-size 2048 --model.n-ctx 256 --model.n-layer 8 \\
         --model.d-model 1024 --sparsity.l0 0.015625
     sparse-tf calibrate [--preset paper-d1024] [--d-model 2048] [--tokens 4096 16384]
@@ -56,6 +57,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tasks": ("tools", "list the hand-built tasks, show example pairs, export them"),
     "prune": ("commands", "find a task's minimal circuit; write circuit.json and circuit.html"),
     "analyze": ("tools", "ACE cores, rotation between models, factored subspaces"),
+    "plot": ("tools", "draw a run's loss, L0, LR and tokens/s curves (PNG + one HTML page)"),
     "describe": ("commands", "print a model's shape and per-matrix L0 budget"),
     "calibrate": ("tools", "measure when the sparse matmul beats cuBLAS on this GPU"),
     "convert": ("tools", "to and from OpenAI's released circuit_sparsity model layout"),

@@ -207,7 +207,8 @@ def _train_interrupted(
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PruneArgs:
     """Find the smallest circuit of a trained model for a task (learned node masks, mean
-    ablation) and write circuit.json, circuit.html, means.safetensors and scores.safetensors."""
+    ablation) and write circuit.json, circuit.html, loss_vs_k.png (with the [plot] extra),
+    means.safetensors and scores.safetensors."""
 
     model: str
     """Model folder: a run's final/ or step-N/, or an export."""

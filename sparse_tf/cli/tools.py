@@ -1,6 +1,6 @@
-"""The commands that work on trained models and tasks: eval, perturb, tasks, analyze, convert,
-calibrate. Their flags are plain values, so their `--help` imports neither torch nor the
-library: each command imports what it runs."""
+"""The commands that work on trained models, runs and tasks: eval, perturb, tasks, analyze,
+convert, calibrate, plot. Their flags are plain values, so their `--help` imports neither torch
+nor the library: each command imports what it runs."""
 
 from __future__ import annotations
 
@@ -409,6 +409,27 @@ def convert_command(argv: list[str]) -> None:
         tokenizer = args.model / TOKENIZER_FILE
         official.save(load_model(args.model), args.out, tokenizer if tokenizer.is_file() else None)
     print(f"wrote {args.out}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PlotArgs:
+    """Draw a training run's curves from RUN_DIR/metrics.jsonl as PNG images: train and val loss
+    vs step and vs tokens, the L0 schedule, the learning-rate schedule, tokens/s; and plots.html,
+    one page with all of them embedded (no network needed). Needs the [plot] extra."""
+
+    run_dir: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
+    """The run's folder (the --out of `sparse-tf train`); it may still be training."""
+    out: Annotated[Path | None, tyro.conf.arg(metavar="DIR")] = None
+    """Where to write the images (default RUN_DIR/plots)."""
+
+
+def plot_command(argv: list[str]) -> None:
+    args = tyro_cli(PlotArgs, prog="sparse-tf plot", args=argv)
+    # Imported after the parse: --help needs no matplotlib (and plotting needs no torch).
+    from sparse_tf.plots import plot_run
+
+    for path in plot_run(args.run_dir, args.out):
+        print(path)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -2,10 +2,12 @@
 
     OUT/circuit.json       the circuit, its edges, sufficiency, necessity, loss vs k, the run
     OUT/circuit.html       the viewer (open it in a browser; no server needed)
+    OUT/loss_vs_k.png      the viewer's loss-vs-k curve as an image (with the [plot] extra;
+                           without it, one line says it was skipped and pruning goes on)
     OUT/means.safetensors  the ablation means per hook name (reuse them with --means)
     OUT/scores.safetensors τ of every node in the kept pruning run (the ranking k cuts)
 
-The four files are written into a hidden temporary folder inside OUT and renamed into place
+The files are written into a hidden temporary folder inside OUT and renamed into place
 when all are complete, circuit.json last; anything else in OUT (the user's notes, a model) is
 never touched, and OUT is locked for the run's life (a second run on it refuses, naming the
 first). Ablation means are computed once per (model weights, corpus, windows) and cached beside
@@ -30,9 +32,11 @@ from torch import Tensor
 from sparse_tf.devices import device_info, resolve_device
 from sparse_tf.errors import SparseTFError
 from sparse_tf.evaluation import load_model_and_tokenizer, training_data
+from sparse_tf.extras import MissingExtraError, install_hint
 from sparse_tf.filenames import (
     CIRCUIT_FILE,
     HTML_FILE,
+    LOSS_VS_K_FILE,
     MEANS_FILE,
     MODEL_FILE,
     SCORES_FILE,
@@ -50,6 +54,7 @@ from sparse_tf.io import (
     user_entries,
 )
 from sparse_tf.model import GPT
+from sparse_tf.plots import loss_vs_k_png
 from sparse_tf.provenance import git_revision, package_versions
 from sparse_tf.pruning.circuit import Circuit, CircuitError, load_circuit
 from sparse_tf.pruning.means import MODEL_DIGEST_KEY, ablation_means, load_means, save_means
@@ -128,10 +133,24 @@ def prune_model(
             model, tok, the_task, circuit, pruned_sites, means, seed=cfg.seed, amp=amp
         )
         meta = {"source": means_source, MODEL_DIGEST_KEY: digest}
-        _publish(out, circuit, means, meta, result.scores, render_html(view))
+        png = _loss_vs_k_png(circuit, log)
+        _publish(out, circuit, means, meta, result.scores, render_html(view), png)
     log(circuit.summary())
-    log(f"wrote {out / CIRCUIT_FILE} and {out / HTML_FILE} ({time.perf_counter() - start:.0f} s)")
+    wrote = f"{out / CIRCUIT_FILE}, {out / HTML_FILE}"
+    wrote += f" and {out / LOSS_VS_K_FILE}" if png is not None else ""
+    log(f"wrote {wrote} ({time.perf_counter() - start:.0f} s)")
     return PruneResult(circuit, result.scores)
+
+
+def _loss_vs_k_png(circuit: Circuit, log: Log) -> bytes | None:
+    """The loss-vs-k PNG, or None (and one line saying why) where it cannot be drawn."""
+    try:
+        return loss_vs_k_png(circuit.loss_vs_k, circuit.target_loss, circuit.n_nodes, circuit.task)
+    except MissingExtraError:
+        log(f"{LOSS_VS_K_FILE}: skipped, matplotlib is not installed ({install_hint('plot')})")
+    except Exception as e:  # a plot is never worth the circuit: a broken matplotlib only warns
+        log(f"{LOSS_VS_K_FILE}: skipped, the plot failed ({type(e).__name__}: {e})")
+    return None
 
 
 def _publish(
@@ -141,16 +160,24 @@ def _publish(
     means_meta: dict[str, str],
     scores: dict[str, Tensor],
     html: str,
+    png: bytes | None,
 ) -> None:
-    """Write the result's four files into a hidden temporary folder inside `out`, then rename
-    each into place, circuit.json last: the rest of `out` is never touched."""
+    """Write the result's files into a hidden temporary folder inside `out`, then rename each
+    into place, circuit.json last: the rest of `out` is never touched. Without `png` (no
+    matplotlib) an earlier result's loss_vs_k.png is removed: it would show another circuit."""
     tmp = Path(tempfile.mkdtemp(prefix=".prune.", suffix=".tmp", dir=out))
     try:
         save_means(tmp / MEANS_FILE, means, means_meta)
         atomic_write_bytes(tmp / SCORES_FILE, save(scores))  # float32, on the CPU
         atomic_write_text(tmp / HTML_FILE, html)
+        names = [MEANS_FILE, SCORES_FILE, HTML_FILE]
+        if png is not None:
+            atomic_write_bytes(tmp / LOSS_VS_K_FILE, png)
+            names.append(LOSS_VS_K_FILE)
+        else:
+            (out / LOSS_VS_K_FILE).unlink(missing_ok=True)
         circuit.save(tmp)
-        for name in (MEANS_FILE, SCORES_FILE, HTML_FILE, CIRCUIT_FILE):
+        for name in (*names, CIRCUIT_FILE):
             os.replace(tmp / name, out / name)
         fsync_dir(out)
     finally:
@@ -178,7 +205,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
     if not overwrite:
         raise PruneError(
             f"--out {out}: holds a pruning result; pass --overwrite to replace it ({CIRCUIT_FILE}, "
-            f"{HTML_FILE}, {MEANS_FILE} and {SCORES_FILE}; other files stay)"
+            f"{HTML_FILE}, {LOSS_VS_K_FILE}, {MEANS_FILE} and {SCORES_FILE}; other files stay)"
         )
 
 

@@ -4,6 +4,7 @@
     OUT/metrics.jsonl   one record per log step (`sparse_tf.log`)
     OUT/step-N/         checkpoints (`sparse_tf.checkpoint`)
     OUT/final/          the exported model; OUT/summary.json what the run produced
+    OUT/plots/          `sparse-tf plot OUT`'s images of metrics.jsonl (`sparse_tf.plots`)
 
 A folder is claimed under its lock (`sparse_tf.io.FolderLock`) for the run's whole life;
 --overwrite removes what an earlier run wrote there and nothing else.
@@ -22,7 +23,14 @@ from sparse_tf.checkpoint import CheckpointError, is_checkpoint_name, newest_int
 from sparse_tf.config import ConfigError
 from sparse_tf.data.pipeline import Data
 from sparse_tf.devices import device_info
-from sparse_tf.filenames import FINAL_DIR, METRICS_FILE, RUN_FILE, SUMMARY_FILE, WANDB_DIR
+from sparse_tf.filenames import (
+    FINAL_DIR,
+    METRICS_FILE,
+    PLOTS_DIR,
+    RUN_FILE,
+    SUMMARY_FILE,
+    WANDB_DIR,
+)
 from sparse_tf.io import FolderLock, read_json, remove_leftovers, remove_outputs, user_entries
 from sparse_tf.log import read_metrics
 from sparse_tf.provenance import git_revision, package_versions, utc_now
@@ -165,8 +173,9 @@ def read_run_info(out: Path) -> dict[str, Any]:
 
 def is_run_output(name: str) -> bool:
     """Whether an entry of a run folder is one the run writes: run.json, summary.json,
-    metrics.jsonl, step-N/, final/, wandb/ (what --overwrite removes)."""
-    return name in (RUN_FILE, SUMMARY_FILE, METRICS_FILE, FINAL_DIR, WANDB_DIR) or (
+    metrics.jsonl, step-N/, final/, wandb/, and plots/ (drawn from metrics.jsonl by `sparse-tf
+    plot`: a replaced run's would show the old curves). What --overwrite removes."""
+    return name in (RUN_FILE, SUMMARY_FILE, METRICS_FILE, FINAL_DIR, WANDB_DIR, PLOTS_DIR) or (
         is_checkpoint_name(name)
     )
 
