@@ -3,6 +3,7 @@
 report = evaluate_model("runs/tiny-cpu/final", tasks="all", n=100)
 print(report.table())            # what `sparse-tf eval` prints
 report.to_dict()                 # what `sparse-tf eval --json FILE` writes
+evaluate_model("runs/tiny-cpu/final", read_pairs_file("my_pairs.jsonl"))  # your own task
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from sparse_tf.model import GPT
 from sparse_tf.tasks import (
     CHANCE_LOSS,
     TASKS,
+    PairsFile,
+    PairSource,
     Split,
     TaskScore,
     TaskTokenError,
@@ -57,6 +60,8 @@ class EvalReport:
     scores: list[TaskScore]
     invalid: dict[str, str] = field(default_factory=dict)
     """Tasks the model's tokenizer cannot express, with the reason."""
+    pairs_file: dict[str, Any] | None = None
+    """Where the pairs came from (`PairsFile.record`); None: the built-in tasks."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +74,7 @@ class EvalReport:
             "tasks": {s.task: s.to_dict() for s in self.scores},
             "mean": mean_scores(self.scores),
             "invalid": self.invalid,
+            "pairs_file": self.pairs_file,
         }
 
     def table(self) -> str:
@@ -92,9 +98,14 @@ class EvalReport:
             m = mean_scores(self.scores)
             label = f"mean of {len(self.scores)}"
             lines.append(f"{label:<28} {m['loss']:>7.3f} {m['accuracy']:>9.3f} {m['margin']:>7.2f}")
+        if self.pairs_file is None:
+            where = f"{self.split} split, seed {self.seed}"
+        else:
+            f = self.pairs_file
+            where = f"{self.split} split of {f['file']} (sha256 {f['sha256'][:12]})"
         lines.append(
-            f"{self.split} split, seed {self.seed}; loss: cross-entropy between the two "
-            f"candidates (chance {CHANCE_LOSS:.3f}, accuracy 0.5)"
+            f"{where}; loss: cross-entropy between the two candidates (chance "
+            f"{CHANCE_LOSS:.3f}, accuracy 0.5)"
         )
         lines += [f"invalid: {reason}" for reason in self.invalid.values()]
         return "\n".join(lines)
@@ -102,9 +113,9 @@ class EvalReport:
 
 def evaluate_model(
     path: str | Path,
-    tasks: str | Sequence[str] = "all",
+    tasks: str | Sequence[str] | PairsFile = "all",
     *,
-    n: int = 100,
+    n: int | None = None,
     seed: int = 0,
     split: Split = "test",
     device: str = "auto",
@@ -115,10 +126,15 @@ def evaluate_model(
     checkpoint or an export).
 
     Args:
-        tasks: "all", one task name, or a list of names.
-        n: contrast pairs per task (2n prompts).
+        tasks: "all", one task name, a list of names, or your own task's pairs
+            (`read_pairs_file`; every pair of the file is checked against the model's
+            tokenizer first).
+        n: contrast pairs per task (2n prompts); default 100, and for a file all the pairs of
+            `split` it has (n caps them).
         val_windows: validation windows of the training corpus (0: skip the validation loss).
     """
+    if n is None:
+        n = MAX_PAIRS if isinstance(tasks, PairsFile) else 100
     for name, flag, value, low, high in (
         ("n", "--n", n, 1, MAX_PAIRS),
         ("pairs_per_batch", "--batch-size", pairs_per_batch, 1, MAX_PAIRS),
@@ -127,10 +143,17 @@ def evaluate_model(
         if value < low or (high is not None and value > high):
             bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
             raise EvalError(f"{name}={value} ({flag}): must be {bound}")
-    names = list(TASKS) if tasks == "all" else [tasks] if isinstance(tasks, str) else list(tasks)
-    selected = [get_task(name) for name in names]
+    if isinstance(tasks, PairsFile):
+        selected: list[PairSource] = [tasks]
+    elif tasks == "all":
+        selected = list(TASKS.values())
+    else:
+        selected = [get_task(name) for name in ([tasks] if isinstance(tasks, str) else tasks)]
     dev = resolve_device(device, flag="--device")
     model, tok = load_model_and_tokenizer(path, dev)
+    if isinstance(tasks, PairsFile):
+        tasks.pairs(1, seed, split)  # a split without pairs: said before any scoring
+        tasks.check_tokens(tok)  # the whole file: its line named, whatever the split
     scores, invalid = [], {}
     for task in selected:
         try:
@@ -144,7 +167,11 @@ def evaluate_model(
                 raise
             invalid[task.name] = str(e)
     val_loss, note = _val_loss(Path(path), model, tok, val_windows, dev.type == "cuda")
-    return EvalReport(str(path), split, seed, n, val_loss, note, scores, invalid)
+    if isinstance(tasks, PairsFile):
+        record, n = tasks.record(), scores[0].pairs  # the pairs scored: the file's, up to n
+    else:
+        record = None
+    return EvalReport(str(path), split, seed, n, val_loss, note, scores, invalid, record)
 
 
 def load_model_and_tokenizer(path: str | Path, device: torch.device) -> tuple[GPT, Tokenizer]:

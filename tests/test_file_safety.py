@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from sparse_tf.checkpoint import list_checkpoints
-from sparse_tf.cli import main
 from sparse_tf.extras import installed
 from sparse_tf.filenames import (
     CIRCUIT_FILE,
@@ -27,7 +26,7 @@ from sparse_tf.filenames import (
 )
 from sparse_tf.io import LOCK_FILE, FolderInUseError, FolderLock, user_entries
 from sparse_tf.training import TrainingError, train
-from tests.helpers import quiet_options, tiny_train_config, tiny_train_flags
+from tests.helpers import quiet_options, run_prune, tiny_train_config, tiny_train_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,7 +167,7 @@ SHORT_PRUNE = [
 
 
 def prune(trained: Path, out: Path, *extra: str) -> None:
-    main(["prune", "--model", str(trained), "--out", str(out), *SHORT_PRUNE, *extra])
+    run_prune(["prune", "--model", str(trained), "--out", str(out), *SHORT_PRUNE, *extra])
 
 
 def test_prune_overwrite_replaces_the_result_and_keeps_the_users_files(

@@ -24,6 +24,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from sparse_tf import GPT, GPTConfig, load_model
 from sparse_tf.cli import main
+from sparse_tf.cli.commands import TARGET_MISSED_STATUS
 from sparse_tf.extras import installed
 from sparse_tf.filenames import CIRCUIT_FILE, HTML_FILE, LOSS_VS_K_FILE, MEANS_FILE, SCORES_FILE
 from sparse_tf.io import user_entries
@@ -52,7 +53,7 @@ from sparse_tf.pruning.search import Pool, Pruner
 from sparse_tf.pruning.study import SEARCHED, Hyper, space
 from sparse_tf.pruning.viewer import ViewData, render_html
 from sparse_tf.tasks import CHANCE_LOSS, Example, Pair, Task, contrast_loss
-from tests.helpers import assert_plot_drawn, tiny_config, tiny_model, tokens
+from tests.helpers import assert_plot_drawn, run_prune, tiny_config, tiny_model, tokens
 
 # -- gates and mean ablation -------------------------------------------------------------
 
@@ -483,7 +484,7 @@ SHORT_PRUNE = [
 @pytest.fixture(scope="module")
 def pruned(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("prune") / "quote"
-    main(
+    run_prune(
         ["prune", "--model", str(trained), "--out", str(out), "--mean-windows", "16", *SHORT_PRUNE]
     )
     return out
@@ -562,7 +563,8 @@ def test_prune_without_matplotlib_skips_the_png_in_one_line(
     shutil.copytree(pruned, out)  # an earlier result: its PNG would show another circuit
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails: not found
     means = ["--means", str(pruned / MEANS_FILE)]
-    main(["prune", "--model", str(trained), *SHORT_PRUNE, "--out", str(out), *means, "--overwrite"])
+    run_prune(["prune", "--model", str(trained), *SHORT_PRUNE, "--out", str(out), *means,
+               "--overwrite"])  # fmt: skip
     said = [line for line in capsys.readouterr().out.splitlines() if LOSS_VS_K_FILE in line]
     assert said == [
         "loss_vs_k.png: skipped, matplotlib is not installed (needs the [plot] extra: "
@@ -589,7 +591,7 @@ def test_prune_refuses_to_overwrite_and_reuses_means(
     assert (other / "notes.txt").read_text() == "mine"
     # The same means from the file give the same circuit as the first run.
     again = tmp_path / "again"
-    main([*args, "--out", str(again), "--means", str(pruned / MEANS_FILE)])
+    run_prune([*args, "--out", str(again), "--means", str(pruned / MEANS_FILE)])
     first, second = load_circuit(pruned), load_circuit(again)
     assert first.nodes == second.nodes
     assert first.loss_vs_k == second.loss_vs_k
@@ -785,12 +787,12 @@ def test_a_study_file_persists_and_a_larger_budget_resumes_it(
     trained: Path, pruned: Path, tmp_path: Path
 ) -> None:
     study = tmp_path / "quote.db"
-    main(_short_study_args(trained, pruned, tmp_path / "a", study, "--budget", "2"))
+    run_prune(_short_study_args(trained, pruned, tmp_path / "a", study, "--budget", "2"))
     first = load_circuit(tmp_path / "a")
     assert [t["number"] for t in first.trials] == [0, 1]
     assert first.trials[0]["hyper"]["k_coef"] == PruneConfig().k_coef  # the centre first
     assert first.run["study"] == str(study)
-    main(_short_study_args(trained, pruned, tmp_path / "b", study, "--budget", "3"))
+    run_prune(_short_study_args(trained, pruned, tmp_path / "b", study, "--budget", "3"))
     second = load_circuit(tmp_path / "b")
     assert [t["number"] for t in second.trials] == [0, 1, 2]  # one new trial, two kept
     assert second.trials[:2] == first.trials
@@ -803,7 +805,7 @@ def test_a_study_file_persists_and_a_larger_budget_resumes_it(
     if met:
         assert second.n_edges == min(t["n_edges"] for t in met)
     # A study of another configuration in the same file never mixes with this one.
-    main(_short_study_args(trained, pruned, tmp_path / "c", study, "--target-loss", "0.3"))
+    run_prune(_short_study_args(trained, pruned, tmp_path / "c", study, "--target-loss", "0.3"))
     assert [t["number"] for t in load_circuit(tmp_path / "c").trials] == [0]
 
 
@@ -846,13 +848,13 @@ def test_a_killed_study_resumes_with_the_result_of_an_uninterrupted_one(
     monkeypatch.setattr(study_module, "HEARTBEAT_S", 1)
     monkeypatch.setattr(study_module, "GRACE_S", 2)
     time.sleep(3)  # the killed trial's heartbeat goes stale
-    main(args)  # the same command again: resumes
+    run_prune(args)  # the same command again: resumes
     resumed = load_circuit(tmp_path / "killed")
     assert [(t["number"], t["state"]) for t in resumed.trials] == [(0, "FAIL"), (1, "COMPLETE")]
     assert resumed.trials[1]["hyper"] == resumed.trials[0]["hyper"]  # the centre, again
     assert resumed.trials[1]["seed"] == 0  # with the killed trial's seed
-    main(["prune", "--model", str(trained), "--out", str(tmp_path / "plain"), "--means",
-          str(pruned / MEANS_FILE), *SHORT_PRUNE, *slow])  # fmt: skip
+    run_prune(["prune", "--model", str(trained), "--out", str(tmp_path / "plain"), "--means",
+               str(pruned / MEANS_FILE), *SHORT_PRUNE, *slow])  # fmt: skip
     assert resumed.nodes == load_circuit(tmp_path / "plain").nodes
 
 
@@ -875,7 +877,7 @@ def test_parallel_workers_share_a_study(trained: Path, pruned: Path, tmp_path: P
     ]
     for w in workers:
         _, err = w.communicate(timeout=600)
-        assert w.returncode == 0, err
+        assert w.returncode == TARGET_MISSED_STATUS, err  # the tiny model's circuits miss it
     a, b = (load_circuit(tmp_path / f"w{i}") for i in range(2))
     numbers = [t["number"] for t in b.trials if t["state"] == "COMPLETE"]
     assert 3 <= len(numbers) <= 4  # the budget, overshot by at most one trial per extra worker

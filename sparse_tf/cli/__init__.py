@@ -6,10 +6,13 @@
     sparse-tf bridge --dense DIR [--preset tiny-cpu] [--out DIR] [any train flag]
     sparse-tf perturb --model runs/tiny-cpu-bridged/final [--task single_double_quote]
                       [--site L1.attn_in] [--channels auto|3,17] [--mode flip|zero|scale|...]
-    sparse-tf eval --model runs/tiny-cpu/final [--task NAME|all] [--n 100] [--json FILE]
-    sparse-tf tasks [--task NAME] [--show 2] [--out DIR --n 1000 --split test]
+    sparse-tf eval --model runs/tiny-cpu/final [--task NAME|all | --pairs FILE.jsonl] [--n 100]
+                   [--json FILE]
+    sparse-tf tasks [--task NAME] [--show 2] [--out DIR|FILE.jsonl --n 1000 --split test|all]
     sparse-tf prune --model runs/tiny-cpu/final --task single_double_quote --out DIR
                     [--target-loss 0.15] [--budget 4] [--steps 500] [--means FILE]
+    sparse-tf prune --model runs/tiny-cpu/final --pairs my_pairs.jsonl --out DIR   (your task;
+                    exit status 3 when the circuit misses the target)
     sparse-tf analyze {ace,rotation,factored} [--out DIR] [--seeds 2] [--kinds dense sparse]
                       [--steps N] [--models DIR DIR ...] [--device auto]
     sparse-tf plot RUN_DIR [--out DIR]   (default RUN_DIR/plots: PNGs and plots.html)

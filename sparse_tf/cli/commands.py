@@ -20,7 +20,7 @@ import tyro
 from sparse_tf.bridges.bridge import BridgeConfig
 from sparse_tf.bridges.objective import BridgedTrainConfig
 from sparse_tf.cli import Interrupted, UsageError
-from sparse_tf.cli.common import require, tyro_cli
+from sparse_tf.cli.common import exclusive_task_flags, require, tyro_cli
 from sparse_tf.data.pipeline import DataConfig
 from sparse_tf.errors import SparseTFError
 from sparse_tf.filenames import RUN_FILE
@@ -204,16 +204,27 @@ def _train_interrupted(
     return Interrupted("interrupted", resume)
 
 
+TARGET_MISSED_STATUS = 3
+"""The exit status of `sparse-tf prune` when the circuit misses the target loss (its files are
+written all the same): not an error's 1, so that scripts can tell the two apart."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PruneArgs:
     """Find the smallest circuit of a trained model for a task (learned node masks, mean
     ablation) and write circuit.json, circuit.html, loss_vs_k.png (with the [plot] extra),
-    means.safetensors and scores.safetensors."""
+    means.safetensors and scores.safetensors. Exit status 3 when the circuit misses the target
+    loss (the summary's first line says so; the files are written all the same), 1 on an
+    error."""
 
     model: str
     """Model folder: a run's final/ or step-N/, or an export."""
-    task: str
-    """A task name (see `sparse-tf tasks`)."""
+    task: str | None = None
+    """A task name (see `sparse-tf tasks`); or give --pairs."""
+    pairs: str | None = None
+    """Your own task instead of a built-in one: a JSON-lines file of contrast pairs, as
+    `sparse-tf tasks --out` writes; split into train/val/test as the built-in tasks, every
+    candidate one token of the model's tokenizer. Not with --task."""
     out: str
     """Output folder (written when complete; an earlier result is replaced with --overwrite)."""
     config: Annotated[PruneConfig, tyro.conf.arg(name="")] = PruneConfig()
@@ -231,17 +242,21 @@ class PruneArgs:
     study's completed trials. Default: a study in memory."""
 
     def __post_init__(self) -> None:
+        exclusive_task_flags(self.task, self.pairs, required=True)
         require(self.mean_windows >= 1, self, "mean_windows", "must be at least 1")
 
 
 def prune_command(argv: list[str]) -> None:
     from sparse_tf.pruning.run import prune_model  # torch-heavy search code only when used
+    from sparse_tf.tasks import read_pairs_file
 
     args = tyro_cli(PruneArgs, prog="sparse-tf prune", args=argv)
+    task = read_pairs_file(args.pairs) if args.pairs is not None else args.task
+    assert task is not None  # PruneArgs requires one of them
     try:
-        prune_model(
+        result = prune_model(
             args.model,
-            args.task,
+            task,
             args.out,
             args.config,
             device=args.device,
@@ -258,6 +273,15 @@ def prune_command(argv: list[str]) -> None:
             f"interrupted; the study {args.study} keeps its completed trials",
             ["sparse-tf", "prune", *argv],
         ) from None
+    if not result.circuit.met_target:
+        # The summary (stdout) began with "TARGET MISSED"; this line is for whoever reads
+        # only stderr and the status.
+        print(
+            f"sparse-tf prune: the circuit misses the target loss {args.config.target_loss} "
+            f"(exit status {TARGET_MISSED_STATUS}); its files are in {args.out}",
+            file=sys.stderr,
+        )
+        sys.exit(TARGET_MISSED_STATUS)
 
 
 def describe(model: GPTConfig, sparsity: SparsityConfig = SparsityConfig(l0=1 / 64)) -> None:

@@ -22,6 +22,18 @@ def require(condition: bool, args: object, field: str, requirement: str) -> None
         raise UsageError(f"{flag} {getattr(args, field)}: {requirement}")
 
 
+def exclusive_task_flags(task: str | None, pairs: str | None, *, required: bool = False) -> None:
+    """The check of --task and --pairs (a built-in task, or your own task's pairs file): not
+    both, and with `required` one of them."""
+    if task is not None and pairs is not None:
+        raise UsageError(
+            f"--task {task} and --pairs {pairs}: give one (--pairs is your own task; its name "
+            "comes from the file)"
+        )
+    if required and task is None and pairs is None:
+        raise UsageError("give --task NAME (a built-in task) or --pairs FILE.jsonl (your own)")
+
+
 def require_json_target(json_path: str | None) -> None:
     """The check of a --json flag: a UsageError, before any work, unless it names a file in an
     existing folder."""

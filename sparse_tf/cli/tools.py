@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import tyro
 
 from sparse_tf.cli import Interrupted, UsageError
-from sparse_tf.cli.common import require, require_json_target, tyro_cli
+from sparse_tf.cli.common import exclusive_task_flags, require, require_json_target, tyro_cli
 from sparse_tf.errors import SparseTFError
 from sparse_tf.filenames import CIRCUIT_FILE, TOKENIZER_FILE, VIZ_DATA_FILE
 from sparse_tf.io import write_json
@@ -25,14 +25,19 @@ class EvalArgs:
 
     model: str
     """Model folder: a run's final/ or step-N/, or an export."""
-    task: str = "all"
-    """A task name (see sparse_tf.tasks.TASKS) or 'all'."""
-    n: int = 100
-    """Contrast pairs per task (each gives two prompts)."""
+    task: str | None = None
+    """A task name (see sparse_tf.tasks.TASKS) or 'all' (the default, without --pairs)."""
+    pairs: str | None = None
+    """Your own task instead of a built-in one: a JSON-lines file of contrast pairs, as
+    `sparse-tf tasks --out` writes (every candidate must be one token of the model's
+    tokenizer). Not with --task."""
+    n: int | None = None
+    """Contrast pairs per task (each gives two prompts); default 100, with --pairs all the
+    file's pairs of --split."""
     split: Literal["train", "val", "test"] = "test"
     """Which task split to draw the pairs from."""
     seed: int = 0
-    """Seed of the pair generators."""
+    """Seed of the pair generators (chooses nothing with --pairs)."""
     json: str | None = None
     """Also write the report to this JSON file."""
     device: str = "auto"
@@ -43,6 +48,7 @@ class EvalArgs:
     """Pairs per forward pass."""
 
     def __post_init__(self) -> None:
+        exclusive_task_flags(self.task, self.pairs)
         require_json_target(self.json)
 
 
@@ -50,10 +56,11 @@ def eval_command(argv: list[str]) -> None:
     args = tyro_cli(EvalArgs, prog="sparse-tf eval", args=argv)
     # Imported after the parse: --help needs neither torch nor the library.
     from sparse_tf.evaluation import evaluate_model
+    from sparse_tf.tasks import read_pairs_file
 
     report = evaluate_model(
         args.model,
-        args.task,
+        read_pairs_file(args.pairs) if args.pairs is not None else args.task or "all",
         n=args.n,
         seed=args.seed,
         split=args.split,
@@ -136,18 +143,21 @@ def perturb_command(argv: list[str]) -> None:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TasksArgs:
-    """List the 20 hand-built tasks, print example pairs, or write pairs to JSON-lines files."""
+    """List the 20 hand-built tasks, print example pairs, or write pairs to JSON-lines files
+    (what `sparse-tf eval --pairs` and `sparse-tf prune --pairs` read)."""
 
     task: str = "all"
     """A task name or 'all'."""
     show: int = 0
     """Print this many pairs of each selected task (the prompt, then ⟦target⟧ and the rest)."""
     out: str | None = None
-    """Write --n pairs of each selected task to OUT/NAME.jsonl."""
+    """Write --n pairs of each selected task to OUT/NAME.jsonl; or, when OUT ends in .jsonl,
+    all of them to that one file."""
     n: int = 100
-    """Pairs per task for --out."""
-    split: Literal["train", "val", "test"] = "test"
-    """Which split to draw the pairs from."""
+    """Pairs per task (and per split, with --split all) for --out."""
+    split: Literal["train", "val", "test", "all"] = "test"
+    """Which split to draw the pairs from; 'all': --n of each of train, val and test (a file
+    `sparse-tf prune --pairs` can use: it needs all three)."""
     seed: int = 0
     """Seed of the pair generators."""
 
@@ -158,25 +168,33 @@ class TasksArgs:
 def tasks_command(argv: list[str]) -> None:
     args = tyro_cli(TasksArgs, prog="sparse-tf tasks", args=argv)
     # Imported after the parse: --help needs neither torch nor the library.
-    from sparse_tf.tasks import TASKS, get_task, save_pairs
+    from sparse_tf.tasks import SPLITS, TASKS, Split, get_task, save_pairs
 
     selected = list(TASKS.values()) if args.task == "all" else [get_task(args.task)]
+    splits: tuple[Split, ...] = SPLITS if args.split == "all" else (args.split,)
     if not args.show and args.out is None:
         for t in selected:
             why = f" [not for circuit comparisons: {t.not_for_circuits}]"
             print(f"{t.name:<28} {t.summary}{why if t.not_for_circuits else ''}")
-    for task in selected:
-        for i, pair in enumerate(task.pairs(args.show, args.seed, args.split)):
-            print(f"== {task.name} #{i} ({args.split} split, seed {args.seed}): {task.summary}")
+    for task, split in ((t, s) for t in selected for s in splits):
+        for i, pair in enumerate(task.pairs(args.show, args.seed, split)):
+            print(f"== {task.name} #{i} ({split} split, seed {args.seed}): {task.summary}")
             for label, ex, alt in (("a", pair.a, pair.b), ("b", pair.b, pair.a)):
                 print(f"-- {label}: candidates {ex.target!r} (correct) vs {alt.target!r}")
                 print(f"{ex.context}\u27e6{ex.target}\u27e7{ex.rest}".rstrip("\n"))
     if args.out is not None:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        for task in selected:
-            save_pairs(out / f"{task.name}.jsonl", task.pairs(args.n, args.seed, args.split))
-        print(f"wrote {args.n} {args.split} pairs of {len(selected)} task(s) to {out}")
+        drawn = {
+            t.name: [p for s in splits for p in t.pairs(args.n, args.seed, s)] for t in selected
+        }
+        if out.suffix == ".jsonl":
+            save_pairs(out, [p for pairs in drawn.values() for p in pairs])
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            for name, pairs in drawn.items():
+                save_pairs(out / f"{name}.jsonl", pairs)
+        which = "pairs of each split" if args.split == "all" else f"{args.split} pairs"
+        print(f"wrote {args.n} {which} of {len(selected)} task(s) to {out}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -21,6 +21,8 @@
     loss_vs_k        [[k, val loss], ...]  the chosen run's top-k circuits, k ascending
     trials           the hyperparameter search: one entry per mask-training run
     config, model, run
+    pairs_file       where the pairs came from with `--pairs FILE`: {file (as given), sha256
+                     of its bytes, task, and its pairs per split}; null for a built-in task
 """
 
 from __future__ import annotations
@@ -64,6 +66,16 @@ class Circuit:
     config: dict[str, Any] = field(default_factory=dict)
     model: str = ""
     run: dict[str, Any] = field(default_factory=dict)
+    pairs_file: dict[str, Any] | None = None
+
+    @property
+    def met_target(self) -> bool:
+        """Whether the circuit reaches the target loss: on the val split, where its size was
+        chosen, and on the held-out test split (calibrated). `sparse-tf prune` exits with
+        status 3 when it does not."""
+        suff = self.sufficiency
+        on_test = suff.get("meets_target", suff["loss"] <= self.target_loss)
+        return self.reached_target and bool(on_test)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -104,8 +116,19 @@ class Circuit:
             if "loss_calibrated" in full
             else ""
         )
+        # Said first: a missed target is what a reader (or a log's first line) must not miss.
+        missed = []
+        if not self.met_target:
+            where = (
+                f"on the test split (loss {suff['loss']:.4f} calibrated)"
+                if self.reached_target
+                else "on the val split, at every size (it is the best one tried)"
+            )
+            target = self.target_loss
+            missed = [f"TARGET MISSED: the circuit misses the target loss {target} {where}"]
         return "\n".join(
             [
+                *missed,
                 f"circuit for {self.task}: {self.n_nodes} of {self.n_total_nodes} nodes, "
                 f"{self.n_edges} edges ({types or 'none'}); "
                 f"{self.n_resid_links} residual links (not edges)",

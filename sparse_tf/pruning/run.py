@@ -62,7 +62,7 @@ from sparse_tf.pruning.nodes import node_sites
 from sparse_tf.pruning.search import PruneConfig, PruneResult, prune
 from sparse_tf.pruning.study import check_study_file
 from sparse_tf.pruning.viewer import render_html, viewer_data
-from sparse_tf.tasks import get_task
+from sparse_tf.tasks import SPLITS, PairsFile, PairSource, get_task
 
 Log = Callable[[str], None]
 
@@ -73,7 +73,7 @@ class PruneError(SparseTFError):
 
 def prune_model(
     model_path: str | Path,
-    task: str,
+    task: str | PairSource,
     out: str | Path,
     cfg: PruneConfig = PruneConfig(),
     *,
@@ -87,6 +87,9 @@ def prune_model(
     """Prune the model folder `model_path` for `task` and write `out` (see the module doc).
 
     Args:
+        task: a built-in task's name, or a task's pairs (`read_pairs_file`: your own task,
+            whose every candidate is checked against the model's tokenizer before any work;
+            circuit.json's `pairs_file` records the file and its sha256).
         means_file: ablation means to use (a means.safetensors of an earlier run); default:
             computed over `mean_windows` windows of the model's own training corpus.
         overwrite: replace an earlier pruning result in `out`.
@@ -100,13 +103,21 @@ def prune_model(
     _check_out(out, overwrite)
     if study is not None:
         check_study_file(study)  # before any work
-    the_task = get_task(task)
+    the_task = get_task(task) if isinstance(task, str) else task
+    if isinstance(the_task, PairsFile):
+        for split in SPLITS:  # a split the file has no pairs of: said before any work
+            the_task.pairs(1, cfg.seed, split)
     with locked_folder(out, "a pruning run"):
         _check_out(out, overwrite)  # again, now that no other job can change it
         remove_leftovers(out)  # the temporaries of an interrupted run
         dev = resolve_device(device, flag="--device")
         amp = dev.type == "cuda"
         model, tok = load_model_and_tokenizer(model_path, dev)
+        if isinstance(the_task, PairsFile):
+            the_task.check_tokens(tok)  # every pair, before the means and the search
+            asked = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
+            used = ", ".join(f"{min(k, asked[s])} {s}" for s, k in the_task.counts().items())
+            log(f"pairs: {used} of {the_task.path} (task {the_task.name})")
         sites = node_sites(model.cfg, final_resid=True)  # means for every site, whatever is masked
         digest = file_sha256(_weights_file(Path(model_path)))
         if means_file is not None:
@@ -120,6 +131,7 @@ def prune_model(
         circuit = dataclasses.replace(
             result.circuit,
             model=str(model_path),
+            pairs_file=the_task.record() if isinstance(the_task, PairsFile) else None,
             run={
                 "means": means_source,
                 "study": None if study is None else str(study),

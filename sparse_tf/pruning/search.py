@@ -63,8 +63,9 @@ from sparse_tf.pruning.study import (
 )
 from sparse_tf.tasks import (
     CHANCE_LOSS,
+    PairsFile,
+    PairSource,
     Split,
-    Task,
     TaskScore,
     candidate_logits,
     contrast_loss,
@@ -195,13 +196,16 @@ class CircuitLoss(NamedTuple):
 class Pool:
     """Every prompt of one split, right-padded once; `batch(rows)` trims to the longest row."""
 
-    def __init__(self, model: GPT, tok: Tokenizer, task: Task, n: int, seed: int, split: Split):
+    def __init__(
+        self, model: GPT, tok: Tokenizer, task: PairSource, n: int, seed: int, split: Split
+    ):
         encoded = encode_pairs(task.pairs(n, seed, split), tok)
+        # A file's split may hold fewer than n pairs (`PairsFile.pairs` gives what it has).
+        self.n_pairs = len(encoded) // 2
         device = next(model.parameters()).device
-        batch = next(batches(encoded, n, model.cfg.n_ctx, eot_id(tok)))
+        batch = next(batches(encoded, self.n_pairs, model.cfg.n_ctx, eot_id(tok)))
         self.host_lengths = batch.lengths  # [2n] on the CPU: trimming needs no device sync
         self.all = batch.to(device)
-        self.n_pairs = n
 
     def batch(self, rows: Tensor) -> TaskBatch:
         width = int(self.host_lengths[rows].max())
@@ -227,7 +231,7 @@ class Pruner:
         self,
         model: GPT,
         tok: Tokenizer,
-        task: Task,
+        task: PairSource,
         sites: Sequence[NodeSite],
         means: Mapping[str, Tensor],
         cfg: PruneConfig,
@@ -484,7 +488,7 @@ class PruneResult:
 def prune(
     model: GPT,
     tok: Tokenizer,
-    task: Task,
+    task: PairSource,
     means: Mapping[str, Tensor],
     cfg: PruneConfig = PruneConfig(),
     *,
@@ -517,7 +521,10 @@ def prune(
         temperature=cfg.temperature,
     )
     fixed = {k: v for k, v in cfg.to_dict().items() if k not in ("budget", "curve_points")}
-    name = study_name(task.name, model_fingerprint(model), {"task": task.name, **fixed})
+    key = {"task": task.name, **fixed}
+    if isinstance(task, PairsFile):  # a file's pairs: its content is the task (built-in keys stay)
+        key["pairs_sha256"] = task.sha256
+    name = study_name(task.name, model_fingerprint(model), key)
     optuna_study = open_study(study, name, cfg.seed)
     enqueue_centre(optuna_study, centre)
     ran: dict[int, tuple[Trial, NodeMasks, dict[int, float]]] = {}  # by this process

@@ -35,7 +35,7 @@ from sparse_tf.pruning.edges import edge_blocks
 from sparse_tf.pruning.masks import keep_gates, mean_ablation
 from sparse_tf.pruning.nodes import NodeSite
 from sparse_tf.sites import FINAL_RESID, NODE_SITES
-from sparse_tf.tasks import Task, encode_pairs
+from sparse_tf.tasks import PairSource, encode_pairs
 from sparse_tf.tasks.encoding import batches
 
 MAX_EDGES = 20_000
@@ -68,7 +68,7 @@ class ViewData:
 def viewer_data(
     model: GPT,
     tok: Tokenizer,
-    task: Task,
+    task: PairSource,
     circuit: Circuit,
     sites: Sequence[NodeSite],
     means: Mapping[str, Tensor],
@@ -104,7 +104,7 @@ def viewer_data(
             batch.tokens, positions=batch.lengths - 1, names_filter=[s.name for s in kept]
         )
     rows = torch.arange(len(batch.lengths), device=device)
-    n_shown = 2 * shown_pairs
+    n_shown = min(2 * shown_pairs, len(batch.lengths))  # a file's test split may be small
     token_budget = MAX_TOKEN_NODES
     acts: dict[str, list[list[float]]] = {}
     last: dict[str, list[float]] = {}

@@ -7,17 +7,20 @@
     result = evaluate_task(model, tok, task, n=100)      # loss, accuracy, margin
 
 `TASKS` maps each name to a `Task`; `task_tokens()` are the strings the default tokenizer
-reserves so that every candidate is a single token.
+reserves so that every candidate is a single token. `read_pairs_file(path)` reads your own
+task's pairs from a JSON-lines file (`PairsFile`, usable wherever a `Task` is scored or pruned).
 """
 
 from sparse_tf.tasks.base import (
     SPLITS,
     Example,
     Pair,
+    PairSource,
     Split,
     Task,
     TaskError,
     load_pairs,
+    parse_pair,
     save_pairs,
 )
 from sparse_tf.tasks.catalog import TASKS
@@ -29,6 +32,7 @@ from sparse_tf.tasks.encoding import (
     encode_pairs,
     truncated,
 )
+from sparse_tf.tasks.files import PairsFile, read_pairs_file
 from sparse_tf.tasks.metrics import (
     CHANCE_LOSS,
     TaskScore,
@@ -60,6 +64,8 @@ __all__ = [
     "EncodedPairs",
     "Example",
     "Pair",
+    "PairSource",
+    "PairsFile",
     "Split",
     "Task",
     "TaskBatch",
@@ -75,6 +81,8 @@ __all__ = [
     "last_logits",
     "load_pairs",
     "mean_scores",
+    "parse_pair",
+    "read_pairs_file",
     "save_pairs",
     "score",
     "task_tokens",

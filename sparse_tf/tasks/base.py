@@ -23,7 +23,7 @@ import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from sparse_tf.errors import SparseTFError
 from sparse_tf.io import atomic_write_text
@@ -152,7 +152,59 @@ def load_pairs(path: str | Path) -> list[Pair]:
     pairs = []
     for number, line in enumerate(lines, 1):
         try:
-            pairs.append(Pair.from_dict(json.loads(line)))
-        except (ValueError, KeyError, TypeError) as e:
+            pair, _ = parse_pair(json.loads(line))
+            if not pair.task:
+                raise ValueError("missing field 'task'")
+        except ValueError as e:
             raise TaskError(f"{path}:{number}: not a task pair ({e})") from None
+        pairs.append(pair)
     return pairs
+
+
+class PairSource(Protocol):
+    """What pruning and scoring need of a task: its name and its pairs of a split. A `Task`
+    generates them; a `sparse_tf.tasks.files.PairsFile` reads them from a file."""
+
+    @property
+    def name(self) -> str: ...
+
+    def pairs(self, n: int, seed: int = 0, split: Split = "test") -> list[Pair]: ...
+
+
+_EXAMPLE_FIELDS = {"context", "target", "rest"}
+_PAIR_FIELDS = {"task", "split", "a", "b"}
+
+
+def parse_pair(data: Any) -> tuple[Pair, Split | None]:
+    """A pair from one decoded JSON line of a pairs file, checked field by field, and its
+    `split` field (None: absent). A missing `task` is the empty string (the caller names the
+    task). Raises `ValueError` naming the field at fault."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON object is expected, not {type(data).__name__}")
+    if unknown := sorted(set(data) - _PAIR_FIELDS):
+        raise ValueError(f"unknown field(s) {unknown}; a pair has {sorted(_PAIR_FIELDS)}")
+    task = data.get("task", "")
+    if not isinstance(task, str):
+        raise ValueError(f"'task' must be a string, not {task!r}")
+    split = data.get("split")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"'split' {split!r}: choose from {list(SPLITS)}")
+    members = []
+    for key in ("a", "b"):
+        if key not in data:
+            raise ValueError(f"missing field {key!r} (the pair's two members)")
+        member = data[key]
+        if not isinstance(member, dict):
+            raise ValueError(f"{key!r} must be an object with 'context' and 'target'")
+        if unknown := sorted(set(member) - _EXAMPLE_FIELDS):
+            raise ValueError(f"{key}: unknown field(s) {unknown}")
+        for name in ("context", "target"):
+            if name not in member:
+                raise ValueError(f"{key}: missing field {name!r}")
+        for name, value in member.items():
+            if not isinstance(value, str):
+                raise ValueError(f"{key}.{name} must be a string, not {value!r}")
+        if not member["target"]:
+            raise ValueError(f"{key}.target is empty")
+        members.append(Example(**member))
+    return Pair(task, members[0], members[1]), split

@@ -57,16 +57,18 @@ class TaskBatch:
         return TaskBatch(*(t.to(device) for t in self.__dict__.values()))
 
 
-def encode_pairs(pairs: Sequence[Pair], tok: Tokenizer) -> EncodedPairs:
-    """Token ids of every member of `pairs` with its target and alternative token."""
+def encode_pairs(pairs: Sequence[Pair], tok: Tokenizer, where: str | None = None) -> EncodedPairs:
+    """Token ids of every member of `pairs` with its target and alternative token. A
+    `TaskTokenError` starts with `where` (default: the task's name), e.g. a file and line."""
     if not pairs:
         raise TaskError("no pairs to encode")
     task = pairs[0].task
+    where = where if where is not None else f"task {task!r}"
     bos = eot_id(tok)
     prompts, targets, alternatives = [], [], []
     for pair in pairs:
         for member, other in ((pair.a, pair.b), (pair.b, pair.a)):
-            ids, target, alternative = _encode_member(task, member, other, tok)
+            ids, target, alternative = _encode_member(where, member, other, tok)
             prompts.append([bos, *ids])
             targets.append(target)
             alternatives.append(alternative)
@@ -74,7 +76,7 @@ def encode_pairs(pairs: Sequence[Pair], tok: Tokenizer) -> EncodedPairs:
 
 
 def _encode_member(
-    task: str, ex: Example, other: Example, tok: Tokenizer
+    where: str, ex: Example, other: Example, tok: Tokenizer
 ) -> tuple[list[int], int, int]:
     prompt = tok.encode(ex.context).ids
     n = len(prompt)
@@ -83,22 +85,33 @@ def _encode_member(
         line = tok.encode(ex.context + target + rest).ids
         if line[:n] != prompt:
             raise TaskTokenError(
-                f"task {task!r}: candidate {target!r} merges with the end of the prompt "
+                f"{where}: candidate {target!r} merges with the end of the prompt "
                 f"...{ex.context[-16:]!r} under this tokenizer (it encodes as "
                 f"{_pieces(tok, line[max(0, n - 2) : n + 2])})"
             )
         if not tok.decode([line[n]]).startswith(target):
+            # Every token the candidate spans, and at least three (what follows shows how the
+            # line goes on), so that the message says how it tokenises.
+            shown = max(3, _tokens_covering(tok, line[n:], target))
             raise TaskTokenError(
-                f"task {task!r}: candidate {target!r} is not a single token under this "
-                f"tokenizer (after the prompt it encodes as {_pieces(tok, line[n : n + 3])})"
+                f"{where}: candidate {target!r} is not a single token under this "
+                f"tokenizer (after the prompt it encodes as {_pieces(tok, line[n : n + shown])})"
             )
         found.append(line[n])
     if found[0] == found[1]:
         raise TaskTokenError(
-            f"task {task!r}: candidates {ex.target!r} and {other.target!r} begin with the same "
+            f"{where}: candidates {ex.target!r} and {other.target!r} begin with the same "
             f"token {tok.decode([found[0]])!r} under this tokenizer"
         )
     return prompt, found[0], found[1]
+
+
+def _tokens_covering(tok: Tokenizer, ids: list[int], text: str) -> int:
+    """How many of `ids` (from the first) it takes to decode to at least `text`."""
+    for count in range(1, len(ids) + 1):
+        if len(tok.decode(ids[:count])) >= len(text):
+            return count
+    return len(ids)
 
 
 def _pieces(tok: Tokenizer, ids: list[int]) -> str:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from sparse_tf.data.tokenizer import eot_id
 from sparse_tf.model import GPT
-from sparse_tf.tasks.base import Split, Task
+from sparse_tf.tasks.base import PairSource, Split
 from sparse_tf.tasks.encoding import TaskBatch, batches, encode_pairs, truncated
 
 CHANCE_LOSS = math.log(2)
@@ -96,7 +96,7 @@ def score(task: str, pair_logits: Tensor, n_truncated: int = 0) -> TaskScore:
 def evaluate_task(
     model: Model,
     tok: Tokenizer,
-    task: Task,
+    task: PairSource,
     *,
     n: int = 100,
     seed: int = 0,
