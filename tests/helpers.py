@@ -99,7 +99,7 @@ def task_train_config(source: Path | str, **overrides: object) -> TrainConfig:
 def assert_plot_drawn(png: bytes) -> None:
     """`png` is a real plot with data on it: axes and text are black and grey, the data lines
     coloured, so a plot with nothing drawn has (next to) no coloured pixel (as the benchmarks'
-    tests check theirs)."""
+    tests check theirs with it)."""
     import numpy as np
     from PIL import Image
 
