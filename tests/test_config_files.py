@@ -13,9 +13,10 @@ import pytest
 from sparse_tf.cli import main
 from sparse_tf.cli.commands import TRAIN_FILE_EXCLUDE, parse_train
 from sparse_tf.config_files import to_toml
+from sparse_tf.filenames import RUN_TOML_FILE
 from sparse_tf.log import read_metrics
 from sparse_tf.presets import PRESETS, preset
-from sparse_tf.training.run_folder import run_toml
+from sparse_tf.training.run_folder import is_run_output, run_toml
 from tests.helpers import tiny_train_flags
 
 
@@ -232,3 +233,7 @@ def test_print_config_of_a_new_run_does_not_touch_the_folder(
     printed = _printed(capsys, "train", "--out", str(out), "--max-steps", "3")
     assert tomllib.loads(printed)["max_steps"] == 3
     assert not out.exists()
+
+
+def test_overwrite_removes_config_toml_with_the_run() -> None:
+    assert is_run_output(RUN_TOML_FILE)
