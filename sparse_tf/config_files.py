@@ -183,8 +183,8 @@ def _value(current: Any, annotation: Any, raw: Any, source: str, dotted: str) ->
             base = field_defaults(cls)
             missing = [f.name for f in _init_fields(cls) if f.name not in base | dict(raw)]
             if missing:
-                why = f"required by {ARCH_KEY} = {raw.get(ARCH_KEY)!r}" if ARCH_KEY in raw else ""
-                raise ConfigError(f"{source}: {dotted}.{missing[0]}: missing {why}".rstrip())
+                why = f"; {ARCH_KEY} = {raw[ARCH_KEY]!r} needs it" if ARCH_KEY in raw else ""
+                raise ConfigError(f"{source}: {dotted}.{missing[0]}: missing{why}")
         values = _overlay(cls, base, raw, source, f"{dotted}.", {})
         return _construct(cls, values, source, dotted)
     if classes and _is_instance(current):

@@ -136,7 +136,7 @@ def test_preset_then_file_then_flags(tmp_path: Path) -> None:
         ),
         (
             '[model]\narch = "hf_gpt2"\nvocab_size = 64\n',
-            "run.toml: model.n_ctx: missing required by arch = 'hf_gpt2'",
+            "run.toml: model.n_ctx: missing; arch = 'hf_gpt2' needs it",
         ),
         (
             "max_steps = 5\nbatch_size = = 4\n",
