@@ -120,6 +120,12 @@ def check(condition: bool, cfg: Config, field: str, requirement: str) -> None:
         raise ConfigError(f"{type(cfg).__name__}.{field}={value!r}: {requirement}")
 
 
+def coerce(value: Any, annotation: Any) -> Any:
+    """`value` as an instance of `annotation` (a field's type), or a TypeError saying what was
+    expected: what a config checks each field with, for readers of other files (TOML)."""
+    return _coerce(value, annotation)
+
+
 def _coerce(value: Any, annotation: Any) -> Any:
     """Return `value` as an instance of `annotation`, or raise TypeError saying what was expected.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 # A run folder (`sparse-tf train --out OUT`).
 RUN_FILE = "run.json"  # config, versions, device, git revision, corpus digest, resumes
+RUN_TOML_FILE = "config.toml"  # the config and options as `sparse-tf train --config` reads them
 SUMMARY_FILE = "summary.json"  # final val loss, tokens/s, export sizes, nonzeros
 METRICS_FILE = "metrics.jsonl"  # one JSON record per log step
 FINAL_DIR = "final"  # the exported model

@@ -36,3 +36,15 @@ def test_ci_runs_the_quickstart_commands() -> None:
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test in ci
     assert any(re.fullmatch(re.escape(train) + r" --max-steps \d+", line) for line in ci)
+
+
+def test_the_config_file_example_is_a_valid_config(tmp_path: Path) -> None:
+    """The README's TOML example trains what it says: the preset it names, its values over it."""
+    from sparse_tf.cli.commands import parse_train
+
+    section = README.split("### Config files", 1)[1].split("\n### ", 1)[0]
+    (example,) = re.findall(r"```toml\n(.*?)```", section, flags=re.DOTALL)
+    (tmp_path / "run.toml").write_text(example)
+    args, config = parse_train(["--config", str(tmp_path / "run.toml")], bridged=False)
+    assert (args.preset, args.run.out, config.max_steps) == ("circuits-d512", "runs/my-run", 2000)
+    assert (config.model.d_model, config.model.d_mlp, config.optim.lr) == (256, 1024, 0.02)

@@ -20,7 +20,18 @@ import tyro
 from sparse_tf.bridges.bridge import BridgeConfig
 from sparse_tf.bridges.objective import BridgedTrainConfig
 from sparse_tf.cli import Interrupted, UsageError
-from sparse_tf.cli.common import exclusive_task_flags, require, tyro_cli
+from sparse_tf.cli.common import (
+    CONFIG_FILE_FLAGS,
+    ConfigFileArgs,
+    config_file_flag,
+    exclusive_task_flags,
+    file_default,
+    print_config,
+    require,
+    tyro_cli,
+)
+from sparse_tf.config import ConfigError
+from sparse_tf.config_files import field_defaults, overlay, read_toml
 from sparse_tf.data.pipeline import DataConfig
 from sparse_tf.errors import SparseTFError
 from sparse_tf.filenames import RUN_FILE
@@ -30,16 +41,21 @@ from sparse_tf.presets import DEFAULT_PRESET, PRESETS, preset
 from sparse_tf.pruning.search import PruneConfig
 from sparse_tf.sparsity import COLS, ROWS, SparsityConfig, abstopk_k, kept_count
 from sparse_tf.training import RunOptions, TrainConfig, TrainingStopped, train
-from sparse_tf.training.run_folder import saved_config
+from sparse_tf.training.run_folder import FOLDER_FLAGS, saved_config
+
+TRAIN_FILE_EXCLUDE = {**CONFIG_FILE_FLAGS, **FOLDER_FLAGS}
+"""What a training config file may not set (and --print-config does not write): the config
+file flags, --resume and --overwrite."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainArgs:
+class TrainArgs(ConfigFileArgs):
     """Train a weight-sparse GPT (or its dense twin) and export it to OUT/final."""
 
     preset: str = DEFAULT_PRESET
-    """Starting config of a new run; every other flag overrides it. See the list above. With
-    --resume the run's own saved config is the starting point instead."""
+    """Starting config of a new run; --config's file overrides it (and may name it: preset =
+    "NAME"), every other flag overrides both. See the list above. With --resume the run's own
+    saved config is the starting point instead."""
     config: Annotated[TrainConfig, tyro.conf.arg(name="")]
     run: Annotated[RunOptions, tyro.conf.arg(name="")]
 
@@ -63,13 +79,15 @@ class _GivenWidths:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainStart:
     """The training flags that choose the other flags' defaults, parsed before them: the
-    starting config is the preset's, or with --resume the saved one of the run in --out, and
-    --out defaults to runs/PRESET (runs/PRESET-bridged for `sparse-tf bridge`)."""
+    starting config is the preset's, or with --resume the saved one of the run in --out, with
+    --config's file laid over it; --out defaults to runs/PRESET (runs/PRESET-bridged for
+    `sparse-tf bridge`). The file may name the preset and --out too (the flags win)."""
 
     preset: str | None = None
     out: str | None = None
     resume: bool = False
     model: _GivenWidths = _GivenWidths()
+    config: str | None = None
 
     def __post_init__(self) -> None:
         if self.resume and self.preset is not None:
@@ -87,9 +105,20 @@ class TrainStart:
         return start
 
     def defaults(self, *, bridged: bool) -> TrainArgs:
-        """The defaults of the full parse: the starting config and the run folder."""
+        """The defaults of the full parse: the starting config and the run folder, with the
+        config file laid over them."""
+        data = read_toml(self.config) if self.config is not None else {}
         name = self.preset or DEFAULT_PRESET
+        if self.preset is None and not self.resume and "preset" in data:
+            name = self._file_string(data, "preset")
+            if name not in PRESETS:
+                raise ConfigError(
+                    f"{self.config}: preset: {name!r} is not a preset; choose from "
+                    f"{sorted(PRESETS)}"
+                )
         out = self.out or f"runs/{name}{'-bridged' if bridged else ''}"
+        if self.out is None and "out" in data:
+            out = self._file_string(data, "out")
         config_type = BridgedTrainConfig if bridged else TrainConfig
         base = saved_config(Path(out), config_type) if self.resume else None
         if base is None:
@@ -97,14 +126,36 @@ class TrainStart:
             if bridged:
                 base = BridgedTrainConfig.bridging(base, BridgeConfig())
         args_type = BridgeArgs if bridged else TrainArgs
-        return args_type(preset=name, config=base, run=RunOptions(out=out))
+        default = args_type(preset=name, config=base, run=RunOptions(out=out))
+        if self.config is None:
+            return default
+        model = data.get("model")
+        if isinstance(model, dict) and "d_model" in model and "d_mlp" not in model:
+            # As with --model.d-model: the file's width gets d_mlp = 4 · d_model, not the
+            # starting config's d_mlp (a number, resolved when the preset was built).
+            data = {**data, "model": {**model, "d_mlp": "None"}}
+        fields = {f.name: getattr(default, f.name) for f in dataclasses.fields(default)}
+        values = overlay(args_type, fields, data, self.config, exclude=TRAIN_FILE_EXCLUDE)
+        return args_type(**values)
+
+    def _file_string(self, data: dict[str, object], key: str) -> str:
+        value = data[key]
+        if not isinstance(value, str):
+            raise ConfigError(f"{self.config}: {key}: expected str (got {value!r})")
+        return value
 
     def resolve(self, args: TrainArgs) -> TrainConfig:
         """The config to train from the full parse: d_mlp follows a given --model.d-model
         unless --model.d-mlp is given too (GPTConfig resolves d_mlp = 4 · d_model when built,
         so the starting config's d_mlp is a number: re-derived here, `--model.d-model 256`
-        alone gets d_mlp 1024). A bridged run needs its dense model."""
+        alone gets d_mlp 1024). A bridged run needs its dense model (not to print its
+        config)."""
         config = args.config
+        if self.model.d_model is not None and self.model.d_mlp is None:
+            model = dataclasses.replace(config.model, d_mlp=None)  # type: ignore[type-var]
+            config = dataclasses.replace(config, model=model)
+        if args.print_config:
+            return config
         if isinstance(config, BridgedTrainConfig) and config.bridge.dense is None:
             if self.resume:
                 raise UsageError(
@@ -115,9 +166,6 @@ class TrainStart:
                 "--dense DIR is required: the dense GPT-2 folder to bridge to (one trained "
                 "here: sparse-tf train --preset gpt2-tiny-cpu --out DIR)"
             )
-        if self.model.d_model is not None and self.model.d_mlp is None:
-            model = dataclasses.replace(config.model, d_mlp=None)  # type: ignore[type-var]
-            config = dataclasses.replace(config, model=model)
         return config
 
 
@@ -131,9 +179,10 @@ def bridge_command(argv: list[str]) -> None:
     _train(argv, bridged=True)
 
 
-def _train(argv: list[str], *, bridged: bool) -> None:
-    """Parse a training command (`TrainStart` first: it chooses the defaults of every other
-    flag), train, and report errors rank by rank under torchrun."""
+def parse_train(argv: list[str], *, bridged: bool) -> tuple[TrainArgs, TrainConfig]:
+    """A training command line: its options and the config to train (`TrainStart` first: it
+    chooses the defaults of every other flag, from the preset or the saved run and the
+    config file)."""
     prog = "sparse-tf bridge" if bridged else "sparse-tf train"
     start = TrainStart.parse(argv, prog)
     default = start.defaults(bridged=bridged)
@@ -148,7 +197,17 @@ def _train(argv: list[str], *, bridged: bool) -> None:
         # choice between them on the command line: the preset picks the model.
         config=(tyro.conf.AvoidSubcommands,),
     )
-    config = start.resolve(args)
+    return args, start.resolve(args)
+
+
+def _train(argv: list[str], *, bridged: bool) -> None:
+    """Parse a training command, print its config (--print-config) or train, and report
+    errors rank by rank under torchrun."""
+    prog = "sparse-tf bridge" if bridged else "sparse-tf train"
+    args, config = parse_train(argv, bridged=bridged)
+    if args.print_config:
+        print_config(dataclasses.replace(args, config=config), prog, exclude=TRAIN_FILE_EXCLUDE)
+        return
     world = launch.world_from_env()
     if not world.distributed:
         try:
@@ -209,8 +268,16 @@ TARGET_MISSED_STATUS = 3
 written all the same): not an error's 1, so that scripts can tell the two apart."""
 
 
+PRUNE_FILE_EXCLUDE = {
+    **CONFIG_FILE_FLAGS,
+    "overwrite": "replaces the result in --out: a command-line flag (--overwrite), not a "
+    "config value",
+}
+"""What a pruning config file may not set (and --print-config does not write)."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PruneArgs:
+class PruneArgs(ConfigFileArgs):
     """Find the smallest circuit of a trained model for a task (learned node masks, mean
     ablation) and write circuit.json, circuit.html, loss_vs_k.png (with the [plot] extra),
     means.safetensors and scores.safetensors. Exit status 3 when the circuit misses the target
@@ -250,7 +317,16 @@ def prune_command(argv: list[str]) -> None:
     from sparse_tf.pruning.run import prune_model  # torch-heavy search code only when used
     from sparse_tf.tasks import read_pairs_file
 
-    args = tyro_cli(PruneArgs, prog="sparse-tf prune", args=argv)
+    prog = "sparse-tf prune"
+    file = config_file_flag(argv, prog)
+    default = None
+    if file is not None:
+        base = field_defaults(PruneArgs)
+        default = file_default(PruneArgs, base, file, exclude=PRUNE_FILE_EXCLUDE)
+    args = tyro_cli(PruneArgs, prog=prog, args=argv, default=default)
+    if args.print_config:
+        print_config(args, prog, exclude=PRUNE_FILE_EXCLUDE)
+        return
     task = read_pairs_file(args.pairs) if args.pairs is not None else args.task
     assert task is not None  # PruneArgs requires one of them
     try:
@@ -336,7 +412,7 @@ def format_description(cfg: GPTConfig, sparsity: SparsityConfig) -> str:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DataPrepareArgs:
+class DataPrepareArgs(ConfigFileArgs):
     """Tokenise a corpus once, with worker processes, into the token store that `sparse-tf
     train` reads (the tokenizer too); an interrupted prepare resumes where it stopped."""
 
@@ -354,7 +430,15 @@ def data_command(argv: list[str]) -> None:
     if not argv or argv[0] not in ("prepare", "-h", "--help"):
         raise UsageError("usage: sparse-tf data prepare --data.source SOURCE [--workers N] ...")
     prog = "sparse-tf data prepare"
-    args = tyro_cli(DataPrepareArgs, prog=prog, args=argv[argv[0] == "prepare" :])
+    argv = argv[argv[0] == "prepare" :]
+    file = config_file_flag(argv, prog)
+    default = None
+    if file is not None:
+        default = file_default(DataPrepareArgs, field_defaults(DataPrepareArgs), file)
+    args = tyro_cli(DataPrepareArgs, prog=prog, args=argv, default=default)
+    if args.print_config:
+        print_config(args, prog)
+        return
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be at least 1")
     start = time.monotonic()

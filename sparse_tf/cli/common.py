@@ -4,10 +4,12 @@ nothing heavy (tyro only), so that a command's `--help` costs what its own flags
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import tyro
 
@@ -92,3 +94,71 @@ def condense(box: str, prog: str) -> str:
         if section[0].startswith("Perhaps you meant") and (hint := flags(section)):
             message += f"; perhaps you meant {hint}"
     return f"{message} (see {prog} --help)"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConfigFileArgs:
+    """The config-file flags of the commands whose flags are configs (train, bridge, prune,
+    data prepare): their options dataclasses derive from this."""
+
+    config_file: Annotated[str | None, tyro.conf.arg(name="config", metavar="FILE.toml")] = None
+    """Take flag values from this TOML file: a top-level key for each top-level flag
+    (max_steps = 2000), a table for each nested one ([model] with d_model = 256); "None" is
+    None. Flags given here override it."""
+    print_config: bool = False
+    """Print the resolved config (defaults, file, flags) as TOML, the file --config reads, and
+    exit without running."""
+
+
+CONFIG_FILE_FLAGS = {
+    "config_file": "a config file cannot name another one",
+    "print_config": "a command-line flag (--print-config), not a config value",
+}
+"""The fields of `ConfigFileArgs`, never read from a file: field -> why."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _ConfigFlag:
+    config: str | None = None
+
+
+def config_file_flag(argv: list[str], prog: str) -> str | None:
+    """--config of a command line, parsed before the rest (the file gives the defaults of the
+    other flags); tyro leaves the others (--help too) to the full parse."""
+    flag, _ = tyro_cli(_ConfigFlag, prog=prog, args=argv, return_unknown_args=True, add_help=False)
+    return flag.config
+
+
+def file_default(
+    cls: type,
+    base: Mapping[str, Any],
+    file: str,
+    *,
+    exclude: Mapping[str, str] = CONFIG_FILE_FLAGS,
+) -> Any:
+    """The default of the full parse of `cls` (the command's options dataclass): `file` laid
+    over `base` (field -> value), as tyro's `default=`, so that flags override the file.
+
+    It is built without `cls`'s own checks: they may need flags the command line gives (prune
+    with the file's options and --task on the command line), and tyro builds the checked
+    object from the defaults and the flags. A required field the file leaves out stays
+    required (`tyro.MISSING`). The file's nested configs are built and checked here, with
+    errors naming the file and the key."""
+    from sparse_tf.config_files import overlay, read_toml
+
+    values = overlay(cls, base, read_toml(file), file, exclude=exclude)
+    default = object.__new__(cls)
+    for f in dataclasses.fields(cls):
+        object.__setattr__(default, f.name, values.get(f.name, tyro.MISSING))
+    return default
+
+
+def print_config(args: Any, prog: str, *, exclude: Mapping[str, str] = CONFIG_FILE_FLAGS) -> None:
+    """--print-config: `args` as the TOML file that `prog --config` reads, on stdout."""
+    from sparse_tf.config_files import to_toml
+
+    header = (
+        f"# {prog} --config FILE reads this; flags given with it override it.\n"
+        '# TOML has no null: "None" is None.\n\n'
+    )
+    sys.stdout.write(to_toml(args, exclude=exclude, header=header))

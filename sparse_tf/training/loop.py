@@ -39,6 +39,7 @@ from sparse_tf.filenames import (
     METRICS_FILE,
     MODEL_FILE,
     RUN_FILE,
+    RUN_TOML_FILE,
     SPARSE_MODEL_FILE,
     SUMMARY_FILE,
     step_dir_name,
@@ -62,6 +63,7 @@ from sparse_tf.training.run_folder import (
     new_run_info,
     read_metrics_summary,
     resume_point,
+    write_run_toml,
 )
 from sparse_tf.training.validation import validation_loss
 
@@ -222,6 +224,10 @@ class _Run:
             )
         if world.main:
             write_json(self.out / RUN_FILE, run_info)
+            if not opts.resume or not (self.out / RUN_TOML_FILE).is_file():
+                # The config a new run starts with (a run begun before config.toml existed
+                # gets it when resumed): run.json first, so a folder never holds the file alone.
+                write_run_toml(self.out, cfg, opts)
             if damaged := truncate_metrics(self.out, start):
                 print(
                     f"warning: {self.out / METRICS_FILE}: dropped {damaged} damaged line(s) "

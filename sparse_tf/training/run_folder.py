@@ -1,6 +1,8 @@
 """A run folder (`--out`): claiming it for a new, resumed or replaced run, and its run.json.
 
     OUT/run.json        config, options, versions, git revision, device, corpus, resumes
+    OUT/config.toml     the config and options as a file: `sparse-tf train --config` of it
+                        (with another --out) trains the same run again
     OUT/metrics.jsonl   one record per log step (`sparse_tf.log`)
     OUT/step-N/         checkpoints (`sparse_tf.checkpoint`)
     OUT/final/          the exported model; OUT/summary.json what the run produced
@@ -21,6 +23,7 @@ import torch
 
 from sparse_tf.checkpoint import CheckpointError, is_checkpoint_name, newest_intact
 from sparse_tf.config import ConfigError
+from sparse_tf.config_files import to_toml
 from sparse_tf.data.pipeline import Data
 from sparse_tf.devices import device_info
 from sparse_tf.filenames import (
@@ -28,16 +31,32 @@ from sparse_tf.filenames import (
     METRICS_FILE,
     PLOTS_DIR,
     RUN_FILE,
+    RUN_TOML_FILE,
     SUMMARY_FILE,
     WANDB_DIR,
 )
-from sparse_tf.io import FolderLock, read_json, remove_leftovers, remove_outputs, user_entries
+from sparse_tf.io import (
+    FolderLock,
+    atomic_write_text,
+    read_json,
+    remove_leftovers,
+    remove_outputs,
+    user_entries,
+)
 from sparse_tf.log import read_metrics
 from sparse_tf.provenance import git_revision, package_versions, utc_now
 from sparse_tf.training.config import RunOptions, TrainConfig, TrainingError
 
 RUN_FORMAT = "sparse_tf.run"
 """run.json's "format": what marks a folder as a sparse_tf run."""
+
+FOLDER_FLAGS = {
+    "resume": "continues the run in --out: a command-line flag (--resume), not a config value",
+    "overwrite": "replaces the run in --out: a command-line flag (--overwrite), not a config value",
+}
+"""The run options that say what to do with the folder, not how to train: never in a config
+file (a file that resumes or overwrites whatever --out holds would do so on every use), and
+so not in config.toml; each -> why, the error a file setting it gets."""
 
 
 def claim_out_dir(out: Path, cfg: TrainConfig, opts: RunOptions) -> FolderLock:
@@ -139,6 +158,23 @@ def new_run_info(
     }
 
 
+def run_toml(cfg: TrainConfig, opts: RunOptions) -> str:
+    """config.toml of a run: its config and options (all but `FOLDER_FLAGS`) as the TOML that
+    `sparse-tf train --config` reads; every field is written, so it needs no preset."""
+    header = (
+        "# The config of the run in this folder:\n"
+        "#   sparse-tf train --config config.toml --out NEW\n"
+        "# trains it again (`sparse-tf bridge` where there is a [bridge] table).\n"
+        '# TOML has no null: "None" is None.\n\n'
+    )
+    return to_toml(cfg, opts, exclude=FOLDER_FLAGS, header=header)
+
+
+def write_run_toml(out: Path, cfg: TrainConfig, opts: RunOptions) -> None:
+    """Write OUT/config.toml (atomically: a temporary name, then a rename)."""
+    atomic_write_text(out / RUN_TOML_FILE, run_toml(cfg, opts))
+
+
 def saved_config(out: Path, config_type: type[TrainConfig]) -> TrainConfig | None:
     """The config the run in `out` was started with, read as `config_type` (None when `out`
     holds no run.json: `train` says so)."""
@@ -172,12 +208,12 @@ def read_run_info(out: Path) -> dict[str, Any]:
 
 
 def is_run_output(name: str) -> bool:
-    """Whether an entry of a run folder is one the run writes: run.json, summary.json,
-    metrics.jsonl, step-N/, final/, wandb/, and plots/ (drawn from metrics.jsonl by `sparse-tf
-    plot`: a replaced run's would show the old curves). What --overwrite removes."""
-    return name in (RUN_FILE, SUMMARY_FILE, METRICS_FILE, FINAL_DIR, WANDB_DIR, PLOTS_DIR) or (
-        is_checkpoint_name(name)
-    )
+    """Whether an entry of a run folder is one the run writes: run.json, config.toml,
+    summary.json, metrics.jsonl, step-N/, final/, wandb/, and plots/ (drawn from metrics.jsonl
+    by `sparse-tf plot`: a replaced run's would show the old curves). What --overwrite
+    removes."""
+    outputs = (RUN_FILE, RUN_TOML_FILE, SUMMARY_FILE, METRICS_FILE, FINAL_DIR, WANDB_DIR, PLOTS_DIR)
+    return name in outputs or is_checkpoint_name(name)
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
