@@ -229,6 +229,20 @@ def test_a_compiled_run_follows_the_eager_one(tmp_path: Path, corpus: Path) -> N
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
 
 
+def test_a_frozen_eot_bigram_row_is_refused_under_fsdp(
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--optim.no-train-eot-bigram keeps one row of a table that FSDP would shard: refused in
+    one line before the process group starts or anything is written (torchrun's environment
+    of rank 0 of 2 suffices: the check runs first)."""
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    cfg = tiny_train_config(corpus, optim=OptimConfig(train_eot_bigram=False))
+    with pytest.raises(ConfigError, match="no-train-eot-bigram: not supported with --dist fsdp"):
+        train(cfg, quiet_options(tmp_path / "run", dist="fsdp"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_out_dir_holding_a_run_is_refused_unless_resume_or_overwrite(
     finished: Path, corpus: Path, tmp_path: Path
 ) -> None:

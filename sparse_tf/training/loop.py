@@ -118,6 +118,11 @@ class _Run:
                 "--dist fsdp: shards plain sparse_tf GPTs only (not hf_gpt2, not bridges); "
                 "use --dist ddp"
             )
+        if self.opts.dist == "fsdp" and not cfg.optim.train_eot_bigram:
+            raise ConfigError(
+                "--optim.no-train-eot-bigram: not supported with --dist fsdp (the row is part "
+                "of a sharded table); use --dist ddp"
+            )
         if cfg.batch_size % world:
             raise ConfigError(
                 f"TrainConfig.batch_size={cfg.batch_size} must be divisible by the {world} ranks"
