@@ -18,9 +18,12 @@ Variants, for each --l0:
               (SPARSE_TF_KERNELS=reference): what a straightforward implementation does;
 
 and `dense`, the same model with dense weights and no AbsTopK. With --compile every variant
-also runs with `torch.compile(model)` (forward and backward; the optimizer stays eager). Steps
-of all variants alternate so that machine noise hits all alike; the table gives medians and the
-ratio to dense (eager).
+also runs with `torch.compile(model)` (forward and backward; the optimizer stays eager). With
+--graphs (CUDA), dense and sparse_tf also run `graphed`: the eager forward and backward
+captured once as a CUDA graph (`torch.cuda.graph`, static inputs, gradients accumulated in
+place; every matmul on cuBLAS, the optimizer eager) and replayed every step, which removes the
+host's launch time without any compiler. Steps of all variants alternate so that machine noise
+hits all alike; the table gives medians and the ratio to dense (eager).
 """
 
 from __future__ import annotations
@@ -49,11 +52,16 @@ class Variant:
     env: dict[str, str]  # SPARSE_TF_* settings while this variant runs
     compiled: bool
     spmm: bool = True  # False: every matmul on cuBLAS
+    graphed: bool = False  # forward + backward replayed as one captured CUDA graph
     times: list[float] = field(default_factory=list)
-    failed: str | None = None  # why torch.compile could not run it
+    failed: str | None = None  # why torch.compile or the capture could not run it
+
+    @property
+    def mode(self) -> str:
+        return "graphed" if self.graphed else "compiled" if self.compiled else "eager"
 
 
-def variants(l0s: list[float], cuda: bool, compile_too: bool) -> list[Variant]:
+def variants(l0s: list[float], cuda: bool, compile_too: bool, graphs: bool) -> list[Variant]:
     default = {"SPARSE_TF_KERNELS": "auto", "SPARSE_TF_CUDA_GRAPHS": "1"}
     out = [Variant("dense", None, default, False)]
     for i, l0 in enumerate(l0s):
@@ -69,7 +77,51 @@ def variants(l0s: list[float], cuda: bool, compile_too: bool) -> list[Variant]:
             for v in out
             if v.name not in ("eager-proj", "no-spmm")
         ]
+    if graphs and cuda:
+        out += [
+            Variant(v.name, v.l0, v.env, False, spmm=False, graphed=True)
+            for v in out
+            if v.name in ("dense", "sparse_tf") and not v.compiled
+        ]
     return out
+
+
+class GraphedStep:
+    """Forward + backward of `model` on fixed tokens, captured once as a CUDA graph and
+    replayed. The gradients are allocated before the capture and accumulated into in place, so
+    the optimizer (eager, outside the graph) reads them where the replays write them, and
+    updates the parameters in place where the next replay reads them. Under the capture every
+    product runs on cuBLAS (the sparse matmul's formats are host-side state)."""
+
+    def __init__(self, model: torch.nn.Module, tokens: torch.Tensor, bf16: bool) -> None:
+        self.model, self.tokens, self.bf16 = model, tokens.clone(), bf16
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        for p in self.params:
+            p.grad = torch.zeros_like(p)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up (Triton's compiles, cuBLAS handles) off-graph
+            for _ in range(3):
+                self._forward_backward()
+        torch.cuda.current_stream().wait_stream(side)
+        self.zero_grad()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.loss = self._forward_backward()
+
+    def _forward_backward(self) -> torch.Tensor:
+        # The autocast cache must be off under capture (its casts would be freed after it).
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+            loss = lm_loss(self.model(self.tokens), self.tokens)
+        loss.backward()
+        return loss.detach()
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad.zero_()  # type: ignore[union-attr]
+
+    def __call__(self) -> None:
+        self.graph.replay()
 
 
 def add_shape_args(parser: argparse.ArgumentParser) -> None:
@@ -115,6 +167,11 @@ def main() -> None:
         help="torch.compile's mode; reduce-overhead replays forward and backward as CUDA graphs",
     )
     parser.add_argument(
+        "--graphs",
+        action="store_true",
+        help="also dense and sparse_tf with forward + backward replayed as a CUDA graph (CUDA)",
+    )
+    parser.add_argument(
         "--only", nargs="+", default=None, help="run only these variants (names in the table)"
     )
     parser.add_argument(
@@ -124,7 +181,7 @@ def main() -> None:
 
     device = torch.device(args.device)
     tokens = torch.randint(0, args.vocab_size, (args.batch, args.n_ctx), device=device)
-    runs = variants(args.l0, device.type == "cuda", args.compile)
+    runs = variants(args.l0, device.type == "cuda", args.compile, args.graphs)
     if args.only:
         if "dense" not in args.only:
             parser.error("--only: include dense (every ratio is against it)")
@@ -137,29 +194,41 @@ def main() -> None:
         forward = torch.compile(model, mode=args.compile_mode) if v.compiled else model
         models.append((forward, opt))
 
+    graphed: dict[int, GraphedStep] = {}  # by variant index, captured at its first step
     for i in range(args.warmup + args.steps):
-        for v, (forward, opt) in zip(runs, models, strict=True):
+        for j, (v, (forward, opt)) in enumerate(zip(runs, models, strict=True)):
             if v.failed:
                 continue
             os.environ.update(v.env)
             kernels.spmm_plan = plan if v.spmm else no_spmm
+            if v.graphed and j not in graphed:
+                try:
+                    graphed[j] = GraphedStep(forward, tokens, args.bf16)
+                except Exception as e:  # a failed capture is a result to report, not a crash
+                    v.failed = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+                    continue
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            if v.compiled and args.compile_mode == "reduce-overhead":
-                torch.compiler.cudagraph_mark_step_begin()  # last step's graph outputs are free
-            try:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-                    loss = lm_loss(forward(tokens), tokens)
-                loss.backward()
-            except Exception as e:  # a compiler failure is a result to report, not a crash
-                if not v.compiled:
-                    raise
-                v.failed = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+            if v.graphed:
+                graphed[j]()
+                opt.step()
+                graphed[j].zero_grad()  # in place: the graph writes into these tensors
+            else:
+                if v.compiled and args.compile_mode == "reduce-overhead":
+                    torch.compiler.cudagraph_mark_step_begin()  # last step's outputs are free
+                try:
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                        loss = lm_loss(forward(tokens), tokens)
+                    loss.backward()
+                except Exception as e:  # a compiler failure is a result to report
+                    if not v.compiled:
+                        raise
+                    v.failed = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+                    opt.zero_grad()
+                    continue
+                opt.step()
                 opt.zero_grad()
-                continue
-            opt.step()
-            opt.zero_grad()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if i >= args.warmup:
@@ -193,16 +262,16 @@ def main() -> None:
         f"shape: {args.n_layer} layers, d_model {args.d_model}, vocab {args.vocab_size}, "
         f"batch {args.batch} x {args.n_ctx}, bf16 {args.bf16}"
     )
-    print("| variant | L0 | compiled | ms/step | tokens/s | vs dense |")
+    print("| variant | L0 | mode | ms/step | tokens/s | vs dense |")
     print("|---|---|---|---|---|---|")
     for v in runs:
         l0 = "dense" if v.l0 is None else f"1/{round(1 / v.l0)}"
         if v.failed:
-            print(f"| {v.name} | {l0} | yes | failed: {v.failed} | | |")
+            print(f"| {v.name} | {l0} | {v.mode} | failed: {v.failed} | | |")
             continue
         ms = statistics.median(v.times) * 1e3
         print(
-            f"| {v.name} | {l0} | {'yes' if v.compiled else 'no'} | {ms:.1f} | "
+            f"| {v.name} | {l0} | {v.mode} | {ms:.1f} | "
             f"{n_tokens / ms * 1e3:,.0f} | {dense_ms / ms:.2f}x |"
         )
 
