@@ -48,6 +48,13 @@ class SparseLinear(nn.Linear):
         # compiler recompile after every optimizer step. `is_compiling()` is tested first so
         # that the compiler never reads `kept`: an int attribute it reads becomes a guard, and
         # the L0 anneal changes `kept` at every step (a recompile per step, then eager).
-        if torch.compiler.is_compiling() or self.kept is None:
+        # Under a CUDA graph's capture too (`RunOptions.cuda_graphs`): the formats are
+        # host-side state that a replay could not rebuild when the weight changes.
+        if torch.compiler.is_compiling() or self.kept is None or _capturing(x):
             return F.linear(x, self.weight, self.bias)
         return kernels.sparse_linear(x, self.weight, self.bias, self.marked_kept, self._formats)
+
+
+def _capturing(x: Tensor) -> bool:
+    """Whether x's CUDA stream is being captured into a CUDA graph."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()

@@ -251,8 +251,10 @@ class SparseOptimizer:
         self.step_count += 1
         return StepStats(step=step, lr=lr, l0=l0, nonzeros=nonzeros, grad_rms=grad_rms)
 
-    def zero_grad(self) -> None:
-        self.adam.zero_grad(set_to_none=True)
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop the gradients, or zero them in place (`set_to_none=False`: a CUDA graph's
+        replays accumulate into these very tensors)."""
+        self.adam.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
         """Adam moments and the step counter; the schedules are functions of these."""

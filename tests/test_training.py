@@ -229,6 +229,17 @@ def test_a_compiled_run_follows_the_eager_one(tmp_path: Path, corpus: Path) -> N
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
 
 
+def test_cuda_graphs_need_one_cuda_process(tmp_path: Path, corpus: Path) -> None:
+    """--cuda-graphs on the CPU, or with --compile, is refused before anything is written (the
+    graphed runs themselves are GPU tests: tests/test_gpu.py)."""
+    opts = quiet_options(tmp_path / "run", device="cpu", cuda_graphs=True)
+    with pytest.raises(ConfigError, match="--cuda-graphs: replays CUDA graphs, which need a CUDA"):
+        train(tiny_train_config(corpus), opts)
+    with pytest.raises(ConfigError, match="cuda_graphs=True: cannot be combined with --compile"):
+        quiet_options(tmp_path / "run", cuda_graphs=True, compile="default")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_frozen_eot_bigram_row_is_refused_under_fsdp(
     tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

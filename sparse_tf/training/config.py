@@ -169,9 +169,18 @@ class RunOptions(Config):
     torch's 'reduce-overhead' mode, are not offered: replayed across this loop's micro-batches
     they overwrote tensors the backward still needed.)"""
 
+    cuda_graphs: bool = False
+    """Replay each micro-batch's forward and backward as one CUDA graph, captured at the first
+    step (CUDA, one process, no --compile, the language-model objective): the eager kernels
+    without the host's launch time between them, which the sparse model's many small kernels
+    otherwise pay. Every product runs on cuBLAS (the sparse matmul is host-dispatched). Same
+    result as eager within rounding. Measured speeds: benchmarks/RESULTS.md."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
         check(bool(self.out), self, "out", "must name a folder")
+        if self.cuda_graphs:
+            check(self.compile == "none", self, "cuda_graphs", "cannot be combined with --compile")
         wandb_ok = self.wandb in ("auto", "disabled") or installed("wandb")
         check(wandb_ok, self, "wandb", install_hint("wandb"))
         check(not (self.resume and self.overwrite), self, "overwrite", "excludes --resume")

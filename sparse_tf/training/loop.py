@@ -56,6 +56,7 @@ from sparse_tf.sparsity import count_nonzeros, kept_count
 from sparse_tf.tasks import task_tokens
 from sparse_tf.trainable import TrainableModel, build_model
 from sparse_tf.training.config import RunOptions, TrainConfig, TrainingError, TrainingStopped
+from sparse_tf.training.graphs import GraphedMicroBatch
 from sparse_tf.training.objective import Loss, MicroBatch, TrainEnv
 from sparse_tf.training.run_folder import (
     check_same_corpus,
@@ -106,6 +107,24 @@ class _Run:
         self.sharded = self.world.distributed and opts.dist == "fsdp"
         if opts.compile != "none" and self.sharded:
             raise ConfigError("--compile: not supported with --dist fsdp; use --dist ddp")
+        if opts.cuda_graphs:
+            self._check_graphable()
+        self.graphed: GraphedMicroBatch | None = None  # set when the loop starts
+
+    def _check_graphable(self) -> None:
+        """--cuda-graphs: one CUDA process and an objective whose loss a graph can replay."""
+        if self.device.type != "cuda":
+            raise ConfigError(
+                f"--cuda-graphs: replays CUDA graphs, which need a CUDA device (this run is on "
+                f"{self.device})"
+            )
+        if self.world.distributed:
+            raise ConfigError("--cuda-graphs: one process only (not under torchrun)")
+        if not self.objective.graphable:
+            raise ConfigError(
+                f"--cuda-graphs: not supported for this objective "
+                f"({type(self.objective).__name__}); the language-model objective only"
+            )
 
     def _check_world(self) -> None:
         """The global batch (batch_size sequences per optimizer step) is the same at any number
@@ -252,6 +271,10 @@ class _Run:
             # Compiled lazily at the first step; validation keeps the eager `model` (other
             # shapes, no recompiles).
             self.net = torch.compile(self.net)  # type: ignore[assignment]
+        if opts.cuda_graphs:  # captured at the first micro-batch
+            self.graphed = GraphedMicroBatch(
+                self.objective, self.net, lambda: self.env.autocast(cache=False)
+            )
         logger: RunLogger | SilentLogger = SilentLogger()
         if world.main:
             logger = RunLogger(
@@ -326,7 +349,8 @@ class _Run:
                 loss = self._forward_backward(data.train, indices)
                 position += cfg.batch_size
                 stats = opt.step()
-                opt.zero_grad()
+                # In place under CUDA graphs: the replays accumulate into these tensors.
+                opt.zero_grad(set_to_none=self.graphed is None)
                 # Divergence is tracked on the device: no host sync on the hot path.
                 bad = ~torch.isfinite(loss) | ~torch.isfinite(stats.grad_rms)
                 first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
@@ -420,6 +444,9 @@ class _Run:
                 target_share=target_share,
                 window_share=len(x) / len(indices),
             )
+            if self.graphed is not None:
+                total += self.graphed(batch)
+                continue
             last = i == starts[-1]
             # DDP averages gradients over ranks when the last micro-batch's backward runs;
             # FSDP reduce-scatters every micro-batch's into the shards (memory stays sharded).

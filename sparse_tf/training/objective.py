@@ -34,9 +34,11 @@ class TrainEnv:
     world: launch.World
     amp: bool
 
-    def autocast(self) -> contextlib.AbstractContextManager[None]:
+    def autocast(self, *, cache: bool = True) -> contextlib.AbstractContextManager[None]:
+        """bf16 autocast on a GPU (`cache` off under a CUDA graph's capture, as torch requires:
+        the cached casts would outlive the capture)."""
         if self.amp:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=cache)
         return contextlib.nullcontext()
 
 
@@ -80,6 +82,10 @@ class Objective(abc.ABC):
 
     shardable: bool = True
     """Whether FSDP may shard the model it trains (`--dist fsdp`)."""
+    graphable: bool = False
+    """Whether `loss` can be captured as a CUDA graph (`--cuda-graphs`): it uses only the
+    micro-batch's inputs, targets and batch_targets (which it may be handed as a 0-d tensor),
+    and keeps no state between calls."""
 
     def setup(
         self, model: TrainableModel, data: Data, env: TrainEnv, *, new_run: bool
@@ -118,6 +124,8 @@ class Objective(abc.ABC):
 
 class LanguageModelObjective(Objective):
     """The model's mean next-token cross-entropy over the batch's targets."""
+
+    graphable = True
 
     def loss(self, net: nn.Module, batch: MicroBatch) -> Loss:
         loss = target_loss(net(batch.inputs), batch.targets, reduction="sum") / batch.batch_targets
