@@ -120,15 +120,17 @@ def main() -> None:
         "peak RSS main (MB) | peak RSS largest worker (MB) | store (MB) | 32B tokens |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    one = None
+    one = None  # the 1-worker rate: the speed-up is only measured against a 1-worker run
     for w in args.workers:
         r = run(w)
         rate = r["tokens"] / r["seconds"]
-        one = one or rate / w
+        if w == 1:
+            one = rate
+        speedup = f"{rate / one:.2f}x" if one else "-"
         size = du(Path(r["store"])) / 1e6
         print(
             f"| {w} | {r['tokens']:,} | {r['seconds']:.1f} | {rate:,.0f} | {rate / w:,.0f} | "
-            f"{rate / one:.2f}x | {r['rss_main']:,.0f} | {r['rss_worker']:,.0f} | {size:,.0f} | "
+            f"{speedup} | {r['rss_main']:,.0f} | {r['rss_worker']:,.0f} | {size:,.0f} | "
             f"{PAPER_TOKENS / rate / 3600:,.1f} h |",
             flush=True,
         )
