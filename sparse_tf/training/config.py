@@ -163,12 +163,10 @@ class RunOptions(Config):
     compile: CompileMode = "none"
     """'default': torch.compile the model's forward and backward (Inductor fuses the elementwise
     work around the library's kernels, which enter the graph as opaque operators). The
-    optimizer and validation stay eager. Same result as 'none' within rounding. On an H100 at
-    paper-d1024 it makes the dense twin 1.08x faster and the sparse model 0.75x as fast as
-    eager (benchmarks/RESULTS.md): use it for dense baselines. (CUDA graphs,
-    torch's 'reduce-overhead' mode, are not offered: replayed across this loop's micro-batches
-    they overwrote tensors the backward still needed.)"""
-
+    optimizer and validation stay eager. Same result as 'none' within rounding. (torch's
+    'reduce-overhead' mode is not offered: its CUDA graphs, replayed across this loop's
+    micro-batches, overwrote tensors the backward still needed; `cuda_graphs` is this loop's
+    own capture.) Measured speeds: benchmarks/RESULTS.md."""
     cuda_graphs: bool = False
     """Replay each micro-batch's forward and backward as one CUDA graph, captured at the first
     step (CUDA, one process, no --compile, the language-model objective): the eager kernels
