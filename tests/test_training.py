@@ -21,6 +21,7 @@ from sparse_tf import OptimConfig, SparsityConfig, load_model, load_tokenizer
 from sparse_tf.checkpoint import SPARSE_MODEL_FILE, list_checkpoints, verify, write_manifest
 from sparse_tf.config import ConfigError
 from sparse_tf.data import CorpusError, DataConfig, TokenDataError
+from sparse_tf.gpt2 import GPT2Config
 from sparse_tf.io import LOCK_FILE
 from sparse_tf.log import read_metrics
 from sparse_tf.presets import PRESETS, dense_twin, preset
@@ -237,6 +238,9 @@ def test_cuda_graphs_need_one_cuda_process(tmp_path: Path, corpus: Path) -> None
         train(tiny_train_config(corpus), opts)
     with pytest.raises(ConfigError, match="cuda_graphs=True: cannot be combined with --compile"):
         quiet_options(tmp_path / "run", cuda_graphs=True, compile="default")
+    gpt2 = GPT2Config(vocab_size=320, n_ctx=32, n_layer=1, d_model=32)
+    with pytest.raises(ConfigError, match="--cuda-graphs: sparse_tf GPT models only"):
+        train(tiny_train_config(corpus, model=gpt2, sparsity=SparsityConfig(l0=1.0)), opts)
     assert not (tmp_path / "run").exists()
 
 

@@ -112,7 +112,14 @@ class _Run:
         self.graphed: GraphedMicroBatch | None = None  # set when the loop starts
 
     def _check_graphable(self) -> None:
-        """--cuda-graphs: one CUDA process and an objective whose loss a graph can replay."""
+        """--cuda-graphs: a model and objective a graph can replay, in one CUDA process."""
+        if not isinstance(self.cfg.model, GPTConfig):  # others are not known to be capturable
+            raise ConfigError("--cuda-graphs: sparse_tf GPT models only (not hf_gpt2)")
+        if not self.objective.graphable:
+            raise ConfigError(
+                f"--cuda-graphs: not supported for this objective "
+                f"({type(self.objective).__name__}); the language-model objective only"
+            )
         if self.device.type != "cuda":
             raise ConfigError(
                 f"--cuda-graphs: replays CUDA graphs, which need a CUDA device (this run is on "
@@ -120,11 +127,6 @@ class _Run:
             )
         if self.world.distributed:
             raise ConfigError("--cuda-graphs: one process only (not under torchrun)")
-        if not self.objective.graphable:
-            raise ConfigError(
-                f"--cuda-graphs: not supported for this objective "
-                f"({type(self.objective).__name__}); the language-model objective only"
-            )
 
     def _check_world(self) -> None:
         """The global batch (batch_size sequences per optimizer step) is the same at any number
