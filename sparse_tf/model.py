@@ -17,7 +17,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol, Self
+from typing import Any, ClassVar, Literal, Protocol, Self
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,14 @@ class GPTConfig(Config):
     """Give every head a learnable logit on an extra all-zero key/value slot."""
     pos_emb: bool = False
     """Add a learned absolute positional embedding (most paper models use none)."""
+    pos_rows: int | None = None
+    """Rows of the positional table (with pos_emb); None: n_ctx. More rows than n_ctx is the
+    official models' table of `block_size` (1024) rows trained at a shorter context: only the
+    first n_ctx rows are read in training, but all of them count in the weight projection's
+    kept count and in the gradient RMS."""
+    pos_init: Literal["normal", "zeros"] = "normal"
+    """Initial positional table: N(0, init_std) like every weight, or zeros (the official
+    train.py, which zeroes `wpe` and then trains it)."""
     bias: bool = True
     """Biases on the Linear layers of attention and MLP."""
     init_std: float = 0.02
@@ -74,6 +82,12 @@ class GPTConfig(Config):
             object.__setattr__(self, "afrac", None)  # one spelling of "off" in saved configs
         for name in ("vocab_size", "n_ctx", "n_layer", "d_model", "d_head", "d_mlp"):
             check(getattr(self, name) >= 1, self, name, "must be >= 1")
+        check(
+            self.pos_rows is None or self.pos_rows >= self.n_ctx,
+            self,
+            "pos_rows",
+            f"must be >= n_ctx={self.n_ctx} (None: n_ctx rows)",
+        )
         check(
             self.d_model % self.d_head == 0,
             self,
@@ -103,6 +117,12 @@ class GPTConfig(Config):
                 "afrac",
                 f"keeps no entry of the narrowest AbsTopK site (width {narrowest})",
             )
+
+    @property
+    def pos_table_rows(self) -> int:
+        """Rows of the positional table: pos_rows, or n_ctx when that is None. (None is kept
+        as it is, not resolved, so that a config derived with another n_ctx follows it.)"""
+        return self.pos_rows if self.pos_rows is not None else self.n_ctx
 
     @property
     def n_head(self) -> int:
@@ -415,7 +435,7 @@ class GPT(HookedModule):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.hook_embed = HookPoint()  # [B, T, d_model]
         if cfg.pos_emb:
-            self.pos_embed = nn.Embedding(cfg.n_ctx, cfg.d_model)
+            self.pos_embed = nn.Embedding(cfg.pos_table_rows, cfg.d_model)
             self.hook_pos_embed = HookPoint()  # [B, T, d_model]
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_final = RMSNorm(cfg.d_model)
@@ -441,6 +461,10 @@ class GPT(HookedModule):
                 nn.init.normal_(proj.weight, std=std / math.sqrt(2 * self.cfg.n_layer))
             if block.attn.sink_logit is not None:
                 nn.init.zeros_(block.attn.sink_logit)
+        if self.cfg.pos_emb and self.cfg.pos_init == "zeros":
+            # Zeroed after its normal draw, so that every other weight draws the same numbers
+            # as with pos_init="normal".
+            nn.init.zeros_(self.pos_embed.weight)
         if self.cfg.bigram:
             nn.init.uniform_(self.bigram, 0.0, 0.02)
 
@@ -484,7 +508,9 @@ class GPT(HookedModule):
         return logits
 
     def sparse_weights(self) -> list[SparseWeight]:
-        """The L0-constrained matrices; biases, norms, sinks and the bigram table stay dense."""
+        """The L0-constrained matrices; biases, norms, sinks and the bigram table stay dense.
+        The positional table (all its rows) is "positional": an embedding's density or the block
+        L0, as `SparsityConfig.pos_density` says."""
         names = {p: n for n, p in self.named_parameters()}
 
         def sw(layer: nn.Module, kind: str, neuron_dim: int | None) -> SparseWeight:
@@ -494,7 +520,7 @@ class GPT(HookedModule):
 
         out = [sw(self.embed, "embedding", None)]
         if self.cfg.pos_emb:
-            out.append(sw(self.pos_embed, "embedding", None))
+            out.append(sw(self.pos_embed, "positional", None))
         for block in self.blocks:
             out += [
                 sw(block.attn.qkv, "block", ROWS),  # rows: q/k/v channels

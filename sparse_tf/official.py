@@ -18,6 +18,10 @@ no code.
 
 The official model always has a positional table (`wpe`, `block_size` rows) and adds it; a table
 of zeros (what `train.py` starts from) becomes `pos_emb=False`, which computes the same. The
+official config has no training context: a model reads as `n_ctx = block_size` (the context the
+released models are used at, up to their table's end), so a sparse_tf model whose table has more
+rows than its n_ctx (`pos_rows`, as `paper-official`'s 1024 at n_ctx 256) is written with
+`block_size = pos_rows` and comes back with n_ctx = pos_rows: the same weights and logits. The
 official `GPTConfig` applies AbsTopK only at the sites its `afrac_loctypes` lists, by default
 four of the eight: `GPTConfig.afrac_sites` carries the list.
 """
@@ -246,7 +250,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 def official_config(cfg: GPTConfig, tokenizer_name: str) -> dict[str, Any]:
     """The official GPTConfig (as `beeg_config.json`) of a sparse_tf config."""
     return {
-        "block_size": cfg.n_ctx,
+        # The official block_size is the positional table's length (`wpe` has that many rows).
+        "block_size": cfg.pos_table_rows if cfg.pos_emb else cfg.n_ctx,
         "vocab_size": cfg.vocab_size,
         "n_layer": cfg.n_layer,
         "n_head": cfg.n_head,

@@ -44,18 +44,30 @@ _SPARSE: dict[str, tuple[str, TrainConfig]] = {
     ),
     # paper-d1024 with the official train.py's step where sparse_tf's own differs: the
     # embedding densities on the official line from dense, the d_model/256 ratio, floor kept
-    # counts, and the schedules read before each step (the first step has LR 0).
+    # counts, and the schedules read before each step (the first step has LR 0); and its
+    # positional table `wpe`: block_size = 1024 rows, zeroed but trained (train.py freezes the
+    # module, not the parameter), projected at the block L0 over all its rows.
     "paper-official": (
         "paper-d1024 with the official train.py's step: embedding density linear from dense, "
-        "ratio d_model/256, int() kept counts, schedules at step/T (LR 0 at step 0); for GPUs",
+        "ratio d_model/256, int() kept counts, schedules at step/T (LR 0 at step 0), and its "
+        "zero-initialised 1024-row positional table at the block L0; for GPUs",
         TrainConfig(
-            model=GPTConfig(vocab_size=2048, n_ctx=256, n_layer=8, d_model=1024),
+            model=GPTConfig(
+                vocab_size=2048,
+                n_ctx=256,
+                n_layer=8,
+                d_model=1024,
+                pos_emb=True,
+                pos_rows=1024,
+                pos_init="zeros",
+            ),
             sparsity=SparsityConfig(
                 l0=1 / 64,
                 embed_mult=None,
                 embed_schedule="linear",
                 kept_rounding="floor",
                 anneal_clock="before_step",
+                pos_density="block",
             ),
             optim=OptimConfig(warmup_clock="before_step"),
             max_steps=244_140,

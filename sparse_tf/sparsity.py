@@ -131,8 +131,9 @@ class SparseWeight:
     Attributes:
         name: parameter name in `model.named_parameters()`.
         param: the parameter, a 2-D tensor.
-        kind: "block" matrices go to the target L0; "embedding" ones (token and positional
-            embeddings, unembedding) to min(1, L0 · embed_mult).
+        kind: "block" matrices go to the target L0; "embedding" ones (token embedding,
+            unembedding) to min(1, L0 · embed_mult); "positional" (the positional table) to
+            either, as `SparsityConfig.pos_density` says.
         neuron_dim: ROWS or COLS, the axis whose slices are neurons (protected), or None.
         layer: the SparseLinear owning `param`, told its kept count after every projection so
             that it can use the sparse matmul; None for other layers.
@@ -140,7 +141,7 @@ class SparseWeight:
 
     name: str
     param: nn.Parameter
-    kind: Literal["block", "embedding"]
+    kind: Literal["block", "embedding", "positional"]
     neuron_dim: int | None
     layer: SparseLinear | None = None
 
@@ -152,7 +153,8 @@ class SparsityConfig(Config):
     l0: float
     """Target fraction of nonzero entries in each block weight matrix (1/64 in the paper preset)."""
     embed_mult: float | None = 4.0
-    """Embedding, positional embedding and unembedding matrices end at min(1, l0 · embed_mult).
+    """Embedding and unembedding matrices (and the positional table, unless `pos_density` is
+    "block") end at min(1, l0 · embed_mult).
     None: d_model / 256, the official train.py's ratio (its width expansion factor over a
     d_model-256 base model, with d_mlp = 4 · d_model); 4 at d_model 1024."""
     embed_schedule: Literal["ratio", "linear"] = "ratio"
@@ -166,6 +168,10 @@ class SparsityConfig(Config):
     anneal_clock: Literal["after_step", "before_step"] = "after_step"
     """Which fraction of training step i (0-based) of T reads the L0 schedule at: (i + 1) / T,
     the fraction done once it is taken, or i / T ("before_step": the official train.py)."""
+    pos_density: Literal["embedding", "block"] = "embedding"
+    """The positional table's density (unprotected either way): an embedding matrix's, or the
+    block L0 ("block": the official train.py, whose apply_topk_ gives the embedding density
+    only to wte and lm_head, so that wpe falls to the block matrices' rule)."""
     min_per_neuron: int = 4
     """Protection j: never leave a neuron with fewer than j nonzeros (0 disables)."""
     anneal_start: float = 0.01
@@ -197,7 +203,7 @@ def embed_mult(w: SparseWeight, cfg: SparsityConfig) -> float:
 
 def density(w: SparseWeight, l0: float, cfg: SparsityConfig) -> float:
     """The nonzero fraction `w` is projected to when block matrices are at `l0`."""
-    if w.kind == "block":
+    if w.kind == "block" or (w.kind == "positional" and cfg.pos_density == "block"):
         return l0
     final = cfg.l0 * embed_mult(w, cfg)
     if cfg.embed_schedule == "linear" and cfg.l0 < 1.0:

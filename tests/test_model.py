@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from sparse_tf import GPT, GPTConfig, lm_loss
+from sparse_tf import GPT, GPTConfig, export_model, lm_loss, load_model
+from sparse_tf.config import ConfigError
 from sparse_tf.hooks import HookPoint
 from tests.helpers import tiny_config, tiny_model, tokens
 
@@ -306,6 +309,67 @@ def test_initialisation_follows_the_official_script() -> None:
     assert (model.ln_final.weight == 1).all()
     assert model.bigram.min() >= 0
     assert model.bigram.max() < 0.02
+
+
+def test_a_positional_table_longer_than_the_context() -> None:
+    """pos_rows: a table of more rows than n_ctx (the official block_size), of which a
+    sequence reads its first T rows; pos_init="zeros" zeroes it and changes no other draw."""
+    torch.manual_seed(0)
+    normal = tiny_model(pos_emb=True, pos_rows=96)
+    torch.manual_seed(0)
+    model = tiny_model(pos_emb=True, pos_rows=96, pos_init="zeros")
+    assert model.pos_embed.weight.shape == (96, 64)  # [pos_rows, d_model]
+    assert not model.pos_embed.weight.any()
+    for (name, p), q in zip(normal.named_parameters(), model.parameters(), strict=True):
+        assert name == "pos_embed.weight" or torch.equal(p, q), name
+    with torch.no_grad():
+        model.pos_embed.weight.normal_()
+    x = tokens(model.cfg)
+    before = model(x)
+    with torch.no_grad():
+        model.pos_embed.weight[24:] = 7.0  # rows past n_ctx = 24 are never read
+    assert torch.equal(model(x), before)
+    with pytest.raises(ValueError, match="exceeds the model's n_ctx=24"):
+        model(torch.zeros(1, 25, dtype=torch.long))
+    assert [w.kind for w in model.sparse_weights() if w.name == "pos_embed.weight"] == [
+        "positional"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"pos_rows": 23}, "pos_rows"),
+        ({"pos_rows": 0}, "pos_rows"),
+        ({"pos_init": "ones"}, "pos_init"),
+    ],
+)
+def test_the_positional_table_fields_are_checked(change: dict, named: str) -> None:
+    with pytest.raises(ConfigError, match=rf"GPTConfig\.{named}\b") as e:
+        tiny_config(pos_emb=True, **change)
+    assert "\n" not in str(e.value)
+
+
+def test_configs_without_the_table_fields_load_as_before() -> None:
+    cfg = tiny_config(pos_emb=True)
+    saved = cfg.to_dict()
+    del saved["pos_rows"], saved["pos_init"]  # a config.json written before they existed
+    assert GPTConfig.from_dict(saved) == cfg
+    assert (cfg.pos_rows, cfg.pos_init, cfg.pos_table_rows) == (None, "normal", 24)
+    longer = tiny_config(pos_emb=True, pos_rows=96, pos_init="zeros")
+    assert GPTConfig.from_dict(json.loads(json.dumps(longer.to_dict()))) == longer
+
+
+def test_a_longer_table_round_trips_through_export(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = tiny_model(pos_emb=True, pos_rows=96, pos_init="zeros")
+    with torch.no_grad():
+        model.pos_embed.weight[:30].normal_()  # trained rows, and some past n_ctx
+    export_model(tmp_path / "m", model, None)
+    back = load_model(tmp_path / "m")
+    assert back.cfg == model.cfg
+    for (name, p), q in zip(model.state_dict().items(), back.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
 
 
 def test_forward_rejects_bad_tokens() -> None:

@@ -4,6 +4,7 @@ official code names them."""
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import json
 import pickle
@@ -147,6 +148,30 @@ def test_out_and_back_in_is_the_identity(tmp_path: Path) -> None:
         json.loads((tmp_path / d / "beeg_config.json").read_text()) for d in ("out", "again")
     ]
     assert configs[0] == configs[1]
+
+
+def test_a_table_longer_than_the_context_converts_out_and_in(tmp_path: Path) -> None:
+    """A model whose positional table has more rows than its n_ctx (paper-official's 1024 at
+    256) is written with block_size = its rows and reads back at n_ctx = block_size: the same
+    weights and logits; out again, the same files."""
+    source = source_model(pos_emb=True, pos_rows=40)  # n_ctx 16
+    official.save(source, tmp_path / "out")
+    beeg = json.loads((tmp_path / "out" / "beeg_config.json").read_text())
+    state = torch.load(tmp_path / "out" / "final_model.pt", weights_only=True)
+    assert beeg["block_size"] == 40
+    assert torch.equal(state["transformer.wpe.weight"], source.pos_embed.weight)  # [40, 32]
+    back = load_model(tmp_path / "out")
+    assert back.cfg == dataclasses.replace(source.cfg, n_ctx=40, pos_rows=None)
+    for (name, p), q in zip(source.state_dict().items(), back.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    x = tokens(source.cfg, batch=2, seq=12)
+    with torch.no_grad():
+        assert torch.equal(back(x), source(x))
+    official.save(back, tmp_path / "again")
+    again = torch.load(tmp_path / "again" / "final_model.pt", weights_only=True)
+    assert state.keys() == again.keys()
+    assert all(torch.equal(state[k], again[k]) for k in state)
+    assert json.loads((tmp_path / "again" / "beeg_config.json").read_text()) == beeg
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,12 @@
 """The `paper-official` preset's optimizer step against the official train.py's, computed here
 by hand in plain torch from that script's formulas (its pfrac / expansion-factor bookkeeping,
 its Adam, its apply_topk_ with per-neuron protection by a 1e10 score, its decay), step by step
-on a tiny model. The model's forward pass gives the gradients of both (it is not under test)."""
+on a tiny model. The model's forward pass gives the gradients of both (it is not under test).
+
+The positional table is train.py's `wpe`: more rows than the context (block_size 1024 at n_ctx
+256; here 32 at 8), zeroed and then trained (its module is frozen, not its parameter), counted in
+the gradient RMS and decayed, and projected by apply_topk_'s last branch: neither wte nor lm_head,
+so the block L0, int(L0 · numel) over all its rows, without per-neuron protection."""
 
 from __future__ import annotations
 
@@ -17,12 +22,14 @@ from torch import Tensor
 from sparse_tf import GPT, GPTConfig, OptimConfig, SparseOptimizer, SparsityConfig, preset
 
 T = 10  # total steps
+N_CTX, POS_ROWS = 8, 32  # the positional table has 4 x n_ctx rows, as block_size 1024 at 256
 LR, WD, EPS, BETAS = 1e-2, 0.1, 0.1, (0.9, 0.95)
 WARMUP_FRAC, START, STOP, L0, MIN_ALIVE = 0.2, 0.1, 0.7, 0.2, 4
 # sparse_tf name -> (official role, the neuron-wise top-k dim of official topk_neuronwise_dim)
 ROLES = {
     "embed.weight": ("wte", None),
     "unembed.weight": ("lm_head", None),
+    "pos_embed.weight": ("wpe", None),
     "blocks.0.attn.qkv.weight": ("c_attn", 1),
     "blocks.0.attn.out_proj.weight": ("c_proj", 0),
     "blocks.0.mlp.in_proj.weight": ("c_fc", 1),
@@ -74,6 +81,7 @@ def official_step(
     embbias = pfrac + (ef - pfrac) * (this_pfrac - pfrac) / (ef * ef - pfrac)
     for n, (role, dim) in ROLES.items():
         p = params[n]
+        # Only wte and lm_head take the embedding density; wpe falls to the block rule.
         frac = min(embbias / ef if role in ("wte", "lm_head") else this_pfrac / (ef * ef), 1)
         k = min(int(frac * p.numel()), p.numel())
         score = p.abs()
@@ -103,7 +111,16 @@ def run(optim: OptimConfig, sparsity: SparsityConfig) -> tuple[dict, list[dict],
     """The initial parameters, and the parameters after each step: ours, and the official
     ones computed by hand from the same point."""
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=32, n_ctx=8, n_layer=1, d_model=32, d_mlp=128)
+    # paper-official's model (its positional table: zeros, more rows than n_ctx) made tiny.
+    cfg = dataclasses.replace(
+        preset("paper-official").model,
+        vocab_size=32,
+        n_ctx=N_CTX,
+        n_layer=1,
+        d_model=32,
+        d_mlp=128,
+        pos_rows=POS_ROWS,
+    )
     model = GPT(cfg)
     toks = torch.randint(0, 32, (4, 8))
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -132,6 +149,12 @@ def test_paper_official_takes_the_official_step() -> None:
     kept = [int((s["embed.weight"] != 0).sum()) for s in ours]
     assert kept[-1] == int(L0 * 32 / 256 * 32 * 32)  # ... and the ratio d_model / 256 at the end
     assert kept[2] < 1024  # the embedding thins out from the start of the anneal
+    # The positional table: zeros at first, then trained in the rows the context reads ...
+    assert not init["pos_embed.weight"].any()
+    pos = ours[-1]["pos_embed.weight"]  # [POS_ROWS, d_model]
+    assert not any(s["pos_embed.weight"][N_CTX:].any() for s in ours)  # ... and only there,
+    # kept at the block L0 over all POS_ROWS rows (not over the N_CTX rows that train).
+    assert int((pos != 0).sum()) == int(L0 * POS_ROWS * 32) < N_CTX * 32
 
 
 @pytest.mark.parametrize(
@@ -142,6 +165,7 @@ def test_paper_official_takes_the_official_step() -> None:
         {"kept_rounding": "round"},
         {"anneal_clock": "after_step"},
         {"warmup_clock": "after_step"},
+        {"pos_density": "embedding"},
     ],
 )
 def test_each_default_departs_from_the_official_step(default: dict) -> None:
@@ -179,8 +203,14 @@ def test_the_eot_bigram_row_can_stay_untrained() -> None:
 
 def test_paper_official_is_paper_d1024_but_for_the_step() -> None:
     official, paper = preset("paper-official"), preset("paper-d1024")
-    assert dataclasses.replace(official, sparsity=paper.sparsity, optim=paper.optim) == paper
+    assert (
+        dataclasses.replace(official, model=paper.model, sparsity=paper.sparsity, optim=paper.optim)
+        == paper
+    )
     ours = {"embed_mult": 4.0, "embed_schedule": "ratio", "kept_rounding": "round",
-            "anneal_clock": "after_step"}  # fmt: skip
+            "anneal_clock": "after_step", "pos_density": "embedding"}  # fmt: skip
     assert dataclasses.replace(official.sparsity, **ours) == paper.sparsity
     assert dataclasses.replace(official.optim, warmup_clock="after_step") == paper.optim
+    # train.py's wpe: block_size = 1024 rows at n_ctx 256, zeroed (then trained)
+    table = {"pos_emb": True, "pos_rows": 1024, "pos_init": "zeros"}
+    assert dataclasses.replace(paper.model, **table) == official.model
