@@ -245,7 +245,7 @@ def test_gpt_declares_the_right_matrices_and_axes() -> None:
     model = tiny_model(pos_emb=True)
     axes = {w.name: (w.kind, w.neuron_dim) for w in model.sparse_weights()}
     assert axes["embed.weight"] == ("embedding", None)
-    assert axes["pos_embed.weight"] == ("embedding", None)
+    assert axes["pos_embed.weight"] == ("positional", None)  # embedding density by default
     assert axes["unembed.weight"] == ("embedding", None)
     for i in range(2):
         assert axes[f"blocks.{i}.attn.qkv.weight"] == ("block", ROWS)
