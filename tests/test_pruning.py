@@ -653,7 +653,9 @@ def _browser():
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
-def test_viewer_renders_the_circuit_in_chromium(pruned: Path, tmp_path: Path) -> None:
+def test_viewer_renders_the_circuit_in_chromium(
+    pruned: Path, trained: Path, tmp_path: Path
+) -> None:
     from PIL import Image
     from selenium.webdriver.common.by import By
 
@@ -671,6 +673,10 @@ def test_viewer_renders_the_circuit_in_chromium(pruned: Path, tmp_path: Path) ->
             browser.find_element(By.ID, "title").text
         )
         assert browser.find_elements(By.CSS_SELECTOR, "#curve polyline.curve")
+        # Rows by the hook API's names: the names circuit.json, model.hooks and the summary use.
+        labels = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "tspan.sitename")]
+        assert labels == [s.name for s in node_sites(load_model(trained).cfg, final_resid=True)]
+        assert set(circuit.nodes) <= set(labels)
         browser.execute_script(
             "arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", nodes[0]
         )
