@@ -653,7 +653,9 @@ def _browser():
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
-def test_viewer_renders_the_circuit_in_chromium(pruned: Path, tmp_path: Path) -> None:
+def test_viewer_renders_the_circuit_in_chromium(
+    pruned: Path, trained: Path, tmp_path: Path
+) -> None:
     from PIL import Image
     from selenium.webdriver.common.by import By
 
@@ -671,6 +673,10 @@ def test_viewer_renders_the_circuit_in_chromium(pruned: Path, tmp_path: Path) ->
             browser.find_element(By.ID, "title").text
         )
         assert browser.find_elements(By.CSS_SELECTOR, "#curve polyline.curve")
+        # Rows by the hook API's names: the names circuit.json, model.hooks and the summary use.
+        labels = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "tspan.sitename")]
+        assert labels == [s.name for s in node_sites(load_model(trained).cfg, final_resid=True)]
+        assert set(circuit.nodes) <= set(labels)
         browser.execute_script(
             "arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", nodes[0]
         )
@@ -724,6 +730,160 @@ def test_viewer_escapes_the_embedded_data() -> None:
     data = page.split('<script id="data" type="application/json">')[1].split("</script>")[0]
     assert json.loads(data)["circuit"]["model"] == "runs/<!--<script>/final & co"
     assert json.loads(data)["circuit"]["task"] == "</script><b>x"
+
+
+TRICKY_PROMPT = "x = \"</script><b>&amp;\"\ny = '\\n' </SCRIPT> <!--"
+"""A prompt a code task may well have: a closing script tag, quotes, `&`, a newline, an escape."""
+
+
+def _big_view() -> ViewData:
+    """A synthetic circuit of the tiny model's node sites with 300 nodes in one row, 3,000
+    edges drawn of 5,123 and 40 residual links of 45, and the tricky prompt."""
+    rng = random.Random(0)
+    sites = node_sites(tiny_config(), final_resid=True)
+    counts = [
+        300 if s.kind == "mlp.post_act" and s.layer == 0 else 1 + i % 5 for i, s in enumerate(sites)
+    ]
+    view_sites = [
+        {
+            "name": s.name,
+            "layer": s.layer,
+            "kind": s.kind,
+            "width": max(s.width, n),
+            "d_head": 16,
+            "nodes": list(range(n)),
+        }
+        for s, n in zip(sites, counts, strict=True)
+    ]
+    edges: list[list[object]] = []
+    for _ in range(3000):
+        a = rng.randrange(len(sites) - 1)
+        b = rng.randrange(a + 1, min(len(sites), a + 5))
+        w = round(rng.uniform(-1, 1), 4)
+        edges.append([a, rng.randrange(counts[a]), b, rng.randrange(counts[b]), w, "mlp.in"])
+    for k in range(40):
+        edges.append([0, 0, len(sites) - 1, k % counts[-1], 1.0, "resid"])
+    circuit = Circuit(
+        task="t", target_loss=0.15, reached_target=True,
+        nodes={s.name: list(range(n)) for s, n in zip(sites, counts, strict=True)},
+        n_nodes=sum(counts), n_total_nodes=5000, n_edges=5123, edges_by_type={"mlp.in": 5123},
+        edges_by_layer={"0": {"mlp.in": 5123}}, logit_scale=1.0, sufficiency={}, necessity={},
+        full_model={}, all_ablated={}, loss_vs_k=[[1, 0.5], [10, 0.1]], n_resid_links=45,
+    )  # fmt: skip
+    tokens = [TRICKY_PROMPT[:9], TRICKY_PROMPT[9:20], TRICKY_PROMPT[20:]]
+    prompts = [
+        {"cls": c, "tokens": tokens, "target": t, "alternative": a}
+        for c, t, a in (("a", ' "', " '"), ("b", " '", ' "'))
+    ]
+    key = f"{len(sites) - 1}:0"
+    return ViewData(
+        circuit.to_dict(), view_sites, edges, 5123 - 3000, prompts,
+        {key: [[0.5, -1.0, 2.0]] * 2}, {key: [0.5, -0.5]}, ["a", "b"],
+        {"a": ' "', "b": "</script>'\n"}, links_left_out=5,
+    )  # fmt: skip
+
+
+def test_viewer_embeds_prompts_and_labels_as_data() -> None:
+    page = render_html(_big_view())
+    assert page.count("</script>") == 2  # the two real ones
+    assert page.count("<script") == 2
+    assert "</SCRIPT" not in page
+    assert "<!--" not in page
+    data = json.loads(page.split('type="application/json">')[1].split("</script>")[0])
+    assert "".join(data["prompts"][0]["tokens"]) == TRICKY_PROMPT
+    assert data["classes"]["b"] == "</script>'\n"
+    assert (data["edges_left_out"], data["links_left_out"]) == (2123, 5)
+    # A task named like a placeholder gets its own name in the title, not the data.
+    view = dataclasses.replace(_big_view(), circuit={**_big_view().circuit, "task": "__DATA__"})
+    assert "<title>circuit: __DATA__</title>" in render_html(view)
+
+
+def test_viewer_fits_a_large_circuit_in_chromium(tmp_path: Path) -> None:
+    """300 nodes in a row stay inside the panel; the note gives the right counts; prompts and
+    class labels are their own text; rows are labelled by hook name; zoom and pan work."""
+    from selenium.webdriver.common.by import By
+
+    view = _big_view()
+    page = tmp_path / "big.html"
+    page.write_text(render_html(view))
+    browser = _browser()
+    try:
+        browser.get(page.as_uri())
+        box = browser.execute_script(
+            "return document.getElementById('graphbox').getBoundingClientRect().toJSON()"
+        )
+        rects = browser.execute_script(
+            "return [...document.querySelectorAll('circle.node')]"
+            ".map(c => c.getBoundingClientRect().toJSON())"
+        )
+        assert len(rects) == sum(len(s["nodes"]) for s in view.sites)
+        outside = [
+            r for r in rects
+            if r["left"] < box["left"] or r["right"] > box["right"] + 0.5 or r["width"] <= 0
+        ]  # fmt: skip
+        assert not outside, (box, outside[:3])
+        svg = browser.find_element(By.ID, "graph")
+        assert svg.get_dom_attribute("viewBox").startswith("0 0 ")
+        assert svg.size["width"] <= box["width"]
+        note = browser.find_element(By.ID, "leftout").text
+        assert "the 3,000 strongest of 5,123 edges (by |weight|)" in note
+        assert "the first 40 of 45 residual links" in note
+        labels = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "tspan.sitename")]
+        assert labels == [s.name for s in node_sites(tiny_config(), final_resid=True)]
+        shown = TRICKY_PROMPT.replace("\n", "\u21b5\n")
+        texts = browser.execute_script(
+            "return [...document.querySelectorAll('#prompts .text')].map(e => e.textContent)"
+        )
+        assert texts == [shown, shown]
+        classes = browser.execute_script(
+            "return ['class-a', 'class-b'].map(i => document.getElementById(i).textContent)"
+        )
+        assert classes == [' "', "</script>'\u21b5\n"]
+        # Zoom: the buttons and the wheel narrow the viewBox, reset fits again.
+        fit = svg.get_dom_attribute("viewBox")
+        browser.find_element(By.ID, "zoomin").click()
+        width = float(svg.get_dom_attribute("viewBox").split()[2])
+        assert width < float(fit.split()[2])
+        browser.execute_script(
+            "arguments[0].dispatchEvent(new WheelEvent('wheel', {deltaY: -300, clientX: 400,"
+            " clientY: 200, bubbles: true, cancelable: true}))",
+            svg,
+        )
+        assert float(svg.get_dom_attribute("viewBox").split()[2]) < width
+        browser.find_element(By.ID, "zoomreset").click()
+        assert svg.get_dom_attribute("viewBox") == fit
+        # The last site's node 0 carries token activations: its prompts are the text too.
+        node = browser.find_element(By.CSS_SELECTOR, f'circle[data-id="{len(view.sites) - 1}:0"]')
+        browser.execute_script(
+            "arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", node
+        )
+        assert browser.find_element(By.ID, "nodename").text.startswith(view.sites[-1]["name"])
+        tokens = browser.execute_script(
+            "return [...document.querySelectorAll('#panel .prompt')]"
+            ".map(p => [...p.querySelectorAll('.tok')].map(t => t.textContent).join(''))"
+        )
+        assert tokens == [shown, shown]
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        browser.quit()
+
+
+def test_the_summary_names_sites_by_hook_name() -> None:
+    sites = node_sites(tiny_config(), final_resid=True)
+    nodes = {s.name: [0, 1] if i % 3 == 0 else [] for i, s in enumerate(sites)}
+    scores = {"loss": 0.1, "loss_uncalibrated": 0.2, "accuracy": 0.9}
+    circuit = dataclasses.replace(
+        Circuit.from_dict(_big_view().circuit),
+        nodes=nodes,
+        sufficiency=scores,
+        necessity=scores,
+        full_model=scores,
+        all_ablated=scores,
+    )
+    line = circuit.summary().splitlines()[-1]
+    kept = [s.name for i, s in enumerate(sites) if i % 3 == 0]
+    assert line == "nodes by site: " + ", ".join(f"{name} 2" for name in kept)
 
 
 def test_hand_edited_nodes_are_refused_with_the_entry_named(tmp_path: Path) -> None:

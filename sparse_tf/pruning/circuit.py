@@ -140,8 +140,15 @@ class Circuit:
                 f"full model (test): loss {calibrated}{full['loss']:.4f} uncalibrated; "
                 f"accuracy {full['accuracy']:.3f}; all nodes ablated: loss "
                 f"{self.all_ablated['loss']:.4f}",
+                f"nodes by site: {self.nodes_by_site() or 'none'}",
             ]
         )
+
+    def nodes_by_site(self) -> str:
+        """`blocks.0.attn.hook_q 3, ...`: the kept nodes per site, by the hook names that
+        `model.hooks` and `run_with_cache` take (circuit.json's `nodes` keys; the viewer's row
+        labels), in the file's order (forward order for `sparse-tf prune`'s)."""
+        return ", ".join(f"{name} {len(c)}" for name, c in self.nodes.items() if c)
 
 
 def _required(f: dataclasses.Field[Any]) -> bool:

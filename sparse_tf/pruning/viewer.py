@@ -1,10 +1,14 @@
 """circuit.html: a self-contained page (inline SVG and JavaScript; no server, no network) that
 shows a circuit.
 
-- The graph: one row per node site, layer 0 at the bottom; each kept node a circle, each edge a
-  line (blue: positive weight, red: negative; width: |weight| relative to the largest of its
-  type). Residual links (a write to a later read of the same channel; not edges, see
-  `edges`) arc between rows, grey and dashed.
+- The graph: one row per node site (labelled by its hook name, as `model.hooks` and
+  `run_with_cache` call it), layer 0 at the bottom; each kept node a circle, each edge a line
+  (blue: positive weight, red: negative; width: |weight| relative to the largest of its type).
+  Residual links (a write to a later read of the same channel; not edges, see `edges`) arc
+  between rows, grey and dashed. The graph fits the panel's width at any size (a row of
+  hundreds of nodes packs them closer); wheel or +/- zoom, drag pans. At most `MAX_EDGES`
+  edges (the strongest) and `MAX_LINKS` links are drawn, and a note says how many of how many.
+- The test prompts as text (a newline shows as ↵ and breaks the line), and the two classes.
 - Click a node: its edges are highlighted, and a panel shows its activations in the circuit
   (everything else mean-ablated) on task prompts of both classes: the value at the decision
   position for every prompt of each class, and prompts coloured token by token.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -31,15 +36,18 @@ from torch import Tensor
 from sparse_tf.data.tokenizer import eot_id
 from sparse_tf.model import GPT
 from sparse_tf.pruning.circuit import Circuit
-from sparse_tf.pruning.edges import edge_blocks
+from sparse_tf.pruning.edges import RESID, edge_blocks
 from sparse_tf.pruning.masks import keep_gates, mean_ablation
 from sparse_tf.pruning.nodes import NodeSite
-from sparse_tf.sites import FINAL_RESID, NODE_SITES
+from sparse_tf.sites import NODE_SITES
 from sparse_tf.tasks import PairSource, encode_pairs
 from sparse_tf.tasks.encoding import batches
 
 MAX_EDGES = 20_000
-"""Edges drawn at most (the strongest); the page says how many it left out."""
+"""Edges drawn at most (the strongest by |weight|); the page says how many it left out."""
+MAX_LINKS = 5_000
+"""Residual links drawn at most (in forward order: they all carry weight 1, so none is
+stronger); apart from the edges, so that links never crowd out weighted edges."""
 MAX_TOKEN_NODES = 400
 """Nodes with token-by-token activations at most (every node gets decision-position values)."""
 
@@ -48,10 +56,13 @@ MAX_TOKEN_NODES = 400
 class ViewData:
     circuit: dict[str, Any]
     sites: list[dict[str, Any]]
-    """Every node site in forward order: name, label, layer, kind, width, nodes (kept)."""
+    """Every node site in forward order: name (the hook name), layer, kind, width, d_head,
+    nodes (kept)."""
     edges: list[list[Any]]
-    """[src site, src position in its node list, dst site, dst position, weight, type]."""
+    """[src site, src position in its node list, dst site, dst position, weight, type]: the
+    drawn edges and residual links (type "resid")."""
     edges_left_out: int
+    """Edges (not links) measured but not drawn: the page states drawn + left out."""
     prompts: list[dict[str, Any]]
     """Prompts shown token by token: class, tokens (strings), target, alternative."""
     acts: dict[str, list[list[float]]]
@@ -62,6 +73,8 @@ class ViewData:
     """The class ("a" or "b") of every scored prompt."""
     classes: dict[str, str]
     """What the two classes are (the correct candidate of each)."""
+    links_left_out: int = 0
+    """Residual links measured but not drawn."""
 
 
 @torch.no_grad()
@@ -82,15 +95,16 @@ def viewer_data(
     prompts with everything outside the circuit mean-ablated."""
     device = next(model.parameters()).device
     index = {s.name: i for i, s in enumerate(sites)}
-    edges = []
+    edges, links = [], []
     for b in edge_blocks(model, sites, circuit.nodes):
         nz = torch.nonzero(b.weights)  # [n_edges, 2]: (dst position, src position)
         values = b.weights[nz[:, 0], nz[:, 1]].tolist()
         for (d, s), w in zip(nz.tolist(), values, strict=True):
-            edges.append([index[b.src], s, index[b.dst], d, round(w, 5), b.type])
-    left_out = max(0, len(edges) - MAX_EDGES)
-    if left_out:
-        edges = sorted(edges, key=lambda e: -abs(e[4]))[:MAX_EDGES]
+            (links if b.type == RESID else edges).append(
+                [index[b.src], s, index[b.dst], d, round(w, 5), b.type]
+            )
+    edges, left_out = strongest(edges, MAX_EDGES)
+    links_left_out = max(0, len(links) - MAX_LINKS)
 
     encoded = encode_pairs(task.pairs(max(shown_pairs, scored_pairs), seed, "test"), tok)
     batch = next(batches(encoded, len(encoded), model.cfg.n_ctx, eot_id(tok))).to(device)
@@ -132,7 +146,6 @@ def viewer_data(
         sites=[
             {
                 "name": s.name,
-                "label": s.kind if s.kind == FINAL_RESID.kind else f"L{s.layer} {s.kind}",
                 "layer": s.layer,
                 "kind": s.kind,
                 "width": s.width,
@@ -141,14 +154,23 @@ def viewer_data(
             }
             for s in sites
         ],
-        edges=edges,
+        edges=edges + links[:MAX_LINKS],
         edges_left_out=left_out,
         prompts=prompts,
         acts=acts,
         last=last,
         last_classes=["ab"[m % 2] for m in range(len(batch.lengths))],
         classes={"a": prompts[0]["target"], "b": prompts[1]["target"]},
+        links_left_out=links_left_out,
     )
+
+
+def strongest(edges: list[list[Any]], limit: int) -> tuple[list[list[Any]], int]:
+    """The `limit` edges of largest |weight| (all of them, in their order, if they fit) and
+    how many were left out."""
+    if len(edges) <= limit:
+        return edges, 0
+    return sorted(edges, key=lambda e: -abs(e[4]))[:limit], len(edges) - limit
 
 
 def _round(values: list[float]) -> list[float]:
@@ -159,6 +181,7 @@ def render_html(view: ViewData) -> str:
     """The page, with `view` embedded as JSON."""
     # No "<", ">" or "&" inside the <script> element: "</script>" would end it and "<!--"
     # changes how the browser parses the rest; JSON reads the escapes back as the characters.
+    # (Task prompts are code: `</script>`, quotes and `&` do occur in them.)
     data = json.dumps(asdict(view), separators=(",", ":"))
     for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
         data = data.replace(char, escape)
@@ -166,5 +189,6 @@ def render_html(view: ViewData) -> str:
     # The node kinds whose channels belong to heads (q, k, v): the page names a node's head.
     head_kinds = json.dumps([s.kind for s in NODE_SITES if s.per_head])
     page = resources.files("sparse_tf.pruning").joinpath("viewer.html").read_text()
-    page = page.replace("__HEAD_KINDS__", head_kinds)
-    return page.replace("__TITLE__", title).replace("__DATA__", data)
+    # One pass: a task named "__DATA__" must not have the data substituted into its title.
+    values = {"TITLE": title, "DATA": data, "HEAD_KINDS": head_kinds}
+    return re.sub(r"__(TITLE|DATA|HEAD_KINDS)__", lambda m: values[m.group(1)], page)
