@@ -215,7 +215,8 @@ def test_hf_gpt2_configs_refuse_what_gpt2_lacks() -> None:
     # GPT-2 is its own model: a saved config names it, and the sparse model's fields that
     # configs saved while it was GPTConfig(arch="hf_gpt2") carry must have GPT-2's values.
     saved = tiny_config(afrac=None, bigram=False, pos_emb=True).to_dict()
-    del saved["afrac_sites"]  # added to GPTConfig after GPT-2 became its own model
+    for later in ("afrac_sites", "pos_rows", "pos_init"):  # added to GPTConfig after GPT-2
+        del saved[later]  # became its own model: no legacy config carries them
     legacy = {**saved, "arch": "hf_gpt2"}
     assert GPT2Config.from_dict(legacy) == gpt2_config(n_layer=2, d_model=64)
     with pytest.raises(ConfigError, match=r"afrac=0.25, but GPT-2 has afrac=None"):
