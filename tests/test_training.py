@@ -392,7 +392,8 @@ def test_cli_train_end_to_end_and_errors(corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli"
     ok = _cli(*_tiny_flags(corpus, out, 6))
     assert ok.returncode == 0, ok.stderr
-    assert "done: val loss" in ok.stderr
+    said = r"done: val loss \d+\.\d{4} \(the whole validation split: [\d,]+ windows\)"
+    assert re.search(said, ok.stderr), ok.stderr
     assert load_model(out / "final").cfg.d_mlp == 128  # re-derived from --model.d-model 32
 
     again = _cli(*_tiny_flags(corpus, out, 6))

@@ -546,7 +546,9 @@ class _Run:
                 logger.message(message)
         write_json(self.out / SUMMARY_FILE, summary)
         files = ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in sizes.items())
-        val = "-" if val_loss is None else f"{val_loss:.4f}"
+        val = "-"
+        if val_loss is not None and data.val is not None:  # say over what, as eval does
+            val = f"{val_loss:.4f} (the whole validation split: {len(data.val):,} windows)"
         logger.message(f"done: val loss {val}; exported {final} ({files})")
         return TrainResult(out=self.out, final=final, summary=summary)
 
