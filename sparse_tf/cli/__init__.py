@@ -61,12 +61,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("commands", "find a task's minimal circuit; write circuit.json and circuit.html"),
     "analyze": ("tools", "ACE cores, rotation between models, factored subspaces"),
     "plot": ("tools", "draw a run's loss, L0, LR and tokens/s curves (PNG + one HTML page)"),
-    "describe": ("commands", "print a model's shape and per-matrix L0 budget"),
+    "describe": ("tools", "print a model's shape and per-matrix L0 budget"),
     "calibrate": ("tools", "measure when the sparse matmul beats cuBLAS on this GPU"),
     "convert": ("tools", "to and from OpenAI's released circuit_sparsity model layout"),
 }
 """Each command: the module of `sparse_tf.cli` whose NAME_command runs it (`commands` for those
-whose flags are the library's configs, `tools` for the rest), and its line in `--help`."""
+whose flags are the library's configs that need torch, `tools` for the rest), and its line in
+`--help`."""
 
 
 def main(argv: list[str] | None = None) -> None:

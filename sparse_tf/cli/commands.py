@@ -1,6 +1,6 @@
-"""The commands whose flags are the library's configs: train, bridge, prune, describe and data
-prepare (dataclasses that tyro turns into a parser) and what each one runs. Their `--help`
-needs the configs, and so torch; `sparse_tf.cli.main` imports this module only to run one of
+"""The commands whose flags are the library's configs: train, bridge, prune and data prepare
+(dataclasses that tyro turns into a parser) and what each one runs. Their `--help` needs the
+configs, and so torch; `sparse_tf.cli.main` imports this module only to run one of
 them (the other commands are in `tools`)."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import tyro
 
 from sparse_tf.bridges.bridge import BridgeConfig
@@ -35,11 +34,9 @@ from sparse_tf.config_files import field_defaults, overlay, read_toml
 from sparse_tf.data.pipeline import DataConfig
 from sparse_tf.errors import SparseTFError
 from sparse_tf.filenames import RUN_FILE
-from sparse_tf.model import GPT, GPTConfig
 from sparse_tf.parallel import launch
 from sparse_tf.presets import DEFAULT_PRESET, PRESETS, preset
 from sparse_tf.pruning.search import PruneConfig
-from sparse_tf.sparsity import COLS, ROWS, SparsityConfig, abstopk_k, kept_count
 from sparse_tf.training import RunOptions, TrainConfig, TrainingStopped, train
 from sparse_tf.training.run_folder import FOLDER_FLAGS, saved_config
 
@@ -358,57 +355,6 @@ def prune_command(argv: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(TARGET_MISSED_STATUS)
-
-
-def describe(model: GPTConfig, sparsity: SparsityConfig = SparsityConfig(l0=1 / 64)) -> None:
-    """Print a model's shape, parameter counts and the L0 budget of every sparse matrix.
-
-    Nothing is allocated (the model is built on the meta device), so paper-scale shapes are fine.
-    """
-    print(format_description(model, sparsity))
-
-
-def describe_command(argv: list[str]) -> None:
-    tyro_cli(describe, prog="sparse-tf describe", args=argv)
-
-
-def format_description(cfg: GPTConfig, sparsity: SparsityConfig) -> str:
-    with torch.device("meta"):
-        model = GPT(cfg)
-    weights = model.sparse_weights()
-    n_total = sum(p.numel() for p in model.parameters())
-    n_sparse = sum(w.param.numel() for w in weights)
-    acts = "off"
-    if cfg.afrac is not None:
-        k_model, k_mlp = abstopk_k(cfg.afrac, cfg.d_model), abstopk_k(cfg.afrac, cfg.d_mlp)
-        acts = f"{cfg.afrac} (k = {k_model} of d_model, {k_model} of q/k/v, {k_mlp} of d_mlp)"
-    axis = {ROWS: "rows", COLS: "columns", None: "-"}
-    l0 = sparsity.l0
-    lines = [
-        f"GPT: {cfg.n_layer} layers, d_model {cfg.d_model}, {cfg.n_head} heads x {cfg.d_head}, "
-        f"d_mlp {cfg.d_mlp}, vocab {cfg.vocab_size}, n_ctx {cfg.n_ctx}",
-        f"AbsTopK: {acts}; bigram {'on' if cfg.bigram else 'off'}; "
-        f"attention sinks {'on' if cfg.attn_sink else 'off'}; "
-        f"positional embedding {'on' if cfg.pos_emb else 'off'}",
-        f"parameters: {n_total:,} ({n_sparse:,} in {len(weights)} sparse matrices, "
-        f"{n_total - n_sparse:,} dense: biases, norms, sinks, bigram)",
-        "",
-        f"at L0 {l0:g} (embeddings x"
-        f"{'d_model/256' if sparsity.embed_mult is None else f'{sparsity.embed_mult:g}'}, "
-        f">= {sparsity.min_per_neuron} nonzeros per neuron):",
-        f"{'matrix':<32} {'shape':>13} {'entries':>12} {'kept':>10} {'density':>8}  neurons",
-    ]
-    kept_total = 0
-    for w in weights:
-        kept = kept_count(w, l0, sparsity)
-        kept_total += kept
-        shape = " x ".join(str(s) for s in w.param.shape)
-        lines.append(
-            f"{w.name:<32} {shape:>13} {w.param.numel():>12,} {kept:>10,} "
-            f"{kept / w.param.numel():>8.4f}  {axis[w.neuron_dim]}"
-        )
-    lines.append(f"{'total':<32} {'':>13} {n_sparse:>12,} {kept_total:>10,}")
-    return "\n".join(lines)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

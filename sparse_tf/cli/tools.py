@@ -1,6 +1,7 @@
 """The commands that work on trained models, runs and tasks: eval, perturb, tasks, analyze,
-convert, calibrate, plot. Their flags are plain values, so their `--help` imports neither torch
-nor the library: each command imports what it runs."""
+convert, calibrate, plot, describe. Their flags are plain values or torch-free configs
+(`describe`'s GPTConfig and SparsityConfig), so their `--help` imports neither torch nor the
+rest of the library: each command imports what it runs."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from sparse_tf.cli.common import exclusive_task_flags, require, require_json_tar
 from sparse_tf.errors import SparseTFError
 from sparse_tf.filenames import CIRCUIT_FILE, TOKENIZER_FILE, VIZ_DATA_FILE
 from sparse_tf.io import write_json
+from sparse_tf.model_config import GPTConfig
+from sparse_tf.sparsity_config import SparsityConfig, abstopk_k
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -502,3 +505,59 @@ def calibrate_command(argv: list[str]) -> None:
     name = crossovers.device_name(device)
     print(crossovers.calibration_table(name, rows))
     print(f"wrote {crossovers.cache_file(name)}")
+
+
+def describe(model: GPTConfig, sparsity: SparsityConfig = SparsityConfig(l0=1 / 64)) -> None:
+    """Print a model's shape, parameter counts and the L0 budget of every sparse matrix.
+
+    Nothing is allocated (the model is built on the meta device), so paper-scale shapes are fine.
+    """
+    print(format_description(model, sparsity))
+
+
+def describe_command(argv: list[str]) -> None:
+    tyro_cli(describe, prog="sparse-tf describe", args=argv)
+
+
+def format_description(cfg: GPTConfig, sparsity: SparsityConfig) -> str:
+    import torch
+
+    from sparse_tf.model import GPT
+    from sparse_tf.sparsity import COLS, ROWS, kept_count
+
+    with torch.device("meta"):
+        model = GPT(cfg)
+    weights = model.sparse_weights()
+    n_total = sum(p.numel() for p in model.parameters())
+    n_sparse = sum(w.param.numel() for w in weights)
+    acts = "off"
+    if cfg.afrac is not None:
+        k_model, k_mlp = abstopk_k(cfg.afrac, cfg.d_model), abstopk_k(cfg.afrac, cfg.d_mlp)
+        acts = f"{cfg.afrac} (k = {k_model} of d_model, {k_model} of q/k/v, {k_mlp} of d_mlp)"
+    axis = {ROWS: "rows", COLS: "columns", None: "-"}
+    l0 = sparsity.l0
+    lines = [
+        f"GPT: {cfg.n_layer} layers, d_model {cfg.d_model}, {cfg.n_head} heads x {cfg.d_head}, "
+        f"d_mlp {cfg.d_mlp}, vocab {cfg.vocab_size}, n_ctx {cfg.n_ctx}",
+        f"AbsTopK: {acts}; bigram {'on' if cfg.bigram else 'off'}; "
+        f"attention sinks {'on' if cfg.attn_sink else 'off'}; "
+        f"positional embedding {'on' if cfg.pos_emb else 'off'}",
+        f"parameters: {n_total:,} ({n_sparse:,} in {len(weights)} sparse matrices, "
+        f"{n_total - n_sparse:,} dense: biases, norms, sinks, bigram)",
+        "",
+        f"at L0 {l0:g} (embeddings x"
+        f"{'d_model/256' if sparsity.embed_mult is None else f'{sparsity.embed_mult:g}'}, "
+        f">= {sparsity.min_per_neuron} nonzeros per neuron):",
+        f"{'matrix':<32} {'shape':>13} {'entries':>12} {'kept':>10} {'density':>8}  neurons",
+    ]
+    kept_total = 0
+    for w in weights:
+        kept = kept_count(w, l0, sparsity)
+        kept_total += kept
+        shape = " x ".join(str(s) for s in w.param.shape)
+        lines.append(
+            f"{w.name:<32} {shape:>13} {w.param.numel():>12,} {kept:>10,} "
+            f"{kept / w.param.numel():>8.4f}  {axis[w.neuron_dim]}"
+        )
+    lines.append(f"{'total':<32} {'':>13} {n_sparse:>12,} {kept_total:>10,}")
+    return "\n".join(lines)
