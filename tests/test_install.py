@@ -103,12 +103,13 @@ def test_top_level_help_does_not_import_torch() -> None:
         "calibrate",
         "plot",
         "describe",
+        "prune",
     ],
 )
 def test_help_of_commands_with_plain_flags_does_not_import_torch(command: str) -> None:
     """Commands whose flags are plain values (or torch-free configs: describe's GPTConfig and
-    SparsityConfig) parse them before importing the library (the others' flags are the
-    library's config dataclasses, which need torch)."""
+    SparsityConfig, prune's PruneConfig) parse them before importing the library (the others'
+    flags are the library's config dataclasses, which need torch)."""
     code = "from sparse_tf.cli import main\ntry:\n"
     code += f"    main({command.split()!r} + ['--help'])\nexcept SystemExit as e:\n"
     code += "    assert not e.code, e.code\nprint('torch' in sys.modules)"

@@ -58,7 +58,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "perturb": ("tools", "edit a bridged sparse model's site; effect on the dense model"),
     "eval": ("tools", "score a trained model on the 20 hand-built tasks and its val split"),
     "tasks": ("tools", "list the hand-built tasks, show example pairs, export them"),
-    "prune": ("commands", "find a task's minimal circuit; write circuit.json and circuit.html"),
+    "prune": ("tools", "find a task's minimal circuit; write circuit.json and circuit.html"),
     "analyze": ("tools", "ACE cores, rotation between models, factored subspaces"),
     "plot": ("tools", "draw a run's loss, L0, LR and tokens/s curves (PNG + one HTML page)"),
     "describe": ("tools", "print a model's shape and per-matrix L0 budget"),

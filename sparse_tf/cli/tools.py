@@ -1,7 +1,7 @@
 """The commands that work on trained models, runs and tasks: eval, perturb, tasks, analyze,
-convert, calibrate, plot, describe. Their flags are plain values or torch-free configs
-(`describe`'s GPTConfig and SparsityConfig), so their `--help` imports neither torch nor the
-rest of the library: each command imports what it runs."""
+convert, calibrate, plot, describe, prune. Their flags are plain values or torch-free configs
+(describe's GPTConfig and SparsityConfig, prune's PruneConfig), so their `--help` imports
+neither torch nor the rest of the library: each command imports what it runs."""
 
 from __future__ import annotations
 
@@ -13,11 +13,23 @@ from typing import Annotated, Any, ClassVar, Literal
 import tyro
 
 from sparse_tf.cli import Interrupted, UsageError
-from sparse_tf.cli.common import exclusive_task_flags, require, require_json_target, tyro_cli
+from sparse_tf.cli.common import (
+    CONFIG_FILE_FLAGS,
+    ConfigFileArgs,
+    config_file_flag,
+    exclusive_task_flags,
+    file_default,
+    print_config,
+    require,
+    require_json_target,
+    tyro_cli,
+)
+from sparse_tf.config_files import field_defaults
 from sparse_tf.errors import SparseTFError
 from sparse_tf.filenames import CIRCUIT_FILE, TOKENIZER_FILE, VIZ_DATA_FILE
 from sparse_tf.io import write_json
 from sparse_tf.model_config import GPTConfig
+from sparse_tf.pruning.config import PruneConfig
 from sparse_tf.sparsity_config import SparsityConfig, abstopk_k
 
 
@@ -561,3 +573,100 @@ def format_description(cfg: GPTConfig, sparsity: SparsityConfig) -> str:
         )
     lines.append(f"{'total':<32} {'':>13} {n_sparse:>12,} {kept_total:>10,}")
     return "\n".join(lines)
+
+
+TARGET_MISSED_STATUS = 3
+"""The exit status of `sparse-tf prune` when the circuit misses the target loss (its files are
+written all the same): not an error's 1, so that scripts can tell the two apart."""
+
+
+PRUNE_FILE_EXCLUDE = {
+    **CONFIG_FILE_FLAGS,
+    "overwrite": "replaces the result in --out: a command-line flag (--overwrite), not a "
+    "config value",
+}
+"""What a pruning config file may not set (and --print-config does not write)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PruneArgs(ConfigFileArgs):
+    """Find the smallest circuit of a trained model for a task (learned node masks, mean
+    ablation) and write circuit.json, circuit.html, loss_vs_k.png (with the [plot] extra),
+    means.safetensors and scores.safetensors. Exit status 3 when the circuit misses the target
+    loss (the summary's first line says so; the files are written all the same), 1 on an
+    error."""
+
+    model: str
+    """Model folder: a run's final/ or step-N/, or an export."""
+    task: str | None = None
+    """A task name (see `sparse-tf tasks`); or give --pairs."""
+    pairs: str | None = None
+    """Your own task instead of a built-in one: a JSON-lines file of contrast pairs, as
+    `sparse-tf tasks --out` writes; split into train/val/test as the built-in tasks, every
+    candidate one token of the model's tokenizer. Not with --task."""
+    out: str
+    """Output folder (written when complete; an earlier result is replaced with --overwrite)."""
+    config: Annotated[PruneConfig, tyro.conf.arg(name="")] = PruneConfig()
+    means: str | None = None
+    """Ablation means (means.safetensors of an earlier run) instead of computing them."""
+    mean_windows: int = 256
+    """Training windows the ablation means are taken over."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    overwrite: bool = False
+    """Replace an earlier pruning result in --out."""
+    study: str | None = None
+    """SQLite file of the search's Optuna study (created if missing): rerun the same command to
+    resume after a kill, or start several at once to search in parallel; --budget counts the
+    study's completed trials. Default: a study in memory."""
+
+    def __post_init__(self) -> None:
+        exclusive_task_flags(self.task, self.pairs, required=True)
+        require(self.mean_windows >= 1, self, "mean_windows", "must be at least 1")
+
+
+def prune_command(argv: list[str]) -> None:
+    prog = "sparse-tf prune"
+    file = config_file_flag(argv, prog)
+    default = None
+    if file is not None:
+        base = field_defaults(PruneArgs)
+        default = file_default(PruneArgs, base, file, exclude=PRUNE_FILE_EXCLUDE)
+    args = tyro_cli(PruneArgs, prog=prog, args=argv, default=default)
+    if args.print_config:
+        print_config(args, prog, exclude=PRUNE_FILE_EXCLUDE)
+        return
+    from sparse_tf.pruning.run import prune_model  # torch-heavy search code only when used
+    from sparse_tf.tasks import read_pairs_file
+
+    task = read_pairs_file(args.pairs) if args.pairs is not None else args.task
+    assert task is not None  # PruneArgs requires one of them
+    try:
+        result = prune_model(
+            args.model,
+            task,
+            args.out,
+            args.config,
+            device=args.device,
+            means_file=args.means,
+            mean_windows=args.mean_windows,
+            overwrite=args.overwrite,
+            study=args.study,
+        )
+    except KeyboardInterrupt:
+        if args.study is None:  # a study in memory: nothing is left to continue
+            message = "interrupted (without --study, the search starts again)"
+            raise Interrupted(message, None) from None
+        raise Interrupted(
+            f"interrupted; the study {args.study} keeps its completed trials",
+            ["sparse-tf", "prune", *argv],
+        ) from None
+    if not result.circuit.met_target:
+        # The summary (stdout) began with "TARGET MISSED"; this line is for whoever reads
+        # only stderr and the status.
+        print(
+            f"sparse-tf prune: the circuit misses the target loss {args.config.target_loss} "
+            f"(exit status {TARGET_MISSED_STATUS}); its files are in {args.out}",
+            file=sys.stderr,
+        )
+        sys.exit(TARGET_MISSED_STATUS)
