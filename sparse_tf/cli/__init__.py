@@ -53,7 +53,7 @@ class Interrupted(Exception):
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("commands", "train a weight-sparse GPT (presets, resume, export)"),
-    "data": ("commands", "prepare: tokenise a corpus into the store `train` reads, in parallel"),
+    "data": ("tools", "prepare: tokenise a corpus into the store `train` reads, in parallel"),
     "bridge": ("commands", "train a sparse GPT with bridges to a dense HF GPT-2 (--dense)"),
     "perturb": ("tools", "edit a bridged sparse model's site; effect on the dense model"),
     "eval": ("tools", "score a trained model on the 20 hand-built tasks and its val split"),

@@ -1,7 +1,7 @@
-"""The commands whose flags are the library's configs: train, bridge and data prepare
-(dataclasses that tyro turns into a parser) and what each one runs. Their `--help` needs the
-configs, and so torch; `sparse_tf.cli.main` imports this module only to run one of
-them (the other commands are in `tools`)."""
+"""The training commands, train and bridge, whose flags are the library's training configs
+(dataclasses that tyro turns into a parser), and what each one runs. Their `--help` needs the
+configs, and so torch; `sparse_tf.cli.main` imports this module only to run one of them (the
+other commands are in `tools`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import os
 import shlex
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -22,15 +21,12 @@ from sparse_tf.cli import Interrupted, UsageError
 from sparse_tf.cli.common import (
     CONFIG_FILE_FLAGS,
     ConfigFileArgs,
-    config_file_flag,
-    file_default,
     print_config,
     tyro_cli,
 )
 from sparse_tf.cli.tools import TARGET_MISSED_STATUS  # noqa: F401 - re-exported
 from sparse_tf.config import ConfigError
-from sparse_tf.config_files import field_defaults, overlay, read_toml
-from sparse_tf.data.pipeline import DataConfig
+from sparse_tf.config_files import overlay, read_toml
 from sparse_tf.errors import SparseTFError
 from sparse_tf.filenames import RUN_FILE
 from sparse_tf.parallel import launch
@@ -256,51 +252,3 @@ def _train_interrupted(
     if not (out / RUN_FILE).is_file():
         resume = [*prog.split(), *argv]  # stopped before the run began: nothing to resume
     return Interrupted("interrupted", resume)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DataPrepareArgs(ConfigFileArgs):
-    """Tokenise a corpus once, with worker processes, into the token store that `sparse-tf
-    train` reads (the tokenizer too); an interrupted prepare resumes where it stopped."""
-
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    vocab_size: int = 2048
-    """The model's vocabulary (--model.vocab-size of the training run): the BPE's size."""
-    workers: int | None = None
-    """Tokenising processes (default: every core this process may use)."""
-
-
-def data_command(argv: list[str]) -> None:
-    from sparse_tf.data.pipeline import prepare_tokens
-    from sparse_tf.tasks import task_tokens
-
-    if not argv or argv[0] not in ("prepare", "-h", "--help"):
-        raise UsageError("usage: sparse-tf data prepare --data.source SOURCE [--workers N] ...")
-    prog = "sparse-tf data prepare"
-    argv = argv[argv[0] == "prepare" :]
-    file = config_file_flag(argv, prog)
-    default = None
-    if file is not None:
-        default = file_default(DataPrepareArgs, field_defaults(DataPrepareArgs), file)
-    args = tyro_cli(DataPrepareArgs, prog=prog, args=argv, default=default)
-    if args.print_config:
-        print_config(args, prog)
-        return
-    if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers {args.workers}: must be at least 1")
-    start = time.monotonic()
-    corpus, tok, shards = prepare_tokens(
-        args.data,
-        args.vocab_size,
-        reserved_tokens=task_tokens(),
-        workers=args.workers,
-        progress="auto",
-    )
-    store = shards["train"].files[0].parent
-    docs = f"{corpus.size:,} documents, " if corpus.size is not None else ""
-    print(
-        f"{args.data.source}: {docs}{len(shards['train']):,} train + {len(shards['val']):,} "
-        "val tokens "
-        f"(vocabulary {tok.get_vocab_size()}, corpus digest {corpus.digest[:12]}) in {store}; "
-        f"{time.monotonic() - start:.1f} s"
-    )

@@ -1,12 +1,14 @@
-"""The commands that work on trained models, runs and tasks: eval, perturb, tasks, analyze,
-convert, calibrate, plot, describe, prune. Their flags are plain values or torch-free configs
-(describe's GPTConfig and SparsityConfig, prune's PruneConfig), so their `--help` imports
-neither torch nor the rest of the library: each command imports what it runs."""
+"""The commands that work on trained models, runs, tasks and corpora: eval, perturb, tasks,
+analyze, convert, calibrate, plot, describe, prune, data prepare. Their flags are plain values
+or torch-free configs (describe's GPTConfig and SparsityConfig, prune's PruneConfig, data
+prepare's DataConfig), so their `--help` imports neither torch nor the rest of the library:
+each command imports what it runs."""
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -25,6 +27,7 @@ from sparse_tf.cli.common import (
     tyro_cli,
 )
 from sparse_tf.config_files import field_defaults
+from sparse_tf.data.config import DataConfig
 from sparse_tf.errors import SparseTFError
 from sparse_tf.filenames import CIRCUIT_FILE, TOKENIZER_FILE, VIZ_DATA_FILE
 from sparse_tf.io import write_json
@@ -670,3 +673,51 @@ def prune_command(argv: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(TARGET_MISSED_STATUS)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataPrepareArgs(ConfigFileArgs):
+    """Tokenise a corpus once, with worker processes, into the token store that `sparse-tf
+    train` reads (the tokenizer too); an interrupted prepare resumes where it stopped."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    vocab_size: int = 2048
+    """The model's vocabulary (--model.vocab-size of the training run): the BPE's size."""
+    workers: int | None = None
+    """Tokenising processes (default: every core this process may use)."""
+
+
+def data_command(argv: list[str]) -> None:
+    if not argv or argv[0] not in ("prepare", "-h", "--help"):
+        raise UsageError("usage: sparse-tf data prepare --data.source SOURCE [--workers N] ...")
+    prog = "sparse-tf data prepare"
+    argv = argv[argv[0] == "prepare" :]
+    file = config_file_flag(argv, prog)
+    default = None
+    if file is not None:
+        default = file_default(DataPrepareArgs, field_defaults(DataPrepareArgs), file)
+    args = tyro_cli(DataPrepareArgs, prog=prog, args=argv, default=default)
+    if args.print_config:
+        print_config(args, prog)
+        return
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be at least 1")
+    from sparse_tf.data.pipeline import prepare_tokens  # tokenizers, numpy: only to run
+    from sparse_tf.tasks import task_tokens
+
+    start = time.monotonic()
+    corpus, tok, shards = prepare_tokens(
+        args.data,
+        args.vocab_size,
+        reserved_tokens=task_tokens(),
+        workers=args.workers,
+        progress="auto",
+    )
+    store = shards["train"].files[0].parent
+    docs = f"{corpus.size:,} documents, " if corpus.size is not None else ""
+    print(
+        f"{args.data.source}: {docs}{len(shards['train']):,} train + {len(shards['val']):,} "
+        "val tokens "
+        f"(vocabulary {tok.get_vocab_size()}, corpus digest {corpus.digest[:12]}) in {store}; "
+        f"{time.monotonic() - start:.1f} s"
+    )
