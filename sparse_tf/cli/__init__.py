@@ -53,20 +53,21 @@ class Interrupted(Exception):
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("commands", "train a weight-sparse GPT (presets, resume, export)"),
-    "data": ("commands", "prepare: tokenise a corpus into the store `train` reads, in parallel"),
+    "data": ("tools", "prepare: tokenise a corpus into the store `train` reads, in parallel"),
     "bridge": ("commands", "train a sparse GPT with bridges to a dense HF GPT-2 (--dense)"),
     "perturb": ("tools", "edit a bridged sparse model's site; effect on the dense model"),
     "eval": ("tools", "score a trained model on the 20 hand-built tasks and its val split"),
     "tasks": ("tools", "list the hand-built tasks, show example pairs, export them"),
-    "prune": ("commands", "find a task's minimal circuit; write circuit.json and circuit.html"),
+    "prune": ("tools", "find a task's minimal circuit; write circuit.json and circuit.html"),
     "analyze": ("tools", "ACE cores, rotation between models, factored subspaces"),
     "plot": ("tools", "draw a run's loss, L0, LR and tokens/s curves (PNG + one HTML page)"),
-    "describe": ("commands", "print a model's shape and per-matrix L0 budget"),
+    "describe": ("tools", "print a model's shape and per-matrix L0 budget"),
     "calibrate": ("tools", "measure when the sparse matmul beats cuBLAS on this GPU"),
     "convert": ("tools", "to and from OpenAI's released circuit_sparsity model layout"),
 }
 """Each command: the module of `sparse_tf.cli` whose NAME_command runs it (`commands` for those
-whose flags are the library's configs, `tools` for the rest), and its line in `--help`."""
+whose flags are the library's configs that need torch, `tools` for the rest), and its line in
+`--help`."""
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,7 @@
-"""The commands whose flags are the library's configs: train, bridge, prune, describe and data
-prepare (dataclasses that tyro turns into a parser) and what each one runs. Their `--help`
-needs the configs, and so torch; `sparse_tf.cli.main` imports this module only to run one of
-them (the other commands are in `tools`)."""
+"""The training commands, train and bridge, whose flags are the library's training configs
+(dataclasses that tyro turns into a parser), and what each one runs. Their `--help` needs the
+configs, and so torch; `sparse_tf.cli.main` imports this module only to run one of them (the
+other commands are in `tools`)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ import os
 import shlex
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import tyro
 
 from sparse_tf.bridges.bridge import BridgeConfig
@@ -23,23 +21,16 @@ from sparse_tf.cli import Interrupted, UsageError
 from sparse_tf.cli.common import (
     CONFIG_FILE_FLAGS,
     ConfigFileArgs,
-    config_file_flag,
-    exclusive_task_flags,
-    file_default,
     print_config,
-    require,
     tyro_cli,
 )
+from sparse_tf.cli.tools import TARGET_MISSED_STATUS  # noqa: F401 - re-exported
 from sparse_tf.config import ConfigError
-from sparse_tf.config_files import field_defaults, overlay, read_toml
-from sparse_tf.data.pipeline import DataConfig
+from sparse_tf.config_files import overlay, read_toml
 from sparse_tf.errors import SparseTFError
 from sparse_tf.filenames import RUN_FILE
-from sparse_tf.model import GPT, GPTConfig
 from sparse_tf.parallel import launch
 from sparse_tf.presets import DEFAULT_PRESET, PRESETS, preset
-from sparse_tf.pruning.search import PruneConfig
-from sparse_tf.sparsity import COLS, ROWS, SparsityConfig, abstopk_k, kept_count
 from sparse_tf.training import RunOptions, TrainConfig, TrainingStopped, train
 from sparse_tf.training.run_folder import FOLDER_FLAGS, saved_config
 
@@ -261,199 +252,3 @@ def _train_interrupted(
     if not (out / RUN_FILE).is_file():
         resume = [*prog.split(), *argv]  # stopped before the run began: nothing to resume
     return Interrupted("interrupted", resume)
-
-
-TARGET_MISSED_STATUS = 3
-"""The exit status of `sparse-tf prune` when the circuit misses the target loss (its files are
-written all the same): not an error's 1, so that scripts can tell the two apart."""
-
-
-PRUNE_FILE_EXCLUDE = {
-    **CONFIG_FILE_FLAGS,
-    "overwrite": "replaces the result in --out: a command-line flag (--overwrite), not a "
-    "config value",
-}
-"""What a pruning config file may not set (and --print-config does not write)."""
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class PruneArgs(ConfigFileArgs):
-    """Find the smallest circuit of a trained model for a task (learned node masks, mean
-    ablation) and write circuit.json, circuit.html, loss_vs_k.png (with the [plot] extra),
-    means.safetensors and scores.safetensors. Exit status 3 when the circuit misses the target
-    loss (the summary's first line says so; the files are written all the same), 1 on an
-    error."""
-
-    model: str
-    """Model folder: a run's final/ or step-N/, or an export."""
-    task: str | None = None
-    """A task name (see `sparse-tf tasks`); or give --pairs."""
-    pairs: str | None = None
-    """Your own task instead of a built-in one: a JSON-lines file of contrast pairs, as
-    `sparse-tf tasks --out` writes; split into train/val/test as the built-in tasks, every
-    candidate one token of the model's tokenizer. Not with --task."""
-    out: str
-    """Output folder (written when complete; an earlier result is replaced with --overwrite)."""
-    config: Annotated[PruneConfig, tyro.conf.arg(name="")] = PruneConfig()
-    means: str | None = None
-    """Ablation means (means.safetensors of an earlier run) instead of computing them."""
-    mean_windows: int = 256
-    """Training windows the ablation means are taken over."""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
-    overwrite: bool = False
-    """Replace an earlier pruning result in --out."""
-    study: str | None = None
-    """SQLite file of the search's Optuna study (created if missing): rerun the same command to
-    resume after a kill, or start several at once to search in parallel; --budget counts the
-    study's completed trials. Default: a study in memory."""
-
-    def __post_init__(self) -> None:
-        exclusive_task_flags(self.task, self.pairs, required=True)
-        require(self.mean_windows >= 1, self, "mean_windows", "must be at least 1")
-
-
-def prune_command(argv: list[str]) -> None:
-    from sparse_tf.pruning.run import prune_model  # torch-heavy search code only when used
-    from sparse_tf.tasks import read_pairs_file
-
-    prog = "sparse-tf prune"
-    file = config_file_flag(argv, prog)
-    default = None
-    if file is not None:
-        base = field_defaults(PruneArgs)
-        default = file_default(PruneArgs, base, file, exclude=PRUNE_FILE_EXCLUDE)
-    args = tyro_cli(PruneArgs, prog=prog, args=argv, default=default)
-    if args.print_config:
-        print_config(args, prog, exclude=PRUNE_FILE_EXCLUDE)
-        return
-    task = read_pairs_file(args.pairs) if args.pairs is not None else args.task
-    assert task is not None  # PruneArgs requires one of them
-    try:
-        result = prune_model(
-            args.model,
-            task,
-            args.out,
-            args.config,
-            device=args.device,
-            means_file=args.means,
-            mean_windows=args.mean_windows,
-            overwrite=args.overwrite,
-            study=args.study,
-        )
-    except KeyboardInterrupt:
-        if args.study is None:  # a study in memory: nothing is left to continue
-            message = "interrupted (without --study, the search starts again)"
-            raise Interrupted(message, None) from None
-        raise Interrupted(
-            f"interrupted; the study {args.study} keeps its completed trials",
-            ["sparse-tf", "prune", *argv],
-        ) from None
-    if not result.circuit.met_target:
-        # The summary (stdout) began with "TARGET MISSED"; this line is for whoever reads
-        # only stderr and the status.
-        print(
-            f"sparse-tf prune: the circuit misses the target loss {args.config.target_loss} "
-            f"(exit status {TARGET_MISSED_STATUS}); its files are in {args.out}",
-            file=sys.stderr,
-        )
-        sys.exit(TARGET_MISSED_STATUS)
-
-
-def describe(model: GPTConfig, sparsity: SparsityConfig = SparsityConfig(l0=1 / 64)) -> None:
-    """Print a model's shape, parameter counts and the L0 budget of every sparse matrix.
-
-    Nothing is allocated (the model is built on the meta device), so paper-scale shapes are fine.
-    """
-    print(format_description(model, sparsity))
-
-
-def describe_command(argv: list[str]) -> None:
-    tyro_cli(describe, prog="sparse-tf describe", args=argv)
-
-
-def format_description(cfg: GPTConfig, sparsity: SparsityConfig) -> str:
-    with torch.device("meta"):
-        model = GPT(cfg)
-    weights = model.sparse_weights()
-    n_total = sum(p.numel() for p in model.parameters())
-    n_sparse = sum(w.param.numel() for w in weights)
-    acts = "off"
-    if cfg.afrac is not None:
-        k_model, k_mlp = abstopk_k(cfg.afrac, cfg.d_model), abstopk_k(cfg.afrac, cfg.d_mlp)
-        acts = f"{cfg.afrac} (k = {k_model} of d_model, {k_model} of q/k/v, {k_mlp} of d_mlp)"
-    axis = {ROWS: "rows", COLS: "columns", None: "-"}
-    l0 = sparsity.l0
-    lines = [
-        f"GPT: {cfg.n_layer} layers, d_model {cfg.d_model}, {cfg.n_head} heads x {cfg.d_head}, "
-        f"d_mlp {cfg.d_mlp}, vocab {cfg.vocab_size}, n_ctx {cfg.n_ctx}",
-        f"AbsTopK: {acts}; bigram {'on' if cfg.bigram else 'off'}; "
-        f"attention sinks {'on' if cfg.attn_sink else 'off'}; "
-        f"positional embedding {'on' if cfg.pos_emb else 'off'}",
-        f"parameters: {n_total:,} ({n_sparse:,} in {len(weights)} sparse matrices, "
-        f"{n_total - n_sparse:,} dense: biases, norms, sinks, bigram)",
-        "",
-        f"at L0 {l0:g} (embeddings x"
-        f"{'d_model/256' if sparsity.embed_mult is None else f'{sparsity.embed_mult:g}'}, "
-        f">= {sparsity.min_per_neuron} nonzeros per neuron):",
-        f"{'matrix':<32} {'shape':>13} {'entries':>12} {'kept':>10} {'density':>8}  neurons",
-    ]
-    kept_total = 0
-    for w in weights:
-        kept = kept_count(w, l0, sparsity)
-        kept_total += kept
-        shape = " x ".join(str(s) for s in w.param.shape)
-        lines.append(
-            f"{w.name:<32} {shape:>13} {w.param.numel():>12,} {kept:>10,} "
-            f"{kept / w.param.numel():>8.4f}  {axis[w.neuron_dim]}"
-        )
-    lines.append(f"{'total':<32} {'':>13} {n_sparse:>12,} {kept_total:>10,}")
-    return "\n".join(lines)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DataPrepareArgs(ConfigFileArgs):
-    """Tokenise a corpus once, with worker processes, into the token store that `sparse-tf
-    train` reads (the tokenizer too); an interrupted prepare resumes where it stopped."""
-
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    vocab_size: int = 2048
-    """The model's vocabulary (--model.vocab-size of the training run): the BPE's size."""
-    workers: int | None = None
-    """Tokenising processes (default: every core this process may use)."""
-
-
-def data_command(argv: list[str]) -> None:
-    from sparse_tf.data.pipeline import prepare_tokens
-    from sparse_tf.tasks import task_tokens
-
-    if not argv or argv[0] not in ("prepare", "-h", "--help"):
-        raise UsageError("usage: sparse-tf data prepare --data.source SOURCE [--workers N] ...")
-    prog = "sparse-tf data prepare"
-    argv = argv[argv[0] == "prepare" :]
-    file = config_file_flag(argv, prog)
-    default = None
-    if file is not None:
-        default = file_default(DataPrepareArgs, field_defaults(DataPrepareArgs), file)
-    args = tyro_cli(DataPrepareArgs, prog=prog, args=argv, default=default)
-    if args.print_config:
-        print_config(args, prog)
-        return
-    if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers {args.workers}: must be at least 1")
-    start = time.monotonic()
-    corpus, tok, shards = prepare_tokens(
-        args.data,
-        args.vocab_size,
-        reserved_tokens=task_tokens(),
-        workers=args.workers,
-        progress="auto",
-    )
-    store = shards["train"].files[0].parent
-    docs = f"{corpus.size:,} documents, " if corpus.size is not None else ""
-    print(
-        f"{args.data.source}: {docs}{len(shards['train']):,} train + {len(shards['val']):,} "
-        "val tokens "
-        f"(vocabulary {tok.get_vocab_size()}, corpus digest {corpus.digest[:12]}) in {store}; "
-        f"{time.monotonic() - start:.1f} s"
-    )

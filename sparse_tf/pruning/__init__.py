@@ -11,26 +11,76 @@ resumable SQLite file), `edges` (edges, and residual links apart), `circuit` (ci
 `viewer` (circuit.html) and `run` (a model folder in, an output folder out).
 """
 
-from sparse_tf.pruning.circuit import Circuit, CircuitError, load_circuit
-from sparse_tf.pruning.edges import EdgeCount, count_edges, edge_blocks
-from sparse_tf.pruning.masks import (
-    NodeMasks,
-    gate_nodes,
-    heaviside,
-    keep_gates,
-    mean_ablation,
-    top_k_gates,
-)
-from sparse_tf.pruning.means import MeansError, ablation_means, load_means, save_means
-from sparse_tf.pruning.nodes import NodeError, NodeSite, check_nodes, node_sites
-from sparse_tf.pruning.run import PruneError, prune_model
-from sparse_tf.pruning.search import (
-    PruneConfig,
-    PruneResult,
-    fit_logit_scale,
-    prune,
-    smallest_k,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY: dict[str, str] = {
+    "Circuit": "sparse_tf.pruning.circuit",
+    "CircuitError": "sparse_tf.pruning.circuit",
+    "load_circuit": "sparse_tf.pruning.circuit",
+    "EdgeCount": "sparse_tf.pruning.edges",
+    "count_edges": "sparse_tf.pruning.edges",
+    "edge_blocks": "sparse_tf.pruning.edges",
+    "NodeMasks": "sparse_tf.pruning.masks",
+    "gate_nodes": "sparse_tf.pruning.masks",
+    "heaviside": "sparse_tf.pruning.masks",
+    "keep_gates": "sparse_tf.pruning.masks",
+    "mean_ablation": "sparse_tf.pruning.masks",
+    "top_k_gates": "sparse_tf.pruning.masks",
+    "MeansError": "sparse_tf.pruning.means",
+    "ablation_means": "sparse_tf.pruning.means",
+    "load_means": "sparse_tf.pruning.means",
+    "save_means": "sparse_tf.pruning.means",
+    "NodeError": "sparse_tf.pruning.nodes",
+    "NodeSite": "sparse_tf.pruning.nodes",
+    "check_nodes": "sparse_tf.pruning.nodes",
+    "node_sites": "sparse_tf.pruning.nodes",
+    "PruneError": "sparse_tf.pruning.run",
+    "prune_model": "sparse_tf.pruning.run",
+    "PruneConfig": "sparse_tf.pruning.config",
+    "PruneResult": "sparse_tf.pruning.search",
+    "fit_logit_scale": "sparse_tf.pruning.search",
+    "prune": "sparse_tf.pruning.search",
+    "smallest_k": "sparse_tf.pruning.search",
+}
+"""What this package exports, and the module of each: imported on first use, so that
+`sparse_tf.pruning.config` (torch-free: `sparse-tf prune --help`) imports no torch."""
+
+if TYPE_CHECKING:
+    from sparse_tf.pruning.circuit import Circuit, CircuitError, load_circuit
+    from sparse_tf.pruning.config import PruneConfig
+    from sparse_tf.pruning.edges import EdgeCount, count_edges, edge_blocks
+    from sparse_tf.pruning.masks import (
+        NodeMasks,
+        gate_nodes,
+        heaviside,
+        keep_gates,
+        mean_ablation,
+        top_k_gates,
+    )
+    from sparse_tf.pruning.means import MeansError, ablation_means, load_means, save_means
+    from sparse_tf.pruning.nodes import NodeError, NodeSite, check_nodes, node_sites
+    from sparse_tf.pruning.run import PruneError, prune_model
+    from sparse_tf.pruning.search import (
+        PruneResult,
+        fit_logit_scale,
+        prune,
+        smallest_k,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sparse_tf.pruning' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once: later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Circuit",

@@ -14,17 +14,53 @@ config subclass brings, such as `sparse_tf.bridges.BridgedTrainConfig`). `run_fo
 --out folder and its run.json. `loop`: `train`. `validation`: the validation loss.
 """
 
-from sparse_tf.training.config import RunOptions, TrainConfig, TrainingError, TrainingStopped
-from sparse_tf.training.loop import TrainResult, train
-from sparse_tf.training.objective import (
-    LanguageModelObjective,
-    Loss,
-    MicroBatch,
-    Objective,
-    TrainEnv,
-)
-from sparse_tf.training.run_folder import config_diff
-from sparse_tf.training.validation import validation_loss
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY: dict[str, str] = {
+    "RunOptions": "sparse_tf.training.config",
+    "TrainConfig": "sparse_tf.training.config",
+    "TrainingError": "sparse_tf.training.config",
+    "TrainingStopped": "sparse_tf.training.config",
+    "TrainResult": "sparse_tf.training.loop",
+    "train": "sparse_tf.training.loop",
+    "LanguageModelObjective": "sparse_tf.training.objective",
+    "Loss": "sparse_tf.training.objective",
+    "MicroBatch": "sparse_tf.training.objective",
+    "Objective": "sparse_tf.training.objective",
+    "TrainEnv": "sparse_tf.training.objective",
+    "config_diff": "sparse_tf.training.run_folder",
+    "validation_loss": "sparse_tf.training.validation",
+}
+"""What this package exports, and the module of each: imported on first use, so that its
+torch-free modules (the configs that `--help` reads) import no torch."""
+
+if TYPE_CHECKING:
+    from sparse_tf.training.config import RunOptions, TrainConfig, TrainingError, TrainingStopped
+    from sparse_tf.training.loop import TrainResult, train
+    from sparse_tf.training.objective import (
+        LanguageModelObjective,
+        Loss,
+        MicroBatch,
+        Objective,
+        TrainEnv,
+    )
+    from sparse_tf.training.run_folder import config_diff
+    from sparse_tf.training.validation import validation_loss
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sparse_tf.training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once: later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "LanguageModelObjective",

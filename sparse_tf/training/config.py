@@ -9,19 +9,25 @@ change between resumes.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from sparse_tf.config import Config, ConfigError, check
-from sparse_tf.data.pipeline import DataConfig
+from sparse_tf.data.config import DataConfig
 from sparse_tf.errors import SparseTFError
 from sparse_tf.extras import install_hint, installed
-from sparse_tf.gpt2 import GPT2Config
+from sparse_tf.gpt2_config import GPT2Config
 from sparse_tf.io import ProgressMode
 from sparse_tf.log import WandbMode
-from sparse_tf.optim import OptimConfig
-from sparse_tf.sparsity import SparsityConfig
-from sparse_tf.trainable import ModelConfig
-from sparse_tf.training.objective import LanguageModelObjective, Objective
+from sparse_tf.model_config import GPTConfig
+from sparse_tf.optim_config import OptimConfig
+from sparse_tf.sparsity_config import SparsityConfig
+
+if TYPE_CHECKING:
+    from sparse_tf.training.objective import Objective
+
+ModelConfig = GPTConfig | GPT2Config
+"""The configs of the models the trainer builds itself (`sparse_tf.trainable.ModelConfig`,
+spelled out here so that this module, which `--help` reads, imports no torch)."""
 
 DistMode = Literal["ddp", "fsdp"]
 CompileMode = Literal["none", "default"]
@@ -115,6 +121,8 @@ class TrainConfig(Config):
 
     def objective(self) -> Objective:
         """What the loop minimises: the model's mean next-token loss."""
+        from sparse_tf.training.objective import LanguageModelObjective  # torch: only to train
+
         return LanguageModelObjective()
 
     @property
