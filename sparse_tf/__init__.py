@@ -28,10 +28,10 @@ A task's minimal circuit (learned node masks, mean ablation, edges, circuit.html
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sparse_tf._version import __version__
+from sparse_tf.lazy import lazy_exports
 
 # The names below are imported when first used (PEP 562), not with the package: `sparse-tf
 # --help` and every module that needs only a config or a file name start without importing
@@ -95,17 +95,7 @@ if TYPE_CHECKING:
     from sparse_tf.training import RunOptions, TrainConfig, TrainingError, TrainResult, train
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sparse_tf' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # once: later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = [

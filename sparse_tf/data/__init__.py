@@ -1,7 +1,8 @@
 """Training data: corpora, tokenizers, packed token windows."""
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sparse_tf.lazy import lazy_exports
 
 _LAZY: dict[str, str] = {
     "STDLIB": "sparse_tf.data.corpus",
@@ -42,17 +43,7 @@ if TYPE_CHECKING:
     from sparse_tf.data.tokens import IGNORE, EpochSampler, TokenDataError, TokenShards, Windows
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sparse_tf.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # once: later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = [

@@ -11,8 +11,9 @@ resumable SQLite file), `edges` (edges, and residual links apart), `circuit` (ci
 `viewer` (circuit.html) and `run` (a model folder in, an output folder out).
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sparse_tf.lazy import lazy_exports
 
 _LAZY: dict[str, str] = {
     "Circuit": "sparse_tf.pruning.circuit",
@@ -69,17 +70,7 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sparse_tf.pruning' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # once: later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = [

@@ -14,8 +14,9 @@ config subclass brings, such as `sparse_tf.bridges.BridgedTrainConfig`). `run_fo
 --out folder and its run.json. `loop`: `train`. `validation`: the validation loss.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sparse_tf.lazy import lazy_exports
 
 _LAZY: dict[str, str] = {
     "RunOptions": "sparse_tf.training.config",
@@ -49,17 +50,7 @@ if TYPE_CHECKING:
     from sparse_tf.training.validation import validation_loss
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sparse_tf.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # once: later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = [
