@@ -203,6 +203,31 @@ def test_data_prepare_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert table["data"]["val_frac"] == 0.02  # the default
 
 
+def test_analyze_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    file = _write(tmp_path / "a.toml", 'seeds = 3\nsae_steps = 500\nkinds = ["sparse"]\n')
+    printed = _printed(capsys, "analyze", "rotation", "--config", file, "--sae-l1", "0.02")
+    table = tomllib.loads(printed)
+    assert (table["seeds"], table["sae_steps"], table["kinds"], table["sae_l1"]) == (
+        3,
+        500,
+        ["sparse"],
+        0.02,
+    )
+    assert table["fit_windows"] == 256  # the default
+    assert not {"config_file", "print_config"} & set(table)
+    again = _printed(
+        capsys, "analyze", "rotation", "--config", _write(tmp_path / "b.toml", printed)
+    )
+    assert again == printed
+    # A key of another analysis is named, with the file, in one line.
+    file = _write(tmp_path / "c.toml", "threshold = 0.9\n")
+    with pytest.raises(SystemExit):
+        main(["analyze", "rotation", "--config", file, "--print-config"])
+    assert capsys.readouterr().err.splitlines() == [
+        f"sparse-tf analyze: error: {file}: threshold: unknown key"
+    ]
+
+
 def _losses(out: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["train/loss"]) for r in read_metrics(out) if "train/loss" in r]
 

@@ -99,7 +99,7 @@ def condense(box: str, prog: str) -> str:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ConfigFileArgs:
     """The config-file flags of the commands whose flags are configs (train, bridge, prune,
-    data prepare): their options dataclasses derive from this."""
+    data prepare, analyze): their options dataclasses derive from this."""
 
     config_file: Annotated[str | None, tyro.conf.arg(name="config", metavar="FILE.toml")] = None
     """Take flag values from this TOML file: a top-level key for each top-level flag
@@ -162,3 +162,23 @@ def print_config(args: Any, prog: str, *, exclude: Mapping[str, str] = CONFIG_FI
         '# TOML has no null: "None" is None.\n\n'
     )
     sys.stdout.write(to_toml(args, exclude=exclude, header=header))
+
+
+def parse_with_config_file(
+    cls: type, argv: list[str], prog: str, *, exclude: Mapping[str, str] = CONFIG_FILE_FLAGS
+) -> Any | None:
+    """The options of a command whose dataclass derives from `ConfigFileArgs`: its defaults,
+    then --config's file, then the flags; None after --print-config has printed them (the
+    command then does nothing else). Train and bridge, whose starting point is a preset or a
+    saved run, build their defaults themselves (`cli.commands`)."""
+    from sparse_tf.config_files import field_defaults
+
+    file = config_file_flag(argv, prog)
+    default = None
+    if file is not None:
+        default = file_default(cls, field_defaults(cls), file, exclude=exclude)
+    args = tyro_cli(cls, prog=prog, args=argv, default=default)
+    if args.print_config:
+        print_config(args, prog, exclude=exclude)
+        return None
+    return args

@@ -18,15 +18,12 @@ from sparse_tf.cli import Interrupted, UsageError
 from sparse_tf.cli.common import (
     CONFIG_FILE_FLAGS,
     ConfigFileArgs,
-    config_file_flag,
     exclusive_task_flags,
-    file_default,
-    print_config,
+    parse_with_config_file,
     require,
     require_json_target,
     tyro_cli,
 )
-from sparse_tf.config_files import field_defaults
 from sparse_tf.data.config import DataConfig
 from sparse_tf.errors import SparseTFError
 from sparse_tf.filenames import CIRCUIT_FILE, TOKENIZER_FILE, VIZ_DATA_FILE
@@ -216,8 +213,9 @@ def tasks_command(argv: list[str]) -> None:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class AnalyzeArgs:
-    """Options every analysis shares."""
+class AnalyzeArgs(ConfigFileArgs):
+    """Options every analysis shares (and --config, --print-config: an analysis's options kept
+    in a file, to re-run or vary it)."""
 
     out: str | None = None
     """Folder of the trained models (OUT/models/KIND-seedN) and of report.txt / report.json;
@@ -355,7 +353,9 @@ def analyze_command(argv: list[str]) -> None:
     if name not in ANALYSES:
         raise UsageError(f"unknown analysis {name!r}; choose from {list(ANALYSES)}")
     cls, preset_name, _ = ANALYSES[name]
-    args = tyro_cli(cls, prog=f"sparse-tf analyze {name}", args=argv[1:])
+    args = parse_with_config_file(cls, argv[1:], f"sparse-tf analyze {name}")
+    if args is None:
+        return
     try:
         _analyze(name, preset_name, args)
     except (KeyboardInterrupt, SparseTFError) as e:
@@ -629,15 +629,8 @@ class PruneArgs(ConfigFileArgs):
 
 
 def prune_command(argv: list[str]) -> None:
-    prog = "sparse-tf prune"
-    file = config_file_flag(argv, prog)
-    default = None
-    if file is not None:
-        base = field_defaults(PruneArgs)
-        default = file_default(PruneArgs, base, file, exclude=PRUNE_FILE_EXCLUDE)
-    args = tyro_cli(PruneArgs, prog=prog, args=argv, default=default)
-    if args.print_config:
-        print_config(args, prog, exclude=PRUNE_FILE_EXCLUDE)
+    args = parse_with_config_file(PruneArgs, argv, "sparse-tf prune", exclude=PRUNE_FILE_EXCLUDE)
+    if args is None:
         return
     from sparse_tf.pruning.run import prune_model  # torch-heavy search code only when used
     from sparse_tf.tasks import read_pairs_file
@@ -690,15 +683,9 @@ class DataPrepareArgs(ConfigFileArgs):
 def data_command(argv: list[str]) -> None:
     if not argv or argv[0] not in ("prepare", "-h", "--help"):
         raise UsageError("usage: sparse-tf data prepare --data.source SOURCE [--workers N] ...")
-    prog = "sparse-tf data prepare"
     argv = argv[argv[0] == "prepare" :]
-    file = config_file_flag(argv, prog)
-    default = None
-    if file is not None:
-        default = file_default(DataPrepareArgs, field_defaults(DataPrepareArgs), file)
-    args = tyro_cli(DataPrepareArgs, prog=prog, args=argv, default=default)
-    if args.print_config:
-        print_config(args, prog)
+    args = parse_with_config_file(DataPrepareArgs, argv, "sparse-tf data prepare")
+    if args is None:
         return
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be at least 1")
