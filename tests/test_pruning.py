@@ -850,12 +850,39 @@ def test_viewer_fits_a_large_circuit_in_chromium(tmp_path: Path) -> None:
             svg,
         )
         assert float(svg.get_dom_attribute("viewBox").split()[2]) < width
+        # Zoomed in and panned right, the row labels stay at the panel's left edge, unscaled.
+        label_box = (
+            "return [...document.querySelectorAll('text.pinned')]"
+            ".map(t => t.getBoundingClientRect().toJSON())"
+        )
+        browser.find_element(By.ID, "zoomreset").click()
+        fitted = browser.execute_script(label_box)
+        browser.find_element(By.ID, "zoomin").click()
+        browser.find_element(By.ID, "zoomin").click()
+        browser.execute_script(
+            "const g = arguments[0], r = g.getBoundingClientRect(), x = r.left + r.width / 2,"
+            " y = r.top + 20;"
+            "g.dispatchEvent(new PointerEvent('pointerdown', {clientX: x, clientY: y,"
+            " bubbles: true}));"
+            "window.dispatchEvent(new PointerEvent('pointermove', {clientX: x - 200,"
+            " clientY: y}));"
+            "window.dispatchEvent(new PointerEvent('pointerup', {}));",
+            svg,
+        )
+        assert float(svg.get_dom_attribute("viewBox").split()[0]) > 0  # panned
+        zoomed = browser.execute_script(label_box)
+        for before, after in zip(fitted, zoomed, strict=True):
+            assert after["left"] == pytest.approx(before["left"], abs=1.0)
+            assert after["height"] == pytest.approx(before["height"], abs=0.5)
         browser.find_element(By.ID, "zoomreset").click()
         assert svg.get_dom_attribute("viewBox") == fit
         # The last site's node 0 carries token activations: its prompts are the text too.
         node = browser.find_element(By.CSS_SELECTOR, f'circle[data-id="{len(view.sites) - 1}:0"]')
-        browser.execute_script(
-            "arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", node
+        browser.execute_script(  # a click's events: a press that is not a drag, then the click
+            "for (const e of ['pointerdown', 'pointerup']) arguments[0].dispatchEvent("
+            "new PointerEvent(e, {bubbles: true}));"
+            "arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))",
+            node,
         )
         assert browser.find_element(By.ID, "nodename").text.startswith(view.sites[-1]["name"])
         tokens = browser.execute_script(
