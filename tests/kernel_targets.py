@@ -20,9 +20,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from sparse_tf.kernels import abstopk as abstopk_ops
-from sparse_tf.kernels import projection as projection_ops
-from sparse_tf.kernels.jit import (
+from sparse_tf.kernels import (
     abstopk,
     csr,
     gelu_abstopk,
@@ -34,7 +32,7 @@ from sparse_tf.kernels.jit import (
 
 HOPPER = GPUTarget("cuda", 90, 32)
 MODULES = (abstopk, csr, gelu_abstopk, norm_abstopk, projection, spmm, transpose)
-CHUNK = projection_ops.CHUNK
+CHUNK = projection.CHUNK
 TABLE = "chunk_start_ptr:*i64 chunk_end_ptr:*i64 chunk_seg_ptr:*i32"
 ABSTOPK = "x_ptr:*{x} y0_ptr:*{y} y1_ptr:*{y} y2_ptr:*{y} bits_ptr:*{b} r_ptr:*fp32 " + (
     "n_rows:i32 n_cols:i32 k:i32 log_ratio:fp32 stride_x:i32 stride_y:i32 stride_r:i32"
@@ -48,7 +46,7 @@ NORM = "x_ptr:*{x} w_ptr:*fp32 y_ptr:*bf16 bits_ptr:*i32 rstd_ptr:*fp32 " + (
 def abstopk_fwd(name: str, x: str, y: str, bits: str, **values: object) -> tuple:
     """The AbsTopK forward kernel in one of its forms: x's, the outputs' and the bits' dtypes."""
     defaults = {"BLOCK": 1024, "LOW_BIT": 16 if x == "bf16" else 0, "PARTS": 1,
-                "STORE_MASK": False, "SMALL": False, "GUIDED": True, "PEEL": abstopk_ops.PEEL,
+                "STORE_MASK": False, "SMALL": False, "GUIDED": True, "PEEL": abstopk.PEEL,
                 "RESIDUAL": False, "GELU": False}  # fmt: skip
     args = ABSTOPK.format(x=x, y=y, b=bits)
     return (f"abstopk {name}", abstopk._abstopk_fwd_kernel, args, defaults | values)
@@ -69,9 +67,9 @@ TARGETS = [
      "bits_ptr:*i32 gy_ptr:*bf16 h_ptr:*bf16 gh_ptr:*bf16 n_cols:i32 stride_gy:i32 "
      "stride_h:i32 stride_gh:i32", {"BLOCK": 4096}),
     ("norm abstopk fwd fp32 -> bf16", norm_abstopk._norm_abstopk_fwd_kernel, NORM.format(x="fp32"),
-     {"BLOCK": 1024, "LOW_BIT": 0, "GUIDED": False, "PEEL": abstopk_ops.PEEL}),
+     {"BLOCK": 1024, "LOW_BIT": 0, "GUIDED": False, "PEEL": abstopk.PEEL}),
     ("norm abstopk fwd bf16 guided", norm_abstopk._norm_abstopk_fwd_kernel, NORM.format(x="bf16"),
-     {"BLOCK": 4096, "LOW_BIT": 16, "GUIDED": True, "PEEL": abstopk_ops.PEEL}),
+     {"BLOCK": 4096, "LOW_BIT": 16, "GUIDED": True, "PEEL": abstopk.PEEL}),
     ("norm abstopk bwd", norm_abstopk._norm_abstopk_bwd_kernel,
      "bits_ptr:*i32 g_ptr:*bf16 x_ptr:*fp32 w_ptr:*fp32 rstd_ptr:*fp32 dx_ptr:*fp32 "
      "dw_ptr:*fp32 n_rows:i32 n_cols:i32 stride_g:i32 stride_x:i32 stride_dx:i32",

@@ -57,10 +57,10 @@ def test_the_blocker_blocks() -> None:
 
 
 def core_modules() -> list[str]:
-    """Every module of sparse_tf but the analyses (the [analysis] extra, checked below) and the
-    Triton kernels themselves (imported only to launch them)."""
+    """Every module of sparse_tf but the analyses (the [analysis] extra, checked below); the
+    kernel modules too, which define their Triton kernels on triton_support's stand-ins."""
     names = [m.name for m in pkgutil.walk_packages(sparse_tf.__path__, "sparse_tf.")]
-    optional = ("sparse_tf.analysis", "sparse_tf.kernels.jit", "sparse_tf.cli.__main__")
+    optional = ("sparse_tf.analysis", "sparse_tf.cli.__main__")
     return [n for n in names if not n.startswith(optional) and n != "sparse_tf._scm_version"]
 
 
@@ -173,6 +173,76 @@ def test_a_missing_extra_is_one_line(tmp_path: Path) -> None:
     assert statuses == ["1"] * len(NEEDS_AN_EXTRA)
     for lines, (_, expected) in zip(said, NEEDS_AN_EXTRA, strict=True):
         assert lines[-1] == expected
+
+
+# Without triton: every kernel module imports (its kernels defined on triton_support's
+# stand-ins), every op runs its reference, and a kernel launched anyway is a KernelError.
+WITHOUT_TRITON = """
+import importlib, os, pkgutil, types
+os.environ["TRITON_INTERPRET"] = "1"  # even so: the reference paths
+os.environ.pop("SPARSE_TF_KERNELS", None)
+import torch
+import torch.nn.functional as F
+import sparse_tf.kernels as K
+from sparse_tf.kernels import abstopk, gelu_abstopk, norm_abstopk, projection, rule, spmm
+from sparse_tf.kernels import triton_support
+modules = [m.name for m in pkgutil.iter_modules(K.__path__, "sparse_tf.kernels.")]
+for name in modules:
+    importlib.import_module(name)
+assert not triton_support.INSTALLED and not K.triton_installed()
+assert not isinstance(triton_support.triton, types.ModuleType)
+assert "triton" not in sys.modules
+
+torch.manual_seed(0)
+x = torch.randn(3, 2, 64, requires_grad=True)
+assert K.abs_topk_backend(x) == "reference" == K.projection_backend(x)
+y = K.abs_topk(x, 5)
+y.sum().backward()
+assert torch.equal(y != 0, rule.topk_mask(x.detach().abs(), 5))
+assert torch.equal(x.grad != 0, y != 0)
+assert torch.equal(K.abs_topk_mask(x, 5), y != 0)
+q, kv = K.abs_topk_split(x, 3, 2)
+assert torch.equal(kv, abstopk.reference_forward(x[..., 32:], 3))
+r = torch.randn(3, 2, 64)
+assert torch.equal(K.residual_abs_topk(r, x, 5), r + y)
+assert torch.equal(K.gelu_abs_topk(x, 5), gelu_abstopk.reference(x, 5))
+gain = torch.rand(64) + 0.5
+assert torch.equal(K.norm_abs_topk(x, gain, 5), norm_abstopk.reference(x, gain, 5))
+ws = [torch.randn(8, 16), torch.randn(16, 8)]
+protections = [projection.Protect(dim=0, j=2), None]
+masks = K.projection_masks(ws, protections, [20, 30])
+expected = projection.reference_masks(ws, protections, [20, 30])
+assert all(torch.equal(m, e) for m, e in zip(masks, expected))
+K.project_(ws, protections, [20, 30])
+assert [int((w != 0).sum()) for w in ws] == [20, 30]
+w = torch.randn(16, 64) * (torch.rand(16, 64) < 0.1)
+assert K.spmm_plan(x, w, int((w != 0).sum())) == K.DENSE
+out = K.sparse_linear(x.detach(), w, None, int((w != 0).sum()), spmm.WeightFormats())
+assert torch.equal(out, F.linear(x.detach(), w))
+
+os.environ["SPARSE_TF_KERNELS"] = "triton"
+for call in (lambda: K.abs_topk(x, 5), lambda: K.spmm_plan(x, w, 20)):
+    try:
+        call()
+        raise AssertionError("SPARSE_TF_KERNELS=triton ran without triton")
+    except K.KernelError as e:
+        assert "which is not installed" in str(e), e
+try:
+    abstopk.forward(x.detach(), 5)  # a kernel launched anyway
+    raise AssertionError("a stand-in kernel ran")
+except K.KernelError as e:
+    print(e)
+"""
+
+
+def test_kernels_without_triton() -> None:
+    """Every kernel module imports without triton (no module imports it but through
+    `kernels.triton_support`) and every op takes its reference path."""
+    result = run_without_extras(WITHOUT_TRITON)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == (
+        "the Triton kernel _abstopk_fwd_kernel cannot run: triton is not installed"
+    )
 
 
 def test_trains_on_cpu_without_extras(tmp_path: Path) -> None:

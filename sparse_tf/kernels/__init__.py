@@ -4,14 +4,15 @@
     y = abs_topk(x, k)            # by device, dtype and width
     y = sparse_linear(x, weight, bias, kept, formats)   # sparse kernel or cuBLAS, per shape
 
-Each op lives in one file with its launcher, its autograd Function and its pure-torch
-reference (the definition the kernels are tested against); its Triton kernels are in
-`kernels/jit/` under the same name, imported at the first launch, so that nothing else needs
-triton installed (it is an optional dependency where it has no wheels: the reference path runs
-everywhere):
+Each op lives in one file with its pure-torch reference (the definition the kernels are tested
+against), its Triton kernels, their launchers and its autograd Function. triton is optional (it
+has wheels for Linux x86_64 and aarch64 only; the reference path runs everywhere): the op
+modules import it through `triton_support`, which gives stand-ins where it is not installed, so
+that they import everywhere; this module then dispatches every op to its reference:
 
     abstopk.py      AbsTopK forward (exact threshold search) and backward (kept-set bits)
     gelu_abstopk.py AbsTopK of GELU with one fused backward (the MLP's hidden neurons)
+    norm_abstopk.py AbsTopK of RMSNorm in one pass each way (a sublayer's input)
     projection.py   the L0 projection: per-neuron protection, warm-started radix select
     spmm.py         the sparse matmul and the linear layer's autograd Function
     csr.py          the sparse weight format, built on the device
@@ -20,6 +21,7 @@ everywhere):
                     verification on the live shapes)
     rule.py         the one selection rule: the k largest, ties to the lower index
     graphs.py       launch sequences replayed as CUDA graphs; timing.py: median timings
+    triton_support.py  triton, or the stand-ins without it; KernelError
 
 The backend is chosen per call: `triton` on CUDA tensors the kernels support, `reference`
 otherwise. The environment variable SPARSE_TF_KERNELS forces one: `reference` everywhere, or
@@ -36,8 +38,6 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from sparse_tf.errors import SparseTFError
-from sparse_tf.extras import installed
 from sparse_tf.kernels import (
     abstopk,
     crossovers,
@@ -51,13 +51,10 @@ from sparse_tf.kernels import (
 from sparse_tf.kernels.plan import DENSE, SPARSE, SpmmPlan
 from sparse_tf.kernels.projection import Protect, Protection
 from sparse_tf.kernels.spmm import WeightFormats
+from sparse_tf.kernels.triton_support import INSTALLED, KernelError
 
 Backend = Literal["triton", "reference"]
 _ENV = "SPARSE_TF_KERNELS"
-
-
-class KernelError(SparseTFError):
-    """A kernel backend was forced where it cannot run."""
 
 
 def backend_setting() -> Literal["auto", "triton", "reference"]:
@@ -71,9 +68,10 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-_TRITON_INSTALLED = installed("triton")
-"""Found once, at import, without importing it: a constant to torch.compile too (a cached
-lookup traced by Dynamo would be traced anew, with a warning, in every compiled model)."""
+_TRITON_INSTALLED = INSTALLED
+"""Found once, at import (`triton_support`, which imports triton or its stand-ins by it): a
+constant to torch.compile too (a cached lookup traced by Dynamo would be traced anew, with a
+warning, in every compiled model)."""
 
 
 def triton_installed() -> bool:

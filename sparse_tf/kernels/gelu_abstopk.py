@@ -1,5 +1,6 @@
-"""AbsTopK of GELU (the MLP's hidden neurons), with one fused backward: Triton kernel, launcher,
-autograd Function and the pure-torch reference.
+"""AbsTopK of GELU (the MLP's hidden neurons), with one fused backward: the pure-torch
+reference, the backward's Triton kernel (the forward is AbsTopK's kernel, `abstopk.py`), its
+launcher and the autograd Function.
 
 Forward, one pass: the AbsTopK forward kernel computes GELU itself (torch's formula, in fp32,
 rounded to h's dtype), selects, and writes the kept values and the kept set as bits; GELU's
@@ -20,14 +21,17 @@ GELU'(h) is torch's formula (cdf + h · pdf, in fp32), so gradients agree to rou
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
 from sparse_tf.kernels import abstopk
+from sparse_tf.kernels.triton_support import tl, triton
+
+# ---------------------------------------------------------------------------------------------
+# The reference
+# ---------------------------------------------------------------------------------------------
 
 
 def reference(h: Tensor, k: int) -> Tensor:
@@ -35,11 +39,33 @@ def reference(h: Tensor, k: int) -> Tensor:
     return abstopk.AbsTopKFunction.apply(F.gelu(h), k, 1, "reference")
 
 
-def _jit() -> ModuleType:
-    """The Triton kernels, imported at the first launch: nothing else here needs triton."""
-    from sparse_tf.kernels.jit import gelu_abstopk
+# ---------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------
 
-    return gelu_abstopk
+
+@triton.jit
+def _gelu_abstopk_bwd_kernel(
+    bits_ptr, gy_ptr, h_ptr, gh_ptr, n_cols, stride_gy, stride_h, stride_gh,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Row `row`: gh = gy · GELU'(h) where the forward kept the entry, else 0."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    in_row = offs < n_cols
+    keep = abstopk._load_keep(bits_ptr + row * tl.cdiv(n_cols, 32), n_cols, BLOCK)
+    gy = tl.load(gy_ptr + row * stride_gy + offs, mask=in_row & keep, other=0.0).to(tl.float32)
+    h = tl.load(h_ptr + row * stride_h + offs, mask=in_row & keep, other=0.0).to(tl.float32)
+    # torch's GELU backward (approximate="none"), in fp32.
+    cdf = 0.5 * (1.0 + tl.math.erf(h * 0.7071067811865476))
+    pdf = tl.exp(-0.5 * h * h) * 0.3989422804014327
+    gh = tl.where(keep, gy * (cdf + h * pdf), 0.0)
+    tl.store(gh_ptr + row * stride_gh + offs, gh.to(gh_ptr.dtype.element_ty), mask=in_row)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
 
 
 def backward(bits: Tensor, grad: Tensor, h: Tensor) -> Tensor:
@@ -48,11 +74,16 @@ def backward(bits: Tensor, grad: Tensor, h: Tensor) -> Tensor:
     gh = torch.empty(h2.shape, dtype=h.dtype, device=h.device)
     if h2.shape[0]:
         block, num_warps = abstopk.launch_config(h.shape[-1], 16)
-        _jit()._gelu_abstopk_bwd_kernel[(h2.shape[0],)](
+        _gelu_abstopk_bwd_kernel[(h2.shape[0],)](
             bits, g2, h2, gh, h.shape[-1], g2.stride(0), h2.stride(0), gh.stride(0),
             BLOCK=block, num_warps=num_warps,
         )  # fmt: skip
     return gh.view(h.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Under torch.compile: the backward kernel as an opaque operator (abstopk.py says why)
+# ---------------------------------------------------------------------------------------------
 
 
 @torch.library.custom_op("sparse_tf::gelu_abstopk_backward", mutates_args=())
@@ -63,6 +94,11 @@ def _backward_op(bits: Tensor, grad: Tensor, h: Tensor) -> Tensor:
 @_backward_op.register_fake
 def _(bits: Tensor, grad: Tensor, h: Tensor) -> Tensor:
     return torch.empty_like(h)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd
+# ---------------------------------------------------------------------------------------------
 
 
 class GeluAbsTopKFunction(torch.autograd.Function):

@@ -1,5 +1,5 @@
-"""Weight projection on the GPU: the exact top-K of many matrices at once, by radix select, and
-the pure-torch reference that defines it.
+"""Weight projection on the GPU: the exact top-K of many matrices at once, by radix select (the
+Triton kernels and their launchers), and the pure-torch reference that defines it.
 
 The kept set of a matrix: its protected entries (per-neuron protection: the j largest |w| of
 every row or column, ties to the lower index along the neuron) and then its largest |w| up to K
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import ModuleType
 
 import torch
 import torch.distributed as dist
@@ -45,6 +44,7 @@ from sparse_tf.kernels.abstopk import SMALL_K
 from sparse_tf.kernels.abstopk import mask as abs_topk_mask
 from sparse_tf.kernels.grid import cdiv, next_power_of_2
 from sparse_tf.kernels.rule import topk_mask
+from sparse_tf.kernels.triton_support import tl, triton
 
 CHUNK = 4096
 """Keys per program; chunks never straddle two matrices."""
@@ -109,13 +109,274 @@ def reference_masks(
 
 
 # ---------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------
+
+
+INF_KEY = tl.constexpr(0x7F800000)
+"""Key of +inf: protected entries outrank every finite magnitude."""
+
+
+_MIN_RADIUS = tl.constexpr(1 << 12)
+"""Smallest half-width of a warm-start window, in keys (fp32: 2^23 keys per octave)."""
+
+
+_MAX_RADIUS = tl.constexpr(1 << 26)
+"""Largest half-width (8 octaves): beyond it the window would hold most keys."""
+
+
+@triton.jit
+def _load_chunk(
+    c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK: tl.constexpr,
+    count_ptr, cap_ptr, DYNAMIC: tl.constexpr, mode_ptr, WANT: tl.constexpr,
+):  # fmt: skip
+    """Chunk c's buffer offsets, their validity, its keys (-1 where not valid: below every real
+    key) and its matrix. DYNAMIC chunks (of the candidate buffer) end where the matrix's
+    candidate count says, at most at its capacity. With WANT >= 0 only a matrix whose search
+    mode is WANT has valid keys: the others' chunks read no memory."""
+    seg = tl.load(chunk_seg_ptr + c)
+    end = tl.load(chunk_end_ptr + c)
+    start = tl.load(chunk_start_ptr + c)
+    if DYNAMIC:
+        cap = tl.load(cap_ptr + seg)
+        end = end - cap + tl.minimum(tl.load(count_ptr + seg), cap)
+    if WANT >= 0:
+        end = tl.where(tl.load(mode_ptr + seg) == WANT, end, start)
+    offs = start + tl.arange(0, CHUNK)
+    valid = offs < end
+    key = tl.load(keys_ptr + offs, mask=valid, other=-1)
+    return offs, valid, key, seg
+
+
+@triton.jit
+def _keys_kernel(
+    w_ptr, p_ptr, keys_ptr, n, cols, p_stride_r, p_stride_c,
+    HAS_P: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """One matrix's keys into its slice of the flat buffer: the fp32 bit pattern of |w|, or
+    the key of +inf where the protection mask (any strides: a transposed view works) is set."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < n
+    w = tl.load(w_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+    key = tl.abs(w).to(tl.int32, bitcast=True)
+    if HAS_P:
+        protect = tl.load(p_ptr + (offs // cols) * p_stride_r + (offs % cols) * p_stride_c,
+                          mask=valid, other=0)  # fmt: skip
+        key = tl.where(protect != 0, INF_KEY, key)
+    tl.store(keys_ptr + offs, key, mask=valid)
+
+
+@triton.jit
+def _protected_keys_kernel(
+    w_ptr, keys_ptr, n_neurons, length, stride_neuron, stride_elem, j,
+    BN: tl.constexpr, BL: tl.constexpr,
+):  # fmt: skip
+    """Keys of BN neurons of a contiguous matrix: each neuron's j largest |w| (ties: lower
+    index along the neuron) get the key of +inf, the rest the bit pattern of |w|. A neuron is
+    `length` entries `stride_elem` apart; neurons are `stride_neuron` apart (rows: cols and 1;
+    columns: 1 and cols). The buffer's layout is the matrix's, so offsets serve both."""
+    neuron = tl.program_id(0) * BN + tl.arange(0, BN)  # [BN]
+    e = tl.arange(0, BL)  # [BL] position along the neuron
+    inside = (e < length)[:, None] & (neuron < n_neurons)[None, :]
+    offs = e[:, None].to(tl.int64) * stride_elem + neuron[None, :].to(tl.int64) * stride_neuron
+    w = tl.load(w_ptr + offs, mask=inside, other=0.0).to(tl.float32)  # [BL, BN]
+    key = tl.abs(w).to(tl.int32, bitcast=True)
+    live = tl.where(inside, key, -1)
+    protect = live < -1  # none yet ([BL, BN] bool)
+    for _ in range(j):  # the neuron's maxima one by one, lowest position first among equals
+        top = tl.max(live, axis=0)  # [BN]
+        first = tl.min(tl.where(live == top[None, :], e[:, None], BL), axis=0)  # [BN]
+        hit = e[:, None] == first[None, :]
+        protect = protect | hit
+        live = tl.where(hit, -2, live)
+    tl.store(keys_ptr + offs, tl.where(protect, INF_KEY, key), mask=inside)
+
+
+@triton.jit
+def _window_kernel(
+    keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, seg_base_ptr, warm_ptr,
+    above_ptr, cand_count_ptr, cand_base_ptr, cap_ptr, cand_keys_ptr, cand_idx_ptr,
+    CHUNK: tl.constexpr,
+):  # fmt: skip
+    """Warm start, one chunk: count its keys at or above the window of its matrix, and append
+    the keys inside the window (with their flat index in the matrix) to its candidates."""
+    c = tl.program_id(0)
+    offs, valid, key, seg = _load_chunk(
+        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False, 0, -1
+    )
+    prev = tl.load(warm_ptr + 2 * seg)
+    if prev >= 0:  # a previous threshold exists
+        radius = tl.load(warm_ptr + 2 * seg + 1)
+        lo = tl.maximum(prev - radius, 0)
+        hi = tl.minimum(prev.to(tl.int64) + radius, 2147483647).to(tl.int32)
+        tl.atomic_add(above_ptr + seg, tl.sum((key >= hi).to(tl.int32), axis=0))
+        inside = valid & (key >= lo) & (key < hi)
+        n = tl.sum(inside.to(tl.int32), axis=0)
+        if n > 0:
+            first = tl.atomic_add(cand_count_ptr + seg, n)  # slots [first, first + n)
+            slot = first + tl.cumsum(inside.to(tl.int32), axis=0) - 1
+            ok = inside & (slot < tl.load(cap_ptr + seg))
+            dest = tl.load(cand_base_ptr + seg) + slot
+            tl.store(cand_keys_ptr + dest, key, mask=ok)
+            tl.store(
+                cand_idx_ptr + dest, (offs - tl.load(seg_base_ptr + seg)).to(tl.int32), mask=ok
+            )
+
+
+@triton.jit
+def _decide_kernel(warm_ptr, above_ptr, cand_count_ptr, cap_ptr, k_ptr, mode_ptr, state_ptr):
+    """Per matrix: search the candidates (mode 1: the K-th largest key is inside the window and
+    every candidate was kept) or fall back to all keys (mode 0)."""
+    seg = tl.program_id(0)
+    above = tl.load(above_ptr + seg)
+    count = tl.load(cand_count_ptr + seg)
+    k = tl.load(k_ptr + seg)
+    ok = (tl.load(warm_ptr + 2 * seg) >= 0) & (count <= tl.load(cap_ptr + seg))
+    ok = ok & (above < k) & (above + count >= k)
+    tl.store(mode_ptr + seg, ok.to(tl.int32))
+    tl.store(state_ptr + 2 * seg, 0)
+    tl.store(state_ptr + 2 * seg + 1, tl.where(ok, above, 0))  # keys known to be above
+
+
+@triton.jit
+def _digit_histogram_kernel(
+    keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, hist_ptr, mode_ptr,
+    count_ptr, cap_ptr,
+    HI: tl.constexpr, LO: tl.constexpr, CHUNK: tl.constexpr, FEW: tl.constexpr,
+    MODE: tl.constexpr, DYNAMIC: tl.constexpr,
+):  # fmt: skip
+    """Chunk c's part of the histogram of the digit [LO, HI] among the keys still tied with
+    its matrix's threshold prefix, for matrices searching in MODE (0: all keys, 1: the
+    candidates)."""
+    c = tl.program_id(0)
+    _, valid, key, seg = _load_chunk(
+        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, count_ptr, cap_ptr,
+        DYNAMIC, mode_ptr, MODE,
+    )  # fmt: skip
+    t = tl.load(state_ptr + 2 * seg)
+    # Keys whose bits above HI equal the threshold's are still undecided; count their digit.
+    match = valid & ((key >> (HI + 1)) == (t >> (HI + 1)))
+    n_match = tl.sum(match.to(tl.int32), axis=0)
+    if n_match > 0:
+        digit = (key >> LO) & 255
+        bins = tl.arange(0, 512)
+        # Late passes: few keys are still tied with the threshold's prefix, so add them one by
+        # one; a chunk where many are (long runs of equal keys) takes the histogram.
+        few = n_match <= 32
+        if not FEW:
+            few = n_match < 0
+        if few:
+            tl.atomic_add(hist_ptr + 256 * seg + digit, 1, mask=match)
+        else:
+            h = tl.histogram(tl.where(match, digit, 256), 512)  # bins 256.. collect the others
+            tl.atomic_add(hist_ptr + 256 * seg + bins, h, mask=bins < 256)
+
+
+@triton.jit
+def _pick_digit_kernel(hist_ptr, state_ptr, k_ptr, LO: tl.constexpr):
+    seg = tl.program_id(0)
+    bins = tl.arange(0, 256)
+    h = tl.load(hist_ptr + 256 * seg + bins)
+    t = tl.load(state_ptr + 2 * seg)
+    n_above = tl.load(state_ptr + 2 * seg + 1)
+    k = tl.load(k_ptr + seg)
+    suffix = tl.cumsum(h, axis=0, reverse=True)  # undecided keys with digit >= bin
+    b = tl.max(tl.where(suffix >= k - n_above, bins, -1), axis=0)
+    n_above += tl.sum(tl.where(bins > b, h, 0), axis=0)
+    tl.store(state_ptr + 2 * seg, t | (b << LO))
+    tl.store(state_ptr + 2 * seg + 1, n_above)
+    tl.store(hist_ptr + 256 * seg + bins, tl.zeros((256,), dtype=tl.int32))
+
+
+@triton.jit
+def _count_ties_kernel(
+    keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, ties_ptr, mode_ptr,
+    CHUNK: tl.constexpr,
+):  # fmt: skip
+    """ties[c] = chunk c's keys equal to its matrix's threshold (0 for matrices whose ties
+    are counted from their candidates: their chunks read nothing)."""
+    c = tl.program_id(0)
+    _, valid, key, seg = _load_chunk(c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr,
+                                     CHUNK, 0, 0, False, mode_ptr, 0)  # fmt: skip
+    tied = valid & (key == tl.load(state_ptr + 2 * seg))
+    tl.store(ties_ptr + c, tl.sum(tied.to(tl.int32), axis=0))
+
+
+@triton.jit
+def _candidate_ties_kernel(
+    cand_keys_ptr, cand_idx_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr,
+    ties_ptr, mode_ptr, count_ptr, cap_ptr, seg_first_chunk_ptr,
+    CHUNK: tl.constexpr, KEY_CHUNK: tl.constexpr,
+):  # fmt: skip
+    """For matrices searched on their candidates: each candidate tied with the threshold adds
+    one to the tie count of the key chunk it came from."""
+    c = tl.program_id(0)
+    offs, valid, key, seg = _load_chunk(c, cand_keys_ptr, chunk_start_ptr, chunk_end_ptr,
+                                        chunk_seg_ptr, CHUNK, count_ptr, cap_ptr, True,
+                                        mode_ptr, 1)  # fmt: skip
+    tied = valid & (key == tl.load(state_ptr + 2 * seg))
+    idx = tl.load(cand_idx_ptr + offs, mask=tied, other=0)
+    chunk = tl.load(seg_first_chunk_ptr + seg) + idx // KEY_CHUNK
+    tl.atomic_add(ties_ptr + chunk, 1, mask=tied)
+
+
+@triton.jit
+def _update_warm_kernel(warm_ptr, state_ptr):
+    """The next step's window: centred on this threshold, twice its last move (and 2^12
+    keys) to either side."""
+    seg = tl.program_id(0)
+    t = tl.load(state_ptr + 2 * seg)
+    prev = tl.load(warm_ptr + 2 * seg)
+    moved = tl.where(prev >= 0, tl.abs(t - prev), 1 << 15)  # first window: ±(2^16 + 2^12) keys
+    radius = tl.minimum(2 * moved.to(tl.int64) + _MIN_RADIUS, _MAX_RADIUS)
+    tl.store(warm_ptr + 2 * seg, t)
+    tl.store(warm_ptr + 2 * seg + 1, radius.to(tl.int32))
+
+
+@triton.jit
+def _kept(c, key, seg, t, k_ptr, state_ptr, tie_prefix_ptr):
+    """Chunk c's kept entries: keys above the threshold t, and the ties at t whose rank in
+    index order (across the matrix's chunks) is within the room K leaves for them."""
+    keep = key > t
+    tied = key == t
+    if tl.sum(tied.to(tl.int32), axis=0) > 0:  # rare: skip the scan in chunks without ties
+        room = tl.load(k_ptr + seg) - tl.load(state_ptr + 2 * seg + 1)
+        rank = tl.load(tie_prefix_ptr + c) + tl.cumsum(tied.to(tl.int32), axis=0)  # 1-based
+        keep = keep | (tied & (rank <= room))
+    return keep
+
+
+@triton.jit
+def _keep_kernel(
+    keys_ptr, keep_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, k_ptr,
+    tie_prefix_ptr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    c = tl.program_id(0)
+    offs, valid, key, seg = _load_chunk(
+        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False, 0, -1
+    )
+    keep = _kept(c, key, seg, tl.load(state_ptr + 2 * seg), k_ptr, state_ptr, tie_prefix_ptr)
+    tl.store(keep_ptr + offs, keep.to(tl.uint8), mask=valid)
+
+
+@triton.jit
+def _zero_dropped_kernel(
+    w_ptr, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, k_ptr,
+    tie_prefix_ptr, first_chunk, base, CHUNK: tl.constexpr,
+):  # fmt: skip
+    """`_keep_kernel` for one matrix, applied: zero its entries outside the kept set."""
+    c = first_chunk + tl.program_id(0)
+    offs, valid, key, seg = _load_chunk(
+        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False, 0, -1
+    )
+    keep = _kept(c, key, seg, tl.load(state_ptr + 2 * seg), k_ptr, state_ptr, tie_prefix_ptr)
+    zero = tl.zeros((CHUNK,), dtype=w_ptr.dtype.element_ty)
+    tl.store(w_ptr + (offs - base), zero, mask=valid & ~keep)
+
+
+# ---------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------
-def _jit() -> ModuleType:
-    """The Triton kernels, imported at the first launch: nothing else here needs triton."""
-    from sparse_tf.kernels.jit import projection
-
-    return projection
 
 
 def _chunks(sizes: Sequence[int], chunk: int) -> tuple[list[int], list[int], list[int], list[int]]:
@@ -203,12 +464,12 @@ def _write_keys(w: Tensor, p: Protection, keys: Tensor) -> None:
             stride_neuron, stride_elem = (cols, 1) if p.dim == 0 else (1, cols)
             bl = max(16, next_power_of_2(length))
             bn = max(1, min(_PROTECT_MAX_NEURONS, _PROTECT_TILE // bl))
-            _jit()._protected_keys_kernel[(cdiv(n_neurons, bn),)](
+            _protected_keys_kernel[(cdiv(n_neurons, bn),)](
                 w, keys, n_neurons, length, stride_neuron, stride_elem, p.j, BN=bn, BL=bl,
                 num_warps=max(1, min(16, bl * bn // 1024)),
             )  # fmt: skip
             return
-    _jit()._keys_kernel[(cdiv(n, _KEY_BLOCK),)](
+    _keys_kernel[(cdiv(n, _KEY_BLOCK),)](
         w, w if p is None else p.view(torch.uint8), keys, n, cols,
         0 if p is None else p.stride(0), 0 if p is None else p.stride(1),
         HAS_P=p is not None, BLOCK=_KEY_BLOCK,
@@ -264,40 +525,40 @@ def _select(
         above = torch.zeros(n_segs, dtype=torch.int32, device=device)
         cand_keys = torch.empty(total, dtype=torch.int32, device=device)
         cand_idx = torch.empty(total, dtype=torch.int32, device=device)
-        _jit()._window_kernel[(n_chunks,)](
+        _window_kernel[(n_chunks,)](
             keys, *table, layout.seg_base, layout.warm, above, count, layout.cand_base, cap,
             cand_keys, cand_idx, CHUNK=chunk, num_warps=_WINDOW_WARPS,
         )  # fmt: skip
-        _jit()._decide_kernel[(n_segs,)](layout.warm, above, count, cap, k, mode, state)
+        _decide_kernel[(n_segs,)](layout.warm, above, count, cap, k, mode, state)
     n_cand_chunks = layout.cand_chunk_start.numel()
     for hi, lo in ((30, 23), (22, 15), (14, 7), (6, 0)):  # the last digit overlaps by one bit
         # After two digits (16 bits) few keys still share the threshold's prefix.
         if n_chunks:
-            _jit()._digit_histogram_kernel[(n_chunks,)](
+            _digit_histogram_kernel[(n_chunks,)](
                 keys, *table, state, hist, mode, count, cap,
                 HI=hi, LO=lo, CHUNK=chunk, FEW=hi < 16, MODE=0, DYNAMIC=False,
                 num_warps=_CHUNK_WARPS,
             )  # fmt: skip
         if warm:
-            _jit()._digit_histogram_kernel[(n_cand_chunks,)](
+            _digit_histogram_kernel[(n_cand_chunks,)](
                 cand_keys, *cand_table, state, hist, mode, count, cap,
                 HI=hi, LO=lo, CHUNK=chunk, FEW=True, MODE=1, DYNAMIC=True,
                 num_warps=_CHUNK_WARPS,
             )  # fmt: skip
         if group is not None:  # row shards: the digit counts of the whole matrices
             dist.all_reduce(hist, group=group)
-        _jit()._pick_digit_kernel[(n_segs,)](hist, state, k, LO=lo)
+        _pick_digit_kernel[(n_segs,)](hist, state, k, LO=lo)
     ties = torch.empty(n_chunks, dtype=torch.int32, device=device)
     if n_chunks:
-        _jit()._count_ties_kernel[(n_chunks,)](
+        _count_ties_kernel[(n_chunks,)](
             keys, *table, state, ties, mode, CHUNK=chunk, num_warps=_CHUNK_WARPS
         )
     if warm:
-        _jit()._candidate_ties_kernel[(n_cand_chunks,)](
+        _candidate_ties_kernel[(n_cand_chunks,)](
             cand_keys, cand_idx, *cand_table, state, ties, mode, count, cap,
             layout.seg_first_chunk, CHUNK=chunk, KEY_CHUNK=chunk, num_warps=_CHUNK_WARPS,
         )  # fmt: skip
-        _jit()._update_warm_kernel[(n_segs,)](layout.warm, state)
+        _update_warm_kernel[(n_segs,)](layout.warm, state)
     before = torch.cumsum(ties, 0, dtype=torch.int64) - ties  # ties in earlier chunks
     seg = layout.chunk_seg.long()
     first = layout.seg_first_chunk.clamp(max=max(n_chunks - 1, 0))  # empty shards: unused
@@ -329,7 +590,7 @@ def topk_masks(
     layout = sel.layout
     keep = torch.empty(layout.offsets[-1], dtype=torch.uint8, device=weights[0].device)
     table = (layout.chunk_start, layout.chunk_end, layout.chunk_seg)
-    _jit()._keep_kernel[(layout.chunk_start.numel(),)](
+    _keep_kernel[(layout.chunk_start.numel(),)](
         sel.keys, keep, *table, sel.state, sel.k, sel.tie_prefix, CHUNK=chunk
     )
     keep = keep.view(torch.bool)
@@ -359,7 +620,7 @@ def project_(
     for w, (first, count), base in zip(weights, layout.chunks, layout.offsets, strict=False):
         if count == 0:  # an empty shard
             continue
-        _jit()._zero_dropped_kernel[(count,)](
+        _zero_dropped_kernel[(count,)](
             w,
             sel.keys,
             *table,

@@ -7,12 +7,15 @@ bandwidth); `reference_feature_major` is the same copy in torch.
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import torch
 from torch import Tensor
 
 from sparse_tf.kernels.grid import cdiv
+from sparse_tf.kernels.triton_support import tl, triton
+
+# ---------------------------------------------------------------------------------------------
+# The reference
+# ---------------------------------------------------------------------------------------------
 
 
 def reference_feature_major(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -20,11 +23,24 @@ def reference_feature_major(x: Tensor, dtype: torch.dtype) -> Tensor:
     return x.t().to(dtype).contiguous()
 
 
-def _jit() -> ModuleType:
-    """The Triton kernels, imported at the first launch: nothing else here needs triton."""
-    from sparse_tf.kernels.jit import transpose
+# ---------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------
 
-    return transpose
+
+@triton.jit
+def _transpose_kernel(x_ptr, out_ptr, R, C, stride_x, BR: tl.constexpr, BC: tl.constexpr):
+    rows = tl.program_id(1) * BR + tl.arange(0, BR)
+    cols = tl.program_id(0) * BC + tl.arange(0, BC)
+    inside = (rows < R)[:, None] & (cols < C)[None, :]
+    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_x + cols[None, :], mask=inside)
+    out = out_ptr + cols[:, None].to(tl.int64) * R + rows[None, :]
+    tl.store(out, tl.trans(x).to(out_ptr.dtype.element_ty), mask=tl.trans(inside))
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
 
 
 def feature_major(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -35,5 +51,5 @@ def feature_major(x: Tensor, dtype: torch.dtype) -> Tensor:
         x = x.contiguous()
     if T and n:
         b = 64
-        _jit()._transpose_kernel[(cdiv(n, b), cdiv(T, b))](x, out, T, n, x.stride(0), BR=b, BC=b)
+        _transpose_kernel[(cdiv(n, b), cdiv(T, b))](x, out, T, n, x.stride(0), BR=b, BC=b)
     return out
