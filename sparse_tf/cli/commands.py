@@ -1,8 +1,9 @@
 """The training commands, train and bridge, whose flags are the library's training configs
 (dataclasses that tyro turns into a parser), and what each one runs. The configs are
-torch-free, and so is this module: `--help` and `--print-config` import no torch (0.2 s, not
-3 s); the trainer (`train`, torchrun's `launch`) is imported only to run. `sparse_tf.cli.main`
-imports this module only to run one of them (the other commands are in `tools`)."""
+torch-free, and so is this module: `--help` and `--print-config` import no torch (a fraction
+of a second, not the seconds torch takes); the trainer (`train`, torchrun's `launch`) is
+imported only to run. `sparse_tf.cli.main` imports this module only to run one of them (the
+other commands are in `tools`)."""
 
 from __future__ import annotations
 
