@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 
+# The torch-free config modules only: `sparse-tf train --help` lists the presets.
 from sparse_tf.config import ConfigError
-from sparse_tf.data.pipeline import DataConfig
-from sparse_tf.gpt2 import GPT2Config
-from sparse_tf.model import GPTConfig
-from sparse_tf.optim import OptimConfig
-from sparse_tf.sparsity import SparsityConfig
-from sparse_tf.training import TrainConfig
+from sparse_tf.data.config import DataConfig
+from sparse_tf.gpt2_config import GPT2Config
+from sparse_tf.model_config import GPTConfig
+from sparse_tf.optim_config import OptimConfig
+from sparse_tf.sparsity_config import SparsityConfig
+from sparse_tf.training.config import TrainConfig
 
 DEFAULT_PRESET = "tiny-cpu"
 

@@ -105,12 +105,15 @@ def test_top_level_help_does_not_import_torch() -> None:
         "describe",
         "prune",
         "data prepare",
+        "train",
+        "bridge",
     ],
 )
-def test_help_of_commands_with_plain_flags_does_not_import_torch(command: str) -> None:
-    """Commands whose flags are plain values (or torch-free configs: describe's GPTConfig and
-    SparsityConfig, prune's PruneConfig, data prepare's DataConfig) parse them before importing
-    the library (train's and bridge's flags are the training configs, which need torch)."""
+def test_help_does_not_import_torch(command: str) -> None:
+    """Every command parses its flags before importing the library: they are plain values or
+    torch-free configs (describe's GPTConfig and SparsityConfig, prune's PruneConfig, data
+    prepare's DataConfig, train's TrainConfig and RunOptions and its presets, bridge's
+    BridgedTrainConfig)."""
     code = "from sparse_tf.cli import main\ntry:\n"
     code += f"    main({command.split()!r} + ['--help'])\nexcept SystemExit as e:\n"
     code += "    assert not e.code, e.code\n"
@@ -118,6 +121,24 @@ def test_help_of_commands_with_plain_flags_does_not_import_torch(command: str) -
     result = run_without_extras(code)
     assert result.returncode == 0, result.stderr
     assert "usage: sparse-tf" in result.stdout
+    assert result.stdout.splitlines()[-1] == "[]"  # none of the heavy imports
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--print-config"],
+        ["bridge", "--print-config"],  # --dense is needed to train, not to print the config
+        ["bridge", "--dense", "runs/gpt2", "--preset", "paper-d1024", "--print-config"],
+    ],
+)
+def test_print_config_does_not_import_torch(argv: list[str]) -> None:
+    """--print-config parses and prints the config without the trainer."""
+    code = f"from sparse_tf.cli import main\nmain({argv!r})\n"
+    code += "print([m for m in ('torch', 'numpy', 'tokenizers') if m in sys.modules])"
+    result = run_without_extras(code)
+    assert result.returncode == 0, result.stderr
+    assert "[sparsity]" in result.stdout
     assert result.stdout.splitlines()[-1] == "[]"  # none of the heavy imports
 
 

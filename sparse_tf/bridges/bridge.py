@@ -24,45 +24,14 @@ Each kind is averaged over the sites, so its coefficient does not grow with dept
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-import tyro
 from torch import Tensor, nn
 
+from sparse_tf.bridges.config import BridgeConfig  # torch-free: `bridge --help` reads it
 from sparse_tf.bridges.sites import ResidualSites
-from sparse_tf.config import Config, check
 from sparse_tf.sparsity import AbsTopK
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class BridgeConfig(Config):
-    """The dense model to bridge to, the bridges' shape and the weights of the losses."""
-
-    # `--dense DIR` on the command line (`--bridge.dense` also works): the flag the README uses.
-    dense: Annotated[str | None, tyro.conf.arg(aliases=("--dense",))] = None
-    """Folder of the dense Hugging Face GPT-2 (`save_pretrained`, with its tokenizer); required
-    to train (`BridgedTrainConfig.objective`), None only while a config is being built."""
-    encoder_afrac: float | None = 0.25
-    """AbsTopK on each encoder's output: int(frac · d_sparse) entries kept; None or 0: off."""
-    ce: float = 1.0
-    """The sparse model's own next-token loss."""
-    nmse: float = 1.0
-    """Normalised MSE of the encoders and decoders (their mean over the sites, summed)."""
-    kl_d2s: float = 1.0
-    """Hybrid KL dense → sparse (mean over the sites)."""
-    kl_s2d: float = 1.0
-    """Hybrid KL sparse → dense (mean over the sites)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.encoder_afrac == 0.0:
-            object.__setattr__(self, "encoder_afrac", None)  # one spelling of "off"
-        if self.encoder_afrac is not None:
-            check(0.0 < self.encoder_afrac <= 1.0, self, "encoder_afrac", "must be in (0, 1]")
-        for name in ("ce", "nmse", "kl_d2s", "kl_s2d"):
-            check(getattr(self, name) >= 0.0, self, name, "must be >= 0")
 
 
 def site_map(sparse_layers: int, dense_layers: int) -> list[int]:

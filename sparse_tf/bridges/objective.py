@@ -1,66 +1,39 @@
 """The bridged objective: what `sparse-tf bridge` trains, plugged into the ordinary trainer.
 
-`BridgedTrainConfig` is a `TrainConfig` plus the bridges (`bridge: BridgeConfig`, with the
-dense GPT-2 folder in `bridge.dense`); its objective, `BridgedObjective`, loads the frozen
-dense model, wraps the sparse GPT in a `BridgedModel` (the GPT + the bridges, which the
-optimizer trains and the checkpoints hold), and trains the weighted sum of the model's
-next-token loss and the bridges' terms (`BridgeLosses.total`). It logs every term per site
-(`bridge/{kind}` and `bridge/{kind}/{site}`), and at the end adds the bridges' losses on
-validation windows to summary.json (`bridge_val`).
+`BridgedTrainConfig` (`bridges.train_config`, torch-free) is a `TrainConfig` plus the bridges
+(`bridge: BridgeConfig`, with the dense GPT-2 folder in `bridge.dense`); its objective,
+`BridgedObjective`, loads the frozen dense model, wraps the sparse GPT in a `BridgedModel` (the
+GPT + the bridges, which the optimizer trains and the checkpoints hold), and trains the
+weighted sum of the model's next-token loss and the bridges' terms (`BridgeLosses.total`). It
+logs every term per site (`bridge/{kind}` and `bridge/{kind}/{site}`), and at the end adds the
+bridges' losses on validation windows to summary.json (`bridge_val`).
 
-Runs written before this class existed recorded their bridges the same way (`"bridge"` in
-run.json's config), so they read as bridged runs unchanged.
+The objective takes the training config and its `BridgeConfig` apart, so that this module
+need not import `bridges.train_config`, which imports it (when asked to train): no cycle.
+
+Runs written before `BridgedTrainConfig` existed recorded their bridges the same way
+(`"bridge"` in run.json's config), so they read as bridged runs unchanged.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from sparse_tf.bridges.bridge import LOSS_KINDS, BridgeConfig
+from sparse_tf.bridges.bridge import LOSS_KINDS
+from sparse_tf.bridges.config import BridgeConfig
 from sparse_tf.bridges.dense import BridgeError, check_same_tokenizer, dense_tokenizer, load_gpt2
 from sparse_tf.bridges.model import BridgedModel, bridge_validation
 from sparse_tf.bridges.sites import site_name
-from sparse_tf.config import check
 from sparse_tf.data.pipeline import Data
 from sparse_tf.data.tokens import EpochSampler, Windows
 from sparse_tf.gpt2 import require_transformers
-from sparse_tf.model import GPT, GPTConfig
+from sparse_tf.model import GPT
 from sparse_tf.trainable import TrainableModel
 from sparse_tf.training import Loss, MicroBatch, Objective, TrainConfig, TrainEnv
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class BridgedTrainConfig(TrainConfig):
-    """A training run of a sparse GPT with bridges to a frozen dense GPT-2 (`sparse-tf
-    bridge`); the loss adds the bridges' terms to the model's own."""
-
-    bridge: BridgeConfig = BridgeConfig()
-    """The dense model (`bridge.dense`, required to train), the bridges' shape, the weights of
-    the loss terms."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(isinstance(self.model, GPTConfig), self, "bridge", "bridges a sparse_tf GPT only")
-
-    @classmethod
-    def bridging(cls, cfg: TrainConfig, bridge: BridgeConfig) -> BridgedTrainConfig:
-        """`cfg` (a preset, say) trained with `bridge`."""
-        fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)}
-        return cls(**fields, bridge=bridge)
-
-    def objective(self) -> BridgedObjective:
-        check(
-            self.bridge.dense is not None,
-            self,
-            "bridge",
-            "needs bridge.dense: the dense GPT-2 folder to bridge to",
-        )
-        return BridgedObjective(self)
 
 
 class BridgedObjective(Objective):
@@ -68,9 +41,11 @@ class BridgedObjective(Objective):
 
     shardable = False  # the bridges reach into every layer of a whole model
 
-    def __init__(self, cfg: BridgedTrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, bridge: BridgeConfig) -> None:
+        """`cfg`: the run (its model a `GPTConfig`); `bridge`: its bridges, `bridge.dense` set
+        (`BridgedTrainConfig.objective` checks both)."""
         require_transformers()  # the dense GPT-2: the [hf] extra, said before any data work
-        self.cfg = cfg
+        self.cfg, self.bridge = cfg, bridge
         self._model: BridgedModel | None = None
         self._env: TrainEnv | None = None
         self._spreads: Tensor | None = None
@@ -96,7 +71,7 @@ class BridgedObjective(Objective):
         targets' means over the first batch (whole on every rank)."""
         cfg = self.cfg
         assert isinstance(model, GPT)  # BridgedTrainConfig's model is a GPTConfig
-        path = Path(cfg.bridge.dense)  # type: ignore[arg-type]  # checked by objective()
+        path = Path(self.bridge.dense)  # type: ignore[arg-type]  # checked by objective()
         dense = load_gpt2(path, env.device)
         check_same_tokenizer(dense_tokenizer(path), data.tokenizer, path)
         vocab, n_ctx = dense.config.vocab_size, dense.config.n_positions
@@ -105,7 +80,7 @@ class BridgedObjective(Objective):
                 f"--dense {path}: vocabulary {vocab} and context {n_ctx}; the sparse model needs "
                 f"vocabulary {cfg.model.vocab_size} and context >= {cfg.model.n_ctx}"
             )
-        bridged = BridgedModel(model, dense, cfg.bridge).to(env.device)
+        bridged = BridgedModel(model, dense, self.bridge).to(env.device)
         if new_run:
             first = EpochSampler(len(data.train), cfg.seed).indices(0, cfg.batch_size)
             windows = data.train.get(first)[0]
@@ -129,7 +104,7 @@ class BridgedObjective(Objective):
     def loss(self, net: nn.Module, batch: MicroBatch) -> Loss:
         parts = net(batch.inputs, targets=batch.targets, spreads=self._spreads)
         share = batch.window_share
-        total = parts.total(self.cfg.bridge, ce_scale=batch.target_share, scale=share)
+        total = parts.total(self.bridge, ce_scale=batch.target_share, scale=share)
         self._sums += share * parts.per_site()  # type: ignore[operator]
         return Loss(total=total, lm=parts.ce * batch.target_share)
 
@@ -159,4 +134,4 @@ class BridgedObjective(Objective):
 
     def banner(self) -> str:
         sites = 2 * self.cfg.model.n_layer + 1
-        return f"bridged to the dense GPT-2 in {self.cfg.bridge.dense} at {sites} sites"
+        return f"bridged to the dense GPT-2 in {self.bridge.dense} at {sites} sites"

@@ -66,8 +66,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("tools", "to and from OpenAI's released circuit_sparsity model layout"),
 }
 """Each command: the module of `sparse_tf.cli` whose NAME_command runs it (`commands` for those
-whose flags are the library's configs that need torch, `tools` for the rest), and its line in
-`--help`."""
+whose flags are the training configs, `tools` for the rest), and its line in `--help`. Neither
+module imports torch before it has parsed: every command's `--help` is fast."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(2)
     try:
-        # Only the command's own module: `tools` commands show --help without torch.
+        # Only the command's own module, which imports torch only after parsing (--help).
         module = importlib.import_module(f"sparse_tf.cli.{COMMANDS[name][0]}")
         getattr(module, f"{name}_command")(rest)
     except Interrupted as e:

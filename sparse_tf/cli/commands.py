@@ -1,6 +1,8 @@
 """The training commands, train and bridge, whose flags are the library's training configs
-(dataclasses that tyro turns into a parser), and what each one runs. Their `--help` needs the
-configs, and so torch; `sparse_tf.cli.main` imports this module only to run one of them (the
+(dataclasses that tyro turns into a parser), and what each one runs. The configs are
+torch-free, and so is this module: `--help` and `--print-config` import no torch (a fraction
+of a second, not the seconds torch takes); the trainer (`train`, torchrun's `launch`) is
+imported only to run. `sparse_tf.cli.main` imports this module only to run one of them (the
 other commands are in `tools`)."""
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from typing import Annotated
 
 import tyro
 
-from sparse_tf.bridges.bridge import BridgeConfig
-from sparse_tf.bridges.objective import BridgedTrainConfig
+from sparse_tf.bridges.config import BridgeConfig
+from sparse_tf.bridges.train_config import BridgedTrainConfig
 from sparse_tf.cli import Interrupted, UsageError
 from sparse_tf.cli.common import (
     CONFIG_FILE_FLAGS,
@@ -29,10 +31,14 @@ from sparse_tf.config import ConfigError
 from sparse_tf.config_files import overlay, read_toml
 from sparse_tf.errors import SparseTFError
 from sparse_tf.filenames import RUN_FILE
-from sparse_tf.parallel import launch
 from sparse_tf.presets import DEFAULT_PRESET, PRESETS, preset
-from sparse_tf.training import RunOptions, TrainConfig, TrainingStopped, train
-from sparse_tf.training.run_folder import FOLDER_FLAGS, saved_config
+from sparse_tf.training.config import (
+    FOLDER_FLAGS,
+    RunOptions,
+    TrainConfig,
+    TrainingStopped,
+    saved_config,
+)
 
 TRAIN_FILE_EXCLUDE = {**CONFIG_FILE_FLAGS, **FOLDER_FLAGS}
 """What a training config file may not set (and --print-config does not write): the config
@@ -199,6 +205,10 @@ def _train(argv: list[str], *, bridged: bool) -> None:
     if args.print_config:
         print_config(dataclasses.replace(args, config=config), prog, exclude=TRAIN_FILE_EXCLUDE)
         return
+    # Torch from here on: only a run needs the trainer (the parse above imports none).
+    from sparse_tf.parallel import launch
+    from sparse_tf.training.loop import train
+
     world = launch.world_from_env()
     if not world.distributed:
         try:

@@ -3,20 +3,25 @@
 `TrainConfig` fixes the trajectory (model, sparsity, optimizer, data, batch, steps, seed) and
 the objective the loop minimises: a resumed run must match it exactly. `RunOptions` are how
 this particular process runs (where, on which device, how often it logs or saves) and may
-change between resumes.
+change between resumes. `FOLDER_FLAGS` and `saved_config` are what the command line needs of
+a run folder before it parses (`run_folder` re-exports them).
+
+No torch: `sparse-tf train --help` builds its parser from this module.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from sparse_tf.config import Config, ConfigError, check
 from sparse_tf.data.config import DataConfig
 from sparse_tf.errors import SparseTFError
 from sparse_tf.extras import install_hint, installed
+from sparse_tf.filenames import RUN_FILE
 from sparse_tf.gpt2_config import GPT2Config
-from sparse_tf.io import ProgressMode
+from sparse_tf.io import ProgressMode, read_json
 from sparse_tf.log import WandbMode
 from sparse_tf.model_config import GPTConfig
 from sparse_tf.optim_config import OptimConfig
@@ -195,3 +200,27 @@ class RunOptions(Config):
         check(self.eval_windows is None or self.eval_windows >= 1, self, "eval_windows", ">= 1")
         check(self.ckpt_every >= 1, self, "ckpt_every", "must be >= 1")
         check(self.keep_last >= 1, self, "keep_last", "must be >= 1")
+
+
+FOLDER_FLAGS = {
+    "resume": "continues the run in --out: a command-line flag (--resume), not a config value",
+    "overwrite": "replaces the run in --out: a command-line flag (--overwrite), not a config value",
+}
+"""The run options that say what to do with the folder, not how to train: never in a config
+file (a file that resumes or overwrites whatever --out holds would do so on every use), and
+so not in config.toml; each -> why, the error a file setting it gets. Here rather than in
+`run_folder` (which imports torch) because `sparse-tf train --help` needs it."""
+
+
+def saved_config(out: Path, config_type: type[TrainConfig]) -> TrainConfig | None:
+    """The config the run in `out` was started with, read as `config_type` (None when `out`
+    holds no run.json: `train` says so). It reads run.json alone, without torch: `sparse-tf
+    train --resume` takes its defaults from it before parsing the other flags (`--help` and
+    `--print-config` too)."""
+    file = out / RUN_FILE
+    if not file.is_file():
+        return None
+    try:
+        return config_type.from_dict(read_json(file)["config"], source=str(file))
+    except (ValueError, KeyError, TypeError) as e:
+        raise TrainingError(f"--resume: {file} is unreadable ({e})") from None

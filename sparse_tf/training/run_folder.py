@@ -45,18 +45,18 @@ from sparse_tf.io import (
 )
 from sparse_tf.log import read_metrics
 from sparse_tf.provenance import git_revision, package_versions, utc_now
-from sparse_tf.training.config import RunOptions, TrainConfig, TrainingError
+from sparse_tf.training.config import (  # noqa: F401 - saved_config: re-exported
+    # FOLDER_FLAGS and saved_config live in the torch-free config module (`sparse-tf
+    # train`'s --help and --print-config read them); importable from here as before.
+    FOLDER_FLAGS,
+    RunOptions,
+    TrainConfig,
+    TrainingError,
+    saved_config,
+)
 
 RUN_FORMAT = "sparse_tf.run"
 """run.json's "format": what marks a folder as a sparse_tf run."""
-
-FOLDER_FLAGS = {
-    "resume": "continues the run in --out: a command-line flag (--resume), not a config value",
-    "overwrite": "replaces the run in --out: a command-line flag (--overwrite), not a config value",
-}
-"""The run options that say what to do with the folder, not how to train: never in a config
-file (a file that resumes or overwrites whatever --out holds would do so on every use), and
-so not in config.toml; each -> why, the error a file setting it gets."""
 
 
 def claim_out_dir(out: Path, cfg: TrainConfig, opts: RunOptions) -> FolderLock:
@@ -173,18 +173,6 @@ def run_toml(cfg: TrainConfig, opts: RunOptions) -> str:
 def write_run_toml(out: Path, cfg: TrainConfig, opts: RunOptions) -> None:
     """Write OUT/config.toml (atomically: a temporary name, then a rename)."""
     atomic_write_text(out / RUN_TOML_FILE, run_toml(cfg, opts))
-
-
-def saved_config(out: Path, config_type: type[TrainConfig]) -> TrainConfig | None:
-    """The config the run in `out` was started with, read as `config_type` (None when `out`
-    holds no run.json: `train` says so)."""
-    file = out / RUN_FILE
-    if not file.is_file():
-        return None
-    try:
-        return config_type.from_dict(read_json(file)["config"], source=str(file))
-    except (ValueError, KeyError, TypeError) as e:
-        raise TrainingError(f"--resume: {file} is unreadable ({e})") from None
 
 
 def read_run_info(out: Path) -> dict[str, Any]:
