@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import random
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparse_tf import OptimConfig, SparsityConfig, load_model, load_tokenizer
+from sparse_tf import GPT, OptimConfig, SparseOptimizer, SparsityConfig, load_model, load_tokenizer
 from sparse_tf.checkpoint import SPARSE_MODEL_FILE, list_checkpoints, verify, write_manifest
 from sparse_tf.config import ConfigError
 from sparse_tf.data import CorpusError, DataConfig, TokenDataError
@@ -88,6 +89,21 @@ def test_run_records_config_versions_device_git_and_data(finished: Path, corpus:
     assert all(k.split("/")[0] in {"train", "val", "sparsity", "perf"} for k in keys)
     assert {"train/loss", "val/loss", "sparsity/l0", "perf/tokens_per_s", "train/lr"} <= keys
     assert json.loads((finished / "final" / "config.json").read_text())["train"] == info["config"]
+
+
+def test_a_finished_run_leaves_nothing_alive(corpus: Path, tmp_path: Path) -> None:
+    """train() returning frees its model and optimizer at once, without waiting for Python's
+    garbage collector (off here): nothing of the run sits in a reference cycle, which on a GPU
+    would hold its memory from the next run in the process. tests/test_gpu.py checks the memory
+    itself, with --cuda-graphs too."""
+    gc.collect()
+    gc.disable()
+    try:
+        train(tiny_train_config(corpus, max_steps=2), quiet_options(tmp_path / "run"))
+        alive = [type(o).__name__ for o in gc.get_objects() if isinstance(o, GPT | SparseOptimizer)]
+    finally:
+        gc.enable()
+    assert alive == []
 
 
 def test_resume_from_a_middle_checkpoint_continues_bit_identically(

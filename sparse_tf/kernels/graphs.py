@@ -112,6 +112,14 @@ def capture(fn: Callable[[], T], device: torch.device) -> tuple[torch.cuda.CUDAG
     return graph, out
 
 
+def release(tensors: Sequence[Tensor]) -> None:
+    """Drop the captures that work on any of `tensors` (a model whose training has ended), and
+    the memory their launches hold; the captures of other tensors stay."""
+    ptrs = {t.data_ptr() for t in tensors}
+    for key in [key for key in _GRAPHS if ptrs & {ptr for ptr, _, _ in key[1]}]:
+        del _GRAPHS[key]
+
+
 def clear() -> None:
     """Drop every captured graph (and the memory its launches hold)."""
     _GRAPHS.clear()

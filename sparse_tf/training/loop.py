@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import os
 import signal
 import sys
@@ -25,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
+from sparse_tf import kernels
 from sparse_tf._version import __version__
 from sparse_tf.checkpoint import export_model, list_checkpoints, load_checkpoint, save_checkpoint
 from sparse_tf.config import ConfigError
@@ -182,6 +184,17 @@ class _Run:
         finally:
             if self._lock is not None:
                 self._lock.release()
+            self._release_captures()
+
+    def _release_captures(self) -> None:
+        """Drop the CUDA graphs of this run as it ends: its micro-batch graph, and the
+        projection's capture of its weights, which `kernels.graphs` keeps for as long as a
+        model trains (several at once in a process). Their memory is then free for the next
+        run in the same process (a sweep, a benchmark, `sparse-tf analyze`)."""
+        self.graphed = None
+        net: torch.nn.Module | None = getattr(self, "net", None)
+        if net is not None:
+            kernels.graphs.release(list(net.parameters()))
 
     def _claim(self) -> None:
         self._lock = claim_out_dir(self.out, self.cfg, self.opts)
@@ -274,9 +287,11 @@ class _Run:
             # shapes, no recompiles).
             self.net = torch.compile(self.net)  # type: ignore[assignment]
         if opts.cuda_graphs:  # captured at the first micro-batch
-            self.graphed = GraphedMicroBatch(
-                self.objective, self.net, lambda: self.env.autocast(cache=False)
-            )
+            # A partial of the env, not a lambda on self: a run in a reference cycle would
+            # keep its model, optimizer and graph on the GPU after train() returns, until
+            # Python's next full collection.
+            autocast = functools.partial(self.env.autocast, cache=False)
+            self.graphed = GraphedMicroBatch(self.objective, self.net, autocast)
         logger: RunLogger | SilentLogger = SilentLogger()
         if world.main:
             logger = RunLogger(
