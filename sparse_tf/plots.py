@@ -5,6 +5,7 @@ PNG `sparse-tf prune` writes beside circuit.html).
     RUN_DIR/plots/l0.png             the L0 schedule (fraction of weights kept)
     RUN_DIR/plots/lr.png             the learning-rate schedule
     RUN_DIR/plots/tokens_per_s.png   throughput
+    RUN_DIR/plots/bridges.png        a bridged run's bridge losses (NMSE and KL, mean of sites)
     RUN_DIR/plots/plots.html         all of them embedded: one page, no network needed
 
 A chart whose metric the run never logged (no val/loss with --data.val-frac 0) is left out.
@@ -42,6 +43,20 @@ PLOTTED = (
     "perf/tokens",
 )
 """The metrics.jsonl keys the charts read (`sparse_tf.training.loop` writes them)."""
+
+BRIDGE_PANELS = (
+    (
+        "NMSE",
+        (
+            ("bridge/nmse_enc", "encoder (dense -> sparse)"),
+            ("bridge/nmse_dec", "decoder (sparse -> dense)"),
+        ),
+    ),
+    ("KL", (("bridge/kl_d2s", "dense -> sparse"), ("bridge/kl_s2d", "sparse -> dense"))),
+)
+"""A bridged run's losses, as `sparse-tf bridge` logs them (each the mean over the sites):
+the reconstruction errors of the bridges and the KL terms of the hybrid forward passes, one
+panel each (their scales differ)."""
 
 COLOURS = {"train": "tab:blue", "val": "tab:orange", "other": "tab:green"}
 DPI = 110
@@ -170,7 +185,26 @@ def run_charts(records: Sequence[dict[str, Any]], title: str) -> list[Chart]:
             ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         charts.append(Chart(name, fig))
+    if any(key in r for r in records for _, lines in BRIDGE_PANELS for key, _ in lines):
+        charts.append(Chart("bridges", _bridge_figure(records, title)))
     return charts
+
+
+def _bridge_figure(records: Sequence[dict[str, Any]], title: str) -> Figure:
+    fig, axes = figure(12, 4, len(BRIDGE_PANELS))
+    colours = (COLOURS["train"], COLOURS["val"])
+    for ax, (kind, lines) in zip(axes, BRIDGE_PANELS, strict=True):
+        for (key, label), colour in zip(lines, colours, strict=True):
+            xs, ys = _series(records, key)
+            if xs:
+                _line(ax, xs, ys, colour, label)
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"{kind} (mean over sites)")
+        ax.set_title(f"{title}: bridge {kind}")
+        ax.set_yscale("log")  # the terms fall by orders of magnitude
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    return fig
 
 
 def _engineering(ax: Axes, which: str) -> None:

@@ -359,6 +359,11 @@ def test_bridge_command_trains_logs_exports_and_resumes(
     sites = ["L0.attn_in", "L0.mlp_in", "L1.attn_in", "L1.mlp_in", "final"]
     for kind in ("nmse_enc", "nmse_dec", "kl_d2s", "kl_s2d"):
         assert all(f"bridge/{kind}/{s}" in logged[-1] for s in sites)
+    plotted = subprocess.run(
+        [sys.executable, "-m", "sparse_tf.cli", "plot", str(out)], capture_output=True, text=True
+    )
+    assert plotted.returncode == 0, plotted.stderr[-3000:]
+    assert (out / "plots" / "bridges.png").stat().st_size > 0  # the bridge losses, drawn
     # The dense GPT-2 has 1 layer, the sparse model 2: sites pair up with the dense ones.
     model, bridges = load_bridged(out / "final")
     assert bridges.dense_sites == [0, 1, 1, 2, 2]

@@ -83,6 +83,30 @@ def test_a_run_without_validation_leaves_the_val_curves_out(run: Path) -> None:
     assert [line.get_label() for line in by_step.get_lines()] == ["train loss"]
 
 
+def test_a_bridged_runs_losses_get_their_own_chart(run: Path) -> None:
+    """A bridged run also logs bridge/{nmse_enc,nmse_dec,kl_d2s,kl_s2d} (the real command's
+    records: tests/test_bridges.py); here they are added to a real run's records, one value
+    per logged step, and drawn as two log-scale panels with the values as logged."""
+    records = read_run_metrics(run)
+    kinds = ("nmse_enc", "nmse_dec", "kl_d2s", "kl_s2d")
+    for i, r in enumerate(r for r in records if "train/loss" in r):
+        r.update({f"bridge/{kind}": (j + 1) / (i + 1) for j, kind in enumerate(kinds)})
+    charts = {c.name: c.figure for c in run_charts(records, "bridged")}
+    assert list(charts) == [*CHARTS, "bridges"]
+    nmse, kl = charts["bridges"].axes
+    logged = [r for r in records if "bridge/kl_d2s" in r]
+    for ax, pair in ((nmse, kinds[:2]), (kl, kinds[2:])):
+        assert ax.get_yscale() == "log"
+        assert ax.get_xlabel() == "step"
+        lines = ax.get_lines()
+        assert len(lines) == 2
+        for line, kind in zip(lines, pair, strict=True):
+            assert list(line.get_xdata()) == [r["step"] for r in logged]
+            assert list(line.get_ydata()) == [r[f"bridge/{kind}"] for r in logged]
+    assert_plot_drawn(png_bytes(charts["bridges"]))
+    assert "bridges" not in {c.name for c in run_charts(read_run_metrics(run), "plain")}
+
+
 def test_an_unterminated_last_line_is_a_record_still_being_written(run: Path) -> None:
     n = len(read_run_metrics(run))
     with open(run / METRICS_FILE, "a") as f:
