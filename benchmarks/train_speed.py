@@ -8,9 +8,11 @@ loop (data, micro-batches, grad RMS, Adam, projection, logging, checkpoints), si
 
 Each variant trains `--steps` steps (its schedules squeezed into them, so the last half runs at
 the target L0) into a temporary folder; the table gives the median step time and tokens/s over
-the second half of the steps, the peak GPU memory, and the ratio to the dense twin run the
-same way and to the eager dense twin. Modes: `none` (eager), `default` (`--compile default`),
-`graphs` (`--cuda-graphs`: each micro-batch's forward and backward replayed as a CUDA graph).
+the second half of the steps, the host time per step spent reading batches from the store
+(`perf/data_ms`: the most a step can wait on data), the peak GPU memory, and the ratio to the
+dense twin run the same way and to the eager dense twin. Modes: `none` (eager), `default`
+(`--compile default`), `graphs` (`--cuda-graphs`: each micro-batch's forward and backward
+replayed as a CUDA graph).
 Variants alternate `--repeats` times so that machine noise hits all alike. A compiled or
 graphed run's first steps include compilation or capture; the median over the second half does
 not.
@@ -80,24 +82,26 @@ def main() -> None:
                     records = [r for r in read_metrics(out) if "perf/step_ms" in r]
                     late = records[len(records) // 2 :]
                     ms = statistics.median(r["perf/step_ms"] for r in late)
+                    data_ms = statistics.median(r["perf/data_ms"] for r in late)
                     mem = max((r.get("perf/gpu_mem_gib", 0.0) for r in records), default=0.0)
-                    rows.append((repeat, mode, name, ms, mem, result.summary["val_loss"]))
-    dense_ms = {(r, mode): ms for r, mode, name, ms, _, _ in rows if name == "dense"}
+                    val = result.summary["val_loss"]
+                    rows.append((repeat, mode, name, ms, data_ms, mem, val))
+    dense_ms = {(r, mode): ms for r, mode, name, ms, *_ in rows if name == "dense"}
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"{args.preset}, {args.steps} steps, {tokens_per_step:,} tokens/step, {device}")
     print(
-        "| run | mode | variant | ms/step | tokens/s | peak GPU GiB | val loss "
+        "| run | mode | variant | ms/step | tokens/s | data ms/step | peak GPU GiB | val loss "
         "| vs dense, same mode | vs dense eager |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for repeat, mode, name, ms, mem, val in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for repeat, mode, name, ms, data_ms, mem, val in rows:
         eager = dense_ms.get((repeat, "none"))
         twin = dense_ms.get((repeat, mode))
         vs_eager = f"{eager / ms:.2f}x" if eager is not None else "-"
         vs_twin = f"{twin / ms:.2f}x" if twin is not None else "-"
         print(
             f"| {repeat + 1} | {mode} | {name} | {ms:.1f} | {tokens_per_step / ms * 1000:,.0f} | "
-            f"{mem:.1f} | {val:.3f} | {vs_twin} | {vs_eager} |"
+            f"{data_ms:.2f} | {mem:.1f} | {val:.3f} | {vs_twin} | {vs_eager} |"
         )
 
 

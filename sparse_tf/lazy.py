@@ -1,7 +1,8 @@
 """Packages that import their modules on first use (`sparse_tf`, `sparse_tf.bridges`,
-`sparse_tf.data`, `sparse_tf.pruning`, `sparse_tf.training`): a name is looked up in the
-package's table, its module imported then and the value kept in the package, so that importing
-the package costs nothing until a name is used (`sparse-tf --help` imports no torch).
+`sparse_tf.data`, `sparse_tf.pruning`, `sparse_tf.tasks`, `sparse_tf.training`): a name is
+looked up in the package's table, its module imported then and the value kept in the package,
+so that importing the package costs nothing until a name is used (`sparse-tf --help` imports no
+torch).
 
     __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 """

@@ -1,5 +1,6 @@
-"""The GPT's architecture config (`GPTConfig`), without torch: the command line's `--help`
-builds its parser from it (`sparse_tf.model` re-exports it)."""
+"""The GPT's architecture config (`GPTConfig`), and `ModelConfig`, the configs of every model
+the trainer builds, without torch: the command line's `--help` builds its parser from them
+(`sparse_tf.model` and `sparse_tf.trainable` re-export them)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 from typing import Any, ClassVar, Literal, Self
 
 from sparse_tf.config import ARCH_KEY, Config, ConfigError, check
+from sparse_tf.gpt2_config import GPT2Config
 from sparse_tf.sites import ABSTOPK_SITES
 from sparse_tf.sparsity_config import abstopk_k
 
@@ -137,3 +139,8 @@ class GPTConfig(Config):
                 )
             data = {k: v for k, v in data.items() if k != ARCH_KEY}
         return super().from_dict(data, source)
+
+
+ModelConfig = GPTConfig | GPT2Config
+"""The configs of the models the trainer builds itself (`TrainConfig.model`): the weight-sparse
+GPT and the dense Hugging Face GPT-2."""

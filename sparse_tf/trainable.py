@@ -21,10 +21,8 @@ from torch import Tensor, nn
 from sparse_tf.config import tagged_config
 from sparse_tf.gpt2 import DenseGPT2, GPT2Config
 from sparse_tf.model import GPT, GPTConfig
+from sparse_tf.model_config import ModelConfig
 from sparse_tf.sparsity import SparseWeight
-
-ModelConfig = GPTConfig | GPT2Config
-"""The configs of the models the trainer builds itself (`TrainConfig.model`)."""
 
 
 class TrainableModel(Protocol):

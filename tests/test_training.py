@@ -88,6 +88,9 @@ def test_run_records_config_versions_device_git_and_data(finished: Path, corpus:
     keys = set().union(*records) - {"step", "time"}
     assert all(k.split("/")[0] in {"train", "val", "sparsity", "perf"} for k in keys)
     assert {"train/loss", "val/loss", "sparsity/l0", "perf/tokens_per_s", "train/lr"} <= keys
+    # Reading batches from the store is timed apart: a part of the step, never more.
+    steps = [r for r in records if "perf/step_ms" in r]
+    assert all(0 < r["perf/data_ms"] < r["perf/step_ms"] for r in steps)
     assert json.loads((finished / "final" / "config.json").read_text())["train"] == info["config"]
 
 

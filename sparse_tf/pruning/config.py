@@ -4,12 +4,9 @@ it (`sparse_tf.pruning.search` and `sparse_tf.pruning` re-export it)."""
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from sparse_tf.config import Config, check
-
-CHANCE_LOSS = math.log(2)
-"""The task loss at chance (`sparse_tf.tasks.metrics.CHANCE_LOSS`, which imports torch)."""
+from sparse_tf.tasks.base import CHANCE_LOSS
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -11,7 +11,11 @@ reserves so that every candidate is a single token. `read_pairs_file(path)` read
 task's pairs from a JSON-lines file (`PairsFile`, usable wherever a `Task` is scored or pruned).
 """
 
+from typing import TYPE_CHECKING
+
+from sparse_tf.lazy import lazy_exports
 from sparse_tf.tasks.base import (
+    CHANCE_LOSS,
     SPLITS,
     Example,
     Pair,
@@ -24,25 +28,49 @@ from sparse_tf.tasks.base import (
     save_pairs,
 )
 from sparse_tf.tasks.catalog import TASKS
-from sparse_tf.tasks.encoding import (
-    EncodedPairs,
-    TaskBatch,
-    TaskTokenError,
-    batches,
-    encode_pairs,
-    truncated,
-)
-from sparse_tf.tasks.files import PairsFile, read_pairs_file
-from sparse_tf.tasks.metrics import (
-    CHANCE_LOSS,
-    TaskScore,
-    candidate_logits,
-    contrast_loss,
-    evaluate_task,
-    last_logits,
-    mean_scores,
-    score,
-)
+
+_LAZY: dict[str, str] = {
+    "EncodedPairs": "sparse_tf.tasks.encoding",
+    "TaskBatch": "sparse_tf.tasks.encoding",
+    "TaskTokenError": "sparse_tf.tasks.encoding",
+    "batches": "sparse_tf.tasks.encoding",
+    "encode_pairs": "sparse_tf.tasks.encoding",
+    "truncated": "sparse_tf.tasks.encoding",
+    "PairsFile": "sparse_tf.tasks.files",
+    "read_pairs_file": "sparse_tf.tasks.files",
+    "TaskScore": "sparse_tf.tasks.metrics",
+    "candidate_logits": "sparse_tf.tasks.metrics",
+    "contrast_loss": "sparse_tf.tasks.metrics",
+    "evaluate_task": "sparse_tf.tasks.metrics",
+    "last_logits": "sparse_tf.tasks.metrics",
+    "mean_scores": "sparse_tf.tasks.metrics",
+    "score": "sparse_tf.tasks.metrics",
+}
+"""The exports of the modules that need torch or tokenizers (encoding, scoring, pairs files),
+imported on first use: the tasks themselves (`base`, `catalog`) import neither, so that a
+command's `--help` may read them."""
+
+if TYPE_CHECKING:
+    from sparse_tf.tasks.encoding import (
+        EncodedPairs,
+        TaskBatch,
+        TaskTokenError,
+        batches,
+        encode_pairs,
+        truncated,
+    )
+    from sparse_tf.tasks.files import PairsFile, read_pairs_file
+    from sparse_tf.tasks.metrics import (
+        TaskScore,
+        candidate_logits,
+        contrast_loss,
+        evaluate_task,
+        last_logits,
+        mean_scores,
+        score,
+    )
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 def get_task(name: str) -> Task:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,10 @@ from typing import Any, Literal, Protocol
 
 from sparse_tf.errors import SparseTFError
 from sparse_tf.io import atomic_write_text
+
+CHANCE_LOSS = math.log(2)
+"""A task's loss at chance: the binary cross-entropy of the two candidates held equally likely
+(pruning targets must lie below it)."""
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")

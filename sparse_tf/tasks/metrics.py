@@ -8,7 +8,6 @@ are twice these. Chance is ln 2 = 0.693, accuracy 0.5 and margin 0.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -22,8 +21,6 @@ from sparse_tf.data.tokenizer import eot_id
 from sparse_tf.model import GPT
 from sparse_tf.tasks.base import PairSource, Split
 from sparse_tf.tasks.encoding import TaskBatch, batches, encode_pairs, truncated
-
-CHANCE_LOSS = math.log(2)
 
 Model = Callable[[Tensor], Tensor]
 """Anything that maps tokens [M, T] to next-token logits [M, T, vocab], e.g. a `GPT`."""

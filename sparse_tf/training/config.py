@@ -23,16 +23,12 @@ from sparse_tf.filenames import RUN_FILE
 from sparse_tf.gpt2_config import GPT2Config
 from sparse_tf.io import ProgressMode, read_json
 from sparse_tf.log import WandbMode
-from sparse_tf.model_config import GPTConfig
+from sparse_tf.model_config import ModelConfig
 from sparse_tf.optim_config import OptimConfig
 from sparse_tf.sparsity_config import SparsityConfig
 
 if TYPE_CHECKING:
     from sparse_tf.training.objective import Objective
-
-ModelConfig = GPTConfig | GPT2Config
-"""The configs of the models the trainer builds itself (`sparse_tf.trainable.ModelConfig`,
-spelled out here so that this module, which `--help` reads, imports no torch)."""
 
 DistMode = Literal["ddp", "fsdp"]
 CompileMode = Literal["none", "default"]

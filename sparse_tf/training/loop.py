@@ -112,6 +112,7 @@ class _Run:
         if opts.cuda_graphs:
             self._check_graphable()
         self.graphed: GraphedMicroBatch | None = None  # set when the loop starts
+        self._data_s = 0.0  # host time reading batches from the store, this log window
 
     def _check_graphable(self) -> None:
         """--cuda-graphs: a model and objective a graph can replay, in one CUDA process."""
@@ -395,6 +396,10 @@ class _Run:
                         "sparsity/nonzeros": sum(stats.nonzeros.values()),
                         "perf/tokens_per_s": n * tokens_per_step / (now - t_window),
                         "perf/step_ms": 1000 * (now - t_window) / n,
+                        # Reading the batch's windows from the store (memory-mapped) on the
+                        # host, per step: on a GPU it overlaps the previous step's kernels,
+                        # so the step waits on data at most this long.
+                        "perf/data_ms": 1000 * self._data_s / n,
                         "perf/tokens": done * tokens_per_step,
                     }
                     metrics |= self.objective.log_metrics(n)
@@ -405,6 +410,7 @@ class _Run:
                         metrics["val/loss"] = self.evaluate(model, data.val, opts.eval_windows)
                     logger.log(done, metrics)
                     loss_sum.zero_()
+                    self._data_s = 0.0
                     window_start, t_window = done, time.perf_counter()
                 if done % opts.ckpt_every == 0 or is_last or stopping:
                     self._check_finite(first_bad)
@@ -440,7 +446,9 @@ class _Run:
         Each rank takes its consecutive slice of the batch's windows (disjoint, none skipped);
         the mean is over the targets of the whole batch, counted on every rank from the same
         windows, so the result does not depend on the number of ranks."""
+        fetch_start = time.perf_counter()
         inputs, targets = windows.get(indices)  # [B, T] each, the global batch
+        self._data_s += time.perf_counter() - fetch_start
         n_targets = int((targets != -100).sum())
         world = self.world
         per_rank = len(indices) // world.size
