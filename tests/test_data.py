@@ -333,6 +333,35 @@ def test_windows_cover_every_next_token_pair_exactly_once(
     assert (inputs[-1][~keep[-1]] == 0).all()
 
 
+def test_a_batch_of_windows_across_shards_is_the_windows_one_by_one(
+    corpus_dir: Path, tmp_path: Path
+) -> None:
+    """Windows.get gathers a batch at once: the same pairs as slicing each window from the
+    stream, for windows inside a shard, across shard boundaries, repeated, and the last one."""
+    corpus = open_corpus(str(corpus_dir), 0.1)
+    tok = corpus_bpe(corpus, 400, tmp_path)
+    stream = pack_corpus(corpus, tok, tmp_path, shard_tokens=1000)["train"]
+    assert len(stream.files) > 3
+    n_ctx = 37  # windows straddle the shards' 1000-token boundaries
+    windows = Windows(stream, n_ctx, pad_id=5)
+    last = len(windows) - 1
+    indices = np.array([0, 26, 27, last, 3, 27, last - 1, 54])
+    inputs, targets = windows.get(indices)
+    assert inputs.numpy().dtype == targets.numpy().dtype == np.int64
+    assert tuple(inputs.shape) == tuple(targets.shape) == (len(indices), n_ctx)
+    for row, i in enumerate(indices):
+        chunk = stream.slice(int(i) * n_ctx, int(i) * n_ctx + n_ctx + 1)
+        n = len(chunk) - 1
+        assert inputs[row, :n].tolist() == chunk[:-1].tolist()
+        assert targets[row, :n].tolist() == chunk[1:].tolist()
+        assert (inputs[row, n:] == 5).all()
+        assert (targets[row, n:] == IGNORE).all()
+    assert stream.take(np.array([[999, 1000], [0, len(stream) - 1]])).tolist() == [
+        stream.slice(999, 1001).tolist(),
+        [int(stream.slice(0, 1)[0]), int(stream.slice(len(stream) - 1, len(stream))[0])],
+    ]
+
+
 def test_token_ids_beyond_the_vocab_are_refused_naming_the_shard(
     corpus_dir: Path, tmp_path: Path
 ) -> None:

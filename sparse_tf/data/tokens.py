@@ -103,6 +103,18 @@ class TokenShards:
             shard += 1
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """The tokens at `positions` (any shape; each in [0, len)) as int64, in one gather per
+        shard that they touch."""
+        if len(self.arrays) == 1:
+            return self.arrays[0][positions].astype(np.int64)
+        out = np.empty(positions.shape, np.int64)
+        shard = np.searchsorted(self.starts, positions, side="right") - 1
+        for k in np.unique(shard):
+            here = shard == k
+            out[here] = self.arrays[k][positions[here] - self.starts[k]]
+        return out
+
     def check_vocab(self, vocab_size: int) -> None:
         """Raise naming the shard and the id if any token id is ≥ vocab_size."""
         for f, a, recorded in zip(self.files, self.arrays, self.max_ids, strict=True):
@@ -172,14 +184,19 @@ class Windows:
         return self.n_windows
 
     def get(self, indices: np.ndarray) -> tuple[Tensor, Tensor]:
-        """(inputs, targets), both int64 [len(indices), n_ctx], for the given window indices."""
-        T = self.n_ctx
-        inputs = np.full((len(indices), T), self.pad_id, dtype=np.int64)
-        targets = np.full((len(indices), T), IGNORE, dtype=np.int64)
-        for row, i in enumerate(indices):
-            chunk = self.tokens.slice(int(i) * T, int(i) * T + T + 1)  # ≤ T + 1 tokens
-            inputs[row, : len(chunk) - 1] = chunk[:-1]
-            targets[row, : len(chunk) - 1] = chunk[1:]
+        """(inputs, targets), both int64 [len(indices), n_ctx], for the given window indices.
+
+        One gather for the whole batch (a Python loop over 512 windows cost ~6 ms per step at
+        the paper's batch: 2% of an H100's step)."""
+        T, total = self.n_ctx, len(self.tokens)
+        starts = np.asarray(indices, dtype=np.int64) * T
+        pos = starts[:, None] + np.arange(T + 1)  # [B, T + 1]: a window and its next token
+        tokens = self.tokens.take(np.minimum(pos, max(total - 1, 0)))  # [B, T + 1]
+        # Column j is a training pair while its target, token j + 1, is inside the stream; the
+        # last window's tail is padding (inputs) and ignored (targets).
+        pair = pos[:, 1:] < total  # [B, T]
+        inputs = np.where(pair, tokens[:, :-1], self.pad_id)
+        targets = np.where(pair, tokens[:, 1:], IGNORE)
         return torch.from_numpy(inputs), torch.from_numpy(targets)
 
 
