@@ -231,6 +231,11 @@ def test_a_streamed_dataset_gives_the_tokens_of_the_same_dataset_loaded_whole(
     assert list(hf_cache.rglob("*.arrow"))  # ...unlike a whole load
     assert streamed.corpus.size is None
     assert whole.corpus.size == rows
+    # The stream's documents, counted when its store was written, are in the run's summary.
+    counts = ("documents", "train_documents", "val_documents")
+    summary = streamed.summary()["corpus"]
+    assert [summary[k] for k in counts] == [whole.summary()["corpus"][k] for k in counts]
+    assert summary["documents"] == rows
     assert list(streamed.corpus.entries()) == list(whole.corpus.entries())
     assert streamed.corpus.digest != whole.corpus.digest  # identified by the builder's hash
     for split in ("train", "val"):

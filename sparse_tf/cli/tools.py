@@ -701,7 +701,10 @@ def data_command(argv: list[str]) -> None:
         progress="auto",
     )
     store = shards["train"].files[0].parent
-    docs = f"{corpus.size:,} documents, " if corpus.size is not None else ""
+    # A stream's documents are known once read: the store counted them.
+    counted = [shards[split].documents for split in ("train", "val")]
+    size = corpus.size if corpus.size is not None else None if None in counted else sum(counted)
+    docs = f"{size:,} documents, " if size is not None else ""
     print(
         f"{args.data.source}: {docs}{len(shards['train']):,} train + {len(shards['val']):,} "
         "val tokens "

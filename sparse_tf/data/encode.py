@@ -251,14 +251,20 @@ def write_store(
     docs = f"{corpus.size:,} documents" if corpus.size is not None else "a streamed corpus"
     report.line(f"tokenising {docs} with {n} worker processes into {folder}")
     try:
-        counts = _encode_parts(corpus, tok, parts, n, report)
+        encoded = _encode_parts(corpus, tok, parts, n, report)
     finally:
         report.close()
     report.line(report.status().strip())
     report.line("writing shards")
-    meta: dict[str, Any] = {"corpus": corpus.digest, "tokenizer": plan["tokenizer"], "splits": {}}
-    for split in SPLITS:
-        meta["splits"][split] = _assemble(parts, split, counts[split], work, shard_tokens, dtype)
+    meta: dict[str, Any] = {
+        "corpus": corpus.digest,
+        "tokenizer": plan["tokenizer"],
+        # Counted while encoding: a streamed corpus knows them only once it has been read.
+        "documents": {split: docs for split, (_, docs) in encoded.items()},
+        "splits": {},
+    }
+    for split, (counts, _) in encoded.items():
+        meta["splits"][split] = _assemble(parts, split, counts, work, shard_tokens, dtype)
     shutil.rmtree(parts)
     (work / "plan.json").unlink()
     write_json(work / "meta.json", meta)
@@ -274,8 +280,9 @@ def _read_plan(work: Path) -> Any:
 
 def _encode_parts(
     corpus: Corpus, tok: Tokenizer, parts: Path, workers: int, report: Progress
-) -> dict[Split, list[int]]:
-    """Encode every chunk whose part file is missing; the token count of every part, in order."""
+) -> dict[Split, tuple[list[int], int]]:
+    """Encode every chunk whose part file is missing; per split, the token count of every
+    part, in order, and the number of documents."""
     with _pool(tok, workers) as pool:
         return {
             split: _encode_split(corpus.documents(split), pool, parts, split, workers, report)
@@ -290,7 +297,7 @@ def _encode_split(
     split: str,
     workers: int,
     report: Progress,
-) -> list[int]:
+) -> tuple[list[int], int]:
     sizes: dict[int, int] = {}
     pending: dict[cf.Future[int], tuple[int, int]] = {}
 
@@ -306,9 +313,10 @@ def _encode_split(
                 ) from None
             report.update(n_docs, sizes[index], encoded=True)
 
-    n_chunks = 0
+    n_chunks = n_docs = 0
     for index, chunk in enumerate(chunks(texts)):
         n_chunks += 1
+        n_docs += len(chunk)
         path = parts / f"{split}-{index:06d}.npy"
         if path.is_file():  # finished by an earlier, interrupted prepare
             sizes[index] = len(np.load(path, mmap_mode="r"))
@@ -318,7 +326,7 @@ def _encode_split(
             collect(cf.wait(pending, return_when=cf.FIRST_COMPLETED).done)
         pending[pool.submit(_encode_part, str(path), chunk)] = (index, len(chunk))
     collect(cf.as_completed(list(pending)))
-    return [sizes[i] for i in range(n_chunks)]
+    return [sizes[i] for i in range(n_chunks)], n_docs
 
 
 def _assemble(

@@ -54,8 +54,20 @@ class Data:
     """None when val_frac is 0."""
 
     def summary(self) -> dict[str, Any]:
+        corpus = self.corpus.summary()
+        # What the corpus cannot count without reading every document (a stream's size, a
+        # Hub dataset's splits), the store counted when it was written.
+        stored = {
+            "train_documents": self.train.tokens.documents,
+            "val_documents": self.val.tokens.documents if self.val is not None else 0,
+        }
+        for key, count in stored.items():
+            if corpus[key] is None:
+                corpus[key] = count
+        if corpus["documents"] is None and None not in stored.values():
+            corpus["documents"] = sum(stored.values())  # type: ignore[arg-type]
         return {
-            "corpus": self.corpus.summary(),
+            "corpus": corpus,
             "tokenizer": {
                 "vocab_size": self.tokenizer.get_vocab_size(),
                 "sha256": tokenizer_digest(self.tokenizer),

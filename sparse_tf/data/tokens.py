@@ -10,6 +10,7 @@ padded (inputs with `<|endoftext|>`, targets with -100, which the loss ignores).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Iterable
@@ -51,6 +52,9 @@ class TokenShards:
     """Each shard's largest token id as its writer recorded it (None: not recorded, so
     `check_vocab` reads the shard): a store of billions of tokens is checked from its metadata
     instead of by reading every token at every start."""
+    documents: int | None = None
+    """The documents packed into this stream, as the store recorded them (None: not recorded,
+    as in pre-tokenised data and older stores)."""
 
     @classmethod
     def open(
@@ -58,6 +62,7 @@ class TokenShards:
         files: Iterable[Path],
         expected: Iterable[int],
         max_ids: Iterable[int | None] | None = None,
+        documents: int | None = None,
     ) -> TokenShards:
         files, arrays = tuple(files), []
         for f, n in zip(files, expected, strict=True):
@@ -71,7 +76,7 @@ class TokenShards:
                     "the folder to rebuild it)"
                 )
             arrays.append(a)
-        return cls.of(files, arrays, max_ids)
+        return dataclasses.replace(cls.of(files, arrays, max_ids), documents=documents)
 
     @classmethod
     def of(
@@ -166,6 +171,7 @@ def open_store(folder: Path) -> dict[Split, TokenShards]:
                 (folder / s["file"] for s in meta["splits"][split]),
                 (s["tokens"] for s in meta["splits"][split]),
                 (s.get("max_id") for s in meta["splits"][split]),  # absent in older stores
+                meta.get("documents", {}).get(split),  # likewise
             )
             for split in ("train", "val")
         }
