@@ -3,7 +3,9 @@ models resumably, scoring them, choosing the tasks, pruning each model on each t
 and writing the report (markdown, PNG, HTML, JSON).
 
 Everything lands in one output folder, and every step skips what is already there, so a killed
-run started again with the same command continues where it stopped:
+run started again with the same command continues where it stopped. The training runs, and the
+circuits, are independent of each other: `--jobs N` runs N of them at a time, each in its own
+process (on one GPU they share it; the small models of these benchmarks leave most of it idle):
 
     OUT/corpus/                  the --tiny corpus (task examples), when used
     OUT/models/KEY/              one `sparse-tf train` run per model (finished: reused;
@@ -17,10 +19,12 @@ run started again with the same command continues where it stopped:
 from __future__ import annotations
 
 import base64
+import concurrent.futures as cf
 import dataclasses
 import html
 import io
 import math
+import multiprocessing
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +49,7 @@ from sparse_tf.training.run_folder import config_diff, read_run_info
 
 Log = Callable[[str], None]
 T = TypeVar("T")
+R = TypeVar("R")
 
 ALL_VAL_WINDOWS = 2**31
 """`evaluate_model(val_windows=...)` above any split's size: the whole validation split."""
@@ -77,6 +82,40 @@ def run_main(main: Callable[[], None]) -> None:
     except SparseTFError as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def run_jobs(calls: Sequence[tuple[Callable[..., R], tuple[Any, ...]]], jobs: int) -> list[R]:
+    """`f(*args)` of every (f, args) in `calls`, `jobs` at a time, each in a fresh spawned process
+    (CUDA cannot be forked), or one after another in this process when `jobs` is 1; the results
+    in order. `f` must be a module-level function and `args` picklable. The first failure is
+    raised once the calls already running have ended (the others are not started)."""
+    if jobs <= 1 or len(calls) <= 1:
+        return [f(*args) for f, args in calls]
+    context = multiprocessing.get_context("spawn")
+    workers = min(jobs, len(calls))
+    with cf.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_share_cores, initargs=(workers,)
+    ) as pool:
+        futures = [pool.submit(f, *args) for f, args in calls]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _share_cores(workers: int) -> None:
+    """A worker's share of the CPU threads: each of `workers` processes with as many threads as
+    there are cores would fight over them (on 2 cores, two jobs ran 3x slower than one)."""
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+
+
+def check_jobs(jobs: int) -> None:
+    if jobs < 1:
+        raise BenchError(f"--jobs {jobs}: must be >= 1")
 
 
 # -- configs ------------------------------------------------------------------------------------
@@ -173,6 +212,14 @@ def task_corpus(folder: Path, tasks: Sequence[str], pairs: int, per_file: int = 
 
 
 # -- training -----------------------------------------------------------------------------------
+
+
+def train_models(
+    runs: Mapping[str, tuple[TrainConfig, Path]], device: str, jobs: int
+) -> dict[str, Path]:
+    """`train_model` of every run (key -> (config, folder)), `jobs` at a time (`run_jobs`)."""
+    calls = [(train_model, (cfg, out, device)) for cfg, out in runs.values()]
+    return dict(zip(runs, run_jobs(calls, jobs), strict=True))
 
 
 def train_model(cfg: TrainConfig, out: Path, device: str, log: Log = print) -> Path:
@@ -303,52 +350,83 @@ def prune_grid(
     *,
     device: str,
     mean_windows: int,
+    jobs: int = 1,
     log: Log = print,
 ) -> dict[str, dict[float, CircuitSize]]:
     """Prune the model `final` on every task at every target loss (`circuit_dir`), with the
-    search budget of `cfg` and the studies in ROOT/studies.db. A circuit already pruned with
-    this config and at least this budget is read, not pruned again; one with a smaller budget
-    is pruned again with its study resumed (its trials count towards the budget)."""
+    search budget of `cfg` and the studies in ROOT/studies.db, `jobs` circuits at a time
+    (`run_jobs`). A circuit already pruned with this config and at least this budget is read,
+    not pruned again; one with a smaller budget is pruned again with its study resumed (its
+    trials count towards the budget)."""
     study = root / "studies.db"
+    grid = [(task, target) for task in tasks for target in targets]
+    todo = [
+        (task, target)
+        for task, target in grid
+        if not _pruned_with(
+            circuit_dir(root, key, task, target), dataclasses.replace(cfg, target_loss=target)
+        )
+    ]
+    calls = [
+        (
+            _prune_circuit,
+            (final, task, circuit_dir(root, key, task, target),
+             dataclasses.replace(cfg, target_loss=target), device, mean_windows, study),
+        )
+        for task, target in todo
+    ]  # fmt: skip
+    seconds = dict(zip(todo, run_jobs(calls, jobs), strict=True))
     out: dict[str, dict[float, CircuitSize]] = {}
-    for task in tasks:
-        for target in targets:
-            folder = circuit_dir(root, key, task, target)
-            want = dataclasses.replace(cfg, target_loss=target)
-            if not _pruned_with(folder, want):
-                start = time.perf_counter()
-                folder.mkdir(parents=True, exist_ok=True)
-                prune_model(
-                    final,
-                    task,
-                    folder,
-                    want,
-                    device=device,
-                    mean_windows=mean_windows,
-                    overwrite=True,
-                    study=study,
-                    log=lambda _: None,  # one line per circuit below; circuit.json has all
-                )
-                seconds = time.perf_counter() - start
-            else:
-                seconds = None
-            c = load_circuit(folder)
-            size = CircuitSize(
-                nodes=c.n_nodes,
-                edges=c.n_edges,
-                reached=c.reached_target,
-                sufficiency=c.sufficiency["loss"],
-                necessity=c.necessity["loss"],
-                trials=sum(t.get("state") == "COMPLETE" for t in c.trials),
-                path=str(folder),
-            )
-            out.setdefault(task, {})[target] = size
-            took = "reused" if seconds is None else f"{seconds:.0f} s"
-            log(
-                f"{key} {task} target {target:g}: {size.nodes} nodes, {size.edges} edges, "
-                f"{'meets' if size.reached else 'MISSES'} the target ({took})"
-            )
+    for task, target in grid:  # one line per circuit; its circuit.json has all
+        folder = circuit_dir(root, key, task, target)
+        c = load_circuit(folder)
+        size = CircuitSize(
+            nodes=c.n_nodes,
+            edges=c.n_edges,
+            reached=c.reached_target,
+            sufficiency=c.sufficiency["loss"],
+            necessity=c.necessity["loss"],
+            trials=sum(t.get("state") == "COMPLETE" for t in c.trials),
+            path=str(folder),
+        )
+        out.setdefault(task, {})[target] = size
+        took = f"{seconds[task, target]:.0f} s" if (task, target) in seconds else "reused"
+        log(
+            f"{key} {task} target {target:g}: {size.nodes} nodes, {size.edges} edges, "
+            f"{'meets' if size.reached else 'MISSES'} the target ({took})"
+        )
     return out
+
+
+def _prune_circuit(
+    final: Path,
+    task: str,
+    folder: Path,
+    cfg: PruneConfig,
+    device: str,
+    mean_windows: int,
+    study: Path,
+) -> float:
+    """Prune one circuit into `folder` (`prune_grid`'s unit of work, run in a worker process
+    with --jobs); the seconds it took."""
+    start = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    prune_model(
+        final,
+        task,
+        folder,
+        cfg,
+        device=device,
+        mean_windows=mean_windows,
+        overwrite=True,
+        study=study,
+        log=_silent,  # prune_grid prints one line per circuit
+    )
+    return time.perf_counter() - start
+
+
+def _silent(_: str) -> None:
+    """A log that prints nothing (module-level: a worker process unpickles it)."""
 
 
 def _pruned_with(folder: Path, cfg: PruneConfig) -> bool:

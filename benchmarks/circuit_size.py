@@ -44,6 +44,7 @@ from circuit_runs import (
     CircuitSize,
     Scores,
     base_config,
+    check_jobs,
     circuit_tasks,
     fmt,
     geomean,
@@ -57,7 +58,7 @@ from circuit_runs import (
     rnd,
     run_main,
     solved_tasks,
-    train_model,
+    train_models,
     width_key,
     with_l0,
     with_lr,
@@ -116,8 +117,12 @@ class Args:
     bootstrap: int = 10_000
     """Bootstrap resamples of the tasks for the ratio's interval."""
     device: str = "auto"
+    jobs: int = 1
+    """Training runs and circuits run this many at a time, each in its own process (on one
+    GPU they share it: these small models leave most of it idle)."""
 
     def __post_init__(self) -> None:
+        check_jobs(self.jobs)
         if self.prune.budget != PruneConfig().budget:
             raise BenchError("--prune.budget: give the search budget as --budget")
         if self.prune.target_loss != PruneConfig().target_loss:
@@ -158,14 +163,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     base = base_config(out, preset_name=args.preset, model=args.model, tiny=args.tiny)
 
     # 1-2. The models.
-    models: dict[str, Path] = {}
-    if args.model is not None:
-        models["sparse"] = Path(args.model)
-    else:
-        models["sparse"] = train_model(base, out / "models" / "sparse", args.device)
     runs = dense_runs(base, args)
-    for run in runs:
-        models[run.key] = train_model(run.cfg, out / "models" / run.key, args.device)
+    todo = {run.key: (run.cfg, out / "models" / run.key) for run in runs}
+    if args.model is None:
+        todo = {"sparse": (base, out / "models" / "sparse"), **todo}
+    models = train_models(todo, args.device, args.jobs)
+    if args.model is not None:
+        models = {"sparse": Path(args.model), **models}
 
     # Scores of every model; the best LR per width.
     tasks, skipped = circuit_tasks(args.tasks)
@@ -212,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             prune_cfg,
             device=args.device,
             mean_windows=args.mean_windows,
+            jobs=args.jobs,
         )
         for key in dict.fromkeys(compared)
     }

@@ -34,6 +34,7 @@ from circuit_runs import (
     BenchError,
     CircuitSize,
     base_config,
+    check_jobs,
     circuit_tasks,
     fmt,
     geomean,
@@ -46,7 +47,7 @@ from circuit_runs import (
     rnd,
     run_main,
     solved_tasks,
-    train_model,
+    train_models,
     width_key,
     with_l0,
     with_width,
@@ -85,8 +86,12 @@ class Args:
     mean_windows: int = 256
     score_pairs: int = 256
     device: str = "auto"
+    jobs: int = 1
+    """Training runs and circuits run this many at a time, each in its own process (on one
+    GPU they share it: these small models leave most of it idle)."""
 
     def __post_init__(self) -> None:
+        check_jobs(self.jobs)
         if self.prune.budget != PruneConfig().budget:
             raise BenchError("--prune.budget: give the search budget as --budget")
         if self.prune.target_loss != PruneConfig().target_loss:
@@ -132,12 +137,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     points = [
         Point(f"{width_key(w)}-l0{l0:g}", w, l0) for l0 in sorted(args.l0s) for w in args.widths
     ]
-    models = {
-        p.key: train_model(
-            with_l0(with_width(base, p.width), p.l0), out / "models" / p.key, args.device
-        )
-        for p in points
+    runs = {
+        p.key: (with_l0(with_width(base, p.width), p.l0), out / "models" / p.key) for p in points
     }
+    models = train_models(runs, args.device, args.jobs)
     tasks, skipped = circuit_tasks(args.tasks)
     scores = {
         k: model_scores(m, tasks, args.score_pairs, args.device, out / "scores" / f"{k}.json")
@@ -159,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             prune_cfg,
             device=args.device,
             mean_windows=args.mean_windows,
+            jobs=args.jobs,
         )
         for k, m in models.items()
     }

@@ -9,6 +9,8 @@ import base64
 import itertools
 import json
 import math
+import operator
+import os
 import re
 import subprocess
 import sys
@@ -21,9 +23,9 @@ from tests.helpers import assert_plot_drawn
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(script: str, out: Path) -> str:
+def _run(script: str, out: Path, *flags: str) -> str:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "--tiny", "--out", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / script), "--tiny", "--out", str(out), *flags],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -62,6 +64,24 @@ def _check_png_and_html(out: Path, stem: str) -> None:
     assert embedded
     assert base64.b64decode(embedded.group(1)) == png
     assert "<table>" in page
+
+
+def test_run_jobs_runs_calls_in_worker_processes_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--jobs N: the calls' results in order, from spawned processes; a failing call's error
+    is raised in the benchmark (and one job runs in the benchmark's own process)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from circuit_runs import BenchError, check_jobs, run_jobs
+
+    calls = [(operator.pow, (2, n)) for n in range(6)]
+    assert run_jobs(calls, 3) == [1, 2, 4, 8, 16, 32]
+    assert run_jobs([(os.getpid, ())] * 2, 1) == [os.getpid()] * 2
+    assert os.getpid() not in run_jobs([(os.getpid, ())] * 2, 2)
+    with pytest.raises(ValueError, match="invalid literal"):
+        run_jobs([(int, ("7",)), (int, ("seven",))], 2)
+    with pytest.raises(BenchError, match="--jobs 0: must be >= 1"):
+        check_jobs(0)
 
 
 @pytest.mark.slow
@@ -127,8 +147,8 @@ def test_circuit_size_tiny_writes_a_consistent_report(tmp_path: Path) -> None:
     assert seen, "no target with a ratio: the tiny run compares nothing"
     _check_png_and_html(out, "circuit_size")
 
-    # Run again: everything is reused, nothing trained or pruned.
-    again = _run("circuit_size.py", out)
+    # Run again: everything is reused, nothing trained or pruned (with --jobs as without).
+    again = _run("circuit_size.py", out, "--jobs", "2")
     assert not re.search(r"^(training|resuming) ", again, re.MULTILINE)
     assert re.search(r"target [\d.]+: .*\(reused\)", again)
     assert not re.search(r"\(\d+ s\)\n", again.split("# Circuit size")[0])
@@ -138,7 +158,7 @@ def test_circuit_size_tiny_writes_a_consistent_report(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_frontier_tiny_writes_a_consistent_report(tmp_path: Path) -> None:
     out = tmp_path / "frontier"
-    _run("frontier.py", out)
+    _run("frontier.py", out, "--jobs", "2")  # models and circuits two at a time
     r = json.loads((out / "frontier.json").read_text())
     md = (out / "frontier.md").read_text()
     assert len(r["models"]) == 6  # 3 widths x 2 L0s
