@@ -228,6 +228,28 @@ def test_analyze_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     ]
 
 
+def test_eval_and_perturb_config_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    file = _write(tmp_path / "e.toml", 'model = "runs/x/final"\nn = 40\nsplit = "val"\n')
+    table = tomllib.loads(_printed(capsys, "eval", "--config", file, "--n", "50"))
+    assert (table["model"], table["n"], table["split"], table["val_windows"]) == (
+        "runs/x/final",
+        50,
+        "val",
+        256,
+    )
+    file = _write(tmp_path / "p.toml", 'model = "b/final"\nmode = "scale"\nvalue = 2.0\n')
+    table = tomllib.loads(_printed(capsys, "perturb", "--config", file, "--k", "8"))
+    want = ("scale", 2.0, 8, "L1.attn_in")
+    assert (table["mode"], table["value"], table["k"], table["site"]) == want
+    # The options' own checks hold for the file's values too, in one line.
+    file = _write(tmp_path / "bad.toml", 'model = "b/final"\nchannels = "1,x"\n')
+    with pytest.raises(SystemExit):
+        main(["perturb", "--config", file, "--print-config"])
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert "--channels '1,x'" in err[0]
+
+
 def _losses(out: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["train/loss"]) for r in read_metrics(out) if "train/loss" in r]
 

@@ -98,8 +98,9 @@ def condense(box: str, prog: str) -> str:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ConfigFileArgs:
-    """The config-file flags of the commands whose flags are configs (train, bridge, prune,
-    data prepare, analyze): their options dataclasses derive from this."""
+    """The config-file flags of the commands whose options describe an experiment (train,
+    bridge, prune, data prepare, analyze, eval, perturb): their options dataclasses derive
+    from this."""
 
     config_file: Annotated[str | None, tyro.conf.arg(name="config", metavar="FILE.toml")] = None
     """Take flag values from this TOML file: a top-level key for each top-level flag

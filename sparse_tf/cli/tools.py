@@ -1,8 +1,10 @@
 """The commands that work on trained models, runs, tasks and corpora: eval, perturb, tasks,
-analyze, convert, calibrate, plot, describe, prune, data prepare. Their flags are plain values
-or torch-free configs (describe's GPTConfig and SparsityConfig, prune's PruneConfig, data
-prepare's DataConfig), so their `--help` imports neither torch nor the rest of the library:
-each command imports what it runs."""
+analyze, convert, calibrate, plot, describe, prune, data prepare. Those whose options describe
+an experiment (eval, perturb, analyze, prune, data prepare) also take them from a TOML file
+(--config, --print-config); the utilities (tasks, convert, calibrate, plot, describe) take a
+few flags each. Their flags are plain values or torch-free configs (describe's GPTConfig and
+SparsityConfig, prune's PruneConfig, data prepare's DataConfig), so their `--help` imports
+neither torch nor the rest of the library: each command imports what it runs."""
 
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from sparse_tf.sparsity_config import SparsityConfig, abstopk_k
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class EvalArgs:
+class EvalArgs(ConfigFileArgs):
     """Score a trained model on the hand-built tasks (loss, accuracy, logit margin per task)
     and on its training corpus's validation split."""
 
@@ -68,7 +70,9 @@ class EvalArgs:
 
 
 def eval_command(argv: list[str]) -> None:
-    args = tyro_cli(EvalArgs, prog="sparse-tf eval", args=argv)
+    args = parse_with_config_file(EvalArgs, argv, "sparse-tf eval")
+    if args is None:
+        return
     # Imported after the parse: --help needs neither torch nor the library.
     from sparse_tf.evaluation import evaluate_model
     from sparse_tf.tasks import read_pairs_file
@@ -89,7 +93,7 @@ def eval_command(argv: list[str]) -> None:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PerturbArgs:
+class PerturbArgs(ConfigFileArgs):
     """Edit a bridged sparse model's residual at a site, decode the edit into the dense
     GPT-2 through the bridge, and compare both models' task logit differences."""
 
@@ -130,7 +134,9 @@ class PerturbArgs:
 
 
 def perturb_command(argv: list[str]) -> None:
-    args = tyro_cli(PerturbArgs, prog="sparse-tf perturb", args=argv)
+    args = parse_with_config_file(PerturbArgs, argv, "sparse-tf perturb")
+    if args is None:
+        return
     # Imported after the parse: --help needs neither torch nor the library.
     from sparse_tf.bridges.perturb import perturb_folder
 
