@@ -359,26 +359,16 @@ def prune_grid(
     not pruned again; one with a smaller budget is pruned again with its study resumed (its
     trials count towards the budget)."""
     study = root / "studies.db"
-    grid = [(task, target) for task in tasks for target in targets]
-    todo = [
-        (task, target)
-        for task, target in grid
-        if not _pruned_with(
-            circuit_dir(root, key, task, target), dataclasses.replace(cfg, target_loss=target)
-        )
-    ]
+    wants = {(t, x): dataclasses.replace(cfg, target_loss=x) for t in tasks for x in targets}
+    folders = {(t, x): circuit_dir(root, key, t, x) for t, x in wants}
+    todo = [c for c in wants if not _pruned_with(folders[c], wants[c])]
     calls = [
-        (
-            _prune_circuit,
-            (final, task, circuit_dir(root, key, task, target),
-             dataclasses.replace(cfg, target_loss=target), device, mean_windows, study),
-        )
-        for task, target in todo
-    ]  # fmt: skip
+        (_prune_circuit, (final, c[0], folders[c], wants[c], device, mean_windows, study))
+        for c in todo
+    ]
     seconds = dict(zip(todo, run_jobs(calls, jobs), strict=True))
     out: dict[str, dict[float, CircuitSize]] = {}
-    for task, target in grid:  # one line per circuit; its circuit.json has all
-        folder = circuit_dir(root, key, task, target)
+    for (task, target), folder in folders.items():  # one line per circuit; circuit.json has all
         c = load_circuit(folder)
         size = CircuitSize(
             nodes=c.n_nodes,

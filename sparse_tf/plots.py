@@ -33,17 +33,6 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-PLOTTED = (
-    "train/loss",
-    "val/loss",
-    "val/loss_full",
-    "sparsity/l0",
-    "train/lr",
-    "perf/tokens_per_s",
-    "perf/tokens",
-)
-"""The metrics.jsonl keys the charts read (`sparse_tf.training.loop` writes them)."""
-
 BRIDGE_PANELS = (
     (
         "NMSE",
@@ -57,6 +46,20 @@ BRIDGE_PANELS = (
 """A bridged run's losses, as `sparse-tf bridge` logs them (each the mean over the sites):
 the reconstruction errors of the bridges and the KL terms of the hybrid forward passes, one
 panel each (their scales differ)."""
+BRIDGE_KEYS = tuple(key for _, lines in BRIDGE_PANELS for key, _ in lines)
+
+PLOTTED = (
+    "train/loss",
+    "val/loss",
+    "val/loss_full",
+    "sparsity/l0",
+    "train/lr",
+    "perf/tokens_per_s",
+    "perf/tokens",
+    *BRIDGE_KEYS,
+)
+"""The metrics.jsonl keys the charts read (`sparse_tf.training.loop` writes them): each must be a
+number where present."""
 
 COLOURS = {"train": "tab:blue", "val": "tab:orange", "other": "tab:green"}
 DPI = 110
@@ -185,7 +188,7 @@ def run_charts(records: Sequence[dict[str, Any]], title: str) -> list[Chart]:
             ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         charts.append(Chart(name, fig))
-    if any(key in r for r in records for _, lines in BRIDGE_PANELS for key, _ in lines):
+    if any(key in r for r in records for key in BRIDGE_KEYS):
         charts.append(Chart("bridges", _bridge_figure(records, title)))
     return charts
 

@@ -144,6 +144,7 @@ def test_bad_input_is_one_line_naming_the_file(
         ('["step", 3]\n', 'line 3: not a JSON object with an integer "step"'),
         ('{"step": "3"}\n', 'line 3: not a JSON object with an integer "step"'),
         ('{"step": 3, "train/loss": "low"}\n', "line 3: 'train/loss' is 'low', not a number"),
+        ('{"step": 3, "bridge/kl_d2s": null}\n', "line 3: 'bridge/kl_d2s' is None, not a number"),
         ("\xff\n", "line 3: not JSON"),
     ):
         metrics.write_bytes("".join([*lines[:2], bad, *lines[2:]]).encode("latin-1"))

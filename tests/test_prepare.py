@@ -217,7 +217,13 @@ def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.mark.parametrize(("rows", "val_frac"), [(60, 0.2), (3, 0.02)])  # 3: the fallback split
 def test_a_streamed_dataset_gives_the_tokens_of_the_same_dataset_loaded_whole(
-    corpus_dir: Path, tmp_path: Path, hf_cache: Path, rows: int, val_frac: float
+    corpus_dir: Path,
+    tmp_path: Path,
+    hf_cache: Path,
+    rows: int,
+    val_frac: float,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     code = "".join(f.read_text() for f in sorted((corpus_dir / "json").glob("*.py")))
     texts: list[str | None] = [code[i * 300 : i * 300 + 400] for i in range(rows)]
@@ -236,6 +242,11 @@ def test_a_streamed_dataset_gives_the_tokens_of_the_same_dataset_loaded_whole(
     summary = streamed.summary()["corpus"]
     assert [summary[k] for k in counts] == [whole.summary()["corpus"][k] for k in counts]
     assert summary["documents"] == rows
+    # `sparse-tf data prepare` of the stream (its store is there already) says how many.
+    monkeypatch.setenv("SPARSE_TF_CACHE", str(tmp_path / "cache"))
+    flags = ["--data.source", source, "--data.val-frac", str(val_frac), "--data.no-task-tokens"]
+    main(["data", "prepare", *flags, "--data.streaming", "--vocab-size", "320"])
+    assert f"{source}: {rows} documents, " in capsys.readouterr().out
     assert list(streamed.corpus.entries()) == list(whole.corpus.entries())
     assert streamed.corpus.digest != whole.corpus.digest  # identified by the builder's hash
     for split in ("train", "val"):

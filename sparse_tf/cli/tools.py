@@ -695,7 +695,7 @@ def data_command(argv: list[str]) -> None:
         return
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be at least 1")
-    from sparse_tf.data.pipeline import prepare_tokens  # tokenizers, numpy: only to run
+    from sparse_tf.data.pipeline import corpus_summary, prepare_tokens  # only to run
     from sparse_tf.tasks import task_tokens
 
     start = time.monotonic()
@@ -707,9 +707,7 @@ def data_command(argv: list[str]) -> None:
         progress="auto",
     )
     store = shards["train"].files[0].parent
-    # A stream's documents are known once read: the store counted them.
-    counted = [shards[split].documents for split in ("train", "val")]
-    size = corpus.size if corpus.size is not None else None if None in counted else sum(counted)
+    size = corpus_summary(corpus, shards["train"], shards["val"])["documents"]
     docs = f"{size:,} documents, " if size is not None else ""
     print(
         f"{args.data.source}: {docs}{len(shards['train']):,} train + {len(shards['val']):,} "

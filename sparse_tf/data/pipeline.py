@@ -54,20 +54,9 @@ class Data:
     """None when val_frac is 0."""
 
     def summary(self) -> dict[str, Any]:
-        corpus = self.corpus.summary()
-        # What the corpus cannot count without reading every document (a stream's size, a
-        # Hub dataset's splits), the store counted when it was written.
-        stored = {
-            "train_documents": self.train.tokens.documents,
-            "val_documents": self.val.tokens.documents if self.val is not None else 0,
-        }
-        for key, count in stored.items():
-            if corpus[key] is None:
-                corpus[key] = count
-        if corpus["documents"] is None and None not in stored.values():
-            corpus["documents"] = sum(stored.values())  # type: ignore[arg-type]
+        val = self.val.tokens if self.val is not None else None
         return {
-            "corpus": corpus,
+            "corpus": corpus_summary(self.corpus, self.train.tokens, val),
             "tokenizer": {
                 "vocab_size": self.tokenizer.get_vocab_size(),
                 "sha256": tokenizer_digest(self.tokenizer),
@@ -75,6 +64,23 @@ class Data:
             "train_tokens": len(self.train.tokens),
             "val_tokens": len(self.val.tokens) if self.val is not None else 0,
         }
+
+
+def corpus_summary(corpus: Corpus, train: TokenShards, val: TokenShards | None) -> dict[str, Any]:
+    """`corpus.summary()`, with what the corpus cannot count without reading every document
+    (a stream's size, a Hub dataset's splits) taken from its token store, which counted the
+    documents when it was written (older stores did not: those stay None)."""
+    summary = corpus.summary()
+    stored = {
+        "train_documents": train.documents,
+        "val_documents": val.documents if val is not None else 0,
+    }
+    for key, count in stored.items():
+        if summary[key] is None:
+            summary[key] = count
+    if summary["documents"] is None and None not in stored.values():
+        summary["documents"] = sum(stored.values())  # type: ignore[arg-type]
+    return summary
 
 
 def prepare_data(

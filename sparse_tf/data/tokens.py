@@ -10,7 +10,6 @@ padded (inputs with `<|endoftext|>`, targets with -100, which the loss ignores).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 from collections.abc import Iterable
@@ -76,7 +75,7 @@ class TokenShards:
                     "the folder to rebuild it)"
                 )
             arrays.append(a)
-        return dataclasses.replace(cls.of(files, arrays, max_ids), documents=documents)
+        return cls.of(files, arrays, max_ids, documents)
 
     @classmethod
     def of(
@@ -84,13 +83,14 @@ class TokenShards:
         files: Iterable[Path],
         arrays: Iterable[np.ndarray],
         max_ids: Iterable[int | None] | None = None,
+        documents: int | None = None,
     ) -> TokenShards:
         """The stream of these 1-D arrays (memory maps of `files`), in order."""
         arrays = tuple(arrays)
         starts = np.zeros(len(arrays) + 1, dtype=np.int64)
         np.cumsum([len(a) for a in arrays], out=starts[1:])
         ids = tuple(max_ids) if max_ids is not None else (None,) * len(arrays)
-        return cls(tuple(files), arrays, starts, ids)
+        return cls(tuple(files), arrays, starts, ids, documents)
 
     def __len__(self) -> int:
         return int(self.starts[-1])
