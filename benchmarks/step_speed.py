@@ -20,9 +20,10 @@ Variants, for each --l0:
 and `dense`, the same model with dense weights and no AbsTopK. With --compile every variant
 also runs with `torch.compile(model)` (forward and backward; the optimizer stays eager). With
 --graphs (CUDA), dense and sparse_tf also run `graphed`: the eager forward and backward
-captured once as a CUDA graph (`torch.cuda.graph`, static inputs, gradients accumulated in
-place; every matmul on cuBLAS, the optimizer eager) and replayed every step, which removes the
-host's launch time without any compiler. Steps of all variants alternate so that machine noise
+captured as a CUDA graph (`torch.cuda.graph`, static inputs, gradients accumulated in place;
+the sparse products as in eager, their formats refreshed before each replay, as the trainer's
+`--cuda-graphs` does; the optimizer eager) and replayed every step, which removes the host's
+launch time without any compiler. Steps of all variants alternate so that machine noise
 hits all alike; the table gives medians and the ratio to dense (eager).
 """
 
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sparse_tf import GPT, GPTConfig, OptimConfig, SparseOptimizer, SparsityConfig, kernels, lm_loss
+from sparse_tf.linear import GraphedProducts
 
 plan = kernels.spmm_plan
 
@@ -79,7 +81,7 @@ def variants(l0s: list[float], cuda: bool, compile_too: bool, graphs: bool) -> l
         ]
     if graphs and cuda:
         out += [
-            Variant(v.name, v.l0, v.env, False, spmm=False, graphed=True)
+            Variant(v.name, v.l0, v.env, False, spmm=v.spmm, graphed=True)
             for v in out
             if v.name in ("dense", "sparse_tf") and not v.compiled
         ]
@@ -87,17 +89,24 @@ def variants(l0s: list[float], cuda: bool, compile_too: bool, graphs: bool) -> l
 
 
 class GraphedStep:
-    """Forward + backward of `model` on fixed tokens, captured once as a CUDA graph and
-    replayed. The gradients are allocated before the capture and accumulated into in place, so
-    the optimizer (eager, outside the graph) reads them where the replays write them, and
-    updates the parameters in place where the next replay reads them. Under the capture every
-    product runs on cuBLAS (the sparse matmul's formats are host-side state)."""
+    """Forward + backward of `model` on fixed tokens, captured as a CUDA graph and replayed.
+    The gradients are allocated before the capture and accumulated into in place, so the
+    optimizer (eager, outside the graph) reads them where the replays write them, and updates
+    the parameters in place where the next replay reads them. The sparse products run as the
+    eager ones do, their formats refreshed before every replay (`GraphedProducts`, as the
+    trainer's `--cuda-graphs` does); the step is captured again when that cannot hold."""
 
     def __init__(self, model: torch.nn.Module, tokens: torch.Tensor, bf16: bool) -> None:
         self.model, self.tokens, self.bf16 = model, tokens.clone(), bf16
         self.params = [p for p in model.parameters() if p.requires_grad]
         for p in self.params:
             p.grad = torch.zeros_like(p)
+        self.products = GraphedProducts()
+        self.captures = 0
+        self._capture()
+
+    def _capture(self) -> None:
+        self.graph = None
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up (Triton's compiles, cuBLAS handles) off-graph
@@ -105,9 +114,11 @@ class GraphedStep:
                 self._forward_backward()
         torch.cuda.current_stream().wait_stream(side)
         self.zero_grad()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        graph = torch.cuda.CUDAGraph()
+        with self.products.recording(), torch.cuda.graph(graph):
             self.loss = self._forward_backward()
+        self.graph = graph
+        self.captures += 1
 
     def _forward_backward(self) -> torch.Tensor:
         # The autocast cache must be off under capture (its casts would be freed after it).
@@ -121,6 +132,9 @@ class GraphedStep:
             p.grad.zero_()  # type: ignore[union-attr]
 
     def __call__(self) -> None:
+        if not self.products.refresh():  # the gradients are zero here: recapture is safe
+            self._capture()
+        assert self.graph is not None
         self.graph.replay()
 
 

@@ -8,9 +8,18 @@ run on the sparse kernel (`sparse_tf.kernels.sparse_linear` decides per shape an
 A weight changed behind the layer's back (a loaded state dict, an edit) has a new in-place
 version, so the layer falls back to cuBLAS until it is marked again: it never trusts a stale
 count.
+
+Inside a CUDA graph's capture the products stay on cuBLAS, unless the capture is made under
+`GraphedProducts.recording()`: a replay runs no Python, so the sparse formats it reads must be
+brought up to date before each replay (`GraphedProducts.refresh`), which only the code that
+replays the graph can do.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +27,7 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
 from sparse_tf import kernels
+from sparse_tf.errors import SparseTFError
 
 
 class SparseLinear(nn.Linear):
@@ -48,9 +58,13 @@ class SparseLinear(nn.Linear):
         # compiler recompile after every optimizer step. `is_compiling()` is tested first so
         # that the compiler never reads `kept`: an int attribute it reads becomes a guard, and
         # the L0 anneal changes `kept` at every step (a recompile per step, then eager).
-        # Under a CUDA graph's capture too (`RunOptions.cuda_graphs`): the formats are
-        # host-side state that a replay could not rebuild when the weight changes.
-        if torch.compiler.is_compiling() or self.kept is None or _capturing(x):
+        if torch.compiler.is_compiling():
+            return F.linear(x, self.weight, self.bias)
+        if _capturing(x):
+            if _RECORDER is None:  # nobody will refresh the formats before a replay
+                return F.linear(x, self.weight, self.bias)
+            return _RECORDER.product(self, x)
+        if self.kept is None:
             return F.linear(x, self.weight, self.bias)
         return kernels.sparse_linear(x, self.weight, self.bias, self.marked_kept, self._formats)
 
@@ -58,3 +72,112 @@ class SparseLinear(nn.Linear):
 def _capturing(x: Tensor) -> bool:
     """Whether x's CUDA stream is being captured into a CUDA graph."""
     return x.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+@dataclass(frozen=True)
+class _Product:
+    """One SparseLinear call recorded in a capture: what its replays assume."""
+
+    layer: SparseLinear
+    tokens: int
+    dtype: torch.dtype
+    plan: kernels.SpmmPlan
+    reads: kernels.SpmmPlan  # the formats the capture reads (dX's only with a backward)
+    formats: tuple[int, ...]  # their tensors' data pointers
+
+
+_RECORDER: GraphedProducts | None = None
+"""The recorder of the capture under way (captures run one at a time, on one thread)."""
+
+
+class GraphedProducts:
+    """The sparse products of a model's `SparseLinear` layers inside a CUDA graph captured
+    over the model (a micro-batch's forward and backward), kept valid across replays.
+
+        products = GraphedProducts()
+        ...  # eager warm-up run(s) of the same computation: formats built, verdicts measured
+        with products.recording(), torch.cuda.graph(graph):
+            run()
+        ...
+        if not products.refresh():  # before every replay
+            recapture()
+        graph.replay()
+
+    Under `recording()` each layer computes with the plan that an eager call makes now
+    (`kernels.known_plan`: from what the warm-up measured; a capture cannot measure) and reads
+    its sparse formats, already built by the warm-up for the current weight. `refresh()`
+    rebuilds every recorded layer's formats for its current weight, in place (their builds
+    are CUDA graphs that refill the same tensors), and says whether the capture still holds:
+    it no longer does when a layer's plan has changed (the L0 anneal crossing a crossover, a
+    density not yet verified, a weight modified without being marked again) or its formats
+    had to move (`kept` outgrew their capacity). Layers planned dense read the live weight,
+    so they need nothing. With the format builds not graphed (SPARSE_TF_CUDA_GRAPHS=0) every
+    product is captured on cuBLAS."""
+
+    def __init__(self) -> None:
+        self._products: list[_Product] = []
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        """Record the sparse products of the capture made inside this context."""
+        global _RECORDER
+        if _RECORDER is not None:
+            raise SparseTFError("GraphedProducts: captures cannot be nested")
+        self._products, _RECORDER = [], self
+        try:
+            yield
+        finally:
+            _RECORDER = None
+
+    def product(self, layer: SparseLinear, x: Tensor) -> Tensor:
+        """`layer(x)` inside the capture, recorded."""
+        tokens, dtype = x.numel() // layer.in_features, kernels.compute_dtype(x)
+        plan = self._plan(layer, tokens, dtype)
+        if plan is None:
+            raise SparseTFError(
+                f"GraphedProducts: the sparse product of {layer.in_features} -> "
+                f"{layer.out_features} on {tokens} tokens was not measured before the capture "
+                "(run the same computation eagerly first)"
+            )
+        y = kernels.sparse_linear(
+            x, layer.weight, layer.bias, layer.marked_kept, layer._formats, plan
+        )
+        # The formats the capture reads: dX's only where the backward will run.
+        dx = plan.dx and x.requires_grad and torch.is_grad_enabled()
+        reads = kernels.SpmmPlan(forward=plan.forward, dx=dx)
+        formats = self._formats(layer, dtype, reads) if reads.any else ()
+        self._products.append(_Product(layer, tokens, dtype, plan, reads, formats))
+        return y
+
+    def refresh(self) -> bool:
+        """Bring the recorded layers' formats up to date with their weights (GPU work queued
+        on the current stream, before the replay); False if the capture no longer holds."""
+        for p in self._products:
+            plan = self._plan(p.layer, p.tokens, p.dtype)
+            if plan != p.plan:
+                return False
+            if p.reads.any and self._formats(p.layer, p.dtype, p.reads) != p.formats:
+                return False
+        return True
+
+    @staticmethod
+    def _plan(layer: SparseLinear, tokens: int, dtype: torch.dtype) -> kernels.SpmmPlan | None:
+        if not kernels.graphs.enabled():
+            return kernels.DENSE
+        kept = layer.marked_kept
+        return kernels.known_plan(layer.weight.device, tokens, layer.weight, kept, dtype)
+
+    @staticmethod
+    def _formats(
+        layer: SparseLinear, dtype: torch.dtype, reads: kernels.SpmmPlan
+    ) -> tuple[int, ...]:
+        """The layer's formats that `reads` names, built for its current weight: their
+        tensors' addresses."""
+        kept = layer.marked_kept
+        assert kept is not None  # a sparse plan needs a marked weight
+        out: list[int] = []
+        for transpose, used in ((False, reads.forward), (True, reads.dx)):
+            if used:
+                csr = layer._formats.get(layer.weight, kept, dtype, transpose)
+                out += [csr.ptr.data_ptr(), csr.cols.data_ptr(), csr.vals.data_ptr()]
+        return tuple(out)

@@ -196,11 +196,16 @@ def test_compiled_training_follows_the_eager_run(tmp_path: Path) -> None:
     assert compiled == pytest.approx(eager, rel=2e-2)
 
 
-def test_cuda_graph_training_follows_the_eager_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kernels", ["auto", "triton"])
+def test_cuda_graph_training_follows_the_eager_run(
+    tmp_path: Path, kernels: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`RunOptions.cuda_graphs`: each micro-batch replayed from one captured graph gives the
     eager run's losses (the same kernels; replays must read the updated weights and accumulate
     two micro-batches' gradients in place), through the L0 anneal and validations between
-    steps."""
+    steps. `triton`: every marked layer on the sparse kernel, so the replays read formats
+    rebuilt after every optimizer step."""
+    monkeypatch.setenv("SPARSE_TF_KERNELS", kernels)
     corpus = sample_corpus(tmp_path / "corpus")
     cfg = tiny_train_config(corpus, batch_size=8, micro_batch_size=4)
     losses = []
@@ -212,6 +217,63 @@ def test_cuda_graph_training_follows_the_eager_run(tmp_path: Path) -> None:
     eager, graphed = losses
     assert len(graphed) == len(eager) == cfg.max_steps
     assert graphed == pytest.approx(eager, rel=1e-3)
+
+
+def test_graphed_sparse_products_follow_the_weights_through_an_anneal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A CUDA graph of forward + backward with the sparse products inside (`GraphedProducts`):
+    at every step of an L0 anneal its gradients equal the eager ones on the same weights (the
+    formats are rebuilt in place before each replay, the capture kept), and a weight modified
+    without being marked again makes `refresh` ask for a new capture."""
+    from sparse_tf.linear import GraphedProducts, SparseLinear
+
+    monkeypatch.setenv("SPARSE_TF_KERNELS", "triton")  # every marked layer on the sparse kernel
+    torch.manual_seed(0)
+    model = GPT(tiny_config(d_model=128, n_layer=2, vocab_size=256, n_ctx=64)).to(CUDA)
+    opt = SparseOptimizer(model, OptimConfig(), SparsityConfig(l0=1 / 16, anneal_end=0.8), 8)
+    params = [p for p in model.parameters() if p.requires_grad]
+    tok = torch.randint(0, 256, (4, 64), device=CUDA)
+
+    def forward_backward() -> torch.Tensor:
+        loss = lm_loss(model(tok), tok)
+        loss.backward()
+        return loss.detach()
+
+    def eager_grads() -> list[torch.Tensor]:
+        """On a side stream, as a capture's warm-up must be: formats built, kernels compiled."""
+        for p in params:
+            p.grad = None
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            forward_backward()
+        torch.cuda.current_stream().wait_stream(side)
+        return [p.grad.clone() for p in params]  # type: ignore[union-attr]
+
+    eager_grads()  # marks nothing yet: the first optimizer step does
+    opt.step()
+    products, graph = GraphedProducts(), torch.cuda.CUDAGraph()
+    grads = [torch.zeros_like(p) for p in params]  # what the graph accumulates into
+    for step in range(6):
+        expected = eager_grads()
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.zero_()
+        if step == 0:
+            with products.recording(), torch.cuda.graph(graph):
+                forward_backward()
+        else:
+            assert products.refresh(), step  # kept shrinks in the anneal: same tensors
+        graph.replay()
+        for p, e in zip(params, expected, strict=True):
+            torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-5)
+        opt.step()
+    layers = [m for m in model.modules() if isinstance(m, SparseLinear)]
+    sparse = [p for p in products._products if p.plan.any]
+    assert len(sparse) == len(layers) > 0  # every layer's products came from the formats
+    with torch.no_grad():
+        layers[0].weight.mul_(1.5)  # behind the layers' back: no longer marked
+    assert not products.refresh()
 
 
 @pytest.mark.parametrize("graphs", [False, True])

@@ -134,6 +134,52 @@ def test_formats_follow_the_weight(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.testing.assert_close(layer(x), F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.interpreter
+def test_graphed_products_record_plans_and_say_when_a_capture_no_longer_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`GraphedProducts` (what a CUDA graph of a micro-batch relies on; the captures themselves
+    are GPU tests): a recorded product follows the plan of the eager call and reads formats
+    already built; `refresh` holds while nothing moved, and fails when a layer's plan changes
+    (its weight modified without being marked again) or its formats had to be rebuilt into
+    other tensors (on a CPU, where builds are not graphed, after every change)."""
+    from sparse_tf.errors import SparseTFError
+    from sparse_tf.linear import GraphedProducts
+
+    monkeypatch.setenv("SPARSE_TF_KERNELS", "triton")
+    torch.manual_seed(0)
+    layer = SparseLinear(40, 24).to(DEVICE)
+    plain = SparseLinear(40, 24).to(DEVICE)  # never marked: dense products
+    with torch.no_grad():
+        layer.weight.mul_(torch.rand_like(layer.weight) < 0.2)
+    layer.mark_sparse(int((layer.weight != 0).sum()))
+    x = torch.randn(6, 40, device=DEVICE, requires_grad=True)
+    layer(x).sum().backward()  # the eager "warm-up": both formats built for this weight
+
+    products = GraphedProducts()
+    assert products.refresh()  # nothing recorded yet
+    with products.recording():
+        y = products.product(layer, x)
+        z = products.product(plain, x.detach())
+        with pytest.raises(SparseTFError, match="cannot be nested"), products.recording():
+            pass
+    torch.testing.assert_close(y, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(z, F.linear(x, plain.weight, plain.bias))
+    assert [(p.plan, p.reads) for p in products._products] == [
+        (SPARSE, SPARSE),
+        (DENSE, DENSE),
+    ]
+    assert products.refresh()  # formats still those of the recorded weight
+    with torch.no_grad():
+        layer.weight.mul_(2.0)  # changed, not marked: the layer would go dense
+    assert not products.refresh()
+    layer.mark_sparse(layer.kept)  # marked again: sparse; formats rebuilt in place on a GPU
+    assert products.refresh() == (DEVICE.type == "cuda")  # (graphed builds), elsewhere anew
+    with products.recording():  # re-recorded: holds again
+        products.product(layer, x)
+    assert products.refresh()
+
+
 def test_a_compiled_model_is_not_recompiled_when_the_kept_counts_change() -> None:
     """Under torch.compile the layers stay on cuBLAS and must not read `kept`: the L0 anneal
     changes it after every optimizer step, and a guard on it recompiled the model every step

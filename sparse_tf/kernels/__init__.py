@@ -80,9 +80,9 @@ def triton_installed() -> bool:
     return _TRITON_INSTALLED
 
 
-def _kernels_can_run(t: Tensor) -> bool:
-    """Whether the Triton kernels can run on t's device: CUDA or the interpreter, and triton."""
-    return (t.is_cuda or _interpreting()) and triton_installed()
+def _kernels_can_run(device: torch.device) -> bool:
+    """Whether the Triton kernels can run on `device`: CUDA or the interpreter, and triton."""
+    return (device.type == "cuda" or _interpreting()) and triton_installed()
 
 
 def _cannot_run(op: str, device: torch.device) -> KernelError:
@@ -100,7 +100,7 @@ def abs_topk_backend(x: Tensor) -> Backend:
     if setting == "reference":
         return "reference"
     supported = (
-        _kernels_can_run(x)
+        _kernels_can_run(x.device)
         and x.dtype in abstopk.SUPPORTED_DTYPES
         and x.shape[-1] <= abstopk.MAX_WIDTH
     )
@@ -120,7 +120,7 @@ def projection_backend(t: Tensor) -> Backend:
     setting = backend_setting()
     if setting == "reference":
         return "reference"
-    supported = _kernels_can_run(t)
+    supported = _kernels_can_run(t.device)
     if setting == "triton" and not supported:
         raise _cannot_run("projection kernel", t.device)
     return "triton" if supported and (t.is_cuda or setting == "triton") else "reference"
@@ -161,7 +161,7 @@ def norm_abs_topk(x: Tensor, weight: Tensor, k: int) -> Tensor:
     F.linear computes in (the autocast dtype under autocast: the values that product would
     see). 1 <= k < width."""
     if abs_topk_backend(x) == "triton":
-        return norm_abstopk.NormAbsTopKFunction.apply(x, weight, k, _compute_dtype(x))
+        return norm_abstopk.NormAbsTopKFunction.apply(x, weight, k, compute_dtype(x))
     return norm_abstopk.reference(x, weight, k)
 
 
@@ -206,20 +206,40 @@ def spmm_plan(x: Tensor, weight: Tensor, kept: int | None) -> SpmmPlan:
     per shape, density and token count; elsewhere the dense product. `reference`: always the
     dense product (on the masked weight: the same numbers up to summation order). `triton`: the
     sparse kernel for forward and dX whenever `kept` is known (the interpreter on a CPU)."""
+    return _table_plan(x.device, x.numel() // weight.shape[1], weight, kept)
+
+
+def _table_plan(device: torch.device, tokens: int, weight: Tensor, kept: int | None) -> SpmmPlan:
     setting = backend_setting()
     if kept is None or setting == "reference":
         return DENSE
     if setting == "triton":
-        if not _kernels_can_run(x):
-            raise _cannot_run("sparse matmul", x.device)
+        if not _kernels_can_run(device):
+            raise _cannot_run("sparse matmul", device)
         return SPARSE
-    if not x.is_cuda or not triton_installed():
+    if device.type != "cuda" or not triton_installed():
         return DENSE
     d_out, d_in = weight.shape
-    return crossovers.plan(x.device, x.numel() // d_in, d_in, d_out, kept / weight.numel())
+    return crossovers.plan(device, tokens, d_in, d_out, kept / weight.numel())
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
+def known_plan(
+    device: torch.device, tokens: int, weight: Tensor, kept: int | None, dtype: torch.dtype
+) -> SpmmPlan | None:
+    """The plan `sparse_linear` follows for `tokens` rows on `device`, computing in `dtype`,
+    for a weight with at most `kept` nonzeros, from what this process has already measured;
+    None where `sparse_linear` would first have to measure (a verification on the live
+    tensors, see `crossovers.verified`). What a CUDA graph's capture and replays go by."""
+    plan = _table_plan(device, tokens, weight, kept)
+    if not plan.any or device.type != "cuda" or backend_setting() != "auto":
+        return plan
+    assert kept is not None
+    d_out, d_in = weight.shape
+    density = kept / weight.numel()
+    return crossovers.known_verdict(plan, device, tokens, d_in, d_out, dtype, density)
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
     """The dtype F.linear computes in: the autocast dtype when autocast is on for x's device."""
     if torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
@@ -227,18 +247,26 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 
 def sparse_linear(
-    x: Tensor, weight: Tensor, bias: Tensor | None, kept: int | None, formats: WeightFormats
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    kept: int | None,
+    formats: WeightFormats,
+    plan: SpmmPlan | None = None,
 ) -> Tensor:
     """`F.linear(x, weight, bias)` for a weight with at most `kept` nonzeros, its forward and
     dX products on the sparse kernel where `spmm_plan` says so (under `auto`, only once the
     sparse product has also beaten cuBLAS on this layer's own tensors: `crossovers.verified`);
-    `formats` caches the weight's sparse formats between calls (one per layer). Same result as
-    F.linear up to summation order, under autocast too."""
-    plan = spmm_plan(x, weight, kept)
+    `formats` caches the weight's sparse formats between calls (one per layer). A given
+    `plan` (from `known_plan`) is followed as it is, without measuring anything. Same result
+    as F.linear up to summation order, under autocast too."""
+    verify = plan is None
+    if plan is None:
+        plan = spmm_plan(x, weight, kept)
     if not plan.any or x.numel() == 0:
         return torch.nn.functional.linear(x, weight, bias)
     assert kept is not None
-    return _sparse_linear(x, weight, bias, kept, formats, plan)
+    return _sparse_linear(x, weight, bias, kept, formats, plan, verify)
 
 
 @torch.compiler.disable  # formats are cached per weight version: eager only
@@ -249,9 +277,10 @@ def _sparse_linear(
     kept: int,
     formats: WeightFormats,
     plan: SpmmPlan,
+    verify: bool,
 ) -> Tensor:
-    dtype = _compute_dtype(x)
-    if x.is_cuda and backend_setting() == "auto":
+    dtype = compute_dtype(x)
+    if verify and x.is_cuda and backend_setting() == "auto":
         plan = crossovers.verified(plan, x, weight, kept, dtype)
         if not plan.any:
             return torch.nn.functional.linear(x, weight, bias)
@@ -273,8 +302,10 @@ __all__ = [
     "abs_topk_mask",
     "abs_topk_split",
     "backend_setting",
+    "compute_dtype",
     "gelu_abs_topk",
     "graphs",
+    "known_plan",
     "norm_abs_topk",
     "project_",
     "projection_backend",

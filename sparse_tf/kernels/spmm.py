@@ -37,7 +37,7 @@ from sparse_tf.kernels.csr import CSR, csr_of
 from sparse_tf.kernels.grid import cdiv
 from sparse_tf.kernels.plan import SpmmPlan
 from sparse_tf.kernels.transpose import feature_major
-from sparse_tf.kernels.triton_support import tl, triton
+from sparse_tf.kernels.triton_support import KernelError, tl, triton
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -180,6 +180,12 @@ class WeightFormats:
             self._version, self._fresh = version, set()
         if transpose in self._fresh:
             return self._csr[transpose]
+        if weight.is_cuda and torch.cuda.is_current_stream_capturing():
+            # A capture would record the build once, and replays would not follow the weight.
+            raise KernelError(
+                "sparse matmul: a layer's weight changed since its sparse formats were built, "
+                "inside a CUDA graph capture (build them eagerly first, e.g. by a warm-up run)"
+            )
 
         def build() -> CSR:
             return csr_of(weight, kept, dtype, transpose=transpose)

@@ -180,7 +180,8 @@ class RunOptions(Config):
     """Replay each micro-batch's forward and backward as one CUDA graph, captured at the first
     step (CUDA, one process, no --compile, the language-model objective): the eager kernels
     without the host's launch time between them, which the sparse model's many small kernels
-    otherwise pay. Every product runs on cuBLAS (the sparse matmul is host-dispatched). Same
+    otherwise pay. The sparse products run where they would eagerly, their formats rebuilt before
+    each replay (a change of plan during the L0 anneal captures the micro-batch again). Same
     result as eager within rounding. Measured speeds: benchmarks/RESULTS.md."""
 
     def __post_init__(self) -> None:

@@ -14,8 +14,12 @@ What a replay needs to stay right:
   accumulation kernels are recorded against those tensors, so the optimizer must zero them in
   place (`SparseOptimizer.zero_grad(set_to_none=False)`), never replace them. The optimizer
   updates the parameters in place, where the next replay reads them.
-- Every product runs on cuBLAS under the capture (`SparseLinear` sees the capture): the sparse
-  matmul's formats are host-side state rebuilt when a weight changes, which a replay cannot do.
+- The sparse products are captured with the plan an eager call would follow, reading their
+  layers' sparse formats (`sparse_tf.linear.GraphedProducts`); before every replay the formats
+  are rebuilt in place for the current weights, and the micro-batch is captured again when a
+  layer's plan changes (the L0 anneal crossing a crossover, a density not yet verified) or
+  its formats had to move. Models where the crossovers keep every product on cuBLAS (d_model
+  1024 at the paper's L0) are never recaptured.
 - The objective's loss may use only the micro-batch's inputs, targets and target count
   (`Objective.graphable`), the count as a tensor.
 """
@@ -28,6 +32,7 @@ from contextlib import AbstractContextManager
 import torch
 from torch import Tensor, nn
 
+from sparse_tf.linear import GraphedProducts
 from sparse_tf.training.objective import MicroBatch, Objective
 
 WARMUP = 2
@@ -49,12 +54,14 @@ class GraphedMicroBatch:
         self.objective, self.net, self.autocast = objective, net, autocast
         self.params = [p for p in net.parameters() if p.requires_grad]
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.products = GraphedProducts()
+        self.captures = 0  # how many times the micro-batch was captured
         self.inputs = self.targets = self.count = self.lm = torch.empty(0)
 
     def __call__(self, batch: MicroBatch) -> Tensor:
         """Accumulate this micro-batch's gradient into the parameters' .grad; returns its share
         of the batch's mean token loss (a static tensor: read it before the next call)."""
-        if self.graph is None:
+        if self.graph is None or not self.products.refresh():
             self._capture(batch)
         self.inputs.copy_(batch.inputs, non_blocking=True)
         self.targets.copy_(batch.targets, non_blocking=True)
@@ -77,6 +84,7 @@ class GraphedMicroBatch:
         return loss.lm.detach()
 
     def _capture(self, batch: MicroBatch) -> None:
+        self.graph, self.lm = None, torch.empty(0)  # a previous capture's memory goes first
         device = batch.inputs.device
         self.inputs = batch.inputs.clone()  # [micro, n_ctx]
         self.targets = batch.targets.clone()  # [micro, n_ctx]
@@ -93,6 +101,8 @@ class GraphedMicroBatch:
         # The gradients the graph accumulates into: the step's so far, or zeros.
         for p, g in zip(self.params, grads, strict=True):
             p.grad = g if g is not None else torch.zeros_like(p)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        graph = torch.cuda.CUDAGraph()
+        with self.products.recording(), torch.cuda.graph(graph):
             self.lm = self._run()
+        self.graph = graph
+        self.captures += 1
