@@ -236,7 +236,7 @@ def known_plan(
     assert kept is not None
     d_out, d_in = weight.shape
     density = kept / weight.numel()
-    return crossovers.known_verdict(plan, device, tokens, d_in, d_out, dtype, density)
+    return crossovers.known_verdict(plan, (device, tokens, d_in, d_out, dtype, density))
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:

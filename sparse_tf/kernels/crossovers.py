@@ -299,31 +299,21 @@ def plan(device: torch.device, tokens: int, d_in: int, d_out: int, density: floa
 _VERDICTS: dict[tuple[Any, ...], SpmmPlan] = {}
 
 
-def _verdict_key(
-    plan_: SpmmPlan,
-    device: torch.device,
-    tokens: int,
-    d_in: int,
-    d_out: int,
-    dtype: torch.dtype,
-    density: float,
-) -> tuple[Any, ...]:
+Product = tuple[torch.device, int, int, int, torch.dtype, float]
+"""A linear layer's product as verification sees it: device, tokens, d_in, d_out, the dtype it
+computes in, the weight's density."""
+
+
+def _verdict_key(plan_: SpmmPlan, product: Product) -> tuple[Any, ...]:
     """What one verification covers: densities within a factor √2 share it."""
-    return (device, tokens, d_in, d_out, dtype, round(2 * math.log2(density)), plan_)
+    *shape, density = product
+    return (*shape, round(2 * math.log2(density)), plan_)
 
 
-def known_verdict(
-    plan_: SpmmPlan,
-    device: torch.device,
-    tokens: int,
-    d_in: int,
-    d_out: int,
-    dtype: torch.dtype,
-    density: float,
-) -> SpmmPlan | None:
+def known_verdict(plan_: SpmmPlan, product: Product) -> SpmmPlan | None:
     """What `verified` made of `plan_` for such a product, or None if it has not measured it
     yet in this process (a CUDA graph's capture cannot measure)."""
-    return _VERDICTS.get(_verdict_key(plan_, device, tokens, d_in, d_out, dtype, density))
+    return _VERDICTS.get(_verdict_key(plan_, product))
 
 
 def verified(plan_: SpmmPlan, x: Tensor, weight: Tensor, kept: int, dtype: torch.dtype) -> SpmmPlan:
@@ -333,7 +323,7 @@ def verified(plan_: SpmmPlan, x: Tensor, weight: Tensor, kept: int, dtype: torch
     d_out, d_in = weight.shape
     x2 = x.reshape(-1, d_in)
     density = kept / weight.numel()
-    key = _verdict_key(plan_, x.device, x2.shape[0], d_in, d_out, dtype, density)
+    key = _verdict_key(plan_, (x.device, x2.shape[0], d_in, d_out, dtype, density))
     if key not in _VERDICTS:
         with torch.no_grad():
             xd = x2.to(dtype)
