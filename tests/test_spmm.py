@@ -478,6 +478,44 @@ def test_graphed_format_builds_follow_the_weight_through_an_anneal() -> None:
 
 
 @pytest.mark.gpu
+def test_format_builds_replayed_out_of_capture_order_leave_each_other_alone() -> None:
+    """A validation pass rebuilds the layers' forward formats only and the next training step
+    their dX formats, so the builds' CUDA graphs replay in another order than they were
+    captured. No build may write into another layer's finished format (in one memory pool
+    shared by all captures, a capture may be given memory that an earlier capture's replays
+    still write: its temporaries)."""
+    torch.manual_seed(0)
+    weights = [torch.zeros(256, 128, device="cuda") for _ in range(6)]
+    formats = [WeightFormats() for _ in weights]
+    capacity = 256 * 128 // 8
+
+    def optimizer_step() -> None:
+        with torch.no_grad():
+            for w in weights:
+                w.copy_(torch.randn_like(w) * (torch.rand_like(w) < 1 / 16))
+
+    def build(transposes: tuple[bool, ...]) -> None:
+        for w, f in zip(weights, formats, strict=True):
+            for transpose in transposes:
+                f.get(w, capacity, torch.bfloat16, transpose)
+
+    optimizer_step()
+    build((False, True))  # the first training step: captured layer by layer, forward then dX
+    for _ in range(3):
+        optimizer_step()
+        build((False,))  # validation
+        build((True,))  # the next training step (forward formats already fresh)
+        for w, f in zip(weights, formats, strict=True):
+            for transpose in (False, True):
+                got = f.get(w, capacity, torch.bfloat16, transpose)  # fresh: no rebuild
+                ptr, idx, vals = reference_csr(w.t() if transpose else w)
+                n = idx.numel()
+                assert torch.equal(got.ptr, ptr)
+                assert torch.equal(got.cols[:n], idx)
+                assert torch.equal(got.vals[:n], vals.bfloat16())
+
+
+@pytest.mark.gpu
 def test_bf16_training_on_the_sparse_kernels_tracks_cublas(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = GPTConfig(vocab_size=512, n_ctx=128, n_layer=2, d_model=256)
     sparsity = SparsityConfig(l0=1 / 64, anneal_start=0.0, anneal_end=0.0)

@@ -91,23 +91,25 @@ def _capture(
     return _Graph(key, graph, k, ints)
 
 
-_POOLS: dict[torch.device, tuple[int, int]] = {}
-
-
 def capture(fn: Callable[[], T], device: torch.device) -> tuple[torch.cuda.CUDAGraph, T]:
     """Capture `fn()` (GPU work only, see `graphed`) as a CUDA graph after one eager warm-up
     run; returns the graph and what `fn` returned while being captured: tensors that every
-    replay refills in place. All captures on a device share one memory pool, which is safe
-    because their replays never overlap (one stream) and captured outputs stay referenced."""
+    replay refills in place.
+
+    Every capture gets its own memory pool. A pool shared between captures is safe only if
+    they replay in the order they were captured: a later capture may be handed memory that an
+    earlier one freed (its temporaries), and every replay of the earlier one writes there
+    again. The sparse formats' builds do not replay in capture order (a validation pass
+    rebuilds the forward formats only, the next training step the dX ones), so in a shared
+    pool one layer's build could overwrite another layer's finished format."""
     # Warm up on a side stream (compiles kernels, fills caches), as capture requires.
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side), torch.no_grad():
         fn()
     torch.cuda.current_stream(device).wait_stream(side)
-    pool = _POOLS.setdefault(device, torch.cuda.graph_pool_handle())
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool), torch.no_grad():
+    with torch.cuda.graph(graph), torch.no_grad():
         out = fn()
     return graph, out
 
