@@ -269,6 +269,25 @@ def locked_folder(folder: Path, what: str) -> Iterator[FolderLock]:
         raise
 
 
+@contextlib.contextmanager
+def waiting_lock(path: Path, waiting: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing, never removed) for the block,
+    waiting for whoever holds it; `waiting` is said on stderr once if that happens. For work
+    that several processes of one machine may start at once (tokenising a corpus, measuring
+    the GPU) and only one should do: the others wait, then find it done."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(waiting, file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
 def _describe_holder(text: str) -> str:
     """'a training run (pid 12, host h, since T: COMMAND)' from a lock file's contents."""
     try:

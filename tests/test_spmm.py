@@ -337,6 +337,51 @@ def test_unmeasured_shape_is_measured_once_on_first_use(
     assert len(json.loads(crossovers.cache_file("cpu").read_text())["measured"]) == 1
 
 
+def _first_use_in_a_process(measured: object, start: object) -> None:
+    """A spawned process whose layer first asks for the 32 -> 48 shape at the moment its
+    sibling does (`start`, a Barrier), counting its measurements in `measured` (a Value).
+    Spawned, not forked: a forked child's first CPU matmul waits forever on the OpenMP pool
+    of its parent's threads."""
+    crossovers.TOKENS, crossovers.DENSITIES = (64,), (1 / 4,)  # the interpreter: small sizes
+    measure = crossovers.measure_shape
+
+    def counted(*args: object, **kwargs: object) -> list[dict[str, object]]:
+        with measured.get_lock():  # type: ignore[attr-defined]
+            measured.value += 1  # type: ignore[attr-defined]
+        return measure(*args, **kwargs)  # type: ignore[arg-type]
+
+    crossovers.measure_shape = counted  # type: ignore[assignment]
+    start.wait()  # type: ignore[attr-defined]
+    assert crossovers.plan(torch.device("cpu"), 64, 32, 48, 1 / 16) == DENSE
+
+
+@pytest.mark.interpreter
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's table")
+def test_processes_sharing_a_device_measure_a_shape_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes whose layers first ask for the same unmeasured shape at the same moment
+    (the jobs of a benchmark sharing one GPU, torchrun's ranks): one measures, the other waits
+    and reads its rows from the cache."""
+    import multiprocessing
+
+    monkeypatch.setenv("SPARSE_TF_CACHE", str(tmp_path))  # the children inherit the environment
+    ctx = multiprocessing.get_context("spawn")
+    measured, start = ctx.Value("i", 0), ctx.Barrier(2)
+    children = [
+        ctx.Process(target=_first_use_in_a_process, args=(measured, start)) for _ in range(2)
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=600)
+    assert [child.exitcode for child in children] == [0, 0]
+    assert measured.value == 1
+    saved = json.loads(crossovers.cache_file("cpu").read_text())
+    assert [(r["tokens"], r["in"], r["out"]) for r in saved["shapes"]] == [(64, 32, 48)]
+    assert len(saved["measured"]) == 1
+
+
 @pytest.mark.interpreter
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU's timings (GPU: test below)")
 def test_a_slower_sparse_product_goes_back_to_cublas(capsys: pytest.CaptureFixture[str]) -> None:

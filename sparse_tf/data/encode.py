@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import fcntl
 import multiprocessing
 import os
 import shutil
@@ -38,6 +37,7 @@ from sparse_tf.io import (
     publish_dir,
     read_json,
     remove_dir,
+    waiting_lock,
     write_json,
 )
 
@@ -365,19 +365,10 @@ def _assemble(
     return shards
 
 
-@contextlib.contextmanager
-def prepare_lock(cache: Path) -> Iterator[None]:
+def prepare_lock(cache: Path) -> contextlib.AbstractContextManager[None]:
     """Hold the cache's prepare lock: one process at a time trains tokenizers and writes
     token stores in `cache` (others wait here, outside any collective), so that the ranks of
     one machine, or two commands, never tokenise the same corpus twice at once."""
-    cache.mkdir(parents=True, exist_ok=True)
-    fd = os.open(cache / ".prepare.lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _eprint(f"waiting for another process preparing data in {cache} ...")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing drops the lock
+    return waiting_lock(
+        cache / ".prepare.lock", f"waiting for another process preparing data in {cache} ..."
+    )

@@ -31,6 +31,7 @@ import math
 import re
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
@@ -41,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sparse_tf.io import cache_dir, read_json, write_json
+from sparse_tf.io import cache_dir, read_json, waiting_lock, write_json
 from sparse_tf.kernels.csr import csr_of
 from sparse_tf.kernels.plan import DENSE, SpmmPlan
 from sparse_tf.kernels.spmm import spmm_t
@@ -234,6 +235,19 @@ def calibrate(
     """Measure the crossovers of layer shapes (d_in, d_out) on `device` (at TOKENS and
     DENSITIES unless given) and merge them into this machine's cache for its device model;
     returns the measured rows."""
+    with _cache_lock(device_name(device)):
+        return _measure(device, shapes, command, tokens, densities, iters)
+
+
+def _measure(
+    device: torch.device,
+    shapes: Sequence[tuple[int, int]],
+    command: str,
+    tokens: Sequence[int] | None,
+    densities: Sequence[float] | None,
+    iters: int,
+) -> list[dict[str, Any]]:
+    """`calibrate`'s work, under its lock."""
     name = device_name(device)
     tokens, densities = tokens or TOKENS, densities or DENSITIES
     rows = [
@@ -244,10 +258,21 @@ def calibrate(
     path = cache_file(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     entry = _read_entry(path) if path.is_file() else {"device": name}
-    measured = [(r["tokens"], r["in"], r["out"]) for r in rows]
-    write_json(path, {"device": name, **merge(entry, rows, run_record(name, command, measured))})
+    record = run_record(name, command, [(r["tokens"], r["in"], r["out"]) for r in rows])
+    write_json(path, {"device": name, **merge(entry, rows, record)})
     plan.cache_clear()
     return rows
+
+
+def _cache_lock(device: str) -> AbstractContextManager[None]:
+    """One process of this machine at a time measures `device` and updates its cache: the
+    processes that share a GPU (`--jobs`, torchrun's ranks) would otherwise measure the same
+    shapes at once, on a GPU the others keep busy, and overwrite each other's rows."""
+    path = cache_file(device)
+    return waiting_lock(
+        path.with_name(path.name + ".lock"),
+        f"sparse_tf: waiting for another process measuring the sparse matmul on {device}",
+    )
 
 
 def layer_shapes(d_model: int, d_mlp: int, d_head: int) -> list[tuple[int, int]]:
@@ -279,13 +304,18 @@ def plan(device: torch.device, tokens: int, d_in: int, d_out: int, density: floa
     name = device_name(device)
     known = table(name)
     if (d_in, d_out) not in known.shapes():
-        print(
-            f"sparse_tf: measuring when the sparse matmul beats cuBLAS for {d_in} -> {d_out} "
-            f"on {name} (once; cached in {cache_file(name)})",
-            file=sys.stderr,
-        )
-        calibrate(device, [(d_in, d_out)], "first use: " + " ".join(sys.argv))
-        known = table(name)
+        with _cache_lock(name):
+            known = table(name)  # another process may have measured it meanwhile
+            if (d_in, d_out) not in known.shapes():
+                print(
+                    f"sparse_tf: measuring when the sparse matmul beats cuBLAS for {d_in} -> "
+                    f"{d_out} on {name} (once; cached in {cache_file(name)})",
+                    file=sys.stderr,
+                )
+                _measure(
+                    device, [(d_in, d_out)], "first use: " + " ".join(sys.argv), None, None, 10
+                )
+                known = table(name)
     rows = [r for r in known.rows if (r.d_in, r.d_out) == (d_in, d_out)]
     if tokens < min(r.tokens for r in rows):
         return DENSE
