@@ -32,12 +32,15 @@ from sparse_tf.io import atomic_write_text
 
 EOT = "<|endoftext|>"
 # Bump when the recipe below changes, so cached tokenizers are not reused across recipes.
-_BPE_RECIPE = "python-bpe-v3"
+_BPE_RECIPE = "python-bpe-v4"
 MAX_PRETOKEN = 1024
-"""Longest pre-token, in characters: a longer run (a minified line, an embedded blob) is cut
-into pieces this long. BPE training time grows with the square of a pre-token's length (a
-single 200 KB word took 7 s, a 15 MB one would take hours); no useful token comes near this
-length, and the standard library's longest pre-token is about 200 characters."""
+"""Longest pre-token the BPE trainer sees, in characters: a longer run (a minified line, an
+embedded blob) is cut into pieces this long for training only. Training time grows with the
+square of a pre-token's length (a single 200 KB word took 7 s, a 15 MB one would take hours);
+no useful token comes near this length, and the standard library's longest pre-token is about
+200 characters. Encoding needs no cut (the BPE model merges a long word in n log n, and
+MAX_PIECE bounds its length), and the cut, a second regex over every pre-token, cost a third of
+the encoder's time: the trained tokenizer is saved without it."""
 MAX_PIECE = 1 << 20
 """Longest text (characters) encoded or trained on at once: longer documents are cut after
 their last newline within the limit (`pieces`), so that memory stays bounded (a 15 MB
@@ -58,9 +61,10 @@ class TokenizerNotPreparedError(TokenizerError):
 
 def train_bpe(texts: Iterable[str], vocab_size: int, reserved: Sequence[str] = ()) -> Tokenizer:
     """Byte-level BPE with `vocab_size` tokens, `<|endoftext|>` first (id 0), pre-tokenised by
-    `PRETOKENIZE_PATTERN` (runs longer than MAX_PRETOKEN cut), trained on the first MAX_PIECE
-    characters of each text. Every string in `reserved` becomes a single token (each must be one
-    pre-token, e.g. `")\\n` or ` enumerate`). Deterministic for the same texts in the same order.
+    `PRETOKENIZE_PATTERN` (runs longer than MAX_PRETOKEN cut while training, not when
+    encoding), trained on the first MAX_PIECE characters of each text. Every string in
+    `reserved` becomes a single token (each must be one pre-token, e.g. `")\\n` or
+    ` enumerate`). Deterministic for the same texts in the same order.
     """
     if vocab_size < 257 + 1:
         raise TokenizerError(
@@ -68,7 +72,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, reserved: Sequence[str] = (
             "(256 bytes, <|endoftext|> and one merge)"
         )
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = _pre_tokenizer()
+    tok.pre_tokenizer = bpe_pre_tokenizer(cut=MAX_PRETOKEN)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -80,19 +84,21 @@ def train_bpe(texts: Iterable[str], vocab_size: int, reserved: Sequence[str] = (
     # huge document (a 15 MB generated file) would otherwise dominate both its memory and its
     # merges. No standard-library file is longer than one piece.
     tok.train_from_iterator((next(pieces(text)) for text in texts), trainer=trainer)
+    tok.pre_tokenizer = bpe_pre_tokenizer()  # encoding needs no cut (see MAX_PRETOKEN)
     if reserved:
         tok = reserve_tokens(tok, reserved, vocab_size)
     return tok
 
 
-def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
-    return pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
-            pre_tokenizers.Split(Regex(rf"[\s\S]{{1,{MAX_PRETOKEN}}}"), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
+def bpe_pre_tokenizer(cut: int | None = None) -> pre_tokenizers.PreTokenizer:
+    """Split by PRETOKENIZE_PATTERN (runs longer than `cut` characters then cut), then bytes as
+    byte-level symbols: what a trained BPE and tinypython_2k encode with (no cut), and what
+    the BPE trainer reads (cut at MAX_PRETOKEN)."""
+    steps = [pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated")]
+    if cut is not None:
+        steps.append(pre_tokenizers.Split(Regex(rf"[\s\S]{{1,{cut}}}"), behavior="isolated"))
+    steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False))
+    return pre_tokenizers.Sequence(steps)
 
 
 def pieces(text: str, limit: int = MAX_PIECE) -> Iterator[str]:
@@ -266,12 +272,7 @@ def tinypython_bpe(directory: str | Path) -> Tokenizer:
     except Exception as e:
         raise TokenizerError(f"{folder}: cannot read tinypython_2k's BPE files: {e}") from None
     tok = Tokenizer(model)
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
+    tok.pre_tokenizer = bpe_pre_tokenizer()
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([EOT])  # after the last rank, as the plugin's special token
     return tok
