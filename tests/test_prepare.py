@@ -41,10 +41,15 @@ def _reference(corpus_dir: Path, bpe_cache: Path) -> tuple[object, object, list[
     """The corpus, its BPE, and its train stream encoded one document at a time."""
     corpus = open_corpus(str(corpus_dir), 0.1)
     tok = corpus_bpe(corpus, 320, bpe_cache)
+    return corpus, tok, _stream(corpus, tok, "train")
+
+
+def _stream(corpus: object, tok: object, split: str) -> list[int]:
+    """The tokens of a split, encoded one document at a time."""
     ids: list[int] = []
-    for text in corpus.documents("train"):
-        ids += [*tok.encode(text).ids, tok.token_to_id(EOT)]
-    return corpus, tok, ids
+    for text in corpus.documents(split):  # type: ignore[attr-defined]
+        ids += [*tok.encode(text).ids, tok.token_to_id(EOT)]  # type: ignore[attr-defined]
+    return ids
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -58,6 +63,8 @@ def test_worker_count_does_not_change_the_tokens(
     assert len(train.files) > 3  # shards cut across parts
     assert all(len(a) == 7_000 for a in train.arrays[:-1])
     assert train.slice(0, len(train)).tolist() == expected
+    val = shards["val"]  # its chunks encoded while the last training chunks still are
+    assert val.slice(0, len(val)).tolist() == _stream(corpus, tok, "val")
     assert not list((tmp_path / "tokens").glob(".*"))  # no work folder left
 
 

@@ -282,51 +282,43 @@ def _encode_parts(
     corpus: Corpus, tok: Tokenizer, parts: Path, workers: int, report: Progress
 ) -> dict[Split, tuple[list[int], int]]:
     """Encode every chunk whose part file is missing; per split, the token count of every
-    part, in order, and the number of documents."""
-    with _pool(tok, workers) as pool:
-        return {
-            split: _encode_split(corpus.documents(split), pool, parts, split, workers, report)
-            for split in SPLITS
-        }
+    part, in order, and the number of documents.
 
-
-def _encode_split(
-    texts: Iterable[str],
-    pool: cf.ProcessPoolExecutor,
-    parts: Path,
-    split: str,
-    workers: int,
-    report: Progress,
-) -> tuple[list[int], int]:
-    sizes: dict[int, int] = {}
-    pending: dict[cf.Future[int], tuple[int, int]] = {}
+    The splits share one queue: the validation chunks are handed out while the last training
+    chunks are still encoding, so that no worker waits for the slowest one between splits."""
+    sizes: dict[Split, dict[int, int]] = {split: {} for split in SPLITS}
+    n_docs = dict.fromkeys(SPLITS, 0)
+    pending: dict[cf.Future[int], tuple[Split, int, int]] = {}
 
     def collect(done: Iterable[cf.Future[int]]) -> None:
         for future in done:
-            index, n_docs = pending.pop(future)
+            split, index, docs = pending.pop(future)
             try:
-                sizes[index] = future.result()
+                sizes[split][index] = future.result()
             except cf.process.BrokenProcessPool:
                 raise EncodeError(
                     "a tokenising worker died (out of memory? use fewer --workers); run the "
                     "same command again to resume"
                 ) from None
-            report.update(n_docs, sizes[index], encoded=True)
+            report.update(docs, sizes[split][index], encoded=True)
 
-    n_chunks = n_docs = 0
-    for index, chunk in enumerate(chunks(texts)):
-        n_chunks += 1
-        n_docs += len(chunk)
-        path = parts / f"{split}-{index:06d}.npy"
-        if path.is_file():  # finished by an earlier, interrupted prepare
-            sizes[index] = len(np.load(path, mmap_mode="r"))
-            report.update(len(chunk), sizes[index], encoded=False)
-            continue
-        while len(pending) >= _IN_FLIGHT * workers:
-            collect(cf.wait(pending, return_when=cf.FIRST_COMPLETED).done)
-        pending[pool.submit(_encode_part, str(path), chunk)] = (index, len(chunk))
-    collect(cf.as_completed(list(pending)))
-    return [sizes[i] for i in range(n_chunks)], n_docs
+    with _pool(tok, workers) as pool:
+        for split in SPLITS:
+            for index, chunk in enumerate(chunks(corpus.documents(split))):
+                n_docs[split] += len(chunk)
+                path = parts / f"{split}-{index:06d}.npy"
+                if path.is_file():  # finished by an earlier, interrupted prepare
+                    sizes[split][index] = len(np.load(path, mmap_mode="r"))
+                    report.update(len(chunk), sizes[split][index], encoded=False)
+                    continue
+                while len(pending) >= _IN_FLIGHT * workers:
+                    collect(cf.wait(pending, return_when=cf.FIRST_COMPLETED).done)
+                pending[pool.submit(_encode_part, str(path), chunk)] = (split, index, len(chunk))
+        collect(cf.as_completed(list(pending)))
+    return {
+        split: ([sizes[split][i] for i in range(len(sizes[split]))], n_docs[split])
+        for split in SPLITS
+    }
 
 
 def _assemble(
