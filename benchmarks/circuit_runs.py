@@ -215,17 +215,20 @@ def task_corpus(folder: Path, tasks: Sequence[str], pairs: int, per_file: int = 
 
 
 def train_models(
-    runs: Mapping[str, tuple[TrainConfig, Path]], device: str, jobs: int
+    runs: Mapping[str, tuple[TrainConfig, Path]], device: str, jobs: int, cuda_graphs: bool = False
 ) -> dict[str, Path]:
     """`train_model` of every run (key -> (config, folder)), `jobs` at a time (`run_jobs`)."""
-    calls = [(train_model, (cfg, out, device)) for cfg, out in runs.values()]
+    calls = [(train_model, (cfg, out, device, cuda_graphs)) for cfg, out in runs.values()]
     return dict(zip(runs, run_jobs(calls, jobs), strict=True))
 
 
-def train_model(cfg: TrainConfig, out: Path, device: str, log: Log = print) -> Path:
+def train_model(
+    cfg: TrainConfig, out: Path, device: str, cuda_graphs: bool = False, log: Log = print
+) -> Path:
     """The exported model of the run in `out`, trained to its end: a finished run is reused,
     an interrupted one resumed from its last checkpoint, a missing one started. A run of
-    another config in `out` is an error (never replaced: delete it to retrain)."""
+    another config in `out` is an error (never replaced: delete it to retrain). `cuda_graphs`:
+    `sparse-tf train --cuda-graphs` (a run option: the same model within rounding)."""
     if (out / SUMMARY_FILE).is_file():
         saved = read_run_info(out)["config"]
         if diff := config_diff(saved, cfg.to_dict()):
@@ -247,6 +250,7 @@ def train_model(cfg: TrainConfig, out: Path, device: str, log: Log = print) -> P
         eval_every=0,  # the whole val split at the end is what the comparison reads
         ckpt_every=max(1, cfg.max_steps // 10),  # a killed run loses at most a tenth
         keep_last=1,
+        cuda_graphs=cuda_graphs,
     )
     result = train(cfg, opts)
     log(f"  val loss {result.summary['val_loss']:.4f} ({time.perf_counter() - start:.0f} s)")

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import assert_plot_drawn
 
@@ -82,6 +83,24 @@ def test_run_jobs_runs_calls_in_worker_processes_in_order(
         run_jobs([(int, ("7",)), (int, ("seven",))], 2)
     with pytest.raises(BenchError, match="--jobs 0: must be >= 1"):
         check_jobs(0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error a CPU-only machine gives")
+@pytest.mark.parametrize("script", ["circuit_size.py", "frontier.py"])
+def test_cuda_graphs_reach_the_trainer(script: str, tmp_path: Path) -> None:
+    """--cuda-graphs is the trainer's option: on a machine without CUDA the first training run
+    says so in one line, before any step."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--tiny", "--out", str(tmp_path),
+         "--cuda-graphs", "--device", "cpu"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"{script}: error: --cuda-graphs: replays CUDA graphs, which need a CUDA device "
+        "(this run is on cpu)"
+    )
+    assert not list((tmp_path / "models").glob("*/step-*"))  # no step was taken
 
 
 @pytest.mark.slow
