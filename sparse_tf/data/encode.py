@@ -20,7 +20,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from sparse_tf.data.corpus import Corpus, Split
 from sparse_tf.data.tokenizer import MAX_PIECE, eot_id, pieces, tokenizer_digest
+from sparse_tf.data.word_cache import WordCacheEncoder
 from sparse_tf.errors import SparseTFError
 from sparse_tf.io import (
     ProgressMode,
@@ -63,8 +64,30 @@ def token_dtype(tok: Tokenizer) -> type[np.unsignedinteger]:
     return np.uint16 if tok.get_vocab_size() <= 1 << 16 else np.uint32
 
 
-def encode_documents(tok: Tokenizer, texts: Iterable[str], dtype: Any) -> np.ndarray:
-    """The packed tokens of `texts`: each text's ids, then `<|endoftext|>`.
+Encode = Callable[[list[str]], list[np.ndarray]]
+"""Texts -> the ids of each (`batch_encoder`)."""
+
+
+def batch_encoder(tok: Tokenizer, dtype: Any) -> Encode:
+    """The fastest way to the ids `tok.encode_batch(texts, add_special_tokens=False)` gives:
+    the word cache (`word_cache`) where it gives the same ids, else the library itself."""
+    words = WordCacheEncoder.for_tokenizer(tok, dtype)
+    if words is not None:
+        return words.encode
+
+    def library(texts: list[str]) -> list[np.ndarray]:
+        # encode_batch_fast skips the character offsets, which packing never reads (same ids).
+        encoded = tok.encode_batch_fast(texts, add_special_tokens=False)
+        return [np.asarray(enc.ids, dtype) for enc in encoded]
+
+    return library
+
+
+def encode_documents(
+    tok: Tokenizer, texts: Iterable[str], dtype: Any, encode: Encode | None = None
+) -> np.ndarray:
+    """The packed tokens of `texts`: each text's ids, then `<|endoftext|>`; `encode` is
+    `batch_encoder(tok, dtype)` unless given (one per process keeps its word cache).
 
     Texts are encoded in batches of at most _ENCODE_BATCH pieces and MAX_PIECE characters (a
     long text in `pieces`): an encoding holds ~150 bytes per token until its ids are copied
@@ -74,12 +97,11 @@ def encode_documents(tok: Tokenizer, texts: Iterable[str], dtype: Any) -> np.nda
     batch: list[str] = []
     lasts: list[bool] = []
     chars = 0
-    # encode_batch_fast skips the character offsets, which packing never reads (same ids).
-    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    encode = encode or batch_encoder(tok, dtype)
 
     def flush() -> None:
-        for enc, last in zip(encode(batch, add_special_tokens=False), lasts, strict=True):
-            out.append(np.asarray(enc.ids, dtype))
+        for ids, last in zip(encode(batch), lasts, strict=True):
+            out.append(ids)
             if last:
                 out.append(eot)
 
@@ -117,18 +139,20 @@ def chunks(texts: Iterable[str], chunk_chars: int | None = None) -> Iterator[lis
 
 _worker_tok: Tokenizer | None = None
 _worker_dtype: Any = None
+_worker_encode: Encode | None = None
 
 
 def _init_worker(spec: str) -> None:
-    global _worker_tok, _worker_dtype
+    global _worker_tok, _worker_dtype, _worker_encode
     _worker_tok = Tokenizer.from_str(spec)
     _worker_dtype = token_dtype(_worker_tok)
+    _worker_encode = batch_encoder(_worker_tok, _worker_dtype)
 
 
 def _encode_part(path: str, texts: list[str]) -> int:
     """Encode one chunk into the part file `path` (complete or absent); its token count."""
     assert _worker_tok is not None
-    ids = encode_documents(_worker_tok, texts, _worker_dtype)
+    ids = encode_documents(_worker_tok, texts, _worker_dtype, _worker_encode)
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
         np.save(f, ids)
