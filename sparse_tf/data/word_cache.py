@@ -47,8 +47,9 @@ TRANSLATED_FROM = (
 )
 """The pattern ASCII_PATTERN translates: a changed PRETOKENIZE_PATTERN turns the cache off
 (and fails a test) until ASCII_PATTERN is translated again."""
-MAX_WORDS = 1 << 20
-"""Most words cached (~150 MB at ~150 bytes a word; the standard library has ~90,000)."""
+MAX_WORDS = 1 << 18
+"""Most words cached: ~80 MB of a worker's memory at the ~305 bytes a cached word takes (key,
+ids and the dict's entry). The standard library has ~99,000 distinct words."""
 _NOT_ASCII = re.compile(r"[^\x00-\x7f]")
 
 Ids = tuple[int, ...]
