@@ -12,12 +12,13 @@ each distinct word once, and joins the cached ids:
 - A word's ids: the tokenizer's model (`tok.model.tokenize`) on the word's byte-level symbols,
   exactly the call the library makes for every pre-token.
 
-It encodes a text that way only when the result cannot differ from `Tokenizer.encode`: the
-tokenizer has no normalizer, pre-tokenises exactly as `bpe_pre_tokenizer()` (every trained BPE
-since `python-bpe-v4`, and tinypython_2k) with a BPE model without dropout, and the text is
-ASCII and holds no added token (`<|endoftext|>` written out). Any other text goes to the
-library, in the same batch and order. `tests/test_data.py` checks both against the library on
-random text and on the standard library.
+It is used only where the result cannot differ from `Tokenizer.encode`: for a tokenizer with
+no normalizer that pre-tokenises exactly as `bpe_pre_tokenizer()` (every trained BPE since
+`python-bpe-v4`, and tinypython_2k) with a BPE model without dropout; on the ASCII lines of a
+text (a text that is not all ASCII is cut where no pre-token can span, `SAFE_CUT`, and its
+other runs go to the library); never on a text that holds an added token written out
+(`<|endoftext|>`), which goes to the library whole. `tests/test_word_cache.py` checks the ids
+against the library's on random text and on the standard library.
 
 Memory: at most MAX_WORDS cached words (their ids as tuples; once it is full, a text's new
 words serve that text only), so a worker's memory does not grow with the corpus.
@@ -28,7 +29,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
-from itertools import chain, islice
+from itertools import chain, groupby, islice
 from typing import Any
 
 import numpy as np
@@ -50,9 +51,21 @@ TRANSLATED_FROM = (
 MAX_WORDS = 1 << 18
 """Most words cached: ~80 MB of a worker's memory at the ~305 bytes a cached word takes (key,
 ids and the dict's entry). The standard library has ~99,000 distinct words."""
-_NOT_ASCII = re.compile(r"[^\x00-\x7f]")
+SAFE_CUT = re.compile(r"(?<=\n)(?=[!-.0-~])")
+"""A place in a text right after a newline and before printable ASCII other than '/': no
+pre-token of PRETOKENIZE_PATTERN spans it (the newline ends a whitespace or punctuation token,
+which only whitespace or '/' could extend; no token starts with a newline and goes on), so the
+ids of the text are those of its two sides. `pieces` cuts long texts at such places too."""
 
 Ids = tuple[int, ...]
+
+
+def ascii_runs(text: str) -> list[str]:
+    """`text` cut at SAFE_CUTs into runs that are each ASCII or not, alternately (`[text]` for
+    ASCII text): the cache encodes the ASCII runs of a text that is not all ASCII."""
+    if text.isascii():
+        return [text]
+    return ["".join(run) for _, run in groupby(SAFE_CUT.split(text), key=str.isascii)]
 
 
 class WordCacheEncoder:
@@ -88,24 +101,31 @@ class WordCacheEncoder:
             return None
         return cls(tok, dtype, [t["content"] for t in spec.get("added_tokens") or []])
 
-    def cacheable(self, text: str) -> bool:
-        """Whether `text` is encoded here (ASCII, no added token written out)."""
-        return _NOT_ASCII.search(text) is None and not any(a in text for a in self.added)
-
     def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
         """The ids of each text (see the class)."""
-        out: list[np.ndarray | None] = [None] * len(texts)
-        others = [i for i, text in enumerate(texts) if not self.cacheable(text)]
-        if others:  # the library, for what the cache may not encode
-            encoded = self.tok.encode_batch_fast(
-                [texts[i] for i in others], add_special_tokens=False
-            )
-            for i, enc in zip(others, encoded, strict=True):
-                out[i] = np.asarray(enc.ids, self.dtype)
+        parts: list[list[np.ndarray | None]] = [[] for _ in texts]  # each text's runs, in order
+        library: list[str] = []  # what the library encodes, and where its ids go
+        slots: list[tuple[int, int]] = []
+
+        def to_library(i: int, text: str) -> None:
+            slots.append((i, len(parts[i])))
+            parts[i].append(None)
+            library.append(text)
+
         for i, text in enumerate(texts):
-            if out[i] is None:
-                out[i] = self._encode(text)
-        return out  # type: ignore[return-value]
+            if any(a in text for a in self.added):
+                to_library(i, text)  # the library's added-token matching, on the whole text
+                continue
+            for run in ascii_runs(text):
+                if run.isascii():
+                    parts[i].append(self._encode(run))
+                else:
+                    to_library(i, run)
+        if library:
+            encoded = self.tok.encode_batch_fast(library, add_special_tokens=False)
+            for (i, j), enc in zip(slots, encoded, strict=True):
+                parts[i][j] = np.asarray(enc.ids, self.dtype)
+        return [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]  # type: ignore[misc]
 
     def _encode(self, text: str) -> np.ndarray:
         words = ASCII_PATTERN.findall(text)
