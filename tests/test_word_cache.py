@@ -125,6 +125,18 @@ def test_a_full_cache_takes_no_more_words(tok: Tokenizer, monkeypatch: pytest.Mo
     assert len(encoder.words) == 50
 
 
+def test_long_words_are_not_cached(tok: Tokenizer) -> None:
+    """A run longer than MAX_WORD_CHARS (a minified line, embedded data) is encoded each time:
+    the cache's memory is bounded in words and in characters."""
+    long_run = "x" * (wc.MAX_WORD_CHARS + 1)
+    texts = [f"{long_run} = 1\n", f"a = {long_run}\n", "y" * 5000]
+    encoder = WordCacheEncoder.for_tokenizer(tok, np.int64)
+    assert encoder is not None
+    assert cached_ids(encoder, texts) == library_ids(tok, texts)
+    assert max(map(len, encoder.words)) <= wc.MAX_WORD_CHARS
+    assert {"=", " 1", " ="} & set(encoder.words)  # the short words of those texts are cached
+
+
 def test_the_packed_stream_is_the_librarys(tok: Tokenizer) -> None:
     texts = ["import os\n", "x = 'é'\n", "", f"a{EOT}b\n", "def f():\n    return 1\n"]
     dtype = np.uint16

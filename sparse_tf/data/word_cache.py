@@ -20,8 +20,9 @@ other runs go to the library); never on a text that holds an added token written
 (`<|endoftext|>`), which goes to the library whole. `tests/test_word_cache.py` checks the ids
 against the library's on random text and on the standard library.
 
-Memory: at most MAX_WORDS cached words (their ids as tuples; once it is full, a text's new
-words serve that text only), so a worker's memory does not grow with the corpus.
+Memory: at most MAX_WORDS cached words of at most MAX_WORD_CHARS characters (their ids as
+tuples; a longer word, or a new one once the cache is full, serves its text only), so a
+worker's memory does not grow with the corpus.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ TRANSLATED_FROM = (
 MAX_WORDS = 1 << 18
 """Most words cached: ~80 MB of a worker's memory at the ~305 bytes a cached word takes (key,
 ids and the dict's entry). The standard library has ~99,000 distinct words."""
+MAX_WORD_CHARS = 64
+"""Longer words are encoded every time, not cached: they rarely repeat, and a corpus of long
+unique runs (minified lines, embedded data: a word can be a whole 1 MiB piece) would otherwise
+fill MAX_WORDS entries of any size."""
 SAFE_CUT = re.compile(r"(?<=\n)(?=[!-.0-~])")
 """A place in a text right after a newline and before printable ASCII other than '/': no
 pre-token of PRETOKENIZE_PATTERN spans it (the newline ends a whitespace or punctuation token,
@@ -133,8 +138,9 @@ class WordCacheEncoder:
         if new := set(words).difference(self.words):
             ids = {w: self._word_ids(w) for w in new}
             room = max(0, MAX_WORDS - len(self.words))
-            self.words.update(islice(ids.items(), room))
-            if len(ids) > room:  # full: the words left out serve this text only
+            short = [(w, i) for w, i in ids.items() if len(w) <= MAX_WORD_CHARS]
+            self.words.update(islice(short, room))
+            if len(short) > room or len(short) < len(ids):  # the words left out: this text only
                 lookup = lambda w: ids[w] if w in ids else self.words[w]  # noqa: E731
         return np.fromiter(chain.from_iterable(map(lookup, words)), self.dtype)
 
