@@ -118,6 +118,23 @@ def check_jobs(jobs: int) -> None:
         raise BenchError(f"--jobs {jobs}: must be >= 1")
 
 
+@dataclass(frozen=True)
+class RunFlags:
+    """How a circuit benchmark runs: the flags `circuit_size.py` and `frontier.py` share."""
+
+    device: str = "auto"
+    jobs: int = 1
+    """Training runs and circuits run this many at a time, each in its own process (on one
+    GPU they share it: these small models leave most of it idle)."""
+    cuda_graphs: bool = False
+    """Train with `sparse-tf train --cuda-graphs` (CUDA only): each micro-batch replayed as one
+    CUDA graph, without the host's launch time between the kernels, which the steps of these
+    small models are mostly made of. The same models within rounding."""
+
+    def __post_init__(self) -> None:
+        check_jobs(self.jobs)
+
+
 # -- configs ------------------------------------------------------------------------------------
 
 

@@ -42,9 +42,9 @@ from circuit_runs import (
     TINY_TASKS,
     BenchError,
     CircuitSize,
+    RunFlags,
     Scores,
     base_config,
-    check_jobs,
     circuit_tasks,
     fmt,
     geomean,
@@ -76,7 +76,7 @@ DEFAULT_TARGETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4)
 
 
 @dataclass(frozen=True)
-class Args:
+class Args(RunFlags):
     """Circuit size of a weight-sparse model vs dense baselines at matched pretraining loss."""
 
     out: str = "runs/circuit-size"
@@ -116,17 +116,9 @@ class Args:
     """Val pairs per task to score the models on (the --task-max-loss check)."""
     bootstrap: int = 10_000
     """Bootstrap resamples of the tasks for the ratio's interval."""
-    device: str = "auto"
-    jobs: int = 1
-    """Training runs and circuits run this many at a time, each in its own process (on one
-    GPU they share it: these small models leave most of it idle)."""
-    cuda_graphs: bool = False
-    """Train with `sparse-tf train --cuda-graphs` (CUDA only): each micro-batch replayed as one
-    CUDA graph, without the host's launch time between the kernels, which the steps of these
-    small models are mostly made of. The same models within rounding."""
 
     def __post_init__(self) -> None:
-        check_jobs(self.jobs)
+        super().__post_init__()
         if self.prune.budget != PruneConfig().budget:
             raise BenchError("--prune.budget: give the search budget as --budget")
         if self.prune.target_loss != PruneConfig().target_loss:

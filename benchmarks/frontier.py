@@ -33,8 +33,8 @@ from circuit_runs import (
     TINY_TASKS,
     BenchError,
     CircuitSize,
+    RunFlags,
     base_config,
-    check_jobs,
     circuit_tasks,
     fmt,
     geomean,
@@ -61,7 +61,7 @@ TITLE = "Capability-interpretability frontier: pretraining loss vs circuit size"
 
 
 @dataclass(frozen=True)
-class Args:
+class Args(RunFlags):
     """Pretraining loss vs mean circuit size over a width x L0 sweep of weight-sparse models."""
 
     out: str = "runs/frontier"
@@ -85,17 +85,9 @@ class Args:
     """Pruning settings (--prune.*); budget and target from --budget and --target."""
     mean_windows: int = 256
     score_pairs: int = 256
-    device: str = "auto"
-    jobs: int = 1
-    """Training runs and circuits run this many at a time, each in its own process (on one
-    GPU they share it: these small models leave most of it idle)."""
-    cuda_graphs: bool = False
-    """Train with `sparse-tf train --cuda-graphs` (CUDA only): each micro-batch replayed as one
-    CUDA graph, without the host's launch time between the kernels, which the steps of these
-    small models are mostly made of. The same models within rounding."""
 
     def __post_init__(self) -> None:
-        check_jobs(self.jobs)
+        super().__post_init__()
         if self.prune.budget != PruneConfig().budget:
             raise BenchError("--prune.budget: give the search budget as --budget")
         if self.prune.target_loss != PruneConfig().target_loss:

@@ -20,7 +20,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from sparse_tf.data.corpus import Corpus, Split
 from sparse_tf.data.tokenizer import MAX_PIECE, eot_id, pieces, tokenizer_digest
-from sparse_tf.data.word_cache import WordCacheEncoder
+from sparse_tf.data.word_cache import Encode, WordCacheEncoder, library_encoder
 from sparse_tf.errors import SparseTFError
 from sparse_tf.io import (
     ProgressMode,
@@ -64,23 +64,11 @@ def token_dtype(tok: Tokenizer) -> type[np.unsignedinteger]:
     return np.uint16 if tok.get_vocab_size() <= 1 << 16 else np.uint32
 
 
-Encode = Callable[[list[str]], list[np.ndarray]]
-"""Texts -> the ids of each (`batch_encoder`)."""
-
-
 def batch_encoder(tok: Tokenizer, dtype: Any) -> Encode:
     """The fastest way to the ids `tok.encode_batch(texts, add_special_tokens=False)` gives:
     the word cache (`word_cache`) where it gives the same ids, else the library itself."""
     words = WordCacheEncoder.for_tokenizer(tok, dtype)
-    if words is not None:
-        return words.encode
-
-    def library(texts: list[str]) -> list[np.ndarray]:
-        # encode_batch_fast skips the character offsets, which packing never reads (same ids).
-        encoded = tok.encode_batch_fast(texts, add_special_tokens=False)
-        return [np.asarray(enc.ids, dtype) for enc in encoded]
-
-    return library
+    return words.encode if words is not None else library_encoder(tok, dtype)
 
 
 def encode_documents(

@@ -63,6 +63,19 @@ which only whitespace or '/' could extend; no token starts with a newline and go
 ids of the text are those of its two sides. `pieces` cuts long texts at such places too."""
 
 Ids = tuple[int, ...]
+Encode = Callable[[list[str]], list[np.ndarray]]
+"""Texts -> the ids of each, as arrays."""
+
+
+def library_encoder(tok: Tokenizer, dtype: Any) -> Encode:
+    """`tok.encode_batch(texts, add_special_tokens=False)`'s ids, as arrays of `dtype`."""
+
+    def encode(texts: list[str]) -> list[np.ndarray]:
+        # encode_batch_fast skips the character offsets, which packing never reads (same ids).
+        encoded = tok.encode_batch_fast(texts, add_special_tokens=False)
+        return [np.asarray(enc.ids, dtype) for enc in encoded]
+
+    return encode
 
 
 def ascii_runs(text: str) -> list[str]:
@@ -79,8 +92,9 @@ class WordCacheEncoder:
     which says whether the tokenizer allows it."""
 
     def __init__(self, tok: Tokenizer, dtype: Any, added: Sequence[str]) -> None:
-        self.tok, self.dtype = tok, dtype
+        self.dtype = dtype
         self.model = tok.model
+        self.library = library_encoder(tok, dtype)
         self.added = tuple(added)
         # The byte-level symbol of every ASCII character, from the library itself (a
         # str.translate table).
@@ -127,9 +141,8 @@ class WordCacheEncoder:
                 else:
                     to_library(i, run)
         if library:
-            encoded = self.tok.encode_batch_fast(library, add_special_tokens=False)
-            for (i, j), enc in zip(slots, encoded, strict=True):
-                parts[i][j] = np.asarray(enc.ids, self.dtype)
+            for (i, j), ids in zip(slots, self.library(library), strict=True):
+                parts[i][j] = ids
         return [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]  # type: ignore[misc]
 
     def _encode(self, text: str) -> np.ndarray:

@@ -224,13 +224,17 @@ def run_record(device: str, command: str, shapes: Sequence[tuple[int, int, int]]
     }
 
 
+ITERS = 10
+"""Timed repetitions per product of a calibration (medians)."""
+
+
 def calibrate(
     device: torch.device,
     shapes: Sequence[tuple[int, int]],
     command: str,
     tokens: Sequence[int] | None = None,
     densities: Sequence[float] | None = None,
-    iters: int = 10,
+    iters: int = ITERS,
 ) -> list[dict[str, Any]]:
     """Measure the crossovers of layer shapes (d_in, d_out) on `device` (at TOKENS and
     DENSITIES unless given) and merge them into this machine's cache for its device model;
@@ -312,9 +316,8 @@ def plan(device: torch.device, tokens: int, d_in: int, d_out: int, density: floa
                     f"{d_out} on {name} (once; cached in {cache_file(name)})",
                     file=sys.stderr,
                 )
-                _measure(
-                    device, [(d_in, d_out)], "first use: " + " ".join(sys.argv), None, None, 10
-                )
+                command = "first use: " + " ".join(sys.argv)
+                _measure(device, [(d_in, d_out)], command, None, None, ITERS)
                 known = table(name)
     rows = [r for r in known.rows if (r.d_in, r.d_out) == (d_in, d_out)]
     if tokens < min(r.tokens for r in rows):
