@@ -87,6 +87,40 @@ def run_phase(
         torch.cuda.synchronize()
 
 
+def kind_ms(per_phase: dict[str, dict[str, float]], phase: str, kinds: tuple[str, ...]) -> float:
+    """Milliseconds per step of the kernels of `kinds` in `phase`."""
+    return sum(us for k, us in per_phase[phase].items() if kind_of(k) in kinds) / 1e3
+
+
+def print_bounds(results: dict[str, dict[str, dict[str, float]]], phases: tuple[str, ...]) -> None:
+    """How fast each sparse variant's step could be if its forward and input-gradient products
+    cost nothing, with the weight gradient kept dense (it must be: weights outside the kept set
+    have to be able to re-enter). The dense step's backward products are the input and the
+    weight gradients of every matrix, equal in FLOPs, so half of them is the weight gradient's
+    cost; the sparse step keeps that half and everything that is not a product (attention,
+    AbsTopK, norms, Adam, the projection). The dense step over this floor is the most any
+    faster product can make the step gain."""
+    if "dense" not in results:
+        return
+    products = ("matmul", "sparse matmul")
+    dense = results["dense"]
+    dense_all = sum(sum(dense[p].values()) for p in phases) / 1e3
+    weight_grad = kind_ms(dense, "backward", ("matmul",)) / 2
+    print("\nThe floor of each sparse step: its products free, the weight gradient dense")
+    print("| variant | step | products (fwd + bwd) | floor | dense / step | dense / floor |")
+    print("|---|---|---|---|---|---|")
+    for name, per_phase in results.items():
+        if name == "dense":
+            continue
+        step = sum(sum(per_phase[p].values()) for p in phases) / 1e3
+        used = kind_ms(per_phase, "forward", products) + kind_ms(per_phase, "backward", products)
+        floor = step - used + weight_grad
+        print(
+            f"| {name} | {step:.2f} | {used:.2f} | {floor:.2f} | {dense_all / step:.2f}x "
+            f"| {dense_all / floor:.2f}x |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_shape_args(parser)
@@ -140,6 +174,7 @@ def main() -> None:
         print(f"| {phase} | **total** | " + " | ".join(f"**{t:.2f}**" for t in totals) + " |")
     grand = [sum(sum(results[n][p].values()) for p in phases) / 1e3 for n in names]
     print("| step | **all** | " + " | ".join(f"**{t:.2f}**" for t in grand) + " |")
+    print_bounds(results, phases)
     for n in names:
         merged: dict[tuple[str, str], float] = defaultdict(float)
         for phase in phases:
