@@ -294,6 +294,9 @@ def test_a_finished_run_gives_its_gpu_memory_back(tmp_path: Path, graphs: bool) 
 
     corpus = sample_corpus(tmp_path / "corpus")
     cfg = tiny_train_config(corpus, batch_size=8, micro_batch_size=4)
+    # Captures that earlier tests in this process left (of models that never went through
+    # train(), which alone releases them) are not this run's to release.
+    kernel_graphs.clear()
     # The same run once first: kernels compiled, process-wide caches (layouts) made.
     train(cfg, quiet_options(tmp_path / "warm", device="cuda", cuda_graphs=graphs))
     gc.collect()
