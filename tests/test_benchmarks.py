@@ -85,6 +85,41 @@ def test_run_jobs_runs_calls_in_worker_processes_in_order(
         check_jobs(0)
 
 
+def test_step_profile_floor_follows_from_its_own_table() -> None:
+    """step_profile.py's floor: the sparse step less all its products plus half the dense
+    step's backward products (the weight gradient, which stays dense), read back from the
+    per-kind table the script prints (CPU operator times of the tiny shape)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "step_profile.py"), "--steps", "1",
+         "--warmup", "1"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    kinds, floors = _tables(proc.stdout)[:2]
+    assert kinds[0][2:] == ["dense", "sparse_tf 1/64"]
+    cell = {(row[0], row[1]): [float(c.strip("*")) for c in row[2:]] for row in kinds[1:]}
+
+    def ms(phase: str, kind: str, column: int) -> float:
+        return cell.get((phase, kind), [0.0, 0.0])[column]
+
+    products = sum(
+        ms(phase, kind, 1)
+        for phase in ("forward", "backward")
+        for kind in ("matmul", "sparse matmul")
+    )
+    step = cell[("step", "**all**")]
+    floor = step[1] - products + ms("backward", "matmul", 0) / 2
+    assert floors[0] == [
+        "variant", "step", "products (fwd + bwd)", "floor", "dense / step", "dense / floor"
+    ]  # fmt: skip
+    name, *numbers = floors[1]
+    assert name == "sparse_tf 1/64"
+    assert float(numbers[0]) == pytest.approx(step[1], abs=0.01)
+    assert float(numbers[1]) == pytest.approx(products, abs=0.03)
+    assert float(numbers[2]) == pytest.approx(floor, abs=0.05)
+    assert float(numbers[4].rstrip("x")) == pytest.approx(step[0] / floor, abs=0.01)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error a CPU-only machine gives")
 @pytest.mark.parametrize("script", ["circuit_size.py", "frontier.py"])
 def test_cuda_graphs_reach_the_trainer(script: str, tmp_path: Path) -> None:
