@@ -52,21 +52,28 @@ class SparseLinear(nn.Linear):
         """`kept` if the weight has not been modified since it was marked, else None."""
         return self.kept if self._stamp == self.weight._version else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, bias_grad_elsewhere: bool = False) -> Tensor:
+        """x @ Wᵀ + b. With `bias_grad_elsewhere` the bias is added as usual but its gradient
+        is left to whoever consumes the output: an AbsTopK that was handed the bias computes
+        it while writing the output's gradient, saving the column sums' own pass over it
+        (`sparse_tf.sparsity.AbsTopK.selects`)."""
+        bias = self.bias
+        if bias_grad_elsewhere and bias is not None:
+            bias = bias.detach()
         # Under torch.compile the products stay on cuBLAS, inside the compiled graph: the
         # sparse path keys its formats on the weight's version counter, which would make the
         # compiler recompile after every optimizer step. `is_compiling()` is tested first so
         # that the compiler never reads `kept`: an int attribute it reads becomes a guard, and
         # the L0 anneal changes `kept` at every step (a recompile per step, then eager).
         if torch.compiler.is_compiling():
-            return F.linear(x, self.weight, self.bias)
+            return F.linear(x, self.weight, bias)
         if _capturing(x):
             if _RECORDER is None:  # nobody will refresh the formats before a replay
-                return F.linear(x, self.weight, self.bias)
-            return _RECORDER.product(self, x)
+                return F.linear(x, self.weight, bias)
+            return _RECORDER.product(self, x, bias)
         if self.kept is None:
-            return F.linear(x, self.weight, self.bias)
-        return kernels.sparse_linear(x, self.weight, self.bias, self.marked_kept, self._formats)
+            return F.linear(x, self.weight, bias)
+        return kernels.sparse_linear(x, self.weight, bias, self.marked_kept, self._formats)
 
 
 def _capturing(x: Tensor) -> bool:
@@ -129,8 +136,8 @@ class GraphedProducts:
         finally:
             _RECORDER = None
 
-    def product(self, layer: SparseLinear, x: Tensor) -> Tensor:
-        """`layer(x)` inside the capture, recorded."""
+    def product(self, layer: SparseLinear, x: Tensor, bias: Tensor | None) -> Tensor:
+        """`layer(x)` inside the capture (with `bias`: the layer's, or it detached), recorded."""
         tokens, dtype = x.numel() // layer.in_features, kernels.compute_dtype(x)
         plan = self._plan(layer, tokens, dtype)
         if plan is None:
@@ -139,9 +146,7 @@ class GraphedProducts:
                 f"{layer.out_features} on {tokens} tokens was not measured before the capture "
                 "(run the same computation eagerly first)"
             )
-        y = kernels.sparse_linear(
-            x, layer.weight, layer.bias, layer.marked_kept, layer._formats, plan
-        )
+        y = kernels.sparse_linear(x, layer.weight, bias, layer.marked_kept, layer._formats, plan)
         # The formats the capture reads: dX's only where the backward will run.
         dx = plan.dx and x.requires_grad and torch.is_grad_enabled()
         reads = kernels.SpmmPlan(forward=plan.forward, dx=dx)

@@ -48,7 +48,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.n_head, self.d_head = cfg.n_head, cfg.d_head
-        d_attn = cfg.d_attn
+        self.d_attn = d_attn = cfg.d_attn
         self.topk_q, self.topk_k, self.topk_v = (
             AbsTopK(cfg.site_afrac(site)) for site in ("attn_q", "attn_k", "attn_v")
         )
@@ -62,16 +62,21 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()  # [B, T, d_attn]
         self.out_proj = SparseLinear(d_attn, cfg.d_model, bias=cfg.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, out_bias_grad_elsewhere: bool = False) -> Tensor:
         """The sublayer's output [B, T, d_model] for its input x [B, T, d_model] after AbsTopK
-        (hook_in's value; the block reads it from the residual stream: `Block.read`)."""
+        (hook_in's value; the block reads it from the residual stream: `Block.read`).
+        `out_bias_grad_elsewhere`: the output projection's bias gradient is left to the
+        consumer of the output (`SparseLinear.forward`)."""
         B, T, _ = x.shape
         # q, k and v: each [B, T, d_attn], AbsTopK over all heads jointly (not per head), as in
-        # the official model; one launch for the three when they share a fraction.
-        qkv = self.qkv(x)
+        # the official model; one launch for the three when they share a fraction, which then
+        # also computes the qkv bias's gradient (`AbsTopK.selects`).
         topks = (self.topk_q, self.topk_k, self.topk_v)
-        if len({t.frac for t in topks}) == 1:
-            q, k, v = self.topk_q.split(qkv, 3)
+        one_launch = len({t.frac for t in topks}) == 1
+        bias = _bias_for(self.qkv, one_launch and self.topk_q.selects(self.d_attn))
+        qkv = self.qkv(x, bias_grad_elsewhere=bias is not None)
+        if one_launch:
+            q, k, v = self.topk_q.split(qkv, 3, bias)
         else:
             q, k, v = (t(part) for t, part in zip(topks, qkv.chunk(3, dim=-1), strict=True))
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
@@ -86,7 +91,7 @@ class Attention(nn.Module):
             if seen is not pattern or pattern._version != version:
                 z = seen @ v
         z = self.hook_z(z.transpose(1, 2).reshape(B, T, self.n_head * self.d_head))
-        return self.out_proj(z)
+        return self.out_proj(z, bias_grad_elsewhere=out_bias_grad_elsewhere)
 
     def _fused_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if self.sink_logit is None:
@@ -130,12 +135,22 @@ class MLP(nn.Module):
         self.hook_post = HookPoint()  # [B, T, d_mlp]
         self.out_proj = SparseLinear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, out_bias_grad_elsewhere: bool = False) -> Tensor:
         """The sublayer's output [B, T, d_model] for its input x [B, T, d_model] after AbsTopK
-        (hook_in's value; the block reads it from the residual stream: `Block.read`)."""
-        h = self.hook_pre(self.in_proj(x))
-        h = self.hook_post(self.topk.gelu(h))  # AbsTopK(GELU(h))
-        return self.out_proj(h)
+        (hook_in's value; the block reads it from the residual stream: `Block.read`).
+        `out_bias_grad_elsewhere`: as in `Attention.forward`."""
+        # Unless a hook sits between them, AbsTopK's backward computes in_proj's bias gradient.
+        selects = not self.hook_pre.active and self.topk.selects(self.in_proj.out_features)
+        bias = _bias_for(self.in_proj, selects)
+        h = self.hook_pre(self.in_proj(x, bias_grad_elsewhere=bias is not None))
+        h = self.hook_post(self.topk.gelu(h, bias))  # AbsTopK(GELU(h))
+        return self.out_proj(h, bias_grad_elsewhere=out_bias_grad_elsewhere)
+
+
+def _bias_for(layer: SparseLinear, topk_selects: bool) -> Tensor | None:
+    """The bias of `layer` whose gradient the AbsTopK consuming its output computes (in the
+    pass that writes the output's gradient): where that AbsTopK selects, else None."""
+    return layer.bias if topk_selects else None
 
 
 class Block(nn.Module):
@@ -165,13 +180,19 @@ class Block(nn.Module):
 
     def attn_half(self, x: Tensor) -> Tensor:
         """resid_pre [B, T, d_model] -> resid_mid: the attention sublayer and its write."""
-        out = self.attn(self.read(x, self.ln1, self.attn.hook_in, self.topk_read["attn"]))
-        return self.hook_resid_mid(self._write(x, out, self.hook_attn_out, self.topk_write["attn"]))
+        topk, hook = self.topk_write["attn"], self.hook_attn_out
+        bias = self._write_bias(self.attn.out_proj, hook, topk)
+        sublayer_in = self.read(x, self.ln1, self.attn.hook_in, self.topk_read["attn"])
+        out = self.attn(sublayer_in, out_bias_grad_elsewhere=bias is not None)
+        return self.hook_resid_mid(self._write(x, out, hook, topk, bias))
 
     def mlp_half(self, x: Tensor) -> Tensor:
         """resid_mid [B, T, d_model] -> resid_post: the MLP sublayer and its write."""
-        out = self.mlp(self.read(x, self.ln2, self.mlp.hook_in, self.topk_read["mlp"]))
-        return self.hook_resid_post(self._write(x, out, self.hook_mlp_out, self.topk_write["mlp"]))
+        topk, hook = self.topk_write["mlp"], self.hook_mlp_out
+        bias = self._write_bias(self.mlp.out_proj, hook, topk)
+        sublayer_in = self.read(x, self.ln2, self.mlp.hook_in, self.topk_read["mlp"])
+        out = self.mlp(sublayer_in, out_bias_grad_elsewhere=bias is not None)
+        return self.hook_resid_post(self._write(x, out, hook, topk, bias))
 
     def read(self, x: Tensor, ln: RMSNorm, hook_in: HookPoint, topk: AbsTopK) -> Tensor:
         """AbsTopK(ln(x)) [B, T, d_model]: a sublayer's input read from the residual stream x.
@@ -182,13 +203,22 @@ class Block(nn.Module):
             return hook_in(topk(ln(x)))
         return topk.norm(x, ln.weight)
 
-    def _write(self, x: Tensor, out: Tensor, hook: HookPoint, topk: AbsTopK) -> Tensor:
+    @staticmethod
+    def _write_bias(layer: SparseLinear, hook: HookPoint, topk: AbsTopK) -> Tensor | None:
+        """The bias of the sublayer's output projection whose gradient the write's AbsTopK
+        computes: unless the write is hooked (then the plain path runs)."""
+        return _bias_for(layer, not hook.active and topk.selects(layer.out_features))
+
+    def _write(
+        self, x: Tensor, out: Tensor, hook: HookPoint, topk: AbsTopK, bias: Tensor | None
+    ) -> Tensor:
         """x + AbsTopK(out): a sublayer's write into the residual stream. Unless something
         reads the write at its hook, AbsTopK and the addition run as one pass (the same
-        numbers: the kept values are added exactly as torch adds them)."""
+        numbers: the kept values are added exactly as torch adds them), whose backward also
+        computes the gradient of `bias` (`_write_bias`)."""
         if hook.active:
             return x + hook(topk(out))
-        return topk.add_to(x, out)
+        return topk.add_to(x, out, bias)
 
 
 class Hub(Protocol):

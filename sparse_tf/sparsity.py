@@ -72,32 +72,42 @@ class AbsTopK(nn.Module):
             return x
         return abs_topk(x, self._k(x.shape[-1]))
 
-    def add_to(self, r: Tensor, x: Tensor) -> Tensor:
+    def selects(self, width: int) -> bool:
+        """Whether it drops anything from rows of `width` (else it is the identity). Where it
+        does, the methods below take the `bias` that the product making x added with its
+        gradient cut (`SparseLinear.forward(x, bias_grad_elsewhere=True)`), and return its gradient
+        from their own backward pass (`kernels.abs_topk_split` says how)."""
+        return self.frac is not None and self._k(width) < width
+
+    def add_to(self, r: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
         """r + AbsTopK(x), fused on the GPU (a sublayer's write into the residual stream)."""
-        if self.frac is None or (k := self._k(x.shape[-1])) == x.shape[-1]:
+        if not self.selects(x.shape[-1]):
+            _no_bias(bias)
             return r + x
-        return kernels.residual_abs_topk(r, x, k)
+        return kernels.residual_abs_topk(r, x, self._k(x.shape[-1]), bias)
 
     def norm(self, x: Tensor, weight: Tensor) -> Tensor:
         """AbsTopK(F.rms_norm(x) · weight), fused on the GPU (a sublayer's input read from the
         residual stream), where its output is in the dtype the next product computes in."""
-        if self.frac is None or (k := self._k(x.shape[-1])) == x.shape[-1]:
+        if not self.selects(x.shape[-1]):
             return F.rms_norm(x, (x.shape[-1],), weight)
-        return kernels.norm_abs_topk(x, weight, k)
+        return kernels.norm_abs_topk(x, weight, self._k(x.shape[-1]))
 
-    def gelu(self, x: Tensor) -> Tensor:
+    def gelu(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         """AbsTopK(GELU(x)), with one fused backward on the GPU (the MLP's hidden neurons)."""
-        if self.frac is None or (k := self._k(x.shape[-1])) == x.shape[-1]:
+        if not self.selects(x.shape[-1]):
+            _no_bias(bias)
             return F.gelu(x)
-        return kernels.gelu_abs_topk(x, k)
+        return kernels.gelu_abs_topk(x, self._k(x.shape[-1]), bias)
 
-    def split(self, x: Tensor, parts: int) -> tuple[Tensor, ...]:
+    def split(self, x: Tensor, parts: int, bias: Tensor | None = None) -> tuple[Tensor, ...]:
         """AbsTopK of each of `parts` equal slices of the last dim, as separate tensors (one
         launch on the GPU): q, k and v of the fused qkv product."""
         width = x.shape[-1] // parts
-        if self.frac is None or (k := self._k(width)) == width:
+        if not self.selects(width):
+            _no_bias(bias)
             return x.chunk(parts, dim=-1)
-        return kernels.abs_topk_split(x, k, parts)
+        return kernels.abs_topk_split(x, self._k(width), parts, bias)
 
     def _k(self, width: int) -> int:
         k = abstopk_k(self.frac, width)
@@ -107,6 +117,13 @@ class AbsTopK(nn.Module):
 
     def extra_repr(self) -> str:
         return f"frac={self.frac}"
+
+
+def _no_bias(bias: Tensor | None) -> None:
+    # The identity has no backward pass to compute a bias's gradient in: a caller that cut the
+    # product's bias gradient must only do so where `selects` said yes.
+    if bias is not None:
+        raise ValueError("AbsTopK: a bias's gradient was handed to an AbsTopK that keeps all")
 
 
 # ---------------------------------------------------------------------------------------------

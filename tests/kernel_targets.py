@@ -38,6 +38,13 @@ ABSTOPK = "x_ptr:*{x} y0_ptr:*{y} y1_ptr:*{y} y2_ptr:*{y} bits_ptr:*{b} r_ptr:*f
     "n_rows:i32 n_cols:i32 k:i32 log_ratio:fp32 stride_x:i32 stride_y:i32 stride_r:i32"
 )
 
+ABSTOPK_BWD = "bits_ptr:*i32 g0_ptr:*{g} g1_ptr:*{g} g2_ptr:*{g} gx_ptr:*bf16 gb_ptr:*fp32 " + (
+    "n_rows:i32 n_cols:i32 stride_g0:i32 stride_g1:i32 stride_g2:i32 stride_gx:i32"
+)
+GELU_BWD = "bits_ptr:*i32 gy_ptr:*bf16 h_ptr:*bf16 gh_ptr:*bf16 gb_ptr:*fp32 n_rows:i32 " + (
+    "n_cols:i32 stride_gy:i32 stride_h:i32 stride_gh:i32"
+)
+
 NORM = "x_ptr:*{x} w_ptr:*fp32 y_ptr:*bf16 bits_ptr:*i32 rstd_ptr:*fp32 " + (
     "n_cols:i32 k:i32 eps:fp32 log_ratio:fp32 stride_x:i32 stride_y:i32"
 )
@@ -60,12 +67,17 @@ TARGETS = [
     abstopk_fwd("fwd bf16 guided", "bf16", "bf16", "i32"),
     abstopk_fwd("fwd fp32 bits", "fp32", "fp32", "i32", GUIDED=False),
     abstopk_fwd("mask", "fp32", "u8", "u8", STORE_MASK=True, SMALL=True),
-    ("abstopk bwd", abstopk._abstopk_bwd_kernel,
-     "bits_ptr:*i32 g0_ptr:*bf16 g1_ptr:*bf16 g2_ptr:*bf16 gx_ptr:*bf16 n_rows:i32 n_cols:i32 "
-     "stride_g0:i32 stride_g1:i32 stride_g2:i32 stride_gx:i32", {"BLOCK": 4096, "PARTS": 3}),
-    ("gelu abstopk bwd", gelu_abstopk._gelu_abstopk_bwd_kernel,
-     "bits_ptr:*i32 gy_ptr:*bf16 h_ptr:*bf16 gh_ptr:*bf16 n_cols:i32 stride_gy:i32 "
-     "stride_h:i32 stride_gh:i32", {"BLOCK": 4096}),
+    ("abstopk bwd", abstopk._abstopk_bwd_kernel, ABSTOPK_BWD.format(g="bf16"),
+     {"BLOCK": 4096, "PARTS": 3, "ROWS": 1, "BIAS": False}),
+    ("abstopk bwd q/k/v with bias", abstopk._abstopk_bwd_kernel, ABSTOPK_BWD.format(g="bf16"),
+     {"BLOCK": 1024, "PARTS": 3, "ROWS": abstopk.BIAS_ROWS, "BIAS": True}),
+    ("abstopk bwd residual with bias", abstopk._abstopk_bwd_kernel,
+     ABSTOPK_BWD.format(g="fp32"),
+     {"BLOCK": 1024, "PARTS": 1, "ROWS": abstopk.BIAS_ROWS, "BIAS": True}),
+    ("gelu abstopk bwd", gelu_abstopk._gelu_abstopk_bwd_kernel, GELU_BWD,
+     {"BLOCK": 4096, "ROWS": 1, "BIAS": False}),
+    ("gelu abstopk bwd with bias", gelu_abstopk._gelu_abstopk_bwd_kernel, GELU_BWD,
+     {"BLOCK": 4096, "ROWS": abstopk.BIAS_ROWS, "BIAS": True}),
     ("norm abstopk fwd fp32 -> bf16", norm_abstopk._norm_abstopk_fwd_kernel, NORM.format(x="fp32"),
      {"BLOCK": 1024, "LOW_BIT": 0, "GUIDED": False, "PEEL": abstopk.PEEL}),
     ("norm abstopk fwd bf16 guided", norm_abstopk._norm_abstopk_fwd_kernel, NORM.format(x="bf16"),

@@ -21,7 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sparse_tf import kernels, lm_loss
-from sparse_tf.kernels import KernelError, abs_topk_backend, abstopk, norm_abstopk, projection
+from sparse_tf.kernels import (
+    KernelError,
+    abs_topk_backend,
+    abstopk,
+    gelu_abstopk,
+    norm_abstopk,
+    projection,
+)
 from sparse_tf.kernels.abstopk import MAX_WIDTH
 from sparse_tf.kernels.projection import Protect
 from sparse_tf.kernels.rule import topk_mask
@@ -44,6 +51,18 @@ def hard_rows(rows: int, width: int, dtype: torch.dtype, seed: int) -> torch.Ten
     return x.to(dtype)
 
 
+def assert_column_sums(gb: torch.Tensor | None, g: torch.Tensor) -> None:
+    """gb [n] (fp32) is the column sums of g [..., n], as `abstopk.BiasSink` computes them, to
+    fp32 rounding in another summation order."""
+    assert gb is not None
+    assert gb.dtype == torch.float32
+    bias = torch.zeros(g.shape[-1], device=g.device, requires_grad=True)
+    abstopk.bias_sink(torch.zeros_like(g, requires_grad=True), bias).backward(g)
+    rows = g.reshape(-1, g.shape[-1]).double()
+    tolerance = 1e-6 * rows.abs().sum(dim=0).max().item() + 1e-30
+    torch.testing.assert_close(gb, bias.grad, rtol=0, atol=tolerance)
+
+
 def check_abs_topk(x: torch.Tensor, k: int) -> None:
     """Both searches of the forward kernel, its kept bits and the backward, and the mask kernel
     against the reference."""
@@ -54,8 +73,14 @@ def check_abs_topk(x: torch.Tensor, k: int) -> None:
     for search in ("guided", "bits"):
         (y,), bits = abstopk.forward(x, k, search=search)
         assert torch.equal(y, expected), search
-        gx = abstopk.backward(bits, [grad], x.shape)
+        gx, no_bias = abstopk.backward(bits, [grad], x.shape)
+        assert no_bias is None
         assert torch.equal(gx, abstopk.reference_backward(expected, grad, k)), search
+    # With the bias's gradient: the same gx, and its column sums (rows summed BIAS_ROWS at a
+    # time, then the blocks), against the reference's BiasSink.
+    gx_b, gb = abstopk.backward(bits, [grad], x.shape, want_bias=True)
+    assert torch.equal(gx_b, gx)
+    assert_column_sums(gb, gx)
     # The reference backward's kept set, recovered from y, is the forward's; the mask agrees.
     assert torch.equal(abstopk.reference_kept(expected, k), kept)
     assert torch.equal(abstopk.mask(x, k), kept)
@@ -217,6 +242,63 @@ def test_residual_abs_topk_matches_the_reference(
             torch.testing.assert_close(got, expected, rtol=2**-7, atol=0)
         else:
             assert torch.equal(got, expected)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("site", ["qkv", "gelu", "write"])
+def test_a_bias_gradient_computed_by_abstopk_is_the_linear_s_own(
+    site: str, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A product whose bias gradient is cut (`F.linear(a, w, b.detach())`) and the AbsTopK
+    after it handed `b`: every gradient (a, w, b, the residual's) is the plain linear's, for
+    each AbsTopK that takes a bias (q/k/v in one launch, GELU, a residual write), with rows
+    that do not fill the kernel's last row block; fp32, so that only the summation order
+    differs. The kernels' own column sums: `assert_column_sums`."""
+    monkeypatch.setenv("SPARSE_TF_KERNELS", backend)
+    g = torch.Generator().manual_seed(3)
+    rows, d_in, d_out = abstopk.BIAS_ROWS + 5, 24, 96
+    a = torch.randn(rows, d_in, generator=g).to(DEVICE).requires_grad_()
+    w = torch.randn(d_out, d_in, generator=g).to(DEVICE).requires_grad_()
+    b = torch.randn(d_out, generator=g).to(DEVICE).requires_grad_()
+    r = torch.randn(rows, d_out, generator=g).to(DEVICE).requires_grad_()
+    upstream = [torch.randn(rows, d_out // (3 if site == "qkv" else 1), generator=g).to(DEVICE)]
+    upstream *= 3 if site == "qkv" else 1
+
+    def run(bias_elsewhere: bool) -> list[torch.Tensor]:
+        x = F.linear(a, w, b.detach() if bias_elsewhere else b)
+        bias = b if bias_elsewhere else None
+        if site == "qkv":
+            out: tuple[torch.Tensor, ...] = kernels.abs_topk_split(x, 8, 3, bias)
+        elif site == "gelu":
+            out = (kernels.gelu_abs_topk(x, 24, bias),)
+        else:
+            out = (kernels.residual_abs_topk(r, x, 24, bias),)
+        return list(torch.autograd.grad(out, [a, w, b, r], upstream, allow_unused=True))
+
+    for got, plain in zip(run(True), run(False), strict=True):
+        if plain is None:  # r, outside the write
+            assert got is None
+        else:
+            torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.interpreter
+def test_abstopk_backward_kernels_sum_columns_across_row_blocks() -> None:
+    """The backward kernels' column sums (`want_bias`), from rows in several row blocks, the
+    last one partial, for q/k/v in one launch and for GELU: their gradients' column sums."""
+    g = torch.Generator().manual_seed(5)
+    rows = 2 * abstopk.BIAS_ROWS + 3
+    x = torch.randn(rows, 3 * 40, generator=g).to(DEVICE)
+    ys, bits = abstopk.forward(x, 10, parts=3)
+    grads = [torch.randn(y.shape, generator=g).to(DEVICE) for y in ys]
+    gx, gb = abstopk.backward(bits, grads, x.shape, want_bias=True)
+    assert_column_sums(gb, gx)
+    (_,), bits = abstopk.forward(x, 30, gelu=True)
+    grad = torch.randn(x.shape, generator=g).to(DEVICE)
+    gh, gb = gelu_abstopk.backward(bits, grad, x, want_bias=True)
+    assert torch.equal(gh, gelu_abstopk.backward(bits, grad, x)[0])
+    assert_column_sums(gb, gh)
 
 
 def cast_like_the_kernel(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -159,8 +159,8 @@ def test_graphed_products_record_plans_and_say_when_a_capture_no_longer_holds(
     products = GraphedProducts()
     assert products.refresh()  # nothing recorded yet
     with products.recording():
-        y = products.product(layer, x)
-        z = products.product(plain, x.detach())
+        y = products.product(layer, x, layer.bias)
+        z = products.product(plain, x.detach(), plain.bias)
         with pytest.raises(SparseTFError, match="cannot be nested"), products.recording():
             pass
     torch.testing.assert_close(y, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
@@ -176,7 +176,7 @@ def test_graphed_products_record_plans_and_say_when_a_capture_no_longer_holds(
     layer.mark_sparse(layer.kept)  # marked again: sparse; formats rebuilt in place on a GPU
     assert products.refresh() == (DEVICE.type == "cuda")  # (graphed builds), elsewhere anew
     with products.recording():  # re-recorded: holds again
-        products.product(layer, x)
+        products.product(layer, x, layer.bias)
     assert products.refresh()
 
 

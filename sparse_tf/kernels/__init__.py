@@ -132,27 +132,33 @@ def abs_topk(x: Tensor, k: int) -> Tensor:
     return abstopk.AbsTopKFunction.apply(x, k, 1, abs_topk_backend(x))
 
 
-def abs_topk_split(x: Tensor, k: int, parts: int) -> tuple[Tensor, ...]:
+def abs_topk_split(x: Tensor, k: int, parts: int, bias: Tensor | None = None) -> tuple[Tensor, ...]:
     """`abs_topk` of each of `parts` equal slices of x's last dim (q, k and v of a fused qkv
-    product), as `parts` separate tensors, in one launch. 1 <= k < width / parts."""
-    out = abstopk.AbsTopKFunction.apply(x, k, parts, abs_topk_backend(x))
+    product), as `parts` separate tensors, in one launch. 1 <= k < width / parts. `bias`: the
+    bias the product that made x added with its gradient cut, whose gradient (x's gradient's
+    column sums) the backward then computes in the same pass (`abstopk.BiasSink`)."""
+    backend = abs_topk_backend(x)
+    if backend == "reference":
+        x, bias = abstopk.bias_sink(x, bias), None
+    out = abstopk.AbsTopKFunction.apply(x, k, parts, backend, bias)
     return out if parts > 1 else (out,)
 
 
-def residual_abs_topk(r: Tensor, x: Tensor, k: int) -> Tensor:
+def residual_abs_topk(r: Tensor, x: Tensor, k: int, bias: Tensor | None = None) -> Tensor:
     """`r + abs_topk(x, k)` (a sublayer's write into the residual stream) in one pass on the
-    kernel path, AbsTopK(x) never materialised. 1 <= k < width."""
+    kernel path, AbsTopK(x) never materialised. 1 <= k < width. `bias`: as in
+    `abs_topk_split`."""
     if abs_topk_backend(x) == "triton":
-        return abstopk.ResidualAbsTopKFunction.apply(r, x, k)
-    return r + abs_topk(x, k)
+        return abstopk.ResidualAbsTopKFunction.apply(r, x, k, bias)
+    return r + abs_topk(abstopk.bias_sink(x, bias), k)
 
 
-def gelu_abs_topk(h: Tensor, k: int) -> Tensor:
+def gelu_abs_topk(h: Tensor, k: int, bias: Tensor | None = None) -> Tensor:
     """`abs_topk(F.gelu(h), k)` with one fused backward on the kernel path (the MLP's hidden
-    neurons). 1 <= k < width."""
+    neurons). 1 <= k < width. `bias`: as in `abs_topk_split`, for the product that made h."""
     if abs_topk_backend(h) == "triton":
-        return gelu_abstopk.GeluAbsTopKFunction.apply(h, k)
-    return gelu_abstopk.reference(h, k)
+        return gelu_abstopk.GeluAbsTopKFunction.apply(h, k, bias)
+    return gelu_abstopk.reference(abstopk.bias_sink(h, bias), k)
 
 
 def norm_abs_topk(x: Tensor, weight: Tensor, k: int) -> Tensor:

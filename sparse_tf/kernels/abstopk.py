@@ -294,27 +294,47 @@ def _abstopk_fwd_kernel(
 
 
 @triton.jit
+def _column_sums_store(gb_ptr, acc, block, part, n_cols, offs, PARTS: tl.constexpr):
+    """Store a program's fp32 column sums [BLOCK] as row (block, part) of the partials
+    [row blocks, PARTS, n_cols] that `bias_grad` adds up."""
+    dest = gb_ptr + (block.to(tl.int64) * PARTS + part) * n_cols + offs
+    tl.store(dest, acc, mask=offs < n_cols)
+
+
+@triton.jit
 def _abstopk_bwd_kernel(
-    bits_ptr, g0_ptr, g1_ptr, g2_ptr, gx_ptr, n_rows, n_cols,
+    bits_ptr, g0_ptr, g1_ptr, g2_ptr, gx_ptr, gb_ptr, n_rows, n_cols,
     stride_g0, stride_g1, stride_g2, stride_gx,
-    BLOCK: tl.constexpr, PARTS: tl.constexpr,
+    BLOCK: tl.constexpr, PARTS: tl.constexpr, ROWS: tl.constexpr, BIAS: tl.constexpr,
 ):  # fmt: skip
-    """Program (row, part): gx[row, part·n : (part+1)·n] = g_part[row] on the kept entries."""
-    row = tl.program_id(0).to(tl.int64)
+    """Program (row block, part): gx[row, part·n : (part+1)·n] = g_part[row] on the kept
+    entries, for ROWS consecutive rows; with BIAS also the column sums of those gx rows (as
+    written, in fp32) into the partials at gb (`_column_sums_store`)."""
+    block = tl.program_id(0)
     part = tl.program_id(1)
     offs = tl.arange(0, BLOCK)
     in_row = offs < n_cols
-    g_ptr = g0_ptr + row * stride_g0
+    g_ptr = g0_ptr
+    stride_g = stride_g0
     if PARTS > 1:
         if part == 1:
-            g_ptr = g1_ptr + row * stride_g1
+            g_ptr = g1_ptr
+            stride_g = stride_g1
         if part == 2:
-            g_ptr = g2_ptr + row * stride_g2
-    keep = _load_keep(bits_ptr + (part * n_rows + row) * tl.cdiv(n_cols, 32), n_cols, BLOCK)
-    g = tl.load(g_ptr + offs, mask=in_row, other=0.0)
-    gx = tl.where(keep, g, 0.0)
-    dest = gx_ptr + row * stride_gx + part * n_cols + offs
-    tl.store(dest, gx.to(gx_ptr.dtype.element_ty), mask=in_row)
+            g_ptr = g2_ptr
+            stride_g = stride_g2
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for i in range(ROWS):
+        row = block.to(tl.int64) * ROWS + i
+        live = in_row & (row < n_rows)
+        keep = _load_keep(bits_ptr + (part * n_rows + row) * tl.cdiv(n_cols, 32), n_cols, BLOCK)
+        g = tl.load(g_ptr + row * stride_g + offs, mask=live & keep, other=0.0)
+        gx = g.to(gx_ptr.dtype.element_ty)
+        tl.store(gx_ptr + row * stride_gx + part * n_cols + offs, gx, mask=live)
+        if BIAS:
+            acc += gx.to(tl.float32)
+    if BIAS:
+        _column_sums_store(gb_ptr, acc, block, part, n_cols, offs, PARTS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,25 +411,51 @@ def mask(x: Tensor, k: int) -> Tensor:
     return out.view(x.shape).view(torch.bool)
 
 
+BIAS_ROWS = 32
+"""Rows per program of a backward that also sums its gradient's columns (`bias_grad`): each
+program adds its rows in registers and writes one row of fp32 partials, 1/64 of a bf16
+gradient's bytes, which one small reduction then adds up (in a fixed order: deterministic)."""
+
+
+def bias_rows(want_bias: bool) -> int:
+    """Rows per backward program: one, or BIAS_ROWS where the columns are summed too."""
+    return BIAS_ROWS if want_bias else 1
+
+
+def bias_grad(partials: Tensor) -> Tensor:
+    """The column sums [width] (fp32) from a backward's partials [row blocks, ..., width]."""
+    return partials.sum(dim=0).reshape(-1)
+
+
 def backward(
-    bits: Tensor, grads: list[Tensor], x_shape: torch.Size, dtype: torch.dtype | None = None
-) -> Tensor:
+    bits: Tensor,
+    grads: list[Tensor],
+    x_shape: torch.Size,
+    dtype: torch.dtype | None = None,
+    want_bias: bool = False,
+) -> tuple[Tensor, Tensor | None]:
     """The gradient [x_shape] of AbsTopK's input (in `dtype`, default the gradients') from its
-    outputs' gradients and kept bits."""
+    outputs' gradients and kept bits; with `want_bias`, also its column sums [x_shape[-1]] in
+    fp32: the gradient of a bias that the product which made x added (`bias_sink`)."""
     parts, rows, _ = bits.shape
     width = x_shape[-1] // parts
     dtype = dtype or grads[0].dtype
     g2 = [as_rows(g.to(grads[0].dtype)) for g in grads]
     gx = torch.empty(rows, width * parts, dtype=dtype, device=bits.device)
+    per_program = bias_rows(want_bias)
+    partials = torch.zeros(
+        cdiv(rows, per_program) if want_bias else 0, parts, width,
+        dtype=torch.float32, device=bits.device,
+    )  # fmt: skip
     if rows:
         block, num_warps = launch_config(width, 16)
         g1, gg = g2[min(1, parts - 1)], g2[min(2, parts - 1)]
-        _abstopk_bwd_kernel[(rows, parts)](
-            bits, g2[0], g1, gg, gx, rows, width,
+        _abstopk_bwd_kernel[(cdiv(rows, per_program), parts)](
+            bits, g2[0], g1, gg, gx, partials, rows, width,
             g2[0].stride(0), g1.stride(0), gg.stride(0), gx.stride(0),
-            BLOCK=block, PARTS=parts, num_warps=num_warps,
+            BLOCK=block, PARTS=parts, ROWS=per_program, BIAS=want_bias, num_warps=num_warps,
         )  # fmt: skip
-    return gx.view(x_shape)
+    return gx.view(x_shape), bias_grad(partials) if want_bias else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,14 +483,18 @@ def _(x: Tensor, k: int, parts: int, residual: Tensor | None, gelu: bool) -> lis
 
 @torch.library.custom_op("sparse_tf::abstopk_backward", mutates_args=())
 def _backward_op(
-    bits: Tensor, grads: list[Tensor], x_shape: list[int], dtype: torch.dtype
-) -> Tensor:
-    return backward(bits, grads, torch.Size(x_shape), dtype)
+    bits: Tensor, grads: list[Tensor], x_shape: list[int], dtype: torch.dtype, want_bias: bool
+) -> list[Tensor]:
+    gx, gb = backward(bits, grads, torch.Size(x_shape), dtype, want_bias)
+    return [gx] if gb is None else [gx, gb]
 
 
 @_backward_op.register_fake
-def _(bits: Tensor, grads: list[Tensor], x_shape: list[int], dtype: torch.dtype) -> Tensor:
-    return grads[0].new_empty(x_shape, dtype=dtype)
+def _(
+    bits: Tensor, grads: list[Tensor], x_shape: list[int], dtype: torch.dtype, want_bias: bool
+) -> list[Tensor]:
+    gx = grads[0].new_empty(x_shape, dtype=dtype)
+    return [gx, gx.new_empty(x_shape[-1], dtype=torch.float32)] if want_bias else [gx]
 
 
 def run_forward(
@@ -458,12 +508,17 @@ def run_forward(
 
 
 def run_backward(
-    bits: Tensor, grads: list[Tensor], x_shape: torch.Size, dtype: torch.dtype | None = None
-) -> Tensor:
+    bits: Tensor,
+    grads: list[Tensor],
+    x_shape: torch.Size,
+    dtype: torch.dtype | None = None,
+    want_bias: bool = False,
+) -> tuple[Tensor, Tensor | None]:
     """`backward`, as a custom operator under torch.compile."""
     if torch.compiler.is_compiling():
-        return _backward_op(bits, grads, list(x_shape), dtype or grads[0].dtype)
-    return backward(bits, grads, x_shape, dtype)
+        gx, *gb = _backward_op(bits, grads, list(x_shape), dtype or grads[0].dtype, want_bias)
+        return gx, gb[0] if gb else None
+    return backward(bits, grads, x_shape, dtype, want_bias)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,45 +526,91 @@ def run_backward(
 # ---------------------------------------------------------------------------------------------
 
 
+class BiasSink(torch.autograd.Function):
+    """x unchanged; the backward passes x's gradient on and also returns it, summed over every
+    dim but the last, as the gradient of `bias`.
+
+    For a product that added `bias` with its gradient cut (`F.linear(a, w, bias.detach())`):
+    the bias's gradient is the column sums of the product's output gradient, which AbsTopK's
+    backward kernels compute while they write that gradient (`want_bias`), saving a pass over
+    it. This is the same rule on the reference path, and the definition the kernels are
+    tested against."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.bias_dtype = bias.dtype
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        gb = grad.reshape(-1, grad.shape[-1]).sum(dim=0, dtype=torch.float32)
+        return grad, gb.to(ctx.bias_dtype)
+
+
+def bias_sink(x: Tensor, bias: Tensor | None) -> Tensor:
+    """`BiasSink` when there is a bias, else x."""
+    return x if bias is None else BiasSink.apply(x, bias)
+
+
 class AbsTopKFunction(torch.autograd.Function):
     """ys = AbsTopK of `parts` slices of x; the backward passes each gradient through its
-    slice's kept entries. `triton` saves the kept bits, `reference` the outputs."""
+    slice's kept entries. `triton` saves the kept bits, `reference` the outputs. A `bias`
+    (triton only) gets x's gradient's column sums as its gradient (`BiasSink` says when)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: FunctionCtx, x: Tensor, k: int, parts: int, backend: str
+        ctx: FunctionCtx, x: Tensor, k: int, parts: int, backend: str, bias: Tensor | None = None
     ) -> Tensor | tuple[Tensor, ...]:
         if backend == "triton":
             ys, bits = run_forward(x, k, parts)
             ctx.save_for_backward(bits)
         else:
+            if bias is not None:
+                raise ValueError("AbsTopKFunction: a bias needs the triton backend (bias_sink)")
             ys = [reference_forward(s, k) for s in x.chunk(parts, dim=-1)]
             ctx.save_for_backward(*ys)
         ctx.k, ctx.backend, ctx.x_shape = k, backend, x.shape
+        ctx.bias_dtype = None if bias is None else bias.dtype
         return ys[0] if parts == 1 else tuple(ys)
 
     @staticmethod
-    def backward(ctx: FunctionCtx, *grads: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+    def backward(  # type: ignore[override]
+        ctx: FunctionCtx, *grads: Tensor
+    ) -> tuple[Tensor, None, None, None, Tensor | None]:
         saved = ctx.saved_tensors
         if ctx.backend == "triton":
-            return run_backward(saved[0], list(grads), ctx.x_shape), None, None, None
-        gx = [reference_backward(y, g, ctx.k) for y, g in zip(saved, grads, strict=True)]
-        return torch.cat(gx, dim=-1), None, None, None
+            gx, gb = run_backward(
+                saved[0], list(grads), ctx.x_shape, None, ctx.bias_dtype is not None
+            )
+            return gx, None, None, None, _as_bias_grad(gb, ctx.bias_dtype)
+        gxs = [reference_backward(y, g, ctx.k) for y, g in zip(saved, grads, strict=True)]
+        return torch.cat(gxs, dim=-1), None, None, None, None
+
+
+def _as_bias_grad(gb: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
+    return None if gb is None or dtype is None else gb.to(dtype)
 
 
 class ResidualAbsTopKFunction(torch.autograd.Function):
     """r + AbsTopK(x) in one pass (a sublayer's write into the residual stream), without
     materialising AbsTopK(x); the backward passes the gradient to r unchanged and, masked and
-    cast in one pass, to x."""
+    cast in one pass, to x (and its column sums to `bias`, as `AbsTopKFunction` does)."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, r: Tensor, x: Tensor, k: int) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx, r: Tensor, x: Tensor, k: int, bias: Tensor | None = None
+    ) -> Tensor:
         (out,), bits = run_forward(x, k, residual=r)
         ctx.save_for_backward(bits)
         ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
         return out
 
     @staticmethod
-    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+    def backward(  # type: ignore[override]
+        ctx: FunctionCtx, grad: Tensor
+    ) -> tuple[Tensor, Tensor, None, Tensor | None]:
         (bits,) = ctx.saved_tensors
-        return grad, run_backward(bits, [grad], ctx.x_shape, ctx.x_dtype), None
+        want_bias = ctx.bias_dtype is not None
+        gx, gb = run_backward(bits, [grad], ctx.x_shape, ctx.x_dtype, want_bias)
+        return grad, gx, None, _as_bias_grad(gb, ctx.bias_dtype)

@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
 from sparse_tf.kernels import abstopk
+from sparse_tf.kernels.grid import cdiv
 from sparse_tf.kernels.triton_support import tl, triton
 
 # ---------------------------------------------------------------------------------------------
@@ -46,21 +47,30 @@ def reference(h: Tensor, k: int) -> Tensor:
 
 @triton.jit
 def _gelu_abstopk_bwd_kernel(
-    bits_ptr, gy_ptr, h_ptr, gh_ptr, n_cols, stride_gy, stride_h, stride_gh,
-    BLOCK: tl.constexpr,
+    bits_ptr, gy_ptr, h_ptr, gh_ptr, gb_ptr, n_rows, n_cols, stride_gy, stride_h, stride_gh,
+    BLOCK: tl.constexpr, ROWS: tl.constexpr, BIAS: tl.constexpr,
 ):  # fmt: skip
-    """Row `row`: gh = gy · GELU'(h) where the forward kept the entry, else 0."""
-    row = tl.program_id(0).to(tl.int64)
+    """Rows [block · ROWS, (block + 1) · ROWS): gh = gy · GELU'(h) where the forward kept the
+    entry, else 0; with BIAS also their column sums (fp32) into the partials at gb."""
+    block = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     in_row = offs < n_cols
-    keep = abstopk._load_keep(bits_ptr + row * tl.cdiv(n_cols, 32), n_cols, BLOCK)
-    gy = tl.load(gy_ptr + row * stride_gy + offs, mask=in_row & keep, other=0.0).to(tl.float32)
-    h = tl.load(h_ptr + row * stride_h + offs, mask=in_row & keep, other=0.0).to(tl.float32)
-    # torch's GELU backward (approximate="none"), in fp32.
-    cdf = 0.5 * (1.0 + tl.math.erf(h * 0.7071067811865476))
-    pdf = tl.exp(-0.5 * h * h) * 0.3989422804014327
-    gh = tl.where(keep, gy * (cdf + h * pdf), 0.0)
-    tl.store(gh_ptr + row * stride_gh + offs, gh.to(gh_ptr.dtype.element_ty), mask=in_row)
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for i in range(ROWS):
+        row = block.to(tl.int64) * ROWS + i
+        live = in_row & (row < n_rows)
+        keep = abstopk._load_keep(bits_ptr + row * tl.cdiv(n_cols, 32), n_cols, BLOCK)
+        gy = tl.load(gy_ptr + row * stride_gy + offs, mask=live & keep, other=0.0)
+        h = tl.load(h_ptr + row * stride_h + offs, mask=live & keep, other=0.0).to(tl.float32)
+        # torch's GELU backward (approximate="none"), in fp32.
+        cdf = 0.5 * (1.0 + tl.math.erf(h * 0.7071067811865476))
+        pdf = tl.exp(-0.5 * h * h) * 0.3989422804014327
+        gh = tl.where(keep, gy.to(tl.float32) * (cdf + h * pdf), 0.0).to(gh_ptr.dtype.element_ty)
+        tl.store(gh_ptr + row * stride_gh + offs, gh, mask=live)
+        if BIAS:
+            acc += gh.to(tl.float32)
+    if BIAS:
+        abstopk._column_sums_store(gb_ptr, acc, block, 0, n_cols, offs, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,17 +78,25 @@ def _gelu_abstopk_bwd_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
-def backward(bits: Tensor, grad: Tensor, h: Tensor) -> Tensor:
-    """The gradient of h [..., n] from the output's gradient and the forward's kept bits."""
+def backward(
+    bits: Tensor, grad: Tensor, h: Tensor, want_bias: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """The gradient of h [..., n] from the output's gradient and the forward's kept bits; with
+    `want_bias`, also its column sums [n] in fp32 (`abstopk.BiasSink` says what for)."""
     g2, h2 = abstopk.as_rows(grad.to(h.dtype)), abstopk.as_rows(h)
+    rows, width = h2.shape
     gh = torch.empty(h2.shape, dtype=h.dtype, device=h.device)
-    if h2.shape[0]:
-        block, num_warps = abstopk.launch_config(h.shape[-1], 16)
-        _gelu_abstopk_bwd_kernel[(h2.shape[0],)](
-            bits, g2, h2, gh, h.shape[-1], g2.stride(0), h2.stride(0), gh.stride(0),
-            BLOCK=block, num_warps=num_warps,
+    per_program = abstopk.bias_rows(want_bias)
+    partials = torch.zeros(
+        cdiv(rows, per_program) if want_bias else 0, width, dtype=torch.float32, device=h.device
+    )
+    if rows:
+        block, num_warps = abstopk.launch_config(width, 16)
+        _gelu_abstopk_bwd_kernel[(cdiv(rows, per_program),)](
+            bits, g2, h2, gh, partials, rows, width, g2.stride(0), h2.stride(0), gh.stride(0),
+            BLOCK=block, ROWS=per_program, BIAS=want_bias, num_warps=num_warps,
         )  # fmt: skip
-    return gh.view(h.shape)
+    return gh.view(h.shape), abstopk.bias_grad(partials) if want_bias else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,13 +105,15 @@ def backward(bits: Tensor, grad: Tensor, h: Tensor) -> Tensor:
 
 
 @torch.library.custom_op("sparse_tf::gelu_abstopk_backward", mutates_args=())
-def _backward_op(bits: Tensor, grad: Tensor, h: Tensor) -> Tensor:
-    return backward(bits, grad, h)
+def _backward_op(bits: Tensor, grad: Tensor, h: Tensor, want_bias: bool) -> list[Tensor]:
+    gh, gb = backward(bits, grad, h, want_bias)
+    return [gh] if gb is None else [gh, gb]
 
 
 @_backward_op.register_fake
-def _(bits: Tensor, grad: Tensor, h: Tensor) -> Tensor:
-    return torch.empty_like(h)
+def _(bits: Tensor, grad: Tensor, h: Tensor, want_bias: bool) -> list[Tensor]:
+    gh = torch.empty_like(h)
+    return [gh, h.new_empty(h.shape[-1], dtype=torch.float32)] if want_bias else [gh]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,17 +122,23 @@ def _(bits: Tensor, grad: Tensor, h: Tensor) -> Tensor:
 
 
 class GeluAbsTopKFunction(torch.autograd.Function):
-    """y = AbsTopK(GELU(h)); saves h (as GELU itself would) and the kept bits."""
+    """y = AbsTopK(GELU(h)); saves h (as GELU itself would) and the kept bits. A `bias` gets
+    h's gradient's column sums as its gradient (`abstopk.BiasSink` says when)."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, h: Tensor, k: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx: FunctionCtx, h: Tensor, k: int, bias: Tensor | None = None) -> Tensor:  # type: ignore[override]
         (y,), bits = abstopk.run_forward(h, k, gelu=True)
         ctx.save_for_backward(bits, h)
+        ctx.bias_dtype = None if bias is None else bias.dtype
         return y
 
     @staticmethod
-    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None, Tensor | None]:  # type: ignore[override]
         bits, h = ctx.saved_tensors
+        want_bias = ctx.bias_dtype is not None
         if torch.compiler.is_compiling():  # an opaque operator (abstopk.run_forward says why)
-            return _backward_op(bits, grad, h), None
-        return backward(bits, grad, h), None
+            gh, *rest = _backward_op(bits, grad, h, want_bias)
+            gb = rest[0] if rest else None
+        else:
+            gh, gb = backward(bits, grad, h, want_bias)
+        return gh, None, None if gb is None else gb.to(ctx.bias_dtype)
