@@ -411,15 +411,22 @@ def mask(x: Tensor, k: int) -> Tensor:
     return out.view(x.shape).view(torch.bool)
 
 
-BIAS_ROWS = 32
+BIAS_ROWS = 16
 """Rows per program of a backward that also sums its gradient's columns (`bias_grad`): each
-program adds its rows in registers and writes one row of fp32 partials, 1/64 of a bf16
-gradient's bytes, which one small reduction then adds up (in a fixed order: deterministic)."""
+program adds its rows in registers and writes one row of fp32 partials (1/8 of the bf16
+gradient's bytes), which one small reduction then adds up in a fixed order (deterministic).
+Not more rows: the programs must stay numerous enough to keep the memory system busy."""
 
 
 def bias_rows(want_bias: bool) -> int:
     """Rows per backward program: one, or BIAS_ROWS where the columns are summed too."""
     return BIAS_ROWS if want_bias else 1
+
+
+def backward_config(width: int, want_bias: bool) -> tuple[int, int]:
+    """(BLOCK, num_warps) of a backward program: 16 values per thread, or 4 where a program
+    loops over BIAS_ROWS rows (fewer programs, so more warps each)."""
+    return launch_config(width, 4 if want_bias else 16)
 
 
 def bias_grad(partials: Tensor) -> Tensor:
@@ -448,7 +455,7 @@ def backward(
         dtype=torch.float32, device=bits.device,
     )  # fmt: skip
     if rows:
-        block, num_warps = launch_config(width, 16)
+        block, num_warps = backward_config(width, want_bias)
         g1, gg = g2[min(1, parts - 1)], g2[min(2, parts - 1)]
         _abstopk_bwd_kernel[(cdiv(rows, per_program), parts)](
             bits, g2[0], g1, gg, gx, partials, rows, width,

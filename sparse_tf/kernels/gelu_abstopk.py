@@ -91,7 +91,7 @@ def backward(
         cdiv(rows, per_program) if want_bias else 0, width, dtype=torch.float32, device=h.device
     )
     if rows:
-        block, num_warps = abstopk.launch_config(width, 16)
+        block, num_warps = abstopk.backward_config(width, want_bias)
         _gelu_abstopk_bwd_kernel[(cdiv(rows, per_program),)](
             bits, g2, h2, gh, partials, rows, width, g2.stride(0), h2.stride(0), gh.stride(0),
             BLOCK=block, ROWS=per_program, BIAS=want_bias, num_warps=num_warps,
