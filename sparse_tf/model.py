@@ -149,8 +149,10 @@ class MLP(nn.Module):
 
 def _bias_for(layer: SparseLinear, topk_selects: bool) -> Tensor | None:
     """The bias of `layer` whose gradient the AbsTopK consuming its output computes (in the
-    pass that writes the output's gradient): where that AbsTopK selects, else None."""
-    return layer.bias if topk_selects else None
+    pass that writes the output's gradient): where that AbsTopK selects and the bias trains
+    (a frozen one needs no sums), else None."""
+    bias = layer.bias
+    return bias if topk_selects and bias is not None and bias.requires_grad else None
 
 
 class Block(nn.Module):
