@@ -48,7 +48,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.n_head, self.d_head = cfg.n_head, cfg.d_head
-        self.d_attn = d_attn = cfg.d_attn
+        d_attn = cfg.d_attn
         self.topk_q, self.topk_k, self.topk_v = (
             AbsTopK(cfg.site_afrac(site)) for site in ("attn_q", "attn_k", "attn_v")
         )
@@ -73,7 +73,7 @@ class Attention(nn.Module):
         # also computes the qkv bias's gradient (`AbsTopK.selects`).
         topks = (self.topk_q, self.topk_k, self.topk_v)
         one_launch = len({t.frac for t in topks}) == 1
-        bias = _bias_for(self.qkv, one_launch and self.topk_q.selects(self.d_attn))
+        bias = _bias_for(self.qkv, one_launch and self.topk_q.selects(self.out_proj.in_features))
         qkv = self.qkv(x, bias_grad_elsewhere=bias is not None)
         if one_launch:
             q, k, v = self.topk_q.split(qkv, 3, bias)

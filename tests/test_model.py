@@ -141,6 +141,30 @@ def test_identity_hooks_leave_logits_bit_identical() -> None:
     assert torch.equal(logits, plain)
 
 
+def test_bias_gradients_from_abstopk_equal_the_plain_path_s() -> None:
+    """The biased products feeding an AbsTopK leave their bias gradient to it (qkv, MLP-in,
+    both output projections); a hook between a product and its AbsTopK (`mlp.hook_pre`, the
+    writes' hooks) runs the plain path. Both give the same gradients, every bias included."""
+    torch.manual_seed(0)
+    model = tiny_model()
+    x = tokens(model.cfg, batch=2, seq=8)
+
+    def grads(hooked: bool) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        names = ("hook_pre", "hook_attn_out", "hook_mlp_out")
+        identity = [(lambda n: n.endswith(names), lambda t, hook: None)] if hooked else []
+        with model.hooks(fwd_hooks=identity):
+            lm_loss(model(x), x).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    fused, plain = grads(False), grads(True)
+    biases = [n for n in plain if n.endswith(("qkv.bias", "out_proj.bias", "in_proj.bias"))]
+    assert len(biases) == 4 * model.cfg.n_layer
+    for name, g in plain.items():
+        assert fused[name] is not None, name
+        torch.testing.assert_close(fused[name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
 @pytest.mark.parametrize("attn_sink", [False, True])
 def test_edited_pattern_path_matches_fused_attention(attn_sink: bool) -> None:
     """A pattern hook that returns a copy forces z = pattern @ v; it must agree with SDPA."""

@@ -429,9 +429,23 @@ def backward_config(width: int, want_bias: bool) -> tuple[int, int]:
     return launch_config(width, 4 if want_bias else 16)
 
 
+def bias_partials(
+    rows: int, width: int, want_bias: bool, device: torch.device, parts: int = 1
+) -> Tensor:
+    """The fp32 partials [row blocks, parts, width] a backward with `want_bias` writes (every
+    program stores its whole row, so none is initialised), or an empty placeholder."""
+    blocks = cdiv(rows, BIAS_ROWS) if want_bias else 0
+    return torch.empty(blocks, parts, width, dtype=torch.float32, device=device)
+
+
 def bias_grad(partials: Tensor) -> Tensor:
-    """The column sums [width] (fp32) from a backward's partials [row blocks, ..., width]."""
+    """The column sums [parts · width] (fp32) from a backward's partials."""
     return partials.sum(dim=0).reshape(-1)
+
+
+def as_bias_grad(gb: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
+    """A backward's column sums in the bias's dtype, or None where no bias was handed in."""
+    return None if gb is None or dtype is None else gb.to(dtype)
 
 
 def backward(
@@ -450,10 +464,7 @@ def backward(
     g2 = [as_rows(g.to(grads[0].dtype)) for g in grads]
     gx = torch.empty(rows, width * parts, dtype=dtype, device=bits.device)
     per_program = bias_rows(want_bias)
-    partials = torch.zeros(
-        cdiv(rows, per_program) if want_bias else 0, parts, width,
-        dtype=torch.float32, device=bits.device,
-    )  # fmt: skip
+    partials = bias_partials(rows, width, want_bias, bits.device, parts)
     if rows:
         block, num_warps = backward_config(width, want_bias)
         g1, gg = g2[min(1, parts - 1)], g2[min(2, parts - 1)]
@@ -589,13 +600,9 @@ class AbsTopKFunction(torch.autograd.Function):
             gx, gb = run_backward(
                 saved[0], list(grads), ctx.x_shape, None, ctx.bias_dtype is not None
             )
-            return gx, None, None, None, _as_bias_grad(gb, ctx.bias_dtype)
+            return gx, None, None, None, as_bias_grad(gb, ctx.bias_dtype)
         gxs = [reference_backward(y, g, ctx.k) for y, g in zip(saved, grads, strict=True)]
         return torch.cat(gxs, dim=-1), None, None, None, None
-
-
-def _as_bias_grad(gb: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
-    return None if gb is None or dtype is None else gb.to(dtype)
 
 
 class ResidualAbsTopKFunction(torch.autograd.Function):
@@ -620,4 +627,4 @@ class ResidualAbsTopKFunction(torch.autograd.Function):
         (bits,) = ctx.saved_tensors
         want_bias = ctx.bias_dtype is not None
         gx, gb = run_backward(bits, [grad], ctx.x_shape, ctx.x_dtype, want_bias)
-        return grad, gx, None, _as_bias_grad(gb, ctx.bias_dtype)
+        return grad, gx, None, as_bias_grad(gb, ctx.bias_dtype)

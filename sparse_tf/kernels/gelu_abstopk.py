@@ -87,9 +87,7 @@ def backward(
     rows, width = h2.shape
     gh = torch.empty(h2.shape, dtype=h.dtype, device=h.device)
     per_program = abstopk.bias_rows(want_bias)
-    partials = torch.zeros(
-        cdiv(rows, per_program) if want_bias else 0, width, dtype=torch.float32, device=h.device
-    )
+    partials = abstopk.bias_partials(rows, width, want_bias, h.device)
     if rows:
         block, num_warps = abstopk.backward_config(width, want_bias)
         _gelu_abstopk_bwd_kernel[(cdiv(rows, per_program),)](
@@ -141,4 +139,4 @@ class GeluAbsTopKFunction(torch.autograd.Function):
             gb = rest[0] if rest else None
         else:
             gh, gb = backward(bits, grad, h, want_bias)
-        return gh, None, None if gb is None else gb.to(ctx.bias_dtype)
+        return gh, None, abstopk.as_bias_grad(gb, ctx.bias_dtype)
