@@ -110,6 +110,28 @@ def test_abs_topk_kernel_small_k(k: int) -> None:
 
 
 @pytest.mark.interpreter
+def test_abstopk_ablation_s_exact_variants_match_the_reference(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`benchmarks/abstopk_ablation.py` times its exact variants (the two searches, paired
+    counts forced on, ties ranked by a search, several rows per program) as the kernel they
+    stand for: each must keep the reference's set, ties and empty rows included."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import abstopk_ablation as ablation
+
+    for dtype, width in ((torch.bfloat16, 70), (torch.float32, 40), (torch.bfloat16, 64)):
+        x = hard_rows(9, width, dtype, width).to(DEVICE)
+        for k in (5, width // 4, width - 1):
+            expected = abstopk.reference_forward(x, k)
+            for variant in ablation.EXACT:
+                if ablation.VARIANTS[variant]["PAIRED"] and dtype != torch.bfloat16:
+                    continue
+                assert torch.equal(ablation.run_variant(x, k, variant, 1), expected), variant
+            for rows in (2, 4):
+                assert torch.equal(ablation.run_rows(x, k, rows, 1), expected), rows
+
+
+@pytest.mark.interpreter
 def test_abs_topk_kernel_on_batched_non_contiguous_input() -> None:
     x = hard_rows(24, 96, torch.float32, 1).view(2, 3, 4, 96).transpose(1, 2)  # [2, 4, 3, 96]
     check_abs_topk(x, 24)

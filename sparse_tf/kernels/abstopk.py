@@ -12,8 +12,7 @@ per-neuron protection, k = 4) the maxima are picked one by one instead.
 Two exact searches for the threshold key t, selected per call:
 
 - `bits` decides one bit per pass from the top: 15 passes in bf16, 18 in fp16, 31 in fp32.
-  Every pass is one count over the row. The kernel is ALU-bound (Nsight Compute: ALU pipe at
-  91%, DRAM at 10%), so the number of passes is its cost.
+  Every pass is one count over the row.
 - `guided` (rows of GUIDED_FROM_WIDTH or more) keeps a bracket lo <= t < hi with the counts
   C(lo) >= k > C(hi) (C(c) = #keys >= c) and probes where the counts say t should be: first
   at the key of ln(n/k) · mean|x| (the k/n quantile of an exponential tail), then by
@@ -21,8 +20,13 @@ Two exact searches for the threshold key t, selected per call:
   space), falling back to the bracket's midpoint whenever a probe failed to halve it; once the
   bracket holds at most PEEL entries it takes the largest key below hi (a max and a count).
   The result is the same exact t in ~6-12 counts instead of 15 on bf16 rows, ~12-19 instead
-  of 31 on fp32 (simulated on normal, Laplace, t3, GELU and sparse-sum rows); each count costs
-  more, so it pays on wide rows only (GUIDED_FROM_WIDTH).
+  of 31 on fp32 (simulated on normal, Laplace, t3, GELU and sparse-sum rows), for scalar
+  steps between the counts that the bit search does not have.
+
+Where the time goes (`benchmarks/abstopk_ablation.py`, H100, 1,024-wide bf16 rows): the
+search is about a third of the forward, the tie ranks (a prefix sum over the row) 8-9%,
+loading and storing the rest; one warp per 1,024-wide row reaches 75-87% of a copy's
+bandwidth with no search at all.
 
 The forward also writes the kept set as a bit mask (one int32 word per 32 entries) for the
 backward: gx = gy on the kept entries, 0 elsewhere. Saving 1 bit per entry instead of the
@@ -61,11 +65,14 @@ _LOW_BIT = {torch.float32: 0, torch.bfloat16: 16, torch.float16: 13}
 (bf16 keeps 8 significant bits of fp32's 24, fp16 11)."""
 SUPPORTED_DTYPES = tuple(_LOW_BIT)
 Search = Literal["guided", "bits"]
-GUIDED_FROM_WIDTH = 2048
-"""Rows at least this wide use the guided search, narrower ones the bit search: on an H100
-(benchmarks/abstopk_speed.py, heavy-tailed rows of 16k tokens) guided was 16% faster at 4096
-bf16 and 4% at 4096 fp32, even at 1024 bf16 and 40% slower at 1024 fp32, where the bracket's
-scalar steps cost more than the passes they save."""
+GUIDED_FROM_WIDTH = 1024
+"""Rows at least this wide use the guided search, narrower ones the bit search. On an H100
+(RESULTS.md, "the AbsTopK forward, taken apart"; 16k rows of heavy-tailed values, k = n / 4)
+guided was 8% faster than bits at 1024 bf16, 10% at 1024 fp32 and 27% at 4096 bf16."""
+PAIRED_FROM_WIDTH = tl.constexpr(2048)
+"""The guided search counts bf16 keys two per subtraction (as the bit search always does) in
+rows at least this wide: 9% faster at 4096, 4% slower at 1024, where the packing costs more
+than the few counts it halves."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,11 +158,25 @@ def _bits_threshold(key, k, LOW_BIT: tl.constexpr):
 
 
 @triton.jit
-def _guided_threshold(key, ax_sum, n_cols, k, log_ratio, LOW_BIT: tl.constexpr, PEEL: tl.constexpr):
+def _count_keys(key, pairs, c, n_cols, PAIRED: tl.constexpr):
+    """#keys >= c, 0 <= c <= 2^15 when PAIRED (bf16 keys, counted from `_pack_pairs`'s words,
+    where c = 0 counts every real key), else any c >= 0."""
+    if PAIRED:
+        return tl.where(c > 0, _count_ge_pairs(pairs, tl.maximum(c, 1), key.shape[0]), n_cols)
+    else:
+        return _count_ge(key, c)
+
+
+@triton.jit
+def _guided_threshold(key, ax_sum, n_cols, k, log_ratio, LOW_BIT: tl.constexpr, PEEL: tl.constexpr,
+                      PAIRED: tl.constexpr):  # fmt: skip
     """(t, #keys > t) for t = the exact k-th largest key: a bracketed search probing where the
-    counts point (module docstring). Keys are in [-1, TOP]; padding is -1."""
+    counts point (module docstring). Keys are in [-1, TOP]; padding is -1. PAIRED (bf16 keys
+    only) counts them two per subtraction, as `_bits_threshold` does (every probe is in
+    [0, TOP + 1])."""
     TOP: tl.constexpr = 0x7F800000 >> LOW_BIT  # the key of +inf: above every finite |x|
     DOUBLE: tl.constexpr = 1 << (23 - LOW_BIT)  # adding this to a key doubles the value
+    pairs = _pack_pairs(key) if PAIRED else key
     lo = tl.zeros((), dtype=tl.int32)
     c_lo = n_cols + tl.zeros((), dtype=tl.int32)  # every real key is >= 0
     hi = TOP + 1 + tl.zeros((), dtype=tl.int32)
@@ -167,7 +188,7 @@ def _guided_threshold(key, ax_sum, n_cols, k, log_ratio, LOW_BIT: tl.constexpr, 
         if (c_lo - c_hi <= PEEL) & (peels < 2):
             # Few entries left in [lo, hi): the largest below hi is t if enough are >= it.
             top = tl.max(tl.where(key < hi, key, -1), axis=0)
-            c = _count_ge(key, top)
+            c = _count_keys(key, pairs, top, n_cols, PAIRED)
             peels += 1
             if c >= k:
                 lo = top
@@ -179,7 +200,7 @@ def _guided_threshold(key, ax_sum, n_cols, k, log_ratio, LOW_BIT: tl.constexpr, 
             guess = lo + (hi - lo) // 2
         else:
             probe = tl.minimum(tl.maximum(guess, lo + 1), hi - 1)
-            c = _count_ge(key, probe)
+            c = _count_keys(key, pairs, probe, n_cols, PAIRED)
             span = hi - lo
             if c >= k:
                 lo = probe
@@ -202,7 +223,8 @@ def _keep_of(key, ax_sum, n_cols, k, log_ratio, LOW_BIT: tl.constexpr, GUIDED: t
              PEEL: tl.constexpr):  # fmt: skip
     """The kept set of a row of keys: those above the k-th largest, then its ties by index."""
     if GUIDED:
-        t, n_above = _guided_threshold(key, ax_sum, n_cols, k, log_ratio, LOW_BIT, PEEL)
+        PAIRED: tl.constexpr = (LOW_BIT == 16) and (key.shape[0] >= PAIRED_FROM_WIDTH)
+        t, n_above = _guided_threshold(key, ax_sum, n_cols, k, log_ratio, LOW_BIT, PEEL, PAIRED)
     else:
         t, n_above = _bits_threshold(key, k, LOW_BIT)
     tied = key == t
