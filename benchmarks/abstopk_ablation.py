@@ -19,15 +19,16 @@ shipped forward does. Its variants:
   R rows            bits on R rows per program at once ([R] thresholds): tried, slower
 
 and, for comparison, `copy` (x.clone(): one read and one write, the HBM floor). Rows of
-heavy-tailed values (x = z·sqrt|z| with z normal, a scale per row), k = width / 4, at 1, 2 or 4
-warps (1,024 wide) or 4 and 8 (4,096 wide). The exact variants are checked equal to the
-reference first. Variants of one shape alternate within every timing iteration
+heavy-tailed values (x = z·sqrt|z| with z normal, a scale per row; `--values normal`: z),
+k = width / 4, at 1, 2 or 4 warps (1,024 wide) or 4 and 8 (4,096 wide). The exact variants are
+checked equal to the reference first. Variants of one shape alternate within every timing iteration
 (`timing.median_ms`).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 
 import torch
@@ -179,11 +180,12 @@ def run_rows(x: torch.Tensor, k: int, rows_per_program: int, warps: int) -> torc
     return y
 
 
-def heavy_tailed(rows: int, width: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+def sample(rows: int, width: int, dtype: torch.dtype, values: str, device: str) -> torch.Tensor:
+    """Rows of normal values, or heavy-tailed ones (z·sqrt|z|, z normal), a scale per row."""
     g = torch.Generator(device=device).manual_seed(0)
     z = torch.randn(rows, width, device=device, generator=g)
     scale = torch.rand(rows, 1, device=device, generator=g).add(0.1)
-    return (z * z.abs().sqrt() * scale).to(dtype)
+    return ((z if values == "normal" else z * z.abs().sqrt()) * scale).to(dtype)
 
 
 def main() -> None:
@@ -196,16 +198,17 @@ def main() -> None:
         default=["16384x1024:fp32", "16384x1024:bf16", "49152x1024:bf16", "16384x4096:bf16"],
         help="ROWSxWIDTH:DTYPE (fp32 or bf16)",
     )
+    parser.add_argument("--values", nargs="+", choices=["heavy", "normal"], default=["heavy"])
     args = parser.parse_args()
     if args.device == "cuda":
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    print("| rows x width | dtype | variant | warps | ms | of copy's speed |")
-    print("|---|---|---|---|---|---|")
-    for case in args.cases:
+    print("| rows x width | dtype | values | variant | warps | ms | of copy's speed |")
+    print("|---|---|---|---|---|---|---|")
+    for case, values in itertools.product(args.cases, args.values):
         shape, _, dtype_name = case.partition(":")
         rows, width = map(int, shape.split("x"))
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-        x = heavy_tailed(rows, width, dtype, args.device)
+        x = sample(rows, width, dtype, values, args.device)
         k = width // 4
         expected = abstopk.reference_forward(x, k)
         wide = width > 1024
@@ -226,7 +229,7 @@ def main() -> None:
         ms = median_ms(fns, args.iters)
         for key, t in ms.items():
             name, _, warps = key.partition("|")
-            print(f"| {rows} x {width} | {dtype_name} | {name} | {warps} | {t:.4f} |"
+            print(f"| {rows} x {width} | {dtype_name} | {values} | {name} | {warps} | {t:.4f} |"
                   f" {ms['copy|'] / t:.0%} |")  # fmt: skip
 
 
