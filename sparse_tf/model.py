@@ -414,24 +414,26 @@ class GPT(HookedModule):
         """The L0-constrained matrices; biases, norms, sinks and the bigram table stay dense.
         The positional table (all its rows) is "positional": an embedding's density or the block
         L0, as `SparsityConfig.pos_density` says."""
-        names = {p: n for n, p in self.named_parameters()}
+        # Named from the structure, not looked up in named_parameters(): the optimizer asks
+        # for these three times a step, and a walk over every module (287 at 8 layers, hook
+        # points included) made each call take 0.26 ms of host time instead of 0.08 (2-core
+        # CPU), which an eager step bound by its host pays in full.
 
-        def sw(layer: nn.Module, kind: str, neuron_dim: int | None) -> SparseWeight:
-            p = layer.weight
+        def sw(name: str, layer: nn.Module, kind: str, neuron_dim: int | None) -> SparseWeight:
             linear = layer if isinstance(layer, SparseLinear) else None
-            return SparseWeight(names[p], p, kind, neuron_dim, linear)  # type: ignore[arg-type]
+            return SparseWeight(f"{name}.weight", layer.weight, kind, neuron_dim, linear)  # type: ignore[arg-type]
 
-        out = [sw(self.embed, "embedding", None)]
+        out = [sw("embed", self.embed, "embedding", None)]
         if self.cfg.pos_emb:
-            out.append(sw(self.pos_embed, "positional", None))
-        for block in self.blocks:
+            out.append(sw("pos_embed", self.pos_embed, "positional", None))
+        for i, block in enumerate(self.blocks):
             out += [
-                sw(block.attn.qkv, "block", ROWS),  # rows: q/k/v channels
-                sw(block.attn.out_proj, "block", COLS),  # columns: attention channels
-                sw(block.mlp.in_proj, "block", ROWS),  # rows: MLP neurons
-                sw(block.mlp.out_proj, "block", COLS),  # columns: MLP neurons
+                sw(f"blocks.{i}.attn.qkv", block.attn.qkv, "block", ROWS),  # q/k/v channels
+                sw(f"blocks.{i}.attn.out_proj", block.attn.out_proj, "block", COLS),  # channels
+                sw(f"blocks.{i}.mlp.in_proj", block.mlp.in_proj, "block", ROWS),  # MLP neurons
+                sw(f"blocks.{i}.mlp.out_proj", block.mlp.out_proj, "block", COLS),  # neurons
             ]
-        out.append(sw(self.unembed, "embedding", None))
+        out.append(sw("unembed", self.unembed, "embedding", None))
         return out
 
     def grad_rms_groups(self) -> list[str]:

@@ -254,6 +254,9 @@ def test_gpt_declares_the_right_matrices_and_axes() -> None:
         assert axes[f"blocks.{i}.mlp.out_proj.weight"] == ("block", COLS)
     two_d = {n for n, p in model.named_parameters() if p.dim() >= 2 and n != "bigram"}
     assert set(axes) == two_d
+    # Named from the model's structure: each name is the parameter's own.
+    params = dict(model.named_parameters())
+    assert all(w.param is params[w.name] for w in model.sparse_weights())
 
 
 def test_projection_is_idempotent() -> None:
