@@ -24,7 +24,9 @@ captured as a CUDA graph (`torch.cuda.graph`, static inputs, gradients accumulat
 the sparse products as in eager, their formats refreshed before each replay, as the trainer's
 `--cuda-graphs` does; the optimizer eager) and replayed every step, which removes the host's
 launch time without any compiler. Steps of all variants alternate so that machine noise
-hits all alike; the table gives medians and the ratio to dense (eager).
+hits all alike; the table gives medians and the ratio to dense (eager), and `host ms`: the
+time until the step's Python has returned, its kernels queued. On a GPU, a host time close to
+the step's means the host is the limit: the GPU waits for launches.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class Variant:
     spmm: bool = True  # False: every matmul on cuBLAS
     graphed: bool = False  # forward + backward replayed as one captured CUDA graph
     times: list[float] = field(default_factory=list)
+    host_times: list[float] = field(default_factory=list)  # until the step's Python returned
     failed: str | None = None  # why torch.compile or the capture could not run it
 
     @property
@@ -243,10 +246,12 @@ def main() -> None:
                     continue
                 opt.step()
                 opt.zero_grad()
+            issued = time.perf_counter()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if i >= args.warmup:
                 v.times.append(time.perf_counter() - start)
+                v.host_times.append(issued - start)
 
     if args.profile and device.type == "cuda":
         from torch.profiler import ProfilerActivity, profile
@@ -276,16 +281,19 @@ def main() -> None:
         f"shape: {args.n_layer} layers, d_model {args.d_model}, vocab {args.vocab_size}, "
         f"batch {args.batch} x {args.n_ctx}, bf16 {args.bf16}"
     )
-    print("| variant | L0 | mode | ms/step | tokens/s | vs dense |")
-    print("|---|---|---|---|---|---|")
+    # host ms: until the step's Python returned, its kernels queued but not all run. Near
+    # ms/step, the host is the limit (or the step waits on the device within itself).
+    print("| variant | L0 | mode | ms/step | host ms | tokens/s | vs dense |")
+    print("|---|---|---|---|---|---|---|")
     for v in runs:
         l0 = "dense" if v.l0 is None else f"1/{round(1 / v.l0)}"
         if v.failed:
-            print(f"| {v.name} | {l0} | {v.mode} | failed: {v.failed} | | |")
+            print(f"| {v.name} | {l0} | {v.mode} | failed: {v.failed} | | | |")
             continue
         ms = statistics.median(v.times) * 1e3
+        host = statistics.median(v.host_times) * 1e3
         print(
-            f"| {v.name} | {l0} | {v.mode} | {ms:.1f} | "
+            f"| {v.name} | {l0} | {v.mode} | {ms:.1f} | {host:.1f} | "
             f"{n_tokens / ms * 1e3:,.0f} | {dense_ms / ms:.2f}x |"
         )
 

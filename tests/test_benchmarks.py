@@ -120,6 +120,23 @@ def test_step_profile_floor_follows_from_its_own_table() -> None:
     assert float(numbers[4].rstrip("x")) == pytest.approx(step[0] / floor, abs=0.01)
 
 
+def test_step_speed_reports_each_step_s_host_time_within_its_wall_time() -> None:
+    """step_speed.py prints `host ms` (the step's Python until it returned) beside `ms/step`
+    (until its device finished): a column of its own, in every row, within the step."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "step_speed.py"), "--steps", "2",
+         "--warmup", "1", "--only", "dense", "sparse_tf"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (table,) = _tables(proc.stdout)
+    assert table[0] == ["variant", "L0", "mode", "ms/step", "host ms", "tokens/s", "vs dense"]
+    assert [row[0] for row in table[1:]] == ["dense", "sparse_tf"]
+    for row in table[1:]:
+        wall, host = float(row[3]), float(row[4])
+        assert 0 < host <= wall, row
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error a CPU-only machine gives")
 @pytest.mark.parametrize("script", ["circuit_size.py", "frontier.py"])
 def test_cuda_graphs_reach_the_trainer(script: str, tmp_path: Path) -> None:
