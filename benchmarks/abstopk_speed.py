@@ -8,7 +8,7 @@ times, with CUDA events (median of --iters after warm-up, variants interleaved):
   topk          torch.topk on |x| + scatter of the kept values (the usual implementation);
   reference     sparse_tf's pure-torch AbsTopK (topk plus the lower-index tie rule);
   fwd guided    the Triton forward with the guided threshold search (the default from
-                2048 wide: `abstopk.GUIDED_FROM_WIDTH`);
+                `abstopk.GUIDED_FROM_WIDTH` wide);
   fwd bits      the Triton forward searching one bit per pass (the default below);
   bwd reference the reference backward (kept set recovered from y, grad masked);
   bwd kernel    the Triton backward (kept set from the forward's bit mask);

@@ -67,8 +67,9 @@ SUPPORTED_DTYPES = tuple(_LOW_BIT)
 Search = Literal["guided", "bits"]
 GUIDED_FROM_WIDTH = 1024
 """Rows at least this wide use the guided search, narrower ones the bit search. On an H100
-(RESULTS.md, "the AbsTopK forward, taken apart"; 16k rows of heavy-tailed values, k = n / 4)
-guided was 8% faster than bits at 1024 bf16, 10% at 1024 fp32 and 27% at 4096 bf16."""
+(benchmarks/RESULTS.md, "the AbsTopK forward taken apart"; 16k rows of heavy-tailed values,
+k = n / 4) guided was 8% faster than bits at 1024 bf16, 10% at 1024 fp32 and 27% at 4096
+bf16; in a whole step of a freshly initialised model no gain has been shown yet."""
 PAIRED_FROM_WIDTH = tl.constexpr(2048)
 """The guided search counts bf16 keys two per subtraction (as the bit search always does) in
 rows at least this wide: 9% faster at 4096, 4% slower at 1024, where the packing costs more
