@@ -110,6 +110,18 @@ def test_abs_topk_kernel_small_k(k: int) -> None:
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("k", [9, 525, 2099])
+def test_abs_topk_kernel_on_rows_wide_enough_for_paired_guided_counts(k: int) -> None:
+    """From PAIRED_FROM_WIDTH wide, the guided search counts bf16 keys in pairs. The last row
+    has two zeros among normal values: at k = width - 1 its search ends on a peel at key 0,
+    which a pair count cannot make (it counts keys >= 1; at 0 the count is every key)."""
+    width = int(abstopk.PAIRED_FROM_WIDTH) + 52
+    few_zeros = torch.randn(1, width).index_fill_(1, torch.tensor([7, 1500]), 0.0)
+    x = torch.cat([hard_rows(4, width, torch.float32, k), few_zeros]).to(torch.bfloat16)
+    check_abs_topk(x, k)
+
+
+@pytest.mark.interpreter
 def test_abstopk_ablation_s_exact_variants_match_the_reference(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
