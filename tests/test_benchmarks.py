@@ -259,3 +259,30 @@ def test_frontier_tiny_writes_a_consistent_report(tmp_path: Path) -> None:
             assert step["verdict"] == want
         assert f"L0 {l0}: {v['verdict']}" in md
     _check_png_and_html(out, "frontier")
+
+
+def test_kernel_registers_counts_warps_per_sm_from_registers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kernel_registers.py compiles the AbsTopK kernels for Hopper on this machine and reads
+    ptxas's register counts; the warps an SM holds follow from them (256-register units per
+    warp, 32 blocks and 64 warps per SM at most)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from kernel_registers import resident_warps
+
+    assert resident_warps(128, 1) == 16  # 4,096 registers a warp
+    assert resident_warps(40, 8) == 48  # 6 blocks of 8 warps
+    assert resident_warps(16, 1) == 32  # the 32-block limit
+    assert resident_warps(24, 4) == 64  # the 64-warp limit
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "kernel_registers.py")],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (table,) = _tables(proc.stdout)
+    assert table[0][0] == "kernel"
+    assert len(table) == 8  # the header and seven kernels
+    for name, warps, regs, _spilled, per_sm in table[1:]:
+        assert 0 < int(regs) <= 255, name
+        assert int(per_sm) == resident_warps(int(regs), int(warps)), name
