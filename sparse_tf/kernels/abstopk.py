@@ -452,13 +452,15 @@ def backward_config(width: int, want_bias: bool) -> tuple[int, int]:
     return launch_config(width, 4 if want_bias else 16)
 
 
-def bias_partials(
-    rows: int, width: int, want_bias: bool, device: torch.device, parts: int = 1
-) -> Tensor:
-    """The fp32 partials [row blocks, parts, width] a backward with `want_bias` writes (every
-    program stores its whole row, so none is initialised), or an empty placeholder."""
-    blocks = cdiv(rows, BIAS_ROWS) if want_bias else 0
-    return torch.empty(blocks, parts, width, dtype=torch.float32, device=device)
+def bias_partials(out: Tensor, width: int, want_bias: bool, parts: int = 1) -> Tensor:
+    """The fp32 partials [row blocks, parts, width] that a backward with `want_bias` writes
+    (every program stores its whole row, so none is initialised). Without `want_bias` the
+    kernel never touches its partials argument: `out` (the gradient [rows, ...] it writes)
+    stands in, so that the hot path allocates nothing for it."""
+    if not want_bias:
+        return out
+    blocks = cdiv(out.shape[0], BIAS_ROWS)
+    return torch.empty(blocks, parts, width, dtype=torch.float32, device=out.device)
 
 
 def bias_grad(partials: Tensor) -> Tensor:
@@ -487,7 +489,7 @@ def backward(
     g2 = [as_rows(g.to(grads[0].dtype)) for g in grads]
     gx = torch.empty(rows, width * parts, dtype=dtype, device=bits.device)
     per_program = bias_rows(want_bias)
-    partials = bias_partials(rows, width, want_bias, bits.device, parts)
+    partials = bias_partials(gx, width, want_bias, parts)
     if rows:
         block, num_warps = backward_config(width, want_bias)
         g1, gg = g2[min(1, parts - 1)], g2[min(2, parts - 1)]

@@ -87,7 +87,7 @@ def backward(
     rows, width = h2.shape
     gh = torch.empty(h2.shape, dtype=h.dtype, device=h.device)
     per_program = abstopk.bias_rows(want_bias)
-    partials = abstopk.bias_partials(rows, width, want_bias, h.device)
+    partials = abstopk.bias_partials(gh, width, want_bias)
     if rows:
         block, num_warps = abstopk.backward_config(width, want_bias)
         _gelu_abstopk_bwd_kernel[(cdiv(rows, per_program),)](
