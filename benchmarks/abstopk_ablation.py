@@ -10,8 +10,11 @@ shipped forward does. Its variants:
   guided            the guided search, one key per count
   guided, paired    the guided search, two bf16 keys per count (shipped from
                     `abstopk.PAIRED_FROM_WIDTH`)
+  bits, row scan    bits, with the ties ranked by a prefix sum over the row (a rank per entry)
+  guided, row scan  guided, likewise: both shipped until the ties were ranked from bit words
+                    (`abstopk._kept_words`)
   no search         the threshold guessed from the row's mean (one count, not exact)
-  no tie ranks      ... and no prefix sum over the ties: keep key > t
+  no tie ranks      ... and no tie ranks: keep key > t
   no bits           ... and no kept-set bits stored
   load + store      the row loaded and stored back: the floor of one program per row
   ties by search    bits, with the ties ranked by a bit search on their indices (skipped
@@ -39,26 +42,30 @@ from sparse_tf.kernels.abstopk import (
     _count_ge,
     _count_ge_pairs,
     _guided_threshold,
+    _kept_words,
     _pack_pairs,
     _store_bits,
+    _unpack,
 )
 from sparse_tf.kernels.timing import median_ms
 from sparse_tf.kernels.triton_support import tl, triton
 
 # Each variant as the kernel's switches: SEARCH (0 bits, 1 guided, 2 none: the guided search's
-# first guess taken as the threshold), PAIRED, RANKS (0 none: keep key > t, 1 prefix sum,
-# 2 bit search on the ties' indices), STORE_BITS, COPY_ONLY.
+# first guess taken as the threshold), PAIRED, RANKS (0 none: keep key > t, 1 from bit words as
+# shipped, 2 bit search on the ties' indices, 3 prefix sum over the row), STORE_BITS, COPY_ONLY.
 VARIANTS = {
     "bits": dict(SEARCH=0, PAIRED=False, RANKS=1, STORE_BITS=True, COPY_ONLY=False),
     "guided": dict(SEARCH=1, PAIRED=False, RANKS=1, STORE_BITS=True, COPY_ONLY=False),
     "guided, paired": dict(SEARCH=1, PAIRED=True, RANKS=1, STORE_BITS=True, COPY_ONLY=False),
+    "bits, row scan": dict(SEARCH=0, PAIRED=False, RANKS=3, STORE_BITS=True, COPY_ONLY=False),
+    "guided, row scan": dict(SEARCH=1, PAIRED=False, RANKS=3, STORE_BITS=True, COPY_ONLY=False),
     "no search": dict(SEARCH=2, PAIRED=False, RANKS=1, STORE_BITS=True, COPY_ONLY=False),
     "no tie ranks": dict(SEARCH=2, PAIRED=False, RANKS=0, STORE_BITS=True, COPY_ONLY=False),
     "no bits": dict(SEARCH=2, PAIRED=False, RANKS=0, STORE_BITS=False, COPY_ONLY=False),
     "load + store": dict(SEARCH=2, PAIRED=False, RANKS=0, STORE_BITS=False, COPY_ONLY=True),
     "ties by search": dict(SEARCH=0, PAIRED=False, RANKS=2, STORE_BITS=True, COPY_ONLY=False),
 }
-EXACT = ("bits", "guided", "guided, paired", "ties by search")
+EXACT = ("bits", "guided", "guided, paired", "bits, row scan", "guided, row scan", "ties by search")
 
 
 @triton.jit
@@ -107,6 +114,8 @@ def _variant_kernel(x_ptr, y_ptr, bits_ptr, n_cols, k, log_ratio, BLOCK: tl.cons
         if RANKS == 2:
             keep = _ties_by_search(key, t, n_above, k, BLOCK, INDEX_BITS)
         elif RANKS == 1:
+            keep = _unpack(_kept_words(key, t, n_above, k), BLOCK)
+        elif RANKS == 3:
             tied = key == t
             rank = tl.cumsum(tied.to(tl.int32), axis=0)
             keep = (key > t) | (tied & (rank <= k - n_above))

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sparse_tf.kernels.abstopk import _keep_of, reference_forward
+from sparse_tf.kernels.abstopk import _keep_of, _unpack, reference_forward
 from sparse_tf.kernels.timing import median_ms_one
 
 
@@ -37,7 +37,7 @@ def _fwd(x_ptr, y_ptr, n_cols, k, stride, BLOCK: tl.constexpr, LOW_BIT: tl.const
     key = tl.abs(x).to(tl.int32, bitcast=True)
     key = tl.where(in_row, key, -1)
     if MODE == 0:  # shipped: one bit per pass (the kernel's own search)
-        keep = _keep_of(key >> LOW_BIT, 0.0, n_cols, k, 0.0, LOW_BIT, False, 4)
+        keep = _unpack(_keep_of(key >> LOW_BIT, 0.0, n_cols, k, 0.0, LOW_BIT, False, 4), BLOCK)
     else:
         t = tl.zeros((), dtype=tl.int32)
         if MODE == 1:  # sum3: the shipped search with three separate int32 sums

@@ -122,6 +122,20 @@ def test_abs_topk_kernel_on_rows_wide_enough_for_paired_guided_counts(k: int) ->
 
 
 @pytest.mark.interpreter
+def test_abs_topk_kernel_keeps_the_first_ties_at_every_cut() -> None:
+    """Row r: r entries above the rest (at scattered places), every other entry tied, k = 64:
+    the kept ties are the first 64 - r by index, so the cut falls on every bit of the packed
+    words (0 and 31 included) and in every word of the row."""
+    width, k = 128, 64
+    g = torch.Generator().manual_seed(5)
+    x = torch.ones(k, width)
+    for r in range(k):
+        x[r, torch.randperm(width, generator=g)[:r]] = -2.0
+    for dtype in (torch.float32, torch.bfloat16):
+        check_abs_topk(x.to(dtype), k)
+
+
+@pytest.mark.interpreter
 def test_abstopk_ablation_s_exact_variants_match_the_reference(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

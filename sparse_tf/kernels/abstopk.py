@@ -6,7 +6,10 @@ largest magnitude exactly, as an integer: for non-negative floats the IEEE-754 b
 read as an integer, orders like the value (the "key"; bf16 and fp16 keys are shifted right by
 the bits their exact upcast leaves zero, so consecutive keys are consecutive representable
 values). Entries above the threshold are kept, then the tied entries in index order until k
-are kept: the library's rule (`rule.topk_mask`). For k <= SMALL_K (the projection's
+are kept: the library's rule (`rule.topk_mask`). The ties are ranked from the row's tie bits
+packed 32 to a word (popcounts, a prefix sum over the words, a bisection within the word that
+holds the last kept tie: `_kept_words`), which holds nothing row-sized in registers but x and
+the keys. For k <= SMALL_K (the projection's
 per-neuron protection, k = 4) the maxima are picked one by one instead.
 
 Two exact searches for the threshold key t, selected per call:
@@ -220,23 +223,90 @@ def _guided_threshold(key, ax_sum, n_cols, k, log_ratio, LOW_BIT: tl.constexpr, 
 
 
 @triton.jit
+def _pack(flags):
+    """A row's flags [BLOCK] as [BLOCK / 32] int32 words: bit i % 32 of word i // 32 is entry i."""
+    BLOCK: tl.constexpr = flags.shape[0]
+    bit = flags.to(tl.int32) << (tl.arange(0, BLOCK) % 32)
+    return tl.sum(tl.reshape(bit, (BLOCK // 32, 32)), axis=1)  # distinct bits: the sum is an OR
+
+
+@triton.jit
+def _unpack(words, BLOCK: tl.constexpr):
+    """The flags [BLOCK] of `_pack`'s words."""
+    bits = (words[:, None] >> tl.arange(0, 32)[None, :]) & 1  # [BLOCK / 32, 32]
+    return tl.reshape(bits, (BLOCK,)) != 0
+
+
+@triton.jit
+def _popcount(w):
+    """Set bits of each uint32 word, as int32 (the SWAR sum: pairs, nibbles, bytes)."""
+    w = w - ((w >> 1) & 0x55555555)
+    w = (w & 0x33333333) + ((w >> 2) & 0x33333333)
+    w = (w + (w >> 4)) & 0x0F0F0F0F
+    return ((w * 0x01010101) >> 24).to(tl.int32)
+
+
+@triton.jit
+def _low_bits(n):
+    """uint32 words with their n lowest bits set, 0 <= n <= 32."""
+    one = tl.full(n.shape, 1, dtype=tl.uint32)
+    return tl.where(n >= 32, 0xFFFFFFFF, (one << tl.minimum(n, 31).to(tl.uint32)) - 1)
+
+
+@triton.jit
+def _tie_cut(tied, m):
+    """The index just past the m-th tied entry of a row (1 <= m <= #ties; 0 for m <= 0), from
+    the ties as `_pack`'s words [WORDS]: the kept ties are exactly the ties before it. The word
+    that holds the m-th tie is found from the words' popcounts and their prefix sum, the bit
+    within it by bisecting on the popcount of its low bits: work on BLOCK / 32 words where a
+    prefix sum over the row held a rank per entry in registers."""
+    WORDS: tl.constexpr = tied.shape[0]
+    words = tied.to(tl.uint32, bitcast=True)
+    count = _popcount(words)
+    need = m - (tl.cumsum(count, axis=0) - count)  # ties still wanted where each word begins
+    here = (need > 0) & (need <= count)  # the word that holds the m-th tie (none if m <= 0)
+    # The smallest p with popcount(bits below p) >= need lies in (lo, hi]: 5 halvings of 32.
+    lo = tl.zeros((WORDS,), dtype=tl.int32)
+    hi = tl.full((WORDS,), 32, dtype=tl.int32)
+    for _ in tl.static_range(5):
+        mid = (lo + hi) // 2
+        enough = _popcount(words & _low_bits(mid)) >= need
+        hi = tl.where(enough, mid, hi)
+        lo = tl.where(enough, lo, mid)
+    return tl.sum(tl.where(here, tl.arange(0, WORDS) * 32 + hi, 0), axis=0)
+
+
+@triton.jit
+def _kept_words(key, t, n_above, k):
+    """The kept set of a row of keys as `_pack`'s words: the keys above t, then the first
+    k - n_above of its ties by index. Built from words, not from a rank per entry, so that
+    nothing row-sized but x and the keys is held while the ties are ranked (with a prefix sum
+    over the row, the q/k/v forward took 145 registers per thread instead of 96)."""
+    WORDS: tl.constexpr = key.shape[0] // 32
+    tied = _pack(key == t)
+    cut = _tie_cut(tied, k - n_above)
+    below = _low_bits(tl.minimum(tl.maximum(cut - tl.arange(0, WORDS) * 32, 0), 32))
+    return _pack(key > t) | (tied & below.to(tl.int32, bitcast=True))
+
+
+@triton.jit
 def _keep_of(key, ax_sum, n_cols, k, log_ratio, LOW_BIT: tl.constexpr, GUIDED: tl.constexpr,
              PEEL: tl.constexpr):  # fmt: skip
-    """The kept set of a row of keys: those above the k-th largest, then its ties by index."""
+    """The kept set of a row of keys as `_pack`'s words: those above the k-th largest, then
+    its ties by index."""
     if GUIDED:
         PAIRED: tl.constexpr = (LOW_BIT == 16) and (key.shape[0] >= PAIRED_FROM_WIDTH)
         t, n_above = _guided_threshold(key, ax_sum, n_cols, k, log_ratio, LOW_BIT, PEEL, PAIRED)
     else:
         t, n_above = _bits_threshold(key, k, LOW_BIT)
-    tied = key == t
-    rank = tl.cumsum(tied.to(tl.int32), axis=0)  # 1-based rank among the ties, by index
-    return (key > t) | (tied & (rank <= k - n_above))
+    return _kept_words(key, t, n_above, k)
 
 
 @triton.jit
 def _select(x, key, n_cols, k, log_ratio, LOW_BIT: tl.constexpr, GUIDED: tl.constexpr,
             PEEL: tl.constexpr):  # fmt: skip
-    """The kept set of a row x [BLOCK] (fp32) and its keys, by the search GUIDED selects."""
+    """The kept set of a row x [BLOCK] (fp32) and its keys as `_pack`'s words, by the search
+    GUIDED selects."""
     ax_sum = 0.0
     if GUIDED:
         ax_sum = tl.sum(tl.abs(x), axis=0)
@@ -244,24 +314,24 @@ def _select(x, key, n_cols, k, log_ratio, LOW_BIT: tl.constexpr, GUIDED: tl.cons
 
 
 @triton.jit
+def _store_words(dest_ptr, words, n_cols):
+    """Store a row's `_pack`ed kept set: ceil(n_cols / 32) int32 words at dest_ptr."""
+    w = tl.arange(0, words.shape[0])
+    tl.store(dest_ptr + w, words, mask=w < tl.cdiv(n_cols, 32))
+
+
+@triton.jit
 def _store_bits(dest_ptr, keep, n_cols, BLOCK: tl.constexpr):
     """Store a row's kept set [BLOCK] as ceil(n_cols / 32) int32 words at dest_ptr: bit i % 32
     of word i // 32 is entry i."""
-    WORDS: tl.constexpr = BLOCK // 32
-    bit = keep.to(tl.int32) << (tl.arange(0, BLOCK) % 32)
-    words = tl.sum(tl.reshape(bit, (WORDS, 32)), axis=1)  # [WORDS]: distinct bits, sum = OR
-    w = tl.arange(0, WORDS)
-    tl.store(dest_ptr + w, words, mask=w < tl.cdiv(n_cols, 32))
+    _store_words(dest_ptr, _pack(keep), n_cols)
 
 
 @triton.jit
 def _load_keep(src_ptr, n_cols, BLOCK: tl.constexpr):
     """A row's kept set [BLOCK] (False past n_cols) from the words `_store_bits` wrote."""
-    WORDS: tl.constexpr = BLOCK // 32
-    w = tl.arange(0, WORDS)
-    words = tl.load(src_ptr + w, mask=w < tl.cdiv(n_cols, 32), other=0)
-    bits = (words[:, None] >> tl.arange(0, 32)[None, :]) & 1  # [WORDS, 32]
-    return tl.reshape(bits, (BLOCK,)) != 0
+    w = tl.arange(0, BLOCK // 32)
+    return _unpack(tl.load(src_ptr + w, mask=w < tl.cdiv(n_cols, 32), other=0), BLOCK)
 
 
 @triton.jit
@@ -298,8 +368,10 @@ def _abstopk_fwd_kernel(
             first = tl.min(tl.where(live == top, offs, BLOCK), axis=0)
             keep = keep | (offs == first)
             live = tl.where(offs == first, -2, live)
+        words = _pack(keep)
     else:
-        keep = _select(x, key, n_cols, k, log_ratio, LOW_BIT, GUIDED, PEEL)
+        words = _select(x, key, n_cols, k, log_ratio, LOW_BIT, GUIDED, PEEL)
+        keep = _unpack(words, BLOCK)
     if STORE_MASK:
         tl.store(y0_ptr + row * stride_y + offs, keep.to(tl.uint8), mask=in_row)
     else:
@@ -313,7 +385,7 @@ def _abstopk_fwd_kernel(
         if RESIDUAL:  # the residual write: r + AbsTopK(x), as torch adds them (in fp32)
             y += tl.load(r_ptr + row * stride_r + offs, mask=in_row, other=0.0).to(tl.float32)
         tl.store(y_ptr + row * stride_y + offs, y.to(y0_ptr.dtype.element_ty), mask=in_row)
-        _store_bits(bits_ptr + (part * n_rows + row) * tl.cdiv(n_cols, 32), keep, n_cols, BLOCK)
+        _store_words(bits_ptr + (part * n_rows + row) * tl.cdiv(n_cols, 32), words, n_cols)
 
 
 @triton.jit

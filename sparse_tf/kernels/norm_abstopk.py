@@ -83,10 +83,10 @@ def _norm_abstopk_fwd_kernel(
     xn = ((x * rstd) * w).to(x_ptr.dtype.element_ty).to(tl.float32)
     key = (tl.abs(xn).to(tl.int32, bitcast=True) >> LOW_BIT).to(tl.int32)  # orders like |xn|
     key = tl.where(in_row, key, -1)  # padding is below every real key
-    keep = abstopk._select(xn, key, n_cols, k, log_ratio, LOW_BIT, GUIDED, PEEL)
-    y = tl.where(keep, xn, 0.0)
+    words = abstopk._select(xn, key, n_cols, k, log_ratio, LOW_BIT, GUIDED, PEEL)
+    y = tl.where(abstopk._unpack(words, BLOCK), xn, 0.0)
     tl.store(y_ptr + row * stride_y + offs, y.to(y_ptr.dtype.element_ty), mask=in_row)
-    abstopk._store_bits(bits_ptr + row * tl.cdiv(n_cols, 32), keep, n_cols, BLOCK)
+    abstopk._store_words(bits_ptr + row * tl.cdiv(n_cols, 32), words, n_cols)
     tl.store(rstd_ptr + row, rstd)
 
 
