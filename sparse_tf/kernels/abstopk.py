@@ -27,9 +27,11 @@ Two exact searches for the threshold key t, selected per call:
   steps between the counts that the bit search does not have.
 
 Where the time goes (`benchmarks/abstopk_ablation.py`, H100, 1,024-wide bf16 rows): the
-search is about a third of the forward, the tie ranks (a prefix sum over the row) 8-9%,
-loading and storing the rest; one warp per 1,024-wide row reaches 75-87% of a copy's
-bandwidth with no search at all.
+guided search is about a fifth of the forward, the tie ranks about 12%, loading and storing
+the rest; one warp per 1,024-wide row reaches 75-87% of a copy's bandwidth with no search at
+all. The ranks from bit words made the 4,096-wide forward 7% faster than a prefix sum over the row and
+the step's AbsTopK forwards 6% faster (benchmarks/RESULTS.md, "the ties ranked from bit
+words"); in a one-part 1,024-wide kernel alone they were 2-4% slower.
 
 The forward also writes the kept set as a bit mask (one int32 word per 32 entries) for the
 backward: gx = gy on the kept entries, 0 elsewhere. Saving 1 bit per entry instead of the
