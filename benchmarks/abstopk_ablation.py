@@ -43,8 +43,9 @@ from sparse_tf.kernels.abstopk import (
     _count_ge_pairs,
     _guided_threshold,
     _kept_words,
+    _pack,
     _pack_pairs,
-    _store_bits,
+    _store_words,
     _unpack,
 )
 from sparse_tf.kernels.timing import median_ms
@@ -124,7 +125,7 @@ def _variant_kernel(x_ptr, y_ptr, bits_ptr, n_cols, k, log_ratio, BLOCK: tl.cons
         y = tl.where(keep, x, 0.0)
         tl.store(y_ptr + row * n_cols + offs, y.to(y_ptr.dtype.element_ty), mask=in_row)
         if STORE_BITS:
-            _store_bits(bits_ptr + row * tl.cdiv(n_cols, 32), keep, n_cols, BLOCK)
+            _store_words(bits_ptr + row * tl.cdiv(n_cols, 32), _pack(keep), n_cols)
 
 
 @triton.jit

@@ -9,8 +9,8 @@ values). Entries above the threshold are kept, then the tied entries in index or
 are kept: the library's rule (`rule.topk_mask`). The ties are ranked from the row's tie bits
 packed 32 to a word (popcounts, a prefix sum over the words, a bisection within the word that
 holds the last kept tie: `_kept_words`), which holds nothing row-sized in registers but x and
-the keys. For k <= SMALL_K (the projection's
-per-neuron protection, k = 4) the maxima are picked one by one instead.
+the keys. For k <= SMALL_K (the projection's per-neuron protection, k = 4) the maxima are
+picked one by one instead.
 
 Two exact searches for the threshold key t, selected per call:
 
@@ -29,9 +29,9 @@ Two exact searches for the threshold key t, selected per call:
 Where the time goes (`benchmarks/abstopk_ablation.py`, H100, 1,024-wide bf16 rows): the
 guided search is about a fifth of the forward, the tie ranks about 12%, loading and storing
 the rest; one warp per 1,024-wide row reaches 75-87% of a copy's bandwidth with no search at
-all. The ranks from bit words made the 4,096-wide forward 7% faster than a prefix sum over the row and
-the step's AbsTopK forwards 6% faster (benchmarks/RESULTS.md, "the ties ranked from bit
-words"); in a one-part 1,024-wide kernel alone they were 2-4% slower.
+all. The ranks from bit words made the 4,096-wide forward 7% faster than a prefix sum over
+the row and the step's AbsTopK forwards 6% faster (benchmarks/RESULTS.md, "the ties ranked
+from bit words"); in a one-part 1,024-wide kernel alone they were 2-4% slower.
 
 The forward also writes the kept set as a bit mask (one int32 word per 32 entries) for the
 backward: gx = gy on the kept entries, 0 elsewhere. Saving 1 bit per entry instead of the
@@ -283,7 +283,7 @@ def _kept_words(key, t, n_above, k):
     """The kept set of a row of keys as `_pack`'s words: the keys above t, then the first
     k - n_above of its ties by index. Built from words, not from a rank per entry, so that
     nothing row-sized but x and the keys is held while the ties are ranked (with a prefix sum
-    over the row, the q/k/v forward took 145 registers per thread instead of 96)."""
+    over the row, the q/k/v forward took 145 registers per thread instead of 117)."""
     WORDS: tl.constexpr = key.shape[0] // 32
     tied = _pack(key == t)
     cut = _tie_cut(tied, k - n_above)
@@ -323,15 +323,8 @@ def _store_words(dest_ptr, words, n_cols):
 
 
 @triton.jit
-def _store_bits(dest_ptr, keep, n_cols, BLOCK: tl.constexpr):
-    """Store a row's kept set [BLOCK] as ceil(n_cols / 32) int32 words at dest_ptr: bit i % 32
-    of word i // 32 is entry i."""
-    _store_words(dest_ptr, _pack(keep), n_cols)
-
-
-@triton.jit
 def _load_keep(src_ptr, n_cols, BLOCK: tl.constexpr):
-    """A row's kept set [BLOCK] (False past n_cols) from the words `_store_bits` wrote."""
+    """A row's kept set [BLOCK] (False past n_cols) from the words `_store_words` wrote."""
     w = tl.arange(0, BLOCK // 32)
     return _unpack(tl.load(src_ptr + w, mask=w < tl.cdiv(n_cols, 32), other=0), BLOCK)
 
