@@ -74,11 +74,14 @@ GUIDED_FROM_WIDTH = 1024
 """Rows at least this wide use the guided search, narrower ones the bit search. On an H100
 (benchmarks/RESULTS.md, "the AbsTopK forward taken apart"; 16k rows of heavy-tailed values,
 k = n / 4) guided was 8% faster than bits at 1024 bf16, 10% at 1024 fp32 and 27% at 4096
-bf16; in a whole step of a freshly initialised model no gain has been shown yet."""
+bf16, and on normal rows (with the ties ranked from bit words) 13% faster at 1024 and 24% at
+4096 bf16; in a whole step the two searches have not been timed against each other."""
 PAIRED_FROM_WIDTH = tl.constexpr(2048)
 """The guided search counts bf16 keys two per subtraction (as the bit search always does) in
-rows at least this wide: 9% faster at 4096, 4% slower at 1024, where the packing costs more
-than the few counts it halves."""
+rows at least this wide: 9% faster at 4096 and 4% slower at 1024 (where the packing costs
+more than the few counts it halves) while the ties were ranked by a prefix sum over the row;
+with the ranks from bit words, 2-4% slower at 4096 too (benchmarks/RESULTS.md, "the ties
+ranked from bit words"). Kept until the step itself is timed without it."""
 
 
 # ---------------------------------------------------------------------------------------------
