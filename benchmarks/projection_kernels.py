@@ -8,8 +8,8 @@ L0 1/64 from the first step), captures the weights and warm-start state just bef
 projection, then replays that projection (--reps times per variant, weights and warm state
 restored before each) under the profiler. For each variant: its kept sets checked against
 `reference_masks`, and ms per projection by kernel. Variants: the shipped launch shapes, every
-chunk pass at 8 warps, the protected-keys kernel at other tile sizes, and the cold search (no
-warm start).
+chunk pass at 8 warps, the persistent passes with other numbers of programs, the
+protected-keys kernel at other tile sizes, and the cold search (no warm start).
 """
 
 from __future__ import annotations
@@ -106,10 +106,10 @@ def main() -> None:
         print(f"| {label} | {sum(per.values()):.3f} | {exact} | {parts} |")
 
     def variant(label: str, set_: Callable[[], None]) -> None:
-        shipped = (projection._CHUNK_WARPS, projection._WINDOW_WARPS, projection._PROTECT_TILE)
+        shipped = (projection._CHUNK_WARPS, projection._PASS_PROGRAMS, projection._PROTECT_TILE)
         set_()
         run(label, captured["warm"])  # type: ignore[arg-type]
-        projection._CHUNK_WARPS, projection._WINDOW_WARPS, projection._PROTECT_TILE = shipped
+        projection._CHUNK_WARPS, projection._PASS_PROGRAMS, projection._PROTECT_TILE = shipped
 
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}: the projection before "
           f"training step {args.steps} at the paper shape, ms per projection")  # fmt: skip
@@ -117,10 +117,12 @@ def main() -> None:
     print("|---|---|---|---|")
     variant("shipped launch shapes", lambda: None)
 
-    def all_8_warps() -> None:
-        projection._CHUNK_WARPS = projection._WINDOW_WARPS = 8
-
-    variant("every chunk pass 8 warps", all_8_warps)
+    variant("every chunk pass 8 warps", lambda: setattr(projection, "_CHUNK_WARPS", 8))
+    for programs in (256, 4096):
+        variant(
+            f"persistent passes of {programs} programs",
+            lambda n=programs: setattr(projection, "_PASS_PROGRAMS", n),
+        )
     for tile in (16384, 8192, 2048):
         variant(
             f"protected keys {tile} entries", lambda t=tile: setattr(projection, "_PROTECT_TILE", t)

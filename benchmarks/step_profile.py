@@ -27,7 +27,7 @@ from sparse_tf import GPT, SparseOptimizer, lm_loss
 
 _PROJECTION = (
     r"_keys_kernel|_digit_histogram|_pick_digit|_count_ties|_zero_dropped|_keep_kernel|"
-    r"_window_kernel|_decide_kernel|_candidate_ties|_update_warm|_protected_keys"
+    r"_decide_kernel|_candidate_ties|_update_warm|_protected_keys"
 )
 KINDS: list[tuple[str, str]] = [  # first match wins; patterns on the kernel (or operator) name
     ("norm + abstopk fwd", r"_norm_abstopk_fwd"),  # RMSNorm fused in: dense has its norm

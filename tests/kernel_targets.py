@@ -34,6 +34,11 @@ HOPPER = GPUTarget("cuda", 90, 32)
 MODULES = (abstopk, csr, gelu_abstopk, norm_abstopk, projection, spmm, transpose)
 CHUNK = projection.CHUNK
 TABLE = "chunk_start_ptr:*i64 chunk_end_ptr:*i64 chunk_seg_ptr:*i32"
+WORK = "seg_first_ptr:*i64 seg_chunks_ptr:*i32 n_segs:i32"
+WINDOW = (
+    "seg:i32 warm_ptr:*i32 above_ptr:*i32 cand_count_ptr:*i32 cand_base_ptr:*i64 cap_ptr:*i32 "
+    "cand_keys_ptr:*i32 cand_idx_ptr:*i32"
+)
 ABSTOPK = "x_ptr:*{x} y0_ptr:*{y} y1_ptr:*{y} y2_ptr:*{y} bits_ptr:*{b} r_ptr:*fp32 " + (
     "n_rows:i32 n_cols:i32 k:i32 log_ratio:fp32 stride_x:i32 stride_y:i32 stride_r:i32"
 )
@@ -88,31 +93,30 @@ TARGETS = [
      {"BLOCK": 1024}),
     ("protected keys", projection._protected_keys_kernel,
      "w_ptr:*fp32 keys_ptr:*i32 n_neurons:i32 length:i32 stride_neuron:i32 stride_elem:i32 "
-     "j:i32", {"BN": 16, "BL": 1024}),
+     f"j:i32 {WINDOW}", {"BN": 16, "BL": 1024, "WINDOW": True}),
     ("keys", projection._keys_kernel,
-     "w_ptr:*fp32 p_ptr:*u8 keys_ptr:*i32 n:i32 cols:i32 p_stride_r:i32 p_stride_c:i32",
-     {"HAS_P": True, "BLOCK": 2048}),
-    ("window", projection._window_kernel,
-     f"keys_ptr:*i32 {TABLE} seg_base_ptr:*i64 warm_ptr:*i32 above_ptr:*i32 "
-     "cand_count_ptr:*i32 cand_base_ptr:*i64 cap_ptr:*i32 cand_keys_ptr:*i32 cand_idx_ptr:*i32",
-     {"CHUNK": CHUNK}),
+     "w_ptr:*fp32 p_ptr:*u8 keys_ptr:*i32 n:i32 cols:i32 p_stride_r:i32 p_stride_c:i32 "
+     f"{WINDOW}", {"HAS_P": True, "BLOCK": 2048, "WINDOW": True}),
     ("decide", projection._decide_kernel,
      "warm_ptr:*i32 above_ptr:*i32 cand_count_ptr:*i32 cap_ptr:*i32 k_ptr:*i32 mode_ptr:*i32 "
      "state_ptr:*i32", {}),
     ("digit histogram", projection._digit_histogram_kernel,
-     f"keys_ptr:*i32 {TABLE} state_ptr:*i32 hist_ptr:*i32 mode_ptr:*i32 count_ptr:*i32 "
-     "cap_ptr:*i32",
-     {"HI": 30, "LO": 23, "CHUNK": CHUNK, "FEW": False, "MODE": 0, "DYNAMIC": False}),
+     f"keys_ptr:*i32 {TABLE} {WORK} state_ptr:*i32 hist_ptr:*i32 mode_ptr:*i32 "
+     "count_ptr:*i32 cap_ptr:*i32", {"HI": 30, "LO": 23, "CHUNK": CHUNK, "FEW": False,
+                                     "MODE": 0, "DYNAMIC": False, "SEGS": 64}),
     ("digit histogram, candidates", projection._digit_histogram_kernel,
-     f"keys_ptr:*i32 {TABLE} state_ptr:*i32 hist_ptr:*i32 mode_ptr:*i32 count_ptr:*i32 "
-     "cap_ptr:*i32", {"HI": 14, "LO": 7, "CHUNK": CHUNK, "FEW": True, "MODE": 1, "DYNAMIC": True}),
+     f"keys_ptr:*i32 {TABLE} {WORK} state_ptr:*i32 hist_ptr:*i32 mode_ptr:*i32 "
+     "count_ptr:*i32 cap_ptr:*i32", {"HI": 14, "LO": 7, "CHUNK": CHUNK, "FEW": True, "MODE": 1,
+                                     "DYNAMIC": True, "SEGS": 64}),
     ("pick digit", projection._pick_digit_kernel, "hist_ptr:*i32 state_ptr:*i32 k_ptr:*i32",
      {"LO": 23}),
     ("count ties", projection._count_ties_kernel,
-     f"keys_ptr:*i32 {TABLE} state_ptr:*i32 ties_ptr:*i32 mode_ptr:*i32", {"CHUNK": CHUNK}),
+     f"keys_ptr:*i32 {TABLE} {WORK} state_ptr:*i32 ties_ptr:*i32 mode_ptr:*i32",
+     {"CHUNK": CHUNK, "SEGS": 64}),
     ("candidate ties", projection._candidate_ties_kernel,
-     f"cand_keys_ptr:*i32 cand_idx_ptr:*i32 {TABLE} state_ptr:*i32 ties_ptr:*i32 mode_ptr:*i32 "
-     "count_ptr:*i32 cap_ptr:*i32 seg_first_chunk_ptr:*i64", {"CHUNK": CHUNK, "KEY_CHUNK": CHUNK}),
+     f"cand_keys_ptr:*i32 cand_idx_ptr:*i32 {TABLE} seg_first_ptr:*i64 n_segs:i32 "
+     "state_ptr:*i32 ties_ptr:*i32 mode_ptr:*i32 count_ptr:*i32 cap_ptr:*i32 "
+     "seg_first_key_chunk_ptr:*i64", {"CHUNK": CHUNK, "KEY_CHUNK": CHUNK, "SEGS": 64}),
     ("update warm", projection._update_warm_kernel, "warm_ptr:*i32 state_ptr:*i32", {}),
     ("keep", projection._keep_kernel,
      f"keys_ptr:*i32 keep_ptr:*u8 {TABLE} state_ptr:*i32 k_ptr:*i32 tie_prefix_ptr:*i32",

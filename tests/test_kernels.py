@@ -620,6 +620,33 @@ def test_projection_warm_start_searches_the_window_and_falls_back() -> None:
     assert modes[3] == [1, 1]
 
 
+@pytest.mark.interpreter
+@pytest.mark.parametrize("programs", [1, 3])
+def test_projection_passes_walk_only_their_matrices_chunks(
+    monkeypatch: pytest.MonkeyPatch, programs: int
+) -> None:
+    """The persistent passes with fewer programs than chunks (each program walks several, across
+    matrices) and matrices in both modes at once: one searched on its candidates, one fallen
+    back to all keys, one cold (new), all in the same launches. Every kept set is exact."""
+    monkeypatch.setattr(projection, "_PASS_PROGRAMS", programs)
+    g = torch.Generator().manual_seed(3)
+    weights = [torch.randn(r, c, generator=g).to(DEVICE) for r, c in ((24, 40), (30, 32), (9, 50))]
+    weights[1][:, :12] = 0.5  # a run of equal keys: ties at the threshold across chunks
+    protections = [Protect(0, 2), None, Protect(1, 3)]
+    ks = [150, 500, 200]
+    projection._LAYOUTS.clear()  # the first selection below is cold
+    for step, scales in enumerate(((1.0, 1.0, 1.0), (1.0, 4.0, 1.0))):
+        scaled = [w * s for w, s in zip(weights, scales, strict=True)]
+        sel = projection._select(scaled, protections, ks, chunk=64)
+        masks = projection.topk_masks(scaled, protections, ks, chunk=64)
+        expected = projection.reference_masks(scaled, protections, ks)
+        for i, (mask, ref) in enumerate(zip(masks, expected, strict=True)):
+            assert torch.equal(mask, ref), (step, i)
+        # The first selection is cold; then the unchanged matrices are searched on their
+        # candidates and the one scaled 4x falls back.
+        assert sel.mode.tolist() == ([0, 0, 0] if step == 0 else [1, 0, 1])
+
+
 @pytest.mark.gpu
 def test_projection_kernels_at_paper_shapes() -> None:
     shapes = [(2048, 1024), (3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096)]

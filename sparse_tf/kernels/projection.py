@@ -13,16 +13,19 @@ neuron's keys. The K-th largest key of every matrix is then found in shared laun
 
 - **Warm start.** The threshold moves little between optimizer steps, so each matrix keeps the
   previous step's threshold t' and a radius r (twice its last move, plus 2^12 keys).
-  One pass over all keys counts, per matrix, the keys >= t' + r and copies the keys in
-  [t' − r, t' + r) with their indices to a small candidate buffer. If the K-th largest key is
-  inside the window (and the candidates fit), the rest of the search runs on the candidates
-  alone; otherwise that matrix falls back to the cold search below. The result is the same
-  either way: the window only decides where to look.
+  The kernels that write the keys also count, per matrix, the keys >= t' + r and copy the keys
+  in [t' − r, t' + r) with their indices to a small candidate buffer (no second pass over the
+  keys). If the K-th largest key is inside the window (and the candidates fit), the rest of
+  the search runs on the candidates alone; otherwise that matrix falls back to the cold search
+  below. The result is the same either way: the window only decides where to look.
 - **Radix select.** Four passes, one per 8-bit digit from the top, count that digit among the
   keys still tied with the threshold found so far (a histogram per chunk of the buffer, added
   atomically into one histogram per matrix; in the late passes so few keys are still tied that
   they are added one by one), and a tiny kernel per matrix picks the digit where the count from
   the top reaches K. After the four passes the threshold is exactly the K-th largest key.
+  These passes are persistent: a fixed number of programs walks the chunks of just the
+  matrices that search there (all keys, or the candidates that were appended), so that a
+  step where every matrix found its threshold in its window launches nothing per chunk.
 - **Ties** at the threshold are ranked in index order across chunks (per-chunk counts, an
   exclusive scan), so that exactly K entries are kept: the library's rule.
 
@@ -53,10 +56,10 @@ _CANDIDATE_SHARE = 16
 """A matrix's candidate buffer holds 1/_CANDIDATE_SHARE of its entries (at least one chunk)."""
 _CHUNK_WARPS = 4
 """Warps of a program that owns a chunk (histogram, tie and zeroing passes)."""
-_WINDOW_WARPS = 16
-"""Warps of a window-pass program: its candidate appends (a scan, an atomic that returns,
-scattered stores) are latency-bound; on an H100 at paper-d1024 the pass took 0.99 ms with 4
-warps, 0.60 with 8, 0.51 with 16 (benchmarks/RESULTS.md)."""
+_PASS_PROGRAMS = 1024
+"""Programs of a persistent chunk pass (the digit histograms, the tie counts): about 8 per SM
+of an H100 or H200. Each walks the chunks of the matrices its pass concerns (`_work`), so a
+pass over the matrices that fell back to the cold search costs nothing when none did."""
 _PROTECT_TILE = 4096
 """Entries per program of the protected-keys kernel (whole neurons: BL · BN). Its reductions
 along a neuron cross warps; fewer neurons per program ran faster on an H100 (0.69 ms at 4096
@@ -128,20 +131,17 @@ _MAX_RADIUS = tl.constexpr(1 << 26)
 @triton.jit
 def _load_chunk(
     c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK: tl.constexpr,
-    count_ptr, cap_ptr, DYNAMIC: tl.constexpr, mode_ptr, WANT: tl.constexpr,
+    count_ptr, cap_ptr, DYNAMIC: tl.constexpr,
 ):  # fmt: skip
     """Chunk c's buffer offsets, their validity, its keys (-1 where not valid: below every real
     key) and its matrix. DYNAMIC chunks (of the candidate buffer) end where the matrix's
-    candidate count says, at most at its capacity. With WANT >= 0 only a matrix whose search
-    mode is WANT has valid keys: the others' chunks read no memory."""
+    candidate count says, at most at its capacity."""
     seg = tl.load(chunk_seg_ptr + c)
     end = tl.load(chunk_end_ptr + c)
     start = tl.load(chunk_start_ptr + c)
     if DYNAMIC:
         cap = tl.load(cap_ptr + seg)
         end = end - cap + tl.minimum(tl.load(count_ptr + seg), cap)
-    if WANT >= 0:
-        end = tl.where(tl.load(mode_ptr + seg) == WANT, end, start)
     offs = start + tl.arange(0, CHUNK)
     valid = offs < end
     key = tl.load(keys_ptr + offs, mask=valid, other=-1)
@@ -149,12 +149,71 @@ def _load_chunk(
 
 
 @triton.jit
+def _work(
+    seg_first_ptr, seg_chunks_ptr, n_segs, mode_ptr, count_ptr, cap_ptr,
+    SEGS: tl.constexpr, MODE: tl.constexpr, DYNAMIC: tl.constexpr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    """The work list of a persistent chunk pass: the chunks of the matrices searching in MODE
+    (all of a matrix's chunks; DYNAMIC: only those of its candidate buffer that hold
+    candidates), matrix by matrix. Returns the matrices' ids, first chunks, chunks in the list
+    and their running total [SEGS], and the list's length."""
+    segs = tl.arange(0, SEGS)
+    live = segs < n_segs
+    first = tl.load(seg_first_ptr + segs, mask=live, other=0)
+    if DYNAMIC:
+        filled = tl.minimum(tl.load(count_ptr + segs, mask=live, other=0),
+                            tl.load(cap_ptr + segs, mask=live, other=0))  # fmt: skip
+        n = tl.cdiv(filled, CHUNK)
+    else:
+        n = tl.load(seg_chunks_ptr + segs, mask=live, other=0)
+    n = tl.where(live & (tl.load(mode_ptr + segs, mask=live, other=-1) == MODE), n, 0)
+    ends = tl.cumsum(n, axis=0)
+    return segs, first, n, ends, tl.sum(n, axis=0)
+
+
+@triton.jit
+def _nth_chunk(i, segs, first, n, ends):
+    """The chunk at position i of `_work`'s list."""
+    seg = tl.sum((ends <= i).to(tl.int32), axis=0)  # the matrix whose range holds i
+    here = segs == seg
+    begin = tl.sum(tl.where(here, ends - n, 0), axis=0)  # the matrix's first position
+    return tl.sum(tl.where(here, first, 0), axis=0) + i - begin
+
+
+@triton.jit
+def _window(
+    key, idx, valid, seg, warm_ptr, above_ptr, cand_count_ptr, cand_base_ptr, cap_ptr,
+    cand_keys_ptr, cand_idx_ptr,
+):  # fmt: skip
+    """Warm start, for keys [N] of matrix seg as they are written: count those at or above its
+    window, and append those inside it (with their flat index idx in the matrix) to its
+    candidates. Nothing for a matrix without a previous threshold."""
+    prev = tl.load(warm_ptr + 2 * seg)
+    if prev >= 0:
+        radius = tl.load(warm_ptr + 2 * seg + 1)
+        lo = tl.maximum(prev - radius, 0)
+        hi = tl.minimum(prev.to(tl.int64) + radius, 2147483647).to(tl.int32)
+        tl.atomic_add(above_ptr + seg, tl.sum((valid & (key >= hi)).to(tl.int32), axis=0))
+        inside = valid & (key >= lo) & (key < hi)
+        n = tl.sum(inside.to(tl.int32), axis=0)
+        if n > 0:
+            first = tl.atomic_add(cand_count_ptr + seg, n)  # slots [first, first + n)
+            slot = first + tl.cumsum(inside.to(tl.int32), axis=0) - 1
+            ok = inside & (slot < tl.load(cap_ptr + seg))
+            dest = tl.load(cand_base_ptr + seg) + slot
+            tl.store(cand_keys_ptr + dest, key, mask=ok)
+            tl.store(cand_idx_ptr + dest, idx.to(tl.int32), mask=ok)
+
+
+@triton.jit
 def _keys_kernel(
     w_ptr, p_ptr, keys_ptr, n, cols, p_stride_r, p_stride_c,
-    HAS_P: tl.constexpr, BLOCK: tl.constexpr,
+    seg, warm_ptr, above_ptr, cand_count_ptr, cand_base_ptr, cap_ptr, cand_keys_ptr, cand_idx_ptr,
+    HAS_P: tl.constexpr, BLOCK: tl.constexpr, WINDOW: tl.constexpr,
 ):  # fmt: skip
     """One matrix's keys into its slice of the flat buffer: the fp32 bit pattern of |w|, or
-    the key of +inf where the protection mask (any strides: a transposed view works) is set."""
+    the key of +inf where the protection mask (any strides: a transposed view works) is set;
+    with WINDOW, the warm start's window pass over them too (`_window`)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < n
     w = tl.load(w_ptr + offs, mask=valid, other=0.0).to(tl.float32)
@@ -164,17 +223,22 @@ def _keys_kernel(
                           mask=valid, other=0)  # fmt: skip
         key = tl.where(protect != 0, INF_KEY, key)
     tl.store(keys_ptr + offs, key, mask=valid)
+    if WINDOW:
+        _window(key, offs, valid, seg, warm_ptr, above_ptr, cand_count_ptr, cand_base_ptr, cap_ptr,
+                cand_keys_ptr, cand_idx_ptr)  # fmt: skip
 
 
 @triton.jit
 def _protected_keys_kernel(
     w_ptr, keys_ptr, n_neurons, length, stride_neuron, stride_elem, j,
-    BN: tl.constexpr, BL: tl.constexpr,
+    seg, warm_ptr, above_ptr, cand_count_ptr, cand_base_ptr, cap_ptr, cand_keys_ptr, cand_idx_ptr,
+    BN: tl.constexpr, BL: tl.constexpr, WINDOW: tl.constexpr,
 ):  # fmt: skip
     """Keys of BN neurons of a contiguous matrix: each neuron's j largest |w| (ties: lower
     index along the neuron) get the key of +inf, the rest the bit pattern of |w|. A neuron is
     `length` entries `stride_elem` apart; neurons are `stride_neuron` apart (rows: cols and 1;
-    columns: 1 and cols). The buffer's layout is the matrix's, so offsets serve both."""
+    columns: 1 and cols). The buffer's layout is the matrix's, so offsets serve both. With
+    WINDOW, the warm start's window pass over the keys too (`_window`)."""
     neuron = tl.program_id(0) * BN + tl.arange(0, BN)  # [BN]
     e = tl.arange(0, BL)  # [BL] position along the neuron
     inside = (e < length)[:, None] & (neuron < n_neurons)[None, :]
@@ -189,38 +253,12 @@ def _protected_keys_kernel(
         hit = e[:, None] == first[None, :]
         protect = protect | hit
         live = tl.where(hit, -2, live)
-    tl.store(keys_ptr + offs, tl.where(protect, INF_KEY, key), mask=inside)
-
-
-@triton.jit
-def _window_kernel(
-    keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, seg_base_ptr, warm_ptr,
-    above_ptr, cand_count_ptr, cand_base_ptr, cap_ptr, cand_keys_ptr, cand_idx_ptr,
-    CHUNK: tl.constexpr,
-):  # fmt: skip
-    """Warm start, one chunk: count its keys at or above the window of its matrix, and append
-    the keys inside the window (with their flat index in the matrix) to its candidates."""
-    c = tl.program_id(0)
-    offs, valid, key, seg = _load_chunk(
-        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False, 0, -1
-    )
-    prev = tl.load(warm_ptr + 2 * seg)
-    if prev >= 0:  # a previous threshold exists
-        radius = tl.load(warm_ptr + 2 * seg + 1)
-        lo = tl.maximum(prev - radius, 0)
-        hi = tl.minimum(prev.to(tl.int64) + radius, 2147483647).to(tl.int32)
-        tl.atomic_add(above_ptr + seg, tl.sum((key >= hi).to(tl.int32), axis=0))
-        inside = valid & (key >= lo) & (key < hi)
-        n = tl.sum(inside.to(tl.int32), axis=0)
-        if n > 0:
-            first = tl.atomic_add(cand_count_ptr + seg, n)  # slots [first, first + n)
-            slot = first + tl.cumsum(inside.to(tl.int32), axis=0) - 1
-            ok = inside & (slot < tl.load(cap_ptr + seg))
-            dest = tl.load(cand_base_ptr + seg) + slot
-            tl.store(cand_keys_ptr + dest, key, mask=ok)
-            tl.store(
-                cand_idx_ptr + dest, (offs - tl.load(seg_base_ptr + seg)).to(tl.int32), mask=ok
-            )
+    key = tl.where(protect, INF_KEY, key)
+    tl.store(keys_ptr + offs, key, mask=inside)
+    if WINDOW:  # the tile as one row: the candidates' order does not matter
+        _window(tl.reshape(key, (BL * BN,)), tl.reshape(offs, (BL * BN,)),
+                tl.reshape(inside, (BL * BN,)), seg, warm_ptr, above_ptr, cand_count_ptr,
+                cand_base_ptr, cap_ptr, cand_keys_ptr, cand_idx_ptr)  # fmt: skip
 
 
 @triton.jit
@@ -240,36 +278,40 @@ def _decide_kernel(warm_ptr, above_ptr, cand_count_ptr, cap_ptr, k_ptr, mode_ptr
 
 @triton.jit
 def _digit_histogram_kernel(
-    keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, hist_ptr, mode_ptr,
-    count_ptr, cap_ptr,
+    keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, seg_first_ptr, seg_chunks_ptr,
+    n_segs, state_ptr, hist_ptr, mode_ptr, count_ptr, cap_ptr,
     HI: tl.constexpr, LO: tl.constexpr, CHUNK: tl.constexpr, FEW: tl.constexpr,
-    MODE: tl.constexpr, DYNAMIC: tl.constexpr,
+    MODE: tl.constexpr, DYNAMIC: tl.constexpr, SEGS: tl.constexpr,
 ):  # fmt: skip
-    """Chunk c's part of the histogram of the digit [LO, HI] among the keys still tied with
-    its matrix's threshold prefix, for matrices searching in MODE (0: all keys, 1: the
-    candidates)."""
-    c = tl.program_id(0)
-    _, valid, key, seg = _load_chunk(
-        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, count_ptr, cap_ptr,
-        DYNAMIC, mode_ptr, MODE,
-    )  # fmt: skip
-    t = tl.load(state_ptr + 2 * seg)
-    # Keys whose bits above HI equal the threshold's are still undecided; count their digit.
-    match = valid & ((key >> (HI + 1)) == (t >> (HI + 1)))
-    n_match = tl.sum(match.to(tl.int32), axis=0)
-    if n_match > 0:
-        digit = (key >> LO) & 255
-        bins = tl.arange(0, 512)
-        # Late passes: few keys are still tied with the threshold's prefix, so add them one by
-        # one; a chunk where many are (long runs of equal keys) takes the histogram.
-        few = n_match <= 32
-        if not FEW:
-            few = n_match < 0
-        if few:
-            tl.atomic_add(hist_ptr + 256 * seg + digit, 1, mask=match)
-        else:
-            h = tl.histogram(tl.where(match, digit, 256), 512)  # bins 256.. collect the others
-            tl.atomic_add(hist_ptr + 256 * seg + bins, h, mask=bins < 256)
+    """The histogram of the digit [LO, HI] among the keys still tied with each matrix's
+    threshold prefix, for the matrices searching in MODE (0: all keys, 1: the candidates):
+    a persistent pass over `_work`'s chunks, so that the chunks of the other matrices cost
+    nothing."""
+    segs, first, n, ends, total = _work(seg_first_ptr, seg_chunks_ptr, n_segs, mode_ptr,
+                                        count_ptr, cap_ptr, SEGS, MODE, DYNAMIC, CHUNK)  # fmt: skip
+    for i in range(tl.program_id(0), total, tl.num_programs(0)):
+        c = _nth_chunk(i, segs, first, n, ends)
+        _, valid, key, seg = _load_chunk(
+            c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, count_ptr,
+            cap_ptr, DYNAMIC,
+        )  # fmt: skip
+        t = tl.load(state_ptr + 2 * seg)
+        # Keys whose bits above HI equal the threshold's are undecided; count their digit.
+        match = valid & ((key >> (HI + 1)) == (t >> (HI + 1)))
+        n_match = tl.sum(match.to(tl.int32), axis=0)
+        if n_match > 0:
+            digit = (key >> LO) & 255
+            bins = tl.arange(0, 512)
+            # Late passes: few keys are still tied with the threshold's prefix, so add them
+            # one by one; a chunk where many are (long runs of equal keys) takes the histogram.
+            few = n_match <= 32
+            if not FEW:
+                few = n_match < 0
+            if few:
+                tl.atomic_add(hist_ptr + 256 * seg + digit, 1, mask=match)
+            else:
+                h = tl.histogram(tl.where(match, digit, 256), 512)  # bins 256.. the others
+                tl.atomic_add(hist_ptr + 256 * seg + bins, h, mask=bins < 256)
 
 
 @triton.jit
@@ -290,34 +332,42 @@ def _pick_digit_kernel(hist_ptr, state_ptr, k_ptr, LO: tl.constexpr):
 
 @triton.jit
 def _count_ties_kernel(
-    keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, ties_ptr, mode_ptr,
-    CHUNK: tl.constexpr,
+    keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, seg_first_ptr, seg_chunks_ptr,
+    n_segs, state_ptr, ties_ptr, mode_ptr, CHUNK: tl.constexpr, SEGS: tl.constexpr,
 ):  # fmt: skip
-    """ties[c] = chunk c's keys equal to its matrix's threshold (0 for matrices whose ties
-    are counted from their candidates: their chunks read nothing)."""
-    c = tl.program_id(0)
-    _, valid, key, seg = _load_chunk(c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr,
-                                     CHUNK, 0, 0, False, mode_ptr, 0)  # fmt: skip
-    tied = valid & (key == tl.load(state_ptr + 2 * seg))
-    tl.store(ties_ptr + c, tl.sum(tied.to(tl.int32), axis=0))
+    """ties[c] = chunk c's keys equal to its matrix's threshold, for the matrices searched on
+    all keys (a persistent pass; the others' entries stay as they were: zero)."""
+    segs, first, n, ends, total = _work(seg_first_ptr, seg_chunks_ptr, n_segs, mode_ptr, 0, 0,
+                                        SEGS, 0, False, CHUNK)  # fmt: skip
+    for i in range(tl.program_id(0), total, tl.num_programs(0)):
+        c = _nth_chunk(i, segs, first, n, ends)
+        _, valid, key, seg = _load_chunk(c, keys_ptr, chunk_start_ptr, chunk_end_ptr,
+                                         chunk_seg_ptr, CHUNK, 0, 0, False)  # fmt: skip
+        tied = valid & (key == tl.load(state_ptr + 2 * seg))
+        tl.store(ties_ptr + c, tl.sum(tied.to(tl.int32), axis=0))
 
 
 @triton.jit
 def _candidate_ties_kernel(
-    cand_keys_ptr, cand_idx_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr,
-    ties_ptr, mode_ptr, count_ptr, cap_ptr, seg_first_chunk_ptr,
-    CHUNK: tl.constexpr, KEY_CHUNK: tl.constexpr,
+    cand_keys_ptr, cand_idx_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, seg_first_ptr,
+    n_segs, state_ptr, ties_ptr, mode_ptr, count_ptr, cap_ptr, seg_first_key_chunk_ptr,
+    CHUNK: tl.constexpr, KEY_CHUNK: tl.constexpr, SEGS: tl.constexpr,
 ):  # fmt: skip
     """For matrices searched on their candidates: each candidate tied with the threshold adds
-    one to the tie count of the key chunk it came from."""
-    c = tl.program_id(0)
-    offs, valid, key, seg = _load_chunk(c, cand_keys_ptr, chunk_start_ptr, chunk_end_ptr,
-                                        chunk_seg_ptr, CHUNK, count_ptr, cap_ptr, True,
-                                        mode_ptr, 1)  # fmt: skip
-    tied = valid & (key == tl.load(state_ptr + 2 * seg))
-    idx = tl.load(cand_idx_ptr + offs, mask=tied, other=0)
-    chunk = tl.load(seg_first_chunk_ptr + seg) + idx // KEY_CHUNK
-    tl.atomic_add(ties_ptr + chunk, 1, mask=tied)
+    one to the tie count of the key chunk it came from (a persistent pass over the candidate
+    chunks that hold candidates)."""
+    segs, first, n, ends, total = _work(seg_first_ptr, 0, n_segs, mode_ptr, count_ptr, cap_ptr,
+                                        SEGS, 1, True, CHUNK)  # fmt: skip
+    for i in range(tl.program_id(0), total, tl.num_programs(0)):
+        c = _nth_chunk(i, segs, first, n, ends)
+        offs, valid, key, seg = _load_chunk(
+            c, cand_keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, count_ptr,
+            cap_ptr, True,
+        )  # fmt: skip
+        tied = valid & (key == tl.load(state_ptr + 2 * seg))
+        idx = tl.load(cand_idx_ptr + offs, mask=tied, other=0)
+        chunk = tl.load(seg_first_key_chunk_ptr + seg) + idx // KEY_CHUNK
+        tl.atomic_add(ties_ptr + chunk, 1, mask=tied)
 
 
 @triton.jit
@@ -353,7 +403,7 @@ def _keep_kernel(
 ):  # fmt: skip
     c = tl.program_id(0)
     offs, valid, key, seg = _load_chunk(
-        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False, 0, -1
+        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False
     )
     keep = _kept(c, key, seg, tl.load(state_ptr + 2 * seg), k_ptr, state_ptr, tie_prefix_ptr)
     tl.store(keep_ptr + offs, keep.to(tl.uint8), mask=valid)
@@ -367,7 +417,7 @@ def _zero_dropped_kernel(
     """`_keep_kernel` for one matrix, applied: zero its entries outside the kept set."""
     c = first_chunk + tl.program_id(0)
     offs, valid, key, seg = _load_chunk(
-        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False, 0, -1
+        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False
     )
     keep = _kept(c, key, seg, tl.load(state_ptr + 2 * seg), k_ptr, state_ptr, tie_prefix_ptr)
     zero = tl.zeros((CHUNK,), dtype=w_ptr.dtype.element_ty)
@@ -404,6 +454,7 @@ class _Layout:
     chunk_seg: Tensor  # [n_chunks] int32
     seg_base: Tensor  # [n_segs] int64: offsets, on the device
     seg_first_chunk: Tensor  # [n_segs] int64
+    seg_chunks: Tensor  # [n_segs] int32: number of chunks
     chunks: tuple[tuple[int, int], ...]  # per matrix: (first chunk, number of chunks)
     cand_capacity: Tensor  # [n_segs] int32
     cand_total: int  # sum of the capacities
@@ -411,6 +462,7 @@ class _Layout:
     cand_chunk_start: Tensor  # [n_cand_chunks] int64
     cand_chunk_end: Tensor  # [n_cand_chunks] int64 (end of the region at full capacity)
     cand_chunk_seg: Tensor  # [n_cand_chunks] int32
+    cand_seg_first_chunk: Tensor  # [n_segs] int64
     warm: Tensor  # [n_segs, 2] int32: previous threshold (-1: none), window radius
 
 
@@ -426,7 +478,8 @@ def _layout(numels: tuple[int, ...], device: torch.device, chunk: int) -> _Layou
 
         starts, ends, segs, firsts = _chunks(numels, chunk)
         caps = [min(n, max(chunk, n // _CANDIDATE_SHARE)) for n in numels]
-        c_starts, c_ends, c_segs, _ = _chunks(caps, chunk)
+        c_starts, c_ends, c_segs, c_firsts = _chunks(caps, chunk)
+        counts = [e - f for f, e in zip(firsts, [*firsts[1:], len(starts)], strict=True)]
         offsets = [0]
         for n in numels:
             offsets.append(offsets[-1] + n)
@@ -438,23 +491,44 @@ def _layout(numels: tuple[int, ...], device: torch.device, chunk: int) -> _Layou
             chunk_seg=tensor(segs, torch.int32),
             seg_base=tensor(offsets[:-1], torch.int64),
             seg_first_chunk=tensor(firsts, torch.int64),
-            chunks=tuple(
-                (f, e - f) for f, e in zip(firsts, [*firsts[1:], len(starts)], strict=True)
-            ),
+            seg_chunks=tensor(counts, torch.int32),
+            chunks=tuple(zip(firsts, counts, strict=True)),
             cand_capacity=tensor(caps, torch.int32),
             cand_total=sum(caps),
             cand_base=tensor(cand_base, torch.int64),
             cand_chunk_start=tensor(c_starts, torch.int64),
             cand_chunk_end=tensor(c_ends, torch.int64),
             cand_chunk_seg=tensor(c_segs, torch.int32),
+            cand_seg_first_chunk=tensor(c_firsts, torch.int64),
             warm=tensor([-1, 0] * len(numels), torch.int32).view(-1, 2),  # no threshold yet
         )
     return _LAYOUTS[cache_key]
 
 
-def _write_keys(w: Tensor, p: Protection, keys: Tensor) -> None:
-    """Matrix w's keys into `keys` (its slice of the flat buffer)."""
+@dataclass(frozen=True)
+class _Window:
+    """The warm start's window pass, made as the keys are written: the previous thresholds and
+    their radii, and what the pass fills (zeroed before the first matrix's keys)."""
+
+    warm: Tensor  # [n_segs, 2] int32
+    above: Tensor  # [n_segs] int32: keys at or above the window
+    count: Tensor  # [n_segs] int32: candidates appended (may exceed the capacity)
+    cand_base: Tensor  # [n_segs] int64
+    cap: Tensor  # [n_segs] int32
+    cand_keys: Tensor  # [cand_total] int32
+    cand_idx: Tensor  # [cand_total] int32: flat index in the matrix
+
+    def args(self, seg: int) -> tuple[object, ...]:
+        return (seg, self.warm, self.above, self.count, self.cand_base, self.cap,
+                self.cand_keys, self.cand_idx)  # fmt: skip
+
+
+def _write_keys(w: Tensor, p: Protection, keys: Tensor, seg: int, window: _Window | None) -> None:
+    """Matrix w's keys into `keys` (its slice of the flat buffer), and with `window` the
+    window pass over them (w is matrix `seg` of the window's set)."""
     n, cols = w.numel(), w.shape[-1]
+    # Without a window the kernels never read these: any tensor stands in for the pointers.
+    window_args = window.args(seg) if window else (0, keys, keys, keys, keys, keys, keys, keys)
     if isinstance(p, Protect):
         length = w.shape[1 - p.dim] if w.dim() == 2 else 0
         if p.j > SMALL_K or p.j >= length:  # the general rule: a mask first
@@ -465,14 +539,15 @@ def _write_keys(w: Tensor, p: Protection, keys: Tensor) -> None:
             bl = max(16, next_power_of_2(length))
             bn = max(1, min(_PROTECT_MAX_NEURONS, _PROTECT_TILE // bl))
             _protected_keys_kernel[(cdiv(n_neurons, bn),)](
-                w, keys, n_neurons, length, stride_neuron, stride_elem, p.j, BN=bn, BL=bl,
+                w, keys, n_neurons, length, stride_neuron, stride_elem, p.j, *window_args,
+                BN=bn, BL=bl, WINDOW=window is not None,
                 num_warps=max(1, min(16, bl * bn // 1024)),
             )  # fmt: skip
             return
     _keys_kernel[(cdiv(n, _KEY_BLOCK),)](
         w, w if p is None else p.view(torch.uint8), keys, n, cols,
-        0 if p is None else p.stride(0), 0 if p is None else p.stride(1),
-        HAS_P=p is not None, BLOCK=_KEY_BLOCK,
+        0 if p is None else p.stride(0), 0 if p is None else p.stride(1), *window_args,
+        HAS_P=p is not None, BLOCK=_KEY_BLOCK, WINDOW=window is not None,
     )  # fmt: skip
 
 
@@ -495,6 +570,11 @@ class _Selection:
     mode: Tensor  # [n_segs] int32: 1 where the warm start's candidates held the threshold
 
 
+def _pass_grid(n_chunks: int) -> tuple[int]:
+    """Programs of a persistent chunk pass over at most n_chunks chunks."""
+    return (max(1, min(n_chunks, _PASS_PROGRAMS)),)
+
+
 def _select(
     weights: Sequence[Tensor],
     protections: Sequence[Protection],
@@ -504,59 +584,63 @@ def _select(
 ) -> _Selection:
     device = weights[0].device
     layout = _layout(tuple(w.numel() for w in weights), device, chunk)
+    n_segs, n_chunks = len(weights), layout.chunk_start.numel()
+    segs = next_power_of_2(n_segs)
     keys = torch.empty(layout.offsets[-1], dtype=torch.int32, device=device)
+    counters = torch.zeros(2, n_segs, dtype=torch.int32, device=device)  # above, candidates
+    above, count = counters
+    cap = layout.cand_capacity
+    window = None
+    if group is None and n_chunks > 0:  # sharded matrices: the cold search
+        window = _Window(
+            layout.warm, above, count, layout.cand_base, cap,
+            torch.empty(layout.cand_total, dtype=torch.int32, device=device),
+            torch.empty(layout.cand_total, dtype=torch.int32, device=device),
+        )  # fmt: skip
     for i, (w, p) in enumerate(zip(weights, protections, strict=True)):
         if not w.is_contiguous():
             raise ValueError("projection: weights must be contiguous")
         if w.numel():  # an empty shard has no keys
-            _write_keys(w, p, keys[layout.offsets[i] :])
-    n_segs, n_chunks = len(weights), layout.chunk_start.numel()
+            _write_keys(w, p, keys[layout.offsets[i] :], i, window)
     k = ks if isinstance(ks, Tensor) else torch.tensor(ks, dtype=torch.int32, device=device)
     state = torch.zeros(n_segs, 2, dtype=torch.int32, device=device)  # threshold, count above
     hist = torch.zeros(n_segs, 256, dtype=torch.int32, device=device)
     mode = torch.zeros(n_segs, dtype=torch.int32, device=device)  # 1: search the candidates
     table = (layout.chunk_start, layout.chunk_end, layout.chunk_seg)
+    key_work = (layout.seg_first_chunk, layout.seg_chunks, n_segs)
     cand_table = (layout.cand_chunk_start, layout.cand_chunk_end, layout.cand_chunk_seg)
-    count = torch.zeros(n_segs, dtype=torch.int32, device=device)
-    cap = layout.cand_capacity
-    warm = group is None and n_chunks > 0  # sharded matrices: the cold search
-    if warm:
-        total = layout.cand_total
-        above = torch.zeros(n_segs, dtype=torch.int32, device=device)
-        cand_keys = torch.empty(total, dtype=torch.int32, device=device)
-        cand_idx = torch.empty(total, dtype=torch.int32, device=device)
-        _window_kernel[(n_chunks,)](
-            keys, *table, layout.seg_base, layout.warm, above, count, layout.cand_base, cap,
-            cand_keys, cand_idx, CHUNK=chunk, num_warps=_WINDOW_WARPS,
-        )  # fmt: skip
-        _decide_kernel[(n_segs,)](layout.warm, above, count, cap, k, mode, state)
+    cand_work = (layout.cand_seg_first_chunk, layout.seg_chunks, n_segs)  # counts unused
     n_cand_chunks = layout.cand_chunk_start.numel()
+    if window:
+        _decide_kernel[(n_segs,)](layout.warm, above, count, cap, k, mode, state)
     for hi, lo in ((30, 23), (22, 15), (14, 7), (6, 0)):  # the last digit overlaps by one bit
         # After two digits (16 bits) few keys still share the threshold's prefix.
         if n_chunks:
-            _digit_histogram_kernel[(n_chunks,)](
-                keys, *table, state, hist, mode, count, cap,
-                HI=hi, LO=lo, CHUNK=chunk, FEW=hi < 16, MODE=0, DYNAMIC=False,
+            _digit_histogram_kernel[_pass_grid(n_chunks)](
+                keys, *table, *key_work, state, hist, mode, count, cap,
+                HI=hi, LO=lo, CHUNK=chunk, FEW=hi < 16, MODE=0, DYNAMIC=False, SEGS=segs,
                 num_warps=_CHUNK_WARPS,
             )  # fmt: skip
-        if warm:
-            _digit_histogram_kernel[(n_cand_chunks,)](
-                cand_keys, *cand_table, state, hist, mode, count, cap,
-                HI=hi, LO=lo, CHUNK=chunk, FEW=True, MODE=1, DYNAMIC=True,
+        if window:
+            _digit_histogram_kernel[_pass_grid(n_cand_chunks)](
+                window.cand_keys, *cand_table, *cand_work, state, hist, mode, count, cap,
+                HI=hi, LO=lo, CHUNK=chunk, FEW=True, MODE=1, DYNAMIC=True, SEGS=segs,
                 num_warps=_CHUNK_WARPS,
             )  # fmt: skip
         if group is not None:  # row shards: the digit counts of the whole matrices
             dist.all_reduce(hist, group=group)
         _pick_digit_kernel[(n_segs,)](hist, state, k, LO=lo)
-    ties = torch.empty(n_chunks, dtype=torch.int32, device=device)
+    ties = torch.zeros(n_chunks, dtype=torch.int32, device=device)
     if n_chunks:
-        _count_ties_kernel[(n_chunks,)](
-            keys, *table, state, ties, mode, CHUNK=chunk, num_warps=_CHUNK_WARPS
-        )
-    if warm:
-        _candidate_ties_kernel[(n_cand_chunks,)](
-            cand_keys, cand_idx, *cand_table, state, ties, mode, count, cap,
-            layout.seg_first_chunk, CHUNK=chunk, KEY_CHUNK=chunk, num_warps=_CHUNK_WARPS,
+        _count_ties_kernel[_pass_grid(n_chunks)](
+            keys, *table, *key_work, state, ties, mode, CHUNK=chunk, SEGS=segs,
+            num_warps=_CHUNK_WARPS,
+        )  # fmt: skip
+    if window:
+        _candidate_ties_kernel[_pass_grid(n_cand_chunks)](
+            window.cand_keys, window.cand_idx, *cand_table, layout.cand_seg_first_chunk, n_segs,
+            state, ties, mode, count, cap, layout.seg_first_chunk,
+            CHUNK=chunk, KEY_CHUNK=chunk, SEGS=segs, num_warps=_CHUNK_WARPS,
         )  # fmt: skip
         _update_warm_kernel[(n_segs,)](layout.warm, state)
     before = torch.cumsum(ties, 0, dtype=torch.int64) - ties  # ties in earlier chunks
