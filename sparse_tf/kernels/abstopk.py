@@ -78,10 +78,10 @@ bf16, and on normal rows (with the ties ranked from bit words) 13% faster at 102
 4096 bf16; in a whole step the two searches have not been timed against each other."""
 PAIRED_FROM_WIDTH = tl.constexpr(2048)
 """The guided search counts bf16 keys two per subtraction (as the bit search always does) in
-rows at least this wide: 9% faster at 4096 and 4% slower at 1024 (where the packing costs
-more than the few counts it halves) while the ties were ranked by a prefix sum over the row;
-with the ranks from bit words, 2-4% slower at 4096 too (benchmarks/RESULTS.md, "the ties
-ranked from bit words"). Kept until the step itself is timed without it."""
+rows at least this wide. In the one-part kernel (benchmarks/RESULTS.md) that was 9% faster at
+4096 and 4% slower at 1024 while the ties were ranked by a prefix sum over the row, and 2-4%
+slower at 4096 with the ranks from bit words; in the step (paper-d1024, H100) the AbsTopK
+forwards took 3.95 ms with pairs from 2048 and 3.97 without them at 4096: kept."""
 
 
 # ---------------------------------------------------------------------------------------------
