@@ -7,9 +7,10 @@ Trains --steps steps of the paper-shape model (8 layers, d_model 1024, batch 64 
 L0 1/64 from the first step), captures the weights and warm-start state just before the last
 projection, then replays that projection (--reps times per variant, weights and warm state
 restored before each) under the profiler. For each variant: its kept sets checked against
-`reference_masks`, and ms per projection by kernel. Variants: the shipped launch shapes, every
-chunk pass at 8 warps, the persistent passes with other numbers of programs, the
-protected-keys kernel at other tile sizes, and the cold search (no warm start).
+`reference_masks`, and ms per projection by kernel. Variants: the shipped launch shapes and
+the persistent passes with other numbers of programs, warm-started and cold (no warm start);
+every chunk pass at 8 warps; the protected-keys kernel with more warps and at other tile
+sizes.
 """
 
 from __future__ import annotations
@@ -105,31 +106,43 @@ def main() -> None:
         parts = ", ".join(f"{k} {v:.3f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]))
         print(f"| {label} | {sum(per.values()):.3f} | {exact} | {parts} |")
 
-    def variant(label: str, set_: Callable[[], None]) -> None:
-        shipped = (projection._CHUNK_WARPS, projection._PASS_PROGRAMS, projection._PROTECT_TILE)
+    def variant(label: str, set_: Callable[[], None], warm: torch.Tensor) -> None:
+        knobs = ("_CHUNK_WARPS", "_PASS_PROGRAMS", "_PROTECT_TILE", "_PROTECT_WARP_ENTRIES")
+        shipped = {name: getattr(projection, name) for name in knobs}
         set_()
-        run(label, captured["warm"])  # type: ignore[arg-type]
-        projection._CHUNK_WARPS, projection._PASS_PROGRAMS, projection._PROTECT_TILE = shipped
+        run(label, warm)
+        for name, value in shipped.items():
+            setattr(projection, name, value)
 
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}: the projection before "
           f"training step {args.steps} at the paper shape, ms per projection")  # fmt: skip
     print("| variant | total ms | kept sets exact | by kernel (ms) |")
     print("|---|---|---|---|")
-    variant("shipped launch shapes", lambda: None)
-
-    variant("every chunk pass 8 warps", lambda: setattr(projection, "_CHUNK_WARPS", 8))
-    for programs in (256, 4096):
+    warm = captured["warm"]
+    assert isinstance(warm, torch.Tensor)
+    cold = warm.clone()
+    cold[:, 0] = -1  # no previous threshold: the full radix select
+    for start, state in (("", warm), ("cold (no warm start), ", cold)):
+        variant(f"{start}shipped launch shapes", lambda: None, state)
+        for programs in (256, 4096):
+            variant(
+                f"{start}persistent passes of {programs} programs",
+                lambda n=programs: setattr(projection, "_PASS_PROGRAMS", n),
+                state,
+            )
+    variant("every chunk pass 8 warps", lambda: setattr(projection, "_CHUNK_WARPS", 8), warm)
+    for entries in (512, 256):
         variant(
-            f"persistent passes of {programs} programs",
-            lambda n=programs: setattr(projection, "_PASS_PROGRAMS", n),
+            f"protected keys {4096 // entries} warps",
+            lambda e=entries: setattr(projection, "_PROTECT_WARP_ENTRIES", e),
+            warm,
         )
     for tile in (16384, 8192, 2048):
         variant(
-            f"protected keys {tile} entries", lambda t=tile: setattr(projection, "_PROTECT_TILE", t)
+            f"protected keys {tile} entries",
+            lambda t=tile: setattr(projection, "_PROTECT_TILE", t),
+            warm,
         )
-    cold = captured["warm"].clone()  # type: ignore[union-attr]
-    cold[:, 0] = -1  # no previous threshold: the full radix select
-    run("cold (no warm start)", cold)
 
 
 if __name__ == "__main__":

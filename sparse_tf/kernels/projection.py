@@ -65,6 +65,10 @@ _PROTECT_TILE = 4096
 along a neuron cross warps; fewer neurons per program ran faster on an H100 (0.69 ms at 4096
 entries, 0.85 at 16384, 1.19 at 32768 for paper-d1024)."""
 _PROTECT_MAX_NEURONS = 32
+_PROTECT_WARP_ENTRIES = 1024
+"""Entries per warp of a protected-keys program (4 warps for the 4,096-entry tile). With the
+warm start's window appends in that kernel (latency-bound: a scan, an atomic that returns,
+scattered stores) more warps may pay; benchmarks/projection_kernels.py times 8 and 16."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,21 @@ def _nth_chunk(i, segs, first, n, ends):
 
 
 @triton.jit
+def _share(total):
+    """This program's part [begin, stop) of a persistent pass's `total` items: consecutive."""
+    per = tl.cdiv(total, tl.num_programs(0))
+    begin = tl.program_id(0) * per
+    return begin, tl.minimum(begin + per, total)
+
+
+@triton.jit
+def _add_counts(hist_ptr, seg, acc, bins):
+    """Add the counts acc [512] (bins 256.. unused) to matrix seg's histogram (none if seg < 0)."""
+    if seg >= 0:
+        tl.atomic_add(hist_ptr + 256 * seg + bins, acc, mask=(bins < 256) & (acc > 0))
+
+
+@triton.jit
 def _window(
     key, idx, valid, seg, warm_ptr, above_ptr, cand_count_ptr, cand_base_ptr, cap_ptr,
     cand_keys_ptr, cand_idx_ptr,
@@ -286,22 +305,31 @@ def _digit_histogram_kernel(
     """The histogram of the digit [LO, HI] among the keys still tied with each matrix's
     threshold prefix, for the matrices searching in MODE (0: all keys, 1: the candidates):
     a persistent pass over `_work`'s chunks, so that the chunks of the other matrices cost
-    nothing."""
+    nothing. A program's chunks are consecutive, mostly of one matrix: it adds their counts
+    up in registers and sends them to the matrix's histogram once per matrix, not once per
+    chunk (the early passes count every key, and all chunks of a matrix hit its 256 bins)."""
     segs, first, n, ends, total = _work(seg_first_ptr, seg_chunks_ptr, n_segs, mode_ptr,
                                         count_ptr, cap_ptr, SEGS, MODE, DYNAMIC, CHUNK)  # fmt: skip
-    for i in range(tl.program_id(0), total, tl.num_programs(0)):
+    begin, stop = _share(total)
+    bins = tl.arange(0, 512)
+    acc = tl.zeros((512,), dtype=tl.int32)  # the counts of matrix `held` so far
+    held = tl.zeros((), dtype=tl.int32) - 1
+    for i in range(begin, stop):
         c = _nth_chunk(i, segs, first, n, ends)
         _, valid, key, seg = _load_chunk(
             c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, count_ptr,
             cap_ptr, DYNAMIC,
         )  # fmt: skip
+        if seg != held:  # a new matrix: the last one's counts go out
+            _add_counts(hist_ptr, held, acc, bins)
+            acc = tl.zeros((512,), dtype=tl.int32)
+            held = seg
         t = tl.load(state_ptr + 2 * seg)
         # Keys whose bits above HI equal the threshold's are undecided; count their digit.
         match = valid & ((key >> (HI + 1)) == (t >> (HI + 1)))
         n_match = tl.sum(match.to(tl.int32), axis=0)
         if n_match > 0:
             digit = (key >> LO) & 255
-            bins = tl.arange(0, 512)
             # Late passes: few keys are still tied with the threshold's prefix, so add them
             # one by one; a chunk where many are (long runs of equal keys) takes the histogram.
             few = n_match <= 32
@@ -310,8 +338,8 @@ def _digit_histogram_kernel(
             if few:
                 tl.atomic_add(hist_ptr + 256 * seg + digit, 1, mask=match)
             else:
-                h = tl.histogram(tl.where(match, digit, 256), 512)  # bins 256.. the others
-                tl.atomic_add(hist_ptr + 256 * seg + bins, h, mask=bins < 256)
+                acc += tl.histogram(tl.where(match, digit, 256), 512)  # bins 256.. the others
+    _add_counts(hist_ptr, held, acc, bins)
 
 
 @triton.jit
@@ -339,7 +367,8 @@ def _count_ties_kernel(
     all keys (a persistent pass; the others' entries stay as they were: zero)."""
     segs, first, n, ends, total = _work(seg_first_ptr, seg_chunks_ptr, n_segs, mode_ptr, 0, 0,
                                         SEGS, 0, False, CHUNK)  # fmt: skip
-    for i in range(tl.program_id(0), total, tl.num_programs(0)):
+    begin, stop = _share(total)
+    for i in range(begin, stop):
         c = _nth_chunk(i, segs, first, n, ends)
         _, valid, key, seg = _load_chunk(c, keys_ptr, chunk_start_ptr, chunk_end_ptr,
                                          chunk_seg_ptr, CHUNK, 0, 0, False)  # fmt: skip
@@ -358,7 +387,8 @@ def _candidate_ties_kernel(
     chunks that hold candidates)."""
     segs, first, n, ends, total = _work(seg_first_ptr, 0, n_segs, mode_ptr, count_ptr, cap_ptr,
                                         SEGS, 1, True, CHUNK)  # fmt: skip
-    for i in range(tl.program_id(0), total, tl.num_programs(0)):
+    begin, stop = _share(total)
+    for i in range(begin, stop):
         c = _nth_chunk(i, segs, first, n, ends)
         offs, valid, key, seg = _load_chunk(
             c, cand_keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, count_ptr,
@@ -541,7 +571,7 @@ def _write_keys(w: Tensor, p: Protection, keys: Tensor, seg: int, window: _Windo
             _protected_keys_kernel[(cdiv(n_neurons, bn),)](
                 w, keys, n_neurons, length, stride_neuron, stride_elem, p.j, *window_args,
                 BN=bn, BL=bl, WINDOW=window is not None,
-                num_warps=max(1, min(16, bl * bn // 1024)),
+                num_warps=max(1, min(16, bl * bn // _PROTECT_WARP_ENTRIES)),
             )  # fmt: skip
             return
     _keys_kernel[(cdiv(n, _KEY_BLOCK),)](
