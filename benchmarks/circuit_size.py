@@ -23,7 +23,10 @@
 6. Output (OUT/circuit_size.{md,png,html,json}): a table per task (nodes and edges of both
    sides per target), the geometric mean of the dense/sparse edge ratio over the tasks where
    both circuits meet the target with a bootstrap 95% interval over tasks, per target and per
-   family, and a plot of edges vs target loss.
+   family, a table of the ratio by dense width (each pruned dense model against the sparse
+   one: the matched widths, or every width with --every-width, which shows how much the
+   matched figure depends on the widths that stand for the dense side), and a plot of edges
+   vs target loss.
 
 Every step skips what its output folder already holds (see `circuit_runs`): run the same
 command again after a kill and it continues.
@@ -99,6 +102,10 @@ class Args(RunFlags):
     match: Literal["interpolate", "nearest"] = "interpolate"
     """Dense circuit size at the sparse model's loss: interpolated between the two widths that
     bracket it, or the nearest width's."""
+    every_width: bool = False
+    """Also prune the best-LR model of every width that is not matched, on the same tasks, so
+    that the report's ratio by width shows how much the figure depends on which widths stand
+    for the dense side (two widths can reach the same loss with different circuit sizes)."""
     tasks: tuple[str, ...] = tuple(TASKS)
     targets: tuple[float, ...] = DEFAULT_TARGETS
     """Target task losses of the circuits (the paper's default is 0.15)."""
@@ -188,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, fam in losses.items()
     }
     compared = ["sparse"] + [best[name][w].key for name, m in matches.items() for w in m.keys]
+    pruned = compared + (
+        [run.key for widths in best.values() for run in widths.values()] if args.every_width else []
+    )
     for name, m in matches.items():
         print(f"{name}: {m.describe(losses[name])} (sparse val loss {sparse_loss:.4f})")
 
@@ -214,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             mean_windows=args.mean_windows,
             jobs=args.jobs,
         )
-        for key in dict.fromkeys(compared)
+        for key in dict.fromkeys(pruned)
     }
 
     # 6. The report.
@@ -342,6 +352,14 @@ def assemble(
         }
         for name, by_target in ratios.items()
     }
+    by_width = {
+        name: {
+            w: by_width_entry(args, sizes[run.key], sizes["sparse"], tasks, scores[run.key])
+            for w, run in best[name].items()
+            if run.key in sizes
+        }
+        for name in matches
+    }
     return {
         "title": TITLE,
         "config": _jsonable(dataclasses.asdict(args)),
@@ -370,12 +388,39 @@ def assemble(
         "skipped": skipped,
         "circuits": circuits,
         "ratio": summary,
+        "by_width": by_width,
         "notes": [
             "edges: nonzero weights between kept nodes (the paper's count; residual links apart)",
             "a circuit meets its target on the val split, where its size is chosen; one that "
             "misses it is left out of the ratio",
             "edge and node counts are floored at 1 for logs and ratios",
         ],
+    }
+
+
+def by_width_entry(
+    args: Args,
+    sizes: dict[str, dict[float, CircuitSize]],
+    sparse: dict[str, dict[float, CircuitSize]],
+    tasks: list[str],
+    score: Scores,
+) -> dict[str, Any]:
+    """One pruned dense model's edges against the sparse model's, task by task, at every
+    target: the per-task ratios (None where either circuit misses its target) and their
+    geometric mean with its interval."""
+    ratios: dict[str, list[float | None]] = {}
+    for t in args.targets:
+        ratios[f"{t:g}"] = [
+            round(max(1, d.edges) / max(1, s.edges), 2) if d.reached and s.reached else None
+            for d, s in ((sizes[task][t], sparse[task][t]) for task in tasks)
+        ]
+    return {
+        "val_loss": round(score.val_loss, 4),
+        "ratios": ratios,
+        "ratio": {
+            t: _interval([v for v in values if v is not None], args.bootstrap)
+            for t, values in ratios.items()
+        },
     }
 
 
@@ -440,6 +485,30 @@ def report(r: dict[str, Any]) -> str:
             span = "-" if iv["n"] == 0 else f"{fmt(iv['low'], 2)} - {fmt(iv['high'], 2)}"
             row += [fmt(iv["estimate"], 2), span, str(iv["n"])]
         rows.append(row)
+    lines += [md_table(head, rows), ""]
+    lines += [
+        "## Edge ratio by dense width",
+        "",
+        "Each pruned dense model against the sparse model, whatever its own loss: how much the "
+        "matched ratio depends on which widths stand for the dense side (--every-width prunes "
+        "every width; otherwise only the matched ones are here).",
+        "",
+    ]
+    head = ["family", "width", "val loss"]
+    head += [f"/sparse at {t:g} (95% interval, tasks)" for t in r["config"]["targets"]]
+    rows = []
+    for name in fams:
+        for w, d in r["by_width"][name].items():
+            row = [name, w, f"{d['val_loss']:.4f}"]
+            for t in r["config"]["targets"]:
+                iv = d["ratio"][f"{t:g}"]
+                row.append(
+                    "-"
+                    if iv["n"] == 0
+                    else f"{fmt(iv['estimate'], 2)} ({fmt(iv['low'], 2)} - "
+                    f"{fmt(iv['high'], 2)}, {iv['n']})"
+                )
+            rows.append(row)
     lines += [md_table(head, rows), "", "## Circuits per task", ""]
     lines += ["✗: the circuit misses its target loss (val split) and is left out of the ratio.", ""]
     for task, by_target in r["circuits"].items():

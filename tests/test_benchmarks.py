@@ -85,6 +85,34 @@ def test_run_jobs_runs_calls_in_worker_processes_in_order(
         check_jobs(0)
 
 
+def test_circuit_size_ratio_by_width_counts_only_circuits_that_meet_their_target(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ratio by dense width: per task, the dense model's edges over the sparse model's
+    (counts floored at 1), None where either circuit misses its target, and the geometric mean
+    over the rest."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from circuit_runs import CircuitSize, Scores
+    from circuit_size import Args, by_width_entry
+
+    def size(edges: int, reached: bool = True) -> CircuitSize:
+        return CircuitSize(1, edges, reached, 0.1, 0.5, 1, "")
+
+    args = Args(targets=(0.1, 0.3), bootstrap=200)
+    tasks = ["a", "b", "c"]
+    sparse = {"a": {0.1: size(10), 0.3: size(5)}, "b": {0.1: size(0), 0.3: size(4)},
+              "c": {0.1: size(20, False), 0.3: size(8)}}  # fmt: skip
+    dense = {"a": {0.1: size(100), 0.3: size(50, False)}, "b": {0.1: size(30), 0.3: size(16)},
+             "c": {0.1: size(40), 0.3: size(32)}}  # fmt: skip
+    scores = Scores(model="d", val_loss=2.345678, tasks={}, pairs=1)
+    entry = by_width_entry(args, dense, sparse, tasks, scores)
+    assert entry["val_loss"] == 2.3457
+    assert entry["ratios"] == {"0.1": [10.0, 30.0, None], "0.3": [None, 4.0, 4.0]}
+    assert entry["ratio"]["0.1"]["n"] == 2
+    assert entry["ratio"]["0.1"]["estimate"] == pytest.approx(math.sqrt(300), abs=0.01)
+    assert entry["ratio"]["0.3"]["estimate"] == 4.0
+
+
 def test_step_profile_floor_follows_from_its_own_table() -> None:
     """step_profile.py's floor: the sparse step less all its products plus half the dense
     step's backward products (the weight gradient, which stays dense), read back from the
@@ -224,6 +252,28 @@ def test_circuit_size_tiny_writes_a_consistent_report(tmp_path: Path) -> None:
     assert re.search(r"target [\d.]+: .*\(reused\)", again)
     assert not re.search(r"\(\d+ s\)\n", again.split("# Circuit size")[0])
     assert json.loads((out / "circuit_size.json").read_text())["circuits"] == r["circuits"]
+
+    # The ratio by width: every matched width, its per-task ratios from the circuit tables;
+    # with --every-width, every width of every family.
+    for name in families:
+        matched = r["dense"][name]["match"]["keys"]
+        assert sorted(r["by_width"][name]) == sorted(matched)
+        for w, d in r["by_width"][name].items():
+            for target, values in d["ratios"].items():
+                for task, value in zip(r["tasks"], values, strict=True):
+                    row = r["circuits"][task][target]
+                    dense, sparse = row[name]["widths"][w], row["sparse"]
+                    both = dense["reached"] and sparse["reached"]
+                    expected = max(1, dense["edges"]) / max(1, sparse["edges"])
+                    assert value == (round(expected, 2) if both else None)
+    every = _run("circuit_size.py", out, "--every-width")
+    r = json.loads((out / "circuit_size.json").read_text())
+    for name in families:
+        assert sorted(r["by_width"][name]) == sorted(r["dense"][name]["widths"])
+    table = next(t for t in _tables(every) if t[0][:3] == ["family", "width", "val loss"])
+    assert [(row[0], row[1]) for row in table[1:]] == [
+        (name, w) for name in families for w in r["by_width"][name]
+    ]
 
 
 @pytest.mark.slow

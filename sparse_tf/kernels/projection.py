@@ -160,7 +160,8 @@ def _work(
     """The work list of a persistent chunk pass: the chunks of the matrices searching in MODE
     (all of a matrix's chunks; DYNAMIC: only those of its candidate buffer that hold
     candidates), matrix by matrix. Returns the matrices' ids, first chunks, chunks in the list
-    and their running total [SEGS], and the list's length."""
+    and their running total [SEGS], and this program's share [begin, stop) of the list: the
+    same number of consecutive positions for every program of the pass."""
     segs = tl.arange(0, SEGS)
     live = segs < n_segs
     first = tl.load(seg_first_ptr + segs, mask=live, other=0)
@@ -172,7 +173,9 @@ def _work(
         n = tl.load(seg_chunks_ptr + segs, mask=live, other=0)
     n = tl.where(live & (tl.load(mode_ptr + segs, mask=live, other=-1) == MODE), n, 0)
     ends = tl.cumsum(n, axis=0)
-    return segs, first, n, ends, tl.sum(n, axis=0)
+    per = tl.cdiv(tl.sum(n, axis=0), tl.num_programs(0))
+    begin = tl.program_id(0) * per
+    return segs, first, n, ends, begin, tl.minimum(begin + per, tl.sum(n, axis=0))
 
 
 @triton.jit
@@ -185,11 +188,14 @@ def _nth_chunk(i, segs, first, n, ends):
 
 
 @triton.jit
-def _share(total):
-    """This program's part [begin, stop) of a persistent pass's `total` items: consecutive."""
-    per = tl.cdiv(total, tl.num_programs(0))
-    begin = tl.program_id(0) * per
-    return begin, tl.minimum(begin + per, total)
+def _load_nth(
+    i, segs, first, n, ends, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr,
+    CHUNK: tl.constexpr, count_ptr, cap_ptr, DYNAMIC: tl.constexpr,
+):  # fmt: skip
+    """`_load_chunk` of the chunk at position i of `_work`'s list."""
+    c = _nth_chunk(i, segs, first, n, ends)
+    return _load_chunk(c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK,
+                       count_ptr, cap_ptr, DYNAMIC)  # fmt: skip
 
 
 @triton.jit
@@ -308,18 +314,17 @@ def _digit_histogram_kernel(
     nothing. A program's chunks are consecutive, mostly of one matrix: it adds their counts
     up in registers and sends them to the matrix's histogram once per matrix, not once per
     chunk (the early passes count every key, and all chunks of a matrix hit its 256 bins)."""
-    segs, first, n, ends, total = _work(seg_first_ptr, seg_chunks_ptr, n_segs, mode_ptr,
-                                        count_ptr, cap_ptr, SEGS, MODE, DYNAMIC, CHUNK)  # fmt: skip
-    begin, stop = _share(total)
+    segs, first, n, ends, begin, stop = _work(
+        seg_first_ptr, seg_chunks_ptr, n_segs, mode_ptr, count_ptr, cap_ptr, SEGS, MODE, DYNAMIC,
+        CHUNK,
+    )  # fmt: skip
     bins = tl.arange(0, 512)
     acc = tl.zeros((512,), dtype=tl.int32)  # the counts of matrix `held` so far
     held = tl.zeros((), dtype=tl.int32) - 1
     for i in range(begin, stop):
-        c = _nth_chunk(i, segs, first, n, ends)
-        _, valid, key, seg = _load_chunk(
-            c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, count_ptr,
-            cap_ptr, DYNAMIC,
-        )  # fmt: skip
+        _, valid, key, seg = _load_nth(i, segs, first, n, ends, keys_ptr, chunk_start_ptr,
+                                       chunk_end_ptr, chunk_seg_ptr, CHUNK, count_ptr, cap_ptr,
+                                       DYNAMIC)  # fmt: skip
         if seg != held:  # a new matrix: the last one's counts go out
             _add_counts(hist_ptr, held, acc, bins)
             acc = tl.zeros((512,), dtype=tl.int32)
@@ -365,9 +370,9 @@ def _count_ties_kernel(
 ):  # fmt: skip
     """ties[c] = chunk c's keys equal to its matrix's threshold, for the matrices searched on
     all keys (a persistent pass; the others' entries stay as they were: zero)."""
-    segs, first, n, ends, total = _work(seg_first_ptr, seg_chunks_ptr, n_segs, mode_ptr, 0, 0,
-                                        SEGS, 0, False, CHUNK)  # fmt: skip
-    begin, stop = _share(total)
+    segs, first, n, ends, begin, stop = _work(
+        seg_first_ptr, seg_chunks_ptr, n_segs, mode_ptr, 0, 0, SEGS, 0, False, CHUNK
+    )
     for i in range(begin, stop):
         c = _nth_chunk(i, segs, first, n, ends)
         _, valid, key, seg = _load_chunk(c, keys_ptr, chunk_start_ptr, chunk_end_ptr,
@@ -385,15 +390,13 @@ def _candidate_ties_kernel(
     """For matrices searched on their candidates: each candidate tied with the threshold adds
     one to the tie count of the key chunk it came from (a persistent pass over the candidate
     chunks that hold candidates)."""
-    segs, first, n, ends, total = _work(seg_first_ptr, 0, n_segs, mode_ptr, count_ptr, cap_ptr,
-                                        SEGS, 1, True, CHUNK)  # fmt: skip
-    begin, stop = _share(total)
+    segs, first, n, ends, begin, stop = _work(
+        seg_first_ptr, 0, n_segs, mode_ptr, count_ptr, cap_ptr, SEGS, 1, True, CHUNK
+    )
     for i in range(begin, stop):
-        c = _nth_chunk(i, segs, first, n, ends)
-        offs, valid, key, seg = _load_chunk(
-            c, cand_keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, count_ptr,
-            cap_ptr, True,
-        )  # fmt: skip
+        offs, valid, key, seg = _load_nth(i, segs, first, n, ends, cand_keys_ptr,
+                                          chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK,
+                                          count_ptr, cap_ptr, True)  # fmt: skip
         tied = valid & (key == tl.load(state_ptr + 2 * seg))
         idx = tl.load(cand_idx_ptr + offs, mask=tied, other=0)
         chunk = tl.load(seg_first_key_chunk_ptr + seg) + idx // KEY_CHUNK
