@@ -1,11 +1,13 @@
-"""Registers per thread of the AbsTopK kernels at the paper shape, and what they leave of an
-SM: compiled for Hopper (sm_90a) on any machine, no GPU needed.
+"""Registers per thread of the AbsTopK kernels and the projection's protected-keys kernel at
+the paper shape, and what they leave of an SM: compiled for Hopper (sm_90a) on any machine, no
+GPU needed.
 
     python benchmarks/kernel_registers.py
 
 Each kernel is compiled as the JIT compiles it at `paper-d1024` (d_model 1024, MLP 4096,
-bf16 autocast): the constexprs and warps its launcher picks, pointers and integer arguments
-specialised as 16-divisible (as the JIT does for these shapes), then assembled by the ptxas
+bf16 autocast): the constexprs and warps its launcher picks (the protected-keys kernel also at
+more warps), pointers and integer arguments specialised as 16-divisible (as the JIT does for
+these shapes; not the matrix index and the protection's j), then assembled by the ptxas
 that ships with Triton (`-v`). The table gives registers per thread, spills, and the warps one
 SM can hold at that register count (65,536 registers, allocated per warp in units of 256; at
 most 32 thread blocks and 64 warps per SM): a kernel that waits on memory with few warps
@@ -23,11 +25,13 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from sparse_tf.kernels import abstopk, gelu_abstopk, norm_abstopk
+from sparse_tf.kernels import abstopk, gelu_abstopk, norm_abstopk, projection
 
 HOPPER = GPUTarget("cuda", 90, 32)
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 FLOATS = {"log_ratio", "eps"}
+SMALL_INTS = {"seg", "j"}
+"""Integer arguments that are not multiples of 16 at the paper shape."""
 
 
 def signature(kernel: triton.JITFunction, constexprs: dict, pointers: dict[str, str]) -> dict:
@@ -50,7 +54,7 @@ def registers(kernel: triton.JITFunction, constexprs: dict, pointers: dict[str, 
     divisible = {
         (i,): [["tt.divisibility", 16]]
         for i, name in enumerate(kernel.arg_names)
-        if sig[name] == "i32" or sig[name].startswith("*")
+        if (sig[name] == "i32" and name not in SMALL_INTS) or sig[name].startswith("*")
     }
     compiled = triton.compile(
         ASTSource(kernel, sig, constexprs, divisible), target=HOPPER, options={"num_warps": warps}
@@ -124,6 +128,22 @@ def main() -> None:
             gelu_warps,
         ),
     ]
+    keys = {"w_ptr": "fp32", "cand_base_ptr": "i64"} | {
+        name: "i32"
+        for name in projection._protected_keys_kernel.arg_names
+        if name.endswith("_ptr") and name not in ("w_ptr", "cand_base_ptr")
+    }
+    tile = projection._PROTECT_TILE
+    for warps in sorted({tile // projection._PROTECT_WARP_ENTRIES, 8, 16}):
+        cases.append(
+            (
+                f"protected keys with the window ({tile} entries)",
+                projection._protected_keys_kernel,
+                {"BN": tile // d, "BL": d, "WINDOW": True, "WIDE": False},
+                keys,
+                warps,
+            )
+        )
     print("| kernel | warps per program | registers per thread | spilled bytes | warps per SM |")
     print("|---|---|---|---|---|")
     for name, kernel, constexprs, pointers, warps in cases:

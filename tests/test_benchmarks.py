@@ -314,9 +314,9 @@ def test_frontier_tiny_writes_a_consistent_report(tmp_path: Path) -> None:
 def test_kernel_registers_counts_warps_per_sm_from_registers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """kernel_registers.py compiles the AbsTopK kernels for Hopper on this machine and reads
-    ptxas's register counts; the warps an SM holds follow from them (256-register units per
-    warp, 32 blocks and 64 warps per SM at most)."""
+    """kernel_registers.py compiles the AbsTopK kernels and the projection's protected-keys
+    kernel for Hopper on this machine and reads ptxas's register counts; the warps an SM holds
+    follow from them (256-register units per warp, 32 blocks and 64 warps per SM at most)."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from kernel_registers import resident_warps
 
@@ -332,7 +332,7 @@ def test_kernel_registers_counts_warps_per_sm_from_registers(
     assert proc.returncode == 0, proc.stderr[-3000:]
     (table,) = _tables(proc.stdout)
     assert table[0][0] == "kernel"
-    assert len(table) == 8  # the header and seven kernels
+    assert len(table) == 11  # the header, seven AbsTopK kernels, the protected keys at 3 warps
     for name, warps, regs, _spilled, per_sm in table[1:]:
         assert 0 < int(regs) <= 255, name
         assert int(per_sm) == resident_warps(int(regs), int(warps)), name

@@ -210,21 +210,25 @@ def _window(
     key, idx, valid, seg, warm_ptr, above_ptr, cand_count_ptr, cand_base_ptr, cap_ptr,
     cand_keys_ptr, cand_idx_ptr,
 ):  # fmt: skip
-    """Warm start, for keys [N] of matrix seg as they are written: count those at or above its
-    window, and append those inside it (with their flat index idx in the matrix) to its
-    candidates. Nothing for a matrix without a previous threshold."""
+    """Warm start, for a tile of keys [R, C] of matrix seg as they are written: count those at
+    or above its window, and append those inside it (with their flat index idx in the matrix)
+    to its candidates, column after column (scans along the tile's own dims: no reshape, which
+    costs registers). Nothing for a matrix without a previous threshold."""
     prev = tl.load(warm_ptr + 2 * seg)
     if prev >= 0:
         radius = tl.load(warm_ptr + 2 * seg + 1)
         lo = tl.maximum(prev - radius, 0)
         hi = tl.minimum(prev.to(tl.int64) + radius, 2147483647).to(tl.int32)
-        tl.atomic_add(above_ptr + seg, tl.sum((valid & (key >= hi)).to(tl.int32), axis=0))
-        inside = valid & (key >= lo) & (key < hi)
-        n = tl.sum(inside.to(tl.int32), axis=0)
+        above = tl.sum(tl.sum((valid & (key >= hi)).to(tl.int32), axis=0), axis=0)
+        tl.atomic_add(above_ptr + seg, above)
+        inside = (valid & (key >= lo) & (key < hi)).to(tl.int32)
+        per_column = tl.sum(inside, axis=0)  # [C]
+        n = tl.sum(per_column, axis=0)
         if n > 0:
             first = tl.atomic_add(cand_count_ptr + seg, n)  # slots [first, first + n)
-            slot = first + tl.cumsum(inside.to(tl.int32), axis=0) - 1
-            ok = inside & (slot < tl.load(cap_ptr + seg))
+            before = tl.cumsum(per_column, axis=0) - per_column  # [C]: in earlier columns
+            slot = first + before[None, :] + tl.cumsum(inside, axis=0) - 1
+            ok = (inside != 0) & (slot < tl.load(cap_ptr + seg))
             dest = tl.load(cand_base_ptr + seg) + slot
             tl.store(cand_keys_ptr + dest, key, mask=ok)
             tl.store(cand_idx_ptr + dest, idx.to(tl.int32), mask=ok)
@@ -249,41 +253,41 @@ def _keys_kernel(
         key = tl.where(protect != 0, INF_KEY, key)
     tl.store(keys_ptr + offs, key, mask=valid)
     if WINDOW:
-        _window(key, offs, valid, seg, warm_ptr, above_ptr, cand_count_ptr, cand_base_ptr, cap_ptr,
-                cand_keys_ptr, cand_idx_ptr)  # fmt: skip
+        _window(key[:, None], offs[:, None], valid[:, None], seg, warm_ptr, above_ptr,
+                cand_count_ptr, cand_base_ptr, cap_ptr, cand_keys_ptr, cand_idx_ptr)  # fmt: skip
 
 
 @triton.jit
 def _protected_keys_kernel(
     w_ptr, keys_ptr, n_neurons, length, stride_neuron, stride_elem, j,
     seg, warm_ptr, above_ptr, cand_count_ptr, cand_base_ptr, cap_ptr, cand_keys_ptr, cand_idx_ptr,
-    BN: tl.constexpr, BL: tl.constexpr, WINDOW: tl.constexpr,
+    BN: tl.constexpr, BL: tl.constexpr, WINDOW: tl.constexpr, WIDE: tl.constexpr,
 ):  # fmt: skip
     """Keys of BN neurons of a contiguous matrix: each neuron's j largest |w| (ties: lower
     index along the neuron) get the key of +inf, the rest the bit pattern of |w|. A neuron is
     `length` entries `stride_elem` apart; neurons are `stride_neuron` apart (rows: cols and 1;
-    columns: 1 and cols). The buffer's layout is the matrix's, so offsets serve both. With
-    WINDOW, the warm start's window pass over the keys too (`_window`)."""
+    columns: 1 and cols). The buffer's layout is the matrix's, so offsets serve both. WIDE
+    (2^31 entries or more) takes the offsets in 64 bits. With WINDOW, the warm start's window
+    pass over the keys too (`_window`). Registers decide how many programs an SM holds, so the
+    tile is held as its keys alone (-1 outside the matrix, -2 where protected)."""
     neuron = tl.program_id(0) * BN + tl.arange(0, BN)  # [BN]
     e = tl.arange(0, BL)  # [BL] position along the neuron
     inside = (e < length)[:, None] & (neuron < n_neurons)[None, :]
-    offs = e[:, None].to(tl.int64) * stride_elem + neuron[None, :].to(tl.int64) * stride_neuron
+    if WIDE:
+        offs = e[:, None].to(tl.int64) * stride_elem + neuron[None, :].to(tl.int64) * stride_neuron
+    else:
+        offs = e[:, None] * stride_elem + neuron[None, :] * stride_neuron
     w = tl.load(w_ptr + offs, mask=inside, other=0.0).to(tl.float32)  # [BL, BN]
-    key = tl.abs(w).to(tl.int32, bitcast=True)
-    live = tl.where(inside, key, -1)
-    protect = live < -1  # none yet ([BL, BN] bool)
+    live = tl.where(inside, tl.abs(w).to(tl.int32, bitcast=True), -1)
     for _ in range(j):  # the neuron's maxima one by one, lowest position first among equals
         top = tl.max(live, axis=0)  # [BN]
         first = tl.min(tl.where(live == top[None, :], e[:, None], BL), axis=0)  # [BN]
-        hit = e[:, None] == first[None, :]
-        protect = protect | hit
-        live = tl.where(hit, -2, live)
-    key = tl.where(protect, INF_KEY, key)
+        live = tl.where(e[:, None] == first[None, :], -2, live)
+    key = tl.where(live == -2, INF_KEY, live)
     tl.store(keys_ptr + offs, key, mask=inside)
-    if WINDOW:  # the tile as one row: the candidates' order does not matter
-        _window(tl.reshape(key, (BL * BN,)), tl.reshape(offs, (BL * BN,)),
-                tl.reshape(inside, (BL * BN,)), seg, warm_ptr, above_ptr, cand_count_ptr,
-                cand_base_ptr, cap_ptr, cand_keys_ptr, cand_idx_ptr)  # fmt: skip
+    if WINDOW:
+        _window(key, offs, inside, seg, warm_ptr, above_ptr, cand_count_ptr, cand_base_ptr,
+                cap_ptr, cand_keys_ptr, cand_idx_ptr)  # fmt: skip
 
 
 @triton.jit
@@ -573,7 +577,7 @@ def _write_keys(w: Tensor, p: Protection, keys: Tensor, seg: int, window: _Windo
             bn = max(1, min(_PROTECT_MAX_NEURONS, _PROTECT_TILE // bl))
             _protected_keys_kernel[(cdiv(n_neurons, bn),)](
                 w, keys, n_neurons, length, stride_neuron, stride_elem, p.j, *window_args,
-                BN=bn, BL=bl, WINDOW=window is not None,
+                BN=bn, BL=bl, WINDOW=window is not None, WIDE=n >= 2**31,
                 num_warps=max(1, min(16, bl * bn // _PROTECT_WARP_ENTRIES)),
             )  # fmt: skip
             return
