@@ -9,7 +9,8 @@
    kept with dense weights (`dense-abstopk`), each at every --dense-widths, each width trained at
    every --dense-lrs on the sparse model's data for --dense-steps (default: the sparse
    model's), every run its own full schedule to the end (warmup, decay to zero): never a
-   checkpoint taken mid-run. The best LR of each width by pretraining val loss is kept.
+   checkpoint taken mid-run. The best LR of each width by pretraining val loss is kept; the
+   report says where it is at an end of the sweep (the optimum may lie outside it).
 3. Matching: the sparse model's pretraining val loss (the whole val split, the same
    measurement for every model) is matched in each family by the two widths whose losses bracket
    it, and a dense circuit's edges (and nodes) at that loss are interpolated log-linearly in
@@ -283,6 +284,18 @@ def best_lrs(runs: list[DenseRun], scores: dict[str, Scores]) -> dict[str, dict[
     return best
 
 
+def sweep_edge(run: DenseRun, runs: list[DenseRun]) -> str | None:
+    """ "largest" or "smallest" where the best LR of `run`'s width is at that end of a sweep of
+    several LRs (the sweep does not bracket the optimum: a wider one may give a lower loss),
+    else None."""
+    lrs = sorted(
+        other.lr for other in runs if (other.family, other.width) == (run.family, run.width)
+    )
+    if len(lrs) < 2:
+        return None
+    return "largest" if run.lr == lrs[-1] else "smallest" if run.lr == lrs[0] else None
+
+
 def family_point(
     match: LossMatch, sizes: dict[str, CircuitSize], losses: dict[str, float]
 ) -> dict[str, Any]:
@@ -376,6 +389,7 @@ def assemble(
                             for other in runs
                             if (other.family, other.width) == (name, w)
                         },
+                        "edge": sweep_edge(run, runs),
                     }
                     for w, run in best[name].items()
                 },
@@ -466,6 +480,19 @@ def report(r: dict[str, Any]) -> str:
             sweep = ", ".join(f"{lr} {v:.4f}" for lr, v in d["sweep"].items())
             rows.append([name, w, f"{d['lr']:g}", f"{d['val_loss']:.4f}", sweep])
     lines += [md_table(["family", "width", "best lr", "val loss", "lr sweep (val loss)"], rows)]
+    edges = [
+        f"{name} {w} ({d['edge']}, {d['lr']:g})"
+        for name in fams
+        for w, d in r["dense"][name]["widths"].items()
+        if d["edge"]
+    ]
+    if edges:
+        lines += [
+            "",
+            f"Best LR at an end of the sweep: {', '.join(edges)}. The sweep does not bracket "
+            "these widths' optimum, so a wider one (--dense-lrs) may give lower losses and "
+            "another match.",
+        ]
     lines += [""] + [f"Matching, {name}: {r['dense'][name]['match']['text']}." for name in fams]
     lines += ["", "## Tasks", "", f"Compared: {', '.join(r['tasks'])}."]
     lines += [f"Skipped {task}: {why}." for task, why in r["skipped"].items()]

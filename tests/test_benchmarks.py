@@ -113,6 +113,26 @@ def test_circuit_size_ratio_by_width_counts_only_circuits_that_meet_their_target
     assert entry["ratio"]["0.3"]["estimate"] == 4.0
 
 
+def test_circuit_size_says_when_the_best_lr_is_at_an_end_of_the_sweep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A width whose best LR is the sweep's largest or smallest is flagged (its optimum may
+    lie outside the sweep); one inside the sweep, or a sweep of one LR, is not."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from circuit_size import DenseRun, sweep_edge
+
+    def run(width: str, lr: float) -> DenseRun:
+        return DenseRun("dense", width, lr, f"dense-{width}-{lr}", None)  # type: ignore[arg-type]
+
+    runs = [run(w, lr) for w in ("d64", "d128") for lr in (0.001, 0.002, 0.004)] + [
+        run("d256", 0.1)
+    ]
+    assert sweep_edge(run("d64", 0.004), runs) == "largest"
+    assert sweep_edge(run("d64", 0.001), runs) == "smallest"
+    assert sweep_edge(run("d128", 0.002), runs) is None
+    assert sweep_edge(run("d256", 0.1), runs) is None
+
+
 def test_step_profile_floor_follows_from_its_own_table() -> None:
     """step_profile.py's floor: the sparse step less all its products plus half the dense
     step's backward products (the weight gradient, which stays dense), read back from the
