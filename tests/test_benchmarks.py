@@ -356,3 +356,60 @@ def test_kernel_registers_counts_warps_per_sm_from_registers(
     for name, warps, regs, _spilled, per_sm in table[1:]:
         assert 0 < int(regs) <= 255, name
         assert int(per_sm) == resident_warps(int(regs), int(warps)), name
+
+
+def test_revision_runs_a_script_against_its_own_tree(tmp_path: Path) -> None:
+    """benchmarks/revision.py runs the tree's own script with the tree's own sparse_tf (the
+    installed one hidden) and the script's sibling modules importable, passing the arguments
+    on; a folder that is not a tree, or an unknown revision, is a one-line error."""
+    tree = tmp_path / "old"
+    (tree / "sparse_tf").mkdir(parents=True)
+    (tree / "sparse_tf" / "__init__.py").write_text('WHICH = "old"\n')
+    (tree / "benchmarks").mkdir()
+    (tree / "benchmarks" / "helper.py").write_text("VALUE = 7\n")
+    (tree / "benchmarks" / "probe.py").write_text(
+        "import sys\nimport sparse_tf\nfrom helper import VALUE\n"
+        "print(sparse_tf.WHICH, sparse_tf.__file__, VALUE, sys.argv[1:])\n"
+    )
+    script = str(ROOT / "benchmarks" / "revision.py")
+    run = subprocess.run(
+        [sys.executable, script, str(tree), "benchmarks/probe.py", "--x", "1"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    which, path, value, args = run.stdout.split(" ", 3)
+    assert (which, value) == ("old", "7")
+    assert Path(path).resolve().is_relative_to(tree.resolve())
+    assert args.strip() == "['--x', '1']"
+    for bad, message in (
+        (str(tmp_path), "not a revision's tree (no sparse_tf, benchmarks/)"),
+        ("no-such-revision", "no-such-revision: not a folder and not a revision"),
+    ):
+        run = subprocess.run(
+            [sys.executable, script, bad, "benchmarks/probe.py"],
+            capture_output=True, text=True, cwd=ROOT, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 2
+        assert message in run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the repository's history")
+def test_revision_extracts_a_commit_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A git revision is extracted (sparse_tf and benchmarks only) into the store under its
+    full commit, and reused after that."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from revision import tree_of
+
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    tree = tree_of("HEAD", tmp_path)
+    assert tree == tmp_path / commit
+    assert sorted(p.name for p in tree.iterdir()) == ["benchmarks", "sparse_tf"]
+    assert (tree / "sparse_tf" / "__init__.py").is_file()
+    marker = tree / "sparse_tf" / "kept.txt"
+    marker.write_text("the first extraction")
+    assert tree_of(commit[:12], tmp_path) == tree
+    assert marker.is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [commit]  # no partial left behind
