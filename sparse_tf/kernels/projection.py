@@ -19,10 +19,11 @@ neuron's keys. The K-th largest key of every matrix is then found in shared laun
   the search runs on the candidates alone; otherwise that matrix falls back to the cold search
   below. The result is the same either way: the window only decides where to look.
 - **Radix select.** Four passes, one per 8-bit digit from the top, count that digit among the
-  keys still tied with the threshold found so far (a histogram per chunk of the buffer, added
-  atomically into one histogram per matrix; in the late passes so few keys are still tied that
-  they are added one by one), and a tiny kernel per matrix picks the digit where the count from
-  the top reaches K. After the four passes the threshold is exactly the K-th largest key.
+  keys still tied with the threshold found so far (each program adds up the histograms of its
+  chunks of the buffer and adds them atomically into its matrices' histograms; in the late
+  passes so few keys are still tied that they are added one by one), and a tiny kernel per
+  matrix picks the digit where the count from the top reaches K. After the four passes the
+  threshold is exactly the K-th largest key.
   These passes are persistent: a fixed number of programs walks the chunks of just the
   matrices that search there (all keys, or the candidates that were appended), so that a
   step where every matrix found its threshold in its window launches nothing per chunk.
