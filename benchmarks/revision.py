@@ -2,14 +2,16 @@
 so that two revisions can be timed side by side in one run on one machine.
 
     python benchmarks/revision.py 5973892 benchmarks/step_profile.py --device cuda ...
-    python benchmarks/revision.py runs/revisions/5973892 benchmarks/step_profile.py ...
+    python benchmarks/revision.py runs/revisions/<commit> benchmarks/step_profile.py ...
+    python benchmarks/revision.py 5973892      # extract only; prints runs/revisions/<commit>
 
 The first argument is a git revision, extracted once (`git archive` of `sparse_tf` and
-`benchmarks`) into runs/revisions/<commit>/, or such a folder already extracted (a machine
-without the repository's history, e.g. a GPU machine handed a copy of the working tree). The
-script path is taken inside that tree, so the revision's own benchmark runs against its own
-package; the rest of the arguments go to it. The installed (editable) sparse_tf is hidden from
-the run: an import of sparse_tf that is not the revision's fails loudly rather than mixing code.
+`benchmarks`) into runs/revisions/<commit>/, or such a folder already extracted: for a machine
+without the repository's history (a GPU machine handed a copy of the working tree), extract
+here with the revision alone and hand it the printed folder. The script path is taken inside
+that tree, so the revision's own benchmark runs against its own package; the rest of the
+arguments go to it. The installed (editable) sparse_tf is hidden from the run: an import of
+sparse_tf that is not the revision's fails loudly rather than mixing code.
 """
 
 from __future__ import annotations
@@ -84,14 +86,17 @@ def _git(*args: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2 or argv[0] in ("-h", "--help"):
+    if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        return 0 if argv else 2
     try:
         tree = tree_of(argv[0])
     except RevisionError as e:
         print(f"revision.py: {e}", file=sys.stderr)
         return 2
+    if len(argv) == 1:  # extract only: the folder to hand a machine without the history
+        print(tree.relative_to(ROOT) if tree.is_relative_to(ROOT) else tree)
+        return 0
     script = tree / argv[1]
     if not script.is_file():
         print(f"revision.py: {argv[1]}: no such script in {tree}", file=sys.stderr)

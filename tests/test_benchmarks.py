@@ -381,6 +381,10 @@ def test_revision_runs_a_script_against_its_own_tree(tmp_path: Path) -> None:
     assert (which, value) == ("old", "7")
     assert Path(path).resolve().is_relative_to(tree.resolve())
     assert args.strip() == "['--x', '1']"
+    alone = subprocess.run(
+        [sys.executable, script, str(tree)], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )  # the revision alone: only where its tree is
+    assert (alone.returncode, alone.stdout.strip()) == (0, str(tree.resolve()))
     for bad, message in (
         (str(tmp_path), "not a revision's tree (no sparse_tf, benchmarks/)"),
         ("no-such-revision", "no-such-revision: not a folder and not a revision"),
