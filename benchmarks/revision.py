@@ -54,14 +54,13 @@ def tree_of(revision: str, store: Path = STORE) -> Path:
         if missing:
             raise RevisionError(f"{given}: not a revision's tree (no {', '.join(missing)}/)")
         return given.resolve()
-    commit = _git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}").strip()
+    found = _git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
+    if found.returncode:
+        raise RevisionError(f"{revision}: not a folder and not a revision of this repository")
+    commit = found.stdout.decode().strip()
     tree = store / commit
     if not tree.is_dir():
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", "--format=tar", commit, *PARTS],
-            capture_output=True,
-            check=False,
-        )
+        archive = _git("archive", "--format=tar", commit, *PARTS)
         if archive.returncode:
             raise RevisionError(
                 f"{revision}: git archive failed: {archive.stderr.decode().strip()}"
@@ -75,14 +74,11 @@ def tree_of(revision: str, store: Path = STORE) -> Path:
     return tree
 
 
-def _git(*args: str) -> str:
-    proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
-    if proc.returncode:
-        raise RevisionError(
-            f"{args[-1].removesuffix('^{commit}')}: not a folder and not a revision of this "
-            "repository"
-        )
-    return proc.stdout
+def _git(*args: str) -> subprocess.CompletedProcess[bytes]:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, check=False)
+    except FileNotFoundError:
+        raise RevisionError("git is not installed: give an extracted folder instead") from None
 
 
 def main(argv: list[str]) -> int:
