@@ -93,9 +93,11 @@ class Args(RunFlags):
     """A trained sparse model folder instead (its config.json shapes the baselines)."""
     dense_widths: tuple[int, ...] = (64, 128, 256, 512)
     """d_model of the dense baselines (multiples of the model's d_head)."""
-    dense_lrs: tuple[float, ...] = (0.0016, 0.0032, 0.0064)
-    """Peak learning rates tried at each width; the best val loss is kept. (The sparse recipe's
-    0.0128 stalls a dense model.)"""
+    dense_lrs: tuple[float, ...] = (0.0032, 0.0064, 0.0128, 0.0256)
+    """Peak learning rates tried at each width; the best val loss is kept. On the standard
+    library at widths 64-256 (benchmarks/RESULTS.md, 2026-12-07) the best were 0.0128 and
+    0.0256, 0.0256 diverged at d256, and 0.0016 (once in this sweep) was the worst at every
+    width: a sweep below 0.0128 leaves these dense models under-trained."""
     dense_steps: int | None = None
     """Training steps of the dense baselines; default: the sparse model's."""
     families: tuple[Literal["dense", "dense-abstopk"], ...] = ("dense", "dense-abstopk")

@@ -168,6 +168,32 @@ def test_step_profile_floor_follows_from_its_own_table() -> None:
     assert float(numbers[4].rstrip("x")) == pytest.approx(step[0] / floor, abs=0.01)
 
 
+def test_step_gaps_counts_overlapping_kernels_once_and_charges_each_gap_to_its_waiter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """step_gaps.py's split of a span into busy and idle time: kernels on several streams that
+    overlap count once, a kernel inside another's interval opens no gap, and each gap is
+    charged to the kernel that waited, named beside the one that ended last before it."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from step_gaps import gaps
+
+    g = gaps(
+        [  # (start, end, name), out of order
+            (30.0, 35.0, "c"),
+            (0.0, 10.0, "a"),
+            (5.0, 12.0, "b"),  # overlaps a: busy 0-12
+            (6.0, 8.0, "inside"),  # within a and b: no gap, no busy time of its own
+            (50.0, 51.0, "c"),
+        ]
+    )
+    assert g.span == 51.0
+    assert g.busy == 12.0 + 5.0 + 1.0
+    assert dict(g.idle_before) == {"c": 18.0 + 15.0}
+    assert dict(g.count_before) == {"c": 2}
+    assert sorted(g.gaps) == [(15.0, "c", "c"), (18.0, "b", "c")]
+    assert gaps([]).span == 0.0
+
+
 def test_step_speed_reports_each_step_s_host_time_within_its_wall_time() -> None:
     """step_speed.py prints `host ms` (the step's Python until it returned) beside `ms/step`
     (until its device finished): a column of its own, in every row, within the step."""
