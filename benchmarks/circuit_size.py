@@ -26,8 +26,9 @@
    both circuits meet the target with a bootstrap 95% interval over tasks, per target and per
    family, a table of the ratio by dense width (each pruned dense model against the sparse
    one: the matched widths, or every width with --every-width, which shows how much the
-   matched figure depends on the widths that stand for the dense side), and a plot of edges
-   vs target loss.
+   matched figure depends on the widths that stand for the dense side), the matched ratio as
+   every pair of pruned widths that brackets the sparse loss would give it (several pairs
+   where a family's loss is not monotone in width), and a plot of edges vs target loss.
 
 Every step skips what its output folder already holds (see `circuit_runs`): run the same
 command again after a kill and it continues.
@@ -72,7 +73,12 @@ from circuit_runs import (
 
 from sparse_tf.presets import dense_twin
 from sparse_tf.pruning import PruneConfig
-from sparse_tf.pruning.compare import LossMatch, geomean_interval, match_loss
+from sparse_tf.pruning.compare import (
+    LossMatch,
+    bracketing_matches,
+    geomean_interval,
+    match_loss,
+)
 from sparse_tf.tasks import TASKS
 from sparse_tf.training import TrainConfig
 
@@ -375,6 +381,22 @@ def assemble(
         }
         for name in matches
     }
+    # The matched ratio as every pair of pruned widths that brackets the sparse loss gives it.
+    by_pair = {
+        name: [
+            {
+                "keys": list(m.keys),
+                "text": m.describe(fam_losses[name]),
+                "matched": m.keys == matches[name].keys,
+                **ratio_entry(
+                    args, m, {w: sizes[best[name][w].key] for w in m.keys}, sizes["sparse"], tasks
+                ),
+            }
+            for m in bracketing_matches(fam_losses[name], sparse_loss)
+            if all(best[name][w].key in sizes for w in m.keys)
+        ]
+        for name in matches
+    }
     return {
         "title": TITLE,
         "config": _jsonable(dataclasses.asdict(args)),
@@ -405,6 +427,7 @@ def assemble(
         "circuits": circuits,
         "ratio": summary,
         "by_width": by_width,
+        "by_pair": by_pair,
         "notes": [
             "edges: nonzero weights between kept nodes (the paper's count; residual links apart)",
             "a circuit meets its target on the val split, where its size is chosen; one that "
@@ -424,14 +447,37 @@ def by_width_entry(
     """One pruned dense model's edges against the sparse model's, task by task, at every
     target: the per-task ratios (None where either circuit misses its target) and their
     geometric mean with its interval."""
-    ratios: dict[str, list[float | None]] = {}
-    for t in args.targets:
-        ratios[f"{t:g}"] = [
-            round(max(1, d.edges) / max(1, s.edges), 2) if d.reached and s.reached else None
-            for d, s in ((sizes[task][t], sparse[task][t]) for task in tasks)
-        ]
+    alone = LossMatch(score.val_loss, "exact", ("model",), (1.0,))
     return {
         "val_loss": round(score.val_loss, 4),
+        **ratio_entry(args, alone, {"model": sizes}, sparse, tasks),
+    }
+
+
+def ratio_entry(
+    args: Args,
+    match: LossMatch,
+    sizes: dict[str, dict[str, dict[float, CircuitSize]]],
+    sparse: dict[str, dict[float, CircuitSize]],
+    tasks: list[str],
+) -> dict[str, Any]:
+    """The dense edges that `match` makes of its widths' circuits `sizes` ({width: {task:
+    {target: size}}}; counts floored at 1) over the sparse model's, task by task at every
+    target (None where any of the circuits misses its target), and their geometric mean with
+    its interval."""
+    ratios: dict[str, list[float | None]] = {}
+    for t in args.targets:
+        row: list[float | None] = []
+        for task in tasks:
+            s, dense = sparse[task][t], {w: sizes[w][task][t] for w in match.keys}
+            if not (s.reached and all(d.reached for d in dense.values())):
+                row.append(None)
+                continue
+            edges = rnd(match.value({w: max(1, d.edges) for w, d in dense.items()}))
+            assert edges is not None
+            row.append(round(edges / max(1, s.edges), 2))
+        ratios[f"{t:g}"] = row
+    return {
         "ratios": ratios,
         "ratio": {
             t: _interval([v for v in values if v is not None], args.bootstrap)
@@ -463,6 +509,13 @@ def _jsonable(x: Any) -> Any:
 def edges_cell(edges: float | int | None, reached: bool) -> str:
     """An edge count as the tables write it: ✗ marks a circuit that misses its target."""
     return fmt(edges) + ("" if reached else " ✗")
+
+
+def interval_cell(iv: dict[str, Any]) -> str:
+    """A ratio with its interval and number of tasks, e.g. `12.16 (10.04 - 14.89, 4)`."""
+    if iv["n"] == 0:
+        return "-"
+    return f"{fmt(iv['estimate'], 2)} ({fmt(iv['low'], 2)} - {fmt(iv['high'], 2)}, {iv['n']})"
 
 
 def report(r: dict[str, Any]) -> str:
@@ -529,16 +582,29 @@ def report(r: dict[str, Any]) -> str:
     for name in fams:
         for w, d in r["by_width"][name].items():
             row = [name, w, f"{d['val_loss']:.4f}"]
-            for t in r["config"]["targets"]:
-                iv = d["ratio"][f"{t:g}"]
-                row.append(
-                    "-"
-                    if iv["n"] == 0
-                    else f"{fmt(iv['estimate'], 2)} ({fmt(iv['low'], 2)} - "
-                    f"{fmt(iv['high'], 2)}, {iv['n']})"
-                )
+            row += [interval_cell(d["ratio"][f"{t:g}"]) for t in r["config"]["targets"]]
             rows.append(row)
-    lines += [md_table(head, rows), "", "## Circuits per task", ""]
+    lines += [md_table(head, rows), ""]
+    pairs = [(name, d) for name in fams for d in r["by_pair"][name]]
+    if pairs:
+        lines += [
+            "## Edge ratio by bracketing pair of widths",
+            "",
+            "The matched ratio as each pair of pruned widths whose losses lie on both sides of "
+            "the sparse model's would give it (matched: the pair of closest losses, which the "
+            "ratio above uses). Several pairs where a family's loss is not monotone in width; "
+            "only the matched pair unless --every-width.",
+            "",
+        ]
+        head = ["family", "pair", "matched"]
+        head += [f"/sparse at {t:g} (95% interval, tasks)" for t in r["config"]["targets"]]
+        rows = [
+            [name, d["text"], "yes" if d["matched"] else "no"]
+            + [interval_cell(d["ratio"][f"{t:g}"]) for t in r["config"]["targets"]]
+            for name, d in pairs
+        ]
+        lines += [md_table(head, rows), ""]
+    lines += ["## Circuits per task", ""]
     lines += ["✗: the circuit misses its target loss (val split) and is left out of the ratio.", ""]
     for task, by_target in r["circuits"].items():
         lines += [f"### {task}", ""]

@@ -113,6 +113,35 @@ def test_circuit_size_ratio_by_width_counts_only_circuits_that_meet_their_target
     assert entry["ratio"]["0.3"]["estimate"] == 4.0
 
 
+def test_circuit_size_ratio_of_a_pair_interpolates_its_widths_circuits_per_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The matched ratio as a pair of bracketing widths gives it: per task, the dense edges
+    interpolated log-linearly between the pair's circuits over the sparse model's; None where
+    any of the three circuits misses its target."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from circuit_runs import CircuitSize
+    from circuit_size import Args, ratio_entry
+
+    from sparse_tf.pruning.compare import match_loss
+
+    def size(edges: int, reached: bool = True) -> CircuitSize:
+        return CircuitSize(1, edges, reached, 0.1, 0.5, 1, "")
+
+    args = Args(targets=(0.15,), bootstrap=200)
+    m = match_loss({"d64": 3.0, "d256": 2.0}, 2.75)  # weights 0.75 on d64, 0.25 on d256
+    sparse = {"a": {0.15: size(10)}, "b": {0.15: size(10)}, "c": {0.15: size(10)}}
+    sizes = {
+        "d64": {"a": {0.15: size(100)}, "b": {0.15: size(100)}, "c": {0.15: size(100)}},
+        "d256": {"a": {0.15: size(1600)}, "b": {0.15: size(1600, False)}, "c": {0.15: size(1)}},
+    }
+    entry = ratio_entry(args, m, sizes, sparse, ["a", "b", "c"])
+    # a: 100^0.75 * 1600^0.25 = 200 edges; b: d256 misses; c: 100^0.75 * 1^0.25 = 31.6.
+    assert entry["ratios"] == {"0.15": [20.0, None, 3.16]}
+    assert entry["ratio"]["0.15"]["n"] == 2
+    assert entry["ratio"]["0.15"]["estimate"] == pytest.approx(math.sqrt(20.0 * 3.16), abs=0.01)
+
+
 def test_circuit_size_says_when_the_best_lr_is_at_an_end_of_the_sweep(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -320,6 +349,27 @@ def test_circuit_size_tiny_writes_a_consistent_report(tmp_path: Path) -> None:
     assert [(row[0], row[1]) for row in table[1:]] == [
         (name, w) for name in families for w in r["by_width"][name]
     ]
+
+    # Every pair of widths that brackets the sparse loss: the matched pair's per-task ratios
+    # are the circuit tables' wherever all three circuits meet the target.
+    for name in families:
+        matched = [d for d in r["by_pair"][name] if d["matched"]]
+        if r["dense"][name]["match"]["method"] != "interpolated":
+            assert not matched
+            continue
+        (pair,) = matched
+        assert pair["keys"] == r["dense"][name]["match"]["keys"]
+        for target, values in pair["ratios"].items():
+            for task, value in zip(r["tasks"], values, strict=True):
+                row = r["circuits"][task][target]
+                met = row["sparse"]["reached"] and all(
+                    row[name]["widths"][w]["reached"] for w in pair["keys"]
+                )
+                assert value == (row[name]["ratio"] if met else None)
+    pairs = [t for t in _tables(every) if t[0][:3] == ["family", "pair", "matched"]]
+    n_pairs = sum(len(r["by_pair"][name]) for name in families)
+    assert len(pairs) == (1 if n_pairs else 0)
+    assert sum(len(t) - 1 for t in pairs) == n_pairs
 
 
 @pytest.mark.slow

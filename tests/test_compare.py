@@ -8,7 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from sparse_tf.pruning.compare import CompareError, geomean_interval, match_loss
+from sparse_tf.pruning.compare import (
+    CompareError,
+    bracketing_matches,
+    geomean_interval,
+    match_loss,
+)
 
 # A known curve: a wider dense model has a lower loss and a larger circuit, its edges growing
 # geometrically as the loss falls: log edges = 20 - 4 * loss.
@@ -36,6 +41,27 @@ def test_a_closer_bracket_wins_whatever_the_width_order() -> None:
     losses = {"d64": 3.4, "d128": 3.0, "d256": 3.2, "d512": 2.7}
     assert match_loss(losses, 3.1).keys == ("d256", "d128")
     assert match_loss(losses, 2.8).keys == ("d128", "d512")
+
+
+def test_every_bracketing_pair_is_listed_closest_first_when_loss_is_not_monotone() -> None:
+    # d128 beat d256 (whose LR sweep stopped short): two pairs bracket 2.87, and the closest
+    # (match_loss's) comes first. Each pair interpolates its own two models' values exactly.
+    losses = {"d64": 2.90, "d128": 2.72, "d256": 2.74, "d32": 3.3, "bad": math.nan}
+    pairs = bracketing_matches(losses, 2.87)
+    assert [m.keys for m in pairs] == [
+        ("d64", "d256"), ("d64", "d128"), ("d32", "d256"), ("d32", "d128")
+    ]  # fmt: skip
+    assert pairs[0].keys == match_loss(losses, 2.87).keys
+    values = {k: _edges(v) for k, v in losses.items() if math.isfinite(v)}
+    for m in pairs:
+        assert m.method == "interpolated"
+        assert sum(m.weights) == pytest.approx(1.0)
+        assert m.value(values) == pytest.approx(_edges(2.87), rel=1e-12)  # on the curve
+    assert bracketing_matches(losses, 2.0) == []  # below every model: no pair
+    # A model at exactly the loss is on neither side.
+    assert [m.keys for m in bracketing_matches(losses, 2.90)] == [
+        ("d32", "d256"), ("d32", "d128")
+    ]  # fmt: skip
 
 
 def test_an_equal_loss_is_exact_and_one_outside_the_range_takes_the_nearest() -> None:

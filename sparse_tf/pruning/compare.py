@@ -2,7 +2,8 @@
 
 - `match_loss`: which models of a family (dense baselines at several widths) stand for a given
   pretraining loss (the weight-sparse model's): the two whose losses bracket it, weighted for
-  interpolation, or the nearest one when none bracket it.
+  interpolation, or the nearest one when none bracket it; `bracketing_matches`: every pair
+  that brackets it.
 - `LossMatch.value`: a quantity (circuit edges, nodes) at the matched loss, interpolated
   log-linearly between the two bracketing models (edges grow geometrically with width, and so
   roughly linearly in log-edges as the loss falls).
@@ -86,6 +87,23 @@ def match_loss(losses: Mapping[str, float], loss: float, *, interpolate: bool = 
         return LossMatch(loss, "interpolated", (hi, lo), (t, 1.0 - t))
     nearest = min(finite, key=lambda k: (abs(finite[k] - loss), k))
     return LossMatch(loss, "nearest", (nearest,), (1.0,))
+
+
+def bracketing_matches(losses: Mapping[str, float], loss: float) -> list[LossMatch]:
+    """Every interpolation of `loss` between one model above it and one below it, not only
+    `match_loss`'s closest pair: where a family's loss is not monotone in its size (a wider
+    model whose LR sweep stopped short of its optimum), several pairs bracket the loss, and how
+    much the matched figure depends on the pair is a fact to report. Ordered by the loss above,
+    then below, each closest first; empty when no pair brackets it."""
+    finite = {k: float(v) for k, v in losses.items() if math.isfinite(v)}
+    above = sorted((v, k) for k, v in finite.items() if v > loss)
+    below = sorted(((v, k) for k, v in finite.items() if v < loss), reverse=True)
+    matches = []
+    for hi_loss, hi in above:
+        for lo_loss, lo in below:
+            t = (loss - lo_loss) / (hi_loss - lo_loss)
+            matches.append(LossMatch(loss, "interpolated", (hi, lo), (t, 1.0 - t)))
+    return matches
 
 
 @dataclass(frozen=True)
