@@ -9,8 +9,8 @@ projection, then replays that projection (--reps times per variant, weights and 
 restored before each) under the profiler. For each variant: its kept sets checked against
 `reference_masks`, and ms per projection by kernel. Variants: the shipped launch shapes and
 the persistent passes with other numbers of programs, warm-started and cold (no warm start);
-every chunk pass at 8 warps; the protected-keys kernel with more warps and at other tile
-sizes.
+every chunk pass at 8 warps; the protected-keys kernel with more warps, at other tile
+sizes (also at 4 warps), and finding each maximum with one packed reduction.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 from collections import defaultdict
-from collections.abc import Callable
 
 import torch
 from step_speed import add_shape_args, build  # benchmarks/step_speed.py
@@ -106,10 +105,11 @@ def main() -> None:
         parts = ", ".join(f"{k} {v:.3f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]))
         print(f"| {label} | {sum(per.values()):.3f} | {exact} | {parts} |")
 
-    def variant(label: str, set_: Callable[[], None], warm: torch.Tensor) -> None:
-        knobs = ("_CHUNK_WARPS", "_PASS_PROGRAMS", "_PROTECT_TILE", "_PROTECT_WARP_ENTRIES")
+    def variant(label: str, knobs: dict[str, object], warm: torch.Tensor) -> None:
+        """`run` with these module settings of `projection`, the shipped ones restored after."""
         shipped = {name: getattr(projection, name) for name in knobs}
-        set_()
+        for name, value in knobs.items():
+            setattr(projection, name, value)
         run(label, warm)
         for name, value in shipped.items():
             setattr(projection, name, value)
@@ -123,26 +123,32 @@ def main() -> None:
     cold = warm.clone()
     cold[:, 0] = -1  # no previous threshold: the full radix select
     for start, state in (("", warm), ("cold (no warm start), ", cold)):
-        variant(f"{start}shipped launch shapes", lambda: None, state)
+        variant(f"{start}shipped launch shapes", {}, state)
         for programs in (256, 4096):
             variant(
                 f"{start}persistent passes of {programs} programs",
-                lambda n=programs: setattr(projection, "_PASS_PROGRAMS", n),
+                {"_PASS_PROGRAMS": programs},
                 state,
             )
-    variant("every chunk pass 8 warps", lambda: setattr(projection, "_CHUNK_WARPS", 8), warm)
+    variant("every chunk pass 8 warps", {"_CHUNK_WARPS": 8}, warm)
     for entries in (512, 256):
+        variant(f"protected keys {4096 // entries} warps", {"_PROTECT_WARP_ENTRIES": entries}, warm)
+    for tile in (16384, 8192, 2048, 1024):
+        warps = max(1, tile // projection._PROTECT_WARP_ENTRIES)
+        variant(f"protected keys {tile} entries ({warps} warps)", {"_PROTECT_TILE": tile}, warm)
+    # Smaller tiles at 4 warps: more programs an SM can hold, each reduction over fewer keys.
+    for tile in (2048, 1024):
         variant(
-            f"protected keys {4096 // entries} warps",
-            lambda e=entries: setattr(projection, "_PROTECT_WARP_ENTRIES", e),
+            f"protected keys {tile} entries (4 warps)",
+            {"_PROTECT_TILE": tile, "_PROTECT_WARP_ENTRIES": tile // 4},
             warm,
         )
-    for tile in (16384, 8192, 2048):
-        variant(
-            f"protected keys {tile} entries",
-            lambda t=tile: setattr(projection, "_PROTECT_TILE", t),
-            warm,
-        )
+    variant("protected keys, packed maxima", {"_PROTECT_PACKED": True}, warm)
+    variant(
+        "protected keys, packed maxima, 2048 entries (4 warps)",
+        {"_PROTECT_PACKED": True, "_PROTECT_TILE": 2048, "_PROTECT_WARP_ENTRIES": 512},
+        warm,
+    )
 
 
 if __name__ == "__main__":

@@ -594,6 +594,30 @@ def test_projection_kernels_match_the_reference(
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("packed", [False, True])
+def test_protected_keys_take_each_neurons_maxima_lowest_index_first(
+    monkeypatch: pytest.MonkeyPatch, packed: bool
+) -> None:
+    """The fused protected-keys kernel, either way it finds a neuron's maxima (two reductions,
+    or one over packed key and position): the j largest |w| of every row or column get the
+    key of +inf, ties to the lower index along the neuron (runs of equal values, zeros, empty
+    neurons, both signs), every other entry the bit pattern of |w|."""
+    monkeypatch.setattr(projection, "_PROTECT_PACKED", packed)
+    cases = [((24, 40), 0, 4), ((30, 33), 1, 3), ((7, 50), 0, 1), ((50, 9), 1, 8), ((5, 17), 0, 8)]
+    for i, ((rows, cols), dim, j) in enumerate(cases):
+        w = hard_rows(rows, cols, torch.float32, i).to(DEVICE)
+        rule = Protect(dim, j)
+        assert j <= abstopk.SMALL_K  # the fused kernel's case
+        assert j < w.shape[1 - dim]
+        keys = torch.full((rows * cols,), -7, dtype=torch.int32, device=DEVICE)
+        projection._write_keys(w, rule, keys, 0, None)
+        protected = projection.reference_protected(w, rule)
+        assert protected is not None
+        expected = w.abs().view(torch.int32).masked_fill(protected, 0x7F800000)
+        assert torch.equal(keys.view(rows, cols), expected), (i, packed)
+
+
+@pytest.mark.interpreter
 def test_projection_warm_start_searches_the_window_and_falls_back() -> None:
     """The second selection of unchanged matrices finds every threshold inside its window (the
     candidates alone are searched); after a jump it falls back to all keys; both are exact."""
@@ -648,7 +672,9 @@ def test_projection_passes_walk_only_their_matrices_chunks(
 
 
 @pytest.mark.gpu
-def test_projection_kernels_at_paper_shapes() -> None:
+@pytest.mark.parametrize("packed", [False, True])
+def test_projection_kernels_at_paper_shapes(monkeypatch: pytest.MonkeyPatch, packed: bool) -> None:
+    monkeypatch.setattr(projection, "_PROTECT_PACKED", packed)
     shapes = [(2048, 1024), (3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096)]
     weights = [hard_rows(r, c, torch.float32, i).to(DEVICE) for i, (r, c) in enumerate(shapes)]
     protections = [None, Protect(0, 4), Protect(1, 4), Protect(0, 4), Protect(1, 4)]
