@@ -102,8 +102,9 @@ class Args(RunFlags):
     dense_lrs: tuple[float, ...] = (0.0032, 0.0064, 0.0128, 0.0256)
     """Peak learning rates tried at each width; the best val loss is kept. On the standard
     library at widths 64-256 (benchmarks/RESULTS.md, 2026-12-07) the best were 0.0128 and
-    0.0256, 0.0256 diverged at d256, and 0.0016 (once in this sweep) was the worst at every
-    width: a sweep below 0.0128 leaves these dense models under-trained."""
+    0.0256, 0.0256 diverged at d256, and 0.0016 (the smallest of the earlier default sweep) was
+    the worst at every width: a sweep that stops below 0.0128 leaves these dense models
+    under-trained."""
     dense_steps: int | None = None
     """Training steps of the dense baselines; default: the sparse model's."""
     families: tuple[Literal["dense", "dense-abstopk"], ...] = ("dense", "dense-abstopk")
