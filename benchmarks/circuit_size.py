@@ -9,8 +9,10 @@
    kept with dense weights (`dense-abstopk`), each at every --dense-widths, each width trained at
    every --dense-lrs on the sparse model's data for --dense-steps (default: the sparse
    model's), every run its own full schedule to the end (warmup, decay to zero): never a
-   checkpoint taken mid-run. The best LR of each width by pretraining val loss is kept; the
-   report says where it is at an end of the sweep (the optimum may lie outside it).
+   checkpoint taken mid-run. The best LR of each width by pretraining val loss is kept; where
+   it is at an end of the sweep, the sweep is widened beyond that end, one LR per round (up
+   to --lr-rounds rounds), and the report says where it is still at an end (the optimum may
+   lie outside it).
 3. Matching: the sparse model's pretraining val loss (the whole val split, the same
    measurement for every model) is matched in each family by the two widths whose losses bracket
    it, and a dense circuit's edges (and nodes) at that loss are interpolated log-linearly in
@@ -37,6 +39,7 @@ command again after a kill and it continues.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,6 +108,12 @@ class Args(RunFlags):
     0.0256, 0.0256 diverged at d256, and 0.0016 (the smallest of the earlier default sweep) was
     the worst at every width: a sweep that stops below 0.0128 leaves these dense models
     under-trained."""
+    lr_rounds: int = 2
+    """Rounds of widening the LR sweeps: after the sweep, a width whose best LR is at an end
+    of its sweep gets one more LR beyond that end (at the sweep's own ratio between the two
+    LRs there), trained and scored in a round of its own, until every width's best LR lies
+    inside its sweep or this many rounds have run (the report flags what is still at an end).
+    0: the sweep as given."""
     dense_steps: int | None = None
     """Training steps of the dense baselines; default: the sparse model's."""
     families: tuple[Literal["dense", "dense-abstopk"], ...] = ("dense", "dense-abstopk")
@@ -180,18 +189,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     todo = {run.key: (run.cfg, out / "models" / run.key) for run in runs}
     if args.model is None:
         todo = {"sparse": (base, out / "models" / "sparse"), **todo}
+    tasks, skipped = circuit_tasks(args.tasks)
+    if not tasks:
+        raise BenchError("no task left to compare (every one is not for circuits)")
     models = train_models(todo, args.device, args.jobs, args.cuda_graphs)
     if args.model is not None:
         models = {"sparse": Path(args.model), **models}
 
-    # Scores of every model; the best LR per width.
-    tasks, skipped = circuit_tasks(args.tasks)
-    if not tasks:
-        raise BenchError("no task left to compare (every one is not for circuits)")
-    scores = {
-        k: model_scores(p, tasks, args.score_pairs, args.device, out / "scores" / f"{k}.json")
-        for k, p in models.items()
-    }
+    # Scores of every model; the sweeps widened where a width's best LR is at an end.
+    def score(trained: dict[str, Path]) -> dict[str, Scores]:
+        return {
+            k: model_scores(p, tasks, args.score_pairs, args.device, out / "scores" / f"{k}.json")
+            for k, p in trained.items()
+        }
+
+    scores = score(models)
+    for _ in range(args.lr_rounds):
+        more = widened(runs, scores)
+        if not more:
+            break
+        runs += more
+        todo = {run.key: (run.cfg, out / "models" / run.key) for run in more}
+        trained = train_models(todo, args.device, args.jobs, args.cuda_graphs)
+        models |= trained
+        scores |= score(trained)
     sparse_loss = scores["sparse"].val_loss
     best = best_lrs(runs, scores)
 
@@ -275,22 +296,49 @@ def dense_runs(base: TrainConfig, args: Args) -> list[DenseRun]:
         fam = dataclasses.replace(fam, max_steps=steps)
         for w in args.dense_widths:
             for lr in args.dense_lrs:
-                key = f"{name}-{width_key(w)}-{lr_key(lr)}"
+                key = run_key(name, width_key(w), lr)
                 runs.append(DenseRun(name, width_key(w), lr, key, with_lr(with_width(fam, w), lr)))
     return runs
+
+
+def run_key(family: str, width: str, lr: float) -> str:
+    """A dense model's key (its folder under OUT/models), e.g. `dense-d128-lr0.0064`."""
+    return f"{family}-{width}-{lr_key(lr)}"
 
 
 def best_lrs(runs: list[DenseRun], scores: dict[str, Scores]) -> dict[str, dict[str, DenseRun]]:
     """{family: {width: its run with the lowest pretraining val loss}}."""
     best: dict[str, dict[str, DenseRun]] = {}
+
+    def loss(run: DenseRun) -> float:  # a run that diverged to nan is never the best
+        value = scores[run.key].val_loss
+        return value if math.isfinite(value) else math.inf
+
     for run in runs:
         widths = best.setdefault(run.family, {})
-        if (
-            run.width not in widths
-            or scores[run.key].val_loss < scores[widths[run.width].key].val_loss
-        ):
+        if run.width not in widths or loss(run) < loss(widths[run.width]):
             widths[run.width] = run
     return best
+
+
+def widened(runs: list[DenseRun], scores: dict[str, Scores]) -> list[DenseRun]:
+    """One more run for each width whose best LR is at an end of its sweep (`sweep_edge`): at
+    the LR beyond that end, at the ratio of the two LRs there (4 significant digits, so that
+    its key and config read back the same on a rerun)."""
+    more = []
+    for widths in best_lrs(runs, scores).values():
+        for run in widths.values():
+            edge = sweep_edge(run, runs)
+            if edge is None:
+                continue
+            lrs = sorted(o.lr for o in runs if (o.family, o.width) == (run.family, run.width))
+            lr = lrs[-1] ** 2 / lrs[-2] if edge == "largest" else lrs[0] ** 2 / lrs[1]
+            lr = float(f"{lr:.4g}")
+            print(f"{run.family} {run.width}: the best LR, {run.lr:g}, is the sweep's {edge}; "
+                  f"adding {lr:g}")  # fmt: skip
+            key = run_key(run.family, run.width, lr)
+            more.append(dataclasses.replace(run, lr=lr, key=key, cfg=with_lr(run.cfg, lr)))
+    return more
 
 
 def sweep_edge(run: DenseRun, runs: list[DenseRun]) -> str | None:

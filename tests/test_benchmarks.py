@@ -162,6 +162,45 @@ def test_circuit_size_says_when_the_best_lr_is_at_an_end_of_the_sweep(
     assert sweep_edge(run("d256", 0.1), runs) is None
 
 
+def test_circuit_size_widens_each_sweep_beyond_the_end_where_its_best_lr_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A width whose best LR is the sweep's largest gets the next LR up (the sweep's ratio at
+    that end, 4 significant digits), one whose best is the smallest the next one down; one
+    with its best inside, or a sweep of one LR, nothing. A run that diverged to nan is never
+    the best. The new runs train the same config at the new LR, under the usual key."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from circuit_runs import Scores
+    from circuit_size import DenseRun, best_lrs, run_key, widened, with_lr
+
+    from sparse_tf.presets import preset
+
+    base = preset("circuits-d512")
+
+    def run(width: str, lr: float, family: str = "dense") -> DenseRun:
+        return DenseRun(family, width, lr, run_key(family, width, lr), with_lr(base, lr))
+
+    losses = {
+        ("dense", "d64"): {0.001: 3.0, 0.003: 2.9, 0.009: 2.8},  # best at the largest
+        ("dense", "d128"): {0.001: 2.8, 0.003: 2.7, 0.009: 2.75},  # inside
+        ("dense", "d256"): {0.002: 2.5, 0.004: math.nan, 0.008: 2.9},  # smallest; nan skipped
+        ("dense-abstopk", "d64"): {0.01: 3.1},  # one LR: no edge
+    }
+    runs = [run(w, lr, fam) for (fam, w), sweep in losses.items() for lr in sweep]
+    scores = {
+        r.key: Scores(model=r.key, val_loss=losses[(r.family, r.width)][r.lr], tasks={}, pairs=1)
+        for r in runs
+    }
+    assert best_lrs(runs, scores)["dense"]["d256"].lr == 0.002
+    more = widened(runs, scores)
+    assert [(r.family, r.width, r.lr, r.key) for r in more] == [
+        ("dense", "d64", 0.027, "dense-d64-lr0.027"),
+        ("dense", "d256", 0.001, "dense-d256-lr0.001"),
+    ]
+    assert [r.cfg.optim.lr for r in more] == [0.027, 0.001]
+    assert all(r.cfg.model == base.model for r in more)
+
+
 def test_step_profile_floor_follows_from_its_own_table() -> None:
     """step_profile.py's floor: the sparse step less all its products plus half the dense
     step's backward products (the weight gradient, which stays dense), read back from the
@@ -370,6 +409,25 @@ def test_circuit_size_tiny_writes_a_consistent_report(tmp_path: Path) -> None:
     n_pairs = sum(len(r["by_pair"][name]) for name in families)
     assert len(pairs) == (1 if n_pairs else 0)
     assert sum(len(t) - 1 for t in pairs) == n_pairs
+
+
+@pytest.mark.slow
+def test_circuit_size_tiny_widens_a_sweep_whose_best_lr_is_at_an_end(tmp_path: Path) -> None:
+    """Two LRs: the best is always at an end, so one round adds the LR beyond it (at the same
+    ratio) and the report's sweep lists three; run again, nothing is trained."""
+    out = tmp_path / "circuit-size"
+    flags = ["--families", "dense", "--dense-widths", "16", "--dense-lrs", "0.01", "0.02"]
+    first = _run("circuit_size.py", out, *flags, "--lr-rounds", "1")
+    r = json.loads((out / "circuit_size.json").read_text())
+    d16 = r["dense"]["dense"]["widths"]["d16"]
+    first_two = {lr: d16["sweep"][lr] for lr in ("0.01", "0.02")}
+    best_of_two = min(first_two, key=first_two.__getitem__)
+    added = "0.005" if best_of_two == "0.01" else "0.04"
+    assert sorted(d16["sweep"], key=float) == sorted([*first_two, added], key=float)
+    assert f"dense d16: the best LR, {best_of_two}, is the sweep's" in first
+    assert (out / "models" / f"dense-d16-lr{added}" / "summary.json").is_file()
+    again = _run("circuit_size.py", out, *flags, "--lr-rounds", "1")
+    assert not re.search(r"^(training|resuming) ", again, re.MULTILINE)
 
 
 @pytest.mark.slow
