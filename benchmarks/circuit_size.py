@@ -567,6 +567,22 @@ def interval_cell(iv: dict[str, Any]) -> str:
     return f"{fmt(iv['estimate'], 2)} ({fmt(iv['low'], 2)} - {fmt(iv['high'], 2)}, {iv['n']})"
 
 
+def ratio_section(
+    title: str,
+    note: str,
+    head: list[str],
+    rows: list[tuple[list[str], dict[str, Any]]],
+    targets: list[float],
+) -> list[str]:
+    """A report section: a table of ratios with their intervals at every target, one row per
+    (leading cells, entry with its "ratio" by target)."""
+    head = head + [f"/sparse at {t:g} (95% interval, tasks)" for t in targets]
+    table = [
+        cells + [interval_cell(entry["ratio"][f"{t:g}"]) for t in targets] for cells, entry in rows
+    ]
+    return [f"## {title}", "", note, "", md_table(head, table), ""]
+
+
 def report(r: dict[str, Any]) -> str:
     fams = list(r["dense"])
     lines = [
@@ -594,8 +610,8 @@ def report(r: dict[str, Any]) -> str:
         lines += [
             "",
             f"Best LR at an end of the sweep: {', '.join(edges)}. The sweep does not bracket "
-            "these widths' optimum, so a wider one (--dense-lrs) may give lower losses and "
-            "another match.",
+            "these widths' optimum, so a wider one (--dense-lrs, more --lr-rounds) may give lower "
+            "losses and another match.",
         ]
     lines += [""] + [f"Matching, {name}: {r['dense'][name]['match']['text']}." for name in fams]
     lines += ["", "## Tasks", "", f"Compared: {', '.join(r['tasks'])}."]
@@ -617,42 +633,36 @@ def report(r: dict[str, Any]) -> str:
             row += [fmt(iv["estimate"], 2), span, str(iv["n"])]
         rows.append(row)
     lines += [md_table(head, rows), ""]
-    lines += [
-        "## Edge ratio by dense width",
-        "",
+    targets = r["config"]["targets"]
+    lines += ratio_section(
+        "Edge ratio by dense width",
         "Each pruned dense model against the sparse model, whatever its own loss: how much the "
         "matched ratio depends on which widths stand for the dense side (--every-width prunes "
         "every width; otherwise only the matched ones are here).",
-        "",
+        ["family", "width", "val loss"],
+        [
+            ([name, w, f"{d['val_loss']:.4f}"], d)
+            for name in fams
+            for w, d in r["by_width"][name].items()
+        ],
+        targets,
+    )
+    pairs = [
+        ([name, d["text"], "yes" if d["matched"] else "no"], d)
+        for name in fams
+        for d in r["by_pair"][name]
     ]
-    head = ["family", "width", "val loss"]
-    head += [f"/sparse at {t:g} (95% interval, tasks)" for t in r["config"]["targets"]]
-    rows = []
-    for name in fams:
-        for w, d in r["by_width"][name].items():
-            row = [name, w, f"{d['val_loss']:.4f}"]
-            row += [interval_cell(d["ratio"][f"{t:g}"]) for t in r["config"]["targets"]]
-            rows.append(row)
-    lines += [md_table(head, rows), ""]
-    pairs = [(name, d) for name in fams for d in r["by_pair"][name]]
     if pairs:
-        lines += [
-            "## Edge ratio by bracketing pair of widths",
-            "",
+        lines += ratio_section(
+            "Edge ratio by bracketing pair of widths",
             "The matched ratio as each pair of pruned widths whose losses lie on both sides of "
             "the sparse model's would give it (matched: the pair of closest losses, which the "
             "ratio above uses). Several pairs where a family's loss is not monotone in width; "
             "only the matched pair unless --every-width.",
-            "",
-        ]
-        head = ["family", "pair", "matched"]
-        head += [f"/sparse at {t:g} (95% interval, tasks)" for t in r["config"]["targets"]]
-        rows = [
-            [name, d["text"], "yes" if d["matched"] else "no"]
-            + [interval_cell(d["ratio"][f"{t:g}"]) for t in r["config"]["targets"]]
-            for name, d in pairs
-        ]
-        lines += [md_table(head, rows), ""]
+            ["family", "pair", "matched"],
+            pairs,
+            targets,
+        )
     lines += ["## Circuits per task", ""]
     lines += ["✗: the circuit misses its target loss (val split) and is left out of the ratio.", ""]
     for task, by_target in r["circuits"].items():
