@@ -334,6 +334,8 @@ def widened(runs: list[DenseRun], scores: dict[str, Scores]) -> list[DenseRun]:
             lrs = sorted(o.lr for o in runs if (o.family, o.width) == (run.family, run.width))
             lr = lrs[-1] ** 2 / lrs[-2] if edge == "largest" else lrs[0] ** 2 / lrs[1]
             lr = float(f"{lr:.4g}")
+            if lr in lrs:  # sweeps too dense to step past at 4 digits
+                continue
             print(f"{run.family} {run.width}: the best LR, {run.lr:g}, is the sweep's {edge}; "
                   f"adding {lr:g}")  # fmt: skip
             key = run_key(run.family, run.width, lr)

@@ -167,7 +167,8 @@ def test_circuit_size_widens_each_sweep_beyond_the_end_where_its_best_lr_is(
 ) -> None:
     """A width whose best LR is the sweep's largest gets the next LR up (the sweep's ratio at
     that end, 4 significant digits), one whose best is the smallest the next one down; one
-    with its best inside, or a sweep of one LR, nothing. A run that diverged to nan is never
+    with its best inside, a sweep of one LR, or one whose next LR rounds to one it has,
+    nothing. A run that diverged to nan is never
     the best. The new runs train the same config at the new LR, under the usual key."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from circuit_runs import Scores
@@ -185,6 +186,7 @@ def test_circuit_size_widens_each_sweep_beyond_the_end_where_its_best_lr_is(
         ("dense", "d128"): {0.001: 2.8, 0.003: 2.7, 0.009: 2.75},  # inside
         ("dense", "d256"): {0.002: 2.5, 0.004: math.nan, 0.008: 2.9},  # smallest; nan skipped
         ("dense-abstopk", "d64"): {0.01: 3.1},  # one LR: no edge
+        ("dense-abstopk", "d128"): {0.001: 3.0, 0.0010001: 2.9},  # the next LR rounds to 0.001
     }
     runs = [run(w, lr, fam) for (fam, w), sweep in losses.items() for lr in sweep]
     scores = {
