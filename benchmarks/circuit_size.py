@@ -107,7 +107,7 @@ class Args(RunFlags):
     library at widths 64-256 (benchmarks/RESULTS.md, 2026-12-07) the best were 0.0128 and
     0.0256, 0.0256 diverged at d256, and 0.0016 (the smallest of the earlier default sweep) was
     the worst at every width: a sweep that stops below 0.0128 leaves these dense models
-    under-trained."""
+    short of their best loss."""
     lr_rounds: int = 2
     """Rounds of widening the LR sweeps: after the sweep, a width whose best LR is at an end
     of its sweep gets one more LR beyond that end (at the sweep's own ratio between the two
