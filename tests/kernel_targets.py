@@ -17,6 +17,7 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("tests.kernel_targets: unset TRITON_INTERPRET (interpreted kernels do not compile)")
 
 import triton
+import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
@@ -128,8 +129,11 @@ TARGETS = [
      f"keys_ptr:*i32 keep_ptr:*u8 {TABLE} state_ptr:*i32 k_ptr:*i32 tie_prefix_ptr:*i32",
      {"CHUNK": CHUNK}),
     ("zero dropped", projection._zero_dropped_kernel,
-     f"w_ptr:*fp32 keys_ptr:*i32 {TABLE} state_ptr:*i32 k_ptr:*i32 tie_prefix_ptr:*i32 "
-     "first_chunk:i32 base:i32", {"CHUNK": CHUNK}),
+     f"address_ptr:*i64 keys_ptr:*i32 {TABLE} seg_base_ptr:*i64 state_ptr:*i32 k_ptr:*i32 "
+     "tie_prefix_ptr:*i32", {"CHUNK": CHUNK, "DTYPE": tl.float32}),
+    ("zero dropped bf16", projection._zero_dropped_kernel,
+     f"address_ptr:*i64 keys_ptr:*i32 {TABLE} seg_base_ptr:*i64 state_ptr:*i32 k_ptr:*i32 "
+     "tie_prefix_ptr:*i32", {"CHUNK": CHUNK, "DTYPE": tl.bfloat16}),
     ("csr count", csr._csr_count_kernel,
      "m_ptr:*fp32 stride_r:i32 stride_c:i32 n_rows:i32 n_cols:i32 counts_ptr:*i32 n_chunks:i32",
      {"BR": 8, "BC": 512}),

@@ -618,6 +618,30 @@ def test_protected_keys_take_each_neurons_maxima_lowest_index_first(
 
 
 @pytest.mark.interpreter
+def test_projection_zeroes_matrices_of_several_dtypes_in_one_call() -> None:
+    """`project_` zeroes the dropped entries of every matrix in one launch per dtype, each
+    matrix found by its address: fp32 and bf16 interleaved, and a view 7 entries into a larger
+    buffer, whose entries outside the view stay as they were. Kept entries are untouched."""
+    g = torch.Generator().manual_seed(5)
+    buffer = torch.randn(7 + 40 * 30 + 5, generator=g).to(DEVICE)
+    weights = [
+        torch.randn(24, 40, generator=g).to(DEVICE),
+        torch.randn(30, 33, generator=g).to(torch.bfloat16).to(DEVICE),
+        buffer[7 : 7 + 40 * 30].view(40, 30),
+        hard_rows(20, 50, torch.bfloat16, 1).to(DEVICE),
+    ]
+    protections = [Protect(0, 2), None, Protect(1, 3), None]
+    ks = [100, 200, 300, 150]
+    before = [w.clone() for w in weights]
+    outside = torch.cat([buffer[:7], buffer[-5:]]).clone()
+    expected = projection.reference_masks(before, protections, ks)
+    projection.project_(weights, protections, ks, chunk=64)  # in place, the view included
+    for i, (w, after, ref) in enumerate(zip(before, weights, expected, strict=True)):
+        assert torch.equal(after, w.masked_fill(~ref, 0.0)), i
+    assert torch.equal(torch.cat([buffer[:7], buffer[-5:]]), outside)
+
+
+@pytest.mark.interpreter
 def test_projection_warm_start_searches_the_window_and_falls_back() -> None:
     """The second selection of unchanged matrices finds every threshold inside its window (the
     candidates alone are searched); after a jump it falls back to all keys; both are exact."""

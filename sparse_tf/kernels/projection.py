@@ -465,17 +465,23 @@ def _keep_kernel(
 
 @triton.jit
 def _zero_dropped_kernel(
-    w_ptr, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, state_ptr, k_ptr,
-    tie_prefix_ptr, first_chunk, base, CHUNK: tl.constexpr,
+    address_ptr, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, seg_base_ptr,
+    state_ptr, k_ptr, tie_prefix_ptr, CHUNK: tl.constexpr, DTYPE: tl.constexpr,
 ):  # fmt: skip
-    """`_keep_kernel` for one matrix, applied: zero its entries outside the kept set."""
-    c = first_chunk + tl.program_id(0)
-    offs, valid, key, seg = _load_chunk(
-        c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False
-    )
-    keep = _kept(c, key, seg, tl.load(state_ptr + 2 * seg), k_ptr, state_ptr, tie_prefix_ptr)
-    zero = tl.zeros((CHUNK,), dtype=w_ptr.dtype.element_ty)
-    tl.store(w_ptr + (offs - base), zero, mask=valid & ~keep)
+    """`_keep_kernel` applied: zero the entries outside the kept set, one chunk per program
+    over the chunks of every matrix at once, each matrix found by its data address (0: a
+    matrix of another dtype, left to another launch)."""
+    c = tl.program_id(0)
+    seg = tl.load(chunk_seg_ptr + c)
+    address = tl.load(address_ptr + seg)
+    if address != 0:
+        w_ptr = address.to(tl.pointer_type(DTYPE))
+        offs, valid, key, seg = _load_chunk(
+            c, keys_ptr, chunk_start_ptr, chunk_end_ptr, chunk_seg_ptr, CHUNK, 0, 0, False
+        )
+        keep = _kept(c, key, seg, tl.load(state_ptr + 2 * seg), k_ptr, state_ptr, tie_prefix_ptr)
+        zero = tl.zeros((CHUNK,), dtype=DTYPE)
+        tl.store(w_ptr + (offs - tl.load(seg_base_ptr + seg)), zero, mask=valid & ~keep)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -754,19 +760,38 @@ def project_(
         return
     sel = _select(weights, protections, ks, chunk, group)
     layout = sel.layout
-    table = (layout.chunk_start, layout.chunk_end, layout.chunk_seg)
-    for w, (first, count), base in zip(weights, layout.chunks, layout.offsets, strict=False):
-        if count == 0:  # an empty shard
-            continue
-        _zero_dropped_kernel[(count,)](
-            w,
-            sel.keys,
-            *table,
-            sel.state,
-            sel.k,
-            sel.tie_prefix,
-            first,
-            base,
-            CHUNK=chunk,
-            num_warps=_CHUNK_WARPS,
-        )
+    n_chunks = layout.chunk_start.numel()
+    if n_chunks == 0:  # every shard empty
+        return
+    table = (layout.chunk_start, layout.chunk_end, layout.chunk_seg, layout.seg_base)
+    # One launch for all matrices of a dtype (one in all, as a rule): launched matrix by matrix,
+    # the smaller ones were less than one wave of programs each.
+    for dtype in dict.fromkeys(w.dtype for w in weights):
+        _zero_dropped_kernel[(n_chunks,)](
+            _addresses(weights, dtype), sel.keys, *table, sel.state, sel.k, sel.tie_prefix,
+            CHUNK=chunk, DTYPE=_TL_DTYPES[dtype], num_warps=_CHUNK_WARPS,
+        )  # fmt: skip
+
+
+_TL_DTYPES = {
+    torch.float32: tl.float32,
+    torch.bfloat16: tl.bfloat16,
+    torch.float16: tl.float16,
+    torch.float64: tl.float64,
+}
+
+_ADDRESSES: dict[tuple[tuple[int, ...], torch.dtype, str], Tensor] = {}
+
+
+def _addresses(weights: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+    """[n_segs] int64 on the weights' device: each matrix's data address where its dtype is
+    `dtype`, else 0. Cached by the addresses, so that a CUDA-graph capture of `project_` finds
+    the table its eager first call made (a capture may not copy from the host), and every
+    replay reads it: kept for the process's life, 8 bytes per matrix of every set of matrices
+    projected (as `_LAYOUTS`), never freed under a capture that reads it."""
+    device = weights[0].device
+    key = (tuple(w.data_ptr() for w in weights), dtype, str(device))
+    if key not in _ADDRESSES:
+        values = [w.data_ptr() if w.dtype == dtype else 0 for w in weights]
+        _ADDRESSES[key] = torch.tensor(values, dtype=torch.int64, device=device)
+    return _ADDRESSES[key]
