@@ -769,16 +769,18 @@ def project_(
     for dtype in dict.fromkeys(w.dtype for w in weights):
         _zero_dropped_kernel[(n_chunks,)](
             _addresses(weights, dtype), sel.keys, *table, sel.state, sel.k, sel.tie_prefix,
-            CHUNK=chunk, DTYPE=_TL_DTYPES[dtype], num_warps=_CHUNK_WARPS,
+            CHUNK=chunk, DTYPE=getattr(tl, _TL_DTYPES[dtype]), num_warps=_CHUNK_WARPS,
         )  # fmt: skip
 
 
 _TL_DTYPES = {
-    torch.float32: tl.float32,
-    torch.bfloat16: tl.bfloat16,
-    torch.float16: tl.float16,
-    torch.float64: tl.float64,
+    torch.float32: "float32",
+    torch.bfloat16: "bfloat16",
+    torch.float16: "float16",
+    torch.float64: "float64",
 }
+"""triton.language's names of the weights' dtypes, looked up at launch (without triton, `tl` is
+a stand-in that has none)."""
 
 _ADDRESSES: dict[tuple[tuple[int, ...], torch.dtype, str], Tensor] = {}
 
