@@ -153,6 +153,8 @@ class Args(RunFlags):
             raise BenchError("--dense-widths, --dense-lrs, --targets, --families: none empty")
         if self.budget < 1:
             raise BenchError(f"--budget {self.budget}: must be >= 1")
+        if self.lr_rounds < 0:
+            raise BenchError(f"--lr-rounds {self.lr_rounds}: must be >= 0")
 
 
 TINY = Args(

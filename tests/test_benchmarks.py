@@ -171,8 +171,8 @@ def test_circuit_size_widens_each_sweep_beyond_the_end_where_its_best_lr_is(
     nothing. A run that diverged to nan is never
     the best. The new runs train the same config at the new LR, under the usual key."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    from circuit_runs import Scores
-    from circuit_size import DenseRun, best_lrs, run_key, widened, with_lr
+    from circuit_runs import BenchError, Scores
+    from circuit_size import Args, DenseRun, best_lrs, run_key, widened, with_lr
 
     from sparse_tf.presets import preset
 
@@ -201,6 +201,8 @@ def test_circuit_size_widens_each_sweep_beyond_the_end_where_its_best_lr_is(
     ]
     assert [r.cfg.optim.lr for r in more] == [0.027, 0.001]
     assert all(r.cfg.model == base.model for r in more)
+    with pytest.raises(BenchError, match="--lr-rounds -1: must be >= 0"):
+        Args(lr_rounds=-1)
 
 
 def test_step_profile_floor_follows_from_its_own_table() -> None:

@@ -515,7 +515,6 @@ class _Layout:
     seg_base: Tensor  # [n_segs] int64: offsets, on the device
     seg_first_chunk: Tensor  # [n_segs] int64
     seg_chunks: Tensor  # [n_segs] int32: number of chunks
-    chunks: tuple[tuple[int, int], ...]  # per matrix: (first chunk, number of chunks)
     cand_capacity: Tensor  # [n_segs] int32
     cand_total: int  # sum of the capacities
     cand_base: Tensor  # [n_segs] int64
@@ -552,7 +551,6 @@ def _layout(numels: tuple[int, ...], device: torch.device, chunk: int) -> _Layou
             seg_base=tensor(offsets[:-1], torch.int64),
             seg_first_chunk=tensor(firsts, torch.int64),
             seg_chunks=tensor(counts, torch.int32),
-            chunks=tuple(zip(firsts, counts, strict=True)),
             cand_capacity=tensor(caps, torch.int32),
             cand_total=sum(caps),
             cand_base=tensor(cand_base, torch.int64),
