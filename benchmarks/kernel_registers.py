@@ -134,18 +134,16 @@ def main() -> None:
         if name.endswith("_ptr") and name not in ("w_ptr", "cand_base_ptr")
     }
     tile = projection._PROTECT_TILE
-    for packed in (False, True):
-        for warps in sorted({tile // projection._PROTECT_WARP_ENTRIES, 8, 16}):
-            cases.append(
-                (
-                    f"protected keys with the window ({tile} entries"
-                    + (", packed maxima)" if packed else ")"),
-                    projection._protected_keys_kernel,
-                    {"BN": tile // d, "BL": d, "WINDOW": True, "WIDE": False, "PACKED": packed},
-                    keys,
-                    warps,
-                )
+    for warps in sorted({tile // projection._PROTECT_WARP_ENTRIES, 8, 16}):
+        cases.append(
+            (
+                f"protected keys with the window ({tile} entries)",
+                projection._protected_keys_kernel,
+                {"BN": tile // d, "BL": d, "WINDOW": True, "WIDE": False},
+                keys,
+                warps,
             )
+        )
     print("| kernel | warps per program | registers per thread | spilled bytes | warps per SM |")
     print("|---|---|---|---|---|")
     for name, kernel, constexprs, pointers, warps in cases:

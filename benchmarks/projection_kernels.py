@@ -10,7 +10,7 @@ restored before each) under the profiler. For each variant: its kept sets checke
 `reference_masks`, and ms per projection by kernel. Variants: the shipped launch shapes and
 the persistent passes with other numbers of programs, warm-started and cold (no warm start);
 every chunk pass at 8 warps; the protected-keys kernel with more warps, at other tile
-sizes (also at 4 warps), and finding each maximum with one packed reduction.
+sizes (also at 4 warps).
 """
 
 from __future__ import annotations
@@ -143,12 +143,6 @@ def main() -> None:
             {"_PROTECT_TILE": tile, "_PROTECT_WARP_ENTRIES": tile // 4},
             warm,
         )
-    variant("protected keys, packed maxima", {"_PROTECT_PACKED": True}, warm)
-    variant(
-        "protected keys, packed maxima, 2048 entries (4 warps)",
-        {"_PROTECT_PACKED": True, "_PROTECT_TILE": 2048, "_PROTECT_WARP_ENTRIES": 512},
-        warm,
-    )
 
 
 if __name__ == "__main__":

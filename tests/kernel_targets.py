@@ -94,13 +94,10 @@ TARGETS = [
      {"BLOCK": 1024}),
     ("protected keys", projection._protected_keys_kernel,
      "w_ptr:*fp32 keys_ptr:*i32 n_neurons:i32 length:i32 stride_neuron:i32 stride_elem:i32 "
-     f"j:i32 {WINDOW}", {"BN": 16, "BL": 1024, "WINDOW": True, "WIDE": False, "PACKED": False}),
-    ("protected keys, packed maxima", projection._protected_keys_kernel,
-     "w_ptr:*fp32 keys_ptr:*i32 n_neurons:i32 length:i32 stride_neuron:i32 stride_elem:i32 "
-     f"j:i32 {WINDOW}", {"BN": 4, "BL": 1024, "WINDOW": True, "WIDE": False, "PACKED": True}),
+     f"j:i32 {WINDOW}", {"BN": 16, "BL": 1024, "WINDOW": True, "WIDE": False}),
     ("protected keys, 64-bit offsets", projection._protected_keys_kernel,
      "w_ptr:*fp32 keys_ptr:*i32 n_neurons:i32 length:i32 stride_neuron:i32 stride_elem:i32 "
-     f"j:i32 {WINDOW}", {"BN": 4, "BL": 1024, "WINDOW": False, "WIDE": True, "PACKED": False}),
+     f"j:i32 {WINDOW}", {"BN": 4, "BL": 1024, "WINDOW": False, "WIDE": True}),
     ("keys", projection._keys_kernel,
      "w_ptr:*fp32 p_ptr:*u8 keys_ptr:*i32 n:i32 cols:i32 p_stride_r:i32 p_stride_c:i32 "
      f"{WINDOW}", {"HAS_P": True, "BLOCK": 2048, "WINDOW": True}),

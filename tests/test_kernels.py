@@ -594,15 +594,10 @@ def test_projection_kernels_match_the_reference(
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("packed", [False, True])
-def test_protected_keys_take_each_neurons_maxima_lowest_index_first(
-    monkeypatch: pytest.MonkeyPatch, packed: bool
-) -> None:
-    """The fused protected-keys kernel, either way it finds a neuron's maxima (two reductions,
-    or one over packed key and position): the j largest |w| of every row or column get the
-    key of +inf, ties to the lower index along the neuron (runs of equal values, zeros, empty
-    neurons, both signs), every other entry the bit pattern of |w|."""
-    monkeypatch.setattr(projection, "_PROTECT_PACKED", packed)
+def test_protected_keys_take_each_neurons_maxima_lowest_index_first() -> None:
+    """The fused protected-keys kernel: the j largest |w| of every row or column get the key of
+    +inf, ties to the lower index along the neuron (runs of equal values, zeros, empty neurons,
+    both signs), every other entry the bit pattern of |w|."""
     cases = [((24, 40), 0, 4), ((30, 33), 1, 3), ((7, 50), 0, 1), ((50, 9), 1, 8), ((5, 17), 0, 8)]
     for i, ((rows, cols), dim, j) in enumerate(cases):
         w = hard_rows(rows, cols, torch.float32, i).to(DEVICE)
@@ -614,7 +609,7 @@ def test_protected_keys_take_each_neurons_maxima_lowest_index_first(
         protected = projection.reference_protected(w, rule)
         assert protected is not None
         expected = w.abs().view(torch.int32).masked_fill(protected, 0x7F800000)
-        assert torch.equal(keys.view(rows, cols), expected), (i, packed)
+        assert torch.equal(keys.view(rows, cols), expected), i
 
 
 @pytest.mark.interpreter
@@ -696,9 +691,7 @@ def test_projection_passes_walk_only_their_matrices_chunks(
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("packed", [False, True])
-def test_projection_kernels_at_paper_shapes(monkeypatch: pytest.MonkeyPatch, packed: bool) -> None:
-    monkeypatch.setattr(projection, "_PROTECT_PACKED", packed)
+def test_projection_kernels_at_paper_shapes() -> None:
     shapes = [(2048, 1024), (3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096)]
     weights = [hard_rows(r, c, torch.float32, i).to(DEVICE) for i, (r, c) in enumerate(shapes)]
     protections = [None, Protect(0, 4), Protect(1, 4), Protect(0, 4), Protect(1, 4)]

@@ -71,13 +71,10 @@ _PROTECT_WARP_ENTRIES = 1024
 warm start's window appends in that kernel (latency-bound: a scan, an atomic that returns,
 scattered stores) more warps may pay; benchmarks/projection_kernels.py times 8 and 16: on an
 H100 8 ran the same and 16 slower, though they need 122 and 62 registers a thread instead of
-220 (RESULTS.md, 2026-12-07)."""
-_PROTECT_PACKED = False
-"""Find each of a neuron's j maxima with one int64 max over (key, reversed position) instead
-of an int32 max and then a min over the positions that hold it. Each reduction along a
-neuron crosses the program's warps (shuffles, then shared memory and a barrier), and the j
-maxima are j of them in sequence, twice over. Same kept sets either way; not yet timed on a
-GPU (benchmarks/projection_kernels.py times it), so off."""
+220 (RESULTS.md, 2026-12-07). Finding each maximum with one int64 max over (key, reversed
+position), instead of an int32 max and then a min over the positions that hold it, halves the
+cross-warp reductions but ran slower there (1.003 against 0.960 ms; RESULTS.md, 2026-12-07,
+"the last projection variants"), and is gone."""
 
 
 @dataclass(frozen=True)
@@ -271,7 +268,6 @@ def _protected_keys_kernel(
     w_ptr, keys_ptr, n_neurons, length, stride_neuron, stride_elem, j,
     seg, warm_ptr, above_ptr, cand_count_ptr, cand_base_ptr, cap_ptr, cand_keys_ptr, cand_idx_ptr,
     BN: tl.constexpr, BL: tl.constexpr, WINDOW: tl.constexpr, WIDE: tl.constexpr,
-    PACKED: tl.constexpr,
 ):  # fmt: skip
     """Keys of BN neurons of a contiguous matrix: each neuron's j largest |w| (ties: lower
     index along the neuron) get the key of +inf, the rest the bit pattern of |w|. A neuron is
@@ -279,8 +275,7 @@ def _protected_keys_kernel(
     columns: 1 and cols). The buffer's layout is the matrix's, so offsets serve both. WIDE
     (2^31 entries or more) takes the offsets in 64 bits. With WINDOW, the warm start's window
     pass over the keys too (`_window`). Registers decide how many programs an SM holds, so the
-    tile is held as its keys alone (-1 outside the matrix, -2 where protected). PACKED finds
-    each maximum with one reduction instead of two (`_PROTECT_PACKED`)."""
+    tile is held as its keys alone (-1 outside the matrix, -2 where protected)."""
     neuron = tl.program_id(0) * BN + tl.arange(0, BN)  # [BN]
     e = tl.arange(0, BL)  # [BL] position along the neuron
     inside = (e < length)[:, None] & (neuron < n_neurons)[None, :]
@@ -291,14 +286,8 @@ def _protected_keys_kernel(
     w = tl.load(w_ptr + offs, mask=inside, other=0.0).to(tl.float32)  # [BL, BN]
     live = tl.where(inside, tl.abs(w).to(tl.int32, bitcast=True), -1)
     for _ in range(j):  # the neuron's maxima one by one, lowest position first among equals
-        if PACKED:
-            # Key and position in one int64, the position reversed so that among equal keys
-            # the lowest one is the largest: one max gives both.
-            packed = (live.to(tl.int64) << 32) | (BL - 1 - e)[:, None].to(tl.int64)
-            first = BL - 1 - tl.max(packed, axis=0).to(tl.int32)  # [BN]: the low 32 bits
-        else:
-            top = tl.max(live, axis=0)  # [BN]
-            first = tl.min(tl.where(live == top[None, :], e[:, None], BL), axis=0)  # [BN]
+        top = tl.max(live, axis=0)  # [BN]
+        first = tl.min(tl.where(live == top[None, :], e[:, None], BL), axis=0)  # [BN]
         live = tl.where(e[:, None] == first[None, :], -2, live)
     key = tl.where(live == -2, INF_KEY, live)
     tl.store(keys_ptr + offs, key, mask=inside)
@@ -598,7 +587,7 @@ def _write_keys(w: Tensor, p: Protection, keys: Tensor, seg: int, window: _Windo
             bn = max(1, min(_PROTECT_MAX_NEURONS, _PROTECT_TILE // bl))
             _protected_keys_kernel[(cdiv(n_neurons, bn),)](
                 w, keys, n_neurons, length, stride_neuron, stride_elem, p.j, *window_args,
-                BN=bn, BL=bl, WINDOW=window is not None, WIDE=n >= 2**31, PACKED=_PROTECT_PACKED,
+                BN=bn, BL=bl, WINDOW=window is not None, WIDE=n >= 2**31,
                 num_warps=max(1, min(16, bl * bn // _PROTECT_WARP_ENTRIES)),
             )  # fmt: skip
             return
