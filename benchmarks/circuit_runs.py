@@ -4,8 +4,10 @@ and writing the report (markdown, PNG, HTML, JSON).
 
 Everything lands in one output folder, and every step skips what is already there, so a killed
 run started again with the same command continues where it stopped. The training runs, and the
-circuits, are independent of each other: `--jobs N` runs N of them at a time, each in its own
-process (on one GPU they share it; the small models of these benchmarks leave most of it idle):
+pruning of each model on each task (all its targets in one job, which trains each trial's masks
+once for every target), are independent of each other: `--jobs N` runs N of them at a time,
+each in its own process (on one GPU they share it; the small models of these benchmarks leave
+most of it idle):
 
     OUT/corpus/                  the --tiny corpus (task examples), when used
     OUT/models/KEY/              one `sparse-tf train` run per model (finished: reused;
@@ -41,7 +43,7 @@ from sparse_tf.filenames import CIRCUIT_FILE, CONFIG_FILE, FINAL_DIR, SUMMARY_FI
 from sparse_tf.io import atomic_dir, atomic_write_bytes, atomic_write_text, read_json, write_json
 from sparse_tf.model import GPTConfig
 from sparse_tf.presets import preset
-from sparse_tf.pruning import PruneConfig, load_circuit, prune_model
+from sparse_tf.pruning import PruneConfig, load_circuit, prune_model_targets
 from sparse_tf.sparsity import SparsityConfig
 from sparse_tf.tasks import CHANCE_LOSS, get_task
 from sparse_tf.training import RunOptions, TrainConfig, train
@@ -362,8 +364,7 @@ def circuit_dir(root: Path, key: str, task: str, target: float) -> Path:
 
 
 def prune_grid(
-    final: Path,
-    key: str,
+    models: Mapping[str, Path],
     tasks: Sequence[str],
     targets: Sequence[float],
     root: Path,
@@ -373,23 +374,34 @@ def prune_grid(
     mean_windows: int,
     jobs: int = 1,
     log: Log = print,
-) -> dict[str, dict[float, CircuitSize]]:
-    """Prune the model `final` on every task at every target loss (`circuit_dir`), with the
-    search budget of `cfg` and the studies in ROOT/studies.db, `jobs` circuits at a time
-    (`run_jobs`). A circuit already pruned with this config and at least this budget is read,
-    not pruned again; one with a smaller budget is pruned again with its study resumed (its
-    trials count towards the budget)."""
+) -> dict[str, dict[str, dict[float, CircuitSize]]]:
+    """Prune every model of `models` (key -> final folder) on every task at every target loss
+    (`circuit_dir`), with the search budget of `cfg` and the studies in ROOT/studies.db: key ->
+    task -> target -> size. One job per model and task prunes all its targets together (the
+    mask training shared: `prune_model_targets`); the jobs of every model share one pool of
+    `jobs` processes (`run_jobs`), so that no model's last job holds up the next model's.
+    A circuit already pruned with this config and at least this budget is read, not pruned
+    again; one with a smaller budget is pruned again with its study resumed (its trials count
+    towards the budget)."""
     study = root / "studies.db"
-    wants = {(t, x): dataclasses.replace(cfg, target_loss=x) for t in tasks for x in targets}
-    folders = {(t, x): circuit_dir(root, key, t, x) for t, x in wants}
-    todo = [c for c in wants if not _pruned_with(folders[c], wants[c])]
-    calls = [
-        (_prune_circuit, (final, c[0], folders[c], wants[c], device, mean_windows, study))
-        for c in todo
-    ]
+    wants = {
+        (key, t, x): dataclasses.replace(cfg, target_loss=x)
+        for key in models
+        for t in tasks
+        for x in targets
+    }
+    folders = {c: circuit_dir(root, *c) for c in wants}
+    todo: dict[tuple[str, str], list[float]] = {}  # (key, task) -> targets still to prune
+    for c in wants:
+        if not _pruned_with(folders[c], wants[c]):
+            todo.setdefault(c[:2], []).append(c[2])
+    calls = []
+    for (key, task), xs in todo.items():
+        outs = {x: folders[key, task, x] for x in xs}
+        calls.append((_prune_circuits, (models[key], task, outs, cfg, device, mean_windows, study)))
     seconds = dict(zip(todo, run_jobs(calls, jobs), strict=True))
-    out: dict[str, dict[float, CircuitSize]] = {}
-    for (task, target), folder in folders.items():  # one line per circuit; circuit.json has all
+    out: dict[str, dict[str, dict[float, CircuitSize]]] = {}
+    for (key, task, target), folder in folders.items():  # a line per circuit; circuit.json: all
         c = load_circuit(folder)
         size = CircuitSize(
             nodes=c.n_nodes,
@@ -400,8 +412,13 @@ def prune_grid(
             trials=sum(t.get("state") == "COMPLETE" for t in c.trials),
             path=str(folder),
         )
-        out.setdefault(task, {})[target] = size
-        took = f"{seconds[task, target]:.0f} s" if (task, target) in seconds else "reused"
+        out.setdefault(key, {}).setdefault(task, {})[target] = size
+        if target not in todo.get((key, task), []):
+            took = "reused"
+        elif len(todo[key, task]) > 1:
+            took = f"{seconds[key, task]:.0f} s with {len(todo[key, task])} targets"
+        else:
+            took = f"{seconds[key, task]:.0f} s"
         log(
             f"{key} {task} target {target:g}: {size.nodes} nodes, {size.edges} edges, "
             f"{'meets' if size.reached else 'MISSES'} the target ({took})"
@@ -409,23 +426,24 @@ def prune_grid(
     return out
 
 
-def _prune_circuit(
+def _prune_circuits(
     final: Path,
     task: str,
-    folder: Path,
+    folders: dict[float, Path],
     cfg: PruneConfig,
     device: str,
     mean_windows: int,
     study: Path,
 ) -> float:
-    """Prune one circuit into `folder` (`prune_grid`'s unit of work, run in a worker process
-    with --jobs); the seconds it took."""
+    """Prune one model's circuits for one task at each target into its folder (`prune_grid`'s
+    unit of work, run in a worker process with --jobs); the seconds it took."""
     start = time.perf_counter()
-    folder.mkdir(parents=True, exist_ok=True)
-    prune_model(
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    prune_model_targets(
         final,
         task,
-        folder,
+        folders,
         cfg,
         device=device,
         mean_windows=mean_windows,

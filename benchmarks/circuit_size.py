@@ -22,7 +22,9 @@
    and only those every compared model solves (task loss on val pairs <= --task-max-loss).
 5. Pruning: every compared model on every task at every --targets loss, with the same search
    (--budget completed trials of an Optuna study; the studies of all circuits in
-   OUT/studies.db) and the same settings (--prune.*).
+   OUT/studies.db) and the same settings (--prune.*). The targets of a model and task are one
+   job, whose searches share each trial's mask training (`prune_model_targets`: the same
+   circuits as separate runs, the masks trained once).
 6. Output (OUT/circuit_size.{md,png,html,json}): a table per task (nodes and edges of both
    sides per target), the geometric mean of the dense/sparse edge ratio over the tasks where
    both circuits meet the target with a bootstrap 95% interval over tasks, per target and per
@@ -245,20 +247,16 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # 5. Pruning.
     prune_cfg = dataclasses.replace(args.prune, budget=args.budget)
-    sizes = {
-        key: prune_grid(
-            models[key],
-            key,
-            tasks,
-            args.targets,
-            out,
-            prune_cfg,
-            device=args.device,
-            mean_windows=args.mean_windows,
-            jobs=args.jobs,
-        )
-        for key in dict.fromkeys(pruned)
-    }
+    sizes = prune_grid(
+        {key: models[key] for key in pruned},
+        tasks,
+        args.targets,
+        out,
+        prune_cfg,
+        device=args.device,
+        mean_windows=args.mean_windows,
+        jobs=args.jobs,
+    )
 
     # 6. The report.
     results = assemble(args, models, scores, runs, best, matches, tasks, skipped, sizes)

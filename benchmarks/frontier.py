@@ -148,20 +148,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise BenchError(f"no task left: none is solved by every model (<= {args.task_max_loss:g})")
 
     prune_cfg = dataclasses.replace(args.prune, budget=args.budget)
-    sizes = {
-        k: prune_grid(
-            m,
-            k,
-            tasks,
-            [args.target],
-            out,
-            prune_cfg,
-            device=args.device,
-            mean_windows=args.mean_windows,
-            jobs=args.jobs,
-        )
-        for k, m in models.items()
-    }
+    sizes = prune_grid(
+        models,
+        tasks,
+        [args.target],
+        out,
+        prune_cfg,
+        device=args.device,
+        mean_windows=args.mean_windows,
+        jobs=args.jobs,
+    )
     results = assemble(
         args, points, {k: s.val_loss for k, s in scores.items()}, tasks, skipped, sizes
     )

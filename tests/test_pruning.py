@@ -25,6 +25,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from sparse_tf import GPT, GPTConfig, load_model
 from sparse_tf.cli import main
 from sparse_tf.cli.commands import TARGET_MISSED_STATUS
+from sparse_tf.config import ConfigError
 from sparse_tf.extras import installed
 from sparse_tf.filenames import CIRCUIT_FILE, HTML_FILE, LOSS_VS_K_FILE, MEANS_FILE, SCORES_FILE
 from sparse_tf.io import user_entries
@@ -35,6 +36,7 @@ from sparse_tf.pruning import (
     NodeError,
     NodeMasks,
     PruneConfig,
+    PruneError,
     check_nodes,
     count_edges,
     fit_logit_scale,
@@ -45,6 +47,9 @@ from sparse_tf.pruning import (
     mean_ablation,
     node_sites,
     prune,
+    prune_model,
+    prune_model_targets,
+    prune_targets,
     smallest_k,
     top_k_gates,
 )
@@ -452,6 +457,55 @@ def test_pruning_is_reproducible_and_leaves_the_model_unchanged() -> None:
     assert [p.requires_grad for p in model.parameters()] == flags
 
 
+def test_a_target_sweep_trains_each_trials_masks_once_and_finds_each_targets_circuit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`prune_targets` gives every target the circuit a `prune` of its own would (same trials,
+    nodes, edges and test scores), while each trial's masks are trained once for all targets:
+    the later targets' trials say so, and `train_masks` runs once per trial."""
+    tok = _word_tokenizer()
+    model = _planted_model(tok)
+    sites = node_sites(model.cfg, final_resid=True)
+    means = {s.name: torch.zeros(s.width) for s in sites}
+    cfg = PruneConfig(steps=40, batch_pairs=8, n_train=32, n_val=16, n_test=16, budget=2)
+    targets = (0.3, 0.05)
+    alone = {
+        t: prune(model, tok, _planted_task(), means, dataclasses.replace(cfg, target_loss=t))
+        for t in targets
+    }
+    trainings: list[Hyper] = []
+    train_masks = Pruner.train_masks
+
+    def counted(self: Pruner, hyper: Hyper, seed: int) -> NodeMasks:
+        trainings.append(hyper)
+        return train_masks(self, hyper, seed)
+
+    monkeypatch.setattr(Pruner, "train_masks", counted)
+    swept = prune_targets(model, tok, _planted_task(), means, cfg, targets)
+    assert list(swept) == list(targets)
+    assert len(trainings) == cfg.budget  # not budget x targets
+    for i, t in enumerate(targets):
+        a, b = alone[t].circuit, swept[t].circuit
+        assert b.target_loss == t
+        assert (b.nodes, b.n_nodes, b.n_edges, b.reached_target) == (
+            a.nodes, a.n_nodes, a.n_edges, a.reached_target,
+        )  # fmt: skip
+        assert b.sufficiency == a.sufficiency
+        assert b.necessity == a.necessity
+        # The kept run's curve: plus the sizes the other target's bisection measured on it.
+        assert {tuple(x) for x in a.loss_vs_k} <= {tuple(x) for x in b.loss_vs_k}
+
+        def plain(trials: list[dict]) -> list[dict]:
+            return [{k: v for k, v in x.items() if k not in ("seconds", "reused_masks")}
+                    for x in trials]  # fmt: skip
+
+        assert plain(b.trials) == plain(a.trials)
+        assert all(x["reused_masks"] == (i > 0) for x in b.trials)
+        assert all(torch.equal(swept[t].scores[k], alone[t].scores[k]) for k in a.nodes)
+    with pytest.raises(ConfigError, match="target_loss"):
+        prune_targets(model, tok, _planted_task(), means, cfg, [0.1, 0.9])  # above chance
+
+
 def test_pool_batches_trim_padding_and_keep_pairs_together() -> None:
     tok = _word_tokenizer()
     model = _planted_model(tok)
@@ -595,6 +649,45 @@ def test_prune_refuses_to_overwrite_and_reuses_means(
     first, second = load_circuit(pruned), load_circuit(again)
     assert first.nodes == second.nodes
     assert first.loss_vs_k == second.loss_vs_k
+
+
+def test_prune_model_targets_writes_a_folder_per_target_and_checks_them_all_first(
+    pruned: Path, trained: Path, tmp_path: Path
+) -> None:
+    """Each target's folder holds what a run at that target writes, its circuit.json naming
+    the targets it was pruned with; a bad folder among them stops the call before any work,
+    and nothing is written into any of them."""
+    cfg = PruneConfig(steps=12, batch_pairs=8, n_train=32, n_val=16, n_test=16, curve_points=6)
+    means = pruned / MEANS_FILE
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    outs = {0.3: tmp_path / "t30", 0.1: mine}
+    with pytest.raises(PruneError, match="holds no pruning result"):
+        prune_model_targets(trained, "single_double_quote", outs, cfg, means_file=means)
+    assert not (tmp_path / "t30").exists()
+    assert user_entries(mine) == ["notes.txt"]
+    with pytest.raises(PruneError, match="share an output folder"):
+        prune_model_targets(
+            trained, "single_double_quote", {0.3: mine, 0.1: mine}, cfg, means_file=means
+        )
+    outs = {0.3: tmp_path / "t30", 0.1: tmp_path / "t10"}
+    results = prune_model_targets(
+        trained, "single_double_quote", outs, cfg, means_file=means, log=lambda _: None
+    )
+    for target, folder in outs.items():
+        c = load_circuit(folder)
+        assert c.target_loss == target
+        assert c.run["pruned_with_targets"] == [0.1, 0.3]
+        assert c.nodes == results[target].circuit.nodes
+        assert c.config == dataclasses.replace(cfg, target_loss=target).to_dict()
+        assert (folder / HTML_FILE).is_file()
+    # The 0.3 circuit is the one a run at 0.3 alone finds.
+    alone = tmp_path / "alone"
+    single = dataclasses.replace(cfg, target_loss=0.3)
+    prune_model(trained, "single_double_quote", alone, single, means_file=means, log=lambda _: None)
+    assert load_circuit(alone).nodes == load_circuit(outs[0.3]).nodes
+    assert "pruned_with_targets" not in load_circuit(alone).run
 
 
 def test_prune_errors_are_one_line(

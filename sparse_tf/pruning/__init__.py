@@ -1,8 +1,12 @@
 """Circuit pruning: the smallest set of nodes that still does a task, under mean ablation.
 
-    from sparse_tf.pruning import PruneConfig, prune_model
+    from sparse_tf.pruning import PruneConfig, prune_model, prune_model_targets
     result = prune_model("runs/tiny-cpu/final", "single_double_quote", out="circuits/quote")
     print(result.circuit.summary())
+    # several target losses, the mask training shared: target -> result
+    results = prune_model_targets(
+        "runs/tiny-cpu/final", "single_double_quote", {0.1: "circuits/q10", 0.3: "circuits/q30"}
+    )
 
 The pieces: `nodes` (which channels are nodes), `means` (ablation statistics), `masks` (τ
 scores, hard gates, mean ablation through hooks), `search` (mask training, bisection, logit
@@ -38,10 +42,12 @@ _LAZY: dict[str, str] = {
     "node_sites": "sparse_tf.pruning.nodes",
     "PruneError": "sparse_tf.pruning.run",
     "prune_model": "sparse_tf.pruning.run",
+    "prune_model_targets": "sparse_tf.pruning.run",
     "PruneConfig": "sparse_tf.pruning.config",
     "PruneResult": "sparse_tf.pruning.search",
     "fit_logit_scale": "sparse_tf.pruning.search",
     "prune": "sparse_tf.pruning.search",
+    "prune_targets": "sparse_tf.pruning.search",
     "smallest_k": "sparse_tf.pruning.search",
 }
 """What this package exports, and the module of each: imported on first use, so that
@@ -61,11 +67,12 @@ if TYPE_CHECKING:
     )
     from sparse_tf.pruning.means import MeansError, ablation_means, load_means, save_means
     from sparse_tf.pruning.nodes import NodeError, NodeSite, check_nodes, node_sites
-    from sparse_tf.pruning.run import PruneError, prune_model
+    from sparse_tf.pruning.run import PruneError, prune_model, prune_model_targets
     from sparse_tf.pruning.search import (
         PruneResult,
         fit_logit_scale,
         prune,
+        prune_targets,
         smallest_k,
     )
 
@@ -98,6 +105,8 @@ __all__ = [
     "node_sites",
     "prune",
     "prune_model",
+    "prune_model_targets",
+    "prune_targets",
     "save_means",
     "smallest_k",
     "top_k_gates",

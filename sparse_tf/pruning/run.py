@@ -16,13 +16,14 @@ the tokenised corpus.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from safetensors.torch import save
@@ -59,7 +60,7 @@ from sparse_tf.provenance import git_revision, package_versions
 from sparse_tf.pruning.circuit import Circuit, CircuitError, load_circuit
 from sparse_tf.pruning.means import MODEL_DIGEST_KEY, ablation_means, load_means, save_means
 from sparse_tf.pruning.nodes import node_sites
-from sparse_tf.pruning.search import PruneConfig, PruneResult, prune
+from sparse_tf.pruning.search import PruneConfig, PruneResult, prune_targets
 from sparse_tf.pruning.study import check_study_file
 from sparse_tf.pruning.viewer import render_html, viewer_data
 from sparse_tf.tasks import SPLITS, PairsFile, PairSource, get_task
@@ -96,20 +97,61 @@ def prune_model(
         study: the search's Optuna study file (SQLite; created if missing, resumed if not;
             shareable by parallel workers); None: the study lives in memory.
     """
+    found = prune_model_targets(
+        model_path,
+        task,
+        {cfg.target_loss: out},
+        cfg,
+        device=device,
+        means_file=means_file,
+        mean_windows=mean_windows,
+        overwrite=overwrite,
+        study=study,
+        log=log,
+    )
+    return found[cfg.target_loss]
+
+
+def prune_model_targets(
+    model_path: str | Path,
+    task: str | PairSource,
+    outs: Mapping[float, str | Path],
+    cfg: PruneConfig = PruneConfig(),
+    *,
+    device: str = "auto",
+    means_file: str | Path | None = None,
+    mean_windows: int = 256,
+    overwrite: bool = False,
+    study: str | Path | None = None,
+    log: Log = print,
+) -> dict[float, PruneResult]:
+    """`prune_model` at several target losses: `outs` maps each target (in place of
+    `cfg.target_loss`) to its output folder. The model and the means are loaded once, and the
+    searches share their mask training (`search.prune_targets`); each folder gets what
+    `prune_model` at its target would write, its circuit.json's `run` naming the targets it
+    was pruned with. Every folder is checked, then locked, before any work. Arguments as in
+    `prune_model`; returns target -> result."""
     start = time.perf_counter()
-    out = Path(out)
-    if not out.is_symlink():
-        FolderLock(out, "a pruning run").check_free()  # a job running there: said first
-    _check_out(out, overwrite)
+    if not outs:
+        raise PruneError("prune_model_targets: no target loss given")
+    folders = {target: Path(out) for target, out in outs.items()}
+    if len(set(folders.values())) < len(folders):
+        raise PruneError("prune_model_targets: two targets share an output folder")
+    for out in folders.values():
+        if not out.is_symlink():
+            FolderLock(out, "a pruning run").check_free()  # a job running there: said first
+        _check_out(out, overwrite)
     if study is not None:
         check_study_file(study)  # before any work
     the_task = get_task(task) if isinstance(task, str) else task
     if isinstance(the_task, PairsFile):
         for split in SPLITS:  # a split the file has no pairs of: said before any work
             the_task.pairs(1, cfg.seed, split)
-    with locked_folder(out, "a pruning run"):
-        _check_out(out, overwrite)  # again, now that no other job can change it
-        remove_leftovers(out)  # the temporaries of an interrupted run
+    with contextlib.ExitStack() as locks:
+        for out in folders.values():
+            locks.enter_context(locked_folder(out, "a pruning run"))
+            _check_out(out, overwrite)  # again, now that no other job can change it
+            remove_leftovers(out)  # the temporaries of an interrupted run
         dev = resolve_device(device, flag="--device")
         amp = dev.type == "cuda"
         model, tok = load_model_and_tokenizer(model_path, dev)
@@ -126,32 +168,41 @@ def prune_model(
             means, means_source = _cached_means(
                 Path(model_path), digest, model, tok, mean_windows, amp, log
             )
-        result = prune(model, tok, the_task, means, cfg, study=study, amp=amp, log=log)
+        results = prune_targets(
+            model, tok, the_task, means, cfg, list(folders), study=study, amp=amp, log=log
+        )
         pruned_sites = node_sites(model.cfg, cfg.final_resid)
-        circuit = dataclasses.replace(
-            result.circuit,
-            model=str(model_path),
-            pairs_file=the_task.record() if isinstance(the_task, PairsFile) else None,
-            run={
+        meta = {"source": means_source, MODEL_DIGEST_KEY: digest}
+        written: dict[float, PruneResult] = {}
+        for target, result in results.items():
+            out = folders[target]
+            run = {
                 "means": means_source,
                 "study": None if study is None else str(study),
                 "seconds": round(time.perf_counter() - start, 1),
                 "versions": package_versions(),
                 "git": git_revision(),
                 "device": device_info(dev),
-            },
-        )
-        view = viewer_data(
-            model, tok, the_task, circuit, pruned_sites, means, seed=cfg.seed, amp=amp
-        )
-        meta = {"source": means_source, MODEL_DIGEST_KEY: digest}
-        png = _loss_vs_k_png(circuit, log)
-        _publish(out, circuit, means, meta, result.scores, render_html(view), png)
-    log(circuit.summary())
-    wrote = f"{out / CIRCUIT_FILE}, {out / HTML_FILE}"
-    wrote += f" and {out / LOSS_VS_K_FILE}" if png is not None else ""
-    log(f"wrote {wrote} ({time.perf_counter() - start:.0f} s)")
-    return PruneResult(circuit, result.scores)
+            }
+            if len(folders) > 1:  # `seconds` is then the whole call's until this one
+                run["pruned_with_targets"] = sorted(folders)
+            circuit = dataclasses.replace(
+                result.circuit,
+                model=str(model_path),
+                pairs_file=the_task.record() if isinstance(the_task, PairsFile) else None,
+                run=run,
+            )
+            view = viewer_data(
+                model, tok, the_task, circuit, pruned_sites, means, seed=cfg.seed, amp=amp
+            )
+            png = _loss_vs_k_png(circuit, log)
+            _publish(out, circuit, means, meta, result.scores, render_html(view), png)
+            written[target] = PruneResult(circuit, result.scores)
+            log(circuit.summary())
+            wrote = f"{out / CIRCUIT_FILE}, {out / HTML_FILE}"
+            wrote += f" and {out / LOSS_VS_K_FILE}" if png is not None else ""
+            log(f"wrote {wrote} ({time.perf_counter() - start:.0f} s)")
+    return written
 
 
 def _loss_vs_k_png(circuit: Circuit, log: Log) -> bytes | None:

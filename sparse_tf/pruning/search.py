@@ -17,7 +17,9 @@ parameters, the first trial at the centre, in memory or in a resumable SQLite fi
 parallel workers) until it holds `budget` completed trials, and keeps the smallest circuit that
 meets the target (fewest edges). Then it validates that circuit on the test split: sufficiency
 (only the circuit, the rest mean-ablated), necessity (the full model with the circuit
-mean-ablated) and the loss-vs-k curve.
+mean-ablated) and the loss-vs-k curve. `prune_targets` runs the searches of several target
+losses with each trial's mask training shared (neither step 1 nor the loss at a size depends
+on the target).
 """
 
 from __future__ import annotations
@@ -94,6 +96,9 @@ class Trial:
     """The same without the logit scale."""
     n_edges: int
     seconds: float
+    reused_masks: bool = False
+    """Whether the masks came from the same run made for another target of the same
+    `prune_targets` call (then `seconds` is the bisection's alone)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -116,6 +121,20 @@ class CircuitLoss(NamedTuple):
     scale: float
     uncalibrated: float
     """Mean task loss per prompt of the raw logits."""
+
+
+class MaskRun:
+    """One mask-training run's masks, their node ranking, and the val loss of every circuit
+    size measured on that ranking."""
+
+    def __init__(self, masks: NodeMasks) -> None:
+        self.masks = masks
+        self.ranking = masks.ranking()  # [n_nodes] flat node indices, highest τ first
+        self.measured: dict[int, CircuitLoss] = {}
+
+    def losses(self) -> dict[int, float]:
+        """Circuit size -> calibrated val loss, for every size measured so far."""
+        return {k: m.loss for k, m in self.measured.items()}
 
 
 class Pool:
@@ -169,6 +188,10 @@ class Pruner:
         self.train = Pool(model, tok, task, cfg.n_train, cfg.seed, "train")
         self.val = Pool(model, tok, task, cfg.n_val, cfg.seed, "val")
         self.test = Pool(model, tok, task, cfg.n_test, cfg.seed, "test")
+        # Mask-training runs by (hyperparameters, seed): neither the masks nor the val loss of
+        # a size cut from their ranking depends on the target loss, so the searches of
+        # several targets (`prune_targets`) share them.
+        self._runs: dict[tuple[Hyper, int], MaskRun] = {}
 
     @property
     def device(self) -> torch.device:
@@ -263,33 +286,39 @@ class Pruner:
 
     # -- one trial -----------------------------------------------------------------------
 
-    def trial(self, hyper: Hyper, seed: int) -> tuple[Trial, NodeMasks, dict[int, float]]:
-        """Train masks with `hyper`, then bisect the circuit; also returns every (k, val loss)
-        the bisection measured."""
+    def trial(self, hyper: Hyper, seed: int, target: float) -> tuple[Trial, MaskRun]:
+        """Train masks with `hyper` (or take the run already made with the same hyper and
+        seed), then bisect the smallest circuit meeting `target`."""
         start = time.perf_counter()
-        masks = self.train_masks(hyper, seed)
-        ranking = masks.ranking()
-        measured: dict[int, CircuitLoss] = {}
+        reused = (hyper, seed) in self._runs
+        if not reused:
+            self._runs[hyper, seed] = MaskRun(self.train_masks(hyper, seed))
+        run = self._runs[hyper, seed]
 
         def bound_at(k: int) -> float:
             """The val loss of the top-k circuit plus `margin_se` standard errors."""
-            if k not in measured:
-                gates = top_k_gates(self.sites, ranking, k, self.device)
-                measured[k] = self.circuit_loss(self.val, gates)
-            return measured[k].loss + self.cfg.margin_se * measured[k].se
+            m = self.loss_at(run, k)
+            return m.loss + self.cfg.margin_se * m.se
 
-        trained_k = masks.n_active()
-        k = smallest_k(bound_at, self.n_nodes, self.cfg.target_loss, start=max(1, trained_k))
+        trained_k = run.masks.n_active()
+        k = smallest_k(bound_at, self.n_nodes, target, start=max(1, trained_k))
         reached = k is not None
-        losses = {j: m.loss for j, m in measured.items()}
         if k is None:  # the target is out of reach: keep the best size measured
+            losses = run.losses()
             k = min(losses, key=lambda j: (losses[j], j))
-        nodes = gate_nodes(top_k_gates(self.sites, ranking, k))
+        nodes = gate_nodes(top_k_gates(self.sites, run.ranking, k))
         edges = count_edges(self.model, self.sites, nodes).total
         seconds = time.perf_counter() - start
-        m = measured[k]
-        t = Trial(hyper, trained_k, k, reached, m.loss, m.uncalibrated, edges, seconds)
-        return t, masks, losses
+        m = self.loss_at(run, k)
+        t = Trial(hyper, trained_k, k, reached, m.loss, m.uncalibrated, edges, seconds, reused)
+        return t, run
+
+    def loss_at(self, run: MaskRun, k: int) -> CircuitLoss:
+        """The val loss of the circuit of `run`'s k top-ranked nodes (measured once per run)."""
+        if k not in run.measured:
+            gates = top_k_gates(self.sites, run.ranking, k, self.device)
+            run.measured[k] = self.circuit_loss(self.val, gates)
+        return run.measured[k]
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -432,9 +461,48 @@ def prune(
         amp: bf16 autocast for the forward passes (GPU).
         log: called with progress lines.
     """
+    found = prune_targets(
+        model, tok, task, means, cfg, [cfg.target_loss], study=study, amp=amp, log=log
+    )
+    return found[cfg.target_loss]
+
+
+def prune_targets(
+    model: GPT,
+    tok: Tokenizer,
+    task: PairSource,
+    means: Mapping[str, Tensor],
+    cfg: PruneConfig,
+    targets: Sequence[float],
+    *,
+    study: str | Path | None = None,
+    amp: bool = False,
+    log: Log | None = None,
+) -> dict[float, PruneResult]:
+    """`prune` at each of `targets` (target losses, in place of `cfg.target_loss`), with the
+    mask training shared: target loss -> result.
+
+    Each target has its own search (its own Optuna study, as `prune` would run it), and each
+    gives the circuit `prune` would. But a trial's masks, and the val loss of every size cut
+    from their ranking, do not depend on the target: a trial whose hyperparameters and seed
+    an earlier target's search already ran takes that run's masks and measured losses and
+    only bisects again. The searches draw the same trials (the centre first; then TPE's
+    random start-up samples, the same at every target from one sampler seed) until TPE starts
+    to model each target's results, so a sweep over targets costs about one search plus a
+    bisection per further target. Arguments as in `prune`.
+    """
+    if not targets:
+        raise ValueError("prune_targets: no target loss given")
+    configs = {t: dataclasses.replace(cfg, target_loss=t) for t in targets}  # each one checked
     log = log or (lambda _: None)
     sites = node_sites(model.cfg, cfg.final_resid)
     pruner = Pruner(model, tok, task, sites, means, cfg, amp=amp, log=log)
+    return {t: _search(pruner, c, study, log) for t, c in configs.items()}
+
+
+def _search(pruner: Pruner, cfg: PruneConfig, study: str | Path | None, log: Log) -> PruneResult:
+    """`prune`'s search at `cfg.target_loss` with `pruner`, and the kept circuit validated."""
+    model, task, sites = pruner.model, pruner.task, pruner.sites
     centre = Hyper(
         k_coef=cfg.k_coef,
         lr=cfg.lr,
@@ -452,7 +520,7 @@ def prune(
     name = study_name(task.name, model_fingerprint(model), key)
     optuna_study = open_study(study, name, cfg.seed)
     enqueue_centre(optuna_study, centre)
-    ran: dict[int, tuple[Trial, NodeMasks, dict[int, float]]] = {}  # by this process
+    ran: dict[int, tuple[Trial, MaskRun]] = {}  # by this process
 
     def objective(ot: optuna.trial.Trial) -> float:
         hyper = hyper_of(ot, centre)
@@ -462,14 +530,15 @@ def prune(
         )
         seed = trial_seed(ot, cfg.seed)
         ot.set_user_attr("seed", seed)
-        found = pruner.trial(hyper, seed=seed)
-        trial = found[0]
-        ran[ot.number] = found
+        ran[ot.number] = pruner.trial(hyper, seed, cfg.target_loss)
+        trial = ran[ot.number][0]
         ot.set_user_attr("trial", trial.to_dict())
         met = "" if trial.reached else f" (target {cfg.target_loss} missed)"
+        shared = ", masks of another target's search" if trial.reused_masks else ""
         log(
             f"  trained mask keeps {trial.trained_k} nodes; circuit: {trial.k} nodes, "
-            f"{trial.n_edges} edges, val loss {trial.val_loss:.4f}{met} [{trial.seconds:.1f} s]"
+            f"{trial.n_edges} edges, val loss {trial.val_loss:.4f}{met} "
+            f"[{trial.seconds:.1f} s{shared}]"
         )
         return objective_value(trial.reached, trial.n_edges, trial.val_loss, cfg.target_loss)
 
@@ -484,26 +553,26 @@ def prune(
         recorded = results[best_number]
         log(f"re-running trial {best_number} (run elsewhere) for its masks")
         seed = next(t for t in done if t.number == best_number).user_attrs["seed"]
-        ran[best_number] = pruner.trial(recorded.hyper, seed=seed)
+        ran[best_number] = pruner.trial(recorded.hyper, seed, cfg.target_loss)
         again = ran[best_number][0]
         if (again.k, again.n_edges) != (recorded.k, recorded.n_edges):
             log(
                 f"  the re-run gave {again.k} nodes, {again.n_edges} edges (recorded: "
                 f"{recorded.k}, {recorded.n_edges}; a different device or library version)"
             )
-    trial, masks, losses = ran[best_number]
+    trial, run = ran[best_number]
     trials = [_trial_record(t) for t in optuna_study.get_trials(deepcopy=False)]
 
-    # The loss-vs-k curve of the kept run: the bisection's sizes and a log-spaced grid.
-    ranking, device = masks.ranking(), pruner.device
+    # The loss-vs-k curve of the kept run: the sizes measured on it (the bisections', also
+    # other targets' when shared) and a log-spaced grid.
     for k in log_spaced(pruner.n_nodes, cfg.curve_points):
-        if k not in losses:
-            gates = top_k_gates(sites, ranking, k, device)
-            losses[k] = pruner.circuit_loss(pruner.val, gates).loss
+        pruner.loss_at(run, k)
+    losses = run.losses()
 
-    gates = top_k_gates(sites, ranking, trial.k, device)
+    device = pruner.device
+    gates = top_k_gates(sites, run.ranking, trial.k, device)
     nodes = gate_nodes(gates)
-    scale = pruner.circuit_loss(pruner.val, gates).scale
+    scale = pruner.loss_at(run, trial.k).scale
     sufficiency = pruner.scores(pruner.test, gates, scale).to_dict()
     sufficiency["loss_uncalibrated"] = pruner.scores(pruner.test, gates, 1.0).loss
     sufficiency["meets_target"] = sufficiency["loss"] <= cfg.target_loss
@@ -537,4 +606,4 @@ def prune(
         trials=trials,
         config=cfg.to_dict(),
     )
-    return PruneResult(circuit, masks.scores())
+    return PruneResult(circuit, run.masks.scores())
