@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sparse_tf.pruning import load_circuit
 from tests.helpers import assert_plot_drawn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -283,6 +284,65 @@ def test_step_speed_reports_each_step_s_host_time_within_its_wall_time() -> None
         assert 0 < host <= wall, row
 
 
+def test_step_host_splits_each_variant_s_profiled_time_by_where_its_code_lives() -> None:
+    """step_host.py at a tiny CPU shape: dense and sparse_tf are both timed and profiled; each
+    variant's split by where the code lives adds up to its total (100 %, and its ms to the
+    total row), with the sparse step's own code (sparse_tf's kernels/ and the rest) in it and
+    the difference from dense as printed; the calls eager_step makes add up to the same total;
+    each top list holds at most --top functions by decreasing self time; and the counts see
+    the model's module calls and the sparse model's autograd Functions (no Triton launch: a
+    CPU takes the reference path)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "step_host.py"), "--d-model", "32",
+         "--n-layer", "1", "--n-ctx", "16", "--batch", "2", "--steps", "2", "--warmup", "1",
+         "--l0", "0.25", "--top", "8"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    timing, by_where, by_call, counts, *tops = _tables(proc.stdout)
+    assert [row[0] for row in timing[1:]] == ["dense", "sparse_tf 1/4"]
+    for row in timing[1:]:
+        host, full = float(row[1]), float(row[2])
+        assert 0 < host <= full, row
+
+    assert by_where[0] == [
+        "where", "dense ms", "dense %", "sparse_tf 1/4 ms", "sparse_tf 1/4 %",
+        "sparse_tf 1/4 - dense",
+    ]  # fmt: skip
+    rows = {row[0]: [float(c) for c in row[1:]] for row in by_where[1:]}
+    total = rows.pop("total")
+    for ms, pct in ((0, 1), (2, 3)):  # dense, sparse
+        assert total[pct] == 100.0
+        assert sum(r[pct] for r in rows.values()) == pytest.approx(100, abs=0.05 * len(rows))
+        assert sum(r[ms] for r in rows.values()) == pytest.approx(
+            total[ms], abs=0.005 * (len(rows) + 1)
+        )
+    assert rows["sparse_tf/kernels/"][2] > 0
+    assert rows["sparse_tf, other modules"][2] > 0
+    for r in [*rows.values(), total]:
+        assert r[4] == pytest.approx(r[2] - r[0], abs=0.015)
+
+    assert by_call[0] == ["in eager_step", "function", "dense", "sparse_tf 1/4"]
+    for column, ms in ((2, total[0]), (3, total[2])):
+        summed = sum(float(row[column]) for row in by_call[1:])
+        assert summed == pytest.approx(ms, abs=0.005 * len(by_call))
+
+    assert len(tops) == 2  # dense, sparse
+    for top in tops:
+        assert top[0] == ["function", "where", "calls", "self µs", "cum µs"]
+        self_us = [float(row[3]) for row in top[1:]]
+        assert 1 <= len(self_us) <= 8
+        assert all(us > 0 for us in self_us)
+        assert self_us == sorted(self_us, reverse=True)
+        assert all(row[1] in rows for row in top[1:])  # a row of the by-where table
+
+    assert counts[0] == ["count", "dense", "sparse_tf 1/4"]
+    count = {row[0]: [float(c) for c in row[1:]] for row in counts[1:]}
+    assert all(n > 1 for n in count["nn.Module calls (_call_impl)"])  # the model's and its parts'
+    assert count["autograd Function applies (forward)"][1] > 0
+    assert count["Triton launches (JITFunction.run)"] == [0.0, 0.0]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error a CPU-only machine gives")
 @pytest.mark.parametrize("script", ["circuit_size.py", "frontier.py"])
 def test_cuda_graphs_reach_the_trainer(script: str, tmp_path: Path) -> None:
@@ -302,12 +362,26 @@ def test_cuda_graphs_reach_the_trainer(script: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_circuit_size_tiny_writes_a_consistent_report(tmp_path: Path) -> None:
+def test_circuit_size_tiny_writes_a_consistent_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "circuit-size"
-    _run("circuit_size.py", out)
+    first = _run("circuit_size.py", out)
     for ext in ("md", "png", "html", "json"):
         assert (out / f"circuit_size.{ext}").is_file()
     r = json.loads((out / "circuit_size.json").read_text())
+    # A model's targets on a task are pruned in one job, each trial's masks trained once: the
+    # second target's trials took the first one's.
+    assert re.search(r"target [\d.]+: .*\(\d+ s with 2 targets\)", first)
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from circuit_runs import circuit_dir
+    from circuit_size import TINY
+
+    assert len(TINY.targets) == 2
+    assert TINY.budget == 1
+    folders = [circuit_dir(out, "sparse", r["tasks"][0], x) for x in TINY.targets]
+    trials = [t for folder in folders for t in load_circuit(folder).trials]
+    assert [t["reused_masks"] for t in trials] == [False, True]
     md = (out / "circuit_size.md").read_text()
     families = list(r["dense"])
     assert families == ["dense", "dense-abstopk"]

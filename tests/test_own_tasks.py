@@ -236,7 +236,9 @@ def test_a_met_target_exits_0(
     met = dataclasses.replace(missed, reached_target=True, sufficiency=sufficiency)
     assert met.met_target
     assert not dataclasses.replace(met, reached_target=False).met_target  # val missed
-    monkeypatch.setattr(run, "prune_model", lambda *a, **k: PruneResult(met, {}))
-    main(["prune", "--model", str(trained), "--task", "single_double_quote", "--out", "x"])
+    result = {met.target_loss: PruneResult(met, {})}
+    monkeypatch.setattr(run, "prune_model_targets", lambda *a, **k: result)
+    main(["prune", "--model", str(trained), "--task", "single_double_quote",
+          "--out", str(tmp_path / "x")])  # fmt: skip
     assert "TARGET MISSED" not in met.summary()
     assert "misses the target" not in capsys.readouterr().err

@@ -690,6 +690,42 @@ def test_prune_model_targets_writes_a_folder_per_target_and_checks_them_all_firs
     assert "pruned_with_targets" not in load_circuit(alone).run
 
 
+def test_prune_command_sweeps_targets_into_a_folder_each(
+    pruned: Path, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sparse-tf prune --targets A B` writes OUT/target-A and OUT/target-B; its exit status
+    and stderr name the targets the tiny model's circuits miss; a bad --targets is one line
+    before any work."""
+    out = tmp_path / "sweep"
+    args = ["prune", "--model", str(trained), *SHORT_PRUNE]
+    means = ["--means", str(pruned / MEANS_FILE)]
+    status = run_prune([*args, "--out", str(out), *means, "--targets", "0.3", "0.1"])
+    assert user_entries(out) == ["target-0.1", "target-0.3"]
+    circuits = {t: load_circuit(out / f"target-{t}") for t in (0.3, 0.1)}
+    assert all(c.target_loss == t for t, c in circuits.items())
+    missed = [t for t, c in circuits.items() if not c.met_target]
+    assert status == (TARGET_MISSED_STATUS if missed else 0)
+    err = capsys.readouterr().err
+    for t in missed:
+        assert f"target-{t}" in err
+    bad_means = tmp_path / "bad.safetensors"
+    bad_means.write_bytes(b"not a safetensors file")
+    bad = [
+        # Fails inside the run, after OUT/target-* were made: OUT goes with them.
+        (["--targets", "0.1", "0.3", "--means", str(bad_means)], "unreadable"),
+        (["--targets", "0.1", "0.8"], "--targets"),
+        (["--targets", "0.1", "0.1"], "a repeat"),
+        (["--targets", "0.1", "--target-loss", "0.2"], "not both"),
+    ]
+    for extra, needle in bad:
+        with pytest.raises(SystemExit):
+            main([*args, "--out", str(tmp_path / "o"), *extra])
+        err = capsys.readouterr().err.strip()
+        assert needle in err, err
+        assert len(err.splitlines()) == 1, err
+        assert not (tmp_path / "o").exists()
+
+
 def test_prune_errors_are_one_line(
     trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -33,6 +33,7 @@ from sparse_tf.io import write_json
 from sparse_tf.model_config import GPTConfig
 from sparse_tf.pruning.config import PruneConfig
 from sparse_tf.sparsity_config import SparsityConfig, abstopk_k
+from sparse_tf.tasks.base import CHANCE_LOSS
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -628,26 +629,54 @@ class PruneArgs(ConfigFileArgs):
     """SQLite file of the search's Optuna study (created if missing): rerun the same command to
     resume after a kill, or start several at once to search in parallel; --budget counts the
     study's completed trials. Default: a study in memory."""
+    targets: tuple[float, ...] = ()
+    """Several target losses in one run, instead of --target-loss: each circuit in its own
+    folder OUT/target-T (T as given). Each target has its own search, and gets the circuit a
+    run at that target would, but a trial's masks are trained once for every target (they do
+    not depend on it): a sweep costs about one run plus a bisection per further target."""
 
     def __post_init__(self) -> None:
         exclusive_task_flags(self.task, self.pairs, required=True)
         require(self.mean_windows >= 1, self, "mean_windows", "must be at least 1")
+        if self.targets:
+            require(
+                self.config.target_loss == PruneConfig().target_loss,
+                self.config,
+                "target_loss",
+                "give one target loss (--target-loss) or several (--targets), not both",
+            )
+            for target in self.targets:
+                require(
+                    0 < target < CHANCE_LOSS,
+                    self,
+                    "targets",
+                    f"{target:g} is not in (0, {CHANCE_LOSS:.4f}): at chance loss or above, no "
+                    "circuit is needed",
+                )
+            require(len(set(self.targets)) == len(self.targets), self, "targets", "a repeat")
+
+    def outs(self) -> dict[float, Path]:
+        """Target loss -> output folder."""
+        if not self.targets:
+            return {self.config.target_loss: Path(self.out)}
+        return {t: Path(self.out) / f"target-{t:g}" for t in self.targets}
 
 
 def prune_command(argv: list[str]) -> None:
     args = parse_with_config_file(PruneArgs, argv, "sparse-tf prune", exclude=PRUNE_FILE_EXCLUDE)
     if args is None:
         return
-    from sparse_tf.pruning.run import prune_model  # torch-heavy search code only when used
+    from sparse_tf.pruning.run import prune_model_targets  # torch-heavy: only when used
     from sparse_tf.tasks import read_pairs_file
 
     task = read_pairs_file(args.pairs) if args.pairs is not None else args.task
     assert task is not None  # PruneArgs requires one of them
+    outs = args.outs()
     try:
-        result = prune_model(
+        results = prune_model_targets(
             args.model,
             task,
-            args.out,
+            outs,
             args.config,
             device=args.device,
             means_file=args.means,
@@ -663,12 +692,15 @@ def prune_command(argv: list[str]) -> None:
             f"interrupted; the study {args.study} keeps its completed trials",
             ["sparse-tf", "prune", *argv],
         ) from None
-    if not result.circuit.met_target:
+    missed = [t for t, result in results.items() if not result.circuit.met_target]
+    if missed:
         # The summary (stdout) began with "TARGET MISSED"; this line is for whoever reads
         # only stderr and the status.
+        where = ", ".join(str(outs[t]) for t in missed)
+        losses = " ".join(f"{t:g}" for t in missed)
         print(
-            f"sparse-tf prune: the circuit misses the target loss {args.config.target_loss} "
-            f"(exit status {TARGET_MISSED_STATUS}); its files are in {args.out}",
+            f"sparse-tf prune: the circuit misses the target loss {losses} (exit status "
+            f"{TARGET_MISSED_STATUS}); its files are in {where}",
             file=sys.stderr,
         )
         sys.exit(TARGET_MISSED_STATUS)

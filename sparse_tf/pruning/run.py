@@ -134,6 +134,8 @@ def prune_model_targets(
     start = time.perf_counter()
     if not outs:
         raise PruneError("prune_model_targets: no target loss given")
+    for target in outs:  # each target checked before any work (a ConfigError naming it)
+        dataclasses.replace(cfg, target_loss=target)
     folders = {target: Path(out) for target, out in outs.items()}
     if len(set(folders.values())) < len(folders):
         raise PruneError("prune_model_targets: two targets share an output folder")
@@ -147,6 +149,33 @@ def prune_model_targets(
     if isinstance(the_task, PairsFile):
         for split in SPLITS:  # a split the file has no pairs of: said before any work
             the_task.pairs(1, cfg.seed, split)
+    # A failed call leaves no trace: `locked_folder` removes each output folder it made, and
+    # this the folders it made them in (OUT of `sparse-tf prune --targets`), if left empty.
+    made = {out.parent for out in folders.values() if not out.parent.exists()}
+    try:
+        return _prune_into(model_path, the_task, folders, cfg, device, means_file, mean_windows,
+                           overwrite, study, log, start)  # fmt: skip
+    except BaseException:
+        for parent in made:
+            with contextlib.suppress(OSError):  # not empty: something of the user's is there
+                parent.rmdir()
+        raise
+
+
+def _prune_into(
+    model_path: str | Path,
+    the_task: PairSource,
+    folders: dict[float, Path],
+    cfg: PruneConfig,
+    device: str,
+    means_file: str | Path | None,
+    mean_windows: int,
+    overwrite: bool,
+    study: str | Path | None,
+    log: Log,
+    start: float,
+) -> dict[float, PruneResult]:
+    """`prune_model_targets` once its arguments are checked."""
     with contextlib.ExitStack() as locks:
         for out in folders.values():
             locks.enter_context(locked_folder(out, "a pruning run"))
