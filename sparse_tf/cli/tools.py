@@ -632,8 +632,8 @@ class PruneArgs(ConfigFileArgs):
     targets: tuple[float, ...] = ()
     """Several target losses in one run, instead of --target-loss: each circuit in its own
     folder OUT/target-T (T as given). Each target has its own search, and gets the circuit a
-    run at that target would, but a trial's masks are trained once for every target (they do
-    not depend on it): a sweep costs about one run plus a bisection per further target."""
+    run at that target would, but a trial's masks are trained once for every target that
+    draws the same trial (they do not depend on the target)."""
 
     def __post_init__(self) -> None:
         exclusive_task_flags(self.task, self.pairs, required=True)

@@ -488,8 +488,8 @@ def prune_targets(
     an earlier target's search already ran takes that run's masks and measured losses and
     only bisects again. The searches draw the same trials (the centre first; then TPE's
     random start-up samples, the same at every target from one sampler seed) until TPE starts
-    to model each target's results, so a sweep over targets costs about one search plus a
-    bisection per further target. Arguments as in `prune`.
+    to model each target's results, so at a small budget each trial's masks are trained once
+    instead of once per target. Arguments as in `prune`.
     """
     if not targets:
         raise ValueError("prune_targets: no target loss given")
