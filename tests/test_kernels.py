@@ -409,6 +409,35 @@ def test_norm_abs_topk_matches_the_reference(
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("rows", [0, 1, 3, 7])
+def test_norm_abs_topk_backward_writes_every_partial_it_sums(
+    monkeypatch: pytest.MonkeyPatch, rows: int
+) -> None:
+    """The backward's partial sums of the gain's gradient are allocated uninitialised: with
+    torch filling uninitialised memory with NaN (deterministic mode), a partial that no
+    program wrote would show as NaN in the gain's gradient. No rows: a zero gradient. At most
+    3 programs here, so that 7 rows take a program over several rows, as at scale."""
+    monkeypatch.setattr(norm_abstopk, "BWD_PROGRAMS", 3)
+    width, k = 40, 7
+    x = hard_rows(rows, width, torch.float32, rows).to(DEVICE)
+    weight = 1.0 + 0.1 * torch.randn(width, device=DEVICE)
+    y, bits, rstd = norm_abstopk.forward(x, weight, k, torch.float32)
+    grad = torch.randn_like(y)
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert torch.utils.deterministic.fill_uninitialized_memory  # torch's default
+        dx, dw = norm_abstopk.backward(bits, grad, x, weight, rstd)
+    finally:
+        torch.use_deterministic_algorithms(before)
+    x_hat = x * rstd.unsqueeze(-1)  # [rows, width]
+    kept = y != 0
+    expected = (grad * kept * x_hat).sum(0)  # [width]
+    torch.testing.assert_close(dw, expected, rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(dx).all()
+
+
+@pytest.mark.interpreter
 def test_fp32_rows_of_nearly_equal_magnitudes() -> None:
     """fp32 rows whose magnitudes differ only in their low mantissa bits (one bf16 value):
     both searches and the fused norm still find the exact kept set, around the guided
