@@ -481,7 +481,7 @@ def test_a_target_sweep_trains_each_trials_masks_once_and_finds_each_targets_cir
         return train_masks(self, hyper, seed)
 
     monkeypatch.setattr(Pruner, "train_masks", counted)
-    swept = prune_targets(model, tok, _planted_task(), means, cfg, targets)
+    swept = dict(prune_targets(model, tok, _planted_task(), means, cfg, targets))
     assert list(swept) == list(targets)
     assert len(trainings) == cfg.budget  # not budget x targets
     for i, t in enumerate(targets):
@@ -503,7 +503,7 @@ def test_a_target_sweep_trains_each_trials_masks_once_and_finds_each_targets_cir
         assert all(x["reused_masks"] == (i > 0) for x in b.trials)
         assert all(torch.equal(swept[t].scores[k], alone[t].scores[k]) for k in a.nodes)
     with pytest.raises(ConfigError, match="target_loss"):
-        prune_targets(model, tok, _planted_task(), means, cfg, [0.1, 0.9])  # above chance
+        prune_targets(model, tok, _planted_task(), means, cfg, [0.1, 0.9])  # 0.9: above chance
 
 
 def test_pool_batches_trim_padding_and_keep_pairs_together() -> None:
@@ -672,9 +672,16 @@ def test_prune_model_targets_writes_a_folder_per_target_and_checks_them_all_firs
             trained, "single_double_quote", {0.3: mine, 0.1: mine}, cfg, means_file=means
         )
     outs = {0.3: tmp_path / "t30", 0.1: tmp_path / "t10"}
+    lines: list[str] = []
     results = prune_model_targets(
-        trained, "single_double_quote", outs, cfg, means_file=means, log=lambda _: None
+        trained, "single_double_quote", outs, cfg, means_file=means, log=lines.append
     )
+    # Each folder is written as its search ends: the first before the second search starts.
+    starts = [i for i, line in enumerate(lines) if line.startswith("trial 0 ")]
+    wrote = [i for i, line in enumerate(lines) if line.startswith("wrote ")]
+    assert len(starts) == len(wrote) == 2
+    assert starts[0] < wrote[0] < starts[1] < wrote[1]
+    assert str(outs[0.3]) in lines[wrote[0]]
     for target, folder in outs.items():
         c = load_circuit(folder)
         assert c.target_loss == target

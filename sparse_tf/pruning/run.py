@@ -197,13 +197,13 @@ def _prune_into(
             means, means_source = _cached_means(
                 Path(model_path), digest, model, tok, mean_windows, amp, log
             )
-        results = prune_targets(
+        searches = prune_targets(
             model, tok, the_task, means, cfg, list(folders), study=study, amp=amp, log=log
         )
         pruned_sites = node_sites(model.cfg, cfg.final_resid)
         meta = {"source": means_source, MODEL_DIGEST_KEY: digest}
         written: dict[float, PruneResult] = {}
-        for target, result in results.items():
+        for target, result in searches:  # each folder written as its search ends
             out = folders[target]
             run = {
                 "means": means_source,

@@ -461,10 +461,11 @@ def prune(
         amp: bf16 autocast for the forward passes (GPU).
         log: called with progress lines.
     """
-    found = prune_targets(
+    searches = prune_targets(
         model, tok, task, means, cfg, [cfg.target_loss], study=study, amp=amp, log=log
     )
-    return found[cfg.target_loss]
+    ((_, result),) = searches
+    return result
 
 
 def prune_targets(
@@ -478,9 +479,9 @@ def prune_targets(
     study: str | Path | None = None,
     amp: bool = False,
     log: Log | None = None,
-) -> dict[float, PruneResult]:
-    """`prune` at each of `targets` (target losses, in place of `cfg.target_loss`), with the
-    mask training shared: target loss -> result.
+) -> Iterator[tuple[float, PruneResult]]:
+    """`prune` at each of `targets` (target losses, in place of `cfg.target_loss`) in turn,
+    with the mask training shared: (target loss, result) as each search ends.
 
     Each target has its own search (its own Optuna study, as `prune` would run it), and each
     gives the circuit `prune` would. But a trial's masks, and the val loss of every size cut
@@ -493,11 +494,26 @@ def prune_targets(
     """
     if not targets:
         raise ValueError("prune_targets: no target loss given")
-    configs = {t: dataclasses.replace(cfg, target_loss=t) for t in targets}  # each one checked
-    log = log or (lambda _: None)
+    # Each target checked before any work: a ConfigError naming it.
+    configs = {t: dataclasses.replace(cfg, target_loss=t) for t in targets}
+    return _searches(model, tok, task, means, cfg, configs, study, amp, log or (lambda _: None))
+
+
+def _searches(
+    model: GPT,
+    tok: Tokenizer,
+    task: PairSource,
+    means: Mapping[str, Tensor],
+    cfg: PruneConfig,
+    configs: dict[float, PruneConfig],
+    study: str | Path | None,
+    amp: bool,
+    log: Log,
+) -> Iterator[tuple[float, PruneResult]]:
     sites = node_sites(model.cfg, cfg.final_resid)
     pruner = Pruner(model, tok, task, sites, means, cfg, amp=amp, log=log)
-    return {t: _search(pruner, c, study, log) for t, c in configs.items()}
+    for target, target_cfg in configs.items():
+        yield target, _search(pruner, target_cfg, study, log)
 
 
 def _search(pruner: Pruner, cfg: PruneConfig, study: str | Path | None, log: Log) -> PruneResult:
