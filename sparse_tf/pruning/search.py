@@ -295,17 +295,19 @@ class Pruner:
             self._runs[hyper, seed] = MaskRun(self.train_masks(hyper, seed))
         run = self._runs[hyper, seed]
 
+        visited: dict[int, float] = {}  # this bisection's sizes (the run's may hold more)
+
         def bound_at(k: int) -> float:
             """The val loss of the top-k circuit plus `margin_se` standard errors."""
             m = self.loss_at(run, k)
+            visited[k] = m.loss
             return m.loss + self.cfg.margin_se * m.se
 
         trained_k = run.masks.n_active()
         k = smallest_k(bound_at, self.n_nodes, target, start=max(1, trained_k))
         reached = k is not None
-        if k is None:  # the target is out of reach: keep the best size measured
-            losses = run.losses()
-            k = min(losses, key=lambda j: (losses[j], j))
+        if k is None:  # the target is out of reach: keep the best size this search measured
+            k = min(visited, key=lambda j: (visited[j], j))
         nodes = gate_nodes(top_k_gates(self.sites, run.ranking, k))
         edges = count_edges(self.model, self.sites, nodes).total
         seconds = time.perf_counter() - start
