@@ -122,7 +122,8 @@ def label(key: Key) -> str:
 def where(key: Key, stats: dict[Key, Row], depth: int = 0) -> str:
     """Which row of `WHERE` a function's self time goes to. Paths are taken relative to
     site-packages or the repo first, so that a checkout or virtual environment whose own path
-    happens to name a package (`/opt/torch/.venv/...`) does not decide it."""
+    happens to name a package (a virtual environment inside a folder named `torch`, say) does
+    not decide it."""
     file, _, name = key
     if file == "~":
         if _TRITON_BUILTIN.search(name):
