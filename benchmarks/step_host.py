@@ -44,6 +44,7 @@ under it); on older Pythons that time shows only as the self time of `run_backwa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import pstats
 import re
@@ -163,15 +164,17 @@ def counted_functions() -> dict[str, set[Key]]:
         "autograd Function backwards": {code_key(autograd_function.BackwardCFunction.apply)},
         "nn.Module calls (_call_impl)": {code_key(torch.nn.Module._call_impl)},
     }
-    try:  # triton is optional: without it nothing is launched
-        from triton.runtime import interpreter, jit
+    launches = out["Triton launches (JITFunction.run)"]
+    # triton is optional (without it nothing is launched), and each entry point is looked up
+    # on its own, so that a version without one still counts the other.
+    with contextlib.suppress(ImportError, AttributeError):
+        from triton.runtime import jit
 
-        out["Triton launches (JITFunction.run)"] = {
-            code_key(jit.JITFunction.run),
-            code_key(interpreter.InterpretedFunction.run),  # TRITON_INTERPRET=1
-        }
-    except (ImportError, AttributeError):  # no triton, or one that names these otherwise
-        pass
+        launches.add(code_key(jit.JITFunction.run))
+    with contextlib.suppress(ImportError, AttributeError):
+        from triton.runtime import interpreter
+
+        launches.add(code_key(interpreter.InterpretedFunction.run))  # TRITON_INTERPRET=1
     return out
 
 
