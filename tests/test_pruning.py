@@ -672,6 +672,11 @@ def test_prune_model_targets_writes_a_folder_per_target_and_checks_them_all_firs
         prune_model_targets(trained, "single_double_quote", outs, cfg, means_file=means)
     assert not (tmp_path / "t30").exists()
     assert user_entries(mine) == ["notes.txt"]
+    with pytest.raises(ConfigError, match="target_loss"):  # above chance
+        prune_model_targets(trained, "single_double_quote", {0.9: tmp_path / "t90"}, cfg)
+    with pytest.raises(PruneError, match="no target loss"):
+        prune_model_targets(trained, "single_double_quote", {}, cfg)
+    assert not (tmp_path / "t90").exists()
     with pytest.raises(PruneError, match="share an output folder"):
         prune_model_targets(
             trained, "single_double_quote", {0.3: mine, 0.1: mine}, cfg, means_file=means

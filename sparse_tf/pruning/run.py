@@ -202,19 +202,20 @@ def _prune_into(
         )
         pruned_sites = node_sites(model.cfg, cfg.final_resid)
         meta = {"source": means_source, MODEL_DIGEST_KEY: digest}
+        # What every circuit's `run` records, found once (the git revision is a subprocess).
+        provenance = {
+            "means": means_source,
+            "study": None if study is None else str(study),
+            "versions": package_versions(),
+            "git": git_revision(),
+            "device": device_info(dev),
+        }
+        if len(folders) > 1:  # each `seconds` is then the whole call's until that circuit
+            provenance["pruned_with_targets"] = sorted(folders)
         written: dict[float, PruneResult] = {}
         for target, result in searches:  # each folder written as its search ends
             out = folders[target]
-            run = {
-                "means": means_source,
-                "study": None if study is None else str(study),
-                "seconds": round(time.perf_counter() - start, 1),
-                "versions": package_versions(),
-                "git": git_revision(),
-                "device": device_info(dev),
-            }
-            if len(folders) > 1:  # `seconds` is then the whole call's until this one
-                run["pruned_with_targets"] = sorted(folders)
+            run = {**provenance, "seconds": round(time.perf_counter() - start, 1)}
             circuit = dataclasses.replace(
                 result.circuit,
                 model=str(model_path),
