@@ -29,13 +29,15 @@ def test_python_examples_run(index: int, capsys: pytest.CaptureFixture[str]) -> 
 
 def test_ci_runs_the_quickstart_commands() -> None:
     """CI runs the test command verbatim, and the training command shortened only in steps
-    (the full default run takes minutes that CI's budget cannot hold)."""
+    (the full default run takes minutes that CI's budget cannot hold). Each ends in `|| exit`:
+    under `set -e` a failed install before the `&&` would not stop the script, and CI would
+    fail later on a missing tool, hiding pip's own error."""
     train, test = quickstart_commands()
     assert train.endswith("sparse-tf train")
     assert test.endswith('python -m pytest -m "not slow"')
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    assert test in ci
-    assert any(re.fullmatch(re.escape(train) + r" --max-steps \d+", line) for line in ci)
+    assert f"{test} || exit" in ci
+    assert any(re.fullmatch(re.escape(train) + r" --max-steps \d+ \|\| exit", line) for line in ci)
 
 
 def test_the_config_file_example_is_a_valid_config(tmp_path: Path) -> None:
