@@ -43,7 +43,7 @@ from sparse_tf.filenames import CIRCUIT_FILE, CONFIG_FILE, FINAL_DIR, SUMMARY_FI
 from sparse_tf.io import atomic_dir, atomic_write_bytes, atomic_write_text, read_json, write_json
 from sparse_tf.model import GPTConfig
 from sparse_tf.presets import preset
-from sparse_tf.pruning import PruneConfig, load_circuit, prune_model_targets
+from sparse_tf.pruning import PruneConfig, kept_within, load_circuit, prune_model_targets
 from sparse_tf.sparsity import SparsityConfig
 from sparse_tf.tasks import CHANCE_LOSS, get_task
 from sparse_tf.training import RunOptions, TrainConfig, train
@@ -351,12 +351,38 @@ class CircuitSize:
     edges: int
     reached: bool
     """The circuit meets the target on the val split, where its size is chosen."""
-    sufficiency: float
-    """Test-split loss of the circuit alone (calibrated)."""
-    necessity: float
-    """Test-split loss of the model with the circuit ablated."""
+    sufficiency: float | None
+    """Test-split loss of the circuit alone (calibrated); None for a smaller budget's circuit
+    (`size_within`: only the kept circuit is scored on the test split)."""
+    necessity: float | None
+    """Test-split loss of the model with the circuit ablated (None likewise)."""
     trials: int
+    """Completed trials of its search."""
     path: str
+
+
+def size_within(size: CircuitSize, budget: int) -> CircuitSize:
+    """The circuit that `size`'s search would have kept with `budget` completed trials
+    (`kept_within`, from its circuit.json's trial records): how the size depends on the search
+    budget, read off one larger search. The same as `size` at its own budget or above."""
+    if budget >= size.trials:
+        return size
+    trial = kept_within(load_circuit(Path(size.path)).trials, budget)
+    return CircuitSize(
+        nodes=trial.k,
+        edges=trial.n_edges,
+        reached=trial.reached,
+        sufficiency=None,
+        necessity=None,
+        trials=budget,
+        path=size.path,
+    )
+
+
+def budgets_up_to(budget: int) -> list[int]:
+    """The search budgets a report shows the sizes at: 1, 2, 4, ... and `budget` itself."""
+    out = [b for b in (2**i for i in range(budget.bit_length())) if b < budget]
+    return [*out, budget]
 
 
 def circuit_dir(root: Path, key: str, task: str, target: float) -> Path:
@@ -381,8 +407,8 @@ def prune_grid(
     mask training shared: `prune_model_targets`); the jobs of every model share one pool of
     `jobs` processes (`run_jobs`), so that no model's last job holds up the next model's.
     A circuit already pruned with this config and at least this budget is read, not pruned
-    again; one with a smaller budget is pruned again with its study resumed (its trials count
-    towards the budget)."""
+    again, and sized as its search stood at this budget (`size_within`); one with a smaller
+    budget is pruned again with its study resumed (its trials count towards the budget)."""
     study = root / "studies.db"
     wants = {
         (key, t, x): dataclasses.replace(cfg, target_loss=x)
@@ -412,6 +438,8 @@ def prune_grid(
             trials=sum(t.get("state") == "COMPLETE" for t in c.trials),
             path=str(folder),
         )
+        # A circuit read from a larger search counts at this budget, the same on every side.
+        size = size_within(size, cfg.budget)
         out.setdefault(key, {}).setdefault(task, {})[target] = size
         if target not in todo.get((key, task), []):
             took = "reused"

@@ -32,7 +32,9 @@
    one: the matched widths, or every width with --every-width, which shows how much the
    matched figure depends on the widths that stand for the dense side), the matched ratio as
    every pair of pruned widths that brackets the sparse loss would give it (several pairs
-   where a family's loss is not monotone in width), and a plot of edges vs target loss.
+   where a family's loss is not monotone in width), the matched ratio at every smaller
+   search budget (1, 2, 4, ... trials: each circuit the best of its search's first trials,
+   which is what a search of that budget keeps), and a plot of edges vs target loss.
 
 Every step skips what its output folder already holds (see `circuit_runs`): run the same
 command again after a kill and it continues.
@@ -55,6 +57,7 @@ from circuit_runs import (
     RunFlags,
     Scores,
     base_config,
+    budgets_up_to,
     circuit_tasks,
     fmt,
     geomean,
@@ -67,6 +70,7 @@ from circuit_runs import (
     pyplot,
     rnd,
     run_main,
+    size_within,
     solved_tasks,
     train_models,
     width_key,
@@ -448,6 +452,15 @@ def assemble(
         ]
         for name in matches
     }
+    # The matched ratio at every smaller search budget, read off the trials of this one.
+    by_budget = {
+        name: [
+            {"budget": b, **budget_entry(args, m, best[name], sizes, tasks, b)}
+            for b in budgets_up_to(args.budget)
+        ]
+        for name, m in matches.items()
+        if all(best[name][w].key in sizes for w in m.keys)
+    }
     return {
         "title": TITLE,
         "config": _jsonable(dataclasses.asdict(args)),
@@ -479,6 +492,7 @@ def assemble(
         "ratio": summary,
         "by_width": by_width,
         "by_pair": by_pair,
+        "by_budget": by_budget,
         "notes": [
             "edges: nonzero weights between kept nodes (the paper's count; residual links apart)",
             "a circuit meets its target on the val split, where its size is chosen; one that "
@@ -503,6 +517,39 @@ def by_width_entry(
         "val_loss": round(score.val_loss, 4),
         **ratio_entry(args, alone, {"model": sizes}, sparse, tasks),
     }
+
+
+def budget_entry(
+    args: Args,
+    match: LossMatch,
+    widths: dict[str, DenseRun],
+    sizes: dict[str, dict[str, dict[float, CircuitSize]]],
+    tasks: list[str],
+    budget: int,
+) -> dict[str, Any]:
+    """The matched ratio with every circuit as its search stood at `budget` completed trials
+    (`size_within`), and the geometric mean over tasks of each side's edges (the circuits that
+    meet their target): whether a larger search shrinks sparse and dense circuits alike."""
+
+    def within(key: str) -> dict[str, dict[float, CircuitSize]]:
+        return {
+            task: {t: size_within(sizes[key][task][t], budget) for t in args.targets}
+            for task in tasks
+        }
+
+    sparse = within("sparse")
+    dense = {w: within(widths[w].key) for w in match.keys}
+    edges: dict[str, dict[str, float | None]] = {"sparse": {}, "dense": {}}
+    for t in args.targets:
+        s = [max(1, sparse[task][t].edges) for task in tasks if sparse[task][t].reached]
+        d = [
+            match.value({w: max(1, dense[w][task][t].edges) for w in match.keys})
+            for task in tasks
+            if all(dense[w][task][t].reached for w in match.keys)
+        ]
+        edges["sparse"][f"{t:g}"] = rnd(geomean(s)) if s else None
+        edges["dense"][f"{t:g}"] = rnd(geomean(d)) if d else None
+    return {"edges": edges, **ratio_entry(args, match, dense, sparse, tasks)}
 
 
 def ratio_entry(
@@ -567,6 +614,11 @@ def interval_cell(iv: dict[str, Any]) -> str:
     if iv["n"] == 0:
         return "-"
     return f"{fmt(iv['estimate'], 2)} ({fmt(iv['low'], 2)} - {fmt(iv['high'], 2)}, {iv['n']})"
+
+
+def edge_cells(edges: dict[str, dict[str, float | None]], targets: list[float]) -> list[str]:
+    """Each side's mean edges at every target, sparse then dense (a `budget_entry`'s)."""
+    return [fmt(edges[side][f"{t:g}"]) for t in targets for side in ("sparse", "dense")]
 
 
 def ratio_section(
@@ -663,6 +715,24 @@ def report(r: dict[str, Any]) -> str:
             "only the matched pair unless --every-width.",
             ["family", "pair", "matched"],
             pairs,
+            targets,
+        )
+    budgets = [
+        ([name, str(d["budget"]), *edge_cells(d["edges"], targets)], d)
+        for name in fams
+        for d in r["by_budget"].get(name, [])
+    ]
+    if len(budgets) > len(fams):
+        lines += ratio_section(
+            "Edge ratio by search budget",
+            "The matched ratio as a search of each smaller budget would have given it: every "
+            "circuit the best of its search's first trials (`kept_within`; the same circuit a "
+            "search of that budget keeps), with each side's edges (geometric mean over the tasks "
+            "whose circuits meet the target, dense interpolated as above). Where the ratio still "
+            "moves at the largest budget, a larger search would move it further.",
+            ["family", "budget"]
+            + [f"{side} edges at {t:g}" for t in targets for side in ("sparse", "dense")],
+            budgets,
             targets,
         )
     lines += ["## Circuits per task", ""]

@@ -488,6 +488,43 @@ def test_circuit_size_tiny_writes_a_consistent_report(
     assert len(pairs) == (1 if n_pairs else 0)
     assert sum(len(t) - 1 for t in pairs) == n_pairs
 
+    # A larger search: every study resumed for one more trial. The ratio by search budget
+    # gives, at budget 1, the figure of the budget-1 run (each study's first trial is the same)
+    # and at budget 2 the matched ratio of this run's own circuits; one table row per budget.
+    assert [d["budget"] for name in families for d in r["by_budget"][name]] == [1] * 2
+    assert not [t for t in _tables(every) if t[0][:2] == ["family", "budget"]]
+    larger = _run("circuit_size.py", out, "--every-width", "--budget", "2")
+    r2 = json.loads((out / "circuit_size.json").read_text())
+    for name in families:
+        one, two = r2["by_budget"][name]
+        assert (one["budget"], two["budget"]) == (1, 2)
+        assert one == r["by_budget"][name][0]
+        keys = r2["dense"][name]["match"]["keys"]
+        if len(keys) == 2:
+            (pair,) = [d for d in r2["by_pair"][name] if d["matched"]]
+            assert two["ratios"] == pair["ratios"]
+        else:
+            assert two["ratios"] == r2["by_width"][name][keys[0]]["ratios"]
+    (table,) = [t for t in _tables(larger) if t[0][:2] == ["family", "budget"]]
+    assert [row[:2] for row in table[1:]] == [[n, b] for n in families for b in ("1", "2")]
+
+    # Back at budget 1: the circuits are read from the budget-2 searches, sized as each search
+    # stood after its first trial, so the report is the budget-1 run's.
+    _run("circuit_size.py", out, "--every-width")
+    r1 = json.loads((out / "circuit_size.json").read_text())
+
+    def sizes(report: dict) -> list[tuple]:
+        return [
+            (c["nodes"], c["edges"], c["reached"])
+            for by_target in report["circuits"].values()
+            for row in by_target.values()
+            for side in row.values()
+            for c in [side, *side.get("widths", {}).values()]
+        ]
+
+    assert sizes(r1) == sizes(r)
+    assert r1["ratio"] == r["ratio"]
+
 
 @pytest.mark.slow
 def test_circuit_size_tiny_widens_a_sweep_whose_best_lr_is_at_an_end(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ from sparse_tf.pruning import (
     fit_logit_scale,
     heaviside,
     keep_gates,
+    kept_within,
     load_circuit,
     load_means,
     mean_ablation,
@@ -455,6 +456,57 @@ def test_pruning_is_reproducible_and_leaves_the_model_unchanged() -> None:
     assert a["trials"][1]["hyper"] != a["trials"][0]["hyper"]  # the search moved
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert [p.requires_grad for p in model.parameters()] == flags
+
+
+def test_a_searchs_first_trials_keep_what_a_search_of_that_budget_keeps() -> None:
+    """`kept_within(records, b)` read off a larger search's trials is the circuit a search of
+    budget b keeps (a trial's parameters and seed depend only on the trials before it), and at
+    the whole budget the circuit that search kept."""
+    tok = _word_tokenizer()
+    model = _planted_model(tok)
+    sites = node_sites(model.cfg, final_resid=True)
+    means = {s.name: torch.zeros(s.width) for s in sites}
+    cfg = PruneConfig(steps=30, batch_pairs=8, n_train=32, n_val=16, n_test=16, budget=3)
+    full = prune(model, tok, _planted_task(), means, cfg).circuit
+    for budget in (1, 2, 3):
+        small = prune(model, tok, _planted_task(), means, dataclasses.replace(cfg, budget=budget))
+        kept = kept_within(full.trials, budget)
+        c = small.circuit
+        assert (kept.k, kept.n_edges, kept.reached) == (c.n_nodes, c.n_edges, c.reached_target)
+    assert kept_within(full.trials, 99) == kept_within(full.trials, 3)
+
+
+def test_kept_within_takes_the_first_completed_trials_by_number() -> None:
+    """Records out of order, a failed trial among them, equal circuits: the best of the first
+    `budget` completed trials by number, the earliest of equals."""
+
+    def record(number: int, edges: int, reached: bool = True, state: str = "COMPLETE") -> dict:
+        if state != "COMPLETE":
+            return {"number": number, "state": state, "hyper": {}}
+        trial = {
+            "hyper": {f.name: 1 for f in dataclasses.fields(Hyper)},
+            "trained_k": 5, "k": edges // 2, "reached": reached, "val_loss": 0.1,
+            "val_loss_uncalibrated": 0.2, "n_edges": edges, "seconds": 1.0,
+        }  # fmt: skip
+        return {"number": number, "state": state, "seed": number, **trial}
+
+    records = [
+        record(3, 8),
+        record(0, 40),
+        record(1, 0, state="FAIL"),
+        record(2, 10, reached=False),
+        record(4, 8),
+        record(5, 6),
+    ]
+    assert kept_within(records, 1).n_edges == 40
+    assert kept_within(records, 2).n_edges == 40  # a miss never beats a met target
+    assert kept_within(records, 3).n_edges == 8
+    assert kept_within(records, 4).n_edges == 8
+    assert kept_within(records, 5).n_edges == 6
+    with pytest.raises(ValueError, match="budget 0"):
+        kept_within(records, 0)
+    with pytest.raises(ValueError, match="no completed trial"):
+        kept_within([record(0, 0, state="RUNNING")], 1)
 
 
 def test_a_target_sweep_trains_each_trials_masks_once_and_finds_each_targets_circuit(

@@ -46,6 +46,7 @@ _LAZY: dict[str, str] = {
     "PruneConfig": "sparse_tf.pruning.config",
     "PruneResult": "sparse_tf.pruning.search",
     "fit_logit_scale": "sparse_tf.pruning.search",
+    "kept_within": "sparse_tf.pruning.search",
     "prune": "sparse_tf.pruning.search",
     "prune_targets": "sparse_tf.pruning.search",
     "smallest_k": "sparse_tf.pruning.search",
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
     from sparse_tf.pruning.search import (
         PruneResult,
         fit_logit_scale,
+        kept_within,
         prune,
         prune_targets,
         smallest_k,
@@ -99,6 +101,7 @@ __all__ = [
     "gate_nodes",
     "heaviside",
     "keep_gates",
+    "kept_within",
     "load_circuit",
     "load_means",
     "mean_ablation",

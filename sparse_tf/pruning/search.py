@@ -107,10 +107,38 @@ class Trial:
     def from_dict(cls, data: dict[str, Any]) -> Trial:
         return cls(**{**data, "hyper": Hyper(**data["hyper"])})
 
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Trial:
+        """A completed trial from its entry in circuit.json's `trials` (which adds the
+        trial's number, state and seed)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls.from_dict({k: v for k, v in record.items() if k in fields})
+
     @property
     def rank(self) -> tuple[bool, int, int, float]:
         """Sort key, best first: meets the target, then fewest edges, nodes, lowest loss."""
         return (not self.reached, self.n_edges, self.k, self.val_loss)
+
+
+def kept_trial(results: Mapping[int, Trial]) -> int:
+    """The number of the trial a search keeps of its completed `results` (number -> trial):
+    the best by `Trial.rank`, the earliest of equals."""
+    return min(results, key=lambda n: (results[n].rank, n))
+
+
+def kept_within(records: Sequence[Mapping[str, Any]], budget: int) -> Trial:
+    """The trial a search with `budget` completed trials would have kept, read off the trial
+    records (circuit.json's `trials`) of a search with at least that budget: its first `budget`
+    completed trials by number. With one worker this is exactly what the smaller search
+    keeps, since a trial's parameters (the study's seeded sampler) and seed depend only on the
+    trials before it; with parallel workers, the trials that happened to be created first."""
+    if budget < 1:
+        raise ValueError(f"budget {budget}: must be >= 1")
+    done = sorted((r for r in records if r.get("state") == "COMPLETE"), key=lambda r: r["number"])
+    if not done:
+        raise ValueError("no completed trial in the records")
+    results = {r["number"]: Trial.from_record(r) for r in done[:budget]}
+    return results[kept_trial(results)]
 
 
 class CircuitLoss(NamedTuple):
@@ -566,7 +594,7 @@ def _search(pruner: Pruner, cfg: PruneConfig, study: str | Path | None, log: Log
     if study is not None:
         log(f"study {study} ({name}): {len(done)} completed trials")
     results = {t.number: Trial.from_dict(t.user_attrs["trial"]) for t in done}
-    best_number = min(results, key=lambda n: (results[n].rank, n))
+    best_number = kept_trial(results)
     if best_number not in ran:  # another worker (or an earlier run) found it: re-run it here
         recorded = results[best_number]
         log(f"re-running trial {best_number} (run elsewhere) for its masks")
