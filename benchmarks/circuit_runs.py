@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures as cf
+import ctypes
 import dataclasses
 import html
 import io
 import math
 import multiprocessing
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -96,7 +99,7 @@ def run_jobs(calls: Sequence[tuple[Callable[..., R], tuple[Any, ...]]], jobs: in
     context = multiprocessing.get_context("spawn")
     workers = min(jobs, len(calls))
     with cf.ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_share_cores, initargs=(workers,)
+        workers, mp_context=context, initializer=_worker_init, initargs=(workers, os.getpid())
     ) as pool:
         futures = [pool.submit(f, *args) for f, args in calls]
         try:
@@ -107,9 +110,21 @@ def run_jobs(calls: Sequence[tuple[Callable[..., R], tuple[Any, ...]]], jobs: in
             raise
 
 
-def _share_cores(workers: int) -> None:
-    """A worker's share of the CPU threads: each of `workers` processes with as many threads as
+def _worker_init(workers: int, parent: int) -> None:
+    """Set up a worker process of `run_jobs`.
+
+    It ends with the benchmark: a benchmark killed outright (SIGTERM, SIGKILL) cannot shut its
+    pool down, and its workers would go on pruning or training for nobody, holding the CPU,
+    the GPU and their output folders' locks. On Linux the kernel sends a worker SIGTERM when
+    its parent dies (PR_SET_PDEATHSIG); a parent already gone by then is caught by its pid.
+
+    It takes its share of the CPU threads: each of `workers` processes with as many threads as
     there are cores would fight over them (on 2 cores, two jobs ran 3x slower than one)."""
+    if sys.platform == "linux":
+        pr_set_pdeathsig = 1  # <linux/prctl.h>
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads() // workers))

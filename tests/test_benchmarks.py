@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,52 @@ def test_run_jobs_runs_calls_in_worker_processes_in_order(
         run_jobs([(int, ("7",)), (int, ("seven",))], 2)
     with pytest.raises(BenchError, match="--jobs 0: must be >= 1"):
         check_jobs(0)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_run_jobs_workers_end_with_a_benchmark_killed_outright(tmp_path: Path) -> None:
+    """A benchmark killed with SIGKILL cannot shut its pool down: its workers must not go on
+    (pruning or training for nobody, holding the cores and their folders' locks)."""
+    script = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
+        "from circuit_runs import run_jobs\n"
+        "run_jobs([(time.sleep, (120,)), (time.sleep, (120,))], 2)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path)
+
+    def workers() -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                cmdline = (stat.parent / "cmdline").read_bytes()
+            except OSError:  # a process that ended while being read
+                continue
+            alive = fields[0] != "Z"
+            if alive and int(fields[1]) == parent.pid and b"--multiprocessing-fork" in cmdline:
+                found.append(int(stat.parent.name))
+        return found
+
+    try:
+        deadline = time.monotonic() + 60
+        while len(started := workers()) < 2:
+            assert time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.1)
+    finally:
+        parent.kill()
+        parent.wait()
+
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 20
+    while any(running(pid) for pid in started):
+        assert time.monotonic() < deadline, f"workers {started} outlived their benchmark"
+        time.sleep(0.1)
 
 
 def test_circuit_size_ratio_by_width_counts_only_circuits_that_meet_their_target(
