@@ -122,7 +122,8 @@ def _worker_init(workers: int, parent: int) -> None:
     there are cores would fight over them (on 2 cores, two jobs ran 3x slower than one)."""
     if sys.platform == "linux":
         pr_set_pdeathsig = 1  # <linux/prctl.h>
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
         if os.getppid() != parent:
             os._exit(1)
     import torch

@@ -722,7 +722,7 @@ def report(r: dict[str, Any]) -> str:
         for name in fams
         for d in r["by_budget"].get(name, [])
     ]
-    if len(budgets) > len(fams):
+    if r["config"]["budget"] > 1 and budgets:
         lines += ratio_section(
             "Edge ratio by search budget",
             "The matched ratio as a search of each smaller budget would have given it: every "
